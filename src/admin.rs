@@ -1,0 +1,78 @@
+//! `/healthz`, `/readyz` and `/metrics` for every long-running role, and the one metrics
+//! registry each process shares between its modules.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Set once the process (or one worker) can do its work; `/readyz` answers 503 until then.
+#[derive(Clone)]
+pub struct Readiness(Arc<watch::Sender<bool>>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness(Arc::new(watch::Sender::new(false)))
+    }
+}
+
+impl Readiness {
+    pub fn set_ready(&self) {
+        self.0.send_replace(true);
+    }
+    pub fn is_ready(&self) -> bool {
+        *self.0.borrow()
+    }
+    /// Resolves once ready.
+    pub async fn ready(&self) {
+        let mut receiver = self.0.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = receiver.wait_for(|ready| *ready).await;
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    registry: Arc<Registry>,
+    readiness: Readiness,
+}
+
+/// Routes for probes and metrics, to merge into a role's own router or serve alone.
+pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthcheck", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(AdminState { registry, readiness })
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.readiness.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "starting") }
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::error!(%error, "encoding metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// Serves `router` on `addr` until `cancel` fires.
+pub async fn serve(addr: SocketAddr, router: Router, cancel: CancellationToken) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "admin endpoint listening");
+    axum::serve(listener, router).with_graceful_shutdown(cancel.cancelled_owned()).await
+}

@@ -1,0 +1,160 @@
+//! `ferry bench`: measures a running gateway end to end. It serves its own callback receiver on
+//! loopback, submits tasks `{"x": i, "y": "bench"}` to an async endpoint running the example
+//! model (result `i + 5`), and reports throughput, submit→callback latency, lost, duplicate and
+//! wrong results.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::{Json, Router, extract::Path, extract::State, routing::post};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::BenchArgs;
+
+/// Per task: nanoseconds from the start at submission, at first callback, and callbacks seen.
+struct Timings {
+    start: Instant,
+    submitted: Vec<AtomicU64>,
+    called_back: Vec<AtomicU64>,
+    callbacks: Vec<AtomicU64>,
+    wrong: AtomicU64,
+    received: AtomicU64,
+    done: tokio::sync::Notify,
+}
+
+impl Timings {
+    fn elapsed_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+}
+
+pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    let tasks = usize::try_from(args.tasks)?;
+    let zeros = || (0..tasks).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
+    let timings = Arc::new(Timings {
+        start: Instant::now(),
+        submitted: zeros(),
+        called_back: zeros(),
+        callbacks: zeros(),
+        wrong: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        done: tokio::sync::Notify::new(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let receiver_url = format!("http://{}/cb", listener.local_addr()?);
+    let receiver = Router::new().route("/cb/{index}", post(receive)).with_state(timings.clone());
+    let stop_receiver = cancel.child_token();
+    tokio::spawn(axum::serve(listener, receiver).with_graceful_shutdown(stop_receiver.clone().cancelled_owned()).into_future());
+
+    let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.concurrency).build()?;
+    let endpoint_id = find_endpoint(&http, &args).await?;
+    let submit_url = args.gateway.join(&format!("v1/async-tasks?model_endpoint_id={endpoint_id}"))?;
+    let pacing = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
+    println!("submitting {tasks} tasks to {} (rate: {}, concurrency: {})", args.endpoint, rate_text(args.rate), args.concurrency);
+
+    let accepted = AtomicU64::new(0);
+    let submissions = futures::stream::iter(0..tasks).map(|index| {
+        let (http, url, timings, receiver_url, accepted, api_key) =
+            (&http, &submit_url, &timings, &receiver_url, &accepted, &args.api_key);
+        async move {
+            if let Some(every) = pacing {
+                tokio::time::sleep_until((timings.start + every * index as u32).into()).await;
+            }
+            let body = json!({"args": {"x": index, "y": "bench"}, "callback_url": format!("{receiver_url}/{index}"), "return_pickled": false});
+            timings.submitted[index].store(timings.elapsed_ns(), Ordering::Relaxed);
+            let sent = http.post(url.clone()).basic_auth(api_key, Some("")).json(&body).send().await;
+            match sent {
+                Ok(response) if response.status().is_success() => {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(response) => eprintln!("submission {index} refused: {}", response.status()),
+                Err(error) => eprintln!("submission {index} failed: {error}"),
+            }
+        }
+    });
+    let submitting = submissions.buffer_unordered(args.concurrency).collect::<Vec<()>>();
+    tokio::select! {
+        _ = submitting => {}
+        _ = cancel.cancelled() => anyhow::bail!("interrupted"),
+    }
+    let submit_seconds = timings.start.elapsed().as_secs_f64();
+    let accepted = accepted.load(Ordering::Relaxed);
+    let drained = async {
+        while timings.received.load(Ordering::Relaxed) < accepted {
+            timings.done.notified().await;
+        }
+    };
+    let _ = tokio::time::timeout(args.drain_timeout, drained).await;
+    stop_receiver.cancel();
+    report(&timings, tasks, accepted, submit_seconds);
+    Ok(())
+}
+
+async fn receive(State(timings): State<Arc<Timings>>, Path(index): Path<usize>, Json(body): Json<Value>) {
+    let now = timings.elapsed_ns();
+    let Some(seen) = timings.callbacks.get(index) else { return };
+    if seen.fetch_add(1, Ordering::Relaxed) == 0 {
+        timings.called_back[index].store(now, Ordering::Relaxed);
+        if body["result"] != json!(index + 5) || body["status"] != "SUCCESS" {
+            timings.wrong.fetch_add(1, Ordering::Relaxed);
+        }
+        timings.received.fetch_add(1, Ordering::Relaxed);
+        timings.done.notify_one();
+    }
+}
+
+async fn find_endpoint(http: &reqwest::Client, args: &BenchArgs) -> anyhow::Result<String> {
+    let mut url = args.gateway.join("v1/model-endpoints")?;
+    url.query_pairs_mut().append_pair("name", &args.endpoint);
+    let listing: Value = http.get(url).basic_auth(&args.api_key, Some("")).send().await?.error_for_status()?.json().await?;
+    listing["model_endpoints"][0]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("endpoint {} not found at {}", args.endpoint, args.gateway))
+}
+
+fn report(timings: &Timings, tasks: usize, accepted: u64, submit_seconds: f64) {
+    let mut latencies: Vec<u64> = Vec::with_capacity(tasks);
+    let mut duplicates = 0;
+    let mut last_callback = 0;
+    for index in 0..tasks {
+        let seen = timings.callbacks[index].load(Ordering::Relaxed);
+        if seen == 0 {
+            continue;
+        }
+        duplicates += seen - 1;
+        let at = timings.called_back[index].load(Ordering::Relaxed);
+        last_callback = last_callback.max(at);
+        latencies.push(at.saturating_sub(timings.submitted[index].load(Ordering::Relaxed)));
+    }
+    latencies.sort_unstable();
+    let received = latencies.len() as u64;
+    let percentile = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+        latencies[rank - 1] as f64 / 1e6
+    };
+    let seconds = last_callback as f64 / 1e9;
+    let report = json!({
+        "tasks": tasks,
+        "accepted": accepted,
+        "callbacks": received,
+        "lost": accepted.saturating_sub(received),
+        "duplicates": duplicates,
+        "wrong_results": timings.wrong.load(Ordering::Relaxed),
+        "submit_seconds": submit_seconds,
+        "seconds_to_last_callback": seconds,
+        "tasks_per_second": if seconds > 0.0 { received as f64 / seconds } else { 0.0 },
+        "latency_ms": {"p50": percentile(0.50), "p90": percentile(0.90), "p99": percentile(0.99), "max": percentile(1.0)},
+    });
+    println!("{report:#}");
+}
+
+fn rate_text(rate: u64) -> String {
+    if rate == 0 { "as fast as accepted".into() } else { format!("{rate}/s") }
+}

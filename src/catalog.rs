@@ -1,0 +1,93 @@
+//! The gateway's in-memory view of the endpoints and bundles it serves, kept current by whoever
+//! owns the resources (manifests in `ferry dev` and the static gateway). Reads are cheap: the
+//! Launch client looks an endpoint up by name before every prediction.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+use crate::crd::{BundleId, EndpointId, ModelBundle, ModelEndpoint, ModelEndpointStatus, namespace_of};
+use crate::manifest::Manifests;
+
+#[derive(Default)]
+struct Snapshot {
+    endpoints: BTreeMap<EndpointId, Arc<ModelEndpoint>>,
+    bundles: BTreeMap<BundleId, Arc<ModelBundle>>,
+}
+
+#[derive(Clone, Default)]
+pub struct Catalog {
+    snapshot: Arc<RwLock<Snapshot>>,
+}
+
+impl Catalog {
+    /// A catalog of the manifests' resources, stamped with a creation time where they carry none.
+    pub fn from_manifests(manifests: &Manifests) -> Self {
+        let now = Time(jiff::Timestamp::now());
+        let mut snapshot = Snapshot::default();
+        for bundle in &manifests.bundles {
+            let mut bundle = bundle.clone();
+            bundle.metadata.creation_timestamp.get_or_insert_with(|| now.clone());
+            snapshot.bundles.insert(bundle.bundle_id(), Arc::new(bundle));
+        }
+        for endpoint in &manifests.endpoints {
+            let mut endpoint = endpoint.clone();
+            endpoint.metadata.creation_timestamp.get_or_insert_with(|| now.clone());
+            snapshot.endpoints.insert(endpoint.endpoint_id(), Arc::new(endpoint));
+        }
+        Catalog { snapshot: Arc::new(RwLock::new(snapshot)) }
+    }
+
+    pub fn endpoint(&self, id: &EndpointId) -> Option<Arc<ModelEndpoint>> {
+        self.read().endpoints.get(id).cloned()
+    }
+
+    pub fn endpoints(&self) -> Vec<Arc<ModelEndpoint>> {
+        self.read().endpoints.values().cloned().collect()
+    }
+
+    /// Endpoints visible in `namespace` (every namespace when `None`), optionally by exact name.
+    pub fn find_endpoints(&self, namespace: Option<&str>, name: Option<&str>) -> Vec<Arc<ModelEndpoint>> {
+        self.read()
+            .endpoints
+            .values()
+            .filter(|endpoint| in_scope(namespace, &namespace_of(endpoint.as_ref())))
+            .filter(|endpoint| name.is_none_or(|name| endpoint.name_any() == name))
+            .cloned()
+            .collect()
+    }
+
+    /// The bundle an endpoint runs.
+    pub fn bundle_of(&self, endpoint: &ModelEndpoint) -> Option<Arc<ModelBundle>> {
+        let id = BundleId::for_resource(&namespace_of(endpoint), &endpoint.spec.bundle);
+        self.read().bundles.get(&id).cloned()
+    }
+
+    /// The newest bundle with this name visible in `namespace` (every namespace when `None`).
+    pub fn latest_bundle(&self, namespace: Option<&str>, name: &str) -> Option<Arc<ModelBundle>> {
+        self.read()
+            .bundles
+            .values()
+            .filter(|bundle| bundle.name_any() == name && in_scope(namespace, &namespace_of(bundle.as_ref())))
+            .max_by_key(|bundle| bundle.metadata.creation_timestamp.clone())
+            .cloned()
+    }
+
+    pub fn set_status(&self, id: &EndpointId, status: ModelEndpointStatus) {
+        let mut snapshot = self.snapshot.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(endpoint) = snapshot.endpoints.get_mut(id) {
+            Arc::make_mut(endpoint).status = Some(status);
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
+        // A writer that panicked left a whole snapshot behind (every write is one assignment).
+        self.snapshot.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn in_scope(scope: Option<&str>, namespace: &str) -> bool {
+    scope.is_none_or(|scope| scope == namespace)
+}

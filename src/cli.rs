@@ -1,0 +1,163 @@
+//! Command-line arguments: one `Args` struct per role; every flag also reads an environment
+//! variable so the same image is configured the same way in a pod and on a laptop.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::forwarder::env as forwarder_env;
+
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about = "Serve machine-learning models as endpoints and deliver their results to callback URLs")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub role: Role,
+    /// Log line format.
+    #[arg(long, global = true, env = "FERRY_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Role {
+    /// Run the whole system on this machine from ModelBundle/ModelEndpoint manifests.
+    Dev(DevArgs),
+    /// Serve the Launch-compatible HTTP API.
+    Gateway(GatewayArgs),
+    /// Pull an endpoint's tasks, call the model container, record results (the worker sidecar).
+    Forwarder(ForwarderArgs),
+    /// Deliver callbacks (the callback controller).
+    Dispatcher(DispatcherArgs),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd,
+    /// Measure a running gateway: submit tasks and time their callbacks.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct NatsArgs {
+    /// NATS server with JetStream.
+    #[arg(long = "nats-url", env = "FERRY_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub url: String,
+    /// How long task records and callback states are kept, in seconds.
+    #[arg(long, env = "FERRY_RESULT_RETENTION_SECONDS", default_value = "86400", value_parser = parse_seconds)]
+    pub result_retention: Duration,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AuthArgs {
+    /// API keys and the team each belongs to, as `KEY=TEAM` pairs separated by commas.
+    #[arg(long, env = "FERRY_API_KEYS", value_delimiter = ',')]
+    pub api_keys: Vec<String>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "FERRY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// ModelBundle/ModelEndpoint manifests (files or directories) that define the served endpoints.
+    #[arg(long, env = "FERRY_MANIFESTS", value_delimiter = ',', required = true)]
+    pub manifests: Vec<PathBuf>,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "FERRY_MAX_BODY_BYTES", default_value = "10485760")]
+    pub max_body_bytes: usize,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ForwarderArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Id of the endpoint whose tasks this worker runs.
+    #[arg(long, env = forwarder_env::ENDPOINT_ID)]
+    pub endpoint_id: String,
+    /// Base URL of the model container.
+    #[arg(long, env = forwarder_env::MODEL_URL, default_value = "http://127.0.0.1:5005")]
+    pub model_url: url::Url,
+    /// Path that takes a task's args and answers with its result.
+    #[arg(long, env = forwarder_env::PREDICT_ROUTE, default_value = "/predict")]
+    pub predict_route: String,
+    /// Path that answers 200 once the model is ready.
+    #[arg(long, env = forwarder_env::HEALTHCHECK_ROUTE, default_value = "/readyz")]
+    pub healthcheck_route: String,
+    /// Tasks run at once.
+    #[arg(long, env = forwarder_env::CONCURRENCY, default_value = "1")]
+    pub concurrency: NonZeroU32,
+    /// Longest a model may take on one task, in seconds.
+    #[arg(long, env = forwarder_env::PREDICT_TIMEOUT_SECONDS, default_value = "600", value_parser = parse_seconds)]
+    pub predict_timeout: Duration,
+    /// Address for /healthz, /readyz and /metrics; none when absent.
+    #[arg(long, env = "FERRY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DispatcherArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Callbacks in flight at once.
+    #[arg(long, env = "FERRY_DISPATCH_CONCURRENCY", default_value = "256")]
+    pub concurrency: NonZeroU32,
+    /// Address for /healthz, /readyz and /metrics; none when absent.
+    #[arg(long, env = "FERRY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DevArgs {
+    /// ModelBundle/ModelEndpoint manifests: YAML files or directories of them.
+    #[arg(required = true)]
+    pub manifests: Vec<PathBuf>,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:5005")]
+    pub listen: SocketAddr,
+    /// Use this NATS server instead of starting one.
+    #[arg(long, env = "FERRY_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// The nats-server program to start when no URL is given.
+    #[arg(long, env = "FERRY_NATS_SERVER", default_value = "nats-server")]
+    pub nats_server: PathBuf,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Base URL of the gateway to measure.
+    #[arg(long, env = "FERRY_BENCH_GATEWAY", default_value = "http://127.0.0.1:5005")]
+    pub gateway: url::Url,
+    /// Name of an async endpoint with the callback hook.
+    #[arg(long, default_value = "demo-endpoint-callback")]
+    pub endpoint: String,
+    /// API key sent to the gateway.
+    #[arg(long, env = "LAUNCH_API_KEY", default_value = "bench")]
+    pub api_key: String,
+    /// Tasks to submit.
+    #[arg(long, default_value = "10000")]
+    pub tasks: u64,
+    /// Submissions per second; 0 submits as fast as the gateway accepts them.
+    #[arg(long, default_value = "0")]
+    pub rate: u64,
+    /// Submissions in flight at once.
+    #[arg(long, default_value = "64")]
+    pub concurrency: usize,
+    /// Seconds to wait for outstanding callbacks after the last submission.
+    #[arg(long, default_value = "60", value_parser = parse_seconds)]
+    pub drain_timeout: Duration,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("`{text}` is not a whole number of seconds"))
+}

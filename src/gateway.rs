@@ -1,0 +1,98 @@
+//! The HTTP API: Launch-compatible `/v1` routes over the catalog and the queue, with API-key
+//! auth, a body size limit, probes and metrics.
+
+mod auth;
+mod error;
+mod routes;
+mod views;
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    routing::{get, post},
+};
+use prometheus_client::{metrics::counter::Counter, registry::Registry};
+use tokio_util::sync::CancellationToken;
+
+pub use auth::ApiKeys;
+
+use crate::admin::{self, Readiness};
+use crate::catalog::Catalog;
+use crate::cli::GatewayArgs;
+use crate::queue::{Queue, QueueSettings, QueueSpec};
+use crate::{crd::EndpointType, manifest};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub catalog: Catalog,
+    pub queue: Queue,
+    pub keys: Arc<ApiKeys>,
+    pub metrics: Arc<GatewayMetrics>,
+}
+
+#[derive(Default)]
+pub struct GatewayMetrics {
+    pub tasks_submitted: Counter,
+}
+
+impl GatewayMetrics {
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let metrics = Arc::new(GatewayMetrics::default());
+        registry.register("ferry_gateway_tasks_submitted", "Async tasks accepted", metrics.tasks_submitted.clone());
+        metrics
+    }
+}
+
+/// The API router. `max_body_bytes` bounds every request body (larger ones get 413).
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let v1 = Router::new()
+        .route("/v1/model-bundles/latest", get(routes::latest_bundle))
+        .route("/v1/model-endpoints", get(routes::list_endpoints))
+        .route("/v1/model-endpoints/{id}", get(routes::get_endpoint))
+        .route("/v1/async-tasks", post(routes::submit_async_task))
+        .route("/v1/async-tasks/{task_id}", get(routes::get_async_task))
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes));
+    v1.with_state(state)
+}
+
+/// Serves `router` (merged with probes and metrics) until `cancel` fires, then drains requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    registry: Registry,
+    readiness: Readiness,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let app = router.merge(admin::router(Arc::new(registry), readiness));
+    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await
+}
+
+/// `ferry gateway`: serves the endpoints its manifests define, ensuring their queues at start.
+pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    let keys = ApiKeys::parse(&args.auth.api_keys, false)?;
+    if matches!(&keys, ApiKeys::Teams(teams) if teams.is_empty()) {
+        anyhow::bail!("no API keys configured: set --api-keys / FERRY_API_KEYS to KEY=TEAM pairs");
+    }
+    let manifests = manifest::load(&args.manifests)?;
+    let settings = QueueSettings { result_retention: args.nats.result_retention, ..Default::default() };
+    let queue = Queue::connect(&args.nats.url, settings, std::time::Duration::from_secs(30)).await?;
+    for endpoint in manifests.endpoints.iter().filter(|e| e.spec.endpoint_type == EndpointType::Async) {
+        queue.ensure_endpoint(&QueueSpec::for_endpoint(endpoint)).await?;
+    }
+    let mut registry = Registry::default();
+    let state = AppState {
+        catalog: Catalog::from_manifests(&manifests),
+        queue,
+        keys: Arc::new(keys),
+        metrics: GatewayMetrics::register(&mut registry),
+    };
+    let readiness = Readiness::default();
+    readiness.set_ready();
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    serve(listener, router(state, args.max_body_bytes), registry, readiness, cancel).await?;
+    Ok(())
+}

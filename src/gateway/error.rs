@@ -1,0 +1,85 @@
+//! `AppError`: every failure a handler can return, mapped to a status code and Launch's
+//! `{"detail": ...}` body. Internal causes are logged, never sent to the client.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+
+use crate::queue;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("missing or unknown API key")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    /// A body that does not fit the request schema; the value lists the problems.
+    #[error("request body does not fit the schema")]
+    Unprocessable(Value),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("the task queue is unavailable")]
+    Queue(#[source] queue::Error),
+}
+
+impl AppError {
+    fn status(&self) -> StatusCode {
+        match self {
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A bounded label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AppError::Unauthorized => "unauthorized",
+            AppError::NotFound(_) => "not_found",
+            AppError::BadRequest(_) => "bad_request",
+            AppError::Unprocessable(_) => "unprocessable",
+            AppError::PayloadTooLarge => "payload_too_large",
+            AppError::Queue(error) => error.reason(),
+        }
+    }
+
+    /// A 422 for one problem at `loc`, in the shape FastAPI (and so Launch) uses.
+    pub fn invalid_body(loc: &[&str], message: impl Into<String>) -> Self {
+        let mut location = vec![Value::from("body")];
+        location.extend(loc.iter().map(|part| Value::from(*part)));
+        AppError::Unprocessable(json!([{ "loc": location, "msg": message.into(), "type": "value_error" }]))
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = match &self {
+            AppError::Unprocessable(problems) => problems.clone(),
+            AppError::Queue(error) => {
+                tracing::error!(error = %error, source = ?std::error::Error::source(error), "queue operation failed");
+                Value::from("the task queue is unavailable; retry shortly")
+            }
+            other => Value::from(other.to_string()),
+        };
+        let mut response = (status, Json(json!({ "detail": detail }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Basic"));
+        }
+        response
+    }
+}
+
+impl From<queue::Error> for AppError {
+    fn from(error: queue::Error) -> Self {
+        AppError::Queue(error)
+    }
+}

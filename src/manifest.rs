@@ -1,0 +1,170 @@
+//! Reads ModelBundle/ModelEndpoint manifests from YAML files, as `kubectl apply -f` would take
+//! them, and checks them with the same schema defaults and CEL rules the API server applies.
+
+use std::path::{Path, PathBuf};
+
+use kube::ResourceExt;
+use serde::Deserialize;
+
+use crate::crd::{GROUP, ModelBundle, ModelEndpoint, namespace_of};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {path}")]
+    Read { path: PathBuf, #[source] source: std::io::Error },
+    #[error("{path}: document {index} is not valid YAML")]
+    Yaml { path: PathBuf, index: usize, #[source] source: serde_yaml::Error },
+    #[error("{path}: {kind} {name} is invalid: {message}")]
+    Invalid { path: PathBuf, kind: &'static str, name: String, message: String },
+    #[error("ModelEndpoint {namespace}/{endpoint} names bundle {bundle}, which no manifest defines")]
+    MissingBundle { namespace: String, endpoint: String, bundle: String },
+    #[error("no ModelEndpoint found in {paths}")]
+    NoEndpoints { paths: String },
+}
+
+/// The resources a set of manifests declares.
+#[derive(Debug, Default, Clone)]
+pub struct Manifests {
+    pub bundles: Vec<ModelBundle>,
+    pub endpoints: Vec<ModelEndpoint>,
+}
+
+impl Manifests {
+    pub fn bundle_for(&self, endpoint: &ModelEndpoint) -> Option<&ModelBundle> {
+        let namespace = namespace_of(endpoint);
+        self.bundles.iter().find(|bundle| bundle.name_any() == endpoint.spec.bundle && namespace_of(*bundle) == namespace)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypeMeta {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+}
+
+/// Loads every `.yaml`/`.yml` file in `paths` (directories are read one level deep, sorted by
+/// name); documents of other kinds are skipped. Every endpoint must find its bundle.
+pub fn load(paths: &[PathBuf]) -> Result<Manifests, Error> {
+    let mut manifests = Manifests::default();
+    for file in yaml_files(paths)? {
+        let text = std::fs::read_to_string(&file).map_err(|source| Error::Read { path: file.clone(), source })?;
+        parse_into(&mut manifests, &file, &text)?;
+    }
+    for endpoint in &manifests.endpoints {
+        if manifests.bundle_for(endpoint).is_none() {
+            return Err(Error::MissingBundle {
+                namespace: namespace_of(endpoint),
+                endpoint: endpoint.name_any(),
+                bundle: endpoint.spec.bundle.clone(),
+            });
+        }
+    }
+    if manifests.endpoints.is_empty() {
+        let paths = paths.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ");
+        return Err(Error::NoEndpoints { paths });
+    }
+    Ok(manifests)
+}
+
+fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|source| Error::Read { path: path.clone(), source })?;
+            let mut found: Vec<PathBuf> = entries.filter_map(|entry| entry.ok().map(|entry| entry.path())).filter(|p| is_yaml(p)).collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn is_yaml(path: &Path) -> bool {
+    matches!(path.extension().and_then(|ext| ext.to_str()), Some("yaml" | "yml"))
+}
+
+fn parse_into(manifests: &mut Manifests, path: &Path, text: &str) -> Result<(), Error> {
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(document)
+            .map_err(|source| Error::Yaml { path: path.into(), index, source })?;
+        if value.is_null() {
+            continue;
+        }
+        let meta: TypeMeta = serde_yaml::from_value(value.clone())
+            .map_err(|source| Error::Yaml { path: path.into(), index, source })?;
+        if meta.api_version.split('/').next() != Some(GROUP) {
+            continue;
+        }
+        let invalid = |kind: &'static str, message: String| Error::Invalid {
+            path: path.into(),
+            kind,
+            name: name_of(&value),
+            message,
+        };
+        match meta.kind.as_str() {
+            "ModelBundle" => {
+                let bundle: ModelBundle =
+                    serde_yaml::from_value(value.clone()).map_err(|e| invalid("ModelBundle", e.to_string()))?;
+                bundle.validate_cel().map_err(|e| invalid("ModelBundle", e.to_string()))?;
+                manifests.bundles.push(bundle);
+            }
+            "ModelEndpoint" => {
+                let endpoint: ModelEndpoint =
+                    serde_yaml::from_value(value.clone()).map_err(|e| invalid("ModelEndpoint", e.to_string()))?;
+                endpoint.validate_cel().map_err(|e| invalid("ModelEndpoint", e.to_string()))?;
+                manifests.endpoints.push(endpoint);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn name_of(value: &serde_yaml::Value) -> String {
+    value["metadata"]["name"].as_str().unwrap_or("(unnamed)").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).expect("test file written");
+    }
+
+    const BUNDLE: &str = "apiVersion: ferry.dev/v1alpha1\nkind: ModelBundle\nmetadata: {name: b}\nspec: {image: python:3.12, command: [python3, m.py]}\n";
+    const ENDPOINT: &str = "apiVersion: ferry.dev/v1alpha1\nkind: ModelEndpoint\nmetadata: {name: e}\nspec: {bundle: b, labels: {team: t, product: p}}\n";
+
+    #[test]
+    fn loads_multi_document_files_and_skips_other_kinds() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = format!("{BUNDLE}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: x}}\n---\n{ENDPOINT}");
+        write(dir.path(), "all.yaml", &text);
+        write(dir.path(), "notes.txt", "not yaml: [");
+        let manifests = load(&[dir.path().into()]).expect("loads");
+        assert_eq!((manifests.bundles.len(), manifests.endpoints.len()), (1, 1));
+        assert!(manifests.bundle_for(&manifests.endpoints[0]).is_some());
+    }
+
+    #[test]
+    fn an_endpoint_without_its_bundle_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), "e.yaml", ENDPOINT);
+        let error = load(&[dir.path().into()]).expect_err("missing bundle");
+        assert!(matches!(error, Error::MissingBundle { .. }), "{error}");
+    }
+
+    #[test]
+    fn cel_violations_name_the_resource_and_rule() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), "b.yaml", BUNDLE);
+        write(dir.path(), "e.yaml", &ENDPOINT.replace("product: p", "owner: p"));
+        let error = load(&[dir.path().into()]).expect_err("labels rule").to_string();
+        assert!(error.contains("ModelEndpoint e is invalid") && error.contains("team and product"), "{error}");
+    }
+}

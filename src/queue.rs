@@ -1,0 +1,120 @@
+//! The only module that speaks to NATS. It owns every subject, stream, consumer and bucket name:
+//! per async endpoint a work-queue stream with one durable pull consumer (the task queue), one
+//! shared results bucket (task records, callback delivery state, idempotency keys), and one shared
+//! callbacks stream consumed by the dispatcher, with a dead-letter stream beside it.
+
+mod callbacks;
+mod names;
+mod results;
+mod tasks;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+
+pub use callbacks::CallbackDelivery;
+pub use tasks::{MAX_TASK_ATTEMPTS, QueueSpec, TaskDelivery};
+
+/// Boxed error from the NATS client; the variant of [`Error`] says which operation failed.
+pub type NatsError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connecting to NATS at {url}")]
+    Connect { url: String, #[source] source: NatsError },
+    #[error("ensuring stream {stream}")]
+    EnsureStream { stream: String, #[source] source: NatsError },
+    #[error("ensuring consumer {consumer} on stream {stream}")]
+    EnsureConsumer { stream: String, consumer: String, #[source] source: NatsError },
+    #[error("ensuring bucket {bucket}")]
+    EnsureBucket { bucket: String, #[source] source: NatsError },
+    #[error("deleting stream {stream}")]
+    DeleteStream { stream: String, #[source] source: NatsError },
+    #[error("publishing to {subject}")]
+    Publish { subject: String, #[source] source: NatsError },
+    #[error("reading key {key}")]
+    Read { key: String, #[source] source: NatsError },
+    #[error("writing key {key}")]
+    Write { key: String, #[source] source: NatsError },
+    #[error("receiving from consumer {consumer}")]
+    Receive { consumer: String, #[source] source: NatsError },
+    #[error("acknowledging a message")]
+    Ack { #[source] source: NatsError },
+    #[error("reading consumer state of stream {stream}")]
+    ConsumerInfo { stream: String, #[source] source: NatsError },
+    #[error("decoding {what}")]
+    Decode { what: &'static str, #[source] source: serde_json::Error },
+}
+
+impl Error {
+    /// A bounded label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Connect { .. } => "connect",
+            Error::EnsureStream { .. } | Error::EnsureConsumer { .. } | Error::EnsureBucket { .. } => "ensure",
+            Error::DeleteStream { .. } => "delete",
+            Error::Publish { .. } => "publish",
+            Error::Read { .. } => "read",
+            Error::Write { .. } => "write",
+            Error::Receive { .. } => "receive",
+            Error::Ack { .. } => "ack",
+            Error::ConsumerInfo { .. } => "consumer_info",
+            Error::Decode { .. } => "decode",
+        }
+    }
+}
+
+/// Settings shared by every process that opens the queue.
+#[derive(Clone, Debug)]
+pub struct QueueSettings {
+    /// How long task records and callback states are kept after their last change.
+    pub result_retention: Duration,
+    /// Replicas of every stream and bucket (3 on a JetStream cluster).
+    pub replicas: usize,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings { result_retention: Duration::from_secs(86_400), replicas: 1 }
+    }
+}
+
+/// A connection to JetStream with the shared buckets and streams ensured.
+#[derive(Clone)]
+pub struct Queue {
+    js: jetstream::Context,
+    results: kv::Store,
+    settings: QueueSettings,
+}
+
+impl Queue {
+    /// Connects (retrying while the server starts, for up to `wait`) and ensures the shared
+    /// results bucket and callbacks streams exist.
+    pub async fn connect(url: &str, settings: QueueSettings, wait: Duration) -> Result<Self, Error> {
+        let client = connect_with_retry(url, wait).await?;
+        let js = jetstream::new(client);
+        let results = results::ensure_bucket(&js, &settings).await?;
+        callbacks::ensure_streams(&js, &settings).await?;
+        Ok(Queue { js, results, settings })
+    }
+}
+
+async fn connect_with_retry(url: &str, wait: Duration) -> Result<async_nats::Client, Error> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // No notification exists for "the server came up": retry briefly until the deadline.
+        match async_nats::ConnectOptions::new()
+            .name("ferry")
+            .connection_timeout(Duration::from_secs(2))
+            .connect(url)
+            .await
+        {
+            Ok(client) => return Ok(client),
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(%error, url, "NATS not reachable yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(Error::Connect { url: url.into(), source: error.into() }),
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Every NATS name ferry uses, in one place.
+
+use sha2::{Digest, Sha256};
+
+use crate::crd::EndpointId;
+use crate::task::TaskId;
+
+pub const RESULTS_BUCKET: &str = "ferry-results";
+pub const CALLBACKS_STREAM: &str = "ferry-callbacks";
+pub const CALLBACKS_CONSUMER: &str = "dispatcher";
+pub const DEAD_LETTERS_STREAM: &str = "ferry-dead-letters";
+pub const TASKS_CONSUMER: &str = "workers";
+
+pub fn tasks_stream(endpoint: &EndpointId) -> String {
+    format!("ferry-tasks-{endpoint}")
+}
+
+pub fn tasks_subject(endpoint: &EndpointId) -> String {
+    format!("ferry.tasks.{endpoint}")
+}
+
+pub fn callbacks_subject(endpoint: &EndpointId) -> String {
+    format!("ferry.callbacks.{endpoint}")
+}
+
+pub const CALLBACKS_SUBJECTS: &str = "ferry.callbacks.>";
+
+pub fn dead_letter_subject(endpoint: &EndpointId) -> String {
+    format!("ferry.dead.callbacks.{endpoint}")
+}
+
+pub const DEAD_LETTER_SUBJECTS: &str = "ferry.dead.>";
+
+pub fn record_key(task: &TaskId) -> String {
+    format!("task.{task}")
+}
+
+pub fn callback_key(task: &TaskId) -> String {
+    format!("callback.{task}")
+}
+
+/// The client's idempotency key is hashed: it may hold characters a KV key cannot.
+pub fn idempotency_key(endpoint: &EndpointId, client_key: &str) -> String {
+    let digest = Sha256::digest(client_key.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("idem.{endpoint}.{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_valid_kv_keys_for_any_client_key() {
+        let endpoint = EndpointId::for_resource("default", "demo");
+        let key = idempotency_key(&endpoint, "spaces and * > wildcards/ü");
+        assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)), "{key}");
+        assert_ne!(key, idempotency_key(&endpoint, "other"));
+    }
+
+    #[test]
+    fn stream_names_hold_no_subject_tokens() {
+        let name = tasks_stream(&EndpointId::for_resource("default", "demo"));
+        assert!(!name.contains(['.', '*', '>', ' ']), "{name}");
+    }
+}

@@ -1,0 +1,220 @@
+//! Per-endpoint task queues: the stream, its durable pull consumer, submission and delivery.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{self, pull},
+    message::PublishMessage,
+    stream::{self, RetentionPolicy},
+};
+use futures::{Stream, StreamExt};
+
+use super::{Error, Queue, names, results};
+use crate::crd::{EndpointId, ModelEndpoint};
+use crate::task::{TaskId, TaskMessage, TaskRecord};
+
+/// Deliveries of one task before a worker gives up on it and records a failure; bounds the
+/// damage of a task that crashes every worker that runs it.
+pub const MAX_TASK_ATTEMPTS: i64 = 3;
+
+/// Window in which a repeated publish of the same task id is dropped by the server.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The queue an async endpoint needs, derived from its spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub endpoint_id: EndpointId,
+    /// Queued tasks older than this expire unrun.
+    pub task_expiry: Duration,
+    /// A worker that shows no sign of life for this long loses its task to another.
+    pub ack_wait: Duration,
+}
+
+impl QueueSpec {
+    pub fn for_endpoint(endpoint: &ModelEndpoint) -> Self {
+        QueueSpec {
+            endpoint_id: endpoint.endpoint_id(),
+            task_expiry: Duration::from_secs(endpoint.spec.task_expires_seconds.into()),
+            ack_wait: Duration::from_secs(endpoint.spec.queue_message_timeout_seconds.into()),
+        }
+    }
+}
+
+/// The outcome of a submission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submission {
+    pub task_id: TaskId,
+    /// True when an earlier submission with the same idempotency key was found.
+    pub duplicate: bool,
+}
+
+/// A task handed to a worker; acknowledge it only once its outcome is recorded.
+pub struct TaskDelivery {
+    message: jetstream::Message,
+}
+
+impl TaskDelivery {
+    pub fn task(&self) -> Result<TaskMessage, Error> {
+        results::decode("task message", &self.message.payload)
+    }
+
+    /// How many times this task has been delivered, counting this one.
+    pub fn attempt(&self) -> i64 {
+        self.message.info().map(|info| info.delivered).unwrap_or(1)
+    }
+
+    /// True when this delivery is past the last attempt the task is allowed.
+    pub fn attempts_exhausted(&self) -> bool {
+        self.attempt() > MAX_TASK_ATTEMPTS
+    }
+
+    /// Tells the server the worker is still busy with the task, restarting its ack timer.
+    pub async fn keep_alive(&self) -> Result<(), Error> {
+        self.message.ack_with(AckKind::Progress).await.map_err(|source| Error::Ack { source })
+    }
+
+    /// Removes the task from the queue for good.
+    pub async fn ack(&self) -> Result<(), Error> {
+        self.message.ack().await.map_err(|source| Error::Ack { source })
+    }
+}
+
+impl Queue {
+    /// Creates or updates the endpoint's stream and consumer; safe to call repeatedly.
+    pub async fn ensure_endpoint(&self, spec: &QueueSpec) -> Result<(), Error> {
+        let stream_name = names::tasks_stream(&spec.endpoint_id);
+        let config = stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![names::tasks_subject(&spec.endpoint_id)],
+            retention: RetentionPolicy::WorkQueue,
+            max_age: spec.task_expiry,
+            duplicate_window: DUPLICATE_WINDOW.min(spec.task_expiry),
+            num_replicas: self.settings.replicas,
+            ..Default::default()
+        };
+        let stream = self.js.create_or_update_stream(config).await;
+        stream.map_err(|source| Error::EnsureStream { stream: stream_name.clone(), source: source.into() })?;
+        let consumer = pull::Config {
+            durable_name: Some(names::TASKS_CONSUMER.into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: spec.ack_wait,
+            // One delivery beyond the allowed attempts lets a worker record the failure.
+            max_deliver: MAX_TASK_ATTEMPTS + 1,
+            ..Default::default()
+        };
+        self.js
+            .create_consumer_on_stream(consumer, stream_name.as_str())
+            .await
+            .map(drop)
+            .map_err(|source| Error::EnsureConsumer {
+                stream: stream_name,
+                consumer: names::TASKS_CONSUMER.into(),
+                source: source.into(),
+            })
+    }
+
+    /// Deletes the endpoint's stream (and with it the consumer); a missing stream is fine.
+    pub async fn delete_endpoint(&self, endpoint: &EndpointId) -> Result<(), Error> {
+        let stream = names::tasks_stream(endpoint);
+        match self.js.delete_stream(&stream).await {
+            Ok(_) => Ok(()),
+            Err(error) if is_stream_not_found(&error) => Ok(()),
+            Err(source) => Err(Error::DeleteStream { stream, source: source.into() }),
+        }
+    }
+
+    /// Queues a task. With an idempotency key, a repeat returns the first submission's task id.
+    pub async fn submit(&self, task: &TaskMessage, idempotency_key: Option<&str>) -> Result<Submission, Error> {
+        let mut task_id = task.task_id.clone();
+        let mut duplicate = false;
+        if let Some(client_key) = idempotency_key {
+            let key = names::idempotency_key(&task.endpoint_id, client_key);
+            let claimed = self.create(key.clone(), task_id.to_string().into()).await?;
+            if !claimed {
+                duplicate = true;
+                task_id = self.claimed_task_id(key).await?;
+                if self.task_record(&task_id).await?.is_some() {
+                    return Ok(Submission { task_id, duplicate });
+                }
+                // The first submission stopped between claiming the key and queueing the task:
+                // finish it now under the claimed id.
+            }
+        }
+        let task = TaskMessage { task_id: task_id.clone(), ..task.clone() };
+        let record = TaskRecord::pending(task.endpoint_id.clone());
+        let (_, _) = tokio::try_join!(self.create_task_record(&task_id, &record), self.publish_task(&task))?;
+        Ok(Submission { task_id, duplicate })
+    }
+
+    async fn claimed_task_id(&self, key: String) -> Result<TaskId, Error> {
+        let bytes = self.read_raw(key.clone()).await?;
+        let text = bytes.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+        TaskId::parse(&text).ok_or_else(|| Error::Read { key, source: "idempotency key holds no task id".into() })
+    }
+
+    async fn publish_task(&self, task: &TaskMessage) -> Result<(), Error> {
+        let subject = names::tasks_subject(&task.endpoint_id);
+        let message = PublishMessage::build().payload(results::encode(task)).message_id(task.task_id.as_str());
+        let publish = async {
+            self.js.send_publish(subject.clone(), message).await?.await?;
+            Ok::<_, async_nats::Error>(())
+        };
+        publish.await.map_err(|source| Error::Publish { subject, source })
+    }
+
+    /// Deliveries of the endpoint's tasks, `batch` requested from the server at a time, and the
+    /// time a worker may hold one without a sign of life.
+    pub async fn tasks(
+        &self,
+        endpoint: &EndpointId,
+        batch: usize,
+    ) -> Result<(Duration, impl Stream<Item = Result<TaskDelivery, Error>> + use<>), Error> {
+        let stream = names::tasks_stream(endpoint);
+        let consumer_error = |source: NatsErrorLike| Error::Receive { consumer: names::TASKS_CONSUMER.into(), source };
+        let consumer: consumer::PullConsumer = self
+            .js
+            .get_consumer_from_stream(names::TASKS_CONSUMER, &stream)
+            .await
+            .map_err(|error| consumer_error(error.into()))?;
+        let ack_wait = consumer.cached_info().config.ack_wait;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .messages()
+            .await
+            .map_err(|error| consumer_error(error.into()))?;
+        let deliveries = messages.map(move |item| {
+            item.map(|message| TaskDelivery { message })
+                .map_err(|error| Error::Receive { consumer: names::TASKS_CONSUMER.into(), source: error.into() })
+        });
+        Ok((ack_wait, deliveries))
+    }
+
+    /// Tasks waiting for a worker plus tasks a worker holds, for autoscaling and status.
+    pub async fn backlog(&self, endpoint: &EndpointId) -> Result<Backlog, Error> {
+        let stream = names::tasks_stream(endpoint);
+        let info_error = |source: NatsErrorLike| Error::ConsumerInfo { stream: stream.clone(), source };
+        let consumer: consumer::PullConsumer = self
+            .js
+            .get_consumer_from_stream(names::TASKS_CONSUMER, &stream)
+            .await
+            .map_err(|error| info_error(error.into()))?;
+        let info = consumer.get_info().await.map_err(|error| info_error(error.into()))?;
+        Ok(Backlog { queued: info.num_pending, in_flight: info.num_ack_pending as u64 })
+    }
+}
+
+type NatsErrorLike = super::NatsError;
+
+fn is_stream_not_found(error: &jetstream::context::DeleteStreamError) -> bool {
+    matches!(error.kind(), jetstream::context::DeleteStreamErrorKind::JetStream(inner)
+        if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// How much work an endpoint's queue holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    pub queued: u64,
+    pub in_flight: u64,
+}

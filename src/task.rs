@@ -1,0 +1,250 @@
+//! Wire types shared by the gateway, the forwarder and the dispatcher: the task a client submits,
+//! the record of its progress, and the callback job. Every type that crosses NATS is wrapped in
+//! [`Versioned`] so a rolling upgrade can tell old messages from new ones.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::crd::EndpointId;
+
+/// A task's id: a UUIDv7, so ids sort by submission time.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(String);
+
+impl TaskId {
+    pub fn generate() -> Self {
+        TaskId(uuid::Uuid::now_v7().to_string())
+    }
+    /// Accepts an id given by a client; `None` when it cannot be one of ours.
+    pub fn parse(text: &str) -> Option<Self> {
+        uuid::Uuid::parse_str(text).ok().map(|uuid| TaskId(uuid.hyphenated().to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Envelope of everything ferry stores or sends over NATS.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "v")]
+pub enum Versioned<T> {
+    #[serde(rename = "1")]
+    V1(T),
+}
+
+impl<T> Versioned<T> {
+    pub fn into_inner(self) -> T {
+        match self {
+            Versioned::V1(inner) => inner,
+        }
+    }
+}
+
+/// Where a task's result is posted when it finishes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallbackTarget {
+    pub url: String,
+}
+
+/// A queued task, as a worker receives it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskMessage {
+    pub task_id: TaskId,
+    pub endpoint_id: EndpointId,
+    /// The JSON body POSTed to the model's predict route.
+    pub args: Value,
+    /// Set when the endpoint has the callback hook and a URL resolved at submission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackTarget>,
+    /// Unix time of submission in milliseconds.
+    pub submitted_at_ms: u64,
+}
+
+/// Launch's task status values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskStatus {
+    Pending,
+    Started,
+    Success,
+    Failure,
+}
+
+impl TaskStatus {
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskStatus::Success | TaskStatus::Failure)
+    }
+}
+
+/// Why a task failed, in words a client can act on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskError {
+    pub message: String,
+    /// More detail, such as the model's response body; Launch calls it the traceback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The stored state of a task; the gateway's `GET /v1/async-tasks/{id}` reads it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub endpoint_id: EndpointId,
+    pub status: TaskStatus,
+    /// The model's JSON output, on SUCCESS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TaskError>,
+    /// The model's HTTP status code, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    /// Unix time of the last change in milliseconds.
+    pub updated_at_ms: u64,
+}
+
+impl TaskRecord {
+    pub fn pending(endpoint_id: EndpointId) -> Self {
+        TaskRecord {
+            endpoint_id,
+            status: TaskStatus::Pending,
+            result: None,
+            error: None,
+            status_code: None,
+            updated_at_ms: now_ms(),
+        }
+    }
+    pub fn started(endpoint_id: EndpointId) -> Self {
+        TaskRecord { status: TaskStatus::Started, ..TaskRecord::pending(endpoint_id) }
+    }
+}
+
+/// How a task ended, as its callback reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskOutcome {
+    Success { result: Value },
+    Failure { error: TaskError },
+}
+
+/// A callback to deliver, as the dispatcher receives it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallbackJob {
+    pub task_id: TaskId,
+    pub endpoint_id: EndpointId,
+    pub target: CallbackTarget,
+    pub outcome: TaskOutcome,
+    /// Unix time the task was submitted, in milliseconds.
+    pub submitted_at_ms: u64,
+}
+
+impl CallbackJob {
+    /// The JSON body POSTed to the receiver: `{"task_id", "status", "result"}` or
+    /// `{"task_id", "status", "error"}`.
+    pub fn body(&self) -> Value {
+        let mut body = serde_json::json!({ "task_id": self.task_id });
+        let outcome = serde_json::to_value(&self.outcome).unwrap_or(Value::Null);
+        if let (Value::Object(body), Value::Object(outcome)) = (&mut body, outcome) {
+            body.extend(outcome);
+        }
+        body
+    }
+}
+
+/// The delivery state of a task's callback; stored beside the task record.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CallbackState {
+    pub url: String,
+    pub state: DeliveryState,
+    pub attempts: Vec<DeliveryAttempt>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeliveryState {
+    /// Queued or waiting for the next attempt.
+    #[default]
+    Pending,
+    Delivered,
+    /// Given up: the receiver refused it for good or every attempt failed.
+    DeadLettered,
+}
+
+/// One try at delivering a callback.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryAttempt {
+    /// Unix time of the attempt in milliseconds.
+    pub at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Milliseconds from sending the request to its outcome.
+    pub duration_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(outcome: TaskOutcome) -> CallbackJob {
+        CallbackJob {
+            task_id: TaskId::parse("0190f4a2-7c1e-7b3a-9f00-0123456789ab").expect("valid uuid"),
+            endpoint_id: EndpointId::for_resource("default", "demo"),
+            target: CallbackTarget { url: "http://127.0.0.1:9/cb".into() },
+            outcome,
+            submitted_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn success_body_matches_the_seed_contract() {
+        let body = job(TaskOutcome::Success { result: json!(7) }).body();
+        assert_eq!(
+            body,
+            json!({"task_id": "0190f4a2-7c1e-7b3a-9f00-0123456789ab", "status": "SUCCESS", "result": 7})
+        );
+    }
+
+    #[test]
+    fn failure_body_carries_the_error() {
+        let error = TaskError { message: "model answered 500".into(), detail: None };
+        let body = job(TaskOutcome::Failure { error }).body();
+        assert_eq!(body["status"], "FAILURE");
+        assert_eq!(body["error"]["message"], "model answered 500");
+        assert!(body.get("result").is_none());
+    }
+
+    #[test]
+    fn messages_carry_a_version_tag() {
+        let record = Versioned::V1(TaskRecord::pending(EndpointId::for_resource("a", "b")));
+        let text = serde_json::to_string(&record).expect("serializes");
+        assert!(text.starts_with(r#"{"v":"1""#), "{text}");
+        let back: Versioned<TaskRecord> = serde_json::from_str(&text).expect("parses back");
+        assert_eq!(back, record);
+    }
+
+    #[test]
+    fn task_ids_parse_only_uuids() {
+        assert!(TaskId::parse("nope").is_none());
+        let id = TaskId::generate();
+        assert_eq!(TaskId::parse(id.as_str()), Some(id));
+    }
+}
