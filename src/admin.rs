@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
+use axum::{
+    Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
+};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -47,11 +49,18 @@ pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
         .route("/healthcheck", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(AdminState { registry, readiness })
+        .with_state(AdminState {
+            registry,
+            readiness,
+        })
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.readiness.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "starting") }
+    if state.readiness.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
@@ -59,7 +68,10 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
         Ok(()) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             text,
         )
             .into_response(),
@@ -71,8 +83,14 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 /// Serves `router` on `addr` until `cancel` fires.
-pub async fn serve(addr: SocketAddr, router: Router, cancel: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "admin endpoint listening");
-    axum::serve(listener, router).with_graceful_shutdown(cancel.cancelled_owned()).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
 }

@@ -45,15 +45,31 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let receiver_url = format!("http://{}/cb", listener.local_addr()?);
-    let receiver = Router::new().route("/cb/{index}", post(receive)).with_state(timings.clone());
+    let receiver = Router::new()
+        .route("/cb/{index}", post(receive))
+        .with_state(timings.clone());
     let stop_receiver = cancel.child_token();
-    tokio::spawn(axum::serve(listener, receiver).with_graceful_shutdown(stop_receiver.clone().cancelled_owned()).into_future());
+    tokio::spawn(
+        axum::serve(listener, receiver)
+            .with_graceful_shutdown(stop_receiver.clone().cancelled_owned())
+            .into_future(),
+    );
 
-    let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.concurrency).build()?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
     let endpoint_id = find_endpoint(&http, &args).await?;
-    let submit_url = args.gateway.join(&format!("v1/async-tasks?model_endpoint_id={endpoint_id}"))?;
+    let submit_url = args
+        .gateway
+        .join(&format!("v1/async-tasks?model_endpoint_id={endpoint_id}"))?;
     let pacing = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
-    println!("submitting {tasks} tasks to {} (rate: {}, concurrency: {})", args.endpoint, rate_text(args.rate), args.concurrency);
+    println!(
+        "submitting {tasks} tasks to {} (rate: {}, concurrency: {})",
+        args.endpoint,
+        rate_text(args.rate),
+        args.concurrency
+    );
 
     let accepted = AtomicU64::new(0);
     let submissions = futures::stream::iter(0..tasks).map(|index| {
@@ -75,7 +91,9 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
             }
         }
     });
-    let submitting = submissions.buffer_unordered(args.concurrency).collect::<Vec<()>>();
+    let submitting = submissions
+        .buffer_unordered(args.concurrency)
+        .collect::<Vec<()>>();
     tokio::select! {
         _ = submitting => {}
         _ = cancel.cancelled() => anyhow::bail!("interrupted"),
@@ -93,9 +111,15 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     Ok(())
 }
 
-async fn receive(State(timings): State<Arc<Timings>>, Path(index): Path<usize>, Json(body): Json<Value>) {
+async fn receive(
+    State(timings): State<Arc<Timings>>,
+    Path(index): Path<usize>,
+    Json(body): Json<Value>,
+) {
     let now = timings.elapsed_ns();
-    let Some(seen) = timings.callbacks.get(index) else { return };
+    let Some(seen) = timings.callbacks.get(index) else {
+        return;
+    };
     if seen.fetch_add(1, Ordering::Relaxed) == 0 {
         timings.called_back[index].store(now, Ordering::Relaxed);
         if body["result"] != json!(index + 5) || body["status"] != "SUCCESS" {
@@ -109,7 +133,14 @@ async fn receive(State(timings): State<Arc<Timings>>, Path(index): Path<usize>, 
 async fn find_endpoint(http: &reqwest::Client, args: &BenchArgs) -> anyhow::Result<String> {
     let mut url = args.gateway.join("v1/model-endpoints")?;
     url.query_pairs_mut().append_pair("name", &args.endpoint);
-    let listing: Value = http.get(url).basic_auth(&args.api_key, Some("")).send().await?.error_for_status()?.json().await?;
+    let listing: Value = http
+        .get(url)
+        .basic_auth(&args.api_key, Some(""))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
     listing["model_endpoints"][0]["id"]
         .as_str()
         .map(str::to_owned)
@@ -156,5 +187,9 @@ fn report(timings: &Timings, tasks: usize, accepted: u64, submit_seconds: f64) {
 }
 
 fn rate_text(rate: u64) -> String {
-    if rate == 0 { "as fast as accepted".into() } else { format!("{rate}/s") }
+    if rate == 0 {
+        "as fast as accepted".into()
+    } else {
+        format!("{rate}/s")
+    }
 }

@@ -46,8 +46,16 @@ impl DispatcherMetrics {
             dead_letters: Counter::default(),
             attempt_seconds: Histogram::new(buckets),
         };
-        registry.register("ferry_dispatcher_attempts", "Callback delivery attempts, by outcome", metrics.attempts.clone());
-        registry.register("ferry_dispatcher_dead_letters", "Callbacks given up on", metrics.dead_letters.clone());
+        registry.register(
+            "ferry_dispatcher_attempts",
+            "Callback delivery attempts, by outcome",
+            metrics.attempts.clone(),
+        );
+        registry.register(
+            "ferry_dispatcher_dead_letters",
+            "Callbacks given up on",
+            metrics.dead_letters.clone(),
+        );
         registry.register(
             "ferry_dispatcher_attempt_duration_seconds",
             "Time from sending a callback to its answer",
@@ -67,13 +75,27 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(queue: Queue, concurrency: usize, metrics: Arc<DispatcherMetrics>) -> reqwest::Result<Self> {
+    pub fn new(
+        queue: Queue,
+        concurrency: usize,
+        metrics: Arc<DispatcherMetrics>,
+    ) -> reqwest::Result<Self> {
         let http = deliver::client(deliver::Timeouts::default())?;
-        Ok(Dispatcher { queue, http, schedule: Arc::new(RetrySchedule::default()), concurrency, metrics })
+        Ok(Dispatcher {
+            queue,
+            http,
+            schedule: Arc::new(RetrySchedule::default()),
+            concurrency,
+            metrics,
+        })
     }
 
     /// Delivers callbacks until `cancel`, then finishes the attempts under way.
-    pub async fn run(self, readiness: Readiness, cancel: CancellationToken) -> Result<(), queue::Error> {
+    pub async fn run(
+        self,
+        readiness: Readiness,
+        cancel: CancellationToken,
+    ) -> Result<(), queue::Error> {
         let deliveries = self.queue.callback_jobs(self.concurrency).await?;
         readiness.set_ready();
         tracing::info!(concurrency = self.concurrency, "delivering callbacks");
@@ -112,30 +134,48 @@ impl Dispatcher {
                 return;
             }
         };
-        let span = tracing::info_span!("callback", endpoint = %job.endpoint_id, task_id = %job.task_id);
+        let span =
+            tracing::info_span!("callback", endpoint = %job.endpoint_id, task_id = %job.task_id);
         if let Err(error) = self.attempt(&delivery, &job).instrument(span.clone()).await {
             // Not acknowledged: the job comes back after the ack wait and is tried again.
             span.in_scope(|| tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "recording a callback attempt failed"));
         }
     }
 
-    async fn attempt(&self, delivery: &CallbackDelivery, job: &CallbackJob) -> Result<(), queue::Error> {
+    async fn attempt(
+        &self,
+        delivery: &CallbackDelivery,
+        job: &CallbackJob,
+    ) -> Result<(), queue::Error> {
         let attempt_number = delivery.attempt();
         let (verdict, attempt) = deliver::deliver_callback(&self.http, job).await;
-        self.metrics.attempt_seconds.observe(attempt.duration_ms as f64 / 1000.0);
-        let next = self.schedule.next(attempt_number, verdict, rand::random::<f64>());
+        self.metrics
+            .attempt_seconds
+            .observe(attempt.duration_ms as f64 / 1000.0);
+        let next = self
+            .schedule
+            .next(attempt_number, verdict, rand::random::<f64>());
         let outcome = match next {
             Next::Done => "delivered",
             Next::RetryIn(_) => "retry",
             Next::GiveUp => "dead_lettered",
         };
-        self.metrics.attempts.get_or_create(&OutcomeLabel { outcome }).inc();
-        let state = self.updated_state(job, attempt_number, attempt, next).await?;
+        self.metrics
+            .attempts
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        let state = self
+            .updated_state(job, attempt_number, attempt, next)
+            .await?;
         self.queue.put_callback_state(&job.task_id, &state).await?;
         match next {
             Next::Done => delivery.ack().await,
             Next::RetryIn(delay) => {
-                tracing::warn!(attempt = attempt_number, delay_s = delay.as_secs_f64(), "callback not delivered; retrying");
+                tracing::warn!(
+                    attempt = attempt_number,
+                    delay_s = delay.as_secs_f64(),
+                    "callback not delivered; retrying"
+                );
                 delivery.retry_after(delay).await
             }
             Next::GiveUp => {
@@ -154,8 +194,15 @@ impl Dispatcher {
         attempt: DeliveryAttempt,
         next: Next,
     ) -> Result<CallbackState, queue::Error> {
-        let earlier = if attempt_number > 1 { self.queue.callback_state(&job.task_id).await? } else { None };
-        let mut state = earlier.unwrap_or_else(|| CallbackState { url: job.target.url.clone(), ..Default::default() });
+        let earlier = if attempt_number > 1 {
+            self.queue.callback_state(&job.task_id).await?
+        } else {
+            None
+        };
+        let mut state = earlier.unwrap_or_else(|| CallbackState {
+            url: job.target.url.clone(),
+            ..Default::default()
+        });
         state.attempts.push(attempt);
         if state.attempts.len() > KEPT_ATTEMPTS {
             state.attempts.drain(..state.attempts.len() - KEPT_ATTEMPTS);
@@ -171,7 +218,10 @@ impl Dispatcher {
 
 /// `ferry dispatcher`: the callback controller.
 pub async fn run(args: DispatcherArgs, cancel: CancellationToken) -> anyhow::Result<()> {
-    let settings = QueueSettings { result_retention: args.nats.result_retention, ..Default::default() };
+    let settings = QueueSettings {
+        result_retention: args.nats.result_retention,
+        ..Default::default()
+    };
     let queue = Queue::connect(&args.nats.url, settings, Duration::from_secs(30)).await?;
     let mut registry = Registry::default();
     let metrics = DispatcherMetrics::register(&mut registry);

@@ -8,7 +8,9 @@ use std::sync::{Arc, RwLock};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use crate::crd::{BundleId, EndpointId, ModelBundle, ModelEndpoint, ModelEndpointStatus, namespace_of};
+use crate::crd::{
+    BundleId, EndpointId, ModelBundle, ModelEndpoint, ModelEndpointStatus, namespace_of,
+};
 use crate::manifest::Manifests;
 
 #[derive(Default)]
@@ -29,27 +31,39 @@ impl Catalog {
         let mut snapshot = Snapshot::default();
         for bundle in &manifests.bundles {
             let mut bundle = bundle.clone();
-            bundle.metadata.creation_timestamp.get_or_insert_with(|| now.clone());
-            snapshot.bundles.insert(bundle.bundle_id(), Arc::new(bundle));
+            bundle
+                .metadata
+                .creation_timestamp
+                .get_or_insert_with(|| now.clone());
+            snapshot
+                .bundles
+                .insert(bundle.bundle_id(), Arc::new(bundle));
         }
         for endpoint in &manifests.endpoints {
             let mut endpoint = endpoint.clone();
-            endpoint.metadata.creation_timestamp.get_or_insert_with(|| now.clone());
-            snapshot.endpoints.insert(endpoint.endpoint_id(), Arc::new(endpoint));
+            endpoint
+                .metadata
+                .creation_timestamp
+                .get_or_insert_with(|| now.clone());
+            snapshot
+                .endpoints
+                .insert(endpoint.endpoint_id(), Arc::new(endpoint));
         }
-        Catalog { snapshot: Arc::new(RwLock::new(snapshot)) }
+        Catalog {
+            snapshot: Arc::new(RwLock::new(snapshot)),
+        }
     }
 
     pub fn endpoint(&self, id: &EndpointId) -> Option<Arc<ModelEndpoint>> {
         self.read().endpoints.get(id).cloned()
     }
 
-    pub fn endpoints(&self) -> Vec<Arc<ModelEndpoint>> {
-        self.read().endpoints.values().cloned().collect()
-    }
-
     /// Endpoints visible in `namespace` (every namespace when `None`), optionally by exact name.
-    pub fn find_endpoints(&self, namespace: Option<&str>, name: Option<&str>) -> Vec<Arc<ModelEndpoint>> {
+    pub fn find_endpoints(
+        &self,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Vec<Arc<ModelEndpoint>> {
         self.read()
             .endpoints
             .values()
@@ -59,10 +73,18 @@ impl Catalog {
             .collect()
     }
 
-    /// The bundle an endpoint runs.
-    pub fn bundle_of(&self, endpoint: &ModelEndpoint) -> Option<Arc<ModelBundle>> {
-        let id = BundleId::for_resource(&namespace_of(endpoint), &endpoint.spec.bundle);
-        self.read().bundles.get(&id).cloned()
+    pub fn bundle(&self, id: &BundleId) -> Option<Arc<ModelBundle>> {
+        self.read().bundles.get(id).cloned()
+    }
+
+    /// Bundles visible in `namespace` (every namespace when `None`).
+    pub fn bundles(&self, namespace: Option<&str>) -> Vec<Arc<ModelBundle>> {
+        let snapshot = self.read();
+        let visible = snapshot
+            .bundles
+            .values()
+            .filter(|bundle| in_scope(namespace, &namespace_of(bundle.as_ref())));
+        visible.cloned().collect()
     }
 
     /// The newest bundle with this name visible in `namespace` (every namespace when `None`).
@@ -70,13 +92,18 @@ impl Catalog {
         self.read()
             .bundles
             .values()
-            .filter(|bundle| bundle.name_any() == name && in_scope(namespace, &namespace_of(bundle.as_ref())))
+            .filter(|bundle| {
+                bundle.name_any() == name && in_scope(namespace, &namespace_of(bundle.as_ref()))
+            })
             .max_by_key(|bundle| bundle.metadata.creation_timestamp.clone())
             .cloned()
     }
 
     pub fn set_status(&self, id: &EndpointId, status: ModelEndpointStatus) {
-        let mut snapshot = self.snapshot.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut snapshot = self
+            .snapshot
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(endpoint) = snapshot.endpoints.get_mut(id) {
             Arc::make_mut(endpoint).status = Some(status);
         }
@@ -84,7 +111,9 @@ impl Catalog {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
         // A writer that panicked left a whole snapshot behind (every write is one assignment).
-        self.snapshot.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.snapshot
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::forwarder::env as forwarder_env;
 
 #[derive(Parser, Debug)]
-#[command(name = "ferry", version, about = "Serve machine-learning models as endpoints and deliver their results to callback URLs")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Serve machine-learning models as endpoints and deliver their results to callback URLs"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub role: Role,
@@ -45,7 +49,11 @@ pub enum Role {
 #[derive(clap::Args, Debug, Clone)]
 pub struct NatsArgs {
     /// NATS server with JetStream.
-    #[arg(long = "nats-url", env = "FERRY_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long = "nats-url",
+        env = "FERRY_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub url: String,
     /// How long task records and callback states are kept, in seconds.
     #[arg(long, env = "FERRY_RESULT_RETENTION_SECONDS", default_value = "86400", value_parser = parse_seconds)]
@@ -136,7 +144,11 @@ pub struct DevArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Base URL of the gateway to measure.
-    #[arg(long, env = "FERRY_BENCH_GATEWAY", default_value = "http://127.0.0.1:5005")]
+    #[arg(
+        long,
+        env = "FERRY_BENCH_GATEWAY",
+        default_value = "http://127.0.0.1:5005"
+    )]
     pub gateway: url::Url,
     /// Name of an async endpoint with the callback hook.
     #[arg(long, default_value = "demo-endpoint-callback")]
@@ -159,5 +171,7 @@ pub struct BenchArgs {
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
-    text.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("`{text}` is not a whole number of seconds"))
+    text.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("`{text}` is not a whole number of seconds"))
 }

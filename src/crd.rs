@@ -25,7 +25,11 @@ pub const GROUP: &str = "ferry.dev";
     shortname = "mb",
     doc = "A model bundle: the container image and command that serve a model over HTTP.",
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ModelBundleSpec {
@@ -117,12 +121,14 @@ impl JsonSchema for Quantity {
         schemars::json_schema!({
             "description": "A resource quantity: an integer or a string such as \"500m\" or \"8Gi\".",
             "x-kubernetes-int-or-string": true,
-            "anyOf": [{"type": "integer"}, {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"}]
+            "pattern": r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
         })
     }
 }
 
-fn quantity_from_string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+fn quantity_from_string_or_number<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<String, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -165,6 +171,8 @@ fn default_queue_message_timeout_seconds() -> u32 {
 
 /// A served model: which bundle runs, on what resources, with how many workers, and what happens
 /// to results.
+// Each `printcolumn(...)` repeats `type_`; clippy reads the repeats as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "ferry.dev",
@@ -177,10 +185,22 @@ fn default_queue_message_timeout_seconds() -> u32 {
     doc = "A model endpoint: workers running a ModelBundle behind a durable task queue.",
     printcolumn(name = "Type", type_ = "string", json_path = ".spec.endpointType"),
     printcolumn(name = "Status", type_ = "string", json_path = ".status.state"),
-    printcolumn(name = "Workers", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicas"),
+    printcolumn(
+        name = "Workers",
+        type_ = "integer",
+        json_path = ".status.readyReplicas"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredReplicas"
+    ),
     printcolumn(name = "Backlog", type_ = "integer", json_path = ".status.queueDepth"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.minWorkers <= self.maxWorkers").message("minWorkers must not exceed maxWorkers"))]
 #[x_kube(validation = Rule::new("(self.gpus > 0) == has(self.gpuType)").message("gpus and gpuType must be set together"))]
@@ -298,8 +318,6 @@ pub struct ModelEndpointStatus {
 /// Condition types a ModelEndpoint reports.
 pub mod condition {
     pub const READY: &str = "Ready";
-    pub const QUEUE_READY: &str = "QueueReady";
-    pub const WORKERS_AVAILABLE: &str = "WorkersAvailable";
 }
 
 /// The id Launch reports for an endpoint, such as `end_4f1c…`: stable for a namespace and name.
@@ -316,16 +334,17 @@ macro_rules! id_impls {
     ($id:ident, $prefix:literal) => {
         impl $id {
             pub fn for_resource(namespace: &str, name: &str) -> Self {
-                Self(format!(concat!($prefix, "{}"), short_digest(namespace, name)))
+                Self(format!(
+                    concat!($prefix, "{}"),
+                    short_digest(namespace, name)
+                ))
             }
             /// Accepts an id given by a client; `None` when it cannot be one of ours.
             pub fn parse(text: &str) -> Option<Self> {
                 let digest = text.strip_prefix($prefix)?;
-                let valid = digest.len() == DIGEST_LEN && digest.bytes().all(|b| b.is_ascii_hexdigit());
+                let valid =
+                    digest.len() == DIGEST_LEN && digest.bytes().all(|b| b.is_ascii_hexdigit());
                 valid.then(|| Self(text.to_owned()))
-            }
-            pub fn as_str(&self) -> &str {
-                &self.0
             }
         }
         impl fmt::Display for $id {
@@ -388,7 +407,10 @@ spec:
     fn defaults_fill_a_minimal_endpoint() {
         let spec = endpoint(VALID).spec;
         assert_eq!(spec.endpoint_type, EndpointType::Async);
-        assert_eq!((spec.min_workers, spec.max_workers, spec.per_worker), (1, 1, 10));
+        assert_eq!(
+            (spec.min_workers, spec.max_workers, spec.per_worker),
+            (1, 1, 10)
+        );
         assert_eq!(spec.cpus, Quantity("1".into()));
         assert_eq!(spec.memory, Quantity("1Gi".into()));
         assert!(spec.has_hook(PostInferenceHook::Callback));
@@ -396,20 +418,31 @@ spec:
 
     #[test]
     fn cel_rules_accept_a_valid_endpoint() {
-        endpoint(VALID).validate_cel().expect("valid endpoint passes CEL");
+        endpoint(VALID)
+            .validate_cel()
+            .expect("valid endpoint passes CEL");
     }
 
     #[test]
     fn cel_rules_reject_min_above_max() {
         let bad = VALID.replace("cpus: 1", "cpus: 1\n  minWorkers: 3\n  maxWorkers: 2");
-        let errors = endpoint(&bad).validate_cel().expect_err("min > max is refused");
-        assert!(errors.to_string().contains("minWorkers must not exceed maxWorkers"), "{errors}");
+        let errors = endpoint(&bad)
+            .validate_cel()
+            .expect_err("min > max is refused");
+        assert!(
+            errors
+                .to_string()
+                .contains("minWorkers must not exceed maxWorkers"),
+            "{errors}"
+        );
     }
 
     #[test]
     fn cel_rules_require_team_and_product_labels() {
         let bad = VALID.replace("{team: t, product: p}", "{team: t}");
-        let errors = endpoint(&bad).validate_cel().expect_err("missing product is refused");
+        let errors = endpoint(&bad)
+            .validate_cel()
+            .expect_err("missing product is refused");
         assert!(errors.to_string().contains("team and product"), "{errors}");
     }
 
@@ -417,8 +450,13 @@ spec:
     fn cel_rules_pair_gpus_with_gpu_type() {
         let bad = VALID.replace("cpus: 1", "cpus: 1\n  gpus: 1");
         assert!(endpoint(&bad).validate_cel().is_err());
-        let good = VALID.replace("cpus: 1", "cpus: 1\n  gpus: 1\n  gpuType: nvidia-ampere-a10");
-        endpoint(&good).validate_cel().expect("gpus with gpuType pass");
+        let good = VALID.replace(
+            "cpus: 1",
+            "cpus: 1\n  gpus: 1\n  gpuType: nvidia-ampere-a10",
+        );
+        endpoint(&good)
+            .validate_cel()
+            .expect("gpus with gpuType pass");
     }
 
     #[test]
@@ -438,10 +476,10 @@ spec:
         let id = endpoint(VALID).endpoint_id();
         assert_eq!(id, EndpointId::for_resource("ml", "demo"));
         assert_ne!(id, EndpointId::for_resource("other", "demo"));
-        assert!(id.as_str().starts_with("end_"));
-        assert_eq!(EndpointId::parse(id.as_str()), Some(id.clone()));
+        assert!(id.to_string().starts_with("end_"));
+        assert_eq!(EndpointId::parse(&id.to_string()), Some(id.clone()));
         assert_eq!(EndpointId::parse("end_nothex"), None);
-        assert_eq!(BundleId::parse(id.as_str()), None);
+        assert_eq!(BundleId::parse(&id.to_string()), None);
     }
 
     #[test]

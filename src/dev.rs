@@ -37,18 +37,30 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
             (server.url.clone(), Some(server))
         }
     };
-    let queue = Queue::connect(&nats_url, QueueSettings::default(), Duration::from_secs(10)).await?;
+    let queue =
+        Queue::connect(&nats_url, QueueSettings::default(), Duration::from_secs(10)).await?;
     for endpoint in async_endpoints(&manifests) {
-        queue.ensure_endpoint(&QueueSpec::for_endpoint(endpoint)).await?;
+        queue
+            .ensure_endpoint(&QueueSpec::for_endpoint(endpoint))
+            .await?;
     }
 
     let mut registry = Registry::default();
     let catalog = Catalog::from_manifests(&manifests);
     let mut services = JoinSet::new();
 
-    let dispatcher = Dispatcher::new(queue.clone(), 256, DispatcherMetrics::register(&mut registry))?;
+    let dispatcher = Dispatcher::new(
+        queue.clone(),
+        256,
+        DispatcherMetrics::register(&mut registry),
+    )?;
     let dispatcher_cancel = cancel.child_token();
-    services.spawn(async move { dispatcher.run(Readiness::default(), dispatcher_cancel).await.map_err(anyhow::Error::from) });
+    services.spawn(async move {
+        dispatcher
+            .run(Readiness::default(), dispatcher_cancel)
+            .await
+            .map_err(anyhow::Error::from)
+    });
 
     let forwarder_metrics = ForwarderMetrics::register(&mut registry);
     let mut workers = JoinSet::new();
@@ -59,7 +71,9 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
             catalog.set_status(&endpoint.endpoint_id(), unsupported_status(&endpoint));
             continue;
         }
-        let Some(bundle) = manifests.bundle_for(&endpoint) else { continue };
+        let Some(bundle) = manifests.bundle_for(&endpoint) else {
+            continue;
+        };
         let bundle = Arc::new(bundle.clone());
         let mut readiness = Vec::new();
         for index in 0..endpoint.spec.min_workers {
@@ -90,9 +104,15 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
     readiness.set_ready();
     let gateway_cancel = cancel.clone();
     services.spawn(async move {
-        gateway::serve(listener, gateway::router(state, MAX_BODY_BYTES), registry, readiness, gateway_cancel)
-            .await
-            .map_err(anyhow::Error::from)
+        gateway::serve(
+            listener,
+            gateway::router(state, MAX_BODY_BYTES),
+            registry,
+            readiness,
+            gateway_cancel,
+        )
+        .await
+        .map_err(anyhow::Error::from)
     });
     tracing::info!(listen = %args.listen, nats = %nats_url, "ferry dev is up");
 
@@ -112,7 +132,10 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
 }
 
 fn async_endpoints(manifests: &Manifests) -> impl Iterator<Item = &ModelEndpoint> {
-    manifests.endpoints.iter().filter(|endpoint| endpoint.spec.endpoint_type == EndpointType::Async)
+    manifests
+        .endpoints
+        .iter()
+        .filter(|endpoint| endpoint.spec.endpoint_type == EndpointType::Async)
 }
 
 /// Reports the endpoint UPDATE_IN_PROGRESS until its workers take tasks, then READY.
@@ -121,7 +144,11 @@ async fn track_status(catalog: Catalog, endpoint: Arc<ModelEndpoint>, workers: V
     let wanted = workers.len() as i32;
     let status = |ready: i32| ModelEndpointStatus {
         endpoint_id: Some(id.to_string()),
-        state: Some(if ready >= wanted { EndpointState::Ready } else { EndpointState::UpdateInProgress }),
+        state: Some(if ready >= wanted {
+            EndpointState::Ready
+        } else {
+            EndpointState::UpdateInProgress
+        }),
         replicas: Some(wanted),
         ready_replicas: Some(ready),
         desired_replicas: Some(wanted),

@@ -22,7 +22,9 @@ use crate::admin::{self, Readiness};
 use crate::cli::ForwarderArgs;
 use crate::crd::EndpointId;
 use crate::queue::{self, MAX_TASK_ATTEMPTS, Queue, QueueSettings, TaskDelivery};
-use crate::task::{CallbackJob, TaskError, TaskMessage, TaskOutcome, TaskRecord, TaskStatus, now_ms};
+use crate::task::{
+    CallbackJob, TaskError, TaskMessage, TaskOutcome, TaskRecord, TaskStatus, now_ms,
+};
 
 /// The forwarder's environment contract: the operator's pod builder sets exactly these.
 pub mod env {
@@ -57,8 +59,15 @@ pub struct ForwarderMetrics {
 impl ForwarderMetrics {
     pub fn register(registry: &mut Registry) -> Arc<Self> {
         let buckets = prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16);
-        let metrics = ForwarderMetrics { tasks: Family::default(), predict_seconds: Histogram::new(buckets) };
-        registry.register("ferry_forwarder_tasks", "Tasks finished, by outcome", metrics.tasks.clone());
+        let metrics = ForwarderMetrics {
+            tasks: Family::default(),
+            predict_seconds: Histogram::new(buckets),
+        };
+        registry.register(
+            "ferry_forwarder_tasks",
+            "Tasks finished, by outcome",
+            metrics.tasks.clone(),
+        );
         registry.register(
             "ferry_forwarder_predict_duration_seconds",
             "Time the model took per task",
@@ -84,7 +93,10 @@ impl Forwarder {
         if !self.model.wait_until_ready(&cancel).await {
             return Ok(());
         }
-        let (ack_wait, deliveries) = self.queue.tasks(&self.endpoint_id, self.concurrency).await?;
+        let (ack_wait, deliveries) = self
+            .queue
+            .tasks(&self.endpoint_id, self.concurrency)
+            .await?;
         readiness.set_ready();
         tracing::info!(endpoint = %self.endpoint_id, concurrency = self.concurrency, "taking tasks");
         let mut deliveries = std::pin::pin!(deliveries);
@@ -102,7 +114,8 @@ impl Forwarder {
             match delivery {
                 Some(Ok(delivery)) => {
                     let forwarder = self.clone();
-                    running.spawn(async move { forwarder.handle(delivery, keep_alive_every).await });
+                    running
+                        .spawn(async move { forwarder.handle(delivery, keep_alive_every).await });
                 }
                 Some(Err(error)) => {
                     tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "receiving tasks");
@@ -110,7 +123,10 @@ impl Forwarder {
                 None => break,
             }
         }
-        tracing::info!(in_flight = running.len(), "stopped taking tasks; finishing the ones held");
+        tracing::info!(
+            in_flight = running.len(),
+            "stopped taking tasks; finishing the ones held"
+        );
         while running.join_next().await.is_some() {}
         Ok(())
     }
@@ -125,7 +141,8 @@ impl Forwarder {
                 return;
             }
         };
-        let span = tracing::info_span!("task", endpoint = %task.endpoint_id, task_id = %task.task_id);
+        let span =
+            tracing::info_span!("task", endpoint = %task.endpoint_id, task_id = %task.task_id);
         let result = async {
             let keep_alive = keep_alive_while_running(&delivery, keep_alive_every);
             tokio::select! {
@@ -148,7 +165,11 @@ impl Forwarder {
         }
     }
 
-    async fn process(&self, delivery: &TaskDelivery, task: &TaskMessage) -> Result<(), queue::Error> {
+    async fn process(
+        &self,
+        delivery: &TaskDelivery,
+        task: &TaskMessage,
+    ) -> Result<(), queue::Error> {
         let attempt = delivery.attempt();
         if attempt > 1
             && let Some(record) = self.queue.task_record(&task.task_id).await?
@@ -158,15 +179,27 @@ impl Forwarder {
             return self.send_callback(task, outcome_of(&record)).await;
         }
         if delivery.attempts_exhausted() {
-            let message = format!("the task was abandoned after {MAX_TASK_ATTEMPTS} attempts: each worker stopped before finishing it");
-            let prediction = Prediction::Failure { error: TaskError { message, detail: None }, status_code: None };
+            let message = format!(
+                "the task was abandoned after {MAX_TASK_ATTEMPTS} attempts: each worker stopped before finishing it"
+            );
+            let prediction = Prediction::Failure {
+                error: TaskError {
+                    message,
+                    detail: None,
+                },
+                status_code: None,
+            };
             return self.finish(task, prediction).await;
         }
         let started = TaskRecord::started(task.endpoint_id.clone());
         let timer = std::time::Instant::now();
-        let (recorded, prediction) =
-            tokio::join!(self.queue.put_task_record(&task.task_id, &started), self.model.predict(&task.args));
-        self.metrics.predict_seconds.observe(timer.elapsed().as_secs_f64());
+        let (recorded, prediction) = tokio::join!(
+            self.queue.put_task_record(&task.task_id, &started),
+            self.model.predict(&task.args)
+        );
+        self.metrics
+            .predict_seconds
+            .observe(timer.elapsed().as_secs_f64());
         recorded?;
         self.finish(task, prediction).await
     }
@@ -174,14 +207,27 @@ impl Forwarder {
     async fn finish(&self, task: &TaskMessage, prediction: Prediction) -> Result<(), queue::Error> {
         let record = final_record(task, prediction);
         self.queue.put_task_record(&task.task_id, &record).await?;
-        let outcome = if record.status == TaskStatus::Success { "success" } else { "failure" };
-        self.metrics.tasks.get_or_create(&OutcomeLabel { outcome }).inc();
+        let outcome = if record.status == TaskStatus::Success {
+            "success"
+        } else {
+            "failure"
+        };
+        self.metrics
+            .tasks
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
         tracing::debug!(status = ?record.status, "task finished");
         self.send_callback(task, outcome_of(&record)).await
     }
 
-    async fn send_callback(&self, task: &TaskMessage, outcome: TaskOutcome) -> Result<(), queue::Error> {
-        let Some(target) = task.callback.clone() else { return Ok(()) };
+    async fn send_callback(
+        &self,
+        task: &TaskMessage,
+        outcome: TaskOutcome,
+    ) -> Result<(), queue::Error> {
+        let Some(target) = task.callback.clone() else {
+            return Ok(());
+        };
         let job = CallbackJob {
             task_id: task.task_id.clone(),
             endpoint_id: task.endpoint_id.clone(),
@@ -194,7 +240,10 @@ impl Forwarder {
 }
 
 /// Renews the task's lease until dropped (it never returns on its own).
-async fn keep_alive_while_running(delivery: &TaskDelivery, every: Duration) -> std::convert::Infallible {
+async fn keep_alive_while_running(
+    delivery: &TaskDelivery,
+    every: Duration,
+) -> std::convert::Infallible {
     let mut ticks = tokio::time::interval(every);
     ticks.tick().await;
     loop {
@@ -206,33 +255,60 @@ async fn keep_alive_while_running(delivery: &TaskDelivery, every: Duration) -> s
 }
 
 fn final_record(task: &TaskMessage, prediction: Prediction) -> TaskRecord {
-    let base = TaskRecord { updated_at_ms: now_ms(), ..TaskRecord::pending(task.endpoint_id.clone()) };
+    let base = TaskRecord {
+        updated_at_ms: now_ms(),
+        ..TaskRecord::pending(task.endpoint_id.clone())
+    };
     match prediction {
-        Prediction::Success { result, status_code } => TaskRecord {
+        Prediction::Success {
+            result,
+            status_code,
+        } => TaskRecord {
             status: TaskStatus::Success,
             result: Some(result),
             status_code: Some(status_code),
             ..base
         },
-        Prediction::Failure { error, status_code } => {
-            TaskRecord { status: TaskStatus::Failure, error: Some(error), status_code, ..base }
-        }
+        Prediction::Failure { error, status_code } => TaskRecord {
+            status: TaskStatus::Failure,
+            error: Some(error),
+            status_code,
+            ..base
+        },
     }
 }
 
 fn outcome_of(record: &TaskRecord) -> TaskOutcome {
     match (&record.status, &record.result, &record.error) {
-        (TaskStatus::Success, result, _) => TaskOutcome::Success { result: result.clone().unwrap_or_default() },
-        (_, _, Some(error)) => TaskOutcome::Failure { error: error.clone() },
-        _ => TaskOutcome::Failure { error: TaskError { message: "the task failed".into(), detail: None } },
+        (TaskStatus::Success, result, _) => TaskOutcome::Success {
+            result: result.clone().unwrap_or_default(),
+        },
+        (_, _, Some(error)) => TaskOutcome::Failure {
+            error: error.clone(),
+        },
+        _ => TaskOutcome::Failure {
+            error: TaskError {
+                message: "the task failed".into(),
+                detail: None,
+            },
+        },
     }
 }
 
 /// `ferry forwarder`: the sidecar in every worker pod.
 pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Result<()> {
-    let endpoint_id = EndpointId::parse(&args.endpoint_id).ok_or_else(|| Error::EndpointId(args.endpoint_id.clone()))?;
-    let model = ModelClient::new(&args.model_url, &args.predict_route, &args.healthcheck_route, args.predict_timeout)?;
-    let settings = QueueSettings { result_retention: args.nats.result_retention, ..Default::default() };
+    let endpoint_id = EndpointId::parse(&args.endpoint_id)
+        .ok_or_else(|| Error::EndpointId(args.endpoint_id.clone()))?;
+    let model = ModelClient::new(
+        &args.model_url,
+        &args.predict_route,
+        &args.healthcheck_route,
+        args.predict_timeout,
+    )?;
+    let settings = QueueSettings {
+        result_retention: args.nats.result_retention,
+        ..Default::default()
+    };
     let queue = Queue::connect(&args.nats.url, settings, Duration::from_secs(30)).await?;
     let mut registry = Registry::default();
     let metrics = ForwarderMetrics::register(&mut registry);
@@ -241,7 +317,13 @@ pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Resu
         let router = admin::router(Arc::new(registry), readiness.clone());
         tokio::spawn(admin::serve(addr, router, cancel.clone()));
     }
-    let forwarder = Forwarder { queue, endpoint_id, model, concurrency: args.concurrency.get() as usize, metrics };
+    let forwarder = Forwarder {
+        queue,
+        endpoint_id,
+        model,
+        concurrency: args.concurrency.get() as usize,
+        metrics,
+    };
     forwarder.run(readiness, cancel).await?;
     Ok(())
 }

@@ -40,7 +40,11 @@ pub struct GatewayMetrics {
 impl GatewayMetrics {
     pub fn register(registry: &mut Registry) -> Arc<Self> {
         let metrics = Arc::new(GatewayMetrics::default());
-        registry.register("ferry_gateway_tasks_submitted", "Async tasks accepted", metrics.tasks_submitted.clone());
+        registry.register(
+            "ferry_gateway_tasks_submitted",
+            "Async tasks accepted",
+            metrics.tasks_submitted.clone(),
+        );
         metrics
     }
 }
@@ -48,7 +52,9 @@ impl GatewayMetrics {
 /// The API router. `max_body_bytes` bounds every request body (larger ones get 413).
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let v1 = Router::new()
+        .route("/v1/model-bundles", get(routes::list_bundles))
         .route("/v1/model-bundles/latest", get(routes::latest_bundle))
+        .route("/v1/model-bundles/{id}", get(routes::get_bundle))
         .route("/v1/model-endpoints", get(routes::list_endpoints))
         .route("/v1/model-endpoints/{id}", get(routes::get_endpoint))
         .route("/v1/async-tasks", post(routes::submit_async_task))
@@ -68,7 +74,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = router.merge(admin::router(Arc::new(registry), readiness));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
 }
 
 /// `ferry gateway`: serves the endpoints its manifests define, ensuring their queues at start.
@@ -78,10 +86,20 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
         anyhow::bail!("no API keys configured: set --api-keys / FERRY_API_KEYS to KEY=TEAM pairs");
     }
     let manifests = manifest::load(&args.manifests)?;
-    let settings = QueueSettings { result_retention: args.nats.result_retention, ..Default::default() };
-    let queue = Queue::connect(&args.nats.url, settings, std::time::Duration::from_secs(30)).await?;
-    for endpoint in manifests.endpoints.iter().filter(|e| e.spec.endpoint_type == EndpointType::Async) {
-        queue.ensure_endpoint(&QueueSpec::for_endpoint(endpoint)).await?;
+    let settings = QueueSettings {
+        result_retention: args.nats.result_retention,
+        ..Default::default()
+    };
+    let queue =
+        Queue::connect(&args.nats.url, settings, std::time::Duration::from_secs(30)).await?;
+    for endpoint in manifests
+        .endpoints
+        .iter()
+        .filter(|e| e.spec.endpoint_type == EndpointType::Async)
+    {
+        queue
+            .ensure_endpoint(&QueueSpec::for_endpoint(endpoint))
+            .await?;
     }
     let mut registry = Registry::default();
     let state = AppState {
@@ -93,6 +111,13 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
     let readiness = Readiness::default();
     readiness.set_ready();
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    serve(listener, router(state, args.max_body_bytes), registry, readiness, cancel).await?;
+    serve(
+        listener,
+        router(state, args.max_body_bytes),
+        registry,
+        readiness,
+        cancel,
+    )
+    .await?;
     Ok(())
 }

@@ -52,18 +52,120 @@ fn crd_yaml() -> anyhow::Result<String> {
 
 async fn cancel_on_signal(cancel: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM");
-            let _ = ctrl_c.await;
-            cancel.cancel();
-            return;
-        }
-    };
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                cancel.cancel();
+                return;
+            }
+        };
     tokio::select! {
         _ = ctrl_c => tracing::info!("interrupted: shutting down"),
         _ = terminate.recv() => tracing::info!("terminated: shutting down"),
     }
     cancel.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use kube::CustomResourceExt;
+
+    const CRDS_FILE: &str = "crds/ferry.dev.yaml";
+
+    #[test]
+    fn crds_directory_matches_the_rust_types() {
+        let on_disk =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(CRDS_FILE))
+                .expect("crds/ferry.dev.yaml exists");
+        let generated = super::crd_yaml().expect("CRDs serialize");
+        assert!(
+            on_disk == generated,
+            "{CRDS_FILE} is stale: run `cargo run -- crd > {CRDS_FILE}`"
+        );
+    }
+
+    /// Every example manifest fits its CRD's OpenAPI schema (types, bounds, patterns) and passes
+    /// the CEL rules, as `kubectl apply` would check them.
+    #[test]
+    fn examples_validate_against_the_crd_schemas() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let manifests = crate::manifest::load(std::slice::from_ref(&examples))
+            .expect("examples load and pass CEL rules");
+        assert!(!manifests.bundles.is_empty() && !manifests.endpoints.is_empty());
+        let validators = [
+            crate::crd::ModelBundle::crd(),
+            crate::crd::ModelEndpoint::crd(),
+        ]
+        .map(|crd| {
+            let schema = crd.spec.versions[0]
+                .schema
+                .clone()
+                .and_then(|s| s.open_api_v3_schema)
+                .expect("schema");
+            let schema = serde_json::to_value(schema).expect("schema serializes");
+            (
+                crd.spec.names.kind,
+                jsonschema::validator_for(&schema).expect("schema compiles"),
+            )
+        });
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&examples).expect("examples dir") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|ext| ext != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("readable");
+            for document in serde_yaml::Deserializer::from_str(&text) {
+                let value: serde_json::Value =
+                    serde::Deserialize::deserialize(document).expect("YAML");
+                let Some((_, validator)) = validators
+                    .iter()
+                    .find(|(kind, _)| value["kind"] == kind.as_str())
+                else {
+                    continue;
+                };
+                let errors: Vec<String> = validator
+                    .iter_errors(&value)
+                    .map(|e| e.to_string())
+                    .collect();
+                assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+                checked += 1;
+            }
+        }
+        assert!(checked >= 2, "checked {checked} manifests");
+    }
+
+    #[test]
+    fn the_schema_rejects_out_of_bounds_values() {
+        let crd = crate::crd::ModelEndpoint::crd();
+        let schema = crd.spec.versions[0]
+            .schema
+            .clone()
+            .and_then(|s| s.open_api_v3_schema)
+            .expect("schema");
+        let validator = jsonschema::validator_for(&serde_json::to_value(schema).expect("json"))
+            .expect("compiles");
+        let endpoint = |spec: serde_json::Value| serde_json::json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "ModelEndpoint", "metadata": {"name": "x"}, "spec": spec});
+        let labels = serde_json::json!({"team": "t", "product": "p"});
+        assert!(validator.is_valid(&endpoint(
+            serde_json::json!({"bundle": "b", "labels": labels})
+        )));
+        assert!(!validator.is_valid(&endpoint(
+            serde_json::json!({"bundle": "b", "labels": labels, "maxWorkers": 0})
+        )));
+        assert!(!validator.is_valid(&endpoint(
+            serde_json::json!({"bundle": "b", "labels": labels, "endpointType": "batch"})
+        )));
+        assert!(!validator.is_valid(&endpoint(
+            serde_json::json!({"bundle": "b", "labels": labels, "defaultCallbackUrl": "ftp://x"})
+        )));
+        assert!(!validator.is_valid(&endpoint(
+            serde_json::json!({"bundle": "b", "labels": labels, "cpus": "lots"})
+        )));
+    }
 }

@@ -11,13 +11,33 @@ use crate::crd::{GROUP, ModelBundle, ModelEndpoint, namespace_of};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("reading {path}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: document {index} is not valid YAML")]
-    Yaml { path: PathBuf, index: usize, #[source] source: serde_yaml::Error },
+    Yaml {
+        path: PathBuf,
+        index: usize,
+        #[source]
+        source: serde_yaml::Error,
+    },
     #[error("{path}: {kind} {name} is invalid: {message}")]
-    Invalid { path: PathBuf, kind: &'static str, name: String, message: String },
-    #[error("ModelEndpoint {namespace}/{endpoint} names bundle {bundle}, which no manifest defines")]
-    MissingBundle { namespace: String, endpoint: String, bundle: String },
+    Invalid {
+        path: PathBuf,
+        kind: &'static str,
+        name: String,
+        message: String,
+    },
+    #[error(
+        "ModelEndpoint {namespace}/{endpoint} names bundle {bundle}, which no manifest defines"
+    )]
+    MissingBundle {
+        namespace: String,
+        endpoint: String,
+        bundle: String,
+    },
     #[error("no ModelEndpoint found in {paths}")]
     NoEndpoints { paths: String },
 }
@@ -32,7 +52,9 @@ pub struct Manifests {
 impl Manifests {
     pub fn bundle_for(&self, endpoint: &ModelEndpoint) -> Option<&ModelBundle> {
         let namespace = namespace_of(endpoint);
-        self.bundles.iter().find(|bundle| bundle.name_any() == endpoint.spec.bundle && namespace_of(*bundle) == namespace)
+        self.bundles.iter().find(|bundle| {
+            bundle.name_any() == endpoint.spec.bundle && namespace_of(*bundle) == namespace
+        })
     }
 }
 
@@ -50,7 +72,10 @@ struct TypeMeta {
 pub fn load(paths: &[PathBuf]) -> Result<Manifests, Error> {
     let mut manifests = Manifests::default();
     for file in yaml_files(paths)? {
-        let text = std::fs::read_to_string(&file).map_err(|source| Error::Read { path: file.clone(), source })?;
+        let text = std::fs::read_to_string(&file).map_err(|source| Error::Read {
+            path: file.clone(),
+            source,
+        })?;
         parse_into(&mut manifests, &file, &text)?;
     }
     for endpoint in &manifests.endpoints {
@@ -63,7 +88,11 @@ pub fn load(paths: &[PathBuf]) -> Result<Manifests, Error> {
         }
     }
     if manifests.endpoints.is_empty() {
-        let paths = paths.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ");
+        let paths = paths
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         return Err(Error::NoEndpoints { paths });
     }
     Ok(manifests)
@@ -73,8 +102,14 @@ fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
-            let entries = std::fs::read_dir(path).map_err(|source| Error::Read { path: path.clone(), source })?;
-            let mut found: Vec<PathBuf> = entries.filter_map(|entry| entry.ok().map(|entry| entry.path())).filter(|p| is_yaml(p)).collect();
+            let entries = std::fs::read_dir(path).map_err(|source| Error::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                .filter(|p| is_yaml(p))
+                .collect();
             found.sort();
             files.extend(found);
         } else {
@@ -85,18 +120,28 @@ fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
 }
 
 fn is_yaml(path: &Path) -> bool {
-    matches!(path.extension().and_then(|ext| ext.to_str()), Some("yaml" | "yml"))
+    matches!(
+        path.extension().and_then(|ext| ext.to_str()),
+        Some("yaml" | "yml")
+    )
 }
 
 fn parse_into(manifests: &mut Manifests, path: &Path, text: &str) -> Result<(), Error> {
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(document)
-            .map_err(|source| Error::Yaml { path: path.into(), index, source })?;
+        let value = serde_yaml::Value::deserialize(document).map_err(|source| Error::Yaml {
+            path: path.into(),
+            index,
+            source,
+        })?;
         if value.is_null() {
             continue;
         }
-        let meta: TypeMeta = serde_yaml::from_value(value.clone())
-            .map_err(|source| Error::Yaml { path: path.into(), index, source })?;
+        let meta: TypeMeta =
+            serde_yaml::from_value(value.clone()).map_err(|source| Error::Yaml {
+                path: path.into(),
+                index,
+                source,
+            })?;
         if meta.api_version.split('/').next() != Some(GROUP) {
             continue;
         }
@@ -108,15 +153,19 @@ fn parse_into(manifests: &mut Manifests, path: &Path, text: &str) -> Result<(), 
         };
         match meta.kind.as_str() {
             "ModelBundle" => {
-                let bundle: ModelBundle =
-                    serde_yaml::from_value(value.clone()).map_err(|e| invalid("ModelBundle", e.to_string()))?;
-                bundle.validate_cel().map_err(|e| invalid("ModelBundle", e.to_string()))?;
+                let bundle: ModelBundle = serde_yaml::from_value(value.clone())
+                    .map_err(|e| invalid("ModelBundle", e.to_string()))?;
+                bundle
+                    .validate_cel()
+                    .map_err(|e| invalid("ModelBundle", e.to_string()))?;
                 manifests.bundles.push(bundle);
             }
             "ModelEndpoint" => {
-                let endpoint: ModelEndpoint =
-                    serde_yaml::from_value(value.clone()).map_err(|e| invalid("ModelEndpoint", e.to_string()))?;
-                endpoint.validate_cel().map_err(|e| invalid("ModelEndpoint", e.to_string()))?;
+                let endpoint: ModelEndpoint = serde_yaml::from_value(value.clone())
+                    .map_err(|e| invalid("ModelEndpoint", e.to_string()))?;
+                endpoint
+                    .validate_cel()
+                    .map_err(|e| invalid("ModelEndpoint", e.to_string()))?;
                 manifests.endpoints.push(endpoint);
             }
             _ => {}
@@ -126,7 +175,10 @@ fn parse_into(manifests: &mut Manifests, path: &Path, text: &str) -> Result<(), 
 }
 
 fn name_of(value: &serde_yaml::Value) -> String {
-    value["metadata"]["name"].as_str().unwrap_or("(unnamed)").to_owned()
+    value["metadata"]["name"]
+        .as_str()
+        .unwrap_or("(unnamed)")
+        .to_owned()
 }
 
 #[cfg(test)]
@@ -143,7 +195,9 @@ mod tests {
     #[test]
     fn loads_multi_document_files_and_skips_other_kinds() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let text = format!("{BUNDLE}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: x}}\n---\n{ENDPOINT}");
+        let text = format!(
+            "{BUNDLE}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: x}}\n---\n{ENDPOINT}"
+        );
         write(dir.path(), "all.yaml", &text);
         write(dir.path(), "notes.txt", "not yaml: [");
         let manifests = load(&[dir.path().into()]).expect("loads");
@@ -163,8 +217,17 @@ mod tests {
     fn cel_violations_name_the_resource_and_rule() {
         let dir = tempfile::tempdir().expect("temp dir");
         write(dir.path(), "b.yaml", BUNDLE);
-        write(dir.path(), "e.yaml", &ENDPOINT.replace("product: p", "owner: p"));
-        let error = load(&[dir.path().into()]).expect_err("labels rule").to_string();
-        assert!(error.contains("ModelEndpoint e is invalid") && error.contains("team and product"), "{error}");
+        write(
+            dir.path(),
+            "e.yaml",
+            &ENDPOINT.replace("product: p", "owner: p"),
+        );
+        let error = load(&[dir.path().into()])
+            .expect_err("labels rule")
+            .to_string();
+        assert!(
+            error.contains("ModelEndpoint e is invalid") && error.contains("team and product"),
+            "{error}"
+        );
     }
 }

@@ -21,47 +21,65 @@ pub type NatsError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("connecting to NATS at {url}")]
-    Connect { url: String, #[source] source: NatsError },
+    Connect {
+        url: String,
+        #[source]
+        source: NatsError,
+    },
     #[error("ensuring stream {stream}")]
-    EnsureStream { stream: String, #[source] source: NatsError },
+    EnsureStream {
+        stream: String,
+        #[source]
+        source: NatsError,
+    },
     #[error("ensuring consumer {consumer} on stream {stream}")]
-    EnsureConsumer { stream: String, consumer: String, #[source] source: NatsError },
+    EnsureConsumer {
+        stream: String,
+        consumer: String,
+        #[source]
+        source: NatsError,
+    },
     #[error("ensuring bucket {bucket}")]
-    EnsureBucket { bucket: String, #[source] source: NatsError },
-    #[error("deleting stream {stream}")]
-    DeleteStream { stream: String, #[source] source: NatsError },
+    EnsureBucket {
+        bucket: String,
+        #[source]
+        source: NatsError,
+    },
     #[error("publishing to {subject}")]
-    Publish { subject: String, #[source] source: NatsError },
+    Publish {
+        subject: String,
+        #[source]
+        source: NatsError,
+    },
     #[error("reading key {key}")]
-    Read { key: String, #[source] source: NatsError },
+    Read {
+        key: String,
+        #[source]
+        source: NatsError,
+    },
     #[error("writing key {key}")]
-    Write { key: String, #[source] source: NatsError },
+    Write {
+        key: String,
+        #[source]
+        source: NatsError,
+    },
     #[error("receiving from consumer {consumer}")]
-    Receive { consumer: String, #[source] source: NatsError },
+    Receive {
+        consumer: String,
+        #[source]
+        source: NatsError,
+    },
     #[error("acknowledging a message")]
-    Ack { #[source] source: NatsError },
-    #[error("reading consumer state of stream {stream}")]
-    ConsumerInfo { stream: String, #[source] source: NatsError },
+    Ack {
+        #[source]
+        source: NatsError,
+    },
     #[error("decoding {what}")]
-    Decode { what: &'static str, #[source] source: serde_json::Error },
-}
-
-impl Error {
-    /// A bounded label for metrics and logs.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Error::Connect { .. } => "connect",
-            Error::EnsureStream { .. } | Error::EnsureConsumer { .. } | Error::EnsureBucket { .. } => "ensure",
-            Error::DeleteStream { .. } => "delete",
-            Error::Publish { .. } => "publish",
-            Error::Read { .. } => "read",
-            Error::Write { .. } => "write",
-            Error::Receive { .. } => "receive",
-            Error::Ack { .. } => "ack",
-            Error::ConsumerInfo { .. } => "consumer_info",
-            Error::Decode { .. } => "decode",
-        }
-    }
+    Decode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Settings shared by every process that opens the queue.
@@ -75,7 +93,10 @@ pub struct QueueSettings {
 
 impl Default for QueueSettings {
     fn default() -> Self {
-        QueueSettings { result_retention: Duration::from_secs(86_400), replicas: 1 }
+        QueueSettings {
+            result_retention: Duration::from_secs(86_400),
+            replicas: 1,
+        }
     }
 }
 
@@ -90,12 +111,20 @@ pub struct Queue {
 impl Queue {
     /// Connects (retrying while the server starts, for up to `wait`) and ensures the shared
     /// results bucket and callbacks streams exist.
-    pub async fn connect(url: &str, settings: QueueSettings, wait: Duration) -> Result<Self, Error> {
+    pub async fn connect(
+        url: &str,
+        settings: QueueSettings,
+        wait: Duration,
+    ) -> Result<Self, Error> {
         let client = connect_with_retry(url, wait).await?;
         let js = jetstream::new(client);
         let results = results::ensure_bucket(&js, &settings).await?;
         callbacks::ensure_streams(&js, &settings).await?;
-        Ok(Queue { js, results, settings })
+        Ok(Queue {
+            js,
+            results,
+            settings,
+        })
     }
 }
 
@@ -114,7 +143,12 @@ async fn connect_with_retry(url: &str, wait: Duration) -> Result<async_nats::Cli
                 tracing::debug!(%error, url, "NATS not reachable yet");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(error) => return Err(Error::Connect { url: url.into(), source: error.into() }),
+            Err(error) => {
+                return Err(Error::Connect {
+                    url: url.into(),
+                    source: error.into(),
+                });
+            }
         }
     }
 }

@@ -20,7 +20,9 @@ impl TaskId {
     }
     /// Accepts an id given by a client; `None` when it cannot be one of ours.
     pub fn parse(text: &str) -> Option<Self> {
-        uuid::Uuid::parse_str(text).ok().map(|uuid| TaskId(uuid.hyphenated().to_string()))
+        uuid::Uuid::parse_str(text)
+            .ok()
+            .map(|uuid| TaskId(uuid.hyphenated().to_string()))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -123,7 +125,10 @@ impl TaskRecord {
         }
     }
     pub fn started(endpoint_id: EndpointId) -> Self {
-        TaskRecord { status: TaskStatus::Started, ..TaskRecord::pending(endpoint_id) }
+        TaskRecord {
+            status: TaskStatus::Started,
+            ..TaskRecord::pending(endpoint_id)
+        }
     }
 }
 
@@ -208,7 +213,9 @@ mod tests {
         CallbackJob {
             task_id: TaskId::parse("0190f4a2-7c1e-7b3a-9f00-0123456789ab").expect("valid uuid"),
             endpoint_id: EndpointId::for_resource("default", "demo"),
-            target: CallbackTarget { url: "http://127.0.0.1:9/cb".into() },
+            target: CallbackTarget {
+                url: "http://127.0.0.1:9/cb".into(),
+            },
             outcome,
             submitted_at_ms: 0,
         }
@@ -225,7 +232,10 @@ mod tests {
 
     #[test]
     fn failure_body_carries_the_error() {
-        let error = TaskError { message: "model answered 500".into(), detail: None };
+        let error = TaskError {
+            message: "model answered 500".into(),
+            detail: None,
+        };
         let body = job(TaskOutcome::Failure { error }).body();
         assert_eq!(body["status"], "FAILURE");
         assert_eq!(body["error"]["message"], "model answered 500");

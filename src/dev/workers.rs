@@ -24,7 +24,12 @@ pub enum Error {
     #[error("finding a free port")]
     Port(#[source] std::io::Error),
     #[error("starting `{program}` for bundle {bundle}")]
-    Spawn { program: String, bundle: String, #[source] source: std::io::Error },
+    Spawn {
+        program: String,
+        bundle: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Everything one local worker needs.
@@ -53,12 +58,21 @@ impl Worker {
     }
 
     /// One life of the model process. `Ok` when cancelled; `Err` when the model stopped by itself.
-    async fn run_once(&self, readiness: &Readiness, cancel: &CancellationToken) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    async fn run_once(
+        &self,
+        readiness: &Readiness,
+        cancel: &CancellationToken,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let port = free_port().map_err(Error::Port)?;
         let mut child = self.spawn_model(port)?;
         let spec = &self.bundle.spec;
         let base = url::Url::parse(&format!("http://127.0.0.1:{port}"))?;
-        let model = ModelClient::new(&base, &spec.predict_route, &spec.healthcheck_route, Duration::from_secs(600))?;
+        let model = ModelClient::new(
+            &base,
+            &spec.predict_route,
+            &spec.healthcheck_route,
+            Duration::from_secs(600),
+        )?;
         let forwarder = Forwarder {
             queue: self.queue.clone(),
             endpoint_id: self.endpoint.endpoint_id(),
@@ -86,7 +100,9 @@ impl Worker {
     fn spawn_model(&self, port: u16) -> Result<Child, Error> {
         let spec = &self.bundle.spec;
         let bundle = kube::ResourceExt::name_any(self.bundle.as_ref());
-        let (program, args) = spec.command.split_first().ok_or_else(|| Error::NoCommand { bundle: bundle.clone() })?;
+        let (program, args) = spec.command.split_first().ok_or_else(|| Error::NoCommand {
+            bundle: bundle.clone(),
+        })?;
         let mut child = Command::new(program)
             .args(args)
             .args(&spec.args)
@@ -97,7 +113,11 @@ impl Worker {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| Error::Spawn { program: program.clone(), bundle, source })?;
+            .map_err(|source| Error::Spawn {
+                program: program.clone(),
+                bundle,
+                source,
+            })?;
         tracing::info!(worker = %self.name, port, pid = child.id(), "started model process");
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(log_lines(self.name.clone(), stdout));
@@ -119,5 +139,7 @@ async fn log_lines(worker: String, output: impl AsyncRead + Unpin) {
 fn free_port() -> std::io::Result<u16> {
     // The port is released before the model binds it; another process could take it in between,
     // in which case the model exits and the worker restarts on a new port.
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

@@ -15,8 +15,14 @@ const DETAIL_LIMIT: usize = 4096;
 /// What the model made of a task.
 #[derive(Debug, PartialEq)]
 pub enum Prediction {
-    Success { result: Value, status_code: u16 },
-    Failure { error: TaskError, status_code: Option<u16> },
+    Success {
+        result: Value,
+        status_code: u16,
+    },
+    Failure {
+        error: TaskError,
+        status_code: Option<u16>,
+    },
 }
 
 #[derive(Clone)]
@@ -30,15 +36,29 @@ pub struct ModelClient {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("model route {route} does not form a URL with {base}")]
-    Route { base: Url, route: String, #[source] source: url::ParseError },
+    Route {
+        base: Url,
+        route: String,
+        #[source]
+        source: url::ParseError,
+    },
     #[error("building the HTTP client")]
     Client(#[source] reqwest::Error),
 }
 
 impl ModelClient {
-    pub fn new(base: &Url, predict_route: &str, healthcheck_route: &str, timeout: Duration) -> Result<Self, Error> {
+    pub fn new(
+        base: &Url,
+        predict_route: &str,
+        healthcheck_route: &str,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
         let join = |route: &str| {
-            base.join(route).map_err(|source| Error::Route { base: base.clone(), route: route.into(), source })
+            base.join(route).map_err(|source| Error::Route {
+                base: base.clone(),
+                route: route.into(),
+                source,
+            })
         };
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -46,14 +66,24 @@ impl ModelClient {
             .tcp_nodelay(true)
             .build()
             .map_err(Error::Client)?;
-        Ok(ModelClient { http, predict_url: join(predict_route)?, health_url: join(healthcheck_route)?, timeout })
+        Ok(ModelClient {
+            http,
+            predict_url: join(predict_route)?,
+            health_url: join(healthcheck_route)?,
+            timeout,
+        })
     }
 
     /// Returns once the health route answers 2xx; `false` when cancelled first.
     pub async fn wait_until_ready(&self, cancel: &CancellationToken) -> bool {
         let mut logged = tokio::time::Instant::now();
         loop {
-            let probe = self.http.get(self.health_url.clone()).timeout(Duration::from_secs(2)).send().await;
+            let probe = self
+                .http
+                .get(self.health_url.clone())
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
             if probe.is_ok_and(|response| response.status().is_success()) {
                 return true;
             }
@@ -70,7 +100,13 @@ impl ModelClient {
     }
 
     pub async fn predict(&self, args: &Value) -> Prediction {
-        let sent = self.http.post(self.predict_url.clone()).json(args).timeout(self.timeout).send().await;
+        let sent = self
+            .http
+            .post(self.predict_url.clone())
+            .json(args)
+            .timeout(self.timeout)
+            .send()
+            .await;
         let response = match sent {
             Ok(response) => response,
             Err(error) => return failure(self.describe(&error), None, None),
@@ -81,10 +117,17 @@ impl ModelClient {
             Err(error) => return failure(self.describe(&error), Some(status.as_u16()), None),
         };
         if !status.is_success() {
-            return failure(format!("model answered {status}"), Some(status.as_u16()), Some(truncated(&body)));
+            return failure(
+                format!("model answered {status}"),
+                Some(status.as_u16()),
+                Some(truncated(&body)),
+            );
         }
         match serde_json::from_slice(&body) {
-            Ok(result) => Prediction::Success { result, status_code: status.as_u16() },
+            Ok(result) => Prediction::Success {
+                result,
+                status_code: status.as_u16(),
+            },
             Err(error) => failure(
                 format!("model answered {status} with a body that is not JSON: {error}"),
                 Some(status.as_u16()),
@@ -95,7 +138,10 @@ impl ModelClient {
 
     fn describe(&self, error: &reqwest::Error) -> String {
         if error.is_timeout() {
-            format!("model did not answer within {} s", self.timeout.as_secs_f64())
+            format!(
+                "model did not answer within {} s",
+                self.timeout.as_secs_f64()
+            )
         } else if error.is_connect() {
             format!("model unreachable at {}", self.predict_url)
         } else {
@@ -105,7 +151,10 @@ impl ModelClient {
 }
 
 fn failure(message: String, status_code: Option<u16>, detail: Option<String>) -> Prediction {
-    Prediction::Failure { error: TaskError { message, detail }, status_code }
+    Prediction::Failure {
+        error: TaskError { message, detail },
+        status_code,
+    }
 }
 
 fn truncated(body: &[u8]) -> String {
@@ -122,4 +171,56 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_for(addr: std::net::SocketAddr, timeout: Duration) -> ModelClient {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let base = Url::parse(&format!("http://{addr}")).expect("valid url");
+        ModelClient::new(&base, "/predict", "/readyz", timeout).expect("client builds")
+    }
+
+    fn failure_message(prediction: Prediction) -> String {
+        match prediction {
+            Prediction::Failure { error, .. } => error.message,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_model_that_never_answers_times_out_as_a_failure() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("has an address");
+        // Accept connections and hold them open without ever answering.
+        let _silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let message = failure_message(
+            client_for(addr, Duration::from_millis(200))
+                .predict(&Value::Null)
+                .await,
+        );
+        assert!(message.contains("did not answer within 0.2 s"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_model_that_is_not_listening_is_unreachable() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let message = failure_message(
+            client_for(addr, Duration::from_secs(2))
+                .predict(&Value::Null)
+                .await,
+        );
+        assert!(message.contains("model unreachable"), "{message}");
+    }
 }

@@ -42,7 +42,9 @@ impl ApiKeys {
     fn principal(&self, key: &str) -> Option<Principal> {
         match self {
             ApiKeys::AnyKey => Some(Principal { namespace: None }),
-            ApiKeys::Teams(teams) => teams.get(key).map(|team| Principal { namespace: Some(team.clone()) }),
+            ApiKeys::Teams(teams) => teams.get(key).map(|team| Principal {
+                namespace: Some(team.clone()),
+            }),
         }
     }
 }
@@ -63,9 +65,17 @@ impl Principal {
 impl FromRequestParts<AppState> for Principal {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-        let key = header.and_then(api_key_from_header).ok_or(AppError::Unauthorized)?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        let key = header
+            .and_then(api_key_from_header)
+            .ok_or(AppError::Unauthorized)?;
         state.keys.principal(&key).ok_or(AppError::Unauthorized)
     }
 }
@@ -73,9 +83,12 @@ impl FromRequestParts<AppState> for Principal {
 fn api_key_from_header(header: &str) -> Option<String> {
     let (scheme, credentials) = header.split_once(' ')?;
     let key = if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(credentials.trim()).ok()?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(credentials.trim())
+            .ok()?;
         let text = String::from_utf8(decoded).ok()?;
-        text.split_once(':').map_or(text.clone(), |(user, _)| user.to_owned())
+        text.split_once(':')
+            .map_or(text.clone(), |(user, _)| user.to_owned())
     } else if scheme.eq_ignore_ascii_case("bearer") {
         credentials.trim().to_owned()
     } else {
@@ -90,7 +103,10 @@ mod tests {
 
     #[test]
     fn basic_auth_takes_the_user_name_as_key() {
-        let header = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("secret-key:"));
+        let header = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("secret-key:")
+        );
         assert_eq!(api_key_from_header(&header).as_deref(), Some("secret-key"));
     }
 
@@ -104,10 +120,15 @@ mod tests {
     #[test]
     fn keys_map_to_their_team_namespace() {
         let keys = ApiKeys::parse(&["k1=ml".into()], true).expect("parses");
-        assert_eq!(keys.principal("k1").and_then(|p| p.namespace), Some("ml".into()));
+        assert_eq!(
+            keys.principal("k1").and_then(|p| p.namespace),
+            Some("ml".into())
+        );
         assert!(keys.principal("k2").is_none());
         assert!(ApiKeys::parse(&["novalue".into()], true).is_err());
         assert!(matches!(ApiKeys::parse(&[], true), Ok(ApiKeys::AnyKey)));
-        assert!(matches!(ApiKeys::parse(&[], false), Ok(ApiKeys::Teams(teams)) if teams.is_empty()));
+        assert!(
+            matches!(ApiKeys::parse(&[], false), Ok(ApiKeys::Teams(teams)) if teams.is_empty())
+        );
     }
 }

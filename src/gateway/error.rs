@@ -39,23 +39,13 @@ impl AppError {
         }
     }
 
-    /// A bounded label for metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            AppError::Unauthorized => "unauthorized",
-            AppError::NotFound(_) => "not_found",
-            AppError::BadRequest(_) => "bad_request",
-            AppError::Unprocessable(_) => "unprocessable",
-            AppError::PayloadTooLarge => "payload_too_large",
-            AppError::Queue(error) => error.reason(),
-        }
-    }
-
     /// A 422 for one problem at `loc`, in the shape FastAPI (and so Launch) uses.
     pub fn invalid_body(loc: &[&str], message: impl Into<String>) -> Self {
         let mut location = vec![Value::from("body")];
         location.extend(loc.iter().map(|part| Value::from(*part)));
-        AppError::Unprocessable(json!([{ "loc": location, "msg": message.into(), "type": "value_error" }]))
+        AppError::Unprocessable(
+            json!([{ "loc": location, "msg": message.into(), "type": "value_error" }]),
+        )
     }
 }
 
@@ -72,7 +62,10 @@ impl IntoResponse for AppError {
         };
         let mut response = (status, Json(json!({ "detail": detail }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Basic"));
+            response.headers_mut().insert(
+                "www-authenticate",
+                axum::http::HeaderValue::from_static("Basic"),
+            );
         }
         response
     }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppState, auth::Principal, error::AppError, views};
-use crate::crd::{EndpointId, EndpointType, ModelEndpoint, PostInferenceHook};
+use crate::crd::{BundleId, EndpointId, EndpointType, ModelEndpoint, PostInferenceHook};
 use crate::task::{CallbackTarget, TaskId, TaskMessage, now_ms};
 
 /// Header with which a client makes a submission safe to repeat.
@@ -27,10 +27,39 @@ pub async fn latest_bundle(
     principal: Principal,
     Query(query): Query<ModelNameQuery>,
 ) -> Result<Json<Value>, AppError> {
-    let name = query.model_name.ok_or_else(|| AppError::BadRequest("model_name is required".into()))?;
+    let name = query
+        .model_name
+        .ok_or_else(|| AppError::BadRequest("model_name is required".into()))?;
     let bundle = state.catalog.latest_bundle(principal.scope(), &name);
-    let bundle = bundle.ok_or_else(|| AppError::NotFound(format!("model bundle {name} not found")))?;
+    let bundle =
+        bundle.ok_or_else(|| AppError::NotFound(format!("model bundle {name} not found")))?;
     Ok(Json(views::bundle(&bundle)))
+}
+
+pub async fn list_bundles(State(state): State<AppState>, principal: Principal) -> Json<Value> {
+    let bundles: Vec<Value> = state
+        .catalog
+        .bundles(principal.scope())
+        .iter()
+        .map(|b| views::bundle(b))
+        .collect();
+    Json(json!({ "model_bundles": bundles }))
+}
+
+pub async fn get_bundle(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    BundleId::parse(&id)
+        .and_then(|bundle_id| state.catalog.bundle(&bundle_id))
+        .filter(|bundle| {
+            principal
+                .scope()
+                .is_none_or(|scope| crate::crd::namespace_of(bundle.as_ref()) == scope)
+        })
+        .map(|bundle| Json(views::bundle(&bundle)))
+        .ok_or_else(|| AppError::NotFound(format!("model bundle {id} not found")))
 }
 
 #[derive(Deserialize)]
@@ -43,8 +72,13 @@ pub async fn list_endpoints(
     principal: Principal,
     Query(query): Query<ListEndpointsQuery>,
 ) -> Json<Value> {
-    let endpoints = state.catalog.find_endpoints(principal.scope(), query.name.as_deref());
-    let views: Vec<Value> = endpoints.iter().map(|endpoint| views::endpoint(endpoint)).collect();
+    let endpoints = state
+        .catalog
+        .find_endpoints(principal.scope(), query.name.as_deref());
+    let views: Vec<Value> = endpoints
+        .iter()
+        .map(|endpoint| views::endpoint(endpoint))
+        .collect();
     Json(json!({ "model_endpoints": views }))
 }
 
@@ -84,7 +118,9 @@ pub async fn submit_async_task(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let id = query.model_endpoint_id.ok_or_else(|| AppError::BadRequest("model_endpoint_id is required".into()))?;
+    let id = query
+        .model_endpoint_id
+        .ok_or_else(|| AppError::BadRequest("model_endpoint_id is required".into()))?;
     let endpoint = visible_endpoint(&state, &principal, &id)?;
     if endpoint.spec.endpoint_type != EndpointType::Async {
         return Err(AppError::BadRequest(format!(
@@ -101,7 +137,9 @@ pub async fn submit_async_task(
         callback: resolve_callback(&endpoint, request.callback_url)?,
         submitted_at_ms: now_ms(),
     };
-    let idempotency_key = headers.get(IDEMPOTENCY_KEY).and_then(|value| value.to_str().ok());
+    let idempotency_key = headers
+        .get(IDEMPOTENCY_KEY)
+        .and_then(|value| value.to_str().ok());
     let submission = state.queue.submit(&task, idempotency_key).await?;
     state.metrics.tasks_submitted.inc();
     Ok(Json(json!({ "task_id": submission.task_id })))
@@ -114,8 +152,10 @@ pub async fn get_async_task(
 ) -> Result<Json<Value>, AppError> {
     let not_found = || AppError::NotFound(format!("task {id} not found"));
     let task_id = TaskId::parse(&id).ok_or_else(not_found)?;
-    let (record, callback) =
-        tokio::try_join!(state.queue.task_record(&task_id), state.queue.callback_state(&task_id))?;
+    let (record, callback) = tokio::try_join!(
+        state.queue.task_record(&task_id),
+        state.queue.callback_state(&task_id)
+    )?;
     let record = record.ok_or_else(not_found)?;
     let endpoint = state.catalog.endpoint(&record.endpoint_id);
     let visible = endpoint.is_some_and(|endpoint| in_scope(&principal, &endpoint));
@@ -126,10 +166,17 @@ pub async fn get_async_task(
 }
 
 pub async fn not_found() -> (StatusCode, Json<Value>) {
-    (StatusCode::NOT_FOUND, Json(json!({ "detail": "Not Found" })))
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "detail": "Not Found" })),
+    )
 }
 
-fn visible_endpoint(state: &AppState, principal: &Principal, id: &str) -> Result<std::sync::Arc<ModelEndpoint>, AppError> {
+fn visible_endpoint(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<std::sync::Arc<ModelEndpoint>, AppError> {
     EndpointId::parse(id)
         .and_then(|id| state.catalog.endpoint(&id))
         .filter(|endpoint| in_scope(principal, endpoint))
@@ -137,7 +184,9 @@ fn visible_endpoint(state: &AppState, principal: &Principal, id: &str) -> Result
 }
 
 fn in_scope(principal: &Principal, endpoint: &ModelEndpoint) -> bool {
-    principal.scope().is_none_or(|scope| crate::crd::namespace_of(endpoint) == scope)
+    principal
+        .scope()
+        .is_none_or(|scope| crate::crd::namespace_of(endpoint) == scope)
 }
 
 fn parse_task_request(body: Result<Bytes, BytesRejection>) -> Result<TaskRequest, AppError> {
@@ -145,8 +194,9 @@ fn parse_task_request(body: Result<Bytes, BytesRejection>) -> Result<TaskRequest
         StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge,
         _ => AppError::BadRequest(rejection.body_text()),
     })?;
-    let request: TaskRequest = serde_json::from_slice(&body)
-        .map_err(|error| AppError::invalid_body(&[], format!("body is not a valid task request: {error}")))?;
+    let request: TaskRequest = serde_json::from_slice(&body).map_err(|error| {
+        AppError::invalid_body(&[], format!("body is not a valid task request: {error}"))
+    })?;
     if request.args.is_none() {
         let message = match request.url {
             Some(_) => "ferry takes task inputs as args; input files by url are not supported",
@@ -155,17 +205,29 @@ fn parse_task_request(body: Result<Bytes, BytesRejection>) -> Result<TaskRequest
         return Err(AppError::invalid_body(&["args"], message));
     }
     if request.return_pickled == Some(true) {
-        return Err(AppError::invalid_body(&["return_pickled"], "pickled results are not supported; results are JSON"));
+        return Err(AppError::invalid_body(
+            &["return_pickled"],
+            "pickled results are not supported; results are JSON",
+        ));
     }
-    if request.callback_auth.as_ref().is_some_and(|auth| !auth.is_null()) {
-        return Err(AppError::BadRequest("per-task callback_auth is not supported yet".into()));
+    if request
+        .callback_auth
+        .as_ref()
+        .is_some_and(|auth| !auth.is_null())
+    {
+        return Err(AppError::BadRequest(
+            "per-task callback_auth is not supported yet".into(),
+        ));
     }
     Ok(request)
 }
 
 /// The callback a finished task sends: only with the callback hook, to the task's URL or else
 /// the endpoint's default.
-fn resolve_callback(endpoint: &ModelEndpoint, task_url: Option<String>) -> Result<Option<CallbackTarget>, AppError> {
+fn resolve_callback(
+    endpoint: &ModelEndpoint,
+    task_url: Option<String>,
+) -> Result<Option<CallbackTarget>, AppError> {
     if let Some(url) = &task_url {
         check_callback_url(url)?;
     }

@@ -86,7 +86,10 @@ pub fn task(id: &TaskId, record: &TaskRecord, callback: Option<&CallbackState>) 
         TaskStatus::Success => (json!({ "result": record.result }), Value::Null),
         TaskStatus::Failure => {
             let error = record.error.as_ref();
-            (json!(error.map(|e| e.message.as_str())), json!(error.and_then(|e| e.detail.as_deref())))
+            (
+                json!(error.map(|e| e.message.as_str())),
+                json!(error.and_then(|e| e.detail.as_deref())),
+            )
         }
         TaskStatus::Pending | TaskStatus::Started => (Value::Null, Value::Null),
     };
@@ -125,18 +128,31 @@ mod tests {
     #[test]
     fn images_split_into_repository_and_tag() {
         assert_eq!(split_image("python:3.12-slim"), ("python", "3.12-slim"));
-        assert_eq!(split_image("registry:5000/team/model"), ("registry:5000/team/model", "latest"));
-        assert_eq!(split_image("registry:5000/team/model:v2"), ("registry:5000/team/model", "v2"));
+        assert_eq!(
+            split_image("registry:5000/team/model"),
+            ("registry:5000/team/model", "latest")
+        );
+        assert_eq!(
+            split_image("registry:5000/team/model:v2"),
+            ("registry:5000/team/model", "v2")
+        );
     }
 
     fn record(status: TaskStatus) -> TaskRecord {
-        TaskRecord { status, ..TaskRecord::pending(EndpointId::for_resource("default", "demo")) }
+        TaskRecord {
+            status,
+            ..TaskRecord::pending(EndpointId::for_resource("default", "demo"))
+        }
     }
 
     #[test]
     fn success_wraps_the_model_output_in_result() {
         let id = TaskId::generate();
-        let done = TaskRecord { result: Some(json!(7)), status_code: Some(200), ..record(TaskStatus::Success) };
+        let done = TaskRecord {
+            result: Some(json!(7)),
+            status_code: Some(200),
+            ..record(TaskStatus::Success)
+        };
         let view = task(&id, &done, None);
         assert_eq!(view["status"], "SUCCESS");
         assert_eq!(view["result"], json!({"result": 7}));
@@ -146,8 +162,14 @@ mod tests {
 
     #[test]
     fn failure_reports_the_message_as_result_and_detail_as_traceback() {
-        let error = TaskError { message: "model answered 500".into(), detail: Some("boom".into()) };
-        let failed = TaskRecord { error: Some(error), ..record(TaskStatus::Failure) };
+        let error = TaskError {
+            message: "model answered 500".into(),
+            detail: Some("boom".into()),
+        };
+        let failed = TaskRecord {
+            error: Some(error),
+            ..record(TaskStatus::Failure)
+        };
         let view = task(&TaskId::generate(), &failed, None);
         assert_eq!(view["result"], "model answered 500");
         assert_eq!(view["traceback"], "boom");

@@ -19,7 +19,10 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// The dispatcher must answer each delivery within this time: longer than one attempt's timeout.
 const CALLBACK_ACK_WAIT: Duration = Duration::from_secs(60);
 
-pub(super) async fn ensure_streams(js: &jetstream::Context, settings: &QueueSettings) -> Result<(), Error> {
+pub(super) async fn ensure_streams(
+    js: &jetstream::Context,
+    settings: &QueueSettings,
+) -> Result<(), Error> {
     let callbacks = stream::Config {
         name: names::CALLBACKS_STREAM.into(),
         subjects: vec![names::CALLBACKS_SUBJECTS.into()],
@@ -41,7 +44,10 @@ pub(super) async fn ensure_streams(js: &jetstream::Context, settings: &QueueSett
         let name = config.name.clone();
         js.create_or_update_stream(config)
             .await
-            .map_err(|source| Error::EnsureStream { stream: name, source: source.into() })?;
+            .map_err(|source| Error::EnsureStream {
+                stream: name,
+                source: source.into(),
+            })?;
     }
     let consumer = pull::Config {
         durable_name: Some(names::CALLBACKS_CONSUMER.into()),
@@ -50,13 +56,14 @@ pub(super) async fn ensure_streams(js: &jetstream::Context, settings: &QueueSett
         max_ack_pending: 20_000,
         ..Default::default()
     };
-    js.create_consumer_on_stream(consumer, names::CALLBACKS_STREAM).await.map(drop).map_err(|source| {
-        Error::EnsureConsumer {
+    js.create_consumer_on_stream(consumer, names::CALLBACKS_STREAM)
+        .await
+        .map(drop)
+        .map_err(|source| Error::EnsureConsumer {
             stream: names::CALLBACKS_STREAM.into(),
             consumer: names::CALLBACKS_CONSUMER.into(),
             source: source.into(),
-        }
-    })
+        })
 }
 
 /// A callback job handed to the dispatcher.
@@ -71,17 +78,26 @@ impl CallbackDelivery {
 
     /// How many times this job has been delivered, counting this one.
     pub fn attempt(&self) -> u32 {
-        self.message.info().map(|info| info.delivered.max(1) as u32).unwrap_or(1)
+        self.message
+            .info()
+            .map(|info| info.delivered.max(1) as u32)
+            .unwrap_or(1)
     }
 
     /// Done with the job: delivered or dead-lettered.
     pub async fn ack(&self) -> Result<(), Error> {
-        self.message.ack().await.map_err(|source| Error::Ack { source })
+        self.message
+            .ack()
+            .await
+            .map_err(|source| Error::Ack { source })
     }
 
     /// Hands the job back to be delivered again after `delay`.
     pub async fn retry_after(&self, delay: Duration) -> Result<(), Error> {
-        self.message.ack_with(AckKind::Nak(Some(delay))).await.map_err(|source| Error::Ack { source })
+        self.message
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|source| Error::Ack { source })
     }
 }
 
@@ -98,13 +114,25 @@ impl Queue {
         self.publish_once(subject, job, job.task_id.as_str()).await
     }
 
-    async fn publish_once(&self, subject: String, job: &CallbackJob, id: &str) -> Result<(), Error> {
-        let message = PublishMessage::build().payload(results::encode(job)).message_id(id);
+    async fn publish_once(
+        &self,
+        subject: String,
+        job: &CallbackJob,
+        id: &str,
+    ) -> Result<(), Error> {
+        let message = PublishMessage::build()
+            .payload(results::encode(job))
+            .message_id(id);
         let publish = async {
-            self.js.send_publish(subject.clone(), message).await?.await?;
+            self.js
+                .send_publish(subject.clone(), message)
+                .await?
+                .await?;
             Ok::<_, async_nats::Error>(())
         };
-        publish.await.map_err(|source| Error::Publish { subject, source })
+        publish
+            .await
+            .map_err(|source| Error::Publish { subject, source })
     }
 
     /// Callback jobs of every endpoint, `batch` requested from the server at a time.
@@ -112,8 +140,10 @@ impl Queue {
         &self,
         batch: usize,
     ) -> Result<impl Stream<Item = Result<CallbackDelivery, Error>> + use<>, Error> {
-        let receive_error =
-            |source: super::NatsError| Error::Receive { consumer: names::CALLBACKS_CONSUMER.into(), source };
+        let receive_error = |source: super::NatsError| Error::Receive {
+            consumer: names::CALLBACKS_CONSUMER.into(),
+            source,
+        };
         let consumer: consumer::PullConsumer = self
             .js
             .get_consumer_from_stream(names::CALLBACKS_CONSUMER, names::CALLBACKS_STREAM)
@@ -126,10 +156,11 @@ impl Queue {
             .await
             .map_err(|error| receive_error(error.into()))?;
         Ok(messages.map(move |item| {
-            item.map(|message| CallbackDelivery { message }).map_err(|error| Error::Receive {
-                consumer: names::CALLBACKS_CONSUMER.into(),
-                source: error.into(),
-            })
+            item.map(|message| CallbackDelivery { message })
+                .map_err(|error| Error::Receive {
+                    consumer: names::CALLBACKS_CONSUMER.into(),
+                    source: error.into(),
+                })
         }))
     }
 }

