@@ -1,9 +1,14 @@
-//! The dispatcher (callback controller): takes callback jobs from the queue, POSTs them to their
-//! receivers, records every attempt on the task, retries on the schedule and dead-letters what
-//! cannot be delivered. A job is acknowledged only after its state is recorded.
+//! The dispatcher (callback controller): takes callback jobs from the queue and POSTs them to
+//! their receivers — signed, with the receiver's credentials, only to vetted addresses — records
+//! every attempt on the task, queues retries on the endpoint's schedule and dead-letters what
+//! cannot be delivered. A job is acknowledged only after its outcome is recorded.
 
 mod deliver;
+mod endpoints;
+pub mod guard;
+pub mod policy;
 mod schedule;
+pub mod sign;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,16 +21,20 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use schedule::RetrySchedule;
+pub use deliver::{Clients, Timeouts};
+pub use guard::Guard;
 
 use crate::admin::{self, Readiness};
 use crate::cli::DispatcherArgs;
 use crate::queue::{self, CallbackDelivery, Queue, QueueSettings};
-use crate::task::{CallbackJob, CallbackState, DeliveryAttempt, DeliveryState};
+use crate::task::{CallbackJob, CallbackState, DeadLetter, DeliveryAttempt, DeliveryState, now_ms};
+use endpoints::{EndpointCache, HostSlots};
 use schedule::Next;
 
 /// Attempts kept on a task's callback state; older ones are dropped first.
 const KEPT_ATTEMPTS: usize = 20;
+/// How long a job waits before it is offered again when its host has no free slot.
+const BUSY_HOST_DELAY: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
@@ -65,29 +74,41 @@ impl DispatcherMetrics {
     }
 }
 
+/// How a dispatcher delivers, whatever the endpoint.
+pub struct DispatcherSettings {
+    /// Attempts in flight at once.
+    pub concurrency: usize,
+    /// Attempts in flight at once to one destination host.
+    pub per_host_concurrency: usize,
+    /// Timeouts for endpoints that set none.
+    pub timeouts: Timeouts,
+}
+
 #[derive(Clone)]
 pub struct Dispatcher {
-    pub queue: Queue,
-    pub http: reqwest::Client,
-    pub schedule: Arc<RetrySchedule>,
-    pub concurrency: usize,
-    pub metrics: Arc<DispatcherMetrics>,
+    queue: Queue,
+    concurrency: usize,
+    clients: Arc<Clients>,
+    endpoints: Arc<EndpointCache>,
+    host_slots: Arc<HostSlots>,
+    metrics: Arc<DispatcherMetrics>,
 }
 
 impl Dispatcher {
     pub fn new(
         queue: Queue,
-        concurrency: usize,
+        settings: DispatcherSettings,
+        clients: Clients,
         metrics: Arc<DispatcherMetrics>,
-    ) -> reqwest::Result<Self> {
-        let http = deliver::client(deliver::Timeouts::default())?;
-        Ok(Dispatcher {
+    ) -> Self {
+        Dispatcher {
+            endpoints: Arc::new(EndpointCache::new(queue.clone(), settings.timeouts)),
             queue,
-            http,
-            schedule: Arc::new(RetrySchedule::default()),
-            concurrency,
+            concurrency: settings.concurrency,
+            clients: Arc::new(clients),
+            host_slots: Arc::new(HostSlots::new(settings.per_host_concurrency)),
             metrics,
-        })
+        }
     }
 
     /// Delivers callbacks until `cancel`, then finishes the attempts under way.
@@ -96,6 +117,12 @@ impl Dispatcher {
         readiness: Readiness,
         cancel: CancellationToken,
     ) -> Result<(), queue::Error> {
+        let policy_changes = self.queue.callback_policy_changes().await?;
+        let endpoints = self.endpoints.clone();
+        tokio::spawn(policy_changes.for_each(move |endpoint| {
+            endpoints.forget(&endpoint);
+            futures::future::ready(())
+        }));
         let deliveries = self.queue.callback_jobs(self.concurrency).await?;
         readiness.set_ready();
         tracing::info!(concurrency = self.concurrency, "delivering callbacks");
@@ -147,12 +174,43 @@ impl Dispatcher {
         delivery: &CallbackDelivery,
         job: &CallbackJob,
     ) -> Result<(), queue::Error> {
-        let attempt_number = delivery.attempt();
-        let (verdict, attempt) = deliver::deliver_callback(&self.http, job).await;
+        let host = url::Url::parse(&job.target.url)
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_owned));
+        let Some(_slot) = self
+            .host_slots
+            .try_acquire(host.as_deref().unwrap_or_default())
+        else {
+            return delivery.defer(BUSY_HOST_DELAY).await;
+        };
+        let endpoint = self.endpoints.get(&job.endpoint_id).await?;
+        let auth = job.target.auth.as_ref().or(endpoint.default_auth.as_ref());
+        let attempt_number = job.prior_attempts + 1;
+        let (verdict, attempt) = match self.clients.client(endpoint.timeouts, auth) {
+            Ok(client) => {
+                let request = deliver::Request {
+                    client: &client,
+                    guard: self.clients.guard(),
+                    keys: &endpoint.keys,
+                    auth,
+                    allowed_hosts: &endpoint.allowed_hosts,
+                };
+                deliver::deliver_callback(request, job).await
+            }
+            Err(error) => {
+                let attempt = DeliveryAttempt {
+                    at_ms: now_ms(),
+                    status_code: None,
+                    error: Some(error.to_string()),
+                    duration_ms: 0,
+                };
+                (schedule::Verdict::Refused, attempt)
+            }
+        };
         self.metrics
             .attempt_seconds
             .observe(attempt.duration_ms as f64 / 1000.0);
-        let next = self
+        let next = endpoint
             .schedule
             .next(attempt_number, verdict, rand::random::<f64>());
         let outcome = match next {
@@ -164,45 +222,58 @@ impl Dispatcher {
             .attempts
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
-        let state = self
-            .updated_state(job, attempt_number, attempt, next)
-            .await?;
+        let reason = attempt.error.clone().or_else(|| {
+            attempt
+                .status_code
+                .map(|code| format!("receiver answered {code}"))
+        });
+        let state = self.updated_state(job, attempt, next).await?;
         self.queue.put_callback_state(&job.task_id, &state).await?;
         match next {
-            Next::Done => delivery.ack().await,
+            Next::Done => {}
             Next::RetryIn(delay) => {
                 tracing::warn!(
                     attempt = attempt_number,
                     delay_s = delay.as_secs_f64(),
                     "callback not delivered; retrying"
                 );
-                delivery.retry_after(delay).await
+                let retry = CallbackJob {
+                    prior_attempts: attempt_number,
+                    ..job.clone()
+                };
+                self.queue.schedule_callback(&retry, delay).await?;
             }
             Next::GiveUp => {
                 tracing::error!(attempts = attempt_number, url = %job.target.url, "callback undeliverable; dead-lettered");
                 self.metrics.dead_letters.inc();
-                self.queue.publish_dead_letter(job).await?;
-                delivery.ack().await
+                let reason = reason.unwrap_or_else(|| "undeliverable".into());
+                let letter = DeadLetter {
+                    job: job.clone(),
+                    dead_at_ms: now_ms(),
+                    reason,
+                };
+                self.queue.put_dead_letter(&letter).await?;
             }
         }
+        delivery.ack().await
     }
 
     async fn updated_state(
         &self,
         job: &CallbackJob,
-        attempt_number: u32,
         attempt: DeliveryAttempt,
         next: Next,
     ) -> Result<CallbackState, queue::Error> {
-        let earlier = if attempt_number > 1 {
+        let fresh = || CallbackState {
+            url: job.target.url.clone(),
+            ..Default::default()
+        };
+        let earlier = if job.prior_attempts > 0 {
             self.queue.callback_state(&job.task_id).await?
         } else {
             None
         };
-        let mut state = earlier.unwrap_or_else(|| CallbackState {
-            url: job.target.url.clone(),
-            ..Default::default()
-        });
+        let mut state = earlier.unwrap_or_else(fresh);
         state.attempts.push(attempt);
         if state.attempts.len() > KEPT_ATTEMPTS {
             state.attempts.drain(..state.attempts.len() - KEPT_ATTEMPTS);
@@ -230,7 +301,11 @@ pub async fn run(args: DispatcherArgs, cancel: CancellationToken) -> anyhow::Res
         let router = admin::router(Arc::new(registry), readiness.clone());
         tokio::spawn(admin::serve(addr, router, cancel.clone()));
     }
-    let dispatcher = Dispatcher::new(queue, args.concurrency.get() as usize, metrics)?;
+    let clients = Clients::new(
+        args.delivery.guard.guard(&[])?,
+        args.delivery.extra_roots()?,
+    );
+    let dispatcher = Dispatcher::new(queue, args.delivery.settings(), clients, metrics);
     dispatcher.run(readiness, cancel).await?;
     Ok(())
 }

@@ -1,13 +1,15 @@
 //! Command-line arguments: one `Args` struct per role; every flag also reads an environment
 //! variable so the same image is configured the same way in a pod and on a laptop.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::callback::{DispatcherSettings, Guard, Timeouts};
 use crate::forwarder::env as forwarder_env;
 
 #[derive(Parser, Debug)]
@@ -76,6 +78,8 @@ pub struct GatewayArgs {
     pub nats: NatsArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    pub guard: GuardArgs,
     /// ModelBundle/ModelEndpoint manifests (files or directories) that define the served endpoints.
     #[arg(long, env = "FERRY_MANIFESTS", value_delimiter = ',', required = true)]
     pub manifests: Vec<PathBuf>,
@@ -115,12 +119,108 @@ pub struct ForwarderArgs {
 pub struct DispatcherArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
-    /// Callbacks in flight at once.
-    #[arg(long, env = "FERRY_DISPATCH_CONCURRENCY", default_value = "256")]
-    pub concurrency: NonZeroU32,
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
     /// Address for /healthz, /readyz and /metrics; none when absent.
     #[arg(long, env = "FERRY_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+}
+
+/// Where callbacks may go (the SSRF guard), for the gateway's submission check and the dispatcher.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GuardArgs {
+    /// Internal address ranges callbacks may reach anyway, as CIDRs (`none` for no exception).
+    /// Default: none; loopback in `ferry dev`.
+    #[arg(long, env = "FERRY_CALLBACK_ALLOW_CIDRS", value_delimiter = ',')]
+    pub callback_allow_cidrs: Option<Vec<String>>,
+    /// Fixed DNS answers for callback hosts, as HOST=IP pairs (split-horizon DNS, tests).
+    #[arg(long, env = "FERRY_CALLBACK_RESOLVE", value_delimiter = ',')]
+    pub callback_resolve: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardArgsError {
+    #[error("--callback-allow-cidrs: `{0}` is not a CIDR such as 10.0.0.0/8")]
+    Cidr(String),
+    #[error("--callback-resolve: `{0}` is not HOST=IP")]
+    Resolve(String),
+}
+
+impl GuardArgs {
+    /// The guard these flags describe; `default_allowed` applies when no ranges are given.
+    pub fn guard(&self, default_allowed: &[ipnet::IpNet]) -> Result<Guard, GuardArgsError> {
+        let allowed = match &self.callback_allow_cidrs {
+            None => default_allowed.to_vec(),
+            Some(ranges) => ranges
+                .iter()
+                .filter(|range| !range.is_empty() && range.as_str() != "none")
+                .map(|range| {
+                    range
+                        .parse()
+                        .map_err(|_| GuardArgsError::Cidr(range.clone()))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let mut overrides: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        for entry in &self.callback_resolve {
+            let (host, ip) = entry
+                .split_once('=')
+                .ok_or_else(|| GuardArgsError::Resolve(entry.clone()))?;
+            let ip = ip
+                .parse()
+                .map_err(|_| GuardArgsError::Resolve(entry.clone()))?;
+            overrides
+                .entry(host.to_ascii_lowercase())
+                .or_default()
+                .push(ip);
+        }
+        Ok(Guard::new(allowed, overrides))
+    }
+}
+
+/// How the dispatcher delivers callbacks.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeliveryArgs {
+    #[command(flatten)]
+    pub guard: GuardArgs,
+    /// PEM file of extra CA certificates trusted for callback receivers.
+    #[arg(long, env = "FERRY_CALLBACK_CA_FILE")]
+    pub callback_ca_file: Option<PathBuf>,
+    /// Callbacks in flight at once.
+    #[arg(long, env = "FERRY_DISPATCH_CONCURRENCY", default_value = "256")]
+    pub dispatch_concurrency: NonZeroU32,
+    /// Callbacks in flight at once to one receiver host.
+    #[arg(long, env = "FERRY_PER_HOST_CONCURRENCY", default_value = "32")]
+    pub per_host_concurrency: NonZeroU32,
+    /// Seconds to connect to a receiver, unless the endpoint sets its own.
+    #[arg(long, env = "FERRY_CALLBACK_CONNECT_TIMEOUT_SECONDS", default_value = "5", value_parser = parse_seconds)]
+    pub callback_connect_timeout: Duration,
+    /// Seconds one attempt may take in all, unless the endpoint sets its own.
+    #[arg(long, env = "FERRY_CALLBACK_TIMEOUT_SECONDS", default_value = "15", value_parser = parse_seconds)]
+    pub callback_timeout: Duration,
+}
+
+impl DeliveryArgs {
+    pub fn settings(&self) -> DispatcherSettings {
+        DispatcherSettings {
+            concurrency: self.dispatch_concurrency.get() as usize,
+            per_host_concurrency: self.per_host_concurrency.get() as usize,
+            timeouts: Timeouts {
+                connect: self.callback_connect_timeout,
+                total: self.callback_timeout,
+            },
+        }
+    }
+
+    pub fn extra_roots(&self) -> anyhow::Result<Vec<reqwest::Certificate>> {
+        let Some(path) = &self.callback_ca_file else {
+            return Ok(Vec::new());
+        };
+        let pem =
+            std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| anyhow::anyhow!("{} holds no PEM certificates: {e}", path.display()))
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -139,6 +239,8 @@ pub struct DevArgs {
     pub nats_server: PathBuf,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -255,6 +255,12 @@ pub struct ModelEndpointSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
     pub default_callback_url: Option<String>,
+    /// Credentials presented to callback receivers when a task brings none, from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_callback_auth: Option<CallbackAuthRef>,
+    /// How callbacks are signed, retried, timed out and where they may go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callbacks: Option<CallbackPolicySpec>,
     /// Seconds a queued task waits for a worker before it expires.
     #[serde(default = "default_task_expires_seconds")]
     #[schemars(range(min = 10, max = 2_592_000))]
@@ -269,6 +275,63 @@ impl ModelEndpointSpec {
     pub fn has_hook(&self, hook: PostInferenceHook) -> bool {
         self.post_inference_hooks.contains(&hook)
     }
+}
+
+/// A key of a Secret in the endpoint's namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    /// Name of the Secret.
+    pub name: String,
+    /// Key within the Secret; `signingSecret` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Which credentials a callback receiver is given.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CallbackAuthKind {
+    /// HTTP Basic auth from the Secret's `username` and `password` keys.
+    Basic,
+    /// A TLS client certificate from the Secret's `tls.crt` and `tls.key` keys (a kubernetes.io/tls Secret).
+    Mtls,
+}
+
+/// Callback credentials kept in a Secret of the endpoint's namespace, never inline.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CallbackAuthRef {
+    /// `basic` or `mtls`.
+    pub kind: CallbackAuthKind,
+    /// Name of the Secret holding the credentials.
+    pub secret_name: String,
+}
+
+/// How an endpoint's callbacks are delivered.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CallbackPolicySpec {
+    /// Secret key holding the `whsec_…` signing secret (several, separated by spaces, during a
+    /// key rotation: each callback is then signed with every one). Unsigned when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<SecretKeySelector>,
+    /// Seconds to wait before each retry; the length bounds the attempts. Default: 5, 300, 1800,
+    /// 7200, 18000, 36000, 36000 (about 28 hours), each varied by up to ±20 %.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 50), inner(range(min = 1, max = 259_200)))]
+    pub retry_schedule_seconds: Option<Vec<u32>>,
+    /// Seconds one attempt may take in all, from connecting to the end of the answer (default 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 300))]
+    pub attempt_timeout_seconds: Option<u32>,
+    /// Seconds to establish the connection (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 60))]
+    pub connect_timeout_seconds: Option<u32>,
+    /// Hosts callbacks may go to, exactly or as `*.example.com`; any public host when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Launch's endpoint status, as the gateway reports it.

@@ -14,10 +14,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Readiness;
-use crate::callback::{Dispatcher, DispatcherMetrics};
+use crate::callback::policy::resolve_policy;
+use crate::callback::{Clients, Dispatcher, DispatcherMetrics};
 use crate::catalog::Catalog;
 use crate::cli::DevArgs;
-use crate::crd::{EndpointState, EndpointType, ModelEndpoint, ModelEndpointStatus};
+use crate::crd::{EndpointState, EndpointType, ModelEndpoint, ModelEndpointStatus, namespace_of};
 use crate::forwarder::ForwarderMetrics;
 use crate::gateway::{self, ApiKeys, AppState, GatewayMetrics};
 use crate::manifest::{self, Manifests};
@@ -37,23 +38,19 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
             (server.url.clone(), Some(server))
         }
     };
+    let loopback = ["127.0.0.0/8".parse()?, "::1/128".parse()?];
+    let guard = args.delivery.guard.guard(&loopback)?;
     let queue =
         Queue::connect(&nats_url, QueueSettings::default(), Duration::from_secs(10)).await?;
-    for endpoint in async_endpoints(&manifests) {
-        queue
-            .ensure_endpoint(&QueueSpec::for_endpoint(endpoint))
-            .await?;
-    }
+    prepare_endpoints(&queue, &manifests).await?;
 
     let mut registry = Registry::default();
     let catalog = Catalog::from_manifests(&manifests);
     let mut services = JoinSet::new();
 
-    let dispatcher = Dispatcher::new(
-        queue.clone(),
-        256,
-        DispatcherMetrics::register(&mut registry),
-    )?;
+    let clients = Clients::new(guard.clone(), args.delivery.extra_roots()?);
+    let metrics = DispatcherMetrics::register(&mut registry);
+    let dispatcher = Dispatcher::new(queue.clone(), args.delivery.settings(), clients, metrics);
     let dispatcher_cancel = cancel.child_token();
     services.spawn(async move {
         dispatcher
@@ -94,6 +91,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
     let state = AppState {
         catalog,
         queue,
+        guard,
         keys: Arc::new(keys),
         metrics: GatewayMetrics::register(&mut registry),
     };
@@ -131,11 +129,31 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
     outcome
 }
 
-fn async_endpoints(manifests: &Manifests) -> impl Iterator<Item = &ModelEndpoint> {
-    manifests
-        .endpoints
-        .iter()
-        .filter(|endpoint| endpoint.spec.endpoint_type == EndpointType::Async)
+/// Ensures each async endpoint's queue and publishes every endpoint's callback policy, its
+/// Secrets resolved from the manifests; fails naming the first missing Secret or key.
+pub async fn prepare_endpoints(queue: &Queue, manifests: &Manifests) -> anyhow::Result<()> {
+    for endpoint in &manifests.endpoints {
+        let namespace = namespace_of(endpoint);
+        let policy = resolve_policy(&endpoint.spec, |name| {
+            manifests.secret_data(&namespace, name)
+        })
+        .map_err(|error| {
+            let reason = error.reason();
+            anyhow::anyhow!(
+                "ModelEndpoint {namespace}/{}: {reason}: {error}",
+                endpoint.name_any()
+            )
+        })?;
+        queue
+            .put_callback_policy(&endpoint.endpoint_id(), &policy)
+            .await?;
+        if endpoint.spec.endpoint_type == EndpointType::Async {
+            queue
+                .ensure_endpoint(&QueueSpec::for_endpoint(endpoint))
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Reports the endpoint UPDATE_IN_PROGRESS until its workers take tasks, then READY.

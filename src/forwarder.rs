@@ -234,6 +234,7 @@ impl Forwarder {
             target,
             outcome,
             submitted_at_ms: task.submitted_at_ms,
+            prior_attempts: 0,
         };
         self.queue.publish_callback(&job).await
     }

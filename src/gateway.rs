@@ -3,6 +3,7 @@
 
 mod auth;
 mod error;
+mod redeliver;
 mod routes;
 mod views;
 
@@ -19,15 +20,17 @@ use tokio_util::sync::CancellationToken;
 pub use auth::ApiKeys;
 
 use crate::admin::{self, Readiness};
+use crate::callback::Guard;
 use crate::catalog::Catalog;
 use crate::cli::GatewayArgs;
-use crate::queue::{Queue, QueueSettings, QueueSpec};
-use crate::{crd::EndpointType, manifest};
+use crate::manifest;
+use crate::queue::{Queue, QueueSettings};
 
 #[derive(Clone)]
 pub struct AppState {
     pub catalog: Catalog,
     pub queue: Queue,
+    pub guard: Guard,
     pub keys: Arc<ApiKeys>,
     pub metrics: Arc<GatewayMetrics>,
 }
@@ -59,6 +62,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/model-endpoints/{id}", get(routes::get_endpoint))
         .route("/v1/async-tasks", post(routes::submit_async_task))
         .route("/v1/async-tasks/{task_id}", get(routes::get_async_task))
+        .route(
+            "/v1/async-tasks/{task_id}/callback/redeliver",
+            post(redeliver::redeliver_task),
+        )
+        .route("/v1/callbacks/redeliver", post(redeliver::redeliver_since))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes));
     v1.with_state(state)
@@ -79,7 +87,8 @@ pub async fn serve(
         .await
 }
 
-/// `ferry gateway`: serves the endpoints its manifests define, ensuring their queues at start.
+/// `ferry gateway`: serves the endpoints its manifests define, preparing their queues and
+/// callback policies at start.
 pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     let keys = ApiKeys::parse(&args.auth.api_keys, false)?;
     if matches!(&keys, ApiKeys::Teams(teams) if teams.is_empty()) {
@@ -92,19 +101,12 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
     };
     let queue =
         Queue::connect(&args.nats.url, settings, std::time::Duration::from_secs(30)).await?;
-    for endpoint in manifests
-        .endpoints
-        .iter()
-        .filter(|e| e.spec.endpoint_type == EndpointType::Async)
-    {
-        queue
-            .ensure_endpoint(&QueueSpec::for_endpoint(endpoint))
-            .await?;
-    }
+    crate::dev::prepare_endpoints(&queue, &manifests).await?;
     let mut registry = Registry::default();
     let state = AppState {
         catalog: Catalog::from_manifests(&manifests),
         queue,
+        guard: args.guard.guard(&[])?,
         keys: Arc::new(keys),
         metrics: GatewayMetrics::register(&mut registry),
     };

@@ -1,7 +1,10 @@
 //! Reads ModelBundle/ModelEndpoint manifests from YAML files, as `kubectl apply -f` would take
 //! them, and checks them with the same schema defaults and CEL rules the API server applies.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Secret;
 
 use kube::ResourceExt;
 use serde::Deserialize;
@@ -47,9 +50,29 @@ pub enum Error {
 pub struct Manifests {
     pub bundles: Vec<ModelBundle>,
     pub endpoints: Vec<ModelEndpoint>,
+    /// Secrets the endpoints refer to (signing secrets, callback credentials).
+    pub secrets: Vec<Secret>,
 }
 
 impl Manifests {
+    /// The data of a Secret in the endpoint's namespace, `stringData` merged over `data`.
+    pub fn secret_data(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        let secret = self
+            .secrets
+            .iter()
+            .find(|s| s.name_any() == name && namespace_of(*s) == namespace)?;
+        let mut data: BTreeMap<String, Vec<u8>> = secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(key, value)| (key.clone(), value.0.clone()))
+            .collect();
+        for (key, value) in secret.string_data.iter().flatten() {
+            data.insert(key.clone(), value.clone().into_bytes());
+        }
+        Some(data)
+    }
+
     pub fn bundle_for(&self, endpoint: &ModelEndpoint) -> Option<&ModelBundle> {
         let namespace = namespace_of(endpoint);
         self.bundles.iter().find(|bundle| {
@@ -142,6 +165,16 @@ fn parse_into(manifests: &mut Manifests, path: &Path, text: &str) -> Result<(), 
                 index,
                 source,
             })?;
+        if meta.api_version == "v1" && meta.kind == "Secret" {
+            let secret: Secret =
+                serde_yaml::from_value(value.clone()).map_err(|source| Error::Yaml {
+                    path: path.into(),
+                    index,
+                    source,
+                })?;
+            manifests.secrets.push(secret);
+            continue;
+        }
         if meta.api_version.split('/').next() != Some(GROUP) {
             continue;
         }
@@ -195,14 +228,22 @@ mod tests {
     #[test]
     fn loads_multi_document_files_and_skips_other_kinds() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let text = format!(
-            "{BUNDLE}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: x}}\n---\n{ENDPOINT}"
-        );
+        let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {a: YQ==}\nstringData: {b: bee}\n";
+        let other = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n";
+        let text = format!("{BUNDLE}---\n{other}---\n{ENDPOINT}---\n{secret}");
         write(dir.path(), "all.yaml", &text);
         write(dir.path(), "notes.txt", "not yaml: [");
         let manifests = load(&[dir.path().into()]).expect("loads");
         assert_eq!((manifests.bundles.len(), manifests.endpoints.len()), (1, 1));
         assert!(manifests.bundle_for(&manifests.endpoints[0]).is_some());
+        let data = manifests
+            .secret_data("default", "s")
+            .expect("secret loaded");
+        assert_eq!(
+            (data["a"].as_slice(), data["b"].as_slice()),
+            (&b"a"[..], &b"bee"[..])
+        );
+        assert!(manifests.secret_data("other", "s").is_none());
     }
 
     #[test]

@@ -105,6 +105,8 @@ impl Default for QueueSettings {
 pub struct Queue {
     js: jetstream::Context,
     results: kv::Store,
+    dead_letters: kv::Store,
+    policies: kv::Store,
     settings: QueueSettings,
 }
 
@@ -119,10 +121,15 @@ impl Queue {
         let client = connect_with_retry(url, wait).await?;
         let js = jetstream::new(client);
         let results = results::ensure_bucket(&js, &settings).await?;
-        callbacks::ensure_streams(&js, &settings).await?;
+        let callbacks::Buckets {
+            dead_letters,
+            policies,
+        } = callbacks::ensure(&js, &settings).await?;
         Ok(Queue {
             js,
             results,
+            dead_letters,
+            policies,
             settings,
         })
     }
@@ -151,4 +158,14 @@ async fn connect_with_retry(url: &str, wait: Duration) -> Result<async_nats::Cli
             }
         }
     }
+}
+
+async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, Error> {
+    let bucket = config.bucket.clone();
+    js.create_or_update_key_value(config)
+        .await
+        .map_err(|source| Error::EnsureBucket {
+            bucket,
+            source: source.into(),
+        })
 }

@@ -51,10 +51,53 @@ impl<T> Versioned<T> {
     }
 }
 
+/// Credentials presented to a callback receiver, in Launch's `callback_auth` shape.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CallbackAuth {
+    /// HTTP Basic auth.
+    Basic { username: String, password: String },
+    /// A TLS client certificate and its private key, both PEM.
+    Mtls { cert: String, key: String },
+}
+
+impl fmt::Debug for CallbackAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallbackAuth::Basic { username, .. } => write!(f, "Basic({username}, ..)"),
+            CallbackAuth::Mtls { .. } => f.write_str("Mtls(..)"),
+        }
+    }
+}
+
 /// Where a task's result is posted when it finishes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CallbackTarget {
     pub url: String,
+    /// The task's own credentials; the endpoint's default applies when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<CallbackAuth>,
+}
+
+/// An endpoint's callback delivery settings with its secrets resolved: what the dispatcher,
+/// which has no access to the Kubernetes API, needs to deliver the endpoint's callbacks.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CallbackPolicy {
+    /// `whsec_…` secrets; every callback is signed with each (two during a rotation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_secrets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_auth: Option<CallbackAuth>,
+    /// Delays between attempts, in seconds; ferry's default schedule when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_schedule_seconds: Option<Vec<u32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_timeout_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_seconds: Option<u32>,
+    /// Hosts callbacks may go to (exact or `*.suffix`); any when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A queued task, as a worker receives it.
@@ -149,6 +192,17 @@ pub struct CallbackJob {
     pub outcome: TaskOutcome,
     /// Unix time the task was submitted, in milliseconds.
     pub submitted_at_ms: u64,
+    /// Attempts made before this job was queued (retries are queued as new jobs).
+    #[serde(default)]
+    pub prior_attempts: u32,
+}
+
+/// A callback given up on, kept until redelivered or expired.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub job: CallbackJob,
+    pub dead_at_ms: u64,
+    pub reason: String,
 }
 
 impl CallbackJob {
@@ -215,9 +269,11 @@ mod tests {
             endpoint_id: EndpointId::for_resource("default", "demo"),
             target: CallbackTarget {
                 url: "http://127.0.0.1:9/cb".into(),
+                auth: None,
             },
             outcome,
             submitted_at_ms: 0,
+            prior_attempts: 0,
         }
     }
 
@@ -249,6 +305,24 @@ mod tests {
         assert!(text.starts_with(r#"{"v":"1""#), "{text}");
         let back: Versioned<TaskRecord> = serde_json::from_str(&text).expect("parses back");
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn callback_auth_reads_launch_shapes_and_never_prints_secrets() {
+        let basic: CallbackAuth =
+            serde_json::from_value(json!({"kind": "basic", "username": "u", "password": "p"}))
+                .expect("basic");
+        assert_eq!(
+            basic,
+            CallbackAuth::Basic {
+                username: "u".into(),
+                password: "p".into()
+            }
+        );
+        let mtls: CallbackAuth =
+            serde_json::from_value(json!({"kind": "mtls", "cert": "C", "key": "K"})).expect("mtls");
+        assert_eq!(format!("{mtls:?}"), "Mtls(..)");
+        assert_eq!(format!("{basic:?}"), "Basic(u, ..)");
     }
 
     #[test]

@@ -1,11 +1,18 @@
-//! One delivery attempt: POST the callback body with its headers and classify the answer.
+//! One delivery attempt: POST the callback body with its Standard Webhooks headers and the
+//! receiver's credentials, through a client that only connects to vetted addresses, and classify
+//! the answer.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::{StatusCode, header};
 
+use super::guard::{self, Guard, Refusal, VettingResolver};
 use super::schedule::Verdict;
-use crate::task::{CallbackJob, DeliveryAttempt, now_ms};
+use super::sign::{self, SigningKey};
+use crate::task::{CallbackAuth, CallbackJob, DeliveryAttempt, now_ms};
 
 /// Standard Webhooks header carrying an id that stays the same across retries.
 pub const WEBHOOK_ID: &str = "webhook-id";
@@ -14,8 +21,10 @@ pub const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
 
 /// Error text kept on an attempt is cut to this many characters.
 const ERROR_LIMIT: usize = 512;
+/// Clients kept for distinct timeouts and client certificates before the cache starts over.
+const MAX_CLIENTS: usize = 256;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Timeouts {
     pub connect: Duration,
     pub total: Duration,
@@ -30,47 +39,114 @@ impl Default for Timeouts {
     }
 }
 
-/// The HTTP client every delivery uses: no redirects, no proxies from the environment.
-pub fn client(timeouts: Timeouts) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .connect_timeout(timeouts.connect)
-        .timeout(timeouts.total)
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(256)
-        .build()
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the client certificate or key is not valid PEM")]
+    Identity(#[source] reqwest::Error),
+    #[error("building the HTTP client")]
+    Build(#[source] reqwest::Error),
+}
+
+/// HTTP clients for callbacks, one per distinct timeouts and client certificate: no redirects,
+/// no proxies from the environment, DNS through the SSRF guard.
+pub struct Clients {
+    guard: Guard,
+    extra_roots: Vec<reqwest::Certificate>,
+    cache: Mutex<HashMap<u64, reqwest::Client>>,
+}
+
+impl Clients {
+    pub fn new(guard: Guard, extra_roots: Vec<reqwest::Certificate>) -> Self {
+        Clients {
+            guard,
+            extra_roots,
+            cache: Mutex::default(),
+        }
+    }
+
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    pub fn client(
+        &self,
+        timeouts: Timeouts,
+        auth: Option<&CallbackAuth>,
+    ) -> Result<reqwest::Client, ClientError> {
+        let identity = match auth {
+            Some(CallbackAuth::Mtls { cert, key }) => Some((cert.as_str(), key.as_str())),
+            _ => None,
+        };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (timeouts, identity).hash(&mut hasher);
+        let fingerprint = hasher.finish();
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(client) = cache.get(&fingerprint) {
+            return Ok(client.clone());
+        }
+        let client = self.build(timeouts, identity)?;
+        if cache.len() >= MAX_CLIENTS {
+            cache.clear();
+        }
+        cache.insert(fingerprint, client.clone());
+        Ok(client)
+    }
+
+    fn build(
+        &self,
+        timeouts: Timeouts,
+        identity: Option<(&str, &str)>,
+    ) -> Result<reqwest::Client, ClientError> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(VettingResolver(self.guard.clone())))
+            .connect_timeout(timeouts.connect)
+            .timeout(timeouts.total)
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(64);
+        if !self.extra_roots.is_empty() {
+            builder = builder.tls_certs_merge(self.extra_roots.iter().cloned());
+        }
+        if let Some((cert, key)) = identity {
+            let pem = format!("{cert}\n{key}");
+            builder = builder.identity(
+                reqwest::Identity::from_pem(pem.as_bytes()).map_err(ClientError::Identity)?,
+            );
+        }
+        builder.build().map_err(ClientError::Build)
+    }
+}
+
+/// What one attempt sends besides the job itself.
+pub struct Request<'a> {
+    pub client: &'a reqwest::Client,
+    pub guard: &'a Guard,
+    pub keys: &'a [SigningKey],
+    pub auth: Option<&'a CallbackAuth>,
+    pub allowed_hosts: &'a [String],
 }
 
 /// Posts the job's callback once.
 pub async fn deliver_callback(
-    http: &reqwest::Client,
+    request: Request<'_>,
     job: &CallbackJob,
 ) -> (Verdict, DeliveryAttempt) {
     let at_ms = now_ms();
     let started = Instant::now();
-    let body = job.body().to_string();
-    let sent = http
-        .post(&job.target.url)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(WEBHOOK_ID, job.task_id.as_str())
-        .header(WEBHOOK_TIMESTAMP, (at_ms / 1000).to_string())
-        .body(body)
-        .send()
-        .await;
-    let (verdict, status_code, error) = match sent {
-        Ok(response) => {
-            let status = response.status();
-            let retry_after = retry_after(response.headers());
-            // Drain the body so the connection returns to the pool.
-            let _ = response.bytes().await;
-            (classify(status, retry_after), Some(status.as_u16()), None)
+    let (verdict, status_code, error) = match attempt(&request, job, at_ms).await {
+        Ok((status, retry_after)) => (classify(status, retry_after), Some(status.as_u16()), None),
+        Err(Failure::Refused(refusal)) => {
+            (Verdict::Refused, None, Some(format!("refused: {refusal}")))
         }
-        Err(error) => {
-            let text: String = describe(&error).chars().take(ERROR_LIMIT).collect();
+        Err(Failure::Transport(text)) => {
             (Verdict::Transient { retry_after: None }, None, Some(text))
         }
     };
+    let error = error.map(|text| text.chars().take(ERROR_LIMIT).collect());
     let attempt = DeliveryAttempt {
         at_ms,
         status_code,
@@ -78,6 +154,59 @@ pub async fn deliver_callback(
         duration_ms: started.elapsed().as_millis() as u64,
     };
     (verdict, attempt)
+}
+
+enum Failure {
+    Refused(Refusal),
+    Transport(String),
+}
+
+async fn attempt(
+    request: &Request<'_>,
+    job: &CallbackJob,
+    at_ms: u64,
+) -> Result<(StatusCode, Option<Duration>), Failure> {
+    let url = guard::check_syntax(&job.target.url).map_err(Failure::Refused)?;
+    let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
+    if !guard::host_allowed(request.allowed_hosts, host) {
+        return Err(Failure::Refused(Refusal::HostNotAllowed {
+            host: host.to_owned(),
+        }));
+    }
+    if let Ok(ip) = host.parse() {
+        // The resolver never sees literal addresses: vet them here.
+        request.guard.check_ip(ip).map_err(Failure::Refused)?;
+    }
+    let body = job.body().to_string();
+    let timestamp = at_ms / 1000;
+    let mut builder = request
+        .client
+        .post(url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(WEBHOOK_ID, job.task_id.as_str())
+        .header(WEBHOOK_TIMESTAMP, timestamp.to_string());
+    if !request.keys.is_empty() {
+        let signature = sign::sign(
+            request.keys,
+            job.task_id.as_str(),
+            timestamp,
+            body.as_bytes(),
+        );
+        builder = builder.header(sign::WEBHOOK_SIGNATURE, signature);
+    }
+    if let Some(CallbackAuth::Basic { username, password }) = request.auth {
+        builder = builder.basic_auth(username, Some(password));
+    }
+    let response = builder
+        .body(body)
+        .send()
+        .await
+        .map_err(|error| classify_error(&error))?;
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    // Drain the body so the connection returns to the pool.
+    let _ = response.bytes().await;
+    Ok((status, retry_after))
 }
 
 pub fn classify(status: StatusCode, retry_after: Option<Duration>) -> Verdict {
@@ -95,19 +224,33 @@ fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-fn describe(error: &reqwest::Error) -> String {
-    if error.is_timeout() {
-        "timed out".into()
-    } else if error.is_connect() {
-        format!(
-            "connection failed: {}",
-            std::error::Error::source(error)
-                .map(|s| s.to_string())
-                .unwrap_or_default()
-        )
-    } else {
-        error.to_string()
+fn classify_error(error: &reqwest::Error) -> Failure {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if let Some(refusal) = cause.downcast_ref::<Refusal>() {
+            return Failure::Refused(refusal.clone());
+        }
+        source = cause.source();
     }
+    let text = if error.is_timeout() {
+        "timed out".to_owned()
+    } else if error.is_connect() {
+        format!("connection failed: {}", chain(error))
+    } else {
+        chain(error)
+    };
+    Failure::Transport(text)
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ pub enum Verdict {
     Rejected,
     /// 410 Gone: the receiver asks us to stop.
     Gone,
+    /// The URL may not be called (the SSRF guard or the endpoint's host allowlist refused it).
+    Refused,
 }
 
 /// What the dispatcher does next.
@@ -57,11 +59,23 @@ impl Default for RetrySchedule {
 }
 
 impl RetrySchedule {
+    /// The default schedule with other delays (in seconds) between attempts.
+    pub fn with_delays(seconds: &[u32]) -> Self {
+        let delays = seconds
+            .iter()
+            .map(|s| Duration::from_secs(u64::from(*s)))
+            .collect();
+        RetrySchedule {
+            delays,
+            ..RetrySchedule::default()
+        }
+    }
+
     /// Decides after attempt number `attempt` (1-based). `unit_random` in [0, 1) picks the jitter.
     pub fn next(&self, attempt: u32, verdict: Verdict, unit_random: f64) -> Next {
         let retry_after = match verdict {
             Verdict::Delivered => return Next::Done,
-            Verdict::Gone => return Next::GiveUp,
+            Verdict::Gone | Verdict::Refused => return Next::GiveUp,
             Verdict::Rejected if attempt >= self.rejected_attempts => return Next::GiveUp,
             Verdict::Rejected => None,
             Verdict::Transient { retry_after } => retry_after,
@@ -88,6 +102,18 @@ mod tests {
         let schedule = RetrySchedule::default();
         assert_eq!(schedule.next(1, Verdict::Delivered, MIDDLE), Next::Done);
         assert_eq!(schedule.next(1, Verdict::Gone, MIDDLE), Next::GiveUp);
+        assert_eq!(schedule.next(1, Verdict::Refused, MIDDLE), Next::GiveUp);
+    }
+
+    #[test]
+    fn an_endpoint_schedule_bounds_the_attempts() {
+        let schedule = RetrySchedule::with_delays(&[1, 2]);
+        let transient = Verdict::Transient { retry_after: None };
+        assert_eq!(
+            schedule.next(2, transient, MIDDLE),
+            Next::RetryIn(Duration::from_secs(2))
+        );
+        assert_eq!(schedule.next(3, transient, MIDDLE), Next::GiveUp);
     }
 
     #[test]

@@ -11,8 +11,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppState, auth::Principal, error::AppError, views};
+use crate::callback::Guard;
 use crate::crd::{BundleId, EndpointId, EndpointType, ModelEndpoint, PostInferenceHook};
-use crate::task::{CallbackTarget, TaskId, TaskMessage, now_ms};
+use crate::task::{CallbackAuth, CallbackTarget, TaskId, TaskMessage, now_ms};
 
 /// Header with which a client makes a submission safe to repeat.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -106,7 +107,7 @@ struct TaskRequest {
     #[serde(default)]
     callback_url: Option<String>,
     #[serde(default)]
-    callback_auth: Option<Value>,
+    callback_auth: Option<CallbackAuth>,
     #[serde(default)]
     return_pickled: Option<bool>,
 }
@@ -130,11 +131,18 @@ pub async fn submit_async_task(
         )));
     }
     let request = parse_task_request(body)?;
+    let callback = resolve_callback(
+        &state.guard,
+        &endpoint,
+        request.callback_url,
+        request.callback_auth,
+    )
+    .await?;
     let task = TaskMessage {
         task_id: TaskId::generate(),
         endpoint_id: endpoint.endpoint_id(),
         args: request.args.unwrap_or(Value::Null),
-        callback: resolve_callback(&endpoint, request.callback_url)?,
+        callback,
         submitted_at_ms: now_ms(),
     };
     let idempotency_key = headers
@@ -210,45 +218,50 @@ fn parse_task_request(body: Result<Bytes, BytesRejection>) -> Result<TaskRequest
             "pickled results are not supported; results are JSON",
         ));
     }
-    if request
-        .callback_auth
-        .as_ref()
-        .is_some_and(|auth| !auth.is_null())
+    if let Some(CallbackAuth::Mtls { cert, key }) = &request.callback_auth
+        && reqwest::Identity::from_pem(format!("{cert}\n{key}").as_bytes()).is_err()
     {
-        return Err(AppError::BadRequest(
-            "per-task callback_auth is not supported yet".into(),
-        ));
+        let message = "callback_auth: cert and key must be a PEM certificate and its private key";
+        return Err(AppError::BadRequest(message.into()));
     }
     Ok(request)
 }
 
 /// The callback a finished task sends: only with the callback hook, to the task's URL or else
-/// the endpoint's default.
-fn resolve_callback(
+/// the endpoint's default, and only to a URL the SSRF guard and the endpoint's allowlist accept.
+async fn resolve_callback(
+    guard: &Guard,
     endpoint: &ModelEndpoint,
     task_url: Option<String>,
+    auth: Option<CallbackAuth>,
 ) -> Result<Option<CallbackTarget>, AppError> {
-    if let Some(url) = &task_url {
-        check_callback_url(url)?;
-    }
+    let allowed_hosts = endpoint
+        .spec
+        .callbacks
+        .as_ref()
+        .map(|c| c.allowed_hosts.as_slice())
+        .unwrap_or_default();
+    let vet = |url: String| async move {
+        match guard.vet_url(&url, allowed_hosts).await {
+            Ok(_) => Ok(url),
+            Err(refusal) => Err(AppError::BadRequest(format!(
+                "callback_url {url:?} {refusal}"
+            ))),
+        }
+    };
+    let task_url = match task_url {
+        Some(url) => Some(vet(url).await?),
+        None => None,
+    };
     if !endpoint.spec.has_hook(PostInferenceHook::Callback) {
         return Ok(None);
     }
-    let url = task_url.or_else(|| endpoint.spec.default_callback_url.clone());
-    Ok(url.map(|url| CallbackTarget { url }))
-}
-
-fn check_callback_url(text: &str) -> Result<(), AppError> {
-    let invalid = |why: &str| AppError::BadRequest(format!("callback_url {text:?} {why}"));
-    let url = url::Url::parse(text).map_err(|_| invalid("is not a URL"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid("must use http or https"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("must not carry credentials"));
-    }
-    if url.host().is_none() {
-        return Err(invalid("has no host"));
-    }
-    Ok(())
+    let url = match task_url {
+        Some(url) => url,
+        None => match endpoint.spec.default_callback_url.clone() {
+            Some(url) => vet(url).await?,
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(CallbackTarget { url, auth }))
 }

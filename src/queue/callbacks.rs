@@ -1,56 +1,63 @@
-//! The callbacks stream the dispatcher consumes, and the dead-letter stream beside it.
+//! Callback delivery state in JetStream: the callbacks stream the dispatcher consumes (retries
+//! wait in it as scheduled messages, holding no consumer capacity), the dead-letter bucket, and
+//! the bucket of endpoint callback policies.
 
 use std::time::Duration;
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::{
     self, AckKind,
     consumer::{self, pull},
+    kv,
     message::PublishMessage,
     stream::{self, RetentionPolicy},
 };
 use futures::{Stream, StreamExt};
 
 use super::{Error, Queue, QueueSettings, names, results};
-use crate::task::CallbackJob;
+use crate::crd::EndpointId;
+use crate::task::{CallbackJob, CallbackPolicy, DeadLetter, TaskId};
 
 /// Window in which a repeated callback job for the same task is dropped by the server.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// The dispatcher must answer each delivery within this time: longer than one attempt's timeout.
-const CALLBACK_ACK_WAIT: Duration = Duration::from_secs(60);
+const CALLBACK_ACK_WAIT: Duration = Duration::from_secs(330);
 
-pub(super) async fn ensure_streams(
+/// Retries due sooner than this are published at once instead of scheduled.
+const SCHEDULE_THRESHOLD: Duration = Duration::from_secs(1);
+
+pub(super) struct Buckets {
+    pub dead_letters: kv::Store,
+    pub policies: kv::Store,
+}
+
+pub(super) async fn ensure(
     js: &jetstream::Context,
     settings: &QueueSettings,
-) -> Result<(), Error> {
+) -> Result<Buckets, Error> {
     let callbacks = stream::Config {
         name: names::CALLBACKS_STREAM.into(),
-        subjects: vec![names::CALLBACKS_SUBJECTS.into()],
+        subjects: vec![
+            names::CALLBACKS_SUBJECTS.into(),
+            names::RETRY_SUBJECTS.into(),
+        ],
         retention: RetentionPolicy::WorkQueue,
         max_age: settings.result_retention,
         duplicate_window: DUPLICATE_WINDOW,
         num_replicas: settings.replicas,
+        allow_message_schedules: true,
         ..Default::default()
     };
-    let dead_letters = stream::Config {
-        name: names::DEAD_LETTERS_STREAM.into(),
-        subjects: vec![names::DEAD_LETTER_SUBJECTS.into()],
-        retention: RetentionPolicy::Limits,
-        max_age: settings.result_retention,
-        num_replicas: settings.replicas,
-        ..Default::default()
-    };
-    for config in [callbacks, dead_letters] {
-        let name = config.name.clone();
-        js.create_or_update_stream(config)
-            .await
-            .map_err(|source| Error::EnsureStream {
-                stream: name,
-                source: source.into(),
-            })?;
-    }
+    js.create_or_update_stream(callbacks)
+        .await
+        .map_err(|source| Error::EnsureStream {
+            stream: names::CALLBACKS_STREAM.into(),
+            source: source.into(),
+        })?;
     let consumer = pull::Config {
         durable_name: Some(names::CALLBACKS_CONSUMER.into()),
+        filter_subject: names::CALLBACKS_SUBJECTS.into(),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: CALLBACK_ACK_WAIT,
         max_ack_pending: 20_000,
@@ -63,7 +70,29 @@ pub(super) async fn ensure_streams(
             stream: names::CALLBACKS_STREAM.into(),
             consumer: names::CALLBACKS_CONSUMER.into(),
             source: source.into(),
-        })
+        })?;
+    let bucket = |name: &str, description: &str, max_age: Duration| kv::Config {
+        bucket: name.into(),
+        description: description.into(),
+        history: 1,
+        max_age,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    };
+    let dead_letters = bucket(
+        names::DEAD_LETTERS_BUCKET,
+        "ferry callbacks given up on",
+        settings.result_retention,
+    );
+    let policies = bucket(
+        names::POLICIES_BUCKET,
+        "ferry endpoint callback policies",
+        Duration::ZERO,
+    );
+    Ok(Buckets {
+        dead_letters: super::ensure_bucket(js, dead_letters).await?,
+        policies: super::ensure_bucket(js, policies).await?,
+    })
 }
 
 /// A callback job handed to the dispatcher.
@@ -76,15 +105,7 @@ impl CallbackDelivery {
         results::decode("callback job", &self.message.payload)
     }
 
-    /// How many times this job has been delivered, counting this one.
-    pub fn attempt(&self) -> u32 {
-        self.message
-            .info()
-            .map(|info| info.delivered.max(1) as u32)
-            .unwrap_or(1)
-    }
-
-    /// Done with the job: delivered or dead-lettered.
+    /// Done with this message: delivered, rescheduled as a new job, or dead-lettered.
     pub async fn ack(&self) -> Result<(), Error> {
         self.message
             .ack()
@@ -92,8 +113,8 @@ impl CallbackDelivery {
             .map_err(|source| Error::Ack { source })
     }
 
-    /// Hands the job back to be delivered again after `delay`.
-    pub async fn retry_after(&self, delay: Duration) -> Result<(), Error> {
+    /// Hands the message back unattempted, to be offered again after `delay`.
+    pub async fn defer(&self, delay: Duration) -> Result<(), Error> {
         self.message
             .ack_with(AckKind::Nak(Some(delay)))
             .await
@@ -102,27 +123,76 @@ impl CallbackDelivery {
 }
 
 impl Queue {
-    /// Queues a callback. Publishing it again for the same task within two minutes is a no-op.
+    /// Queues a task's callback. Publishing it again for the same task within two minutes is a
+    /// no-op, so a worker that repeats itself after a crash sends one callback.
     pub async fn publish_callback(&self, job: &CallbackJob) -> Result<(), Error> {
-        let subject = names::callbacks_subject(&job.endpoint_id);
-        self.publish_once(subject, job, job.task_id.as_str()).await
+        let id = names::callback_message_id(&job.task_id, None);
+        self.publish_job(
+            names::callbacks_subject(&job.endpoint_id),
+            job,
+            Some(id),
+            HeaderMap::new(),
+        )
+        .await
     }
 
-    /// Keeps an undeliverable callback where an operator can find and redeliver it.
-    pub async fn publish_dead_letter(&self, job: &CallbackJob) -> Result<(), Error> {
-        let subject = names::dead_letter_subject(&job.endpoint_id);
-        self.publish_once(subject, job, job.task_id.as_str()).await
+    /// Queues a retry of `job` due after `delay`. Long delays wait in the stream as a scheduled
+    /// message, so they hold no consumer capacity.
+    pub async fn schedule_callback(&self, job: &CallbackJob, delay: Duration) -> Result<(), Error> {
+        let target = names::callbacks_subject(&job.endpoint_id);
+        if delay < SCHEDULE_THRESHOLD {
+            let id = names::callback_message_id(
+                &job.task_id,
+                Some(&format!("attempt-{}", job.prior_attempts)),
+            );
+            return self
+                .publish_job(target, job, Some(id), HeaderMap::new())
+                .await;
+        }
+        let due = jiff::Timestamp::now()
+            + jiff::SignedDuration::from_secs(delay.as_secs_f64().ceil() as i64);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_SCHEDULE,
+            format!("@at {}", due.strftime("%Y-%m-%dT%H:%M:%SZ")).as_str(),
+        );
+        headers.insert(async_nats::header::NATS_SCHEDULE_TARGET, target.as_str());
+        self.publish_job(names::retry_subject(&job.task_id), job, None, headers)
+            .await
     }
 
-    async fn publish_once(
+    /// Queues a dead-lettered callback again, with a fresh retry schedule.
+    pub async fn redeliver_callback(&self, job: &CallbackJob) -> Result<(), Error> {
+        let id = names::callback_message_id(
+            &job.task_id,
+            Some(&format!("redeliver-{}", crate::task::now_ms())),
+        );
+        let job = CallbackJob {
+            prior_attempts: 0,
+            ..job.clone()
+        };
+        self.publish_job(
+            names::callbacks_subject(&job.endpoint_id),
+            &job,
+            Some(id),
+            HeaderMap::new(),
+        )
+        .await
+    }
+
+    async fn publish_job(
         &self,
         subject: String,
         job: &CallbackJob,
-        id: &str,
+        message_id: Option<String>,
+        headers: HeaderMap,
     ) -> Result<(), Error> {
-        let message = PublishMessage::build()
+        let mut message = PublishMessage::build()
             .payload(results::encode(job))
-            .message_id(id);
+            .headers(headers);
+        if let Some(id) = message_id {
+            message = message.message_id(id);
+        }
         let publish = async {
             self.js
                 .send_publish(subject.clone(), message)
@@ -161,6 +231,118 @@ impl Queue {
                     consumer: names::CALLBACKS_CONSUMER.into(),
                     source: error.into(),
                 })
+        }))
+    }
+
+    pub async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
+        let key = letter.job.task_id.to_string();
+        match self
+            .dead_letters
+            .put(key.as_str(), results::encode(letter))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(source) => Err(Error::Write {
+                key,
+                source: source.into(),
+            }),
+        }
+    }
+
+    pub async fn dead_letter(&self, task: &TaskId) -> Result<Option<DeadLetter>, Error> {
+        let key = task.to_string();
+        match self.dead_letters.get(key.as_str()).await {
+            Ok(Some(bytes)) => results::decode("dead letter", &bytes).map(Some),
+            Ok(None) => Ok(None),
+            Err(source) => Err(Error::Read {
+                key,
+                source: source.into(),
+            }),
+        }
+    }
+
+    pub async fn remove_dead_letter(&self, task: &TaskId) -> Result<(), Error> {
+        let key = task.to_string();
+        self.dead_letters
+            .purge(key.as_str())
+            .await
+            .map_err(|source| Error::Write {
+                key,
+                source: source.into(),
+            })
+    }
+
+    /// Every dead letter kept.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, Error> {
+        let bucket = names::DEAD_LETTERS_BUCKET;
+        let list_error = |source: super::NatsError| Error::Read {
+            key: format!("{bucket} keys"),
+            source,
+        };
+        let keys: Vec<String> = self
+            .dead_letters
+            .keys()
+            .await
+            .map_err(|e| list_error(e.into()))?
+            .filter_map(|key| async { key.ok() })
+            .collect()
+            .await;
+        let mut letters = Vec::with_capacity(keys.len());
+        for key in keys.iter().filter_map(|key| TaskId::parse(key)) {
+            letters.extend(self.dead_letter(&key).await?);
+        }
+        Ok(letters)
+    }
+
+    /// Publishes an endpoint's resolved callback policy for the dispatcher.
+    pub async fn put_callback_policy(
+        &self,
+        endpoint: &EndpointId,
+        policy: &CallbackPolicy,
+    ) -> Result<(), Error> {
+        let key = endpoint.to_string();
+        match self
+            .policies
+            .put(key.as_str(), results::encode(policy))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(source) => Err(Error::Write {
+                key,
+                source: source.into(),
+            }),
+        }
+    }
+
+    pub async fn callback_policy(
+        &self,
+        endpoint: &EndpointId,
+    ) -> Result<Option<CallbackPolicy>, Error> {
+        let key = endpoint.to_string();
+        match self.policies.get(key.as_str()).await {
+            Ok(Some(bytes)) => results::decode("callback policy", &bytes).map(Some),
+            Ok(None) => Ok(None),
+            Err(source) => Err(Error::Read {
+                key,
+                source: source.into(),
+            }),
+        }
+    }
+
+    /// The endpoints whose callback policy changes from now on.
+    pub async fn callback_policy_changes(
+        &self,
+    ) -> Result<impl Stream<Item = EndpointId> + use<>, Error> {
+        let watch = self
+            .policies
+            .watch_all()
+            .await
+            .map_err(|source| Error::Receive {
+                consumer: format!("{} watch", names::POLICIES_BUCKET),
+                source: source.into(),
+            })?;
+        Ok(watch.filter_map(|entry| async move {
+            entry.ok().and_then(|entry| EndpointId::parse(&entry.key))
         }))
     }
 }

@@ -8,7 +8,8 @@ use crate::task::TaskId;
 pub const RESULTS_BUCKET: &str = "ferry-results";
 pub const CALLBACKS_STREAM: &str = "ferry-callbacks";
 pub const CALLBACKS_CONSUMER: &str = "dispatcher";
-pub const DEAD_LETTERS_STREAM: &str = "ferry-dead-letters";
+pub const DEAD_LETTERS_BUCKET: &str = "ferry-dead-letters";
+pub const POLICIES_BUCKET: &str = "ferry-callback-policies";
 pub const TASKS_CONSUMER: &str = "workers";
 
 pub fn tasks_stream(endpoint: &EndpointId) -> String {
@@ -25,11 +26,21 @@ pub fn callbacks_subject(endpoint: &EndpointId) -> String {
 
 pub const CALLBACKS_SUBJECTS: &str = "ferry.callbacks.>";
 
-pub fn dead_letter_subject(endpoint: &EndpointId) -> String {
-    format!("ferry.dead.callbacks.{endpoint}")
+/// Where a delayed retry waits (as a scheduled message) until it is due.
+pub fn retry_subject(task: &TaskId) -> String {
+    format!("ferry.retry.{task}")
 }
 
-pub const DEAD_LETTER_SUBJECTS: &str = "ferry.dead.>";
+pub const RETRY_SUBJECTS: &str = "ferry.retry.>";
+
+/// Message ids of callback jobs: the forwarder's first job per task is deduplicated; retries and
+/// redeliveries carry ids of their own.
+pub fn callback_message_id(task: &TaskId, suffix: Option<&str>) -> String {
+    match suffix {
+        None => task.to_string(),
+        Some(suffix) => format!("{task}.{suffix}"),
+    }
+}
 
 pub fn record_key(task: &TaskId) -> String {
     format!("task.{task}")

@@ -19,12 +19,7 @@ pub(super) async fn ensure_bucket(
         num_replicas: settings.replicas,
         ..Default::default()
     };
-    js.create_or_update_key_value(config)
-        .await
-        .map_err(|source| Error::EnsureBucket {
-            bucket: names::RESULTS_BUCKET.into(),
-            source: source.into(),
-        })
+    super::ensure_bucket(js, config).await
 }
 
 pub(super) fn encode<T: Serialize + Clone>(value: &T) -> Bytes {

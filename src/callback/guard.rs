@@ -1,0 +1,302 @@
+//! The SSRF guard: callback URLs may not reach loopback, private, link-local, unique-local,
+//! CGNAT, multicast or cloud-metadata addresses unless the operator allows those ranges. Names
+//! are resolved by ferry, every address is vetted, and the connection goes to a vetted address
+//! (reqwest uses [`VettingResolver`], so a second DNS answer cannot rebind it). A failed lookup
+//! refuses the URL. The gateway checks on submission, the dispatcher on every attempt.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use url::Url;
+
+/// Why a callback URL is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("is not a URL")]
+    NotAUrl,
+    #[error("must use http or https")]
+    Scheme,
+    #[error("must not carry credentials")]
+    Credentials,
+    #[error("has no host")]
+    NoHost,
+    #[error("host {host} is not among the endpoint's allowed callback hosts")]
+    HostNotAllowed { host: String },
+    #[error("host {host} could not be resolved")]
+    Unresolvable { host: String },
+    #[error("resolves to {ip}, a {kind} address, which callbacks may not reach")]
+    Forbidden { ip: IpAddr, kind: &'static str },
+}
+
+/// Which addresses callbacks may reach beyond the public internet.
+#[derive(Clone, Debug, Default)]
+pub struct Guard {
+    /// Ranges allowed although internal (for example a cluster's own receivers).
+    allowed: Vec<IpNet>,
+    /// Fixed answers for names, consulted before DNS (split-horizon set-ups and tests).
+    overrides: Arc<HashMap<String, Vec<IpAddr>>>,
+}
+
+impl Guard {
+    pub fn new(allowed: Vec<IpNet>, overrides: HashMap<String, Vec<IpAddr>>) -> Self {
+        Guard {
+            allowed,
+            overrides: Arc::new(overrides),
+        }
+    }
+
+    /// The refusal an address earns, if any.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let ip = canonical(ip);
+        match forbidden_kind(ip) {
+            Some(kind) if !self.allowed.iter().any(|net| net.contains(&ip)) => {
+                Err(Refusal::Forbidden { ip, kind })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Resolves `host` and vets every answer; refuses when any answer is forbidden, so a name
+    /// that mixes public and internal addresses cannot be used to reach the internal one.
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, Refusal> {
+        let unresolvable = || Refusal::Unresolvable {
+            host: host.to_owned(),
+        };
+        let addrs: Vec<SocketAddr> = match self.overrides.get(host) {
+            Some(ips) => ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect(),
+            None => tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|_| unresolvable())?
+                .collect(),
+        };
+        if addrs.is_empty() {
+            return Err(unresolvable());
+        }
+        for addr in &addrs {
+            self.check_ip(addr.ip())?;
+        }
+        Ok(addrs)
+    }
+
+    /// Checks a callback URL as submitted: syntax, the endpoint's host allowlist, and where it leads.
+    pub async fn vet_url(&self, text: &str, allowed_hosts: &[String]) -> Result<Url, Refusal> {
+        let url = check_syntax(text)?;
+        let host = url.host().ok_or(Refusal::NoHost)?;
+        let name = host.to_string();
+        if !host_allowed(allowed_hosts, &name) {
+            return Err(Refusal::HostNotAllowed { host: name });
+        }
+        match host {
+            url::Host::Ipv4(ip) => self.check_ip(IpAddr::V4(ip))?,
+            url::Host::Ipv6(ip) => self.check_ip(IpAddr::V6(ip))?,
+            url::Host::Domain(domain) => {
+                self.resolve(domain, url.port_or_known_default().unwrap_or(443))
+                    .await?;
+            }
+        }
+        Ok(url)
+    }
+}
+
+/// http(s), a host, no user or password.
+pub fn check_syntax(text: &str) -> Result<Url, Refusal> {
+    let url = Url::parse(text).map_err(|_| Refusal::NotAUrl)?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Refusal::Scheme);
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Refusal::Credentials);
+    }
+    if url.host().is_none() {
+        return Err(Refusal::NoHost);
+    }
+    Ok(url)
+}
+
+/// True when `allowed` is empty (no restriction) or names the host exactly or as `*.suffix`.
+pub fn host_allowed(allowed: &[String], host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    allowed.is_empty()
+        || allowed.iter().any(|pattern| {
+            let pattern = pattern.to_ascii_lowercase();
+            match pattern.strip_prefix("*.") {
+                Some(suffix) => host.ends_with(&format!(".{suffix}")),
+                None => host == pattern,
+            }
+        })
+}
+
+/// IPv4 written as IPv6 (`::ffff:10.0.0.1`) is judged as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The kind of internal address `ip` is, or `None` for a public one.
+pub fn forbidden_kind(ip: IpAddr) -> Option<&'static str> {
+    match canonical(ip) {
+        IpAddr::V4(v4) => forbidden_v4(v4),
+        IpAddr::V6(v6) => forbidden_v6(v6),
+    }
+}
+
+fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, ..] = ip.octets();
+    Some(match () {
+        _ if ip == Ipv4Addr::new(169, 254, 169, 254) || ip == Ipv4Addr::new(100, 100, 100, 200) => {
+            "cloud metadata"
+        }
+        _ if ip.is_loopback() => "loopback",
+        _ if ip.is_private() => "private",
+        _ if ip.is_link_local() => "link-local",
+        _ if a == 100 && (64..128).contains(&b) => "carrier-grade NAT",
+        _ if ip.is_multicast() => "multicast",
+        _ if ip.is_unspecified() || a == 0 => "unspecified",
+        _ if ip.is_broadcast() || a >= 240 => "reserved",
+        _ if a == 192 && b == 0 && ip.octets()[2] == 0 => "IETF protocol",
+        _ if a == 198 && (18..20).contains(&b) => "benchmarking",
+        _ => return None,
+    })
+}
+
+fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
+    let first = ip.segments()[0];
+    Some(match () {
+        _ if ip
+            == "fd00:ec2::254"
+                .parse::<Ipv6Addr>()
+                .unwrap_or(Ipv6Addr::UNSPECIFIED) =>
+        {
+            "cloud metadata"
+        }
+        _ if ip.is_loopback() => "loopback",
+        _ if ip.is_unspecified() => "unspecified",
+        _ if first & 0xfe00 == 0xfc00 => "unique-local",
+        _ if first & 0xffc0 == 0xfe80 => "link-local",
+        _ if first & 0xff00 == 0xff00 => "multicast",
+        // NAT64 and 6to4 embed IPv4 addresses that could be internal.
+        _ if first == 0x0064 && ip.segments()[1] == 0xff9b => "NAT64",
+        _ if first == 0x2002 => "6to4",
+        _ => return None,
+    })
+}
+
+/// reqwest's resolver for callbacks: only vetted addresses ever reach the connector.
+pub struct VettingResolver(pub Guard);
+
+impl reqwest::dns::Resolve for VettingResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let guard = self.0.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs = guard.resolve(&host, 0).await?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("test address")
+    }
+
+    #[test]
+    fn internal_addresses_are_refused_by_kind() {
+        let guard = Guard::default();
+        for (address, kind) in [
+            ("127.0.0.1", "loopback"),
+            ("10.1.2.3", "private"),
+            ("172.16.0.1", "private"),
+            ("192.168.1.1", "private"),
+            ("169.254.169.254", "cloud metadata"),
+            ("169.254.1.1", "link-local"),
+            ("100.64.0.1", "carrier-grade NAT"),
+            ("224.0.0.1", "multicast"),
+            ("0.0.0.0", "unspecified"),
+            ("::1", "loopback"),
+            ("fd12::1", "unique-local"),
+            ("fe80::1", "link-local"),
+            ("fd00:ec2::254", "cloud metadata"),
+            ("::ffff:10.0.0.1", "private"),
+            ("64:ff9b::a00:1", "NAT64"),
+        ] {
+            assert_eq!(forbidden_kind(ip(address)), Some(kind), "{address}");
+            assert!(guard.check_ip(ip(address)).is_err(), "{address}");
+        }
+    }
+
+    #[test]
+    fn public_addresses_pass() {
+        for address in ["93.184.215.14", "8.8.8.8", "2606:4700::1111", "100.128.0.1"] {
+            assert_eq!(forbidden_kind(ip(address)), None, "{address}");
+        }
+    }
+
+    #[test]
+    fn allowed_ranges_open_internal_addresses() {
+        let guard = Guard::new(vec!["127.0.0.0/8".parse().expect("cidr")], HashMap::new());
+        assert!(guard.check_ip(ip("127.0.0.1")).is_ok());
+        assert!(guard.check_ip(ip("::ffff:127.0.0.1")).is_ok());
+        assert!(guard.check_ip(ip("10.0.0.1")).is_err());
+    }
+
+    #[test]
+    fn syntax_rules() {
+        assert_eq!(check_syntax("ftp://example.com/"), Err(Refusal::Scheme));
+        assert_eq!(
+            check_syntax("https://user:pw@example.com/"),
+            Err(Refusal::Credentials)
+        );
+        assert_eq!(check_syntax("not a url"), Err(Refusal::NotAUrl));
+        assert!(check_syntax("https://example.com/cb?x=1").is_ok());
+    }
+
+    #[test]
+    fn host_allowlists_match_exactly_or_by_wildcard_suffix() {
+        let allowed = vec!["hooks.example.com".to_owned(), "*.corp.example".to_owned()];
+        assert!(host_allowed(&allowed, "hooks.example.com"));
+        assert!(host_allowed(&allowed, "a.b.corp.example"));
+        assert!(!host_allowed(&allowed, "corp.example"));
+        assert!(!host_allowed(&allowed, "evil-hooks.example.com"));
+        assert!(host_allowed(&[], "anything"));
+    }
+
+    #[tokio::test]
+    async fn names_are_vetted_after_resolution_and_unresolvable_names_fail_closed() {
+        let overrides = HashMap::from([
+            ("metadata.test".to_owned(), vec![ip("169.254.169.254")]),
+            (
+                "mixed.test".to_owned(),
+                vec![ip("93.184.215.14"), ip("10.0.0.7")],
+            ),
+            ("public.test".to_owned(), vec![ip("93.184.215.14")]),
+            ("nowhere.test".to_owned(), vec![]),
+        ]);
+        let guard = Guard::new(vec![], overrides);
+        let refused = guard.vet_url("http://metadata.test/latest", &[]).await;
+        assert!(
+            matches!(
+                refused,
+                Err(Refusal::Forbidden {
+                    kind: "cloud metadata",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        assert!(guard.vet_url("http://mixed.test/", &[]).await.is_err());
+        assert!(guard.vet_url("http://public.test/", &[]).await.is_ok());
+        assert!(matches!(
+            guard.vet_url("http://nowhere.test/", &[]).await,
+            Err(Refusal::Unresolvable { .. })
+        ));
+        assert!(guard.vet_url("http://127.0.0.1:9/", &[]).await.is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! Redelivery of dead-lettered callbacks: one task's, or every one given up on since a time.
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AppState, auth::Principal, error::AppError};
+use crate::task::{DeadLetter, DeliveryState, TaskId};
+
+pub async fn redeliver_task(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let not_found = || AppError::NotFound(format!("task {id} has no dead-lettered callback"));
+    let task_id = TaskId::parse(&id).ok_or_else(not_found)?;
+    let letter = state
+        .queue
+        .dead_letter(&task_id)
+        .await?
+        .ok_or_else(not_found)?;
+    if !visible(&state, &principal, &letter) {
+        return Err(not_found());
+    }
+    redeliver(&state, &letter).await?;
+    Ok(Json(json!({ "redelivered": 1 })))
+}
+
+#[derive(Deserialize)]
+pub struct SinceQuery {
+    since: Option<String>,
+}
+
+pub async fn redeliver_since(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<SinceQuery>,
+) -> Result<Json<Value>, AppError> {
+    let since_ms = match query.since.as_deref() {
+        None => 0,
+        Some(text) => text
+            .parse::<jiff::Timestamp>()
+            .map(|at| at.as_millisecond().max(0) as u64)
+            .map_err(|_| {
+                AppError::BadRequest(format!(
+                    "since {text:?} is not an RFC 3339 time such as 2026-01-31T12:00:00Z"
+                ))
+            })?,
+    };
+    let mut redelivered = 0;
+    for letter in state.queue.dead_letters().await? {
+        if letter.dead_at_ms >= since_ms && visible(&state, &principal, &letter) {
+            redeliver(&state, &letter).await?;
+            redelivered += 1;
+        }
+    }
+    Ok(Json(json!({ "redelivered": redelivered })))
+}
+
+fn visible(state: &AppState, principal: &Principal, letter: &DeadLetter) -> bool {
+    match principal.scope() {
+        None => true,
+        Some(scope) => state
+            .catalog
+            .endpoint(&letter.job.endpoint_id)
+            .is_some_and(|endpoint| crate::crd::namespace_of(endpoint.as_ref()) == scope),
+    }
+}
+
+/// Queues the job again with a fresh schedule, marks the callback pending, drops the letter.
+async fn redeliver(state: &AppState, letter: &DeadLetter) -> Result<(), AppError> {
+    let task_id = &letter.job.task_id;
+    if let Some(mut callback) = state.queue.callback_state(task_id).await? {
+        callback.state = DeliveryState::Pending;
+        state.queue.put_callback_state(task_id, &callback).await?;
+    }
+    state.queue.redeliver_callback(&letter.job).await?;
+    state.queue.remove_dead_letter(task_id).await?;
+    tracing::info!(task_id = %task_id, endpoint = %letter.job.endpoint_id, "callback redelivered");
+    Ok(())
+}
