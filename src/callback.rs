@@ -268,7 +268,7 @@ impl Dispatcher {
             url: job.target.url.clone(),
             ..Default::default()
         };
-        let earlier = if job.prior_attempts > 0 {
+        let earlier = if job.prior_attempts > 0 || job.redeliveries > 0 {
             self.queue.callback_state(&job.task_id).await?
         } else {
             None

@@ -235,6 +235,7 @@ impl Forwarder {
             outcome,
             submitted_at_ms: task.submitted_at_ms,
             prior_attempts: 0,
+            redeliveries: 0,
         };
         self.queue.publish_callback(&job).await
     }

@@ -195,6 +195,9 @@ pub struct CallbackJob {
     /// Attempts made before this job was queued (retries are queued as new jobs).
     #[serde(default)]
     pub prior_attempts: u32,
+    /// Times the job was redelivered after being dead-lettered.
+    #[serde(default)]
+    pub redeliveries: u32,
 }
 
 /// A callback given up on, kept until redelivered or expired.
@@ -274,6 +277,7 @@ mod tests {
             outcome,
             submitted_at_ms: 0,
             prior_attempts: 0,
+            redeliveries: 0,
         }
     }
 

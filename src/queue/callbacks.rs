@@ -95,6 +95,15 @@ pub(super) async fn ensure(
     })
 }
 
+/// The `Nats-Schedule` value for `delay` from now, rounded up to the whole second the format
+/// allows, so a retry is never due before its delay (or a receiver's `Retry-After`) has passed.
+fn schedule_at(delay: Duration) -> String {
+    let due_ms = crate::task::now_ms() + delay.as_millis() as u64;
+    let due =
+        jiff::Timestamp::from_second(due_ms.div_ceil(1000) as i64).unwrap_or(jiff::Timestamp::MAX);
+    format!("@at {}", due.strftime("%Y-%m-%dT%H:%M:%SZ"))
+}
+
 /// A callback job handed to the dispatcher.
 pub struct CallbackDelivery {
     message: jetstream::Message,
@@ -149,12 +158,10 @@ impl Queue {
                 .publish_job(target, job, Some(id), HeaderMap::new())
                 .await;
         }
-        let due = jiff::Timestamp::now()
-            + jiff::SignedDuration::from_secs(delay.as_secs_f64().ceil() as i64);
         let mut headers = HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_SCHEDULE,
-            format!("@at {}", due.strftime("%Y-%m-%dT%H:%M:%SZ")).as_str(),
+            schedule_at(delay).as_str(),
         );
         headers.insert(async_nats::header::NATS_SCHEDULE_TARGET, target.as_str());
         self.publish_job(names::retry_subject(&job.task_id), job, None, headers)
@@ -169,6 +176,7 @@ impl Queue {
         );
         let job = CallbackJob {
             prior_attempts: 0,
+            redeliveries: job.redeliveries + 1,
             ..job.clone()
         };
         self.publish_job(

@@ -154,6 +154,11 @@ pub struct Dev {
 
 impl Dev {
     pub async fn start(dir: &Path, nats_url: Option<&str>) -> Dev {
+        Self::start_with(dir, nats_url, &[]).await
+    }
+
+    /// `ferry dev` with extra command-line flags.
+    pub async fn start_with(dir: &Path, nats_url: Option<&str>, extra: &[&str]) -> Dev {
         let listen = format!("127.0.0.1:{}", free_port());
         let mut args = vec![
             "dev".to_owned(),
@@ -164,6 +169,7 @@ impl Dev {
         if let Some(url) = nats_url {
             args.extend(["--nats-url".into(), url.into()]);
         }
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let process = Process::spawn(&args, &[]);
         let dev = Dev {
@@ -182,6 +188,18 @@ impl Dev {
         })
         .await;
         dev
+    }
+
+    /// The Prometheus text at /metrics.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -258,13 +276,34 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Value,
+    /// The body exactly as sent (what a signature covers).
+    pub raw: Bytes,
+}
+
+/// How the receiver answers one request.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub retry_after: Option<u64>,
+    /// Waits this long before answering (a hanging receiver).
+    pub delay: Duration,
+}
+
+impl From<StatusCode> for Answer {
+    fn from(status: StatusCode) -> Self {
+        Answer {
+            status,
+            retry_after: None,
+            delay: Duration::ZERO,
+        }
+    }
 }
 
 #[derive(Clone, Default)]
 struct ReceiverState {
     received: Arc<Mutex<Vec<Received>>>,
-    /// Statuses to answer with, in order, before answering 200.
-    script: Arc<Mutex<Vec<StatusCode>>>,
+    /// Answers to give, in order, before answering 200.
+    script: Arc<Mutex<Vec<Answer>>>,
 }
 
 /// A callback receiver on 127.0.0.1 that records what it gets.
@@ -303,7 +342,12 @@ impl Receiver {
 
     /// Answer the next requests with these statuses (then 200).
     pub fn answer_first_with(&self, statuses: &[StatusCode]) {
-        *self.state.script.lock().unwrap() = statuses.to_vec();
+        *self.state.script.lock().unwrap() = statuses.iter().map(|s| Answer::from(*s)).collect();
+    }
+
+    /// Answer the next requests so (then 200).
+    pub fn script(&self, answers: Vec<Answer>) {
+        *self.state.script.lock().unwrap() = answers;
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -329,20 +373,32 @@ async fn record(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
-    let body = serde_json::from_slice(&body)
+) -> axum::response::Response {
+    let parsed = serde_json::from_slice(&body)
         .unwrap_or_else(|_| json!({ "unparsable": String::from_utf8_lossy(&body) }));
-    state.received.lock().unwrap().push(Received {
+    let seen = Received {
         path: uri.path().to_owned(),
         headers,
-        body,
-    });
-    let mut script = state.script.lock().unwrap();
-    if script.is_empty() {
-        StatusCode::OK
-    } else {
-        script.remove(0)
+        body: parsed,
+        raw: body,
+    };
+    state.received.lock().unwrap().push(seen);
+    let answer = {
+        let mut script = state.script.lock().unwrap();
+        if script.is_empty() {
+            Answer::from(StatusCode::OK)
+        } else {
+            script.remove(0)
+        }
+    };
+    tokio::time::sleep(answer.delay).await;
+    let mut response = axum::response::IntoResponse::into_response(answer.status);
+    if let Some(seconds) = answer.retry_after {
+        response
+            .headers_mut()
+            .insert("retry-after", seconds.to_string().parse().unwrap());
     }
+    response
 }
 
 /// A directory of manifests for one test.
