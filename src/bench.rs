@@ -55,6 +55,9 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
             .into_future(),
     );
 
+    let hang_url = format!("http://{}/hang", serve_hanging_receiver().await?);
+    let hanging = |index: usize| index % 100 < usize::from(args.hanging_percent);
+
     let http = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(args.concurrency)
@@ -71,20 +74,23 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
         args.concurrency
     );
 
+    let cpu_before = cpu_seconds(&args.cpu_pids);
     let accepted = AtomicU64::new(0);
     let submissions = futures::stream::iter(0..tasks).map(|index| {
-        let (http, url, timings, receiver_url, accepted, api_key) =
-            (&http, &submit_url, &timings, &receiver_url, &accepted, &args.api_key);
+        let (http, url, timings, accepted, api_key) = (&http, &submit_url, &timings, &accepted, &args.api_key);
+        let callback_url = if hanging(index) { format!("{hang_url}/{index}") } else { format!("{receiver_url}/{index}") };
         async move {
             if let Some(every) = pacing {
                 tokio::time::sleep_until((timings.start + every * index as u32).into()).await;
             }
-            let body = json!({"args": {"x": index, "y": "bench"}, "callback_url": format!("{receiver_url}/{index}"), "return_pickled": false});
+            let body = json!({"args": {"x": index, "y": "bench"}, "callback_url": callback_url, "return_pickled": false});
             timings.submitted[index].store(timings.elapsed_ns(), Ordering::Relaxed);
             let sent = http.post(url.clone()).basic_auth(api_key, Some("")).json(&body).send().await;
             match sent {
                 Ok(response) if response.status().is_success() => {
-                    accepted.fetch_add(1, Ordering::Relaxed);
+                    if !hanging(index) {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Ok(response) => eprintln!("submission {index} refused: {}", response.status()),
                 Err(error) => eprintln!("submission {index} failed: {error}"),
@@ -107,8 +113,42 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     };
     let _ = tokio::time::timeout(args.drain_timeout, drained).await;
     stop_receiver.cancel();
-    report(&timings, tasks, accepted, submit_seconds);
+    let cpu = cpu_seconds(&args.cpu_pids) - cpu_before;
+    let measured: Vec<usize> = (0..tasks).filter(|index| !hanging(*index)).collect();
+    let mut report = report(&timings, &measured, accepted, submit_seconds);
+    if !args.cpu_pids.is_empty() && accepted > 0 {
+        report["cpu_ms_per_task"] = json!(cpu * 1000.0 / accepted as f64);
+    }
+    println!("{report:#}");
     Ok(())
+}
+
+/// User plus system CPU seconds the processes have used so far (Linux `/proc`; 100 ticks/s).
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
+    ticks as f64 / 100.0
+}
+
+/// A receiver that accepts connections and never answers; returns its address.
+async fn serve_hanging_receiver() -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    Ok(addr)
 }
 
 async fn receive(
@@ -147,11 +187,13 @@ async fn find_endpoint(http: &reqwest::Client, args: &BenchArgs) -> anyhow::Resu
         .ok_or_else(|| anyhow::anyhow!("endpoint {} not found at {}", args.endpoint, args.gateway))
 }
 
-fn report(timings: &Timings, tasks: usize, accepted: u64, submit_seconds: f64) {
+/// Reports on the `measured` tasks (those whose callbacks go to the answering receiver).
+fn report(timings: &Timings, measured: &[usize], accepted: u64, submit_seconds: f64) -> Value {
+    let tasks = measured.len();
     let mut latencies: Vec<u64> = Vec::with_capacity(tasks);
     let mut duplicates = 0;
     let mut last_callback = 0;
-    for index in 0..tasks {
+    for &index in measured {
         let seen = timings.callbacks[index].load(Ordering::Relaxed);
         if seen == 0 {
             continue;
@@ -171,8 +213,8 @@ fn report(timings: &Timings, tasks: usize, accepted: u64, submit_seconds: f64) {
         latencies[rank - 1] as f64 / 1e6
     };
     let seconds = last_callback as f64 / 1e9;
-    let report = json!({
-        "tasks": tasks,
+    json!({
+        "measured_tasks": tasks,
         "accepted": accepted,
         "callbacks": received,
         "lost": accepted.saturating_sub(received),
@@ -182,8 +224,7 @@ fn report(timings: &Timings, tasks: usize, accepted: u64, submit_seconds: f64) {
         "seconds_to_last_callback": seconds,
         "tasks_per_second": if seconds > 0.0 { received as f64 / seconds } else { 0.0 },
         "latency_ms": {"p50": percentile(0.50), "p90": percentile(0.90), "p99": percentile(0.99), "max": percentile(1.0)},
-    });
-    println!("{report:#}");
+    })
 }
 
 fn rate_text(rate: u64) -> String {

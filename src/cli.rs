@@ -237,6 +237,9 @@ pub struct DevArgs {
     /// The nats-server program to start when no URL is given.
     #[arg(long, env = "FERRY_NATS_SERVER", default_value = "nats-server")]
     pub nats_server: PathBuf,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "FERRY_MAX_BODY_BYTES", default_value = "10485760")]
+    pub max_body_bytes: usize,
     #[command(flatten)]
     pub auth: AuthArgs,
     #[command(flatten)]
@@ -270,6 +273,14 @@ pub struct BenchArgs {
     /// Seconds to wait for outstanding callbacks after the last submission.
     #[arg(long, default_value = "60", value_parser = parse_seconds)]
     pub drain_timeout: Duration,
+    /// Percent of tasks whose callbacks go to a receiver that never answers (the rest are
+    /// measured): shows whether one hanging receiver slows the others.
+    #[arg(long, default_value = "0", value_parser = clap::value_parser!(u8).range(0..100))]
+    pub hanging_percent: u8,
+    /// Processes whose CPU time is summed and reported per task (for example the `ferry dev`,
+    /// `nats-server` and model processes), as comma-separated pids.
+    #[arg(long, value_delimiter = ',')]
+    pub cpu_pids: Vec<u32>,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -25,9 +25,6 @@ use crate::manifest::{self, Manifests};
 use crate::queue::{Queue, QueueSettings, QueueSpec};
 use workers::Worker;
 
-/// Request bodies larger than this get 413.
-const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
-
 pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     let manifests = manifest::load(&args.manifests)?;
     let keys = ApiKeys::parse(&args.auth.api_keys, true)?;
@@ -104,7 +101,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
     services.spawn(async move {
         gateway::serve(
             listener,
-            gateway::router(state, MAX_BODY_BYTES),
+            gateway::router(state, args.max_body_bytes),
             registry,
             readiness,
             gateway_cancel,

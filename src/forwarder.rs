@@ -26,6 +26,9 @@ use crate::task::{
     CallbackJob, TaskError, TaskMessage, TaskOutcome, TaskRecord, TaskStatus, now_ms,
 };
 
+/// A task still running after this long is recorded as STARTED.
+const STARTED_AFTER: Duration = Duration::from_millis(20);
+
 /// The forwarder's environment contract: the operator's pod builder sets exactly these.
 pub mod env {
     pub const ENDPOINT_ID: &str = "FERRY_ENDPOINT_ID";
@@ -191,16 +194,24 @@ impl Forwarder {
             };
             return self.finish(task, prediction).await;
         }
-        let started = TaskRecord::started(task.endpoint_id.clone());
         let timer = std::time::Instant::now();
-        let (recorded, prediction) = tokio::join!(
-            self.queue.put_task_record(&task.task_id, &started),
-            self.model.predict(&task.args)
-        );
+        let predict = self.model.predict(&task.args);
+        let mut predict = std::pin::pin!(predict);
+        // A task the model answers at once goes straight to its outcome; one that takes longer
+        // is recorded as STARTED while the model works.
+        let prediction = tokio::select! {
+            prediction = &mut predict => prediction,
+            _ = tokio::time::sleep(STARTED_AFTER) => {
+                let started = TaskRecord::started(task.endpoint_id.clone());
+                let (recorded, prediction) =
+                    tokio::join!(self.queue.put_task_record(&task.task_id, &started), &mut predict);
+                recorded?;
+                prediction
+            }
+        };
         self.metrics
             .predict_seconds
             .observe(timer.elapsed().as_secs_f64());
-        recorded?;
         self.finish(task, prediction).await
     }
 

@@ -13,6 +13,10 @@ const TASK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The seed's example: an async endpoint with the callback hook and a default callback URL.
 async fn seed_setup(receiver: &Receiver) -> (Manifests, Dev, String) {
+    seed_setup_with(receiver, &[]).await
+}
+
+async fn seed_setup_with(receiver: &Receiver, flags: &[&str]) -> (Manifests, Dev, String) {
     let manifests = Manifests::with_example_bundle();
     let endpoint = endpoint_yaml(
         "demo-endpoint-callback",
@@ -21,7 +25,7 @@ async fn seed_setup(receiver: &Receiver) -> (Manifests, Dev, String) {
         "",
     );
     manifests.add("endpoint.yaml", &endpoint);
-    let dev = Dev::start(manifests.path(), None).await;
+    let dev = Dev::start_with(manifests.path(), None, flags).await;
     let id = dev.ready_endpoint("demo-endpoint-callback").await;
     (manifests, dev, id)
 }
@@ -145,7 +149,8 @@ async fn model_answers_that_are_not_json_are_failures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_4xx_with_a_detail() {
     let receiver = Receiver::start().await;
-    let (_manifests, dev, endpoint) = seed_setup(&receiver).await;
+    let (_manifests, dev, endpoint) =
+        seed_setup_with(&receiver, &["--max-body-bytes", "4096"]).await;
     let submit = format!("{}/v1/async-tasks?model_endpoint_id={endpoint}", dev.base);
 
     let (status, body) = dev
@@ -198,7 +203,7 @@ async fn bad_requests_get_4xx_with_a_detail() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
-    let huge = json!({"args": {"blob": "x".repeat(11 * 1024 * 1024)}});
+    let huge = json!({"args": {"blob": "x".repeat(8 * 1024)}});
     let response = dev
         .http
         .post(&submit)

@@ -455,6 +455,7 @@ def handle(args):
 {handler}
 class Model(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # answer at once, not after the peer's delayed ACK
     def reply(self, status, body):
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
