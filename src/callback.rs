@@ -33,8 +33,11 @@ use schedule::Next;
 
 /// Attempts kept on a task's callback state; older ones are dropped first.
 const KEPT_ATTEMPTS: usize = 20;
-/// How long a job waits before it is offered again when its host has no free slot.
+/// How long a job first waits to be offered again when its destination has no free slot; the
+/// wait doubles with each refusal up to [`BUSY_HOST_MAX_DELAY`], so jobs queued for a hanging
+/// receiver do not churn through the dispatcher.
 const BUSY_HOST_DELAY: Duration = Duration::from_millis(500);
+const BUSY_HOST_MAX_DELAY: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
@@ -174,14 +177,26 @@ impl Dispatcher {
         delivery: &CallbackDelivery,
         job: &CallbackJob,
     ) -> Result<(), queue::Error> {
-        let host = url::Url::parse(&job.target.url)
-            .ok()
-            .and_then(|url| url.host_str().map(str::to_owned));
+        // A destination is a host and port: two services on one host do not share a bound.
+        let destination = url::Url::parse(&job.target.url).ok().map(|url| {
+            format!(
+                "{}:{}",
+                url.host_str().unwrap_or_default(),
+                url.port_or_known_default().unwrap_or(0)
+            )
+        });
         let Some(_slot) = self
             .host_slots
-            .try_acquire(host.as_deref().unwrap_or_default())
+            .try_acquire(destination.as_deref().unwrap_or_default())
         else {
-            return delivery.defer(BUSY_HOST_DELAY).await;
+            let refusals = delivery.deliveries().saturating_sub(1).min(16);
+            return delivery
+                .defer(
+                    BUSY_HOST_DELAY
+                        .saturating_mul(1 << refusals)
+                        .min(BUSY_HOST_MAX_DELAY),
+                )
+                .await;
         };
         let endpoint = self.endpoints.get(&job.endpoint_id).await?;
         let auth = job.target.auth.as_ref().or(endpoint.default_auth.as_ref());

@@ -114,6 +114,14 @@ impl CallbackDelivery {
         results::decode("callback job", &self.message.payload)
     }
 
+    /// How many times the server has handed out this message, counting this time.
+    pub fn deliveries(&self) -> u32 {
+        self.message
+            .info()
+            .map(|info| info.delivered.max(1) as u32)
+            .unwrap_or(1)
+    }
+
     /// Done with this message: delivered, rescheduled as a new job, or dead-lettered.
     pub async fn ack(&self) -> Result<(), Error> {
         self.message
