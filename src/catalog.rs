@@ -1,5 +1,6 @@
 //! The gateway's in-memory view of the endpoints and bundles it serves, kept current by whoever
-//! owns the resources (manifests in `ferry dev` and the static gateway). Reads are cheap: the
+//! owns the resources (manifests and the dev runtime in `ferry dev`, manifests in the static
+//! gateway), and the [`ResourceWriter`] through which the API changes them. Reads are cheap: the
 //! Launch client looks an endpoint up by name before every prediction.
 
 use std::collections::BTreeMap;
@@ -99,14 +100,43 @@ impl Catalog {
             .cloned()
     }
 
+    /// Adds or replaces an endpoint, stamping its creation time when it has none.
+    pub fn put_endpoint(&self, mut endpoint: ModelEndpoint) {
+        endpoint
+            .metadata
+            .creation_timestamp
+            .get_or_insert_with(|| Time(jiff::Timestamp::now()));
+        self.write()
+            .endpoints
+            .insert(endpoint.endpoint_id(), Arc::new(endpoint));
+    }
+
+    pub fn remove_endpoint(&self, id: &EndpointId) {
+        self.write().endpoints.remove(id);
+    }
+
+    /// Adds or replaces a bundle, stamping its creation time when it has none.
+    pub fn put_bundle(&self, mut bundle: ModelBundle) {
+        bundle
+            .metadata
+            .creation_timestamp
+            .get_or_insert_with(|| Time(jiff::Timestamp::now()));
+        self.write()
+            .bundles
+            .insert(bundle.bundle_id(), Arc::new(bundle));
+    }
+
     pub fn set_status(&self, id: &EndpointId, status: ModelEndpointStatus) {
-        let mut snapshot = self
-            .snapshot
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(endpoint) = snapshot.endpoints.get_mut(id) {
+        if let Some(endpoint) = self.write().endpoints.get_mut(id) {
             Arc::make_mut(endpoint).status = Some(status);
         }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Snapshot> {
+        // Every write is one map operation: a panicked writer left the map whole.
+        self.snapshot
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
@@ -119,4 +149,55 @@ impl Catalog {
 
 fn in_scope(scope: Option<&str>, namespace: &str) -> bool {
     scope.is_none_or(|scope| scope == namespace)
+}
+
+/// A Secret to store beside a resource (callback credentials given through the API).
+#[derive(Clone)]
+pub struct NamedSecret {
+    pub namespace: String,
+    pub name: String,
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+impl std::fmt::Debug for NamedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the values: they are credentials.
+        write!(
+            f,
+            "Secret {}/{} (keys {:?})",
+            self.namespace,
+            self.name,
+            self.data.keys().collect::<Vec<_>>()
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The change cannot be made as asked; the message says why (a 4xx).
+    #[error("{0}")]
+    Invalid(String),
+    /// Storing the change failed; retrying may help (a 503).
+    #[error("storing the change failed")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Where the API's changes to endpoints and bundles go: the dev runtime in `ferry dev`, the
+/// Kubernetes API in a cluster. The catalog reflects a change once it is accepted.
+pub trait ResourceWriter: Send + Sync {
+    /// Creates or replaces an endpoint, storing `secrets` first.
+    fn apply_endpoint(
+        &self,
+        endpoint: ModelEndpoint,
+        secrets: Vec<NamedSecret>,
+    ) -> futures::future::BoxFuture<'_, Result<(), WriteError>>;
+    fn delete_endpoint(
+        &self,
+        endpoint: Arc<ModelEndpoint>,
+    ) -> futures::future::BoxFuture<'_, Result<(), WriteError>>;
+    /// Creates or replaces a bundle.
+    fn apply_bundle(
+        &self,
+        bundle: ModelBundle,
+    ) -> futures::future::BoxFuture<'_, Result<(), WriteError>>;
 }

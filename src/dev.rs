@@ -3,6 +3,7 @@
 //! with in-process forwarders, and serves the gateway and the dispatcher in this process.
 
 mod nats;
+mod runtime;
 mod workers;
 
 use std::sync::Arc;
@@ -16,14 +17,14 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Readiness;
 use crate::callback::policy::resolve_policy;
 use crate::callback::{Clients, Dispatcher, DispatcherMetrics};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, NamedSecret};
 use crate::cli::DevArgs;
-use crate::crd::{EndpointState, EndpointType, ModelEndpoint, ModelEndpointStatus, namespace_of};
+use crate::crd::{EndpointType, namespace_of};
 use crate::forwarder::ForwarderMetrics;
 use crate::gateway::{self, ApiKeys, AppState, GatewayMetrics};
 use crate::manifest::{self, Manifests};
 use crate::queue::{Queue, QueueSettings, QueueSpec};
-use workers::Worker;
+use runtime::Runtime;
 
 pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     let manifests = manifest::load(&args.manifests)?;
@@ -39,10 +40,9 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
     let guard = args.delivery.guard.guard(&loopback)?;
     let queue =
         Queue::connect(&nats_url, QueueSettings::default(), Duration::from_secs(10)).await?;
-    prepare_endpoints(&queue, &manifests).await?;
 
     let mut registry = Registry::default();
-    let catalog = Catalog::from_manifests(&manifests);
+    let catalog = Catalog::default();
     let mut services = JoinSet::new();
 
     let clients = Clients::new(guard.clone(), args.delivery.extra_roots()?);
@@ -57,36 +57,17 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
     });
 
     let forwarder_metrics = ForwarderMetrics::register(&mut registry);
-    let mut workers = JoinSet::new();
-    for endpoint in &manifests.endpoints {
-        let endpoint = Arc::new(endpoint.clone());
-        if endpoint.spec.endpoint_type != EndpointType::Async {
-            tracing::warn!(endpoint = %endpoint.name_any(), "ferry dev serves async endpoints only; skipping");
-            catalog.set_status(&endpoint.endpoint_id(), unsupported_status(&endpoint));
-            continue;
-        }
-        let Some(bundle) = manifests.bundle_for(&endpoint) else {
-            continue;
-        };
-        let bundle = Arc::new(bundle.clone());
-        let mut readiness = Vec::new();
-        for index in 0..endpoint.spec.min_workers {
-            let worker = Worker {
-                name: format!("{}-{index}", endpoint.name_any()),
-                endpoint: endpoint.clone(),
-                bundle: bundle.clone(),
-                queue: queue.clone(),
-                metrics: forwarder_metrics.clone(),
-            };
-            let ready = Readiness::default();
-            readiness.push(ready.clone());
-            workers.spawn(worker.run(ready, cancel.clone()));
-        }
-        workers.spawn(track_status(catalog.clone(), endpoint, readiness));
-    }
+    let runtime = Arc::new(Runtime::new(
+        queue.clone(),
+        catalog.clone(),
+        forwarder_metrics,
+        cancel.clone(),
+    ));
+    load_manifests(&runtime, &manifests).await?;
 
     let state = AppState {
         catalog,
+        writer: Some(runtime.clone()),
         queue,
         guard,
         keys: Arc::new(keys),
@@ -120,7 +101,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
         _ = cancel.cancelled() => Ok(()),
     };
     cancel.cancel();
-    while workers.join_next().await.is_some() {}
+    runtime.stop_all().await;
     while services.join_next().await.is_some() {}
     tracing::info!("ferry dev stopped");
     outcome
@@ -153,33 +134,28 @@ pub async fn prepare_endpoints(queue: &Queue, manifests: &Manifests) -> anyhow::
     Ok(())
 }
 
-/// Reports the endpoint UPDATE_IN_PROGRESS until its workers take tasks, then READY.
-async fn track_status(catalog: Catalog, endpoint: Arc<ModelEndpoint>, workers: Vec<Readiness>) {
-    let id = endpoint.endpoint_id();
-    let wanted = workers.len() as i32;
-    let status = |ready: i32| ModelEndpointStatus {
-        endpoint_id: Some(id.to_string()),
-        state: Some(if ready >= wanted {
-            EndpointState::Ready
-        } else {
-            EndpointState::UpdateInProgress
-        }),
-        replicas: Some(wanted),
-        ready_replicas: Some(ready),
-        desired_replicas: Some(wanted),
-        ..Default::default()
-    };
-    catalog.set_status(&id, status(0));
-    for (ready, worker) in (1..).zip(&workers) {
-        worker.ready().await;
-        catalog.set_status(&id, status(ready));
+/// Hands the manifests' Secrets, bundles and endpoints to the runtime, in that order.
+async fn load_manifests(runtime: &Runtime, manifests: &Manifests) -> anyhow::Result<()> {
+    for secret in &manifests.secrets {
+        let namespace = namespace_of(secret);
+        let data = manifests
+            .secret_data(&namespace, &secret.name_any())
+            .unwrap_or_default();
+        runtime.put_secret(NamedSecret {
+            namespace,
+            name: secret.name_any(),
+            data,
+        });
     }
-}
-
-fn unsupported_status(endpoint: &ModelEndpoint) -> ModelEndpointStatus {
-    ModelEndpointStatus {
-        endpoint_id: Some(endpoint.endpoint_id().to_string()),
-        state: Some(EndpointState::UpdateFailed),
-        ..Default::default()
+    for bundle in &manifests.bundles {
+        runtime.put_bundle(bundle.clone()).await?;
     }
+    for endpoint in &manifests.endpoints {
+        let name = format!("{}/{}", namespace_of(endpoint), endpoint.name_any());
+        runtime
+            .apply(endpoint.clone())
+            .await
+            .map_err(|error| anyhow::anyhow!("ModelEndpoint {name}: {error}"))?;
+    }
+    Ok(())
 }

@@ -3,7 +3,9 @@
 
 mod auth;
 mod error;
+mod launch;
 mod redeliver;
+mod resources;
 mod routes;
 mod views;
 
@@ -21,7 +23,7 @@ pub use auth::ApiKeys;
 
 use crate::admin::{self, Readiness};
 use crate::callback::Guard;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, ResourceWriter};
 use crate::cli::GatewayArgs;
 use crate::manifest;
 use crate::queue::{Queue, QueueSettings};
@@ -29,6 +31,8 @@ use crate::queue::{Queue, QueueSettings};
 #[derive(Clone)]
 pub struct AppState {
     pub catalog: Catalog,
+    /// Where API changes to endpoints and bundles go; `None` serves a fixed set read-only.
+    pub writer: Option<Arc<dyn ResourceWriter>>,
     pub queue: Queue,
     pub guard: Guard,
     pub keys: Arc<ApiKeys>,
@@ -55,11 +59,28 @@ impl GatewayMetrics {
 /// The API router. `max_body_bytes` bounds every request body (larger ones get 413).
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let v1 = Router::new()
-        .route("/v1/model-bundles", get(routes::list_bundles))
+        .route(
+            "/v1/model-bundles",
+            get(routes::list_bundles).post(resources::create_v1_bundle),
+        )
         .route("/v1/model-bundles/latest", get(routes::latest_bundle))
         .route("/v1/model-bundles/{id}", get(routes::get_bundle))
-        .route("/v1/model-endpoints", get(routes::list_endpoints))
-        .route("/v1/model-endpoints/{id}", get(routes::get_endpoint))
+        .route(
+            "/v2/model-bundles",
+            get(resources::list_v2_bundles).post(resources::create_bundle),
+        )
+        .route("/v2/model-bundles/latest", get(resources::latest_v2_bundle))
+        .route("/v2/model-bundles/{id}", get(resources::get_v2_bundle))
+        .route(
+            "/v1/model-endpoints",
+            get(routes::list_endpoints).post(resources::create_endpoint),
+        )
+        .route(
+            "/v1/model-endpoints/{id}",
+            get(routes::get_endpoint)
+                .put(resources::update_endpoint)
+                .delete(resources::delete_endpoint),
+        )
         .route("/v1/async-tasks", post(routes::submit_async_task))
         .route("/v1/async-tasks/{task_id}", get(routes::get_async_task))
         .route(
@@ -105,6 +126,7 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
     let mut registry = Registry::default();
     let state = AppState {
         catalog: Catalog::from_manifests(&manifests),
+        writer: None,
         queue,
         guard: args.guard.guard(&[])?,
         keys: Arc::new(keys),

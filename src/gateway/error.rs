@@ -23,8 +23,12 @@ pub enum AppError {
     Unprocessable(Value),
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("{0}")]
+    NotAllowed(String),
     #[error("the task queue is unavailable")]
     Queue(#[source] queue::Error),
+    #[error("storing the change failed")]
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl AppError {
@@ -35,7 +39,8 @@ impl AppError {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::NotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::Queue(_) | AppError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -58,6 +63,10 @@ impl IntoResponse for AppError {
                 tracing::error!(error = %error, source = ?std::error::Error::source(error), "queue operation failed");
                 Value::from("the task queue is unavailable; retry shortly")
             }
+            AppError::Store(error) => {
+                tracing::error!(error = %error, "storing a change failed");
+                Value::from("storing the change failed; retry shortly")
+            }
             other => Value::from(other.to_string()),
         };
         let mut response = (status, Json(json!({ "detail": detail }))).into_response();
@@ -74,5 +83,20 @@ impl IntoResponse for AppError {
 impl From<queue::Error> for AppError {
     fn from(error: queue::Error) -> Self {
         AppError::Queue(error)
+    }
+}
+
+impl From<crate::catalog::WriteError> for AppError {
+    fn from(error: crate::catalog::WriteError) -> Self {
+        match error {
+            crate::catalog::WriteError::Invalid(message) => AppError::BadRequest(message),
+            crate::catalog::WriteError::Unavailable(source) => AppError::Store(source),
+        }
+    }
+}
+
+impl From<super::launch::Invalid> for AppError {
+    fn from(error: super::launch::Invalid) -> Self {
+        AppError::BadRequest(error.0)
     }
 }

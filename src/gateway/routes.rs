@@ -180,7 +180,7 @@ pub async fn not_found() -> (StatusCode, Json<Value>) {
     )
 }
 
-fn visible_endpoint(
+pub(super) fn visible_endpoint(
     state: &AppState,
     principal: &Principal,
     id: &str,
@@ -197,14 +197,22 @@ fn in_scope(principal: &Principal, endpoint: &ModelEndpoint) -> bool {
         .is_none_or(|scope| crate::crd::namespace_of(endpoint) == scope)
 }
 
-fn parse_task_request(body: Result<Bytes, BytesRejection>) -> Result<TaskRequest, AppError> {
+/// A JSON body of type `T`, or a 413 (too large) or 422 (not `T`) naming the problem.
+pub(super) fn parse_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+) -> Result<T, AppError> {
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge,
         _ => AppError::BadRequest(rejection.body_text()),
     })?;
-    let request: TaskRequest = serde_json::from_slice(&body).map_err(|error| {
-        AppError::invalid_body(&[], format!("body is not a valid task request: {error}"))
-    })?;
+    serde_json::from_slice(&body).map_err(|error| {
+        AppError::invalid_body(&[], format!("body is not a valid {what}: {error}"))
+    })
+}
+
+fn parse_task_request(body: Result<Bytes, BytesRejection>) -> Result<TaskRequest, AppError> {
+    let request: TaskRequest = parse_body(body, "task request")?;
     if request.args.is_none() {
         let message = match request.url {
             Some(_) => "ferry takes task inputs as args; input files by url are not supported",

@@ -28,6 +28,32 @@ pub fn bundle(bundle: &ModelBundle) -> Value {
     })
 }
 
+/// The `/v2` shape: the bundle's runnable image flavor.
+pub fn bundle_v2(bundle: &ModelBundle) -> Value {
+    let (repository, tag) = split_image(&bundle.spec.image);
+    let spec = &bundle.spec;
+    json!({
+        "id": bundle.bundle_id(),
+        "name": bundle.name_any(),
+        "metadata": {},
+        "created_at": created_at(bundle.metadata.creation_timestamp.as_ref()),
+        "model_artifact_ids": [],
+        "schema_location": null,
+        "flavor": {
+            "flavor": "runnable_image",
+            "repository": repository,
+            "tag": tag,
+            "command": spec.command,
+            "env": spec.env,
+            "protocol": "http",
+            "predict_route": spec.predict_route,
+            "healthcheck_route": spec.healthcheck_route,
+            "streaming_predict_route": spec.streaming_predict_route,
+            "readiness_initial_delay_seconds": spec.readiness_initial_delay_seconds,
+        },
+    })
+}
+
 pub fn endpoint(endpoint: &ModelEndpoint) -> Value {
     let spec = &endpoint.spec;
     let status = endpoint.status.clone().unwrap_or_default();
@@ -52,7 +78,8 @@ pub fn endpoint(endpoint: &ModelEndpoint) -> Value {
         "status_reason": reason,
         "post_inference_hooks": spec.post_inference_hooks,
         "default_callback_url": spec.default_callback_url,
-        "default_callback_auth": null,
+        // The kind only: credentials stay in their Secret.
+        "default_callback_auth": spec.default_callback_auth.as_ref().map(|auth| json!({ "kind": auth.kind })),
         "labels": spec.labels,
         "created_by": spec.labels.get("team"),
         "created_at": created,

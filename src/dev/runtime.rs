@@ -1,0 +1,260 @@
+//! The dev runtime: what the operator and the cluster do, on one machine. It owns the endpoints,
+//! bundles and Secrets of a `ferry dev` session — from manifests at start and from the API
+//! after — prepares each endpoint's queue and callback policy, and runs its local workers,
+//! restarting them when the endpoint or its bundle changes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use kube::ResourceExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::workers::Worker;
+use crate::admin::Readiness;
+use crate::callback::policy::resolve_policy;
+use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
+use crate::crd::{
+    BundleId, EndpointId, EndpointState, EndpointType, ModelBundle, ModelEndpoint,
+    ModelEndpointStatus, namespace_of,
+};
+use crate::forwarder::ForwarderMetrics;
+use crate::queue::{Queue, QueueSpec};
+
+type SecretData = BTreeMap<String, Vec<u8>>;
+
+/// One endpoint's running workers.
+struct Run {
+    /// The endpoint and bundle specs the workers were started from.
+    started_from: String,
+    stop: CancellationToken,
+    workers: JoinHandle<()>,
+}
+
+pub struct Runtime {
+    queue: Queue,
+    catalog: Catalog,
+    metrics: Arc<ForwarderMetrics>,
+    cancel: CancellationToken,
+    secrets: Mutex<HashMap<(String, String), SecretData>>,
+    /// Serializes changes, so two API calls cannot start workers for one endpoint twice.
+    runs: tokio::sync::Mutex<HashMap<EndpointId, Run>>,
+}
+
+impl Runtime {
+    pub fn new(
+        queue: Queue,
+        catalog: Catalog,
+        metrics: Arc<ForwarderMetrics>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Runtime {
+            queue,
+            catalog,
+            metrics,
+            cancel,
+            secrets: Mutex::default(),
+            runs: Default::default(),
+        }
+    }
+
+    pub fn put_secret(&self, secret: NamedSecret) {
+        self.lock_secrets()
+            .insert((secret.namespace, secret.name), secret.data);
+    }
+
+    /// Prepares the endpoint's queue and callback policy, publishes it, and (re)starts its
+    /// workers when its spec or its bundle changed.
+    pub async fn apply(&self, endpoint: ModelEndpoint) -> Result<(), WriteError> {
+        let namespace = namespace_of(&endpoint);
+        let bundle_id = BundleId::for_resource(&namespace, &endpoint.spec.bundle);
+        let bundle = self.catalog.bundle(&bundle_id).ok_or_else(|| {
+            WriteError::Invalid(format!(
+                "model bundle {} not found in namespace {namespace}",
+                endpoint.spec.bundle
+            ))
+        })?;
+        let policy = resolve_policy(&endpoint.spec, |name| {
+            self.lock_secrets()
+                .get(&(namespace.clone(), name.to_owned()))
+                .cloned()
+        })
+        .map_err(|error| WriteError::Invalid(format!("{}: {error}", error.reason())))?;
+        let id = endpoint.endpoint_id();
+        let unavailable = |error: crate::queue::Error| WriteError::Unavailable(Box::new(error));
+        self.queue
+            .put_callback_policy(&id, &policy)
+            .await
+            .map_err(unavailable)?;
+        if endpoint.spec.endpoint_type == EndpointType::Async {
+            self.queue
+                .ensure_endpoint(&QueueSpec::for_endpoint(&endpoint))
+                .await
+                .map_err(unavailable)?;
+        }
+        let started_from = format!("{:?}{:?}", endpoint.spec, bundle.spec);
+        let mut runs = self.runs.lock().await;
+        let keep = runs
+            .get(&id)
+            .is_some_and(|run| run.started_from == started_from);
+        let status = self
+            .catalog
+            .endpoint(&id)
+            .and_then(|current| current.status.clone());
+        self.catalog.put_endpoint(ModelEndpoint {
+            status,
+            ..endpoint.clone()
+        });
+        if keep {
+            return Ok(());
+        }
+        if let Some(old) = runs.remove(&id) {
+            stop(old).await;
+        }
+        runs.insert(id, self.start(Arc::new(endpoint), bundle, started_from));
+        Ok(())
+    }
+
+    /// Stops the endpoint's workers and forgets it. Its queued tasks go with it.
+    pub async fn delete(&self, endpoint: &ModelEndpoint) -> Result<(), WriteError> {
+        let id = endpoint.endpoint_id();
+        if let Some(run) = self.runs.lock().await.remove(&id) {
+            stop(run).await;
+        }
+        self.catalog.remove_endpoint(&id);
+        Ok(())
+    }
+
+    /// Stores the bundle and restarts the endpoints that run it.
+    pub async fn put_bundle(&self, bundle: ModelBundle) -> Result<(), WriteError> {
+        let namespace = namespace_of(&bundle);
+        let name = bundle.name_any();
+        self.catalog.put_bundle(bundle);
+        let users = self.catalog.find_endpoints(Some(&namespace), None);
+        for endpoint in users
+            .into_iter()
+            .filter(|endpoint| endpoint.spec.bundle == name)
+        {
+            self.apply(endpoint.as_ref().clone()).await?;
+        }
+        Ok(())
+    }
+
+    fn start(
+        &self,
+        endpoint: Arc<ModelEndpoint>,
+        bundle: Arc<ModelBundle>,
+        started_from: String,
+    ) -> Run {
+        let stop = self.cancel.child_token();
+        let id = endpoint.endpoint_id();
+        if endpoint.spec.endpoint_type != EndpointType::Async {
+            tracing::warn!(endpoint = %endpoint.name_any(), "ferry dev runs workers for async endpoints only");
+            let status = ModelEndpointStatus {
+                endpoint_id: Some(id.to_string()),
+                state: Some(EndpointState::UpdateFailed),
+                ..Default::default()
+            };
+            self.catalog.set_status(&id, status);
+            return Run {
+                started_from,
+                stop,
+                workers: tokio::spawn(async {}),
+            };
+        }
+        let mut workers = tokio::task::JoinSet::new();
+        let mut readiness = Vec::new();
+        for index in 0..endpoint.spec.min_workers {
+            let worker = Worker {
+                name: format!("{}-{index}", endpoint.name_any()),
+                endpoint: endpoint.clone(),
+                bundle: bundle.clone(),
+                queue: self.queue.clone(),
+                metrics: self.metrics.clone(),
+            };
+            let ready = Readiness::default();
+            readiness.push(ready.clone());
+            workers.spawn(worker.run(ready, stop.clone()));
+        }
+        let catalog = self.catalog.clone();
+        let tracker = tokio::spawn(track_status(catalog, endpoint, readiness));
+        let workers = tokio::spawn(async move {
+            while workers.join_next().await.is_some() {}
+            tracker.abort();
+        });
+        Run {
+            started_from,
+            stop,
+            workers,
+        }
+    }
+
+    /// Stops every endpoint's workers, letting them finish the tasks they hold.
+    pub async fn stop_all(&self) {
+        let runs: Vec<Run> = self.runs.lock().await.drain().map(|(_, run)| run).collect();
+        futures::future::join_all(runs.into_iter().map(stop)).await;
+    }
+
+    fn lock_secrets(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), SecretData>> {
+        // Each critical section is one map operation: a poisoned map is still whole.
+        self.secrets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Stops a run's workers and waits until they have finished the tasks they hold.
+async fn stop(run: Run) {
+    run.stop.cancel();
+    let _ = run.workers.await;
+}
+
+/// Reports the endpoint UPDATE_IN_PROGRESS until its workers take tasks, then READY.
+async fn track_status(catalog: Catalog, endpoint: Arc<ModelEndpoint>, workers: Vec<Readiness>) {
+    let id = endpoint.endpoint_id();
+    let wanted = workers.len() as i32;
+    let status = |ready: i32| ModelEndpointStatus {
+        endpoint_id: Some(id.to_string()),
+        state: Some(if ready >= wanted {
+            EndpointState::Ready
+        } else {
+            EndpointState::UpdateInProgress
+        }),
+        replicas: Some(wanted),
+        ready_replicas: Some(ready),
+        desired_replicas: Some(wanted),
+        ..Default::default()
+    };
+    catalog.set_status(&id, status(0));
+    for (ready, worker) in (1..).zip(&workers) {
+        worker.ready().await;
+        catalog.set_status(&id, status(ready));
+    }
+}
+
+impl ResourceWriter for Runtime {
+    fn apply_endpoint(
+        &self,
+        endpoint: ModelEndpoint,
+        secrets: Vec<NamedSecret>,
+    ) -> BoxFuture<'_, Result<(), WriteError>> {
+        Box::pin(async move {
+            for secret in secrets {
+                self.put_secret(secret);
+            }
+            self.apply(endpoint).await
+        })
+    }
+
+    fn delete_endpoint(
+        &self,
+        endpoint: Arc<ModelEndpoint>,
+    ) -> BoxFuture<'_, Result<(), WriteError>> {
+        Box::pin(async move { self.delete(&endpoint).await })
+    }
+
+    fn apply_bundle(&self, bundle: ModelBundle) -> BoxFuture<'_, Result<(), WriteError>> {
+        Box::pin(self.put_bundle(bundle))
+    }
+}

@@ -1,0 +1,170 @@
+//! Creating, updating and deleting endpoints and bundles through the Launch API. Each change goes
+//! to the [`ResourceWriter`](crate::catalog::ResourceWriter) — the dev runtime or the Kubernetes
+//! API — so the API and `kubectl get mep` always see the same objects.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, Query, State, rejection::BytesRejection},
+};
+use kube::ResourceExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AppState, auth::Principal, error::AppError, launch, routes, views};
+use crate::catalog::ResourceWriter;
+use crate::crd::{BundleId, ModelBundle};
+
+/// Namespace a caller's new resources go to: its team's, or `default` for an open dev gateway.
+fn namespace_for(principal: &Principal) -> String {
+    principal.scope().unwrap_or("default").to_owned()
+}
+
+fn writer(state: &AppState) -> Result<&Arc<dyn ResourceWriter>, AppError> {
+    state.writer.as_ref().ok_or_else(|| {
+        AppError::NotAllowed(
+            "this gateway serves the endpoints of its manifests; change them there".into(),
+        )
+    })
+}
+
+fn visible_bundle(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<Arc<ModelBundle>, AppError> {
+    BundleId::parse(id)
+        .and_then(|bundle_id| state.catalog.bundle(&bundle_id))
+        .filter(|bundle| {
+            principal
+                .scope()
+                .is_none_or(|scope| crate::crd::namespace_of(bundle.as_ref()) == scope)
+        })
+        .ok_or_else(|| AppError::NotFound(format!("model bundle {id} not found")))
+}
+
+pub async fn create_endpoint(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, AppError> {
+    let request: launch::CreateEndpoint = routes::parse_body(body, "model endpoint request")?;
+    let writer = writer(&state)?;
+    let namespace = namespace_for(&principal);
+    if !state
+        .catalog
+        .find_endpoints(Some(&namespace), Some(&request.name))
+        .is_empty()
+    {
+        return Err(AppError::BadRequest(format!(
+            "a model endpoint named {} already exists",
+            request.name
+        )));
+    }
+    let bundle = visible_bundle(&state, &principal, &request.model_bundle_id)?;
+    if crate::crd::namespace_of(bundle.as_ref()) != namespace {
+        return Err(AppError::BadRequest(
+            "the bundle must be in the endpoint's namespace".into(),
+        ));
+    }
+    let (endpoint, secrets) = launch::new_endpoint(&namespace, request, &bundle.name_any())?;
+    let id = endpoint.endpoint_id();
+    writer.apply_endpoint(endpoint, secrets).await?;
+    tracing::info!(endpoint = %id, "endpoint created");
+    Ok(Json(
+        json!({ "endpoint_creation_task_id": uuid::Uuid::now_v7().to_string() }),
+    ))
+}
+
+pub async fn update_endpoint(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, AppError> {
+    let request: launch::UpdateEndpoint = routes::parse_body(body, "model endpoint update")?;
+    let writer = writer(&state)?;
+    let current = routes::visible_endpoint(&state, &principal, &id)?;
+    let bundle = match &request.model_bundle_id {
+        Some(bundle_id) => Some(visible_bundle(&state, &principal, bundle_id)?.name_any()),
+        None => None,
+    };
+    let (endpoint, secrets) = launch::update_endpoint(&current, request, bundle.as_deref())?;
+    writer.apply_endpoint(endpoint, secrets).await?;
+    tracing::info!(endpoint = %id, "endpoint updated");
+    Ok(Json(
+        json!({ "endpoint_creation_task_id": uuid::Uuid::now_v7().to_string() }),
+    ))
+}
+
+pub async fn delete_endpoint(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let writer = writer(&state)?;
+    let endpoint = routes::visible_endpoint(&state, &principal, &id)?;
+    writer.delete_endpoint(endpoint).await?;
+    tracing::info!(endpoint = %id, "endpoint deleted");
+    Ok(Json(json!({ "deleted": true })))
+}
+
+pub async fn create_bundle(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, AppError> {
+    let request: launch::CreateBundle = routes::parse_body(body, "model bundle request")?;
+    let writer = writer(&state)?;
+    let bundle = launch::new_bundle(&namespace_for(&principal), request)?;
+    let id = bundle.bundle_id();
+    writer.apply_bundle(bundle).await?;
+    Ok(Json(json!({ "model_bundle_id": id })))
+}
+
+/// `POST /v1/model-bundles` takes cloudpickled Python bundles, which ferry does not run.
+pub async fn create_v1_bundle() -> AppError {
+    AppError::BadRequest(
+        "ferry runs runnable_image bundles: create them with POST /v2/model-bundles".into(),
+    )
+}
+
+pub async fn list_v2_bundles(State(state): State<AppState>, principal: Principal) -> Json<Value> {
+    let bundles: Vec<Value> = state
+        .catalog
+        .bundles(principal.scope())
+        .iter()
+        .map(|b| views::bundle_v2(b))
+        .collect();
+    Json(json!({ "model_bundles": bundles }))
+}
+
+pub async fn get_v2_bundle(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let bundle = visible_bundle(&state, &principal, &id)?;
+    Ok(Json(views::bundle_v2(&bundle)))
+}
+
+#[derive(Deserialize)]
+pub struct ModelNameQuery {
+    model_name: Option<String>,
+}
+
+pub async fn latest_v2_bundle(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<ModelNameQuery>,
+) -> Result<Json<Value>, AppError> {
+    let name = query
+        .model_name
+        .ok_or_else(|| AppError::BadRequest("model_name is required".into()))?;
+    let bundle = state.catalog.latest_bundle(principal.scope(), &name);
+    let bundle =
+        bundle.ok_or_else(|| AppError::NotFound(format!("model bundle {name} not found")))?;
+    Ok(Json(views::bundle_v2(&bundle)))
+}
