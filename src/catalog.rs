@@ -18,6 +18,8 @@ use crate::manifest::Manifests;
 struct Snapshot {
     endpoints: BTreeMap<EndpointId, Arc<ModelEndpoint>>,
     bundles: BTreeMap<BundleId, Arc<ModelBundle>>,
+    /// Base URLs of the serving workers of sync and streaming endpoints.
+    workers: BTreeMap<EndpointId, Vec<String>>,
 }
 
 #[derive(Clone, Default)]
@@ -124,6 +126,25 @@ impl Catalog {
         self.write()
             .bundles
             .insert(bundle.bundle_id(), Arc::new(bundle));
+    }
+
+    /// Serving workers of a sync or streaming endpoint, as base URLs.
+    pub fn workers(&self, id: &EndpointId) -> Vec<String> {
+        self.read().workers.get(id).cloned().unwrap_or_default()
+    }
+
+    pub fn add_worker(&self, id: &EndpointId, url: String) {
+        self.write()
+            .workers
+            .entry(id.clone())
+            .or_default()
+            .push(url);
+    }
+
+    pub fn remove_worker(&self, id: &EndpointId, url: &str) {
+        if let Some(urls) = self.write().workers.get_mut(id) {
+            urls.retain(|known| known != url);
+        }
     }
 
     pub fn set_status(&self, id: &EndpointId, status: ModelEndpointStatus) {

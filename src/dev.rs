@@ -68,6 +68,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
     let state = AppState {
         catalog,
         writer: Some(runtime.clone()),
+        workers: gateway::WorkerClient::new()?,
         queue,
         guard,
         keys: Arc::new(keys),

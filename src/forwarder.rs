@@ -4,6 +4,7 @@
 //! pulling and finishes what it holds.
 
 mod invoke;
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;

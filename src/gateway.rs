@@ -7,6 +7,7 @@ mod launch;
 mod redeliver;
 mod resources;
 mod routes;
+mod sync;
 mod views;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use tokio_util::sync::CancellationToken;
 
 pub use auth::ApiKeys;
+pub use sync::WorkerClient;
 
 use crate::admin::{self, Readiness};
 use crate::callback::Guard;
@@ -33,6 +35,8 @@ pub struct AppState {
     pub catalog: Catalog,
     /// Where API changes to endpoints and bundles go; `None` serves a fixed set read-only.
     pub writer: Option<Arc<dyn ResourceWriter>>,
+    /// Reaches the serving workers of sync and streaming endpoints.
+    pub workers: sync::WorkerClient,
     pub queue: Queue,
     pub guard: Guard,
     pub keys: Arc<ApiKeys>,
@@ -82,6 +86,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 .delete(resources::delete_endpoint),
         )
         .route("/v1/async-tasks", post(routes::submit_async_task))
+        .route("/v1/sync-tasks", post(sync::submit_sync_task))
+        .route("/v1/streaming-tasks", post(sync::submit_streaming_task))
         .route("/v1/async-tasks/{task_id}", get(routes::get_async_task))
         .route(
             "/v1/async-tasks/{task_id}/callback/redeliver",
@@ -127,6 +133,7 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
     let state = AppState {
         catalog: Catalog::from_manifests(&manifests),
         writer: None,
+        workers: sync::WorkerClient::new()?,
         queue,
         guard: args.guard.guard(&[])?,
         keys: Arc::new(keys),

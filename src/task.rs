@@ -253,6 +253,37 @@ pub struct DeliveryAttempt {
     pub duration_ms: u64,
 }
 
+/// A sync task's answer, and each event of a streaming task, in Launch's shape: on SUCCESS
+/// `result` is `{"result": <model output>}`; on FAILURE it is the error message and
+/// `traceback` the detail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncResponse {
+    pub status: TaskStatus,
+    pub result: Option<Value>,
+    pub traceback: Option<String>,
+    pub status_code: Option<u16>,
+}
+
+impl SyncResponse {
+    pub fn success(output: Value, status_code: u16) -> Self {
+        SyncResponse {
+            status: TaskStatus::Success,
+            result: Some(serde_json::json!({ "result": output })),
+            traceback: None,
+            status_code: Some(status_code),
+        }
+    }
+
+    pub fn failure(error: &TaskError, status_code: Option<u16>) -> Self {
+        SyncResponse {
+            status: TaskStatus::Failure,
+            result: Some(Value::from(error.message.clone())),
+            traceback: error.detail.clone(),
+            status_code,
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

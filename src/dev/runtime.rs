@@ -148,21 +148,6 @@ impl Runtime {
         started_from: String,
     ) -> Run {
         let stop = self.cancel.child_token();
-        let id = endpoint.endpoint_id();
-        if endpoint.spec.endpoint_type != EndpointType::Async {
-            tracing::warn!(endpoint = %endpoint.name_any(), "ferry dev runs workers for async endpoints only");
-            let status = ModelEndpointStatus {
-                endpoint_id: Some(id.to_string()),
-                state: Some(EndpointState::UpdateFailed),
-                ..Default::default()
-            };
-            self.catalog.set_status(&id, status);
-            return Run {
-                started_from,
-                stop,
-                workers: tokio::spawn(async {}),
-            };
-        }
         let mut workers = tokio::task::JoinSet::new();
         let mut readiness = Vec::new();
         for index in 0..endpoint.spec.min_workers {
@@ -170,6 +155,7 @@ impl Runtime {
                 name: format!("{}-{index}", endpoint.name_any()),
                 endpoint: endpoint.clone(),
                 bundle: bundle.clone(),
+                catalog: self.catalog.clone(),
                 queue: self.queue.clone(),
                 metrics: self.metrics.clone(),
             };

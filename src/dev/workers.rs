@@ -11,9 +11,13 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Readiness;
+use crate::catalog::Catalog;
+use crate::crd::EndpointType;
 use crate::crd::{ModelBundle, ModelEndpoint};
-use crate::forwarder::{Forwarder, ForwarderMetrics, ModelClient};
+use crate::forwarder::{Forwarder, ForwarderMetrics, ModelClient, serve};
 use crate::queue::Queue;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 
@@ -38,6 +42,7 @@ pub struct Worker {
     pub name: String,
     pub endpoint: Arc<ModelEndpoint>,
     pub bundle: Arc<ModelBundle>,
+    pub catalog: Catalog,
     pub queue: Queue,
     pub metrics: Arc<ForwarderMetrics>,
 }
@@ -62,7 +67,7 @@ impl Worker {
         &self,
         readiness: &Readiness,
         cancel: &CancellationToken,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<(), BoxError> {
         let port = free_port().map_err(Error::Port)?;
         let mut child = self.spawn_model(port)?;
         let spec = &self.bundle.spec;
@@ -72,16 +77,10 @@ impl Worker {
             &spec.predict_route,
             &spec.healthcheck_route,
             Duration::from_secs(600),
-        )?;
-        let forwarder = Forwarder {
-            queue: self.queue.clone(),
-            endpoint_id: self.endpoint.endpoint_id(),
-            model,
-            concurrency: self.endpoint.spec.concurrent_requests_per_worker as usize,
-            metrics: self.metrics.clone(),
-        };
+        )?
+        .with_streaming_route(spec.streaming_predict_route.as_deref())?;
         let stop_forwarder = cancel.child_token();
-        let forwarding = forwarder.run(readiness.clone(), stop_forwarder.clone());
+        let forwarding = self.forward(model, readiness.clone(), stop_forwarder.clone());
         let mut forwarding = std::pin::pin!(forwarding);
         tokio::select! {
             result = &mut forwarding => {
@@ -95,6 +94,46 @@ impl Worker {
                 Err(format!("model process exited ({})", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())).into())
             }
         }
+    }
+
+    /// The forwarder beside the model: pulling the queue for async endpoints, serving the
+    /// gateway's requests (registered in the catalog while up) for sync and streaming ones.
+    async fn forward(
+        &self,
+        model: ModelClient,
+        readiness: Readiness,
+        stop: CancellationToken,
+    ) -> Result<(), BoxError> {
+        let concurrency = self.endpoint.spec.concurrent_requests_per_worker as usize;
+        let endpoint_id = self.endpoint.endpoint_id();
+        if self.endpoint.spec.endpoint_type == EndpointType::Async {
+            let metrics = self.metrics.clone();
+            let forwarder = Forwarder {
+                queue: self.queue.clone(),
+                endpoint_id,
+                model,
+                concurrency,
+                metrics,
+            };
+            return Ok(forwarder.run(readiness, stop).await?);
+        }
+        if !model.wait_until_ready(&stop).await {
+            return Ok(());
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let server = Arc::new(serve::Server {
+            model,
+            slots,
+            queue: self.queue.clone(),
+        });
+        self.catalog.add_worker(&endpoint_id, url.clone());
+        readiness.set_ready();
+        tracing::info!(worker = %self.name, %url, "serving sync and streaming requests");
+        let served = serve::serve(listener, server, stop).await;
+        self.catalog.remove_worker(&endpoint_id, &url);
+        Ok(served?)
     }
 
     fn spawn_model(&self, port: u16) -> Result<Child, Error> {

@@ -30,6 +30,8 @@ pub struct ModelClient {
     http: reqwest::Client,
     predict_url: Url,
     health_url: Url,
+    /// Where streaming predictions come from, when the model offers them.
+    streaming_url: Option<Url>,
     timeout: Duration,
 }
 
@@ -70,8 +72,84 @@ impl ModelClient {
             http,
             predict_url: join(predict_route)?,
             health_url: join(healthcheck_route)?,
+            streaming_url: None,
             timeout,
         })
+    }
+
+    /// The same client, also calling the model's streaming route.
+    pub fn with_streaming_route(mut self, route: Option<&str>) -> Result<Self, Error> {
+        if let Some(route) = route {
+            let base = self.predict_url.clone();
+            let url = base.join(route).map_err(|source| Error::Route {
+                base,
+                route: route.into(),
+                source,
+            })?;
+            self.streaming_url = Some(url);
+        }
+        Ok(self)
+    }
+
+    /// The model's answers as they come: each server-sent event of the streaming route, or the
+    /// predict route's one answer when the model has no streaming route.
+    pub async fn stream(&self, args: &Value) -> futures::stream::BoxStream<'static, Prediction> {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let Some(url) = &self.streaming_url else {
+            return futures::stream::once(futures::future::ready(self.predict(args).await)).boxed();
+        };
+        let response = match self
+            .http
+            .post(url.clone())
+            .json(args)
+            .timeout(self.timeout)
+            .send()
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => {
+                return futures::stream::once(futures::future::ready(failure(
+                    self.describe(&error),
+                    None,
+                    None,
+                )))
+                .boxed();
+            }
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.unwrap_or_default();
+            let answer = failure(
+                format!("model answered {status}"),
+                Some(status.as_u16()),
+                Some(truncated(&body)),
+            );
+            return futures::stream::once(futures::future::ready(answer)).boxed();
+        }
+        let code = status.as_u16();
+        response
+            .bytes_stream()
+            .eventsource()
+            .map(move |event| match event {
+                Ok(event) => match serde_json::from_str(&event.data) {
+                    Ok(result) => Prediction::Success {
+                        result,
+                        status_code: code,
+                    },
+                    Err(error) => failure(
+                        format!("model streamed an event that is not JSON: {error}"),
+                        Some(code),
+                        Some(event.data),
+                    ),
+                },
+                Err(error) => failure(
+                    format!("reading the model's stream failed: {error}"),
+                    Some(code),
+                    None,
+                ),
+            })
+            .boxed()
     }
 
     /// Returns once the health route answers 2xx; `false` when cancelled first.

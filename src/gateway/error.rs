@@ -29,6 +29,15 @@ pub enum AppError {
     Queue(#[source] queue::Error),
     #[error("storing the change failed")]
     Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A worker did not answer in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// Every worker is busy.
+    #[error("{0}")]
+    Busy(String),
+    /// No worker could be reached.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl AppError {
@@ -40,7 +49,11 @@ impl AppError {
             AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::NotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            AppError::Queue(_) | AppError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Queue(_) | AppError::Store(_) | AppError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            AppError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            AppError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 

@@ -94,14 +94,17 @@ pub async fn get_endpoint(
 
 #[derive(Deserialize)]
 pub struct EndpointQuery {
-    model_endpoint_id: Option<String>,
+    pub model_endpoint_id: Option<String>,
 }
 
 /// The body of a task submission (Launch's `EndpointRequest` as the client sends it).
 #[derive(Deserialize)]
-struct TaskRequest {
+pub(super) struct TaskRequest {
     #[serde(default)]
     args: Option<Value>,
+    /// Sync tasks: how long to wait for the answer.
+    #[serde(default)]
+    pub timeout_seconds: Option<f64>,
     #[serde(default)]
     url: Option<String>,
     #[serde(default)]
@@ -130,10 +133,26 @@ pub async fn submit_async_task(
             endpoint.spec.endpoint_type.as_str()
         )));
     }
+    let (task, _) = task_from_request(&state, &endpoint, body).await?;
+    let idempotency_key = headers
+        .get(IDEMPOTENCY_KEY)
+        .and_then(|value| value.to_str().ok());
+    let submission = state.queue.submit(&task, idempotency_key).await?;
+    state.metrics.tasks_submitted.inc();
+    Ok(Json(json!({ "task_id": submission.task_id })))
+}
+
+/// The task a submission describes, its callback resolved and vetted; with the request's
+/// remaining settings.
+pub(super) async fn task_from_request(
+    state: &AppState,
+    endpoint: &ModelEndpoint,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(TaskMessage, Option<f64>), AppError> {
     let request = parse_task_request(body)?;
     let callback = resolve_callback(
         &state.guard,
-        &endpoint,
+        endpoint,
         request.callback_url,
         request.callback_auth,
     )
@@ -145,12 +164,7 @@ pub async fn submit_async_task(
         callback,
         submitted_at_ms: now_ms(),
     };
-    let idempotency_key = headers
-        .get(IDEMPOTENCY_KEY)
-        .and_then(|value| value.to_str().ok());
-    let submission = state.queue.submit(&task, idempotency_key).await?;
-    state.metrics.tasks_submitted.inc();
-    Ok(Json(json!({ "task_id": submission.task_id })))
+    Ok((task, request.timeout_seconds))
 }
 
 pub async fn get_async_task(

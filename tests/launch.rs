@@ -1,0 +1,439 @@
+//! Contract tests: the Launch client's call sequences replayed over HTTP against `ferry dev`,
+//! asserting every field the client reads.
+
+mod support;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// What `create_model_endpoint` sends for the callbacks example, aimed at `callback_url`.
+fn seed_create_body(bundle_id: &str, callback_url: &str) -> Value {
+    json!({"endpoint_type":"async","metadata":{},"memory":"8Gi","cpus":1,"max_workers":1,"model_bundle_id":bundle_id,
+        "min_workers":1,"gpus":0,"name":"demo-endpoint-callback","per_worker":10,"storage":"16Gi",
+        "labels":{"team":"MY_TEAM","product":"MY_PRODUCT"},"post_inference_hooks":["callback"],"high_priority":false,
+        "default_callback_url":callback_url})
+}
+
+async fn dev_with_bundles(extra: &[(&str, String)]) -> (Manifests, Dev) {
+    let manifests = Manifests::with_example_bundle();
+    // ferry dev wants one endpoint to start with; this one stays idle.
+    manifests.add(
+        "idle.yaml",
+        &endpoint_yaml(
+            "idle",
+            "test-bundle",
+            "http://127.0.0.1:9/",
+            "  minWorkers: 0\n",
+        ),
+    );
+    for (file, yaml) in extra {
+        manifests.add(file, yaml);
+    }
+    let dev = Dev::start(manifests.path(), None).await;
+    (manifests, dev)
+}
+
+async fn listed(dev: &Dev, name: &str) -> Vec<Value> {
+    let (status, listing) = dev.get(&format!("/v1/model-endpoints?name={name}")).await;
+    assert_eq!(status, StatusCode::OK);
+    listing["model_endpoints"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_create_path_of_the_seed_runs_unchanged() {
+    let receiver = Receiver::start().await;
+    let (_m, dev) = dev_with_bundles(&[]).await;
+
+    // 1. The endpoint does not exist yet.
+    assert!(listed(&dev, "demo-endpoint-callback").await.is_empty());
+    // 2. The bundle exists.
+    let (status, bundle) = dev
+        .get("/v1/model-bundles/latest?model_name=test-bundle")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for field in [
+        "id",
+        "name",
+        "location",
+        "env_params",
+        "packaging_type",
+        "created_at",
+    ] {
+        assert!(!bundle[field].is_null(), "bundle.{field}: {bundle}");
+    }
+    let bundle_id = bundle["id"].as_str().unwrap();
+    // 3. Create.
+    let (status, created) = dev
+        .post(
+            "/v1/model-endpoints",
+            &seed_create_body(bundle_id, &receiver.url("/default")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    assert!(created["endpoint_creation_task_id"].is_string());
+    let (status, again) = dev
+        .post(
+            "/v1/model-endpoints",
+            &seed_create_body(bundle_id, &receiver.url("/default")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "an existing name: {again}");
+
+    // 4. Predict, as the client does: list by name, then submit.
+    let endpoint = dev.ready_endpoint("demo-endpoint-callback").await;
+    let view = &listed(&dev, "demo-endpoint-callback").await[0];
+    assert_eq!(view["endpoint_type"], "async");
+    assert_eq!(view["status"], "READY");
+    assert_eq!(view["bundle_name"], "test-bundle");
+    assert_eq!(view["post_inference_hooks"], json!(["callback"]));
+    assert_eq!(view["deployment_state"]["min_workers"], 1);
+    assert_eq!(view["resource_state"]["memory"], "8Gi");
+    let first = dev
+        .submit(
+            &endpoint,
+            json!({"args": {"x": 2, "y": "hello"}, "return_pickled": false}),
+        )
+        .await;
+    let custom = json!({"args": {"x": 3, "y": "hello"}, "callback_url": receiver.url("/custom"), "return_pickled": false});
+    let second = dev.submit(&endpoint, custom).await;
+
+    // future.get(): poll until SUCCESS and read result["result"].
+    let done = dev.finished_task(&first, WAIT).await;
+    assert_eq!(
+        (done["status"].clone(), done["result"]["result"].clone()),
+        (json!("SUCCESS"), json!(7))
+    );
+    let done = dev.finished_task(&second, WAIT).await;
+    assert_eq!(done["result"]["result"], 8);
+    let callbacks = receiver.wait_for(2, WAIT).await;
+    let at = |path: &str| {
+        callbacks
+            .iter()
+            .find(|c| c.path == path)
+            .unwrap()
+            .body
+            .clone()
+    };
+    assert_eq!(
+        at("/default"),
+        json!({"task_id": first, "result": 7, "status": "SUCCESS"})
+    );
+    assert_eq!(
+        at("/custom"),
+        json!({"task_id": second, "result": 8, "status": "SUCCESS"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_update_path_keeps_what_it_omits_and_rolls_the_workers() {
+    let (_m, dev) = dev_with_bundles(&[]).await;
+    let (_, bundle) = dev
+        .get("/v1/model-bundles/latest?model_name=test-bundle")
+        .await;
+    let bundle_id = bundle["id"].as_str().unwrap().to_owned();
+    dev.post(
+        "/v1/model-endpoints",
+        &seed_create_body(&bundle_id, "http://127.0.0.1:9/cb"),
+    )
+    .await;
+    let endpoint = dev.ready_endpoint("demo-endpoint-callback").await;
+
+    // update_if_exists=True: only these fields, nulls for what the caller left out.
+    let update = json!({"model_bundle_id": bundle_id, "cpus": 2, "gpus": null, "memory": null, "storage": null,
+        "min_workers": 2, "max_workers": 2, "per_worker": null, "high_priority": false,
+        "default_callback_url": "http://127.0.0.1:9/new", "labels": {"owner": "ml"}});
+    let response = dev
+        .http
+        .put(format!("{}/v1/model-endpoints/{endpoint}", dev.base))
+        .basic_auth(API_KEY, Some(""))
+        .json(&update)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response.json::<Value>().await.unwrap()["endpoint_creation_task_id"].is_string());
+
+    let view = eventually("two workers after the update", WAIT, || async {
+        let view = listed(&dev, "demo-endpoint-callback").await.remove(0);
+        (view["deployment_state"]["available_workers"] == 2 && view["status"] == "READY")
+            .then_some(view)
+    })
+    .await;
+    assert_eq!(view["resource_state"]["cpus"], "2");
+    assert_eq!(view["resource_state"]["memory"], "8Gi", "absent keeps");
+    assert_eq!(view["deployment_state"]["per_worker"], 10, "null keeps");
+    assert_eq!(
+        view["labels"],
+        json!({"team": "MY_TEAM", "product": "MY_PRODUCT", "owner": "ml"}),
+        "labels merge"
+    );
+    assert_eq!(
+        view["post_inference_hooks"],
+        json!(["callback"]),
+        "hooks kept"
+    );
+    assert_eq!(view["default_callback_url"], "http://127.0.0.1:9/new");
+    let task = dev
+        .submit(&endpoint, json!({"args": {"x": 1, "y": "ab"}}))
+        .await;
+    assert_eq!(dev.finished_task(&task, WAIT).await["result"]["result"], 3);
+
+    let bad = json!({"min_workers": 5, "max_workers": 2});
+    let response = dev
+        .http
+        .put(format!("{}/v1/model-endpoints/{endpoint}", dev.base))
+        .basic_auth(API_KEY, Some(""))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    assert!(
+        response.json::<Value>().await.unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("min_workers")
+    );
+
+    let response = dev
+        .http
+        .delete(format!("{}/v1/model-endpoints/{endpoint}", dev.base))
+        .basic_auth(API_KEY, Some(""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"deleted": true})
+    );
+    assert!(listed(&dev, "demo-endpoint-callback").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bundle_and_bad_requests_get_clear_answers() {
+    let (_m, dev) = dev_with_bundles(&[]).await;
+    let (status, body) = dev.get("/v1/model-bundles/latest?model_name=absent").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["detail"].as_str().unwrap().contains("absent"));
+    let (status, _) = dev
+        .post(
+            "/v1/model-endpoints",
+            &seed_create_body("bun_00000000000000000000", "http://127.0.0.1:9/"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (_, bundle) = dev
+        .get("/v1/model-bundles/latest?model_name=test-bundle")
+        .await;
+    let mut bad = seed_create_body(bundle["id"].as_str().unwrap(), "http://127.0.0.1:9/");
+    bad["post_inference_hooks"] = json!(["telepathy"]);
+    let (status, body) = dev.post("/v1/model-endpoints", &bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    bad["post_inference_hooks"] = json!(["callback"]);
+    bad["labels"] = json!({"team": "t"});
+    let (status, body) = dev.post("/v1/model-endpoints", &bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = dev.post("/v1/model-endpoints", &json!({"name": "x"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_created_through_v2_serve_endpoints() {
+    let (_m, dev) = dev_with_bundles(&[]).await;
+    let model = python_model_source("return 200, {'doubled': args['n'] * 2}");
+    let create = json!({"name": "doubler", "schema_location": "none", "metadata": {},
+        "flavor": {"flavor": "runnable_image", "repository": "python", "tag": "3.12-slim",
+            "command": ["python3", "-c", model], "protocol": "http", "predict_route": "/predict", "healthcheck_route": "/readyz"}});
+    let (status, created) = dev.post("/v2/model-bundles", &create).await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let bundle_id = created["model_bundle_id"].as_str().unwrap();
+    let (_, v2) = dev.get(&format!("/v2/model-bundles/{bundle_id}")).await;
+    assert_eq!(v2["flavor"]["repository"], "python");
+    let (_, latest) = dev.get("/v2/model-bundles/latest?model_name=doubler").await;
+    assert_eq!(latest["id"], bundle_id);
+
+    let mut body = seed_create_body(bundle_id, "http://127.0.0.1:9/");
+    body["name"] = json!("doubler");
+    body["post_inference_hooks"] = json!([]);
+    body.as_object_mut().unwrap().remove("default_callback_url");
+    let (status, created) = dev.post("/v1/model-endpoints", &body).await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let endpoint = dev.ready_endpoint("doubler").await;
+    let task = dev.submit(&endpoint, json!({"args": {"n": 21}})).await;
+    assert_eq!(
+        dev.finished_task(&task, WAIT).await["result"]["result"],
+        json!({"doubled": 42})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_a_failed_task_reports_failure() {
+    let failing = python_bundle_yaml("failing", "return 500, {'detail': 'model crashed'}");
+    let (_m, dev) = dev_with_bundles(&[("failing.yaml", failing)]).await;
+    let (_, bundle) = dev.get("/v1/model-bundles/latest?model_name=failing").await;
+    let mut body = seed_create_body(bundle["id"].as_str().unwrap(), "http://127.0.0.1:9/");
+    body["name"] = json!("failing");
+    body["post_inference_hooks"] = json!([]);
+    body.as_object_mut().unwrap().remove("default_callback_url");
+    dev.post("/v1/model-endpoints", &body).await;
+    let endpoint = dev.ready_endpoint("failing").await;
+    let task = dev
+        .finished_task(&dev.submit(&endpoint, json!({"args": {}})).await, WAIT)
+        .await;
+    assert_eq!(task["status"], "FAILURE");
+    assert!(
+        task["result"].is_string()
+            && task["traceback"]
+                .as_str()
+                .unwrap()
+                .contains("model crashed"),
+        "{task}"
+    );
+}
+
+/// A model with a slow predict route and a streaming route that sends three events.
+const STREAMING_MODEL: &str = r#"
+import json, os, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Model(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"{}")
+    def do_POST(self):
+        args = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/stream":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for token in args["words"]:
+                self.wfile.write(f"data: {json.dumps({'token': token})}\n\n".encode())
+                self.wfile.flush()
+            self.close_connection = True
+            return
+        time.sleep(args.get("sleep", 0))
+        data = json.dumps(args["x"] + len(args["y"])).encode()
+        self.send_response(200); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Model).serve_forever()
+"#;
+
+fn streaming_manifests() -> Vec<(&'static str, String)> {
+    let script: String = STREAMING_MODEL
+        .lines()
+        .map(|line| format!("      {line}\n"))
+        .collect();
+    let bundle = format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: ModelBundle\nmetadata:\n  name: streamer\nspec:\n  image: python:3.12-slim\n  streamingPredictRoute: /stream\n  command:\n    - python3\n    - -c\n    - |\n{script}"
+    );
+    let endpoint = |name: &str, kind: &str, extra: &str| {
+        format!(
+            "apiVersion: ferry.dev/v1alpha1\nkind: ModelEndpoint\nmetadata:\n  name: {name}\nspec:\n  bundle: streamer\n  endpointType: {kind}\n  labels: {{team: t, product: p}}\n{extra}"
+        )
+    };
+    vec![
+        ("streamer.yaml", bundle),
+        ("sync.yaml", endpoint("sync-endpoint", "sync", "")),
+        (
+            "streaming.yaml",
+            endpoint("streaming-endpoint", "streaming", ""),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_predictions_answer_in_launch_shape_and_refuse_when_saturated() {
+    let (_m, dev) = dev_with_bundles(&streaming_manifests()).await;
+    let endpoint = dev.ready_endpoint("sync-endpoint").await;
+    let path = format!("/v1/sync-tasks?model_endpoint_id={endpoint}");
+    let (status, answer) = dev
+        .post(
+            &path,
+            &json!({"args": {"x": 2, "y": "hello"}, "return_pickled": false}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"status": "SUCCESS", "result": {"result": 7}, "traceback": null, "status_code": 200})
+    );
+
+    // One worker taking one task at a time: while it works, a second request is refused.
+    let slow = json!({"args": {"x": 1, "y": "", "sleep": 2}});
+    let busy = dev.post(&path, &slow);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        dev.post(&path, &json!({"args": {"x": 1, "y": ""}})).await
+    };
+    let ((first_status, _), (second_status, second_body)) = tokio::join!(busy, second);
+    assert_eq!(first_status, StatusCode::OK);
+    assert_eq!(
+        second_status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{second_body}"
+    );
+
+    let (status, body) = dev
+        .post(
+            &path,
+            &json!({"args": {"x": 1, "y": "", "sleep": 3}, "timeout_seconds": 0.5}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_predictions_arrive_as_server_sent_events() {
+    let (_m, dev) = dev_with_bundles(&streaming_manifests()).await;
+    let endpoint = dev.ready_endpoint("streaming-endpoint").await;
+    let response = dev
+        .http
+        .post(format!(
+            "{}/v1/streaming-tasks?model_endpoint_id={endpoint}",
+            dev.base
+        ))
+        .basic_auth(API_KEY, Some(""))
+        .json(&json!({"args": {"words": ["a", "b", "c"]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = response.text().await.unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|data| serde_json::from_str(data.trim()).unwrap())
+        .collect();
+    let tokens: Vec<Value> = events
+        .iter()
+        .map(|event| event["result"]["result"]["token"].clone())
+        .collect();
+    assert_eq!(tokens, vec![json!("a"), json!("b"), json!("c")]);
+    assert!(events.iter().all(|event| event["status"] == "SUCCESS"));
+
+    let path = format!(
+        "/v1/streaming-tasks?model_endpoint_id={}",
+        dev.endpoint_id("sync-endpoint").await
+    );
+    let (status, _) = dev.post(&path, &json!({"args": {}})).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a sync endpoint does not stream"
+    );
+}
