@@ -437,3 +437,31 @@ async fn streaming_predictions_arrive_as_server_sent_events() {
         "a sync endpoint does not stream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_endpoint_with_the_callback_hook_also_calls_back() {
+    let receiver = Receiver::start().await;
+    let mut files = streaming_manifests();
+    let hooked = format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: ModelEndpoint\nmetadata:\n  name: hooked\nspec:\n  bundle: streamer\n  endpointType: sync\n  labels: {{team: t, product: p}}\n  postInferenceHooks: [callback]\n  defaultCallbackUrl: {}\n",
+        receiver.url("/sync")
+    );
+    files.push(("hooked.yaml", hooked));
+    let (_m, dev) = dev_with_bundles(&files).await;
+    let endpoint = dev.ready_endpoint("hooked").await;
+    let (status, answer) = dev
+        .post(
+            &format!("/v1/sync-tasks?model_endpoint_id={endpoint}"),
+            &json!({"args": {"x": 2, "y": "hello"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["result"]["result"].clone()),
+        (StatusCode::OK, json!(7))
+    );
+    let callback = receiver.wait_for(1, WAIT).await.remove(0);
+    assert_eq!(
+        (callback.path.as_str(), callback.body["result"].clone()),
+        ("/sync", json!(7))
+    );
+}
