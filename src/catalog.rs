@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use crate::crd::{
     BundleId, EndpointId, ModelBundle, ModelEndpoint, ModelEndpointStatus, namespace_of,
 };
-use crate::manifest::Manifests;
+pub mod cluster;
 
 #[derive(Default)]
 struct Snapshot {
@@ -28,35 +28,6 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// A catalog of the manifests' resources, stamped with a creation time where they carry none.
-    pub fn from_manifests(manifests: &Manifests) -> Self {
-        let now = Time(jiff::Timestamp::now());
-        let mut snapshot = Snapshot::default();
-        for bundle in &manifests.bundles {
-            let mut bundle = bundle.clone();
-            bundle
-                .metadata
-                .creation_timestamp
-                .get_or_insert_with(|| now.clone());
-            snapshot
-                .bundles
-                .insert(bundle.bundle_id(), Arc::new(bundle));
-        }
-        for endpoint in &manifests.endpoints {
-            let mut endpoint = endpoint.clone();
-            endpoint
-                .metadata
-                .creation_timestamp
-                .get_or_insert_with(|| now.clone());
-            snapshot
-                .endpoints
-                .insert(endpoint.endpoint_id(), Arc::new(endpoint));
-        }
-        Catalog {
-            snapshot: Arc::new(RwLock::new(snapshot)),
-        }
-    }
-
     pub fn endpoint(&self, id: &EndpointId) -> Option<Arc<ModelEndpoint>> {
         self.read().endpoints.get(id).cloned()
     }
@@ -113,6 +84,30 @@ impl Catalog {
             .insert(endpoint.endpoint_id(), Arc::new(endpoint));
     }
 
+    /// Replaces every endpoint (after a full list).
+    pub fn replace_endpoints(&self, endpoints: Vec<ModelEndpoint>) {
+        let map = endpoints
+            .into_iter()
+            .map(stamped)
+            .map(|endpoint| (endpoint.endpoint_id(), Arc::new(endpoint)))
+            .collect();
+        self.write().endpoints = map;
+    }
+
+    /// Replaces every bundle (after a full list).
+    pub fn replace_bundles(&self, bundles: Vec<ModelBundle>) {
+        let map = bundles
+            .into_iter()
+            .map(stamped)
+            .map(|bundle| (bundle.bundle_id(), Arc::new(bundle)))
+            .collect();
+        self.write().bundles = map;
+    }
+
+    pub fn remove_bundle(&self, id: &BundleId) {
+        self.write().bundles.remove(id);
+    }
+
     pub fn remove_endpoint(&self, id: &EndpointId) {
         self.write().endpoints.remove(id);
     }
@@ -166,6 +161,15 @@ impl Catalog {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The resource with a creation time: its own (from the API server), else now (from a manifest).
+fn stamped<K: kube::Resource>(mut resource: K) -> K {
+    resource
+        .meta_mut()
+        .creation_timestamp
+        .get_or_insert_with(|| Time(jiff::Timestamp::now()));
+    resource
 }
 
 fn in_scope(scope: Option<&str>, namespace: &str) -> bool {

@@ -80,8 +80,9 @@ pub struct GatewayArgs {
     pub auth: AuthArgs,
     #[command(flatten)]
     pub guard: GuardArgs,
-    /// ModelBundle/ModelEndpoint manifests (files or directories) that define the served endpoints.
-    #[arg(long, env = "FERRY_MANIFESTS", value_delimiter = ',', required = true)]
+    /// Serve a fixed set of endpoints from these ModelBundle/ModelEndpoint manifests (files or
+    /// directories), read-only. Without them the gateway uses the cluster's Kubernetes API.
+    #[arg(long, env = "FERRY_MANIFESTS", value_delimiter = ',')]
     pub manifests: Vec<PathBuf>,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "FERRY_MAX_BODY_BYTES", default_value = "10485760")]

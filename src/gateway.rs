@@ -25,7 +25,7 @@ pub use sync::WorkerClient;
 
 use crate::admin::{self, Readiness};
 use crate::callback::Guard;
-use crate::catalog::{Catalog, ResourceWriter};
+use crate::catalog::{Catalog, ResourceWriter, cluster};
 use crate::cli::GatewayArgs;
 use crate::manifest;
 use crate::queue::{Queue, QueueSettings};
@@ -121,26 +121,46 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
     if matches!(&keys, ApiKeys::Teams(teams) if teams.is_empty()) {
         anyhow::bail!("no API keys configured: set --api-keys / FERRY_API_KEYS to KEY=TEAM pairs");
     }
-    let manifests = manifest::load(&args.manifests)?;
     let settings = QueueSettings {
         result_retention: args.nats.result_retention,
         ..Default::default()
     };
     let queue =
         Queue::connect(&args.nats.url, settings, std::time::Duration::from_secs(30)).await?;
-    crate::dev::prepare_endpoints(&queue, &manifests).await?;
+    let readiness = Readiness::default();
+    let catalog = Catalog::default();
+    let writer: Option<Arc<dyn ResourceWriter>> = if args.manifests.is_empty() {
+        let client = kube::Client::try_default().await.map_err(|error| {
+            anyhow::anyhow!("no Kubernetes API (pass --manifests to serve a fixed set): {error}")
+        })?;
+        tokio::spawn(cluster::watch(
+            client.clone(),
+            catalog.clone(),
+            readiness.clone(),
+        ));
+        Some(Arc::new(cluster::ClusterWriter {
+            client,
+            catalog: catalog.clone(),
+            queue: queue.clone(),
+        }))
+    } else {
+        let manifests = manifest::load(&args.manifests)?;
+        crate::dev::prepare_endpoints(&queue, &manifests).await?;
+        catalog.replace_bundles(manifests.bundles.clone());
+        catalog.replace_endpoints(manifests.endpoints.clone());
+        readiness.set_ready();
+        None
+    };
     let mut registry = Registry::default();
     let state = AppState {
-        catalog: Catalog::from_manifests(&manifests),
-        writer: None,
+        catalog,
+        writer,
         workers: sync::WorkerClient::new()?,
         queue,
         guard: args.guard.guard(&[])?,
         keys: Arc::new(keys),
         metrics: GatewayMetrics::register(&mut registry),
     };
-    let readiness = Readiness::default();
-    readiness.set_ready();
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     serve(
         listener,

@@ -57,7 +57,10 @@ pub fn bundle_v2(bundle: &ModelBundle) -> Value {
 pub fn endpoint(endpoint: &ModelEndpoint) -> Value {
     let spec = &endpoint.spec;
     let status = endpoint.status.clone().unwrap_or_default();
-    let state = status.state.unwrap_or(EndpointState::UpdatePending);
+    let state = match endpoint.metadata.deletion_timestamp {
+        Some(_) => EndpointState::DeleteInProgress,
+        None => status.state.unwrap_or(EndpointState::UpdatePending),
+    };
     let ready = status.ready_replicas.unwrap_or(0).max(0);
     let replicas = status.replicas.unwrap_or(0).max(ready);
     let reason = status
