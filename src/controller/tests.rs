@@ -11,7 +11,8 @@ use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
 use super::fixtures::{ApiServer, bundle, context, endpoint, finalized};
-use super::{Error, FINALIZER, reconcile};
+use super::reconcile::{error_policy, reconcile};
+use super::{Error, FINALIZER};
 use crate::controller::context::Context;
 use crate::crd::{ModelEndpoint, ModelEndpointStatus};
 use crate::dev::nats::{self, NatsServer};
@@ -363,9 +364,9 @@ async fn an_unreachable_nats_is_reported_and_retried_with_backoff() {
     assert_eq!(error.reason(), "QueueUnavailable");
     assert!(!error.is_permanent());
     let object = Arc::new(DeserializeGuard(Ok(endpoint)));
-    let first = super::error_policy(object.clone(), &error, ctx.clone());
-    let second = super::error_policy(object.clone(), &error, ctx.clone());
-    let third = super::error_policy(object, &error, ctx.clone());
+    let first = error_policy(object.clone(), &error, ctx.clone());
+    let second = error_policy(object.clone(), &error, ctx.clone());
+    let third = error_policy(object, &error, ctx.clone());
     assert_ne!(first, Action::await_change());
     // 1 s, 2 s, 4 s (±20 %): each retry waits longer.
     assert!(third != second && second != first);
