@@ -42,6 +42,8 @@ pub enum Role {
     Forwarder(ForwarderArgs),
     /// Deliver callbacks (the callback controller).
     Dispatcher(DispatcherArgs),
+    /// Reconcile ModelBundles and ModelEndpoints into worker Deployments, Services and queues.
+    Operator(OperatorArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
     /// Measure a running gateway: submit tasks and time their callbacks.
@@ -53,12 +55,12 @@ pub struct NatsArgs {
     /// NATS server with JetStream.
     #[arg(
         long = "nats-url",
-        env = "FERRY_NATS_URL",
+        env = forwarder_env::NATS_URL,
         default_value = "nats://127.0.0.1:4222"
     )]
     pub url: String,
     /// How long task records and callback states are kept, in seconds.
-    #[arg(long, env = "FERRY_RESULT_RETENTION_SECONDS", default_value = "86400", value_parser = parse_seconds)]
+    #[arg(long, env = forwarder_env::RESULT_RETENTION_SECONDS, default_value = "86400", value_parser = parse_seconds)]
     pub result_retention: Duration,
 }
 
@@ -112,7 +114,7 @@ pub struct ForwarderArgs {
     #[arg(long, env = forwarder_env::PREDICT_TIMEOUT_SECONDS, default_value = "600", value_parser = parse_seconds)]
     pub predict_timeout: Duration,
     /// Address for /healthz, /readyz and /metrics; none when absent.
-    #[arg(long, env = "FERRY_ADMIN_LISTEN")]
+    #[arg(long, env = forwarder_env::ADMIN_LISTEN)]
     pub admin_listen: Option<SocketAddr>,
 }
 
@@ -222,6 +224,56 @@ impl DeliveryArgs {
         reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| anyhow::anyhow!("{} holds no PEM certificates: {e}", path.display()))
     }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct OperatorArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Image of the `ferry forwarder` sidecar in every worker pod: the operator's own image.
+    #[arg(long, env = "FERRY_FORWARDER_IMAGE")]
+    pub forwarder_image: String,
+    /// Longest a model may take on one task, in seconds; worker pods get this much (plus a
+    /// margin) to finish their tasks when they stop.
+    #[arg(long, env = "FERRY_WORKER_PREDICT_TIMEOUT_SECONDS", default_value = "600", value_parser = parse_seconds)]
+    pub predict_timeout: Duration,
+    /// Node label that carries an endpoint's `gpuType`; GPU workers are scheduled on nodes with it.
+    #[arg(
+        long,
+        env = "FERRY_GPU_NODE_LABEL",
+        default_value = "k8s.amazonaws.com/accelerator"
+    )]
+    pub gpu_node_label: String,
+    /// Watch only this namespace; all namespaces when absent.
+    #[arg(long, env = "FERRY_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Endpoints reconciled at once.
+    #[arg(long, env = "FERRY_OPERATOR_CONCURRENCY", default_value = "16")]
+    pub concurrency: std::num::NonZeroU16,
+    /// Seconds between reconciles of an unchanged endpoint (refreshes its backlog in status).
+    #[arg(long, env = "FERRY_RESYNC_SECONDS", default_value = "60", value_parser = parse_seconds)]
+    pub resync: Duration,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "FERRY_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    pub admin_listen: SocketAddr,
+    #[command(flatten)]
+    pub lease: LeaseArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LeaseArgs {
+    /// Name of the coordination.k8s.io Lease that elects the active operator replica.
+    #[arg(long, env = "FERRY_LEASE_NAME", default_value = "ferry-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease; the client's default namespace when absent.
+    #[arg(long, env = "FERRY_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Seconds a leader's Lease stays valid without renewal.
+    #[arg(long, env = "FERRY_LEASE_DURATION_SECONDS", default_value = "15", value_parser = parse_seconds)]
+    pub lease_duration: Duration,
+    /// This replica's name in the Lease; the host name (the pod name) when absent.
+    #[arg(long, env = "FERRY_LEASE_IDENTITY")]
+    pub identity: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]

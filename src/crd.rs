@@ -381,6 +381,10 @@ pub struct ModelEndpointStatus {
 /// Condition types a ModelEndpoint reports.
 pub mod condition {
     pub const READY: &str = "Ready";
+    /// The endpoint's task queue exists (async endpoints) or is not needed (sync, streaming).
+    pub const QUEUE_READY: &str = "QueueReady";
+    /// The worker Deployment runs the current spec with at least `minWorkers` ready workers.
+    pub const WORKERS_AVAILABLE: &str = "WorkersAvailable";
 }
 
 /// The id Launch reports for an endpoint, such as `end_4f1c…`: stable for a namespace and name.

@@ -2,7 +2,7 @@
 //! starts (or joins) a JetStream server, runs each async endpoint's workers as local processes
 //! with in-process forwarders, and serves the gateway and the dispatcher in this process.
 
-mod nats;
+pub(crate) mod nats;
 mod runtime;
 mod workers;
 

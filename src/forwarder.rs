@@ -32,6 +32,9 @@ const STARTED_AFTER: Duration = Duration::from_millis(20);
 
 /// The forwarder's environment contract: the operator's pod builder sets exactly these.
 pub mod env {
+    pub const NATS_URL: &str = "FERRY_NATS_URL";
+    pub const RESULT_RETENTION_SECONDS: &str = "FERRY_RESULT_RETENTION_SECONDS";
+    pub const ADMIN_LISTEN: &str = "FERRY_ADMIN_LISTEN";
     pub const ENDPOINT_ID: &str = "FERRY_ENDPOINT_ID";
     pub const MODEL_URL: &str = "FERRY_MODEL_URL";
     pub const PREDICT_ROUTE: &str = "FERRY_PREDICT_ROUTE";

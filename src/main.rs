@@ -6,6 +6,7 @@ mod bench;
 mod callback;
 mod catalog;
 mod cli;
+mod controller;
 mod crd;
 mod dev;
 mod forwarder;
@@ -35,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
         Role::Gateway(args) => gateway::run(args, cancel).await,
         Role::Forwarder(args) => forwarder::run(args, cancel).await,
         Role::Dispatcher(args) => callback::run(args, cancel).await,
+        Role::Operator(args) => controller::run(args, cancel).await,
         Role::Bench(args) => bench::run(args, cancel).await,
         Role::Crd => {
             print!("{}", crd_yaml()?);

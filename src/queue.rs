@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 
 pub use callbacks::CallbackDelivery;
-pub use tasks::{MAX_TASK_ATTEMPTS, QueueSpec, TaskDelivery};
+pub use tasks::{Backlog, MAX_TASK_ATTEMPTS, QueueSpec, TaskDelivery};
 
 /// Boxed error from the NATS client; the variant of [`Error`] says which operation failed.
 pub type NatsError = Box<dyn std::error::Error + Send + Sync>;
@@ -71,6 +71,19 @@ pub enum Error {
     },
     #[error("acknowledging a message")]
     Ack {
+        #[source]
+        source: NatsError,
+    },
+    #[error("deleting stream {stream}")]
+    DeleteStream {
+        stream: String,
+        #[source]
+        source: NatsError,
+    },
+    #[error("reading consumer {consumer} on stream {stream}")]
+    ConsumerInfo {
+        stream: String,
+        consumer: String,
         #[source]
         source: NatsError,
     },

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::context::DeleteStreamErrorKind;
 use async_nats::jetstream::{
     self, AckKind,
     consumer::{self, pull},
@@ -39,6 +40,15 @@ impl QueueSpec {
             ack_wait: Duration::from_secs(endpoint.spec.queue_message_timeout_seconds.into()),
         }
     }
+}
+
+/// Tasks of one endpoint that wait for a worker or are being worked on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Queued and not yet handed to a worker.
+    pub queued: u64,
+    /// Handed to a worker and not yet acknowledged.
+    pub in_flight: u64,
 }
 
 /// The outcome of a submission.
@@ -121,6 +131,42 @@ impl Queue {
                 consumer: names::TASKS_CONSUMER.into(),
                 source: source.into(),
             })
+    }
+
+    /// Deletes the endpoint's stream and with it its consumer and queued tasks; deleting a queue
+    /// that does not exist succeeds.
+    pub async fn delete_endpoint(&self, endpoint: &EndpointId) -> Result<(), Error> {
+        let stream = names::tasks_stream(endpoint);
+        match self.js.delete_stream(&stream).await {
+            Ok(_) => Ok(()),
+            Err(error) if is_stream_not_found(error.kind()) => Ok(()),
+            Err(error) => Err(Error::DeleteStream {
+                stream,
+                source: error.into(),
+            }),
+        }
+    }
+
+    /// How many of the endpoint's tasks are queued and how many are held by workers.
+    pub async fn backlog(&self, endpoint: &EndpointId) -> Result<Backlog, Error> {
+        let stream = names::tasks_stream(endpoint);
+        let info_error = |source: NatsErrorLike| Error::ConsumerInfo {
+            stream: stream.clone(),
+            consumer: names::TASKS_CONSUMER.into(),
+            source,
+        };
+        let info = self
+            .js
+            .get_stream_no_info(&stream)
+            .await
+            .map_err(|error| info_error(error.into()))?
+            .consumer_info(names::TASKS_CONSUMER)
+            .await
+            .map_err(|error| info_error(error.into()))?;
+        Ok(Backlog {
+            queued: info.num_pending,
+            in_flight: info.num_ack_pending as u64,
+        })
     }
 
     /// Queues a task. With an idempotency key, a repeat returns the first submission's task id.
@@ -227,3 +273,8 @@ impl Queue {
 }
 
 type NatsErrorLike = super::NatsError;
+
+fn is_stream_not_found(kind: DeleteStreamErrorKind) -> bool {
+    matches!(kind, DeleteStreamErrorKind::JetStream(error)
+        if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}

@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod kube;
+
 pub const API_KEY: &str = "test-key";
 const STARTUP: Duration = Duration::from_secs(30);
 

@@ -1,0 +1,496 @@
+//! Pure construction of what an endpoint needs: the worker Deployment (the bundle's model
+//! container beside the `ferry forwarder` sidecar), a Service for sync and streaming endpoints,
+//! and the queue spec for async ones. Owns every child name, label and annotation.
+
+mod names;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecurityContext, Service, ServicePort, ServiceSpec, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use crate::crd::{EndpointType, ModelBundle, ModelEndpoint, namespace_of};
+use crate::forwarder::env as forwarder_env;
+use crate::queue::QueueSpec;
+use names::{is_dns_label, is_label_key, is_label_value, truncated_label};
+
+/// Label every child carries; the operator watches only objects with it.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "ferry-operator";
+/// Selects an endpoint's worker pods; stable for the endpoint's lifetime.
+pub const ENDPOINT_ID_LABEL: &str = "ferry.dev/endpoint-id";
+/// Hash of the worker pod template: it changes exactly when the pods must be replaced.
+pub const CONFIG_HASH_ANNOTATION: &str = "ferry.dev/config-hash";
+
+/// Name of the model container and of its port.
+pub const MODEL_CONTAINER: &str = "model";
+pub const FORWARDER_CONTAINER: &str = "forwarder";
+const HTTP_PORT_NAME: &str = "http";
+const ADMIN_PORT_NAME: &str = "admin";
+/// Port of the forwarder's `/healthz`, `/readyz` and `/metrics` inside the pod.
+pub const FORWARDER_ADMIN_PORT: u16 = 9464;
+/// Port the Service of a sync or streaming endpoint exposes.
+pub const SERVICE_PORT: i32 = 80;
+/// Extended resource name of NVIDIA GPUs (device plugin).
+const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Time a stopping worker gets beyond the longest task, to record results and callbacks.
+const DRAIN_MARGIN: Duration = Duration::from_secs(30);
+const MODEL_ENV_PORT: &str = "PORT";
+
+/// Operator-wide settings that shape every worker pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub forwarder_image: String,
+    /// NATS URL the forwarder sidecars connect to.
+    pub nats_url: String,
+    /// How long results are kept; handed to the forwarders.
+    pub result_retention: Duration,
+    /// Longest a model may take on one task; sizes the drain time of a stopping pod.
+    pub predict_timeout: Duration,
+    /// Node label whose value is an endpoint's `gpuType`.
+    pub gpu_node_label: String,
+}
+
+/// Everything one endpoint needs, ready to apply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub deployment: Deployment,
+    /// Only sync and streaming endpoints are called directly.
+    pub service: Option<Service>,
+    /// Only async endpoints take queued tasks.
+    pub queue: Option<QueueSpec>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BuildError {
+    #[error("the endpoint has no uid yet to own its workers")]
+    NoUid,
+    #[error("label {key}={value:?} is not a valid Kubernetes label")]
+    InvalidLabel { key: String, value: String },
+    #[error("the bundle's port {port} is the forwarder's admin port")]
+    PortClash { port: u16 },
+    #[error("the bundle's env sets {name}, which ferry sets from the bundle's port")]
+    ReservedEnv { name: String },
+    #[error(
+        "the endpoint name {name:?} cannot name a Service (a DNS label of at most 63 characters)"
+    )]
+    ServiceName { name: String },
+}
+
+impl BuildError {
+    /// Bounded reason for conditions, Events and metrics.
+    pub fn reason(&self) -> &'static str {
+        "InvalidSpec"
+    }
+}
+
+/// The desired children of `endpoint` running `bundle`.
+pub fn plan(
+    endpoint: &ModelEndpoint,
+    bundle: &ModelBundle,
+    settings: &Settings,
+) -> Result<Plan, BuildError> {
+    let owner = endpoint
+        .controller_owner_ref(&())
+        .ok_or(BuildError::NoUid)?;
+    let labels = build_labels(endpoint)?;
+    let deployment = build_deployment(endpoint, bundle, settings, &labels, &owner)?;
+    let (service, queue) = match endpoint.spec.endpoint_type {
+        EndpointType::Async => (None, Some(QueueSpec::for_endpoint(endpoint))),
+        EndpointType::Sync | EndpointType::Streaming => {
+            (Some(build_service(endpoint, &labels, &owner)?), None)
+        }
+    };
+    Ok(Plan {
+        deployment,
+        service,
+        queue,
+    })
+}
+
+/// Name of the endpoint's worker Deployment.
+pub fn deployment_name(endpoint: &ModelEndpoint) -> String {
+    endpoint.name_any()
+}
+
+/// Name of the Service of a sync or streaming endpoint.
+pub fn service_name(endpoint: &ModelEndpoint) -> String {
+    endpoint.name_any()
+}
+
+/// Label selector (`key=value`) matching every child the operator manages.
+pub fn managed_selector() -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY}")
+}
+
+fn selector_labels(endpoint: &ModelEndpoint) -> BTreeMap<String, String> {
+    BTreeMap::from([(ENDPOINT_ID_LABEL.into(), endpoint.endpoint_id().to_string())])
+}
+
+/// The endpoint's own labels, then the standard ones (which win on a clash).
+fn build_labels(endpoint: &ModelEndpoint) -> Result<BTreeMap<String, String>, BuildError> {
+    for (key, value) in &endpoint.spec.labels {
+        if !is_label_key(key) || !is_label_value(value) {
+            return Err(BuildError::InvalidLabel {
+                key: key.clone(),
+                value: value.clone(),
+            });
+        }
+    }
+    let mut labels = endpoint.spec.labels.clone();
+    labels.extend([
+        ("app.kubernetes.io/name".into(), "ferry-worker".into()),
+        (
+            "app.kubernetes.io/instance".into(),
+            truncated_label(&endpoint.name_any()),
+        ),
+        ("app.kubernetes.io/component".into(), "worker".into()),
+        ("app.kubernetes.io/part-of".into(), "ferry".into()),
+        (MANAGED_BY_LABEL.into(), MANAGED_BY.into()),
+        (
+            "ferry.dev/endpoint-type".into(),
+            endpoint.spec.endpoint_type.as_str().into(),
+        ),
+    ]);
+    labels.extend(selector_labels(endpoint));
+    Ok(labels)
+}
+
+fn child_meta(
+    endpoint: &ModelEndpoint,
+    name: String,
+    labels: &BTreeMap<String, String>,
+    owner: &OwnerReference,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace_of(endpoint)),
+        labels: Some(labels.clone()),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    }
+}
+
+fn build_deployment(
+    endpoint: &ModelEndpoint,
+    bundle: &ModelBundle,
+    settings: &Settings,
+    labels: &BTreeMap<String, String>,
+    owner: &OwnerReference,
+) -> Result<Deployment, BuildError> {
+    let mut template = build_pod_template(endpoint, bundle, settings, labels)?;
+    let hash = config_hash(&template);
+    template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .annotations = Some(BTreeMap::from([(
+        CONFIG_HASH_ANNOTATION.into(),
+        hash.clone(),
+    )]));
+    let mut meta = child_meta(endpoint, deployment_name(endpoint), labels, owner);
+    meta.annotations = Some(BTreeMap::from([(CONFIG_HASH_ANNOTATION.into(), hash)]));
+    Ok(Deployment {
+        metadata: meta,
+        spec: Some(DeploymentSpec {
+            // Until autoscaling owns the replica count, the endpoint runs its minimum.
+            replicas: Some(to_i32(endpoint.spec.min_workers)),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(endpoint)),
+                ..Default::default()
+            },
+            template,
+            revision_history_limit: Some(3),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                // Keep every running worker until its replacement is ready.
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+fn build_pod_template(
+    endpoint: &ModelEndpoint,
+    bundle: &ModelBundle,
+    settings: &Settings,
+    labels: &BTreeMap<String, String>,
+) -> Result<PodTemplateSpec, BuildError> {
+    let spec = &endpoint.spec;
+    let gpu = (spec.gpus > 0).then_some(spec.gpu_type.as_ref()).flatten();
+    let mut containers = vec![build_model_container(endpoint, bundle)?];
+    // Only async endpoints have queued tasks for a forwarder to pull.
+    if spec.endpoint_type == EndpointType::Async {
+        containers.push(build_forwarder_container(endpoint, bundle, settings));
+    }
+    let drain = settings.predict_timeout + DRAIN_MARGIN;
+    Ok(PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers,
+            termination_grace_period_seconds: Some(
+                i64::try_from(drain.as_secs()).unwrap_or(i64::MAX),
+            ),
+            enable_service_links: Some(false),
+            automount_service_account_token: Some(false),
+            node_selector: gpu.map(|gpu_type| {
+                BTreeMap::from([(settings.gpu_node_label.clone(), gpu_type.clone())])
+            }),
+            tolerations: gpu.map(|_| {
+                vec![Toleration {
+                    key: Some(GPU_RESOURCE.into()),
+                    operator: Some("Exists".into()),
+                    effect: Some("NoSchedule".into()),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        }),
+    })
+}
+
+fn build_model_container(
+    endpoint: &ModelEndpoint,
+    bundle: &ModelBundle,
+) -> Result<Container, BuildError> {
+    let spec = &endpoint.spec;
+    let model = &bundle.spec;
+    if model.port == FORWARDER_ADMIN_PORT && spec.endpoint_type == EndpointType::Async {
+        return Err(BuildError::PortClash { port: model.port });
+    }
+    if let Some(port) = model.env.get(MODEL_ENV_PORT)
+        && *port != model.port.to_string()
+    {
+        return Err(BuildError::ReservedEnv {
+            name: MODEL_ENV_PORT.into(),
+        });
+    }
+    let mut env: Vec<EnvVar> = model
+        .env
+        .iter()
+        .filter(|(name, _)| *name != MODEL_ENV_PORT)
+        .map(|(name, value)| env_var(name, value.clone()))
+        .collect();
+    env.push(env_var(MODEL_ENV_PORT, model.port.to_string()));
+    let mut requests = BTreeMap::from([
+        ("cpu".to_string(), Quantity(spec.cpus.0.clone())),
+        ("memory".to_string(), Quantity(spec.memory.0.clone())),
+        (
+            "ephemeral-storage".to_string(),
+            Quantity(spec.storage.0.clone()),
+        ),
+    ]);
+    // No CPU limit: throttling a model mid-task only makes it slower.
+    let mut limits = BTreeMap::from([
+        ("memory".to_string(), Quantity(spec.memory.0.clone())),
+        (
+            "ephemeral-storage".to_string(),
+            Quantity(spec.storage.0.clone()),
+        ),
+    ]);
+    if spec.gpus > 0 {
+        let gpus = Quantity(spec.gpus.to_string());
+        requests.insert(GPU_RESOURCE.into(), gpus.clone());
+        limits.insert(GPU_RESOURCE.into(), gpus);
+    }
+    let health = http_get(&model.healthcheck_route, HTTP_PORT_NAME);
+    let delay = i32::try_from(model.readiness_initial_delay_seconds).unwrap_or(i32::MAX);
+    Ok(Container {
+        name: MODEL_CONTAINER.into(),
+        image: Some(model.image.clone()),
+        command: non_empty(&model.command),
+        args: non_empty(&model.args),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some(HTTP_PORT_NAME.into()),
+            container_port: i32::from(model.port),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(requests),
+            limits: Some(limits),
+            ..Default::default()
+        }),
+        readiness_probe: Some(Probe {
+            http_get: Some(health.clone()),
+            initial_delay_seconds: Some(delay),
+            period_seconds: Some(5),
+            failure_threshold: Some(3),
+            ..Default::default()
+        }),
+        liveness_probe: Some(Probe {
+            http_get: Some(health),
+            initial_delay_seconds: Some(delay.saturating_add(30)),
+            period_seconds: Some(10),
+            failure_threshold: Some(6),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn build_forwarder_container(
+    endpoint: &ModelEndpoint,
+    bundle: &ModelBundle,
+    settings: &Settings,
+) -> Container {
+    let model = &bundle.spec;
+    let env = vec![
+        env_var(forwarder_env::NATS_URL, settings.nats_url.clone()),
+        env_var(
+            forwarder_env::RESULT_RETENTION_SECONDS,
+            settings.result_retention.as_secs().to_string(),
+        ),
+        env_var(
+            forwarder_env::ENDPOINT_ID,
+            endpoint.endpoint_id().to_string(),
+        ),
+        env_var(
+            forwarder_env::MODEL_URL,
+            format!("http://127.0.0.1:{}", model.port),
+        ),
+        env_var(forwarder_env::PREDICT_ROUTE, model.predict_route.clone()),
+        env_var(
+            forwarder_env::HEALTHCHECK_ROUTE,
+            model.healthcheck_route.clone(),
+        ),
+        env_var(
+            forwarder_env::CONCURRENCY,
+            endpoint.spec.concurrent_requests_per_worker.to_string(),
+        ),
+        env_var(
+            forwarder_env::PREDICT_TIMEOUT_SECONDS,
+            settings.predict_timeout.as_secs().to_string(),
+        ),
+        env_var(
+            forwarder_env::ADMIN_LISTEN,
+            format!("0.0.0.0:{FORWARDER_ADMIN_PORT}"),
+        ),
+    ];
+    let probe = |path: &str| Probe {
+        http_get: Some(http_get(path, ADMIN_PORT_NAME)),
+        period_seconds: Some(5),
+        ..Default::default()
+    };
+    Container {
+        name: FORWARDER_CONTAINER.into(),
+        image: Some(settings.forwarder_image.clone()),
+        command: Some(vec!["ferry".into(), "forwarder".into()]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some(ADMIN_PORT_NAME.into()),
+            container_port: i32::from(FORWARDER_ADMIN_PORT),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("50m".into())),
+                ("memory".into(), Quantity("32Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".into(),
+                Quantity("256Mi".into()),
+            )])),
+            ..Default::default()
+        }),
+        readiness_probe: Some(probe("/readyz")),
+        liveness_probe: Some(probe("/healthz")),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(65_532),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn build_service(
+    endpoint: &ModelEndpoint,
+    labels: &BTreeMap<String, String>,
+    owner: &OwnerReference,
+) -> Result<Service, BuildError> {
+    let name = service_name(endpoint);
+    if !is_dns_label(&name) {
+        return Err(BuildError::ServiceName { name });
+    }
+    Ok(Service {
+        metadata: child_meta(endpoint, name, labels, owner),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(endpoint)),
+            ports: Some(vec![ServicePort {
+                name: Some(HTTP_PORT_NAME.into()),
+                port: SERVICE_PORT,
+                target_port: Some(IntOrString::String(HTTP_PORT_NAME.into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// Hex SHA-256 (first 16 bytes) of the pod template's JSON; BTreeMaps keep it deterministic.
+fn config_hash(template: &PodTemplateSpec) -> String {
+    // Serializing plain data structs to a Vec cannot fail.
+    let bytes = serde_json::to_vec(template).unwrap_or_default();
+    Sha256::digest(&bytes)
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn env_var(name: &str, value: String) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value),
+        value_from: None,
+    }
+}
+
+fn http_get(path: &str, port: &str) -> HTTPGetAction {
+    HTTPGetAction {
+        path: Some(path.into()),
+        port: IntOrString::String(port.into()),
+        ..Default::default()
+    }
+}
+
+fn non_empty(items: &[String]) -> Option<Vec<String>> {
+    (!items.is_empty()).then(|| items.to_vec())
+}
+
+fn to_i32(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests;

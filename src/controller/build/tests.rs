@@ -1,0 +1,306 @@
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Container;
+
+use super::*;
+use crate::controller::fixtures::{bundle, endpoint, settings};
+
+fn containers(plan: &Plan) -> &[Container] {
+    &plan
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.spec.as_ref())
+        .expect("pod spec")
+        .containers
+}
+
+fn container<'a>(plan: &'a Plan, name: &str) -> &'a Container {
+    containers(plan)
+        .iter()
+        .find(|c| c.name == name)
+        .expect("container")
+}
+
+fn env_of(container: &Container) -> BTreeMap<String, String> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .map(|var| (var.name.clone(), var.value.clone().unwrap_or_default()))
+        .collect()
+}
+
+fn hash_of(plan: &Plan) -> String {
+    plan.deployment
+        .spec
+        .as_ref()
+        .expect("spec")
+        .template
+        .metadata
+        .as_ref()
+        .expect("meta")
+        .annotations
+        .as_ref()
+        .expect("annotations")[CONFIG_HASH_ANNOTATION]
+        .clone()
+}
+
+fn pod_spec(plan: &Plan) -> &PodSpec {
+    plan.deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.spec.as_ref())
+        .expect("pod spec")
+}
+
+#[test]
+fn async_endpoint_runs_the_bundle_beside_a_forwarder() {
+    let endpoint = endpoint();
+    let plan = plan(&endpoint, &bundle(), &settings()).expect("plan");
+    let model = container(&plan, MODEL_CONTAINER);
+    assert_eq!(model.image.as_deref(), Some("registry.local/model:1"));
+    assert_eq!(
+        model.command,
+        Some(vec!["python3".into(), "serve.py".into()])
+    );
+    assert_eq!(model.args, Some(vec!["--fast".into()]));
+    let env = env_of(model);
+    assert_eq!(env["PORT"], "5005");
+    assert_eq!(env["MODEL_NAME"], "demo");
+    let port = &model.ports.as_ref().expect("ports")[0];
+    assert_eq!(
+        (port.name.as_deref(), port.container_port),
+        (Some("http"), 5005)
+    );
+
+    let forwarder = container(&plan, FORWARDER_CONTAINER);
+    assert_eq!(
+        forwarder.image.as_deref(),
+        Some("registry.local/ferry:test")
+    );
+    assert_eq!(
+        forwarder.command,
+        Some(vec!["ferry".into(), "forwarder".into()])
+    );
+    let env = env_of(forwarder);
+    assert_eq!(
+        env[forwarder_env::ENDPOINT_ID],
+        endpoint.endpoint_id().to_string()
+    );
+    assert_eq!(env[forwarder_env::MODEL_URL], "http://127.0.0.1:5005");
+    assert_eq!(env[forwarder_env::PREDICT_ROUTE], "/predict");
+    assert_eq!(env[forwarder_env::HEALTHCHECK_ROUTE], "/healthz");
+    assert_eq!(env[forwarder_env::CONCURRENCY], "4");
+    assert_eq!(env[forwarder_env::NATS_URL], "nats://nats.ferry:4222");
+    assert_eq!(env[forwarder_env::PREDICT_TIMEOUT_SECONDS], "600");
+    assert_eq!(env[forwarder_env::ADMIN_LISTEN], "0.0.0.0:9464");
+
+    assert_eq!(plan.service, None);
+    let queue = plan.queue.expect("async endpoints get a queue");
+    assert_eq!(queue.endpoint_id, endpoint.endpoint_id());
+    assert_eq!(queue.ack_wait, Duration::from_secs(90));
+}
+
+#[test]
+fn resources_come_from_cpus_memory_and_storage() {
+    let plan = plan(&endpoint(), &bundle(), &settings()).expect("plan");
+    let resources = container(&plan, MODEL_CONTAINER)
+        .resources
+        .clone()
+        .expect("resources");
+    let requests = resources.requests.expect("requests");
+    let limits = resources.limits.expect("limits");
+    assert_eq!(requests["cpu"], Quantity("2".into()));
+    assert_eq!(requests["memory"], Quantity("8Gi".into()));
+    assert_eq!(requests["ephemeral-storage"], Quantity("16Gi".into()));
+    assert_eq!(limits["memory"], Quantity("8Gi".into()));
+    assert!(!limits.contains_key(GPU_RESOURCE));
+    assert_eq!(pod_spec(&plan).node_selector, None);
+}
+
+#[test]
+fn gpus_set_limits_a_node_selector_and_a_toleration() {
+    let mut endpoint = endpoint();
+    endpoint.spec.gpus = 2;
+    endpoint.spec.gpu_type = Some("nvidia-ampere-a10".into());
+    let plan = plan(&endpoint, &bundle(), &settings()).expect("plan");
+    let resources = container(&plan, MODEL_CONTAINER)
+        .resources
+        .clone()
+        .expect("resources");
+    assert_eq!(
+        resources.limits.expect("limits")[GPU_RESOURCE],
+        Quantity("2".into())
+    );
+    let pod = pod_spec(&plan);
+    assert_eq!(
+        pod.node_selector,
+        Some(BTreeMap::from([(
+            "k8s.amazonaws.com/accelerator".into(),
+            "nvidia-ampere-a10".into()
+        )]))
+    );
+    let toleration = &pod.tolerations.as_ref().expect("tolerations")[0];
+    assert_eq!(toleration.key.as_deref(), Some(GPU_RESOURCE));
+}
+
+#[test]
+fn probes_use_the_healthcheck_route_and_initial_delay() {
+    let plan = plan(&endpoint(), &bundle(), &settings()).expect("plan");
+    let model = container(&plan, MODEL_CONTAINER);
+    let readiness = model.readiness_probe.as_ref().expect("readiness");
+    let get = readiness.http_get.as_ref().expect("http");
+    assert_eq!(get.path.as_deref(), Some("/healthz"));
+    assert_eq!(get.port, IntOrString::String("http".into()));
+    assert_eq!(readiness.initial_delay_seconds, Some(20));
+    let liveness = model.liveness_probe.as_ref().expect("liveness");
+    assert_eq!(
+        liveness.http_get.as_ref().and_then(|g| g.path.as_deref()),
+        Some("/healthz")
+    );
+    assert!(liveness.initial_delay_seconds >= Some(20));
+}
+
+#[test]
+fn pods_carry_endpoint_and_standard_labels_and_drain_before_stopping() {
+    let endpoint = endpoint();
+    let plan = plan(&endpoint, &bundle(), &settings()).expect("plan");
+    let deployment = &plan.deployment;
+    let labels = deployment.metadata.labels.clone().expect("labels");
+    assert_eq!(labels["team"], "ml");
+    assert_eq!(labels["product"], "demo");
+    assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
+    assert_eq!(labels["app.kubernetes.io/instance"], "demo");
+    assert_eq!(labels["app.kubernetes.io/part-of"], "ferry");
+    let spec = deployment.spec.as_ref().expect("spec");
+    assert_eq!(spec.replicas, Some(2));
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone());
+    let selector = spec.selector.match_labels.clone().expect("selector");
+    for (key, value) in &selector {
+        assert_eq!(pod_labels.as_ref().map(|l| &l[key]), Some(value));
+    }
+    assert_eq!(pod_spec(&plan).termination_grace_period_seconds, Some(630));
+    let owner = &deployment
+        .metadata
+        .owner_references
+        .as_ref()
+        .expect("owner")[0];
+    assert_eq!(owner.kind, "ModelEndpoint");
+    assert_eq!(owner.uid, "uid-demo");
+    assert_eq!(owner.controller, Some(true));
+    assert_eq!(deployment.metadata.namespace.as_deref(), Some("ml"));
+}
+
+#[test]
+fn a_spec_change_changes_the_config_hash_but_scaling_does_not() {
+    let endpoint = endpoint();
+    let original = hash_of(&plan(&endpoint, &bundle(), &settings()).expect("plan"));
+
+    let mut bigger = endpoint.clone();
+    bigger.spec.cpus = "4".into();
+    assert_ne!(
+        original,
+        hash_of(&plan(&bigger, &bundle(), &settings()).expect("plan"))
+    );
+
+    let mut new_image = bundle();
+    new_image.spec.image = "registry.local/model:2".into();
+    assert_ne!(
+        original,
+        hash_of(&plan(&endpoint, &new_image, &settings()).expect("plan"))
+    );
+
+    let mut scaled = endpoint.clone();
+    scaled.spec.min_workers = 5;
+    let scaled_plan = plan(&scaled, &bundle(), &settings()).expect("plan");
+    assert_eq!(original, hash_of(&scaled_plan));
+    assert_eq!(
+        scaled_plan.deployment.spec.and_then(|s| s.replicas),
+        Some(5)
+    );
+}
+
+#[test]
+fn sync_endpoints_get_a_service_and_no_queue_or_forwarder() {
+    let mut endpoint = endpoint();
+    endpoint.spec.endpoint_type = EndpointType::Sync;
+    let plan = plan(&endpoint, &bundle(), &settings()).expect("plan");
+    assert_eq!(plan.queue, None);
+    assert_eq!(containers(&plan).len(), 1);
+    let service = plan.service.expect("service");
+    assert_eq!(service.metadata.name.as_deref(), Some("demo"));
+    let spec = service.spec.expect("spec");
+    assert_eq!(
+        spec.selector,
+        plan.deployment
+            .spec
+            .map(|s| s.selector.match_labels.unwrap_or_default())
+    );
+    let port = &spec.ports.expect("ports")[0];
+    assert_eq!(port.port, SERVICE_PORT);
+    assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
+}
+
+#[test]
+fn invalid_specs_are_refused_with_a_reason() {
+    let mut bad_label = endpoint();
+    bad_label
+        .spec
+        .labels
+        .insert("team".into(), "my team!".into());
+    let error = plan(&bad_label, &bundle(), &settings()).expect_err("bad label");
+    assert!(matches!(error, BuildError::InvalidLabel { .. }), "{error}");
+    assert_eq!(error.reason(), "InvalidSpec");
+
+    let mut clash = bundle();
+    clash.spec.port = FORWARDER_ADMIN_PORT;
+    assert_eq!(
+        plan(&endpoint(), &clash, &settings()),
+        Err(BuildError::PortClash {
+            port: FORWARDER_ADMIN_PORT
+        })
+    );
+
+    let mut port_env = bundle();
+    port_env.spec.env.insert("PORT".into(), "80".into());
+    assert!(matches!(
+        plan(&endpoint(), &port_env, &settings()),
+        Err(BuildError::ReservedEnv { .. })
+    ));
+
+    let mut dotted = endpoint();
+    dotted.metadata.name = Some("demo.v2".into());
+    dotted.spec.endpoint_type = EndpointType::Streaming;
+    assert!(matches!(
+        plan(&dotted, &bundle(), &settings()),
+        Err(BuildError::ServiceName { .. })
+    ));
+
+    let mut unsaved = endpoint();
+    unsaved.metadata.uid = None;
+    assert_eq!(
+        plan(&unsaved, &bundle(), &settings()),
+        Err(BuildError::NoUid)
+    );
+}
+
+#[test]
+fn label_rules_follow_kubernetes() {
+    assert!(is_label_value("MY_TEAM"));
+    assert!(is_label_value(""));
+    assert!(!is_label_value("-x"));
+    assert!(!is_label_value(&"x".repeat(64)));
+    assert!(is_label_key("team"));
+    assert!(is_label_key("example.com/team"));
+    assert!(!is_label_key("Example.com/team"));
+    assert!(!is_label_key("/team"));
+    assert_eq!(
+        truncated_label(&format!("{}-y", "x".repeat(62))),
+        "x".repeat(62)
+    );
+}

@@ -1,0 +1,336 @@
+//! One reconcile of one ModelEndpoint: resolve the bundle → build (pure) → apply children →
+//! ensure the queue → compute the status (pure) → one status patch and, on a change a user
+//! should see, one Event. Deletion runs the finalizer's cleanup: the queue goes first.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::core::error_boundary::InvalidObject;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, Resource, ResourceExt};
+use rand::Rng;
+use tracing::Instrument;
+
+use super::build::{self, Plan};
+use super::context::{self, Context};
+use super::status::{self, Observed, QueueState, reason};
+use super::{Error, FINALIZER, Guarded, apply};
+use crate::crd::{EndpointId, ModelEndpoint, ModelEndpointStatus, namespace_of};
+use crate::queue;
+
+fn key_of<K: Resource>(object: &K) -> String {
+    format!("{}/{}", namespace_of(object), object.name_any())
+}
+
+pub async fn reconcile(
+    object: Arc<Guarded<ModelEndpoint>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let span = tracing::info_span!(
+        "reconcile",
+        endpoint = %object.name_any(),
+        namespace = %namespace_of(object.as_ref()),
+    );
+    let started = Instant::now();
+    let result = async {
+        match &object.0 {
+            Ok(endpoint) => reconcile_endpoint(endpoint, &ctx).await,
+            Err(invalid) => reconcile_invalid(&object, invalid, &ctx).await,
+        }
+    }
+    .instrument(span)
+    .await;
+    ctx.metrics.observe_reconcile(started.elapsed());
+    if result.is_ok() {
+        ctx.record_success(&key_of(object.as_ref()));
+    }
+    result
+}
+
+pub fn error_policy(
+    object: Arc<Guarded<ModelEndpoint>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    ctx.metrics.count_error(error.reason());
+    let endpoint = object.name_any();
+    let namespace = namespace_of(object.as_ref());
+    if error.is_permanent() {
+        tracing::error!(%endpoint, %namespace, reason = error.reason(), error = %error, source = ?std::error::Error::source(error), "reconcile failed; waiting for a change");
+        return Action::await_change();
+    }
+    let failures = ctx.record_failure(&key_of(object.as_ref()));
+    let delay = context::retry_delay(failures, rand::thread_rng().gen_range(-0.2..=0.2));
+    tracing::warn!(%endpoint, %namespace, reason = error.reason(), error = %error, source = ?std::error::Error::source(error), failures, retry_in = ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+async fn reconcile_endpoint(endpoint: &ModelEndpoint, ctx: &Context) -> Result<Action, Error> {
+    let api = Api::<ModelEndpoint>::namespaced(ctx.client.clone(), &namespace_of(endpoint));
+    finalizer(&api, FINALIZER, Arc::new(endpoint.clone()), |event| async {
+        match event {
+            Finalizer::Apply(endpoint) => apply_endpoint(&endpoint, ctx).await,
+            Finalizer::Cleanup(endpoint) => cleanup_endpoint(&endpoint, ctx).await,
+        }
+    })
+    .await
+    .map_err(|error| Error::Finalizer(Box::new(error)))
+}
+
+/// Resolve → build → apply → status, for an endpoint that is not being deleted.
+async fn apply_endpoint(endpoint: &ModelEndpoint, ctx: &Context) -> Result<Action, Error> {
+    let namespace = namespace_of(endpoint);
+    let bundle_name = &endpoint.spec.bundle;
+    let bundle = apply::get_bundle(&ctx.client, &namespace, bundle_name)
+        .await
+        .map_err(|source| Error::GetBundle {
+            name: bundle_name.clone(),
+            source,
+        })?;
+    let (observed, queue_error) = match bundle {
+        None => {
+            let message = format!("ModelBundle {bundle_name} not found in namespace {namespace}");
+            (Observed::blocked(reason::BUNDLE_NOT_FOUND, message), None)
+        }
+        Some(bundle) => match build::plan(endpoint, &bundle, &ctx.settings) {
+            Err(error) => (Observed::blocked(error.reason(), error.to_string()), None),
+            Ok(plan) => apply_plan(endpoint, &plan, ctx).await?,
+        },
+    };
+    let status = status::compute(endpoint, &observed, Time(Timestamp::now()));
+    if endpoint.status.as_ref() != Some(&status) {
+        apply::apply_status(&ctx.client, &namespace, &endpoint.name_any(), &status)
+            .await
+            .map_err(Error::PatchStatus)?;
+        publish_transition(ctx, endpoint, &status).await;
+        tracing::info!(state = ?status.state, ready_replicas = ?status.ready_replicas, "status updated");
+    }
+    match queue_error {
+        Some(error) => Err(Error::EnsureQueue(error)),
+        None => Ok(Action::requeue(ctx.resync)),
+    }
+}
+
+/// Applies the children and ensures the queue. A queue failure is reported in status before it
+/// is returned, so it comes back as the second value.
+async fn apply_plan(
+    endpoint: &ModelEndpoint,
+    plan: &Plan,
+    ctx: &Context,
+) -> Result<(Observed, Option<queue::Error>), Error> {
+    let name = plan.deployment.name_any();
+    let deployment = match apply::apply_deployment(&ctx.client, &plan.deployment).await {
+        Ok(deployment) => deployment,
+        Err(source) if apply::is_rejected(&source) => {
+            let message = format!("the API server refused Deployment {name}: {source}");
+            return Ok((Observed::blocked(reason::APPLY_REJECTED, message), None));
+        }
+        Err(source) => return Err(Error::ApplyDeployment { name, source }),
+    };
+    if let Some(service) = &plan.service {
+        apply::apply_service(&ctx.client, service)
+            .await
+            .map_err(|source| Error::ApplyService {
+                name: service.name_any(),
+                source,
+            })?;
+    }
+    let spec_changed = endpoint.metadata.generation
+        != endpoint.status.as_ref().and_then(|s| s.observed_generation);
+    if spec_changed {
+        prune(endpoint, plan, ctx).await?;
+    }
+    let (queue, error) = match &plan.queue {
+        None => (QueueState::NotRequired, None),
+        Some(spec) => match ensure_queue(ctx, spec).await {
+            Ok(backlog) => (QueueState::Ready(backlog), None),
+            Err(error) => (QueueState::Unavailable(error_chain(&error)), Some(error)),
+        },
+    };
+    let observed = Observed {
+        blocked: None,
+        deployment: Some(deployment),
+        queue,
+    };
+    Ok((observed, error))
+}
+
+async fn ensure_queue(
+    ctx: &Context,
+    spec: &queue::QueueSpec,
+) -> Result<queue::Backlog, queue::Error> {
+    let queue = ctx.queue.get().await?;
+    queue.ensure_endpoint(spec).await?;
+    queue.backlog(&spec.endpoint_id).await
+}
+
+/// Removes what an earlier spec needed and this one does not (after an endpoint type change).
+async fn prune(endpoint: &ModelEndpoint, plan: &Plan, ctx: &Context) -> Result<(), Error> {
+    if plan.service.is_none() {
+        let name = build::service_name(endpoint);
+        apply::delete_service(&ctx.client, &namespace_of(endpoint), &name)
+            .await
+            .map_err(|source| Error::DeleteService { name, source })?;
+    }
+    if plan.queue.is_none() {
+        delete_queue(ctx, &endpoint.endpoint_id()).await?;
+    }
+    Ok(())
+}
+
+async fn delete_queue(ctx: &Context, endpoint: &EndpointId) -> Result<(), Error> {
+    let queue = ctx.queue.get().await.map_err(Error::DeleteQueue)?;
+    queue
+        .delete_endpoint(endpoint)
+        .await
+        .map_err(Error::DeleteQueue)
+}
+
+/// The endpoint is being deleted: its children go with it (owner references); the queue does
+/// not, so it is deleted here before the finalizer is released.
+async fn cleanup_endpoint(endpoint: &ModelEndpoint, ctx: &Context) -> Result<Action, Error> {
+    delete_queue(ctx, &endpoint.endpoint_id()).await?;
+    ctx.forget(&key_of(endpoint));
+    tracing::info!("queue deleted; releasing the endpoint");
+    let note = "the endpoint's task queue was deleted".to_string();
+    publish(
+        ctx,
+        &endpoint.object_ref(&()),
+        EventType::Normal,
+        "QueueDeleted",
+        note,
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// An object that does not parse: report why in its status (once per generation), and let it
+/// go if it is being deleted.
+async fn reconcile_invalid(
+    object: &Guarded<ModelEndpoint>,
+    invalid: &InvalidObject,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let namespace = namespace_of(object);
+    let name = object.name_any();
+    let id = EndpointId::for_resource(&namespace, &name);
+    let meta = object.meta();
+    if meta.deletion_timestamp.is_some() {
+        if let Some(index) = object.finalizers().iter().position(|f| f == FINALIZER) {
+            delete_queue(ctx, &id).await?;
+            release_invalid(ctx, &namespace, &name, index).await?;
+        }
+        ctx.forget(&key_of(object));
+        return Ok(Action::await_change());
+    }
+    let key = key_of(object);
+    if !ctx.first_report_of_invalid(&key, meta.generation, &invalid.error) {
+        return Ok(Action::await_change());
+    }
+    tracing::warn!(error = %invalid.error, "the endpoint does not parse");
+    let message = format!("the endpoint does not parse: {}", invalid.error);
+    let status = status::compute_invalid(
+        id.to_string(),
+        meta.generation,
+        message.clone(),
+        Time(Timestamp::now()),
+    );
+    apply::apply_status(&ctx.client, &namespace, &name, &status)
+        .await
+        .map_err(Error::PatchStatus)?;
+    publish(
+        ctx,
+        &object.object_ref(&()),
+        EventType::Warning,
+        reason::INVALID_SPEC,
+        message,
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+async fn release_invalid(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    index: usize,
+) -> Result<(), Error> {
+    use json_patch::{PatchOperation, RemoveOperation, TestOperation, jsonptr::PointerBuf};
+    let index = index.to_string();
+    let path = PointerBuf::from_tokens(["metadata", "finalizers", index.as_str()]);
+    let patch = json_patch::Patch(vec![
+        // The test makes the removal fail, instead of removing another finalizer, when the
+        // list changed meanwhile.
+        PatchOperation::Test(TestOperation {
+            path: path.clone(),
+            value: FINALIZER.into(),
+        }),
+        PatchOperation::Remove(RemoveOperation { path }),
+    ]);
+    Api::<Guarded<ModelEndpoint>>::namespaced(ctx.client.clone(), namespace)
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Json::<()>(patch),
+        )
+        .await
+        .map(drop)
+        .map_err(Error::ReleaseInvalid)
+}
+
+/// One Event when the `Ready` condition changes reason: what a user should see.
+async fn publish_transition(ctx: &Context, endpoint: &ModelEndpoint, new: &ModelEndpointStatus) {
+    let Some(ready) = status::ready_condition(Some(new)) else {
+        return;
+    };
+    let before = status::ready_condition(endpoint.status.as_ref());
+    if before.is_some_and(|b| b.reason == ready.reason && b.status == ready.status) {
+        return;
+    }
+    let type_ = if ready.status == "True"
+        || matches!(
+            ready.reason.as_str(),
+            reason::ROLLOUT_PENDING | reason::ROLLOUT_IN_PROGRESS
+        ) {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
+    let reference = endpoint.object_ref(&());
+    publish(ctx, &reference, type_, &ready.reason, ready.message.clone()).await;
+}
+
+async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(%error, reason, "publishing an Event failed");
+    }
+}
+
+/// An error and its sources on one line, for a condition message.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,200 @@
+//! Smoke test of `ferry operator` over HTTP: the real binary against a stand-in API server
+//! (kmock plus a shim) and a real nats-server, all on 127.0.0.1. It exercises the watch →
+//! reconcile → apply → status loop; it is not proof of a real API server's semantics.
+
+mod support;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use serde_json::{Value, json};
+use support::kube::{KubeApiServer, manifest};
+use support::*;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const ENDPOINTS: &str = "/apis/ferry.dev/v1alpha1/namespaces/default/modelendpoints";
+const BUNDLES: &str = "/apis/ferry.dev/v1alpha1/namespaces/default/modelbundles";
+const ENDPOINT: &str =
+    "/apis/ferry.dev/v1alpha1/namespaces/default/modelendpoints/demo-endpoint-callback";
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/default/deployments/demo-endpoint-callback";
+
+fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+fn env_of(container: &Value) -> Vec<(String, String)> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|var| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            (text(&var["name"]), text(&var["value"]))
+        })
+        .collect()
+}
+
+async fn stream_exists(js: &jetstream::Context, name: &str) -> bool {
+    js.get_stream(name).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applying_the_examples_yields_workers_a_stream_and_status() {
+    let nats = Nats::start().await;
+    let api = KubeApiServer::start(&[]).await;
+    let admin = format!("127.0.0.1:{}", free_port());
+    let kubeconfig = api.kubeconfig();
+    let _operator = Process::spawn(
+        &["operator"],
+        &[
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("FERRY_NATS_URL", nats.url.as_str()),
+            ("FERRY_FORWARDER_IMAGE", "registry.local/ferry:smoke"),
+            ("FERRY_ADMIN_LISTEN", admin.as_str()),
+            ("FERRY_LEASE_IDENTITY", "smoke-operator"),
+        ],
+    );
+    let http = http_client();
+    eventually("the operator holds the Lease", TIMEOUT, || async {
+        let lease = api
+            .get("/apis/coordination.k8s.io/v1/namespaces/default/leases/ferry-operator")
+            .await?;
+        (lease["spec"]["holderIdentity"] == "smoke-operator").then_some(())
+    })
+    .await;
+
+    for document in manifest(&examples_dir().join("test-bundle.yaml")) {
+        api.create(BUNDLES, &document).await;
+    }
+    let endpoint = manifest(&examples_dir().join("demo-endpoint-callback.yaml")).remove(0);
+    let created = api.create(ENDPOINTS, &endpoint).await;
+    let uid = created["metadata"]["uid"].clone();
+
+    let deployment = eventually("the worker Deployment", TIMEOUT, || api.get(DEPLOYMENT)).await;
+    assert_eq!(deployment["metadata"]["ownerReferences"][0]["uid"], uid);
+    assert_eq!(deployment["metadata"]["labels"]["team"], "MY_TEAM");
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["image"], "python:3.12-slim");
+    assert_eq!(
+        pod["containers"][0]["resources"]["requests"]["memory"],
+        "8Gi"
+    );
+    assert_eq!(pod["containers"][1]["image"], "registry.local/ferry:smoke");
+    let forwarder_env = env_of(&pod["containers"][1]);
+    assert!(forwarder_env.contains(&("FERRY_NATS_URL".into(), nats.url.clone())));
+    assert!(forwarder_env.contains(&("FERRY_MODEL_URL".into(), "http://127.0.0.1:5005".into())));
+
+    let status = eventually("a status with a ready queue", TIMEOUT, || async {
+        let endpoint = api.get(ENDPOINT).await?;
+        let status = endpoint["status"].clone();
+        (condition(&status, "QueueReady")?["status"] == "True").then_some(status)
+    })
+    .await;
+    assert_eq!(status["state"], "UPDATE_PENDING");
+    assert_eq!(status["observedGeneration"], 1);
+    let endpoint_id = status["endpointId"]
+        .as_str()
+        .expect("endpointId")
+        .to_owned();
+    assert!(endpoint_id.starts_with("end_"));
+    let stream = format!("ferry-tasks-{endpoint_id}");
+    let js = jetstream::new(async_nats::connect(&nats.url).await.expect("nats"));
+    assert!(stream_exists(&js, &stream).await, "stream {stream} exists");
+
+    // Play the Deployment controller: the owned Deployment's status change reaches the endpoint.
+    api.merge_patch(
+        &format!("{DEPLOYMENT}/status"),
+        &json!({"status": {"observedGeneration": deployment["metadata"]["generation"], "replicas": 1,
+                "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}}),
+    )
+    .await;
+    let status = eventually("the endpoint becomes READY", TIMEOUT, || async {
+        let status = api.get(ENDPOINT).await?["status"].clone();
+        (status["state"] == "READY").then_some(status)
+    })
+    .await;
+    assert_eq!(status["readyReplicas"], 1);
+    assert_eq!(
+        condition(&status, "Ready").expect("Ready")["status"],
+        "True"
+    );
+    assert_eq!(status["queueDepth"], 0);
+
+    let metrics = http
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("ferry_controller_reconciles_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("ferry_controller_leader 1"), "{metrics}");
+    let ready = http
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert!(ready.status().is_success());
+
+    api.delete(ENDPOINT).await;
+    eventually("the endpoint is gone", TIMEOUT, || async {
+        api.get(ENDPOINT).await.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        !stream_exists(&js, &stream).await,
+        "stream {stream} deleted"
+    );
+    assert!(
+        api.get(DEPLOYMENT).await.is_none(),
+        "the Deployment is collected"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_without_its_bundle_reports_it_and_heals() {
+    let nats = Nats::start().await;
+    let api = KubeApiServer::start(&[]).await;
+    let kubeconfig = api.kubeconfig();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let _operator = Process::spawn(
+        &["operator"],
+        &[
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("FERRY_NATS_URL", nats.url.as_str()),
+            ("FERRY_FORWARDER_IMAGE", "registry.local/ferry:smoke"),
+            ("FERRY_ADMIN_LISTEN", admin.as_str()),
+        ],
+    );
+    let endpoint = manifest(&examples_dir().join("demo-endpoint-callback.yaml")).remove(0);
+    api.create(ENDPOINTS, &endpoint).await;
+    let status = eventually("BundleNotFound", TIMEOUT, || async {
+        let status = api.get(ENDPOINT).await?["status"].clone();
+        (condition(&status, "Ready")?["reason"] == "BundleNotFound").then_some(status)
+    })
+    .await;
+    assert_eq!(status["state"], "UPDATE_FAILED");
+    assert!(api.get(DEPLOYMENT).await.is_none());
+
+    for document in manifest(&examples_dir().join("test-bundle.yaml")) {
+        api.create(BUNDLES, &document).await;
+    }
+    eventually(
+        "the bundle's arrival heals the endpoint",
+        TIMEOUT,
+        || async {
+            let status = api.get(ENDPOINT).await?["status"].clone();
+            (status["state"] == "UPDATE_PENDING").then_some(())
+        },
+    )
+    .await;
+    assert!(api.get(DEPLOYMENT).await.is_some());
+}
