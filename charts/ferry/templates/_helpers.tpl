@@ -1,0 +1,108 @@
+{{/* Names: <release>-ferry, or the release name when it already says ferry. */}}
+{{- define "ferry.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "ferry.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A component's name: ferry-operator, ferry-gateway, ... (call with dict "root" $ "component" "x"). */}}
+{{- define "ferry.componentName" -}}
+{{- printf "%s-%s" (include "ferry.fullname" .root | trunc 50 | trimSuffix "-") .component }}
+{{- end }}
+
+{{- define "ferry.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ferry.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "ferry.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{ include "ferry.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: ferry
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- end }}
+
+{{- define "ferry.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The bundled server's Service when enabled, else the configured URL. */}}
+{{- define "ferry.natsUrl" -}}
+{{- if .Values.nats.enabled }}
+{{- printf "nats://%s.%s.svc:4222" (include "ferry.componentName" (dict "root" . "component" "nats")) .Release.Namespace }}
+{{- else }}
+{{- required "nats.url is required unless nats.enabled" .Values.nats.url }}
+{{- end }}
+{{- end }}
+
+{{/* Environment shared by the roles that talk to NATS. */}}
+{{- define "ferry.commonEnv" -}}
+- name: FERRY_NATS_URL
+  value: {{ include "ferry.natsUrl" . | quote }}
+- name: FERRY_RESULT_RETENTION_SECONDS
+  value: {{ .Values.resultRetentionSeconds | quote }}
+- name: FERRY_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+{{- with .Values.logLevel }}
+- name: RUST_LOG
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "ferry.callbackAllowEnv" -}}
+{{- with .Values.callbacks.allowCIDRs }}
+- name: FERRY_CALLBACK_ALLOW_CIDRS
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Pod-level fields every role shares (call with dict "root" $ "values" .Values.<role>). */}}
+{{- define "ferry.podCommon" -}}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* HTTP probes on a named port: live while the process serves, ready once it can work. */}}
+{{- define "ferry.probes" -}}
+startupProbe:
+  httpGet: {path: /healthz, port: {{ . }}}
+  periodSeconds: 2
+  failureThreshold: 30
+livenessProbe:
+  httpGet: {path: /healthz, port: {{ . }}}
+  periodSeconds: 10
+  failureThreshold: 3
+readinessProbe:
+  httpGet: {path: /readyz, port: {{ . }}}
+  periodSeconds: 5
+  failureThreshold: 2
+{{- end }}
