@@ -128,6 +128,10 @@ impl Catalog {
         self.read().workers.get(id).cloned().unwrap_or_default()
     }
 
+    pub fn set_workers(&self, id: &EndpointId, urls: Vec<String>) {
+        self.write().workers.insert(id.clone(), urls);
+    }
+
     pub fn add_worker(&self, id: &EndpointId, url: String) {
         self.write()
             .workers

@@ -116,6 +116,13 @@ pub struct ForwarderArgs {
     /// Address for /healthz, /readyz and /metrics; none when absent.
     #[arg(long, env = forwarder_env::ADMIN_LISTEN)]
     pub admin_listen: Option<SocketAddr>,
+    /// Serve sync and streaming requests on this address instead of pulling queued tasks
+    /// (the worker of a sync or streaming endpoint).
+    #[arg(long, env = forwarder_env::SERVE_LISTEN)]
+    pub serve_listen: Option<SocketAddr>,
+    /// Path of the model's streaming predictions (server-sent events), if it has one.
+    #[arg(long, env = forwarder_env::STREAMING_PREDICT_ROUTE)]
+    pub streaming_predict_route: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -5,7 +5,7 @@
 //! deletes the queue, which lives outside the cluster, when the endpoint is deleted.
 
 mod apply;
-mod build;
+pub mod build;
 mod context;
 mod leader;
 mod reconcile;

@@ -41,6 +41,8 @@ pub mod env {
     pub const HEALTHCHECK_ROUTE: &str = "FERRY_HEALTHCHECK_ROUTE";
     pub const CONCURRENCY: &str = "FERRY_CONCURRENCY";
     pub const PREDICT_TIMEOUT_SECONDS: &str = "FERRY_PREDICT_TIMEOUT_SECONDS";
+    pub const SERVE_LISTEN: &str = "FERRY_SERVE_LISTEN";
+    pub const STREAMING_PREDICT_ROUTE: &str = "FERRY_STREAMING_PREDICT_ROUTE";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -321,7 +323,8 @@ pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Resu
         &args.predict_route,
         &args.healthcheck_route,
         args.predict_timeout,
-    )?;
+    )?
+    .with_streaming_route(args.streaming_predict_route.as_deref())?;
     let settings = QueueSettings {
         result_retention: args.nats.result_retention,
         ..Default::default()
@@ -334,11 +337,32 @@ pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Resu
         let router = admin::router(Arc::new(registry), readiness.clone());
         tokio::spawn(admin::serve(addr, router, cancel.clone()));
     }
+    let concurrency = args.concurrency.get() as usize;
+    if let Some(addr) = args.serve_listen {
+        if !model.wait_until_ready(&cancel).await {
+            return Ok(());
+        }
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        readiness.set_ready();
+        tracing::info!(%addr, concurrency, "serving sync and streaming requests");
+        serve::serve(
+            listener,
+            Arc::new(serve::Server {
+                model,
+                slots,
+                queue,
+            }),
+            cancel,
+        )
+        .await?;
+        return Ok(());
+    }
     let forwarder = Forwarder {
         queue,
         endpoint_id,
         model,
-        concurrency: args.concurrency.get() as usize,
+        concurrency,
         metrics,
     };
     forwarder.run(readiness, cancel).await?;

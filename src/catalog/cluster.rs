@@ -30,8 +30,15 @@ pub async fn watch(client: Client, catalog: Catalog, readiness: Readiness) {
     let endpoints = follow::<ModelEndpoint>(client.clone(), endpoints_listed.clone(), {
         let catalog = catalog.clone();
         move |change| match change {
-            Change::Listed(all) => catalog.replace_endpoints(all),
-            Change::Applied(endpoint) => catalog.put_endpoint(endpoint),
+            Change::Listed(all) => {
+                all.iter()
+                    .for_each(|endpoint| register_service(&catalog, endpoint));
+                catalog.replace_endpoints(all);
+            }
+            Change::Applied(endpoint) => {
+                register_service(&catalog, &endpoint);
+                catalog.put_endpoint(endpoint);
+            }
             Change::Deleted(endpoint) => catalog.remove_endpoint(&endpoint.endpoint_id()),
         }
     });
@@ -48,6 +55,16 @@ pub async fn watch(client: Client, catalog: Catalog, readiness: Readiness) {
         futures::future::pending::<()>().await;
     };
     tokio::join!(endpoints, bundles, ready);
+}
+
+/// Sync and streaming requests go to the endpoint's Service, which spreads them over its pods.
+fn register_service(catalog: &Catalog, endpoint: &ModelEndpoint) {
+    if endpoint.spec.endpoint_type != EndpointType::Async {
+        catalog.set_workers(
+            &endpoint.endpoint_id(),
+            vec![crate::controller::build::service_url(endpoint)],
+        );
+    }
 }
 
 enum Change<K> {

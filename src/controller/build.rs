@@ -129,6 +129,15 @@ pub fn service_name(endpoint: &ModelEndpoint) -> String {
     endpoint.name_any()
 }
 
+/// Where the gateway reaches the workers of a sync or streaming endpoint: its Service.
+pub fn service_url(endpoint: &ModelEndpoint) -> String {
+    let namespace = crate::crd::namespace_of(endpoint);
+    format!(
+        "http://{}.{namespace}.svc:{SERVICE_PORT}",
+        service_name(endpoint)
+    )
+}
+
 /// Label selector (`key=value`) matching every child the operator manages.
 pub fn managed_selector() -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY}")

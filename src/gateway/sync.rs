@@ -19,6 +19,9 @@ use crate::crd::{EndpointType, ModelEndpoint};
 use crate::forwarder::serve::{PREDICT_PATH, STREAM_PATH};
 use crate::task::Versioned;
 
+/// Workers (or Service addresses) tried before a sync task is refused as busy.
+const MIN_ATTEMPTS: usize = 3;
+
 /// How long a sync task waits for its answer unless the request says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -52,7 +55,13 @@ impl WorkerClient {
     ) -> Result<reqwest::Response, AppError> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut busy = false;
-        for offset in 0..workers.len() {
+        // A Service is one URL spreading requests over its pods: a busy answer is worth a retry.
+        let attempts = if workers.is_empty() {
+            0
+        } else {
+            workers.len().max(MIN_ATTEMPTS)
+        };
+        for offset in 0..attempts {
             let url = format!("{}{path}", workers[(start + offset) % workers.len()]);
             let mut request = self
                 .http
