@@ -300,6 +300,9 @@ pub struct DevArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "FERRY_MAX_BODY_BYTES", default_value = "10485760")]
     pub max_body_bytes: usize,
+    /// Seconds the load must ask for fewer workers before they are stopped.
+    #[arg(long = "scale-down-delay-seconds", env = "FERRY_SCALE_DOWN_DELAY_SECONDS", default_value = "120", value_parser = parse_seconds)]
+    pub scale_down_delay: Duration,
     #[command(flatten)]
     pub auth: AuthArgs,
     #[command(flatten)]

@@ -373,6 +373,12 @@ pub struct ModelEndpointStatus {
     /// Tasks queued and not yet taken by a worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_depth: Option<i64>,
+    /// When the number of workers last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Why the workers number what they do: Load, Stabilizing, AtMinimum, AtMaximum or Idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_reason: Option<String>,
     /// Age in seconds of the oldest queued task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_task_age_seconds: Option<i64>,

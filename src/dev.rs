@@ -3,6 +3,7 @@
 //! with in-process forwarders, and serves the gateway and the dispatcher in this process.
 
 pub(crate) mod nats;
+mod pool;
 mod runtime;
 mod workers;
 
@@ -62,6 +63,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
         catalog.clone(),
         forwarder_metrics,
         cancel.clone(),
+        args.scale_down_delay,
     ));
     load_manifests(&runtime, &manifests).await?;
 

@@ -2,6 +2,7 @@
 //! starts the chosen role.
 
 mod admin;
+mod autoscale;
 mod bench;
 mod callback;
 mod catalog;

@@ -176,6 +176,8 @@ pub fn compute(endpoint: &ModelEndpoint, observed: &Observed, now: Time) -> Mode
         desired_replicas: Some(desired),
         queue_depth: backlog,
         oldest_task_age_seconds: None,
+        last_scale_time: None,
+        scale_reason: None,
     }
 }
 

@@ -5,20 +5,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use kube::ResourceExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::workers::Worker;
-use crate::admin::Readiness;
+use super::pool::Pool;
 use crate::callback::policy::resolve_policy;
 use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
-use crate::crd::{
-    BundleId, EndpointId, EndpointState, EndpointType, ModelBundle, ModelEndpoint,
-    ModelEndpointStatus, namespace_of,
-};
+use crate::crd::{BundleId, EndpointId, EndpointType, ModelBundle, ModelEndpoint, namespace_of};
 use crate::forwarder::ForwarderMetrics;
 use crate::queue::{Queue, QueueSpec};
 
@@ -37,6 +34,8 @@ pub struct Runtime {
     catalog: Catalog,
     metrics: Arc<ForwarderMetrics>,
     cancel: CancellationToken,
+    /// How long the load must ask for fewer workers before they stop.
+    scale_down_delay: Duration,
     secrets: Mutex<HashMap<(String, String), SecretData>>,
     /// Serializes changes, so two API calls cannot start workers for one endpoint twice.
     runs: tokio::sync::Mutex<HashMap<EndpointId, Run>>,
@@ -48,12 +47,14 @@ impl Runtime {
         catalog: Catalog,
         metrics: Arc<ForwarderMetrics>,
         cancel: CancellationToken,
+        scale_down_delay: Duration,
     ) -> Self {
         Runtime {
             queue,
             catalog,
             metrics,
             cancel,
+            scale_down_delay,
             secrets: Mutex::default(),
             runs: Default::default(),
         }
@@ -148,27 +149,15 @@ impl Runtime {
         started_from: String,
     ) -> Run {
         let stop = self.cancel.child_token();
-        let mut workers = tokio::task::JoinSet::new();
-        let mut readiness = Vec::new();
-        for index in 0..endpoint.spec.min_workers {
-            let worker = Worker {
-                name: format!("{}-{index}", endpoint.name_any()),
-                endpoint: endpoint.clone(),
-                bundle: bundle.clone(),
-                catalog: self.catalog.clone(),
-                queue: self.queue.clone(),
-                metrics: self.metrics.clone(),
-            };
-            let ready = Readiness::default();
-            readiness.push(ready.clone());
-            workers.spawn(worker.run(ready, stop.clone()));
-        }
-        let catalog = self.catalog.clone();
-        let tracker = tokio::spawn(track_status(catalog, endpoint, readiness));
-        let workers = tokio::spawn(async move {
-            while workers.join_next().await.is_some() {}
-            tracker.abort();
-        });
+        let pool = Pool {
+            endpoint,
+            bundle,
+            catalog: self.catalog.clone(),
+            queue: self.queue.clone(),
+            metrics: self.metrics.clone(),
+            scale_down_delay: self.scale_down_delay,
+        };
+        let workers = tokio::spawn(pool.run(stop.clone()));
         Run {
             started_from,
             stop,
@@ -194,29 +183,6 @@ impl Runtime {
 async fn stop(run: Run) {
     run.stop.cancel();
     let _ = run.workers.await;
-}
-
-/// Reports the endpoint UPDATE_IN_PROGRESS until its workers take tasks, then READY.
-async fn track_status(catalog: Catalog, endpoint: Arc<ModelEndpoint>, workers: Vec<Readiness>) {
-    let id = endpoint.endpoint_id();
-    let wanted = workers.len() as i32;
-    let status = |ready: i32| ModelEndpointStatus {
-        endpoint_id: Some(id.to_string()),
-        state: Some(if ready >= wanted {
-            EndpointState::Ready
-        } else {
-            EndpointState::UpdateInProgress
-        }),
-        replicas: Some(wanted),
-        ready_replicas: Some(ready),
-        desired_replicas: Some(wanted),
-        ..Default::default()
-    };
-    catalog.set_status(&id, status(0));
-    for (ready, worker) in (1..).zip(&workers) {
-        worker.ready().await;
-        catalog.set_status(&id, status(ready));
-    }
 }
 
 impl ResourceWriter for Runtime {

@@ -278,3 +278,24 @@ fn is_stream_not_found(kind: DeleteStreamErrorKind) -> bool {
     matches!(kind, DeleteStreamErrorKind::JetStream(error)
         if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
+
+impl Queue {
+    /// Fires once per task submitted to the endpoint from now on: a core NATS subscription on
+    /// the task subject sees each publish as it happens, so an idle endpoint wakes at once.
+    pub async fn task_arrivals(
+        &self,
+        endpoint: &EndpointId,
+    ) -> Result<impl Stream<Item = ()> + use<>, Error> {
+        let subject = names::tasks_subject(endpoint);
+        let subscriber = self
+            .js
+            .client()
+            .subscribe(subject.clone())
+            .await
+            .map_err(|source| Error::Receive {
+                consumer: format!("{subject} arrivals"),
+                source: source.into(),
+            })?;
+        Ok(subscriber.map(|_| ()))
+    }
+}
