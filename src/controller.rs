@@ -51,6 +51,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("reading Secret {name}")]
+    GetSecret {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("applying Deployment {name}")]
     ApplyDeployment {
         name: String,
@@ -86,6 +92,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::GetBundle { .. } => "GetBundleFailed",
+            Error::GetSecret { .. } => "GetSecretFailed",
             Error::ApplyDeployment { .. } => "ApplyDeploymentFailed",
             Error::ApplyService { .. } => "ApplyServiceFailed",
             Error::DeleteService { .. } => "DeleteServiceFailed",
@@ -110,6 +117,7 @@ impl Error {
     pub fn is_permanent(&self) -> bool {
         match self {
             Error::GetBundle { source, .. }
+            | Error::GetSecret { source, .. }
             | Error::ApplyDeployment { source, .. }
             | Error::ApplyService { source, .. }
             | Error::DeleteService { source, .. }

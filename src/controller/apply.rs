@@ -1,8 +1,11 @@
 //! Effects on the API server: server-side apply of children and status with the field manager
-//! `ferry-operator`, reading the referenced bundle, removing children an endpoint no longer needs.
+//! `ferry-operator`, reading the referenced bundle and Secrets, removing children an endpoint no
+//! longer needs.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -27,6 +30,25 @@ pub async fn get_bundle(
     Api::<ModelBundle>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
+}
+
+/// The data of a Secret (`None` when it does not exist).
+pub async fn get_secret_data(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, kube::Error> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?;
+    Ok(secret.map(|secret| {
+        secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| (key, value.0))
+            .collect()
+    }))
 }
 
 /// Applies the worker Deployment; answers it as stored, with its current status.

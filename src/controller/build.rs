@@ -38,8 +38,11 @@ pub const MODEL_CONTAINER: &str = "model";
 pub const FORWARDER_CONTAINER: &str = "forwarder";
 const HTTP_PORT_NAME: &str = "http";
 const ADMIN_PORT_NAME: &str = "admin";
+const SERVE_PORT_NAME: &str = "serve";
 /// Port of the forwarder's `/healthz`, `/readyz` and `/metrics` inside the pod.
 pub const FORWARDER_ADMIN_PORT: u16 = 9464;
+/// Port on which the forwarder of a sync or streaming endpoint takes the gateway's requests.
+pub const FORWARDER_SERVE_PORT: u16 = 9465;
 /// Port the Service of a sync or streaming endpoint exposes.
 pub const SERVICE_PORT: i32 = 80;
 /// Extended resource name of NVIDIA GPUs (device plugin).
@@ -242,11 +245,12 @@ fn build_pod_template(
 ) -> Result<PodTemplateSpec, BuildError> {
     let spec = &endpoint.spec;
     let gpu = (spec.gpus > 0).then_some(spec.gpu_type.as_ref()).flatten();
-    let mut containers = vec![build_model_container(endpoint, bundle)?];
-    // Only async endpoints have queued tasks for a forwarder to pull.
-    if spec.endpoint_type == EndpointType::Async {
-        containers.push(build_forwarder_container(endpoint, bundle, settings));
-    }
+    // The forwarder pulls the queue of an async endpoint and serves the gateway's requests for
+    // a sync or streaming one.
+    let containers = vec![
+        build_model_container(endpoint, bundle)?,
+        build_forwarder_container(endpoint, bundle, settings),
+    ];
     let drain = settings.predict_timeout + DRAIN_MARGIN;
     Ok(PodTemplateSpec {
         metadata: Some(ObjectMeta {
@@ -282,7 +286,7 @@ fn build_model_container(
 ) -> Result<Container, BuildError> {
     let spec = &endpoint.spec;
     let model = &bundle.spec;
-    if model.port == FORWARDER_ADMIN_PORT && spec.endpoint_type == EndpointType::Async {
+    if [FORWARDER_ADMIN_PORT, FORWARDER_SERVE_PORT].contains(&model.port) {
         return Err(BuildError::PortClash { port: model.port });
     }
     if let Some(port) = model.env.get(MODEL_ENV_PORT)
@@ -363,7 +367,7 @@ fn build_forwarder_container(
     settings: &Settings,
 ) -> Container {
     let model = &bundle.spec;
-    let env = vec![
+    let mut env = vec![
         env_var(forwarder_env::NATS_URL, settings.nats_url.clone()),
         env_var(
             forwarder_env::RESULT_RETENTION_SECONDS,
@@ -395,6 +399,26 @@ fn build_forwarder_container(
             format!("0.0.0.0:{FORWARDER_ADMIN_PORT}"),
         ),
     ];
+    let port = |name: &str, number: u16| ContainerPort {
+        name: Some(name.into()),
+        container_port: i32::from(number),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    let mut ports = vec![port(ADMIN_PORT_NAME, FORWARDER_ADMIN_PORT)];
+    if endpoint.spec.endpoint_type != EndpointType::Async {
+        env.push(env_var(
+            forwarder_env::SERVE_LISTEN,
+            format!("0.0.0.0:{FORWARDER_SERVE_PORT}"),
+        ));
+        if let Some(route) = &model.streaming_predict_route {
+            env.push(env_var(
+                forwarder_env::STREAMING_PREDICT_ROUTE,
+                route.clone(),
+            ));
+        }
+        ports.push(port(SERVE_PORT_NAME, FORWARDER_SERVE_PORT));
+    }
     let probe = |path: &str| Probe {
         http_get: Some(http_get(path, ADMIN_PORT_NAME)),
         period_seconds: Some(5),
@@ -405,12 +429,7 @@ fn build_forwarder_container(
         image: Some(settings.forwarder_image.clone()),
         command: Some(vec!["ferry".into(), "forwarder".into()]),
         env: Some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some(ADMIN_PORT_NAME.into()),
-            container_port: i32::from(FORWARDER_ADMIN_PORT),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        ports: Some(ports),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".into(), Quantity("50m".into())),
@@ -456,7 +475,9 @@ fn build_service(
             ports: Some(vec![ServicePort {
                 name: Some(HTTP_PORT_NAME.into()),
                 port: SERVICE_PORT,
-                target_port: Some(IntOrString::String(HTTP_PORT_NAME.into())),
+                // The forwarder in front of the model: it bounds concurrency (429) and speaks
+                // the gateway's task protocol.
+                target_port: Some(IntOrString::String(SERVE_PORT_NAME.into())),
                 protocol: Some("TCP".into()),
                 ..Default::default()
             }]),

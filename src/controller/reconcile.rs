@@ -2,6 +2,7 @@
 //! ensure the queue → compute the status (pure) → one status patch and, on a change a user
 //! should see, one Event. Deletion runs the finalizer's cleanup: the queue goes first.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,8 +20,10 @@ use super::build::{self, Plan};
 use super::context::{self, Context};
 use super::status::{self, Observed, QueueState, reason};
 use super::{Error, FINALIZER, Guarded, apply};
+use crate::callback::policy::{PolicyError, resolve_policy};
 use crate::crd::{EndpointId, ModelEndpoint, ModelEndpointStatus, namespace_of};
 use crate::queue;
+use crate::task::CallbackPolicy;
 
 fn key_of<K: Resource>(object: &K) -> String {
     format!("{}/{}", namespace_of(object), object.name_any())
@@ -98,7 +101,10 @@ async fn apply_endpoint(endpoint: &ModelEndpoint, ctx: &Context) -> Result<Actio
         }
         Some(bundle) => match build::plan(endpoint, &bundle, &ctx.settings) {
             Err(error) => (Observed::blocked(error.reason(), error.to_string()), None),
-            Ok(plan) => apply_plan(endpoint, &plan, ctx).await?,
+            Ok(plan) => match resolve_callbacks(endpoint, ctx).await? {
+                Err(error) => (Observed::blocked(error.reason(), error.to_string()), None),
+                Ok(policy) => apply_plan(endpoint, &plan, &policy, ctx).await?,
+            },
         },
     };
     let status = status::compute(endpoint, &observed, Time(Timestamp::now()));
@@ -120,6 +126,7 @@ async fn apply_endpoint(endpoint: &ModelEndpoint, ctx: &Context) -> Result<Actio
 async fn apply_plan(
     endpoint: &ModelEndpoint,
     plan: &Plan,
+    policy: &CallbackPolicy,
     ctx: &Context,
 ) -> Result<(Observed, Option<queue::Error>), Error> {
     let name = plan.deployment.name_any();
@@ -144,13 +151,12 @@ async fn apply_plan(
     if spec_changed {
         prune(endpoint, plan, ctx).await?;
     }
-    let (queue, error) = match &plan.queue {
-        None => (QueueState::NotRequired, None),
-        Some(spec) => match ensure_queue(ctx, spec).await {
-            Ok(backlog) => (QueueState::Ready(backlog), None),
+    let (queue, error) =
+        match ensure_queue(ctx, &endpoint.endpoint_id(), plan.queue.as_ref(), policy).await {
+            Ok(Some(backlog)) => (QueueState::Ready(backlog), None),
+            Ok(None) => (QueueState::NotRequired, None),
             Err(error) => (QueueState::Unavailable(error_chain(&error)), Some(error)),
-        },
-    };
+        };
     let observed = Observed {
         blocked: None,
         deployment: Some(deployment),
@@ -159,13 +165,51 @@ async fn apply_plan(
     Ok((observed, error))
 }
 
+/// Publishes the endpoint's callback policy for the dispatcher and, for an async endpoint,
+/// ensures its queue and reads its backlog.
 async fn ensure_queue(
     ctx: &Context,
-    spec: &queue::QueueSpec,
-) -> Result<queue::Backlog, queue::Error> {
+    endpoint: &EndpointId,
+    spec: Option<&queue::QueueSpec>,
+    policy: &CallbackPolicy,
+) -> Result<Option<queue::Backlog>, queue::Error> {
     let queue = ctx.queue.get().await?;
+    queue.put_callback_policy(endpoint, policy).await?;
+    let Some(spec) = spec else { return Ok(None) };
     queue.ensure_endpoint(spec).await?;
-    queue.backlog(&spec.endpoint_id).await
+    queue.backlog(&spec.endpoint_id).await.map(Some)
+}
+
+/// The endpoint's callback policy with its Secrets read; a missing Secret or key is the
+/// endpoint's problem (reported in status), a failed read is the operator's (retried).
+async fn resolve_callbacks(
+    endpoint: &ModelEndpoint,
+    ctx: &Context,
+) -> Result<Result<CallbackPolicy, PolicyError>, Error> {
+    let namespace = namespace_of(endpoint);
+    let spec = &endpoint.spec;
+    let signing = spec
+        .callbacks
+        .as_ref()
+        .and_then(|c| c.signing_secret.as_ref())
+        .map(|s| s.name.clone());
+    let auth = spec
+        .default_callback_auth
+        .as_ref()
+        .map(|a| a.secret_name.clone());
+    let mut secrets = BTreeMap::new();
+    for name in signing.into_iter().chain(auth) {
+        let data = apply::get_secret_data(&ctx.client, &namespace, &name)
+            .await
+            .map_err(|source| Error::GetSecret {
+                name: name.clone(),
+                source,
+            })?;
+        if let Some(data) = data {
+            secrets.insert(name, data);
+        }
+    }
+    Ok(resolve_policy(spec, |name| secrets.get(name).cloned()))
 }
 
 /// Removes what an earlier spec needed and this one does not (after an endpoint type change).

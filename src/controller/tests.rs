@@ -435,3 +435,70 @@ async fn a_deleted_unparseable_endpoint_still_releases_its_finalizer() {
     );
     assert_eq!(finish(reconcile).await.expect("ok"), Action::await_change());
 }
+
+#[tokio::test]
+async fn a_missing_secret_is_reported_and_the_policy_is_published_once_it_exists() {
+    let (nats, queue) = start_nats().await;
+    let (ctx, mut server) = context(&nats.url);
+    let mut endpoint = finalized(endpoint());
+    endpoint.spec.callbacks = Some(crate::crd::CallbackPolicySpec {
+        signing_secret: Some(crate::crd::SecretKeySelector {
+            name: "hooks".into(),
+            key: None,
+        }),
+        ..Default::default()
+    });
+    const SECRET: &str = "/api/v1/namespaces/ml/secrets/hooks";
+    let reconcile = start_reconcile(endpoint.clone(), &ctx);
+    server
+        .expect(Method::GET, BUNDLE)
+        .await
+        .ok(&serde_json::to_value(bundle()).expect("json"));
+    server
+        .expect(Method::GET, SECRET)
+        .await
+        .not_found("secrets", "hooks");
+    let status = serve_status_apply(&mut server).await;
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&json!("False"), &json!("SecretNotFound"))
+    );
+    assert_eq!(ready["message"], "Secret hooks not found");
+    server.expect_event().await;
+    finish(reconcile)
+        .await
+        .expect("a missing Secret is not a reconcile error");
+    assert_eq!(
+        queue
+            .callback_policy(&endpoint.endpoint_id())
+            .await
+            .expect("readable"),
+        None
+    );
+
+    // The Secret appears; the next reconcile (a resync) publishes the policy and goes on.
+    endpoint.status = Some(serde_json::from_value(status).expect("status"));
+    let reconcile = start_reconcile(endpoint.clone(), &ctx);
+    server
+        .expect(Method::GET, BUNDLE)
+        .await
+        .ok(&serde_json::to_value(bundle()).expect("json"));
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hooks", "namespace": "ml"},
+        "data": {"signingSecret": "d2hzZWNfTWZLUTlyOEdLWXFyVHdqVVBEOElMUFpJbzJMYUxhU3c="}});
+    server.expect(Method::GET, SECRET).await.ok(&secret);
+    serve_deployment_apply(&mut server, None).await;
+    let status = serve_status_apply(&mut server).await;
+    assert_ne!(condition(&status, "Ready")["reason"], "SecretNotFound");
+    server.expect_event().await;
+    finish(reconcile).await.expect("reconciled");
+    let policy = queue
+        .callback_policy(&endpoint.endpoint_id())
+        .await
+        .expect("readable")
+        .expect("published");
+    assert_eq!(
+        policy.signing_secrets,
+        vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()]
+    );
+}

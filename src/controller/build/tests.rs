@@ -226,12 +226,28 @@ fn a_spec_change_changes_the_config_hash_but_scaling_does_not() {
 }
 
 #[test]
-fn sync_endpoints_get_a_service_and_no_queue_or_forwarder() {
+fn sync_endpoints_get_a_service_to_a_serving_forwarder_and_no_queue() {
     let mut endpoint = endpoint();
     endpoint.spec.endpoint_type = EndpointType::Sync;
-    let plan = plan(&endpoint, &bundle(), &settings()).expect("plan");
+    let mut streaming_bundle = bundle();
+    streaming_bundle.spec.streaming_predict_route = Some("/stream".into());
+    let plan = plan(&endpoint, &streaming_bundle, &settings()).expect("plan");
     assert_eq!(plan.queue, None);
-    assert_eq!(containers(&plan).len(), 1);
+    let forwarder = containers(&plan)
+        .iter()
+        .find(|c| c.name == "forwarder")
+        .expect("a forwarder");
+    let env = forwarder.env.clone().unwrap_or_default();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(value("FERRY_SERVE_LISTEN").as_deref(), Some("0.0.0.0:9465"));
+    assert_eq!(
+        value("FERRY_STREAMING_PREDICT_ROUTE").as_deref(),
+        Some("/stream")
+    );
     let service = plan.service.expect("service");
     assert_eq!(service.metadata.name.as_deref(), Some("demo"));
     let spec = service.spec.expect("spec");
@@ -243,7 +259,7 @@ fn sync_endpoints_get_a_service_and_no_queue_or_forwarder() {
     );
     let port = &spec.ports.expect("ports")[0];
     assert_eq!(port.port, SERVICE_PORT);
-    assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
+    assert_eq!(port.target_port, Some(IntOrString::String("serve".into())));
 }
 
 #[test]
