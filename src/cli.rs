@@ -263,6 +263,9 @@ pub struct OperatorArgs {
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, env = "FERRY_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
     pub admin_listen: SocketAddr,
+    /// Seconds the load must ask for fewer workers before an async endpoint is scaled in.
+    #[arg(long = "scale-down-delay-seconds", env = "FERRY_SCALE_DOWN_DELAY_SECONDS", default_value = "120", value_parser = parse_seconds)]
+    pub scale_down_delay: Duration,
     #[command(flatten)]
     pub lease: LeaseArgs,
 }

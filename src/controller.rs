@@ -5,6 +5,7 @@
 //! deletes the queue, which lives outside the cluster, when the endpoint is deleted.
 
 mod apply;
+mod autoscale;
 pub mod build;
 mod context;
 mod leader;
@@ -169,8 +170,9 @@ pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Resul
     readiness.set_ready();
     let scope = args.namespace.clone();
     let concurrency = args.concurrency.get();
+    let window = args.scale_down_delay;
     let outcome = leader::run_while_leader(client, lease, metrics, cancel.clone(), |stop| {
-        run_controller(context, scope, concurrency, stop)
+        run_controller(context, scope, concurrency, window, stop)
     })
     .await;
     cancel.cancel();
@@ -194,6 +196,7 @@ pub async fn run_controller(
     context: Arc<Context>,
     namespace: Option<String>,
     concurrency: u16,
+    scale_down_delay: std::time::Duration,
     stop: CancellationToken,
 ) {
     let client = context.client.clone();
@@ -202,6 +205,12 @@ pub async fn run_controller(
     let children = watcher::Config::default().labels(&build::managed_selector());
     let controller = Controller::new(endpoints, watcher::Config::default());
     let store = controller.store();
+    let autoscaler = tokio::spawn(autoscale::run(
+        context.clone(),
+        store.clone(),
+        scale_down_delay,
+        stop.clone(),
+    ));
     tracing::info!(
         namespace = scope.unwrap_or("*"),
         concurrency,
@@ -227,6 +236,7 @@ pub async fn run_controller(
             }
         })
         .await;
+    let _ = autoscaler.await;
     tracing::info!("controller stopped");
 }
 

@@ -132,6 +132,13 @@ pub fn service_name(endpoint: &ModelEndpoint) -> String {
     endpoint.name_any()
 }
 
+/// The replica count the operator applies: none for async endpoints, whose count the
+/// autoscaler owns through the scale subresource (applying one would undo its work);
+/// `minWorkers` otherwise.
+pub fn applied_replicas(endpoint: &ModelEndpoint) -> Option<i32> {
+    (endpoint.spec.endpoint_type != EndpointType::Async).then(|| to_i32(endpoint.spec.min_workers))
+}
+
 /// Where the gateway reaches the workers of a sync or streaming endpoint: its Service.
 pub fn service_url(endpoint: &ModelEndpoint) -> String {
     let namespace = crate::crd::namespace_of(endpoint);
@@ -215,8 +222,7 @@ fn build_deployment(
     Ok(Deployment {
         metadata: meta,
         spec: Some(DeploymentSpec {
-            // Until autoscaling owns the replica count, the endpoint runs its minimum.
-            replicas: Some(to_i32(endpoint.spec.min_workers)),
+            replicas: applied_replicas(endpoint),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(endpoint)),
                 ..Default::default()

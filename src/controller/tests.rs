@@ -145,7 +145,10 @@ async fn create_applies_the_workers_and_the_queue_and_reports_pending() {
         deployment["metadata"]["ownerReferences"][0]["controller"],
         true
     );
-    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert!(
+        deployment["spec"].get("replicas").is_none(),
+        "the autoscaler owns the count"
+    );
     let containers = &deployment["spec"]["template"]["spec"]["containers"];
     assert_eq!(containers[0]["image"], "registry.local/model:1");
     assert_eq!(containers[1]["image"], "registry.local/ferry:test");
@@ -501,4 +504,64 @@ async fn a_missing_secret_is_reported_and_the_policy_is_published_once_it_exists
         policy.signing_secrets,
         vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()]
     );
+}
+
+#[tokio::test]
+async fn the_autoscaler_sets_the_scale_subresource_from_the_backlog() {
+    use crate::autoscale::Scaler;
+    use crate::task::{TaskId, TaskMessage};
+    let (nats, queue) = start_nats().await;
+    let (ctx, mut server) = context(&nats.url);
+    let mut endpoint = finalized(endpoint());
+    (
+        endpoint.spec.min_workers,
+        endpoint.spec.max_workers,
+        endpoint.spec.per_worker,
+    ) = (0, 3, 2);
+    queue
+        .ensure_endpoint(&QueueSpec::for_endpoint(&endpoint))
+        .await
+        .expect("queue");
+    let evaluate = |endpoint: ModelEndpoint, scaler: Scaler, applied: Option<u32>| {
+        let (ctx, queue) = (ctx.clone(), queue.clone());
+        tokio::spawn(async move {
+            let (mut scaler, mut applied) = (scaler, applied);
+            super::autoscale::evaluate(&ctx, &queue, &endpoint, &mut scaler, &mut applied).await;
+            (scaler, applied)
+        })
+    };
+    const SCALE: &str = "/apis/apps/v1/namespaces/ml/deployments/demo/scale";
+    let scale = |replicas: u32| json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "demo", "namespace": "ml"}, "spec": {"replicas": replicas}});
+
+    // Idle: zero workers.
+    let running = evaluate(endpoint.clone(), Scaler::new(Duration::from_secs(60)), None);
+    let seen = server.expect(Method::PATCH, SCALE).await;
+    assert_eq!(seen.body, json!({"spec": {"replicas": 0}}));
+    seen.ok(&scale(0));
+    let (scaler, applied) = running.await.expect("evaluated");
+    assert_eq!(applied, Some(0));
+
+    // Five queued tasks at two per worker: three workers (the maximum).
+    for _ in 0..5 {
+        let task = TaskMessage {
+            task_id: TaskId::generate(),
+            endpoint_id: endpoint.endpoint_id(),
+            args: json!({}),
+            callback: None,
+            submitted_at_ms: 0,
+        };
+        queue.submit(&task, None).await.expect("submitted");
+    }
+    let running = evaluate(endpoint.clone(), scaler, applied);
+    let seen = server.expect(Method::PATCH, SCALE).await;
+    assert_eq!(seen.body, json!({"spec": {"replicas": 3}}));
+    seen.ok(&scale(3));
+    let (scaler, applied) = running.await.expect("evaluated");
+
+    // Unchanged load: nothing to set.
+    let (_, applied) = evaluate(endpoint, scaler, applied)
+        .await
+        .expect("evaluated");
+    assert_eq!(applied, Some(3));
+    server.expect_silence().await;
 }

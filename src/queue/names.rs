@@ -20,6 +20,16 @@ pub fn tasks_subject(endpoint: &EndpointId) -> String {
     format!("ferry.tasks.{endpoint}")
 }
 
+/// Every endpoint's task subject.
+pub const ALL_TASKS_SUBJECTS: &str = "ferry.tasks.*";
+
+/// The endpoint a task subject belongs to.
+pub fn endpoint_of_task_subject(subject: &str) -> Option<EndpointId> {
+    subject
+        .strip_prefix("ferry.tasks.")
+        .and_then(EndpointId::parse)
+}
+
 pub fn callbacks_subject(endpoint: &EndpointId) -> String {
     format!("ferry.callbacks.{endpoint}")
 }

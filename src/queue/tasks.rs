@@ -280,6 +280,23 @@ fn is_stream_not_found(kind: DeleteStreamErrorKind) -> bool {
 }
 
 impl Queue {
+    /// The endpoint of every task submitted from now on, as it is published.
+    pub async fn all_task_arrivals(&self) -> Result<impl Stream<Item = EndpointId> + use<>, Error> {
+        let subject = names::ALL_TASKS_SUBJECTS;
+        let subscriber = self
+            .js
+            .client()
+            .subscribe(subject)
+            .await
+            .map_err(|source| Error::Receive {
+                consumer: format!("{subject} arrivals"),
+                source: source.into(),
+            })?;
+        Ok(subscriber.filter_map(|message| async move {
+            names::endpoint_of_task_subject(message.subject.as_str())
+        }))
+    }
+
     /// Fires once per task submitted to the endpoint from now on: a core NATS subscription on
     /// the task subject sees each publish as it happens, so an idle endpoint wakes at once.
     pub async fn task_arrivals(

@@ -174,7 +174,10 @@ fn pods_carry_endpoint_and_standard_labels_and_drain_before_stopping() {
     assert_eq!(labels["app.kubernetes.io/instance"], "demo");
     assert_eq!(labels["app.kubernetes.io/part-of"], "ferry");
     let spec = deployment.spec.as_ref().expect("spec");
-    assert_eq!(spec.replicas, Some(2));
+    assert_eq!(
+        spec.replicas, None,
+        "the autoscaler owns an async endpoint's count"
+    );
     let pod_labels = spec
         .template
         .metadata
@@ -217,8 +220,16 @@ fn a_spec_change_changes_the_config_hash_but_scaling_does_not() {
 
     let mut scaled = endpoint.clone();
     scaled.spec.min_workers = 5;
+    scaled.spec.endpoint_type = EndpointType::Sync;
     let scaled_plan = plan(&scaled, &bundle(), &settings()).expect("plan");
-    assert_eq!(original, hash_of(&scaled_plan));
+    let mut sync = endpoint.clone();
+    sync.spec.endpoint_type = EndpointType::Sync;
+    let sync_hash = hash_of(&plan(&sync, &bundle(), &settings()).expect("plan"));
+    assert_eq!(
+        sync_hash,
+        hash_of(&scaled_plan),
+        "a new minimum does not roll the pods"
+    );
     assert_eq!(
         scaled_plan.deployment.spec.and_then(|s| s.replicas),
         Some(5)
