@@ -8,6 +8,8 @@ mod redeliver;
 mod resources;
 mod routes;
 mod sync;
+#[cfg(test)]
+mod tests;
 mod views;
 
 use std::sync::Arc;

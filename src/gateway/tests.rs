@@ -1,0 +1,241 @@
+//! The router called with `oneshot`: auth, error mapping and validation, with a recording
+//! resource writer and a real nats-server behind the queue.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use futures::future::BoxFuture;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::{ApiKeys, AppState, GatewayMetrics, WorkerClient, router};
+use crate::callback::Guard;
+use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
+use crate::crd::{ModelBundle, ModelEndpoint};
+use crate::dev::nats::{self, NatsServer};
+use crate::queue::{Queue, QueueSettings};
+
+/// Remembers what the API asked to write.
+#[derive(Default)]
+struct Recorder {
+    endpoints: Mutex<Vec<ModelEndpoint>>,
+}
+
+impl ResourceWriter for Recorder {
+    fn apply_endpoint(
+        &self,
+        endpoint: ModelEndpoint,
+        _: Vec<NamedSecret>,
+    ) -> BoxFuture<'_, Result<(), WriteError>> {
+        self.endpoints.lock().expect("lock").push(endpoint);
+        Box::pin(async { Ok(()) })
+    }
+    fn delete_endpoint(&self, _: Arc<ModelEndpoint>) -> BoxFuture<'_, Result<(), WriteError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn apply_bundle(&self, _: ModelBundle) -> BoxFuture<'_, Result<(), WriteError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+struct Fixture {
+    _nats: NatsServer,
+    state: AppState,
+    recorder: Arc<Recorder>,
+}
+
+async fn fixture(writable: bool) -> Fixture {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = nats::start(Path::new("nats-server"))
+        .await
+        .expect("nats-server on PATH (scripts/setup)");
+    let queue = Queue::connect(
+        &server.url,
+        QueueSettings::default(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("connects");
+    let catalog = Catalog::default();
+    let bundle: ModelBundle = serde_yaml::from_str(
+        "apiVersion: ferry.dev/v1alpha1\nkind: ModelBundle\nmetadata: {name: model, namespace: team-a}\nspec: {image: python:3.12}\n",
+    )
+    .expect("bundle");
+    catalog.put_bundle(bundle);
+    let recorder = Arc::new(Recorder::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let state = AppState {
+        catalog,
+        writer: writable.then(|| recorder.clone() as Arc<dyn ResourceWriter>),
+        workers: WorkerClient::new().expect("client"),
+        queue,
+        guard: Guard::default(),
+        keys: Arc::new(ApiKeys::parse(&["key-a=team-a".into()], false).expect("keys")),
+        metrics: GatewayMetrics::register(&mut registry),
+    };
+    Fixture {
+        _nats: server,
+        state,
+        recorder,
+    }
+}
+
+async fn send(
+    state: &AppState,
+    method: &str,
+    uri: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (StatusCode, Value, Option<String>) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(key) = key {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    let response = router(state.clone(), 1024 * 1024)
+        .oneshot(request.body(Body::from(body.to_owned())).expect("request"))
+        .await
+        .expect("answers");
+    let status = response.status();
+    let challenge = response
+        .headers()
+        .get(header::WWW_AUTHENTICATE)
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        challenge,
+    )
+}
+
+fn create_body(name: &str) -> String {
+    json!({"name": name, "model_bundle_id": crate::crd::BundleId::for_resource("team-a", "model"), "endpoint_type": "async",
+        "cpus": 1, "memory": "1Gi", "storage": "1Gi", "gpus": 0, "min_workers": 1, "max_workers": 2, "per_worker": 10,
+        "labels": {"team": "team-a", "product": "p"}})
+    .to_string()
+}
+
+#[tokio::test]
+async fn unknown_keys_get_401_with_a_challenge() {
+    let fixture = fixture(true).await;
+    let (status, body, challenge) =
+        send(&fixture.state, "GET", "/v1/model-endpoints", None, "").await;
+    assert_eq!(
+        (status, challenge.as_deref()),
+        (StatusCode::UNAUTHORIZED, Some("Basic"))
+    );
+    assert!(body["detail"].is_string());
+    let (status, _, _) = send(
+        &fixture.state,
+        "GET",
+        "/v1/model-endpoints",
+        Some("stranger"),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn errors_map_to_status_codes_with_a_detail() {
+    let fixture = fixture(true).await;
+    let state = &fixture.state;
+    let key = Some("key-a");
+    let (status, body, _) = send(
+        state,
+        "GET",
+        "/v1/model-endpoints/end_00000000000000000000",
+        key,
+        "",
+    )
+    .await;
+    assert_eq!(
+        (status, body["detail"].is_string()),
+        (StatusCode::NOT_FOUND, true)
+    );
+    let (status, body, _) = send(state, "POST", "/v1/model-endpoints", key, "{not json").await;
+    assert_eq!(
+        (status, body["detail"].is_array()),
+        (StatusCode::UNPROCESSABLE_ENTITY, true)
+    );
+    let (status, body, _) = send(state, "GET", "/v1/no-such-route", key, "").await;
+    assert_eq!(
+        (status, body["detail"].clone()),
+        (StatusCode::NOT_FOUND, json!("Not Found"))
+    );
+    let (status, _, _) = send(state, "POST", "/v1/model-bundles", key, "{}").await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "v1 bundles are cloudpickle: refused with a reason"
+    );
+    let (status, _, _) = send(state, "POST", "/v1/async-tasks", key, "{}").await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "model_endpoint_id is required"
+    );
+}
+
+#[tokio::test]
+async fn creates_are_validated_before_anything_is_written() {
+    let fixture = fixture(true).await;
+    let (status, body, _) = send(
+        &fixture.state,
+        "POST",
+        "/v1/model-endpoints",
+        Some("key-a"),
+        &create_body("Bad_Name"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["detail"].as_str().unwrap_or_default().contains("name"),
+        "{body}"
+    );
+    assert!(fixture.recorder.endpoints.lock().expect("lock").is_empty());
+
+    let (status, body, _) = send(
+        &fixture.state,
+        "POST",
+        "/v1/model-endpoints",
+        Some("key-a"),
+        &create_body("demo"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let written = fixture.recorder.endpoints.lock().expect("lock").clone();
+    assert_eq!(written.len(), 1);
+    assert_eq!(
+        written[0].metadata.namespace.as_deref(),
+        Some("team-a"),
+        "the key's team namespace"
+    );
+    assert_eq!(written[0].spec.bundle, "model");
+}
+
+#[tokio::test]
+async fn a_read_only_gateway_refuses_changes() {
+    let fixture = fixture(false).await;
+    let (status, body, _) = send(
+        &fixture.state,
+        "POST",
+        "/v1/model-endpoints",
+        Some("key-a"),
+        &create_body("demo"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+}
