@@ -169,11 +169,14 @@ async def run(args: argparse.Namespace) -> None:
                     sys.exit("the operator did not start leading within 30 s")
                 await asyncio.sleep(0.1)
             idle_rss, _ = rss_kib(operator.pid)
+            print("the operator leads; creating endpoints", flush=True)
 
             started = time.monotonic()
             await create_all(session, api, args.endpoints)
             created = time.monotonic() - started
             ready = total = 0
+            print(f"created {args.endpoints} endpoints in {created:.2f} s", flush=True)
+            last_report = time.monotonic()
             while True:
                 current, _ = rss_kib(operator.pid)
                 peak_sampled = max(peak_sampled, current)
@@ -182,7 +185,10 @@ async def run(args: argparse.Namespace) -> None:
                     break
                 if time.monotonic() - started > args.timeout:
                     break
-                await asyncio.sleep(0.25)
+                if time.monotonic() - last_report > 5:
+                    last_report = time.monotonic()
+                    print(f"  {ready}/{total} READY after {last_report - started:.0f} s", flush=True)
+                await asyncio.sleep(1)  # listing 1,000 objects loads the stand-in too
             steady = time.monotonic() - started
             await asyncio.sleep(2)  # let in-flight reconciles settle before reading metrics
             async with session.get(f"http://{admin}/metrics") as response:
@@ -203,9 +209,8 @@ async def run(args: argparse.Namespace) -> None:
         if ready != args.endpoints:
             sys.exit(1)
     finally:
-        for process in (operator, api_server, nats):
+        for process in (operator, api_server, nats):  # the operator first: it releases its Lease
             process.terminate()
-        for process in (operator, api_server, nats):
             process.wait(timeout=30)
         os.unlink(kubeconfig.name)
         shutil.rmtree(store, ignore_errors=True)

@@ -199,3 +199,83 @@ async fn an_endpoint_without_its_bundle_reports_it_and_heals() {
     .await;
     assert!(api.get(DEPLOYMENT).await.is_some());
 }
+
+async fn lease_holder(api: &KubeApiServer) -> Option<String> {
+    let lease = api
+        .get("/apis/coordination.k8s.io/v1/namespaces/default/leases/ferry-operator")
+        .await?;
+    lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
+}
+
+async fn metrics_of(admin: &str) -> Option<String> {
+    let response = http_client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .ok()?;
+    response.text().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_replica_waits_and_takes_over_when_the_leader_dies() {
+    let nats = Nats::start().await;
+    let api = KubeApiServer::start(&[]).await;
+    let kubeconfig = api.kubeconfig();
+    let replica = |identity: &'static str, admin: &str| {
+        Process::spawn(
+            &["operator"],
+            &[
+                ("KUBECONFIG", kubeconfig.as_str()),
+                ("FERRY_NATS_URL", nats.url.as_str()),
+                ("FERRY_FORWARDER_IMAGE", "registry.local/ferry:smoke"),
+                ("FERRY_ADMIN_LISTEN", admin),
+                ("FERRY_LEASE_IDENTITY", identity),
+                ("FERRY_LEASE_DURATION_SECONDS", "3"),
+            ],
+        )
+    };
+    let (first_admin, second_admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let leader = replica("first", &first_admin);
+    eventually("the first replica leads", TIMEOUT, || async {
+        (lease_holder(&api).await? == "first").then_some(())
+    })
+    .await;
+    let _standby = replica("second", &second_admin);
+    eventually("the standby serves its probes", TIMEOUT, || async {
+        metrics_of(&second_admin)
+            .await?
+            .contains("ferry_controller_leader 0")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        lease_holder(&api).await.as_deref(),
+        Some("first"),
+        "a renewed Lease stays"
+    );
+    let standby = metrics_of(&second_admin).await.expect("standby metrics");
+    assert!(
+        standby.contains("ferry_controller_reconciles_total 0"),
+        "{standby}"
+    );
+
+    leader.signal("-KILL");
+    eventually(
+        "the standby takes over the expired Lease",
+        TIMEOUT,
+        || async { (lease_holder(&api).await? == "second").then_some(()) },
+    )
+    .await;
+    for document in manifest(&examples_dir().join("test-bundle.yaml")) {
+        api.create(BUNDLES, &document).await;
+    }
+    let endpoint = manifest(&examples_dir().join("demo-endpoint-callback.yaml")).remove(0);
+    api.create(ENDPOINTS, &endpoint).await;
+    eventually("the new leader reconciles", TIMEOUT, || api.get(DEPLOYMENT)).await;
+    let leader = metrics_of(&second_admin).await.expect("leader metrics");
+    assert!(leader.contains("ferry_controller_leader 1"), "{leader}");
+}

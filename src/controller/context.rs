@@ -147,10 +147,15 @@ impl Context {
         lock(&self.failures).remove(key);
     }
 
-    /// True the first time this parse error is seen for this generation of the object.
-    pub fn first_report_of_invalid(&self, key: &str, generation: Option<i64>, error: &str) -> bool {
-        let entry = (generation, error.to_owned());
-        lock(&self.reported_invalid).insert(key.to_owned(), entry.clone()) != Some(entry)
+    /// True when this parse error was already reported for this generation of the object.
+    pub fn reported_invalid(&self, key: &str, generation: Option<i64>, error: &str) -> bool {
+        lock(&self.reported_invalid)
+            .get(key)
+            .is_some_and(|(seen, text)| *seen == generation && text == error)
+    }
+
+    pub fn remember_invalid(&self, key: &str, generation: Option<i64>, error: &str) {
+        lock(&self.reported_invalid).insert(key.to_owned(), (generation, error.to_owned()));
     }
 
     pub fn forget(&self, key: &str) {

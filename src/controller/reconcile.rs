@@ -272,7 +272,7 @@ async fn reconcile_invalid(
         return Ok(Action::await_change());
     }
     let key = key_of(object);
-    if !ctx.first_report_of_invalid(&key, meta.generation, &invalid.error) {
+    if ctx.reported_invalid(&key, meta.generation, &invalid.error) {
         return Ok(Action::await_change());
     }
     tracing::warn!(error = %invalid.error, "the endpoint does not parse");
@@ -286,6 +286,7 @@ async fn reconcile_invalid(
     apply::apply_status(&ctx.client, &namespace, &name, &status)
         .await
         .map_err(Error::PatchStatus)?;
+    ctx.remember_invalid(&key, meta.generation, &invalid.error);
     publish(
         ctx,
         &object.object_ref(&()),

@@ -22,6 +22,7 @@ import itertools
 import sys
 import uuid
 
+import aiohttp.web
 import attrs
 import jsonpatch
 import kmock
@@ -150,6 +151,9 @@ class ApiServer(kmock.KubernetesEmulator):
                     new[key] = copy.deepcopy(value)
         if request.subresource == "status":
             new = {**old, "status": new.get("status")}
+        if without_version(new) == without_version(old):
+            # A write that changes nothing: no new resourceVersion, no watch event.
+            raise Unchanged(old)
         data = self.stamp_update(request, old, new)
         return attrs.evolve(request, action=kmock.action.UPDATE, data=data)
 
@@ -160,13 +164,12 @@ class ApiServer(kmock.KubernetesEmulator):
             rewritten = self.rewrite(request)
         except kmock.KubernetesError as error:
             return await self._render_error(error)
-        if rewritten is not request:
-            # kmock routes only requests it has recorded: record the rewritten one instead.
-            for index in range(len(self._requests) - 1, -1, -1):
-                if self._requests[index] is request:
-                    self._requests[index] = rewritten
-                    break
-            request = rewritten
+        except Unchanged as unchanged:
+            return aiohttp.web.json_response(unchanged.args[0])
+        # kmock routes only requests it has recorded, and its routing slows down with every
+        # request it keeps: keep just the one being routed (the rewritten one, if rewritten).
+        self._requests[:] = [rewritten]
+        request = rewritten
         may_delete = request.action == kmock.action.DELETE or "json-patch" in request.headers.get(
             "Content-Type", ""
         )
@@ -245,10 +248,42 @@ class ApiServer(kmock.KubernetesEmulator):
         return listing
 
     async def _serve_watch(self, request):
+        """kmock's watch, subscribed before the snapshot of existing objects is taken: kmock's
+        own subscribes after streaming the snapshot, losing the events of that gap."""
         selector = request.params.get("labelSelector")
-        async for event in super()._serve_watch(request):
-            if not isinstance(event, dict) or selected(event.get("object", {}), selector):
-                yield event
+        yield b""  # send the headers now: the stream may stay quiet for long
+        bus = self._buses[request.resource]
+        marker = await bus.mark()
+        try:
+            async with self._lock:
+                snapshot = [
+                    obj.raw
+                    for (resource, namespace, _), obj in self.objects.items()
+                    if resource == request.resource
+                    and not obj.deleted
+                    and (request.namespace is None or namespace == request.namespace)
+                ]
+            for raw in snapshot:
+                if selected(raw, selector):
+                    yield {"type": "ADDED", "object": raw}
+            async for event in bus.stream(since=marker):
+                raw = event.get("object", {})
+                namespace = raw.get("metadata", {}).get("namespace")
+                if request.namespace is not None and namespace != request.namespace:
+                    continue
+                if selected(raw, selector):
+                    yield event
+        finally:
+            await bus.unmark(marker)
+
+
+class Unchanged(Exception):
+    """Raised with the stored object when a write would not change it."""
+
+
+def without_version(obj: dict) -> dict:
+    meta = {k: v for k, v in obj.get("metadata", {}).items() if k != "resourceVersion"}
+    return {**obj, "metadata": meta}
 
 
 def null_tests_pass(document: dict, operations: list) -> list:
