@@ -242,19 +242,10 @@ impl Forwarder {
         task: &TaskMessage,
         outcome: TaskOutcome,
     ) -> Result<(), queue::Error> {
-        let Some(target) = task.callback.clone() else {
-            return Ok(());
-        };
-        let job = CallbackJob {
-            task_id: task.task_id.clone(),
-            endpoint_id: task.endpoint_id.clone(),
-            target,
-            outcome,
-            submitted_at_ms: task.submitted_at_ms,
-            prior_attempts: 0,
-            redeliveries: 0,
-        };
-        self.queue.publish_callback(&job).await
+        match CallbackJob::for_task(task, outcome) {
+            Some(job) => self.queue.publish_callback(&job).await,
+            None => Ok(()),
+        }
     }
 }
 

@@ -209,6 +209,20 @@ pub struct DeadLetter {
 }
 
 impl CallbackJob {
+    /// The first callback job of a finished task; `None` when the task sends no callback.
+    pub fn for_task(task: &TaskMessage, outcome: TaskOutcome) -> Option<Self> {
+        let target = task.callback.clone()?;
+        Some(CallbackJob {
+            task_id: task.task_id.clone(),
+            endpoint_id: task.endpoint_id.clone(),
+            target,
+            outcome,
+            submitted_at_ms: task.submitted_at_ms,
+            prior_attempts: 0,
+            redeliveries: 0,
+        })
+    }
+
     /// The JSON body POSTed to the receiver: `{"task_id", "status", "result"}` or
     /// `{"task_id", "status", "error"}`.
     pub fn body(&self) -> Value {

@@ -1,4 +1,5 @@
-//! Logging set-up: `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
+//! Logging set-up: `tracing` to stderr, filtered by `RUST_LOG` (default `info`); and the one
+//! way errors are written out with their causes.
 
 use tracing_subscriber::{EnvFilter, fmt};
 
@@ -11,4 +12,16 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// An error and its causes, `outer: inner: innermost`, for messages that leave the process.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -235,22 +235,14 @@ fn classify_error(error: &reqwest::Error) -> Failure {
     let text = if error.is_timeout() {
         "timed out".to_owned()
     } else if error.is_connect() {
-        format!("connection failed: {}", chain(error))
+        format!(
+            "connection failed: {}",
+            crate::telemetry::error_chain(error)
+        )
     } else {
-        chain(error)
+        crate::telemetry::error_chain(error)
     };
     Failure::Transport(text)
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -155,7 +155,10 @@ async fn apply_plan(
         match ensure_queue(ctx, &endpoint.endpoint_id(), plan.queue.as_ref(), policy).await {
             Ok(Some(backlog)) => (QueueState::Ready(backlog), None),
             Ok(None) => (QueueState::NotRequired, None),
-            Err(error) => (QueueState::Unavailable(error_chain(&error)), Some(error)),
+            Err(error) => (
+                QueueState::Unavailable(crate::telemetry::error_chain(&error)),
+                Some(error),
+            ),
         };
     let observed = Observed {
         blocked: None,
@@ -366,16 +369,4 @@ async fn publish(
     if let Err(error) = ctx.recorder.publish(&event, reference).await {
         tracing::warn!(%error, reason, "publishing an Event failed");
     }
-}
-
-/// An error and its sources on one line, for a condition message.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

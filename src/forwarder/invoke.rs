@@ -223,7 +223,10 @@ impl ModelClient {
         } else if error.is_connect() {
             format!("model unreachable at {}", self.predict_url)
         } else {
-            format!("calling the model failed: {}", error_chain(error))
+            format!(
+                "calling the model failed: {}",
+                crate::telemetry::error_chain(error)
+            )
         }
     }
 }
@@ -238,17 +241,6 @@ fn failure(message: String, status_code: Option<u16>, detail: Option<String>) ->
 fn truncated(body: &[u8]) -> String {
     let cut = &body[..body.len().min(DETAIL_LIMIT)];
     String::from_utf8_lossy(cut).into_owned()
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -81,23 +81,14 @@ async fn predict(State(server): State<Arc<Server>>, body: Bytes) -> Response {
     };
     let prediction = server.model.predict(&task.args).await;
     let response = to_response(&prediction);
-    if let Some(target) = task.callback.clone() {
-        let outcome = match prediction {
-            Prediction::Success { result, .. } => TaskOutcome::Success { result },
-            Prediction::Failure { error, .. } => TaskOutcome::Failure { error },
-        };
-        let job = CallbackJob {
-            task_id: task.task_id.clone(),
-            endpoint_id: task.endpoint_id.clone(),
-            target,
-            outcome,
-            submitted_at_ms: task.submitted_at_ms,
-            prior_attempts: 0,
-            redeliveries: 0,
-        };
-        if let Err(error) = server.queue.publish_callback(&job).await {
-            tracing::error!(task_id = %task.task_id, %error, "queueing the callback of a sync task failed");
-        }
+    let outcome = match prediction {
+        Prediction::Success { result, .. } => TaskOutcome::Success { result },
+        Prediction::Failure { error, .. } => TaskOutcome::Failure { error },
+    };
+    if let Some(job) = CallbackJob::for_task(&task, outcome)
+        && let Err(error) = server.queue.publish_callback(&job).await
+    {
+        tracing::error!(task_id = %task.task_id, %error, "queueing the callback of a sync task failed");
     }
     Json(response).into_response()
 }

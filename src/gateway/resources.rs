@@ -10,12 +10,10 @@ use axum::{
     extract::{Path, Query, State, rejection::BytesRejection},
 };
 use kube::ResourceExt;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppState, auth::Principal, error::AppError, launch, routes, views};
 use crate::catalog::ResourceWriter;
-use crate::crd::{BundleId, ModelBundle};
 
 /// Namespace a caller's new resources go to: its team's, or `default` for an open dev gateway.
 fn namespace_for(principal: &Principal) -> String {
@@ -28,21 +26,6 @@ fn writer(state: &AppState) -> Result<&Arc<dyn ResourceWriter>, AppError> {
             "this gateway serves the endpoints of its manifests; change them there".into(),
         )
     })
-}
-
-fn visible_bundle(
-    state: &AppState,
-    principal: &Principal,
-    id: &str,
-) -> Result<Arc<ModelBundle>, AppError> {
-    BundleId::parse(id)
-        .and_then(|bundle_id| state.catalog.bundle(&bundle_id))
-        .filter(|bundle| {
-            principal
-                .scope()
-                .is_none_or(|scope| crate::crd::namespace_of(bundle.as_ref()) == scope)
-        })
-        .ok_or_else(|| AppError::NotFound(format!("model bundle {id} not found")))
 }
 
 pub async fn create_endpoint(
@@ -63,7 +46,7 @@ pub async fn create_endpoint(
             request.name
         )));
     }
-    let bundle = visible_bundle(&state, &principal, &request.model_bundle_id)?;
+    let bundle = routes::visible_bundle(&state, &principal, &request.model_bundle_id)?;
     if crate::crd::namespace_of(bundle.as_ref()) != namespace {
         return Err(AppError::BadRequest(
             "the bundle must be in the endpoint's namespace".into(),
@@ -88,7 +71,7 @@ pub async fn update_endpoint(
     let writer = writer(&state)?;
     let current = routes::visible_endpoint(&state, &principal, &id)?;
     let bundle = match &request.model_bundle_id {
-        Some(bundle_id) => Some(visible_bundle(&state, &principal, bundle_id)?.name_any()),
+        Some(bundle_id) => Some(routes::visible_bundle(&state, &principal, bundle_id)?.name_any()),
         None => None,
     };
     let (endpoint, secrets) = launch::update_endpoint(&current, request, bundle.as_deref())?;
@@ -146,25 +129,15 @@ pub async fn get_v2_bundle(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    let bundle = visible_bundle(&state, &principal, &id)?;
+    let bundle = routes::visible_bundle(&state, &principal, &id)?;
     Ok(Json(views::bundle_v2(&bundle)))
-}
-
-#[derive(Deserialize)]
-pub struct ModelNameQuery {
-    model_name: Option<String>,
 }
 
 pub async fn latest_v2_bundle(
     State(state): State<AppState>,
     principal: Principal,
-    Query(query): Query<ModelNameQuery>,
+    Query(query): Query<routes::ModelNameQuery>,
 ) -> Result<Json<Value>, AppError> {
-    let name = query
-        .model_name
-        .ok_or_else(|| AppError::BadRequest("model_name is required".into()))?;
-    let bundle = state.catalog.latest_bundle(principal.scope(), &name);
-    let bundle =
-        bundle.ok_or_else(|| AppError::NotFound(format!("model bundle {name} not found")))?;
+    let bundle = routes::latest_visible_bundle(&state, &principal, query)?;
     Ok(Json(views::bundle_v2(&bundle)))
 }

@@ -1,5 +1,7 @@
 //! Handlers of the Launch v1 routes ferry serves.
 
+use std::sync::Arc;
+
 use axum::{
     Json,
     body::Bytes,
@@ -12,7 +14,9 @@ use serde_json::{Value, json};
 
 use super::{AppState, auth::Principal, error::AppError, views};
 use crate::callback::Guard;
-use crate::crd::{BundleId, EndpointId, EndpointType, ModelEndpoint, PostInferenceHook};
+use crate::crd::{
+    BundleId, EndpointId, EndpointType, ModelBundle, ModelEndpoint, PostInferenceHook,
+};
 use crate::task::{CallbackAuth, CallbackTarget, TaskId, TaskMessage, now_ms};
 
 /// Header with which a client makes a submission safe to repeat.
@@ -20,7 +24,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 #[derive(Deserialize)]
 pub struct ModelNameQuery {
-    model_name: Option<String>,
+    pub model_name: Option<String>,
 }
 
 pub async fn latest_bundle(
@@ -28,13 +32,37 @@ pub async fn latest_bundle(
     principal: Principal,
     Query(query): Query<ModelNameQuery>,
 ) -> Result<Json<Value>, AppError> {
+    let bundle = latest_visible_bundle(&state, &principal, query)?;
+    Ok(Json(views::bundle(&bundle)))
+}
+
+/// The newest bundle of the queried name the caller may see.
+pub(super) fn latest_visible_bundle(
+    state: &AppState,
+    principal: &Principal,
+    query: ModelNameQuery,
+) -> Result<Arc<ModelBundle>, AppError> {
     let name = query
         .model_name
         .ok_or_else(|| AppError::BadRequest("model_name is required".into()))?;
     let bundle = state.catalog.latest_bundle(principal.scope(), &name);
-    let bundle =
-        bundle.ok_or_else(|| AppError::NotFound(format!("model bundle {name} not found")))?;
-    Ok(Json(views::bundle(&bundle)))
+    bundle.ok_or_else(|| AppError::NotFound(format!("model bundle {name} not found")))
+}
+
+/// The bundle with this id, if the caller may see it.
+pub(super) fn visible_bundle(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<Arc<ModelBundle>, AppError> {
+    BundleId::parse(id)
+        .and_then(|bundle_id| state.catalog.bundle(&bundle_id))
+        .filter(|bundle| {
+            principal
+                .scope()
+                .is_none_or(|scope| crate::crd::namespace_of(bundle.as_ref()) == scope)
+        })
+        .ok_or_else(|| AppError::NotFound(format!("model bundle {id} not found")))
 }
 
 pub async fn list_bundles(State(state): State<AppState>, principal: Principal) -> Json<Value> {
@@ -52,15 +80,8 @@ pub async fn get_bundle(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    BundleId::parse(&id)
-        .and_then(|bundle_id| state.catalog.bundle(&bundle_id))
-        .filter(|bundle| {
-            principal
-                .scope()
-                .is_none_or(|scope| crate::crd::namespace_of(bundle.as_ref()) == scope)
-        })
-        .map(|bundle| Json(views::bundle(&bundle)))
-        .ok_or_else(|| AppError::NotFound(format!("model bundle {id} not found")))
+    let bundle = visible_bundle(&state, &principal, &id)?;
+    Ok(Json(views::bundle(&bundle)))
 }
 
 #[derive(Deserialize)]
