@@ -82,7 +82,14 @@ enum Rollout {
 /// `lastTransitionTime` from the endpoint's current status.
 pub fn compute(endpoint: &ModelEndpoint, observed: &Observed, now: Time) -> ModelEndpointStatus {
     let generation = endpoint.metadata.generation;
+    // Ready needs the minimum; the autoscaler may want more (the Deployment's replicas).
     let desired = i32::try_from(endpoint.spec.min_workers).unwrap_or(i32::MAX);
+    let wanted = observed
+        .deployment
+        .as_ref()
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|spec| spec.replicas)
+        .unwrap_or(desired);
     let counts = observed.deployment.as_ref().and_then(|d| d.status.as_ref());
     let ready_replicas = counts.map(|s| s.ready_replicas.unwrap_or(0));
     let available = counts.and_then(|s| s.available_replicas).unwrap_or(0);
@@ -173,7 +180,7 @@ pub fn compute(endpoint: &ModelEndpoint, observed: &Observed, now: Time) -> Mode
         state: Some(state),
         replicas: counts.map(|s| s.replicas.unwrap_or(0)),
         ready_replicas,
-        desired_replicas: Some(desired),
+        desired_replicas: Some(wanted),
         queue_depth: backlog,
         oldest_task_age_seconds: None,
         last_scale_time: None,
