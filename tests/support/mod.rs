@@ -107,9 +107,27 @@ impl Nats {
     }
 }
 
-/// A running `ferry` process; killed when dropped.
+/// A running `ferry` process; asked to stop (SIGTERM) when dropped, so that `ferry dev` stops
+/// the nats-server and model processes it started, and killed if it does not within seconds.
 pub struct Process {
     pub child: Child,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let Some(pid) = self.child.id() else { return };
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // kill_on_drop finishes it.
+    }
 }
 
 impl Process {
