@@ -180,7 +180,7 @@ async fn ensure_queue(
     queue.put_callback_policy(endpoint, policy).await?;
     let Some(spec) = spec else { return Ok(None) };
     queue.ensure_endpoint(spec).await?;
-    queue.backlog(&spec.endpoint_id).await.map(Some)
+    queue.backlog_with_age(&spec.endpoint_id).await.map(Some)
 }
 
 /// The endpoint's callback policy with its Secrets read; a missing Secret or key is the

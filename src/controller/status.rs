@@ -182,7 +182,10 @@ pub fn compute(endpoint: &ModelEndpoint, observed: &Observed, now: Time) -> Mode
         ready_replicas,
         desired_replicas: Some(wanted),
         queue_depth: backlog,
-        oldest_task_age_seconds: None,
+        oldest_task_age_seconds: match &observed.queue {
+            QueueState::Ready(backlog) => backlog.oldest_age_seconds,
+            _ => None,
+        },
         last_scale_time: None,
         scale_reason: None,
     }

@@ -565,3 +565,38 @@ async fn the_autoscaler_sets_the_scale_subresource_from_the_backlog() {
     assert_eq!(applied, Some(3));
     server.expect_silence().await;
 }
+
+#[tokio::test]
+async fn the_backlog_reports_the_age_of_the_oldest_task() {
+    use crate::task::{TaskId, TaskMessage};
+    let (_nats, queue) = start_nats().await;
+    let endpoint = finalized(endpoint());
+    queue
+        .ensure_endpoint(&QueueSpec::for_endpoint(&endpoint))
+        .await
+        .expect("queue");
+    let empty = queue
+        .backlog_with_age(&endpoint.endpoint_id())
+        .await
+        .expect("backlog");
+    assert_eq!(empty.oldest_age_seconds, None);
+    let task = TaskMessage {
+        task_id: TaskId::generate(),
+        endpoint_id: endpoint.endpoint_id(),
+        args: json!({}),
+        callback: None,
+        submitted_at_ms: 0,
+    };
+    queue.submit(&task, None).await.expect("submitted");
+    let waiting = queue
+        .backlog_with_age(&endpoint.endpoint_id())
+        .await
+        .expect("backlog");
+    assert_eq!(
+        (
+            waiting.queued,
+            waiting.oldest_age_seconds.map(|age| age < 5)
+        ),
+        (1, Some(true))
+    );
+}

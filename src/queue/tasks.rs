@@ -49,6 +49,8 @@ pub struct Backlog {
     pub queued: u64,
     /// Handed to a worker and not yet acknowledged.
     pub in_flight: u64,
+    /// Seconds since the oldest unfinished task was submitted, when asked for and any wait.
+    pub oldest_age_seconds: Option<i64>,
 }
 
 /// The outcome of a submission.
@@ -166,7 +168,31 @@ impl Queue {
         Ok(Backlog {
             queued: info.num_pending,
             in_flight: info.num_ack_pending as u64,
+            oldest_age_seconds: None,
         })
+    }
+
+    /// The backlog with the age of its oldest unfinished task (one more request: for status,
+    /// not for the autoscaler's every-second reading).
+    pub async fn backlog_with_age(&self, endpoint: &EndpointId) -> Result<Backlog, Error> {
+        let mut backlog = self.backlog(endpoint).await?;
+        let stream = names::tasks_stream(endpoint);
+        let info = self
+            .js
+            .get_stream(&stream)
+            .await
+            .map_err(|error| Error::ConsumerInfo {
+                stream: stream.clone(),
+                consumer: names::TASKS_CONSUMER.into(),
+                source: error.into(),
+            })?;
+        let state = &info.cached_info().state;
+        if state.messages > 0 {
+            let now = (crate::task::now_ms() / 1000) as i64;
+            backlog.oldest_age_seconds =
+                Some((now - state.first_timestamp.unix_timestamp()).max(0));
+        }
+        Ok(backlog)
     }
 
     /// Queues a task. With an idempotency key, a repeat returns the first submission's task id.

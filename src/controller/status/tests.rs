@@ -54,6 +54,7 @@ fn queue_ready(queued: u64) -> QueueState {
     QueueState::Ready(Backlog {
         queued,
         in_flight: 1,
+        oldest_age_seconds: Some(7),
     })
 }
 
@@ -95,6 +96,7 @@ fn a_rolling_deployment_is_update_in_progress() {
     assert_eq!(status.ready_replicas, Some(1));
     assert_eq!(status.replicas, Some(3));
     assert_eq!(status.queue_depth, Some(4));
+    assert_eq!(status.oldest_task_age_seconds, Some(7));
 }
 
 #[test]
