@@ -1,7 +1,6 @@
 //! Reconcile scenarios against a scripted API server (method, path and body of every request
 //! asserted in order) and a real nats-server.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use super::{Error, FINALIZER};
 use crate::controller::context::Context;
 use crate::crd::{ModelEndpoint, ModelEndpointStatus};
 use crate::dev::nats::{self, NatsServer};
-use crate::queue::{Queue, QueueSettings, QueueSpec};
+use crate::queue::{Queue, QueueSpec};
 
 const ENDPOINT: &str = "/apis/ferry.dev/v1alpha1/namespaces/ml/modelendpoints/demo";
 const STATUS: &str = "/apis/ferry.dev/v1alpha1/namespaces/ml/modelendpoints/demo/status";
@@ -25,18 +24,7 @@ const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/ml/deployments/demo";
 const SERVICE: &str = "/api/v1/namespaces/ml/services/demo";
 
 async fn start_nats() -> (NatsServer, Queue) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let server = nats::start(Path::new("nats-server"))
-        .await
-        .expect("nats-server on PATH (scripts/setup installs it)");
-    let queue = Queue::connect(
-        &server.url,
-        QueueSettings::default(),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("connects");
-    (server, queue)
+    nats::start_with_queue().await
 }
 
 /// A NATS URL nothing listens on.

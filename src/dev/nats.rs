@@ -92,3 +92,17 @@ pub async fn start(program: &Path) -> Result<NatsServer, Error> {
         _store: store,
     })
 }
+
+/// A throwaway server and a queue connected to it, for tests.
+#[cfg(test)]
+pub async fn start_with_queue() -> (NatsServer, crate::queue::Queue) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = start(Path::new("nats-server"))
+        .await
+        .expect("nats-server on PATH (scripts/setup installs it)");
+    let settings = crate::queue::QueueSettings::default();
+    let queue = crate::queue::Queue::connect(&server.url, settings, Duration::from_secs(5))
+        .await
+        .expect("connects");
+    (server, queue)
+}

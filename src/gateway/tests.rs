@@ -1,9 +1,7 @@
 //! The router called with `oneshot`: auth, error mapping and validation, with a recording
 //! resource writer and a real nats-server behind the queue.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -17,7 +15,6 @@ use crate::callback::Guard;
 use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::crd::{ModelBundle, ModelEndpoint};
 use crate::dev::nats::{self, NatsServer};
-use crate::queue::{Queue, QueueSettings};
 
 /// Remembers what the API asked to write.
 #[derive(Default)]
@@ -49,17 +46,7 @@ struct Fixture {
 }
 
 async fn fixture(writable: bool) -> Fixture {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let server = nats::start(Path::new("nats-server"))
-        .await
-        .expect("nats-server on PATH (scripts/setup)");
-    let queue = Queue::connect(
-        &server.url,
-        QueueSettings::default(),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("connects");
+    let (server, queue) = nats::start_with_queue().await;
     let catalog = Catalog::default();
     let bundle: ModelBundle = serde_yaml::from_str(
         "apiVersion: ferry.dev/v1alpha1\nkind: ModelBundle\nmetadata: {name: model, namespace: team-a}\nspec: {image: python:3.12}\n",
