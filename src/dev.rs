@@ -20,11 +20,11 @@ use crate::callback::policy::resolve_policy;
 use crate::callback::{Clients, Dispatcher, DispatcherMetrics};
 use crate::catalog::{Catalog, NamedSecret};
 use crate::cli::DevArgs;
-use crate::crd::{EndpointType, namespace_of};
+use crate::crd::namespace_of;
 use crate::forwarder::ForwarderMetrics;
 use crate::gateway::{self, ApiKeys, AppState, GatewayMetrics};
 use crate::manifest::{self, Manifests};
-use crate::queue::{Queue, QueueSettings, QueueSpec};
+use crate::queue::{Queue, QueueSettings};
 use runtime::Runtime;
 
 pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -125,14 +125,7 @@ pub async fn prepare_endpoints(queue: &Queue, manifests: &Manifests) -> anyhow::
                 endpoint.name_any()
             )
         })?;
-        queue
-            .put_callback_policy(&endpoint.endpoint_id(), &policy)
-            .await?;
-        if endpoint.spec.endpoint_type == EndpointType::Async {
-            queue
-                .ensure_endpoint(&QueueSpec::for_endpoint(endpoint))
-                .await?;
-        }
+        queue.prepare_endpoint(endpoint, &policy).await?;
     }
     Ok(())
 }

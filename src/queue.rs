@@ -182,3 +182,21 @@ async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv
             source: source.into(),
         })
 }
+
+impl Queue {
+    /// Everything the queue keeps for an endpoint: its callback policy (for the dispatcher) and,
+    /// for an async endpoint, its task stream and consumer. Safe to repeat.
+    pub async fn prepare_endpoint(
+        &self,
+        endpoint: &crate::crd::ModelEndpoint,
+        policy: &crate::task::CallbackPolicy,
+    ) -> Result<(), Error> {
+        self.put_callback_policy(&endpoint.endpoint_id(), policy)
+            .await?;
+        if endpoint.spec.endpoint_type == crate::crd::EndpointType::Async {
+            self.ensure_endpoint(&QueueSpec::for_endpoint(endpoint))
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 use super::pool::Pool;
 use crate::callback::policy::resolve_policy;
 use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
-use crate::crd::{BundleId, EndpointId, EndpointType, ModelBundle, ModelEndpoint, namespace_of};
+use crate::crd::{BundleId, EndpointId, ModelBundle, ModelEndpoint, namespace_of};
 use crate::forwarder::ForwarderMetrics;
-use crate::queue::{Queue, QueueSpec};
+use crate::queue::Queue;
 
 type SecretData = BTreeMap<String, Vec<u8>>;
 
@@ -83,17 +83,10 @@ impl Runtime {
         })
         .map_err(|error| WriteError::Invalid(format!("{}: {error}", error.reason())))?;
         let id = endpoint.endpoint_id();
-        let unavailable = |error: crate::queue::Error| WriteError::Unavailable(Box::new(error));
         self.queue
-            .put_callback_policy(&id, &policy)
+            .prepare_endpoint(&endpoint, &policy)
             .await
-            .map_err(unavailable)?;
-        if endpoint.spec.endpoint_type == EndpointType::Async {
-            self.queue
-                .ensure_endpoint(&QueueSpec::for_endpoint(&endpoint))
-                .await
-                .map_err(unavailable)?;
-        }
+            .map_err(|error| WriteError::Unavailable(Box::new(error)))?;
         let started_from = format!("{:?}{:?}", endpoint.spec, bundle.spec);
         let mut runs = self.runs.lock().await;
         let keep = runs
