@@ -1,10 +1,18 @@
 //! How many workers an endpoint wants: the one decision both the operator and `ferry dev` scale
 //! by. Pure: the caller brings the observed load and the time, and keeps the [`Scaler`] between
-//! observations.
+//! observations. Async endpoints are loaded by their queue; sync and streaming endpoints by the
+//! requests the gateways hold ([`Concurrency`]).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::crd::ModelEndpointSpec;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{family::Family, gauge::Gauge, histogram::Histogram};
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+
+use crate::crd::{EndpointId, ModelEndpointSpec};
 
 /// What the endpoint's load looks like now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -119,6 +127,140 @@ impl Scaler {
     }
 }
 
+/// How often a gateway reports an endpoint's requests while it holds any.
+pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// A report older than this no longer counts: its gateway stopped reporting (idle or gone).
+const REPORT_TTL: Duration = Duration::from_secs(3);
+
+/// One gateway's sync and streaming requests for one endpoint, including those waiting for a
+/// worker: the most it held at once since its previous report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadReport {
+    pub endpoint: EndpointId,
+    /// The reporting gateway, so reports of several gateways add up.
+    pub source: String,
+    pub in_flight: u64,
+}
+
+/// The requests every gateway holds per endpoint, from their latest fresh reports.
+#[derive(Debug, Default)]
+pub struct Concurrency {
+    reports: HashMap<EndpointId, HashMap<String, (u64, Instant)>>,
+}
+
+impl Concurrency {
+    pub fn record(&mut self, report: LoadReport, now: Instant) {
+        self.reports
+            .entry(report.endpoint)
+            .or_default()
+            .insert(report.source, (report.in_flight, now));
+    }
+
+    /// The requests all gateways hold for `endpoint`; forgets reports that went stale.
+    pub fn in_flight(&mut self, endpoint: &EndpointId, now: Instant) -> u64 {
+        let Some(sources) = self.reports.get_mut(endpoint) else {
+            return 0;
+        };
+        sources.retain(|_, (_, at)| now.saturating_duration_since(*at) < REPORT_TTL);
+        let total = sources.values().map(|(in_flight, _)| in_flight).sum();
+        if sources.is_empty() {
+            self.reports.remove(endpoint);
+        }
+        total
+    }
+}
+
+/// Times a wake from zero: from the decision to leave zero to the first ready worker.
+#[derive(Clone, Debug, Default)]
+pub struct WakeTimer {
+    since: Option<Instant>,
+}
+
+impl WakeTimer {
+    /// Notes a new worker count; a count leaving zero starts the clock.
+    pub fn scaled(&mut self, from: u32, to: u32, now: Instant) {
+        if to == 0 {
+            self.since = None;
+        } else if from == 0 {
+            self.since.get_or_insert(now);
+        }
+    }
+
+    /// The wake's duration, once, when the first worker is ready.
+    pub fn ready(&mut self, ready: u32, now: Instant) -> Option<Duration> {
+        if ready == 0 {
+            return None;
+        }
+        self.since
+            .take()
+            .map(|since| now.saturating_duration_since(since))
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    /// `namespace/name`.
+    endpoint: String,
+}
+
+/// The autoscaler's metrics, the same in the operator and in `ferry dev`.
+pub struct AutoscaleMetrics {
+    desired: Family<EndpointLabel, Gauge>,
+    ready: Family<EndpointLabel, Gauge>,
+    wake: Histogram,
+}
+
+impl AutoscaleMetrics {
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let buckets = [
+            0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+        ];
+        let metrics = AutoscaleMetrics {
+            desired: Family::default(),
+            ready: Family::default(),
+            wake: Histogram::new(buckets),
+        };
+        registry.register(
+            "ferry_autoscaler_desired_workers",
+            "Workers the autoscaler wants per endpoint",
+            metrics.desired.clone(),
+        );
+        registry.register(
+            "ferry_autoscaler_ready_workers",
+            "Workers ready per endpoint",
+            metrics.ready.clone(),
+        );
+        registry.register(
+            "ferry_autoscaler_wake_seconds",
+            "Time from the decision to leave zero workers to the first ready worker",
+            metrics.wake.clone(),
+        );
+        Arc::new(metrics)
+    }
+
+    pub fn observe(&self, endpoint: &str, desired: u32, ready: u32) {
+        let label = EndpointLabel {
+            endpoint: endpoint.to_owned(),
+        };
+        self.desired.get_or_create(&label).set(desired.into());
+        self.ready.get_or_create(&label).set(ready.into());
+    }
+
+    pub fn observe_wake(&self, took: Duration) {
+        self.wake.observe(took.as_secs_f64());
+    }
+
+    /// Drops the series of an endpoint that is gone.
+    pub fn forget(&self, endpoint: &str) {
+        let label = EndpointLabel {
+            endpoint: endpoint.to_owned(),
+        };
+        self.desired.remove(&label);
+        self.ready.remove(&label);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +362,69 @@ mod tests {
                 .replicas,
             2
         );
+    }
+
+    fn report(endpoint: &EndpointId, source: &str, in_flight: u64) -> LoadReport {
+        LoadReport {
+            endpoint: endpoint.clone(),
+            source: source.into(),
+            in_flight,
+        }
+    }
+
+    #[test]
+    fn concurrency_adds_the_latest_report_of_each_gateway_until_it_goes_stale() {
+        let (a, b) = (
+            EndpointId::for_resource("ml", "a"),
+            EndpointId::for_resource("ml", "b"),
+        );
+        let mut board = Concurrency::default();
+        let start = Instant::now();
+        board.record(report(&a, "gw-1", 4), start);
+        board.record(report(&a, "gw-2", 3), start);
+        board.record(report(&a, "gw-1", 2), start + Duration::from_millis(500));
+        board.record(report(&b, "gw-1", 9), start);
+        assert_eq!(board.in_flight(&a, start + Duration::from_secs(1)), 5);
+        assert_eq!(board.in_flight(&b, start + Duration::from_secs(1)), 9);
+        let later = start + Duration::from_millis(3200);
+        assert_eq!(board.in_flight(&a, later), 2, "gw-2's report went stale");
+        assert_eq!(board.in_flight(&a, start + Duration::from_secs(10)), 0);
+        assert!(
+            !board.reports.contains_key(&a),
+            "an idle endpoint is forgotten"
+        );
+    }
+
+    #[test]
+    fn sync_requests_scale_like_queued_tasks() {
+        let spec = spec(0, 4, 2);
+        let mut board = Concurrency::default();
+        let now = Instant::now();
+        let endpoint = EndpointId::for_resource("ml", "c");
+        board.record(report(&endpoint, "gw", 5), now);
+        let load = Load {
+            queued: 0,
+            in_flight: board.in_flight(&endpoint, now),
+        };
+        assert_eq!(wanted(&spec, load).replicas, 3);
+    }
+
+    #[test]
+    fn the_wake_timer_runs_from_leaving_zero_to_the_first_ready_worker() {
+        let mut timer = WakeTimer::default();
+        let start = Instant::now();
+        timer.scaled(0, 2, start);
+        timer.scaled(2, 3, start + Duration::from_millis(100));
+        assert_eq!(timer.ready(0, start + Duration::from_millis(200)), None);
+        assert_eq!(
+            timer.ready(1, start + Duration::from_millis(400)),
+            Some(Duration::from_millis(400))
+        );
+        assert_eq!(timer.ready(2, start + Duration::from_secs(1)), None, "once");
+        timer.scaled(3, 4, start);
+        assert_eq!(timer.ready(4, start), None, "not a wake");
+        timer.scaled(0, 1, start);
+        timer.scaled(1, 0, start);
+        assert_eq!(timer.ready(1, start), None, "the wake was called off");
     }
 }

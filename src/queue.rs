@@ -4,6 +4,7 @@
 //! callbacks stream consumed by the dispatcher, with a dead-letter stream beside it.
 
 mod callbacks;
+mod load;
 mod names;
 mod results;
 mod tasks;

@@ -30,6 +30,13 @@ pub fn endpoint_of_task_subject(subject: &str) -> Option<EndpointId> {
         .and_then(EndpointId::parse)
 }
 
+/// Where gateways report the requests they hold for a sync or streaming endpoint.
+pub fn load_subject(endpoint: &EndpointId) -> String {
+    format!("ferry.load.{endpoint}")
+}
+
+pub const ALL_LOAD_SUBJECTS: &str = "ferry.load.*";
+
 pub fn callbacks_subject(endpoint: &EndpointId) -> String {
     format!("ferry.callbacks.{endpoint}")
 }

@@ -1,0 +1,52 @@
+//! Load reports of sync and streaming endpoints: gateways publish them on core NATS (no stream:
+//! a report is worth only its freshness) and autoscalers subscribe.
+
+use futures::{Stream, StreamExt};
+
+use super::{Error, Queue, names};
+use crate::autoscale::LoadReport;
+use crate::crd::EndpointId;
+
+impl Queue {
+    pub async fn publish_load(&self, report: &LoadReport) -> Result<(), Error> {
+        let subject = names::load_subject(&report.endpoint);
+        let payload = serde_json::to_vec(report).map_err(|source| Error::Decode {
+            what: "load report",
+            source,
+        })?;
+        self.js
+            .client()
+            .publish(subject.clone(), payload.into())
+            .await
+            .map_err(|source| Error::Publish {
+                subject,
+                source: source.into(),
+            })
+    }
+
+    /// Every report published from now on, for `endpoint` or, when `None`, for all endpoints.
+    /// Reports that do not parse are skipped.
+    pub async fn load_reports(
+        &self,
+        endpoint: Option<&EndpointId>,
+    ) -> Result<impl Stream<Item = LoadReport> + use<>, Error> {
+        let subject =
+            endpoint.map_or_else(|| names::ALL_LOAD_SUBJECTS.to_owned(), names::load_subject);
+        let subscriber = self
+            .js
+            .client()
+            .subscribe(subject.clone())
+            .await
+            .map_err(|source| Error::Receive {
+                consumer: format!("{subject} load reports"),
+                source: source.into(),
+            })?;
+        Ok(subscriber.filter_map(|message| async move {
+            serde_json::from_slice(&message.payload)
+                .inspect_err(
+                    |error| tracing::debug!(%error, "skipping a load report that does not parse"),
+                )
+                .ok()
+        }))
+    }
+}
