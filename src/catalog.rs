@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+use tokio::sync::watch;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
@@ -25,6 +27,8 @@ struct Snapshot {
 #[derive(Clone, Default)]
 pub struct Catalog {
     snapshot: Arc<RwLock<Snapshot>>,
+    /// Bumped after every change, for readers waiting for one (a worker to appear).
+    changed: Arc<watch::Sender<()>>,
 }
 
 impl Catalog {
@@ -79,9 +83,11 @@ impl Catalog {
             .metadata
             .creation_timestamp
             .get_or_insert_with(|| Time(jiff::Timestamp::now()));
-        self.write()
-            .endpoints
-            .insert(endpoint.endpoint_id(), Arc::new(endpoint));
+        self.update(|snapshot| {
+            snapshot
+                .endpoints
+                .insert(endpoint.endpoint_id(), Arc::new(endpoint));
+        });
     }
 
     /// Replaces every endpoint (after a full list).
@@ -91,7 +97,7 @@ impl Catalog {
             .map(stamped)
             .map(|endpoint| (endpoint.endpoint_id(), Arc::new(endpoint)))
             .collect();
-        self.write().endpoints = map;
+        self.update(|snapshot| snapshot.endpoints = map);
     }
 
     /// Replaces every bundle (after a full list).
@@ -101,15 +107,19 @@ impl Catalog {
             .map(stamped)
             .map(|bundle| (bundle.bundle_id(), Arc::new(bundle)))
             .collect();
-        self.write().bundles = map;
+        self.update(|snapshot| snapshot.bundles = map);
     }
 
     pub fn remove_bundle(&self, id: &BundleId) {
-        self.write().bundles.remove(id);
+        self.update(|snapshot| {
+            snapshot.bundles.remove(id);
+        });
     }
 
     pub fn remove_endpoint(&self, id: &EndpointId) {
-        self.write().endpoints.remove(id);
+        self.update(|snapshot| {
+            snapshot.endpoints.remove(id);
+        });
     }
 
     /// Adds or replaces a bundle, stamping its creation time when it has none.
@@ -118,9 +128,11 @@ impl Catalog {
             .metadata
             .creation_timestamp
             .get_or_insert_with(|| Time(jiff::Timestamp::now()));
-        self.write()
-            .bundles
-            .insert(bundle.bundle_id(), Arc::new(bundle));
+        self.update(|snapshot| {
+            snapshot
+                .bundles
+                .insert(bundle.bundle_id(), Arc::new(bundle));
+        });
     }
 
     /// Serving workers of a sync or streaming endpoint, as base URLs.
@@ -129,34 +141,45 @@ impl Catalog {
     }
 
     pub fn set_workers(&self, id: &EndpointId, urls: Vec<String>) {
-        self.write().workers.insert(id.clone(), urls);
+        self.update(|snapshot| {
+            snapshot.workers.insert(id.clone(), urls);
+        });
     }
 
     pub fn add_worker(&self, id: &EndpointId, url: String) {
-        self.write()
-            .workers
-            .entry(id.clone())
-            .or_default()
-            .push(url);
+        self.update(|snapshot| snapshot.workers.entry(id.clone()).or_default().push(url));
     }
 
     pub fn remove_worker(&self, id: &EndpointId, url: &str) {
-        if let Some(urls) = self.write().workers.get_mut(id) {
-            urls.retain(|known| known != url);
-        }
+        self.update(|snapshot| {
+            if let Some(urls) = snapshot.workers.get_mut(id) {
+                urls.retain(|known| known != url);
+            }
+        });
     }
 
     pub fn set_status(&self, id: &EndpointId, status: ModelEndpointStatus) {
-        if let Some(endpoint) = self.write().endpoints.get_mut(id) {
-            Arc::make_mut(endpoint).status = Some(status);
-        }
+        self.update(|snapshot| {
+            if let Some(endpoint) = snapshot.endpoints.get_mut(id) {
+                Arc::make_mut(endpoint).status = Some(status);
+            }
+        });
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Snapshot> {
-        // Every write is one map operation: a panicked writer left the map whole.
-        self.snapshot
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Resolves after the next change; subscribe before reading what the change may alter.
+    pub fn changes(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Snapshot)) {
+        // Every change is one map operation: a panicked writer left the map whole.
+        change(
+            &mut self
+                .snapshot
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        self.changed.send_replace(());
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Readiness;
+use crate::autoscale::AutoscaleMetrics;
 use crate::callback::policy::resolve_policy;
 use crate::callback::{Clients, Dispatcher, DispatcherMetrics};
 use crate::catalog::{Catalog, NamedSecret};
@@ -63,14 +64,25 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
         catalog.clone(),
         forwarder_metrics,
         cancel.clone(),
-        args.scale_down_delay,
+        runtime::Scaling {
+            scale_down_delay: args.scale_down_delay,
+            metrics: AutoscaleMetrics::register(&mut registry),
+        },
     ));
     load_manifests(&runtime, &manifests).await?;
 
+    let demand = gateway::Demand::for_this_process();
+    let reporter_cancel = cancel.clone();
+    let reporter = demand.clone().report(queue.clone(), reporter_cancel);
+    services.spawn(async move {
+        reporter.await;
+        Ok(())
+    });
     let state = AppState {
         catalog,
         writer: Some(runtime.clone()),
         workers: gateway::WorkerClient::new()?,
+        demand: demand.clone(),
         queue,
         guard,
         keys: Arc::new(keys),

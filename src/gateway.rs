@@ -2,6 +2,7 @@
 //! auth, a body size limit, probes and metrics.
 
 mod auth;
+mod demand;
 mod error;
 mod launch;
 mod redeliver;
@@ -23,6 +24,7 @@ use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use tokio_util::sync::CancellationToken;
 
 pub use auth::ApiKeys;
+pub use demand::Demand;
 pub use sync::WorkerClient;
 
 use crate::admin::{self, Readiness};
@@ -39,6 +41,8 @@ pub struct AppState {
     pub writer: Option<Arc<dyn ResourceWriter>>,
     /// Reaches the serving workers of sync and streaming endpoints.
     pub workers: sync::WorkerClient,
+    /// The sync and streaming requests held, reported to the autoscalers.
+    pub demand: Demand,
     pub queue: Queue,
     pub guard: Guard,
     pub keys: Arc<ApiKeys>,
@@ -154,10 +158,13 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
         None
     };
     let mut registry = Registry::default();
+    let demand = Demand::for_this_process();
+    tokio::spawn(demand.clone().report(queue.clone(), cancel.clone()));
     let state = AppState {
         catalog,
         writer,
         workers: sync::WorkerClient::new()?,
+        demand: demand.clone(),
         queue,
         guard: args.guard.guard(&[])?,
         keys: Arc::new(keys),

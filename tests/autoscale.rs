@@ -74,6 +74,7 @@ async fn a_burst_scales_to_max_and_scaling_in_loses_and_repeats_nothing() {
     let (_m, dev, endpoint) = start(&receiver, spec).await;
     dev.ready_endpoint("scaled").await;
 
+    let burst = Instant::now();
     let mut tasks = Vec::new();
     for x in 0..9 {
         tasks.push(
@@ -86,6 +87,10 @@ async fn a_burst_scales_to_max_and_scaling_in_loses_and_repeats_nothing() {
         (available == 3).then_some(())
     })
     .await;
+    eprintln!(
+        "three workers ready {:?} after the burst began",
+        burst.elapsed()
+    );
     for task in &tasks {
         assert_eq!(dev.finished_task(task, WAIT).await["status"], "SUCCESS");
     }
@@ -112,4 +117,102 @@ async fn a_burst_scales_to_max_and_scaling_in_loses_and_repeats_nothing() {
             "task {index} ran once with its own result"
         );
     }
+}
+
+/// A sync endpoint of the `slow` bundle.
+async fn start_sync(spec: &str) -> (Manifests, Dev, String) {
+    let manifests = Manifests::with_example_bundle();
+    manifests.add(
+        "slow.yaml",
+        &python_bundle_yaml(
+            "slow",
+            "time.sleep(args.get('sleep', 0))\nreturn 200, args['x'] * 10",
+        ),
+    );
+    manifests.add(
+        "endpoint.yaml",
+        &format!(
+            "apiVersion: ferry.dev/v1alpha1\nkind: ModelEndpoint\nmetadata:\n  name: served\nspec:\n  bundle: slow\n  endpointType: sync\n  labels: {{team: t, product: p}}\n{spec}"
+        ),
+    );
+    let dev = Dev::start_with(manifests.path(), None, &["--scale-down-delay-seconds", "2"]).await;
+    let endpoint = dev.endpoint_id("served").await;
+    (manifests, dev, endpoint)
+}
+
+/// The value of the metric line that starts with `series`.
+fn metric(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_endpoint_at_zero_wakes_on_its_first_request_and_returns_to_zero() {
+    let (_m, dev, endpoint) = start_sync("  minWorkers: 0\n  maxWorkers: 2\n").await;
+    eventually("idle at zero and READY", WAIT, || async {
+        let (_, total, status) = workers(&dev, "served").await;
+        (total == 0 && status == "READY").then_some(())
+    })
+    .await;
+
+    let submitted = Instant::now();
+    let path = format!("/v1/sync-tasks?model_endpoint_id={endpoint}");
+    let (status, answer) = dev.post(&path, &json!({"args": {"x": 4}})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["result"], json!({"result": 40}));
+    eprintln!(
+        "sync request woke the endpoint and was answered in {:?}",
+        submitted.elapsed()
+    );
+
+    let metrics = dev.metrics().await;
+    assert_eq!(
+        metric(&metrics, "ferry_autoscaler_wake_seconds_count"),
+        Some(1.0),
+        "{metrics}"
+    );
+    eventually("back to zero after the delay", WAIT, || async {
+        let (_, total, _) = workers(&dev, "served").await;
+        (total == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sync_requests_scale_out_to_max_wait_for_workers_and_scale_back() {
+    let spec = "  minWorkers: 1\n  maxWorkers: 3\n  perWorker: 1\n";
+    let (_m, dev, endpoint) = start_sync(spec).await;
+    dev.ready_endpoint("served").await;
+    let path = format!("/v1/sync-tasks?model_endpoint_id={endpoint}");
+
+    let burst = Instant::now();
+    let requests = (0..3).map(|x| {
+        let (dev, path) = (&dev, &path);
+        async move {
+            dev.post(path, &json!({"args": {"x": x, "sleep": 1.5}}))
+                .await
+        }
+    });
+    let scaled_out = async {
+        let series = "ferry_autoscaler_ready_workers{endpoint=\"default/served\"}";
+        eventually("three ready workers", WAIT, || async {
+            (metric(&dev.metrics().await, series) == Some(3.0)).then_some(())
+        })
+        .await;
+        eprintln!(
+            "three workers ready {:?} after the burst began",
+            burst.elapsed()
+        );
+    };
+    let (answers, ()) = tokio::join!(futures::future::join_all(requests), scaled_out);
+    for (x, (status, answer)) in answers.into_iter().enumerate() {
+        assert_eq!(status, 200, "request {x} waited for a worker: {answer}");
+        assert_eq!(answer["result"], json!({"result": x * 10}));
+    }
+    eventually("back to one worker after the delay", WAIT, || async {
+        let (_, total, _) = workers(&dev, "served").await;
+        (total == 1).then_some(())
+    })
+    .await;
 }

@@ -1,5 +1,6 @@
 //! One endpoint's local workers in `ferry dev`, sized by the same decision the operator uses:
-//! re-evaluated every second from the queue's state and at once when a task arrives, so an
+//! re-evaluated every second from the endpoint's load — its queue (async), or the requests the
+//! gateway holds (sync, streaming) — and at once when a task arrives or demand appears, so an
 //! endpoint idling at zero wakes on its first task. Scale-in stops a worker gracefully: it stops
 //! taking tasks and finishes the ones it holds.
 
@@ -14,19 +15,96 @@ use tokio_util::sync::CancellationToken;
 
 use super::workers::Worker;
 use crate::admin::Readiness;
-use crate::autoscale::{Decision, Load, Scaler};
+use crate::autoscale::{
+    AutoscaleMetrics, Concurrency, Decision, Load, LoadReport, Scaler, WakeTimer,
+};
 use crate::catalog::Catalog;
-use crate::crd::{EndpointState, EndpointType, ModelBundle, ModelEndpoint, ModelEndpointStatus};
+use crate::crd::{
+    EndpointId, EndpointState, EndpointType, ModelBundle, ModelEndpoint, ModelEndpointStatus,
+};
 use crate::forwarder::ForwarderMetrics;
 use crate::queue::Queue;
 
 /// How often the queue's state is read between arrivals.
 const EVALUATE_EVERY: Duration = Duration::from_secs(1);
 
+/// How the pools of a `ferry dev` session scale.
+#[derive(Clone)]
+pub struct Scaling {
+    /// How long the load must ask for fewer workers before they stop.
+    pub scale_down_delay: Duration,
+    pub metrics: Arc<AutoscaleMetrics>,
+}
+
+/// What makes a pool look at its load before the next tick.
+enum Signal {
+    /// A task was submitted (async).
+    Task,
+    /// A gateway reported its requests (sync, streaming).
+    Load(LoadReport),
+    /// A starting worker became ready.
+    WorkerReady,
+}
+
 struct Running {
     stop: CancellationToken,
     ready: Readiness,
     done: JoinHandle<()>,
+}
+
+/// A pool's workers: those running and those draining after a scale-in.
+#[derive(Default)]
+struct Workers {
+    running: Vec<Running>,
+    draining: Vec<JoinHandle<()>>,
+    /// Names workers uniquely over the pool's life.
+    started: usize,
+}
+
+impl Workers {
+    /// Starts or stops workers until `wanted` run; stopped ones finish what they hold.
+    fn resize(&mut self, wanted: usize, start: impl Fn(usize) -> Running) {
+        while self.running.len() < wanted {
+            self.running.push(start(self.started));
+            self.started += 1;
+        }
+        self.shrink(wanted);
+    }
+
+    fn shrink(&mut self, wanted: usize) {
+        while self.running.len() > wanted {
+            if let Some(worker) = self.running.pop() {
+                worker.stop.cancel();
+                self.draining.push(worker.done);
+            }
+        }
+        self.draining.retain(|done| !done.is_finished());
+    }
+
+    fn ready(&self) -> u32 {
+        let ready = self.running.iter().filter(|worker| worker.ready.is_ready());
+        ready.count() as u32
+    }
+
+    /// Resolves when a worker that is starting becomes ready; never when none is starting.
+    async fn first_ready(&self) {
+        let starting: Vec<_> = self
+            .running
+            .iter()
+            .filter(|worker| !worker.ready.is_ready())
+            .map(|worker| Box::pin(worker.ready.ready()))
+            .collect();
+        if starting.is_empty() {
+            std::future::pending::<()>().await;
+        }
+        futures::future::select_all(starting).await;
+    }
+
+    /// Stops every worker and waits until all have drained.
+    async fn stop_all(mut self) {
+        self.shrink(0);
+        futures::future::join_all(self.draining).await;
+    }
 }
 
 pub struct Pool {
@@ -35,81 +113,104 @@ pub struct Pool {
     pub catalog: Catalog,
     pub queue: Queue,
     pub metrics: Arc<ForwarderMetrics>,
-    pub scale_down_delay: Duration,
+    pub scaling: Scaling,
 }
 
 impl Pool {
     /// Runs and sizes the workers until `stop`, then stops them all, letting them drain.
     pub async fn run(self, stop: CancellationToken) {
         let id = self.endpoint.endpoint_id();
+        let label = format!(
+            "{}/{}",
+            crate::crd::namespace_of(self.endpoint.as_ref()),
+            self.endpoint.name_any()
+        );
         let spec = &self.endpoint.spec;
-        let arrivals = match spec.endpoint_type {
-            EndpointType::Async => match self.queue.task_arrivals(&id).await {
-                Ok(arrivals) => arrivals.boxed(),
-                Err(error) => {
-                    tracing::warn!(endpoint = %id, %error, "no arrival notifications; scaling on the interval only");
-                    futures::stream::pending().boxed()
-                }
-            },
-            _ => futures::stream::pending().boxed(),
-        };
-        let mut arrivals = std::pin::pin!(arrivals);
+        let mut signals = self.signals().await;
         let mut ticks = tokio::time::interval(EVALUATE_EVERY);
-        let mut scaler = Scaler::new(self.scale_down_delay);
-        let mut running: Vec<Running> = Vec::new();
-        let mut draining: Vec<JoinHandle<()>> = Vec::new();
-        let mut next_index = 0;
-        let mut last_scale: Option<(Time, Decision)> = None;
+        let mut scaler = Scaler::new(self.scaling.scale_down_delay);
+        let mut concurrency = Concurrency::default();
+        let mut wake = WakeTimer::default();
+        let mut workers = Workers::default();
+        let mut last_scale: Option<Time> = None;
+        let mut oldest_task_age: Option<i64> = None;
         loop {
-            tokio::select! {
+            let signal = tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = ticks.tick() => {}
-                Some(()) = arrivals.next() => {}
+                _ = ticks.tick() => None,
+                Some(signal) = signals.next() => Some(signal),
+                () = workers.first_ready() => Some(Signal::WorkerReady),
+            };
+            let ticked = signal.is_none();
+            if let Some(Signal::Load(report)) = signal {
+                concurrency.record(report, Instant::now());
             }
-            let load = self.load(&running).await;
-            let decision = scaler.decide(spec, load, Instant::now());
-            let wanted = decision.replicas as usize;
-            if wanted != running.len() {
-                tracing::info!(endpoint = %self.endpoint.name_any(), from = running.len(), to = wanted, reason = decision.reason.as_str(), "scaling workers");
-                last_scale = Some((Time(jiff::Timestamp::now()), decision));
+            let load = self.load(workers.running.len(), &mut concurrency).await;
+            let now = Instant::now();
+            let decision = scaler.decide(spec, load, now);
+            let (from, to) = (workers.running.len() as u32, decision.replicas);
+            if from != to {
+                tracing::info!(endpoint = %self.endpoint.name_any(), from, to, reason = decision.reason.as_str(), queued = load.queued, in_flight = load.in_flight, "scaling workers");
+                wake.scaled(from, to, now);
+                last_scale = Some(Time(jiff::Timestamp::now()));
             }
-            while running.len() < wanted {
-                running.push(self.spawn(next_index, &stop));
-                next_index += 1;
+            workers.resize(to as usize, |index| self.spawn(index, &stop));
+            let ready = workers.ready();
+            if let Some(took) = wake.ready(ready, now) {
+                tracing::info!(endpoint = %self.endpoint.name_any(), seconds = took.as_secs_f64(), "woke from zero");
+                self.scaling.metrics.observe_wake(took);
             }
-            while running.len() > wanted {
-                if let Some(worker) = running.pop() {
-                    worker.stop.cancel();
-                    draining.push(worker.done);
-                }
+            self.scaling
+                .metrics
+                .observe(&label, decision.replicas, ready);
+            if ticked {
+                // Once per tick: it costs one request more than the load.
+                oldest_task_age = self.oldest_task_age().await;
             }
-            draining.retain(|done| !done.is_finished());
-            let ready = running
-                .iter()
-                .filter(|worker| worker.ready.is_ready())
-                .count();
+            let seen = Observation {
+                ready,
+                decision,
+                load,
+                oldest_task_age_seconds: oldest_task_age,
+            };
             self.catalog
-                .set_status(&id, self.status(ready, decision, load, last_scale.as_ref()));
+                .set_status(&id, build_status(&id, &seen, last_scale.as_ref()));
         }
-        for worker in running.drain(..) {
-            worker.stop.cancel();
-            draining.push(worker.done);
-        }
-        futures::future::join_all(draining).await;
+        self.scaling.metrics.forget(&label);
+        workers.stop_all().await;
     }
 
-    /// Queued and held tasks for async endpoints; sync and streaming endpoints keep at least one
-    /// worker (their load is not queued, so it cannot wake them from zero).
-    async fn load(&self, running: &[Running]) -> Load {
+    /// Task arrivals for an async endpoint, the gateway's load reports for the others.
+    async fn signals(&self) -> futures::stream::BoxStream<'static, Signal> {
+        let id = self.endpoint.endpoint_id();
+        let subscribed = match self.endpoint.spec.endpoint_type {
+            EndpointType::Async => self
+                .queue
+                .task_arrivals(&id)
+                .await
+                .map(|arrivals| arrivals.map(|()| Signal::Task).boxed()),
+            _ => self
+                .queue
+                .load_reports(Some(&id))
+                .await
+                .map(|reports| reports.map(Signal::Load).boxed()),
+        };
+        subscribed.unwrap_or_else(|error| {
+            tracing::warn!(endpoint = %id, %error, "no load notifications; scaling on the interval only");
+            futures::stream::pending().boxed()
+        })
+    }
+
+    /// Queued and held tasks for async endpoints, the requests the gateway holds for the others.
+    async fn load(&self, running: usize, concurrency: &mut Concurrency) -> Load {
+        let id = self.endpoint.endpoint_id();
         if self.endpoint.spec.endpoint_type != EndpointType::Async {
-            let floor = u64::from(self.endpoint.spec.min_workers.max(1))
-                * u64::from(self.endpoint.spec.per_worker);
             return Load {
                 queued: 0,
-                in_flight: floor,
+                in_flight: concurrency.in_flight(&id, Instant::now()),
             };
         }
-        match self.queue.backlog(&self.endpoint.endpoint_id()).await {
+        match self.queue.backlog(&id).await {
             Ok(backlog) => Load {
                 queued: backlog.queued,
                 in_flight: backlog.in_flight,
@@ -118,10 +219,22 @@ impl Pool {
                 tracing::warn!(endpoint = %self.endpoint.name_any(), %error, "reading the backlog failed; keeping the workers");
                 Load {
                     queued: 0,
-                    in_flight: running.len() as u64 * u64::from(self.endpoint.spec.per_worker),
+                    in_flight: running as u64 * u64::from(self.endpoint.spec.per_worker),
                 }
             }
         }
+    }
+
+    /// Seconds the oldest unfinished task of an async endpoint has waited, if any waits.
+    async fn oldest_task_age(&self) -> Option<i64> {
+        if self.endpoint.spec.endpoint_type != EndpointType::Async {
+            return None;
+        }
+        let backlog = self
+            .queue
+            .backlog_with_age(&self.endpoint.endpoint_id())
+            .await;
+        backlog.ok().and_then(|backlog| backlog.oldest_age_seconds)
     }
 
     fn spawn(&self, index: usize, stop: &CancellationToken) -> Running {
@@ -142,30 +255,90 @@ impl Pool {
             done,
         }
     }
+}
 
-    fn status(
-        &self,
-        ready: usize,
-        decision: Decision,
-        load: Load,
-        last_scale: Option<&(Time, Decision)>,
-    ) -> ModelEndpointStatus {
-        let wanted = decision.replicas as usize;
-        let state = if ready >= wanted {
-            EndpointState::Ready
-        } else {
-            EndpointState::UpdateInProgress
+/// What a pool saw at its latest evaluation.
+struct Observation {
+    ready: u32,
+    decision: Decision,
+    load: Load,
+    oldest_task_age_seconds: Option<i64>,
+}
+
+/// The status `ferry dev` reports for an endpoint, as the operator would.
+fn build_status(
+    endpoint: &EndpointId,
+    seen: &Observation,
+    last_scale: Option<&Time>,
+) -> ModelEndpointStatus {
+    let wanted = seen.decision.replicas;
+    let state = if seen.ready >= wanted {
+        EndpointState::Ready
+    } else {
+        EndpointState::UpdateInProgress
+    };
+    let count = |n: u32| Some(i32::try_from(n).unwrap_or(i32::MAX));
+    ModelEndpointStatus {
+        endpoint_id: Some(endpoint.to_string()),
+        state: Some(state),
+        replicas: count(wanted),
+        ready_replicas: count(seen.ready),
+        desired_replicas: count(wanted),
+        queue_depth: Some(i64::try_from(seen.load.queued).unwrap_or(i64::MAX)),
+        oldest_task_age_seconds: seen.oldest_task_age_seconds,
+        last_scale_time: last_scale.cloned(),
+        scale_reason: Some(seen.decision.reason.as_str().to_owned()),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autoscale::Reason;
+
+    #[test]
+    fn status_shows_why_an_endpoint_is_at_zero_and_how_old_its_oldest_task_is() {
+        let endpoint = EndpointId::for_resource("ml", "a");
+        let idle = Observation {
+            ready: 0,
+            decision: Decision {
+                replicas: 0,
+                reason: Reason::Idle,
+            },
+            load: Load::default(),
+            oldest_task_age_seconds: None,
         };
-        ModelEndpointStatus {
-            endpoint_id: Some(self.endpoint.endpoint_id().to_string()),
-            state: Some(state),
-            replicas: Some(wanted as i32),
-            ready_replicas: Some(ready as i32),
-            desired_replicas: Some(wanted as i32),
-            queue_depth: Some(load.queued as i64),
-            last_scale_time: last_scale.map(|(at, _)| at.clone()),
-            scale_reason: Some(decision.reason.as_str().to_owned()),
-            ..Default::default()
-        }
+        let status = build_status(&endpoint, &idle, None);
+        assert_eq!(
+            (
+                status.state,
+                status.desired_replicas,
+                status.scale_reason.as_deref()
+            ),
+            (Some(EndpointState::Ready), Some(0), Some("Idle"))
+        );
+
+        let scaled_at = Time(jiff::Timestamp::UNIX_EPOCH);
+        let waking = Observation {
+            ready: 0,
+            decision: Decision {
+                replicas: 2,
+                reason: Reason::Load,
+            },
+            load: Load {
+                queued: 7,
+                in_flight: 0,
+            },
+            oldest_task_age_seconds: Some(3),
+        };
+        let status = build_status(&endpoint, &waking, Some(&scaled_at));
+        assert_eq!(status.state, Some(EndpointState::UpdateInProgress));
+        assert_eq!(
+            (status.queue_depth, status.oldest_task_age_seconds),
+            (Some(7), Some(3))
+        );
+        assert_eq!(status.last_scale_time, Some(scaled_at));
+        assert_eq!(status.scale_reason.as_deref(), Some("Load"));
     }
 }

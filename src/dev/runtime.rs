@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use kube::ResourceExt;
@@ -13,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::pool::Pool;
+pub use super::pool::Scaling;
 use crate::callback::policy::resolve_policy;
 use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::crd::{BundleId, EndpointId, ModelBundle, ModelEndpoint, namespace_of};
@@ -34,8 +34,7 @@ pub struct Runtime {
     catalog: Catalog,
     metrics: Arc<ForwarderMetrics>,
     cancel: CancellationToken,
-    /// How long the load must ask for fewer workers before they stop.
-    scale_down_delay: Duration,
+    scaling: Scaling,
     secrets: Mutex<HashMap<(String, String), SecretData>>,
     /// Serializes changes, so two API calls cannot start workers for one endpoint twice.
     runs: tokio::sync::Mutex<HashMap<EndpointId, Run>>,
@@ -47,14 +46,14 @@ impl Runtime {
         catalog: Catalog,
         metrics: Arc<ForwarderMetrics>,
         cancel: CancellationToken,
-        scale_down_delay: Duration,
+        scaling: Scaling,
     ) -> Self {
         Runtime {
             queue,
             catalog,
             metrics,
             cancel,
-            scale_down_delay,
+            scaling,
             secrets: Mutex::default(),
             runs: Default::default(),
         }
@@ -148,7 +147,7 @@ impl Runtime {
             catalog: self.catalog.clone(),
             queue: self.queue.clone(),
             metrics: self.metrics.clone(),
-            scale_down_delay: self.scale_down_delay,
+            scaling: self.scaling.clone(),
         };
         let workers = tokio::spawn(pool.run(stop.clone()));
         Run {

@@ -1,10 +1,14 @@
 //! Sync and streaming tasks: the gateway hands the task straight to a serving worker of the
 //! endpoint (round robin), tries the next one when a worker is busy (429) or unreachable, and
-//! passes the answer — JSON, or server-sent events — back to the client.
+//! passes the answer — JSON, or server-sent events — back to the client. A request that finds
+//! no worker waits for one while its demand wakes the endpoint (see [`super::demand`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::time::Instant;
 
 use axum::{
     body::{Body, Bytes},
@@ -24,6 +28,13 @@ const MIN_ATTEMPTS: usize = 3;
 
 /// How long a sync task waits for its answer unless the request says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long a request waits for a worker of an endpoint that has none ready — long enough for
+/// one idling at zero to start a worker.
+const WORKER_WAIT: Duration = Duration::from_secs(120);
+
+/// Between tries while waiting for a worker, unless the catalog reports a change sooner.
+const RETRY_UNREACHABLE: Duration = Duration::from_millis(250);
 
 /// Reaches the serving workers of sync and streaming endpoints.
 #[derive(Clone)]
@@ -45,14 +56,15 @@ impl WorkerClient {
         })
     }
 
-    /// Sends `body` to `path` of one worker after another until one takes it.
+    /// Sends `body` to `path` of one worker after another until one takes it; `None` when no
+    /// worker could be reached (nothing was sent).
     async fn send(
         &self,
         workers: &[String],
         path: &str,
         body: Bytes,
         timeout: Option<Duration>,
-    ) -> Result<reqwest::Response, AppError> {
+    ) -> Result<Option<reqwest::Response>, AppError> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut busy = false;
         // A Service is one URL spreading requests over its pods: a busy answer is worth a retry.
@@ -73,7 +85,7 @@ impl WorkerClient {
             }
             match request.send().await {
                 Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => busy = true,
-                Ok(response) => return Ok(response),
+                Ok(response) => return Ok(Some(response)),
                 Err(error) if error.is_timeout() => {
                     let seconds = timeout.unwrap_or_default().as_secs_f64();
                     return Err(AppError::Timeout(format!(
@@ -92,12 +104,69 @@ impl WorkerClient {
                 }
             }
         }
-        Err(if busy {
-            AppError::Busy("every worker of the endpoint is busy; retry shortly".into())
-        } else {
-            AppError::Unavailable("no worker of the endpoint is ready".into())
-        })
+        if busy {
+            return Err(AppError::Busy(
+                "every worker of the endpoint is busy; retry shortly".into(),
+            ));
+        }
+        Ok(None)
     }
+}
+
+/// Hands the task to a worker of `endpoint`. When none is ready, or every one is busy while the
+/// endpoint may still grow, the request waits (its demand scales the endpoint) for up to
+/// [`WORKER_WAIT`], and never past `timeout`, which also bounds the answer.
+async fn reach_worker(
+    state: &AppState,
+    endpoint: &ModelEndpoint,
+    path: &str,
+    body: Bytes,
+    timeout: Option<Duration>,
+) -> Result<reqwest::Response, AppError> {
+    let start = Instant::now();
+    let answer_by = timeout.map(|timeout| start + timeout);
+    let wait_until = start + timeout.map_or(WORKER_WAIT, |timeout| timeout.min(WORKER_WAIT));
+    let id = endpoint.endpoint_id();
+    loop {
+        let mut changes = state.catalog.changes();
+        let workers = state.catalog.workers(&id);
+        let remaining = answer_by.map(|by| by.saturating_duration_since(Instant::now()));
+        let sent = state
+            .workers
+            .send(&workers, path, body.clone(), remaining)
+            .await;
+        match sent {
+            Ok(Some(response)) => return Ok(response),
+            Err(AppError::Busy(_)) if Instant::now() < wait_until && may_grow(state, &id) => {}
+            Err(error) => return Err(error),
+            Ok(None) if Instant::now() < wait_until => {}
+            Ok(None) => {
+                return Err(AppError::Unavailable(format!(
+                    "no worker of endpoint {} became ready within {} s",
+                    endpoint.name_any(),
+                    wait_until.duration_since(start).as_secs()
+                )));
+            }
+        }
+        // A new worker shows in the catalog; a Service may take one before the catalog hears.
+        let retry_at = (Instant::now() + RETRY_UNREACHABLE).min(wait_until);
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep_until(retry_at) => {}
+        }
+    }
+}
+
+/// True while the endpoint has fewer ready workers than its maximum.
+fn may_grow(state: &AppState, id: &crate::crd::EndpointId) -> bool {
+    state.catalog.endpoint(id).is_some_and(|endpoint| {
+        let ready = endpoint
+            .status
+            .as_ref()
+            .and_then(|status| status.ready_replicas);
+        let ready = u32::try_from(ready.unwrap_or(0)).unwrap_or(0);
+        ready < endpoint.spec.max_workers
+    })
 }
 
 async fn prepare(
@@ -106,7 +175,7 @@ async fn prepare(
     query: routes::EndpointQuery,
     body: Result<Bytes, BytesRejection>,
     accepts: &[EndpointType],
-) -> Result<(Arc<ModelEndpoint>, Vec<String>, Bytes, Option<Duration>), AppError> {
+) -> Result<(Arc<ModelEndpoint>, Bytes, Option<Duration>), AppError> {
     let id = query
         .model_endpoint_id
         .ok_or_else(|| AppError::BadRequest("model_endpoint_id is required".into()))?;
@@ -130,8 +199,7 @@ async fn prepare(
     };
     let body = serde_json::to_vec(&Versioned::V1(task))
         .map_err(|error| AppError::BadRequest(error.to_string()))?;
-    let workers = state.catalog.workers(&endpoint.endpoint_id());
-    Ok((endpoint, workers, Bytes::from(body), Some(timeout)))
+    Ok((endpoint, Bytes::from(body), Some(timeout)))
 }
 
 pub async fn submit_sync_task(
@@ -141,11 +209,9 @@ pub async fn submit_sync_task(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
     let accepts = [EndpointType::Sync, EndpointType::Streaming];
-    let (_, workers, body, timeout) = prepare(&state, &principal, query, body, &accepts).await?;
-    let response = state
-        .workers
-        .send(&workers, PREDICT_PATH, body, timeout)
-        .await?;
+    let (endpoint, body, timeout) = prepare(&state, &principal, query, body, &accepts).await?;
+    let _held = state.demand.hold(&endpoint.endpoint_id());
+    let response = reach_worker(&state, &endpoint, PREDICT_PATH, body, timeout).await?;
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let body = response
@@ -161,17 +227,20 @@ pub async fn submit_streaming_task(
     Query(query): Query<routes::EndpointQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
-    let (_, workers, body, _) =
+    let (endpoint, body, _) =
         prepare(&state, &principal, query, body, &[EndpointType::Streaming]).await?;
+    let held = state.demand.hold(&endpoint.endpoint_id());
     // A stream may run long: only connecting is bounded.
-    let response = state
-        .workers
-        .send(&workers, STREAM_PATH, body, None)
-        .await?;
+    let response = reach_worker(&state, &endpoint, STREAM_PATH, body, None).await?;
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-    let mut answer = (status, Body::from_stream(response.bytes_stream())).into_response();
+    // The request counts as demand until its stream ends.
+    let events = response.bytes_stream().map(move |chunk| {
+        let _ = &held;
+        chunk
+    });
+    let mut answer = (status, Body::from_stream(events)).into_response();
     if let Some(content_type) = content_type {
         answer
             .headers_mut()

@@ -59,6 +59,7 @@ async fn fixture(writable: bool) -> Fixture {
         catalog,
         writer: writable.then(|| recorder.clone() as Arc<dyn ResourceWriter>),
         workers: WorkerClient::new().expect("client"),
+        demand: super::Demand::new("test".into()),
         queue,
         guard: Guard::default(),
         keys: Arc::new(ApiKeys::parse(&["key-a=team-a".into()], false).expect("keys")),
