@@ -25,7 +25,9 @@ async fn workers(dev: &Dev, name: &str) -> (i64, i64, String) {
     )
 }
 
-async fn start(receiver: &Receiver, spec: &str) -> (Manifests, Dev, String) {
+/// `ferry dev` with a 2 s scale-down delay, serving `endpoint` (named `name`) of the `slow`
+/// bundle: a model that sleeps `args.sleep` seconds and answers `args.x * 10`.
+async fn start_slow(name: &str, endpoint: &str) -> (Manifests, Dev, String) {
     let manifests = Manifests::with_example_bundle();
     manifests.add(
         "slow.yaml",
@@ -34,13 +36,16 @@ async fn start(receiver: &Receiver, spec: &str) -> (Manifests, Dev, String) {
             "time.sleep(args.get('sleep', 0))\nreturn 200, args['x'] * 10",
         ),
     );
-    manifests.add(
-        "endpoint.yaml",
-        &endpoint_yaml("scaled", "slow", &receiver.url("/cb"), spec),
-    );
+    manifests.add("endpoint.yaml", endpoint);
     let dev = Dev::start_with(manifests.path(), None, &["--scale-down-delay-seconds", "2"]).await;
-    let endpoint = dev.endpoint_id("scaled").await;
+    let endpoint = dev.endpoint_id(name).await;
     (manifests, dev, endpoint)
+}
+
+/// An async endpoint `scaled` calling back to `receiver`.
+async fn start(receiver: &Receiver, spec: &str) -> (Manifests, Dev, String) {
+    let endpoint = endpoint_yaml("scaled", "slow", &receiver.url("/cb"), spec);
+    start_slow("scaled", &endpoint).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,25 +124,12 @@ async fn a_burst_scales_to_max_and_scaling_in_loses_and_repeats_nothing() {
     }
 }
 
-/// A sync endpoint of the `slow` bundle.
+/// A sync endpoint `served`.
 async fn start_sync(spec: &str) -> (Manifests, Dev, String) {
-    let manifests = Manifests::with_example_bundle();
-    manifests.add(
-        "slow.yaml",
-        &python_bundle_yaml(
-            "slow",
-            "time.sleep(args.get('sleep', 0))\nreturn 200, args['x'] * 10",
-        ),
+    let endpoint = format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: ModelEndpoint\nmetadata:\n  name: served\nspec:\n  bundle: slow\n  endpointType: sync\n  labels: {{team: t, product: p}}\n{spec}"
     );
-    manifests.add(
-        "endpoint.yaml",
-        &format!(
-            "apiVersion: ferry.dev/v1alpha1\nkind: ModelEndpoint\nmetadata:\n  name: served\nspec:\n  bundle: slow\n  endpointType: sync\n  labels: {{team: t, product: p}}\n{spec}"
-        ),
-    );
-    let dev = Dev::start_with(manifests.path(), None, &["--scale-down-delay-seconds", "2"]).await;
-    let endpoint = dev.endpoint_id("served").await;
-    (manifests, dev, endpoint)
+    start_slow("served", &endpoint).await
 }
 
 /// The value of the metric line that starts with `series`.

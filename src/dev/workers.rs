@@ -128,6 +128,7 @@ impl Worker {
             slots,
             queue: self.queue.clone(),
         });
+        // Listed before it counts as ready: the gateway relies on this order (`sync::reach_worker`).
         self.catalog.add_worker(&endpoint_id, url.clone());
         readiness.set_ready();
         tracing::info!(worker = %self.name, %url, "serving sync and streaming requests");

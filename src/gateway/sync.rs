@@ -129,6 +129,9 @@ async fn reach_worker(
     let id = endpoint.endpoint_id();
     loop {
         let mut changes = state.catalog.changes();
+        // Read before the workers: a worker is listed before it counts as ready, so when all
+        // listed workers are busy and this says "at the maximum", it is.
+        let may_grow = may_grow(state, &id);
         let workers = state.catalog.workers(&id);
         let remaining = answer_by.map(|by| by.saturating_duration_since(Instant::now()));
         let sent = state
@@ -137,7 +140,7 @@ async fn reach_worker(
             .await;
         match sent {
             Ok(Some(response)) => return Ok(response),
-            Err(AppError::Busy(_)) if Instant::now() < wait_until && may_grow(state, &id) => {}
+            Err(AppError::Busy(_)) if may_grow && Instant::now() < wait_until => {}
             Err(error) => return Err(error),
             Ok(None) if Instant::now() < wait_until => {}
             Ok(None) => {
