@@ -1,7 +1,9 @@
 //! `ferry bench`: measures a running gateway end to end. It serves its own callback receiver on
 //! loopback, submits tasks `{"x": i, "y": "bench"}` to an async endpoint running the example
 //! model (result `i + 5`), and reports throughput, submit→callback latency, lost, duplicate and
-//! wrong results.
+//! wrong results. With `--wake-rounds` or `--burst` it measures autoscaling instead ([`scaling`]).
+
+mod scaling;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +34,9 @@ impl Timings {
 }
 
 pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    if args.wake_rounds > 0 || args.burst > 0 {
+        return scaling::run(args, cancel).await;
+    }
     let tasks = usize::try_from(args.tasks)?;
     let zeros = || (0..tasks).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
     let timings = Arc::new(Timings {

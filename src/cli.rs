@@ -347,6 +347,17 @@ pub struct BenchArgs {
     /// `nats-server` and model processes), as comma-separated pids.
     #[arg(long, value_delimiter = ',')]
     pub cpu_pids: Vec<u32>,
+    /// Measure waking instead: this many times, wait for the endpoint (with `minWorkers: 0`) to
+    /// idle at zero workers, send one task and time its first worker and its result.
+    #[arg(long, default_value = "0")]
+    pub wake_rounds: usize,
+    /// Measure scaling out instead: with the endpoint at its minimum, send this many tasks at
+    /// once and time each added worker.
+    #[arg(long, default_value = "0")]
+    pub burst: usize,
+    /// Seconds each task of a wake or burst measurement asks the model to take (`sleep`).
+    #[arg(long, default_value = "1.0")]
+    pub task_seconds: f64,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
