@@ -32,6 +32,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Readiness};
+use crate::autoscale::AutoscaleMetrics;
 use crate::cli::OperatorArgs;
 use crate::crd::{ModelBundle, ModelEndpoint};
 use crate::queue::{self, QueueSettings};
@@ -143,6 +144,7 @@ pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Resul
     let client = Client::try_default().await?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let autoscale_metrics = AutoscaleMetrics::register(&mut registry);
     let readiness = Readiness::default();
     let router = admin::router(Arc::new(registry), readiness.clone());
     let admin_server = tokio::spawn(admin::serve(args.admin_listen, router, cancel.clone()));
@@ -170,9 +172,12 @@ pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Resul
     readiness.set_ready();
     let scope = args.namespace.clone();
     let concurrency = args.concurrency.get();
-    let window = args.scale_down_delay;
+    let autoscaler = Autoscaler {
+        scale_down_delay: args.scale_down_delay,
+        metrics: autoscale_metrics,
+    };
     let outcome = leader::run_while_leader(client, lease, metrics, cancel.clone(), |stop| {
-        run_controller(context, scope, concurrency, window, stop)
+        run_controller(context, scope, concurrency, autoscaler, stop)
     })
     .await;
     cancel.cancel();
@@ -191,12 +196,19 @@ where
     }
 }
 
-/// Runs the Controller until `stop`, letting running reconciles finish.
+/// What the leader's autoscaler needs besides the shared context.
+pub struct Autoscaler {
+    /// How long the load must ask for fewer workers before they go.
+    pub scale_down_delay: std::time::Duration,
+    pub metrics: Arc<AutoscaleMetrics>,
+}
+
+/// Runs the Controller and the autoscaler until `stop`, letting running reconciles finish.
 pub async fn run_controller(
     context: Arc<Context>,
     namespace: Option<String>,
     concurrency: u16,
-    scale_down_delay: std::time::Duration,
+    autoscaler: Autoscaler,
     stop: CancellationToken,
 ) {
     let client = context.client.clone();
@@ -208,7 +220,8 @@ pub async fn run_controller(
     let autoscaler = tokio::spawn(autoscale::run(
         context.clone(),
         store.clone(),
-        scale_down_delay,
+        autoscaler.scale_down_delay,
+        autoscaler.metrics,
         stop.clone(),
     ));
     tracing::info!(

@@ -76,8 +76,12 @@ async fn applying_the_examples_yields_workers_a_stream_and_status() {
     let deployment = eventually("the worker Deployment", TIMEOUT, || api.get(DEPLOYMENT)).await;
     assert_eq!(deployment["metadata"]["ownerReferences"][0]["uid"], uid);
     assert_eq!(deployment["metadata"]["labels"]["team"], "MY_TEAM");
-    // The count belongs to the autoscaler (scale subresource, which the stand-in lacks).
-    assert!(deployment["spec"].get("replicas").is_none(), "{deployment}");
+    // The count belongs to the autoscaler, through the scale subresource: minWorkers here.
+    let deployment = eventually("the autoscaler sets the count", TIMEOUT, || async {
+        let deployment = api.get(DEPLOYMENT).await?;
+        (deployment["spec"]["replicas"] == 1).then_some(deployment)
+    })
+    .await;
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["containers"][0]["image"], "python:3.12-slim");
     assert_eq!(
@@ -124,6 +128,13 @@ async fn applying_the_examples_yields_workers_a_stream_and_status() {
         "True"
     );
     assert_eq!(status["queueDepth"], 0);
+    // The autoscaler's status fields (its own field manager) stay beside the operator's.
+    let status = eventually("the autoscaler's reason in status", TIMEOUT, || async {
+        let status = api.get(ENDPOINT).await?["status"].clone();
+        (status["scaleReason"] == "AtMinimum").then_some(status)
+    })
+    .await;
+    assert_eq!(status["state"], "READY", "{status}");
 
     let metrics = http
         .get(format!("http://{admin}/metrics"))
@@ -138,6 +149,12 @@ async fn applying_the_examples_yields_workers_a_stream_and_status() {
         "{metrics}"
     );
     assert!(metrics.contains("ferry_controller_leader 1"), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"ferry_autoscaler_desired_workers{endpoint="default/demo-endpoint-callback"} 1"#
+        ),
+        "{metrics}"
+    );
     let ready = http
         .get(format!("http://{admin}/readyz"))
         .send()

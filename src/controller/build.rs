@@ -132,13 +132,6 @@ pub fn service_name(endpoint: &ModelEndpoint) -> String {
     endpoint.name_any()
 }
 
-/// The replica count the operator applies: none for async endpoints, whose count the
-/// autoscaler owns through the scale subresource (applying one would undo its work);
-/// `minWorkers` otherwise.
-pub fn applied_replicas(endpoint: &ModelEndpoint) -> Option<i32> {
-    (endpoint.spec.endpoint_type != EndpointType::Async).then(|| to_i32(endpoint.spec.min_workers))
-}
-
 /// Where the gateway reaches the workers of a sync or streaming endpoint: its Service.
 pub fn service_url(endpoint: &ModelEndpoint) -> String {
     let namespace = crate::crd::namespace_of(endpoint);
@@ -222,7 +215,9 @@ fn build_deployment(
     Ok(Deployment {
         metadata: meta,
         spec: Some(DeploymentSpec {
-            replicas: applied_replicas(endpoint),
+            // The autoscaler owns the count, through the scale subresource: applying one here
+            // would undo its work.
+            replicas: None,
             selector: LabelSelector {
                 match_labels: Some(selector_labels(endpoint)),
                 ..Default::default()
@@ -522,10 +517,6 @@ fn http_get(path: &str, port: &str) -> HTTPGetAction {
 
 fn non_empty(items: &[String]) -> Option<Vec<String>> {
     (!items.is_empty()).then(|| items.to_vec())
-}
-
-fn to_i32(value: u32) -> i32 {
-    i32::try_from(value).unwrap_or(i32::MAX)
 }
 
 #[cfg(test)]

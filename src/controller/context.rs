@@ -100,6 +100,8 @@ impl Metrics {
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
+    /// This replica, as Events name their reporter (the pod name, else the controller's).
+    pub reporting_instance: String,
     pub queue: QueueConnection,
     pub settings: Settings,
     /// Time between reconciles of an endpoint nothing happens to.
@@ -119,12 +121,14 @@ impl Context {
         resync: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let instance = std::env::var("HOSTNAME").ok();
         let reporter = Reporter {
             controller: super::build::MANAGED_BY.into(),
-            instance: std::env::var("HOSTNAME").ok(),
+            instance: instance.clone(),
         };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
+            reporting_instance: instance.unwrap_or_else(|| super::build::MANAGED_BY.into()),
             client,
             queue,
             settings,

@@ -108,7 +108,7 @@ async fn apply_endpoint(endpoint: &ModelEndpoint, ctx: &Context) -> Result<Actio
         },
     };
     let status = status::compute(endpoint, &observed, Time(Timestamp::now()));
-    if endpoint.status.as_ref() != Some(&status) {
+    if !status::is_unchanged(endpoint.status.as_ref(), &status) {
         apply::apply_status(&ctx.client, &namespace, &endpoint.name_any(), &status)
             .await
             .map_err(Error::PatchStatus)?;

@@ -186,9 +186,23 @@ pub fn compute(endpoint: &ModelEndpoint, observed: &Observed, now: Time) -> Mode
             QueueState::Ready(backlog) => backlog.oldest_age_seconds,
             _ => None,
         },
+        // The autoscaler's (its own field manager): left out, so the apply leaves them alone.
         last_scale_time: None,
         scale_reason: None,
     }
+}
+
+/// True when applying `computed` would change nothing the operator owns in `current`: the
+/// fields the autoscaler writes do not count, or every scale would bring a needless apply.
+pub fn is_unchanged(current: Option<&ModelEndpointStatus>, computed: &ModelEndpointStatus) -> bool {
+    current.is_some_and(|current| {
+        let operators = ModelEndpointStatus {
+            last_scale_time: None,
+            scale_reason: None,
+            ..current.clone()
+        };
+        operators == *computed
+    })
 }
 
 /// The status of an object that does not even parse as a ModelEndpoint.

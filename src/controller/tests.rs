@@ -17,6 +17,8 @@ use crate::crd::{ModelEndpoint, ModelEndpointStatus};
 use crate::dev::nats::{self, NatsServer};
 use crate::queue::{Queue, QueueSpec};
 
+mod autoscale;
+
 const ENDPOINT: &str = "/apis/ferry.dev/v1alpha1/namespaces/ml/modelendpoints/demo";
 const STATUS: &str = "/apis/ferry.dev/v1alpha1/namespaces/ml/modelendpoints/demo/status";
 const BUNDLE: &str = "/apis/ferry.dev/v1alpha1/namespaces/ml/modelbundles/model";
@@ -32,6 +34,18 @@ fn unreachable_nats() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     format!("nats://127.0.0.1:{port}")
+}
+
+/// Submits one task to the endpoint's queue.
+async fn submit(queue: &Queue, endpoint: &ModelEndpoint) {
+    let task = crate::task::TaskMessage {
+        task_id: crate::task::TaskId::generate(),
+        endpoint_id: endpoint.endpoint_id(),
+        args: json!({}),
+        callback: None,
+        submitted_at_ms: 0,
+    };
+    queue.submit(&task, None).await.expect("submitted");
 }
 
 type Reconcile = tokio::task::JoinHandle<Result<Action, Error>>;
@@ -495,68 +509,7 @@ async fn a_missing_secret_is_reported_and_the_policy_is_published_once_it_exists
 }
 
 #[tokio::test]
-async fn the_autoscaler_sets_the_scale_subresource_from_the_backlog() {
-    use crate::autoscale::Scaler;
-    use crate::task::{TaskId, TaskMessage};
-    let (nats, queue) = start_nats().await;
-    let (ctx, mut server) = context(&nats.url);
-    let mut endpoint = finalized(endpoint());
-    (
-        endpoint.spec.min_workers,
-        endpoint.spec.max_workers,
-        endpoint.spec.per_worker,
-    ) = (0, 3, 2);
-    queue
-        .ensure_endpoint(&QueueSpec::for_endpoint(&endpoint))
-        .await
-        .expect("queue");
-    let evaluate = |endpoint: ModelEndpoint, scaler: Scaler, applied: Option<u32>| {
-        let (ctx, queue) = (ctx.clone(), queue.clone());
-        tokio::spawn(async move {
-            let (mut scaler, mut applied) = (scaler, applied);
-            super::autoscale::evaluate(&ctx, &queue, &endpoint, &mut scaler, &mut applied).await;
-            (scaler, applied)
-        })
-    };
-    const SCALE: &str = "/apis/apps/v1/namespaces/ml/deployments/demo/scale";
-    let scale = |replicas: u32| json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "demo", "namespace": "ml"}, "spec": {"replicas": replicas}});
-
-    // Idle: zero workers.
-    let running = evaluate(endpoint.clone(), Scaler::new(Duration::from_secs(60)), None);
-    let seen = server.expect(Method::PATCH, SCALE).await;
-    assert_eq!(seen.body, json!({"spec": {"replicas": 0}}));
-    seen.ok(&scale(0));
-    let (scaler, applied) = running.await.expect("evaluated");
-    assert_eq!(applied, Some(0));
-
-    // Five queued tasks at two per worker: three workers (the maximum).
-    for _ in 0..5 {
-        let task = TaskMessage {
-            task_id: TaskId::generate(),
-            endpoint_id: endpoint.endpoint_id(),
-            args: json!({}),
-            callback: None,
-            submitted_at_ms: 0,
-        };
-        queue.submit(&task, None).await.expect("submitted");
-    }
-    let running = evaluate(endpoint.clone(), scaler, applied);
-    let seen = server.expect(Method::PATCH, SCALE).await;
-    assert_eq!(seen.body, json!({"spec": {"replicas": 3}}));
-    seen.ok(&scale(3));
-    let (scaler, applied) = running.await.expect("evaluated");
-
-    // Unchanged load: nothing to set.
-    let (_, applied) = evaluate(endpoint, scaler, applied)
-        .await
-        .expect("evaluated");
-    assert_eq!(applied, Some(3));
-    server.expect_silence().await;
-}
-
-#[tokio::test]
 async fn the_backlog_reports_the_age_of_the_oldest_task() {
-    use crate::task::{TaskId, TaskMessage};
     let (_nats, queue) = start_nats().await;
     let endpoint = finalized(endpoint());
     queue
@@ -568,14 +521,7 @@ async fn the_backlog_reports_the_age_of_the_oldest_task() {
         .await
         .expect("backlog");
     assert_eq!(empty.oldest_age_seconds, None);
-    let task = TaskMessage {
-        task_id: TaskId::generate(),
-        endpoint_id: endpoint.endpoint_id(),
-        args: json!({}),
-        callback: None,
-        submitted_at_ms: 0,
-    };
-    queue.submit(&task, None).await.expect("submitted");
+    submit(&queue, &endpoint).await;
     let waiting = queue
         .backlog_with_age(&endpoint.endpoint_id())
         .await

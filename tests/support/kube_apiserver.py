@@ -8,7 +8,10 @@ server-side apply as an upsert (PATCH of a missing object creates it); JSON patc
 equality label selectors on list and watch; Kubernetes' status reasons (NotFound, Conflict,
 AlreadyExists) so clients recognise them; and garbage collection of objects whose owners are
 gone. It is a smoke-test harness, not a model of API-server semantics: an apply merges instead
-of tracking field managers, and there is no admission, validation or defaulting.
+of tracking field managers (except for status, whose top-level fields are tracked per
+manager, so the operator's and the autoscaler's applies keep each other's), the scale
+subresource of Deployments reads and writes `spec.replicas` (which an apply without replicas
+then leaves alone), and there is no admission, validation or defaulting.
 
 Usage: python3 kube_apiserver.py [--ready-deployments] [PORT]
 Prints `listening on http://127.0.0.1:PORT`. With --ready-deployments it also plays the
@@ -75,6 +78,10 @@ class ApiServer(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.versions = itertools.count(1)
+        # Per object: the top-level status fields each field manager applied.
+        self.status_owners: dict[tuple, dict[str, set[str]]] = {}
+        # Objects whose replicas were set through the scale subresource.
+        self.scaled: set[tuple] = set()
         for resource, kind in RESOURCES.items():
             self.resources[resource].kind = kind
             self.resources[resource].namespaced = True
@@ -120,12 +127,18 @@ class ApiServer(kmock.KubernetesEmulator):
         if request.name is None or method not in ("PATCH", "PUT"):
             return request
         old = self.current(request)
-        if old is None:
+        if request.subresource == "scale":
+            if old is None:
+                raise kmock.KubernetesObjectNotFoundError()
+            new = copy.deepcopy(old)
+            new.setdefault("spec", {})["replicas"] = request.data.get("spec", {}).get("replicas")
+            self.scaled.add((request.resource, request.namespace, request.name))
+        elif old is None:
             if "apply-patch" in content_type:
                 data = self.stamp_new(request.data, request.namespace)
                 return attrs.evolve(request, action=kmock.action.CREATE, data=data)
             raise kmock.KubernetesObjectNotFoundError()
-        if method == "PUT":
+        elif method == "PUT":
             sent = request.data.get("metadata", {}).get("resourceVersion")
             if sent is not None and sent != old["metadata"]["resourceVersion"]:
                 raise kmock.KubernetesError(status=409, reason="Conflict", message="the object has been modified")
@@ -139,8 +152,7 @@ class ApiServer(kmock.KubernetesEmulator):
             new = copy.deepcopy(old)
             merge(new, request.data)
         elif request.subresource == "status":
-            # Server-side apply by the status' only manager: the applied status replaces it.
-            new = {**old, "status": request.data.get("status")}
+            new = {**old, "status": self.apply_status(request, old.get("status"))}
         else:
             # Server-side apply by the object's only manager: metadata merges, the rest of what
             # it applies replaces what was there; status stays.
@@ -149,6 +161,10 @@ class ApiServer(kmock.KubernetesEmulator):
             for key, value in request.data.items():
                 if key not in ("apiVersion", "kind", "metadata", "status"):
                     new[key] = copy.deepcopy(value)
+            # The replicas belong to whoever set them through the scale subresource.
+            scaled = (request.resource, request.namespace, request.name) in self.scaled
+            if scaled and "replicas" in old.get("spec", {}) and "replicas" not in new.get("spec", {}):
+                new.setdefault("spec", {})["replicas"] = old["spec"]["replicas"]
         if request.subresource == "status":
             new = {**old, "status": new.get("status")}
         if without_version(new) == without_version(old):
@@ -157,9 +173,36 @@ class ApiServer(kmock.KubernetesEmulator):
         data = self.stamp_update(request, old, new)
         return attrs.evolve(request, action=kmock.action.UPDATE, data=data)
 
+    def apply_status(self, request, old: dict | None) -> dict:
+        """A server-side apply of status by one field manager: the top-level status fields it
+        applies become its own and replace what was there; fields it owned and no longer
+        applies go; fields of other managers stay."""
+        key = (request.resource, request.namespace, request.name)
+        manager = request.params.get("fieldManager", "")
+        applied = request.data.get("status") or {}
+        owners = self.status_owners.setdefault(key, {})
+        status = dict(old or {})
+        for field in owners.get(manager, set()) - applied.keys():
+            if not any(field in fields for other, fields in owners.items() if other != manager):
+                status.pop(field, None)
+        for fields in owners.values():
+            fields -= applied.keys()
+        owners[manager] = set(applied.keys())
+        status.update(copy.deepcopy(applied))
+        return status
+
     async def _handle(self, request):
         if request.resource is None:
             return await super()._handle(request)
+        if request.subresource == "scale":
+            response = await self._handle_object(request)
+            stored = self.current(request)
+            if response.status >= 300 or stored is None:
+                return response
+            return aiohttp.web.json_response(as_scale(stored))
+        return await self._handle_object(request)
+
+    async def _handle_object(self, request):
         try:
             rewritten = self.rewrite(request)
         except kmock.KubernetesError as error:
@@ -176,7 +219,7 @@ class ApiServer(kmock.KubernetesEmulator):
         response = await super()._handle(request)
         if may_delete:
             await self.collect_garbage()
-        rolled = request.resource.plural == "deployments" and request.subresource is None
+        rolled = request.resource.plural == "deployments" and request.subresource in (None, "scale")
         if self.deployment_controller and rolled and request.action in WRITES:
             asyncio.get_running_loop().call_later(
                 0.05, lambda: asyncio.ensure_future(self.roll_out(request))
@@ -275,6 +318,18 @@ class ApiServer(kmock.KubernetesEmulator):
                     yield event
         finally:
             await bus.unmark(marker)
+
+
+def as_scale(obj: dict) -> dict:
+    """The scale subresource of a Deployment."""
+    meta = obj.get("metadata", {})
+    return {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {key: meta[key] for key in ("name", "namespace", "uid", "resourceVersion") if key in meta},
+        "spec": {"replicas": obj.get("spec", {}).get("replicas", 0)},
+        "status": {"replicas": (obj.get("status") or {}).get("replicas", 0)},
+    }
 
 
 class Unchanged(Exception):

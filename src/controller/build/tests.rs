@@ -174,10 +174,7 @@ fn pods_carry_endpoint_and_standard_labels_and_drain_before_stopping() {
     assert_eq!(labels["app.kubernetes.io/instance"], "demo");
     assert_eq!(labels["app.kubernetes.io/part-of"], "ferry");
     let spec = deployment.spec.as_ref().expect("spec");
-    assert_eq!(
-        spec.replicas, None,
-        "the autoscaler owns an async endpoint's count"
-    );
+    assert_eq!(spec.replicas, None, "the autoscaler owns the count");
     let pod_labels = spec
         .template
         .metadata
@@ -232,7 +229,8 @@ fn a_spec_change_changes_the_config_hash_but_scaling_does_not() {
     );
     assert_eq!(
         scaled_plan.deployment.spec.and_then(|s| s.replicas),
-        Some(5)
+        None,
+        "the autoscaler owns a sync endpoint's count too"
     );
 }
 

@@ -264,3 +264,38 @@ fn objects_that_do_not_parse_are_reported_invalid() {
     assert!(ready.message.contains("batch"));
     assert_eq!(status.observed_generation, Some(4));
 }
+
+#[test]
+fn the_autoscalers_fields_do_not_make_the_status_differ() {
+    let mut endpoint = endpoint();
+    let computed = compute(
+        &endpoint,
+        &observed(deployment(3, Some(rolled(2, 2, 2))), queue_ready(0)),
+        at(100),
+    );
+    assert!(!is_unchanged(None, &computed), "no status yet");
+    endpoint.status = Some(ModelEndpointStatus {
+        last_scale_time: Some(at(50)),
+        scale_reason: Some("Load".into()),
+        ..computed.clone()
+    });
+    assert!(is_unchanged(endpoint.status.as_ref(), &computed));
+    let recomputed = compute(
+        &endpoint,
+        &observed(deployment(3, Some(rolled(2, 2, 2))), queue_ready(0)),
+        at(200),
+    );
+    assert!(
+        is_unchanged(endpoint.status.as_ref(), &recomputed),
+        "a later reconcile of the same state applies nothing"
+    );
+    let busier = compute(
+        &endpoint,
+        &observed(deployment(3, Some(rolled(2, 2, 2))), queue_ready(7)),
+        at(200),
+    );
+    assert!(
+        !is_unchanged(endpoint.status.as_ref(), &busier),
+        "a field of the operator's still counts"
+    );
+}

@@ -1,0 +1,343 @@
+//! Autoscaler scenarios against the scripted API server: the scale apply, then the Event, then
+//! the status apply of each change, in that order, and nothing while the count holds.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use http::Method;
+use kube::core::error_boundary::DeserializeGuard;
+use kube::runtime::{reflector, watcher};
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::super::autoscale::{self, Tracked};
+use super::super::fixtures::{ApiServer, endpoint, finalized};
+use super::{STATUS, start_nats, submit};
+use crate::autoscale::{AutoscaleMetrics, Concurrency, Load, LoadReport};
+use crate::controller::context::Context;
+use crate::crd::{EndpointType, ModelEndpoint, ModelEndpointStatus};
+use crate::queue::QueueSpec;
+
+const SCALE: &str = "/apis/apps/v1/namespaces/ml/deployments/demo/scale";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ml/events";
+
+fn metrics() -> (Registry, Arc<AutoscaleMetrics>) {
+    let mut registry = Registry::default();
+    let metrics = AutoscaleMetrics::register(&mut registry);
+    (registry, metrics)
+}
+
+fn exposition(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).expect("encodes");
+    text
+}
+
+fn scaled(endpoint_type: EndpointType, min: u32, max: u32, per_worker: u32) -> ModelEndpoint {
+    let mut endpoint = finalized(endpoint());
+    endpoint.spec.endpoint_type = endpoint_type;
+    (
+        endpoint.spec.min_workers,
+        endpoint.spec.max_workers,
+        endpoint.spec.per_worker,
+    ) = (min, max, per_worker);
+    endpoint
+}
+
+/// Status as the reconciler left it for an endpoint idling at zero workers.
+fn idle_status() -> ModelEndpointStatus {
+    ModelEndpointStatus {
+        desired_replicas: Some(0),
+        ready_replicas: Some(0),
+        ..Default::default()
+    }
+}
+
+/// Serves the autoscaler's apply of the scale subresource; returns the replicas it set.
+async fn serve_scale(server: &mut ApiServer) -> Value {
+    let seen = server.expect(Method::PATCH, SCALE).await;
+    assert!(
+        seen.query.contains("fieldManager=ferry-autoscaler"),
+        "{}",
+        seen.query
+    );
+    assert!(seen.query.contains("force=true"), "{}", seen.query);
+    assert_eq!(
+        (&seen.body["apiVersion"], &seen.body["kind"]),
+        (&json!("autoscaling/v1"), &json!("Scale"))
+    );
+    let replicas = seen.body["spec"]["replicas"].clone();
+    seen.ok(&json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+        "metadata": {"name": "demo", "namespace": "ml"}, "spec": {"replicas": replicas}}));
+    replicas
+}
+
+/// Serves the Event the autoscaler creates; returns it.
+async fn serve_event(server: &mut ApiServer) -> Value {
+    let seen = server.expect(Method::POST, EVENTS).await;
+    let event = seen.body.clone();
+    seen.echo();
+    assert_eq!(event["type"], "Normal");
+    assert_eq!(event["action"], "Scale");
+    assert_eq!(event["regarding"]["name"], "demo");
+    assert_eq!(event["reportingController"], "ferry-operator");
+    event
+}
+
+/// Serves the autoscaler's status apply; returns the status it carried.
+async fn serve_scale_status(server: &mut ApiServer, endpoint: &ModelEndpoint) -> Value {
+    let seen = server.expect(Method::PATCH, STATUS).await;
+    assert!(
+        seen.query.contains("fieldManager=ferry-autoscaler"),
+        "{}",
+        seen.query
+    );
+    assert!(seen.query.contains("force=true"), "{}", seen.query);
+    assert_eq!(seen.body["kind"], "ModelEndpoint");
+    let status = seen.body["status"].clone();
+    let keys: Vec<&String> = status.as_object().expect("status").keys().collect();
+    assert!(
+        keys.iter()
+            .all(|k| ["lastScaleTime", "scaleReason"].contains(&k.as_str())),
+        "only the autoscaler's fields: {status}"
+    );
+    let mut stored = serde_json::to_value(endpoint).expect("json");
+    stored["status"] = status.clone();
+    seen.ok(&stored);
+    status
+}
+
+/// Evaluates `endpoint` at `load` in the background, as the loop does.
+fn evaluate(
+    ctx: &Arc<Context>,
+    metrics: &Arc<AutoscaleMetrics>,
+    endpoint: &ModelEndpoint,
+    tracked: Tracked,
+    load: Load,
+) -> tokio::task::JoinHandle<Tracked> {
+    let (ctx, metrics, endpoint) = (ctx.clone(), metrics.clone(), endpoint.clone());
+    tokio::spawn(async move {
+        let mut tracked = tracked;
+        autoscale::evaluate(&ctx, &metrics, &endpoint, &mut tracked, load).await;
+        tracked
+    })
+}
+
+#[tokio::test]
+async fn the_autoscaler_sets_the_scale_subresource_from_the_backlog() {
+    let (nats, queue) = start_nats().await;
+    let (ctx, mut server) = super::context(&nats.url);
+    let (registry, metrics) = metrics();
+    let endpoint = scaled(EndpointType::Async, 0, 3, 2);
+    queue
+        .ensure_endpoint(&QueueSpec::for_endpoint(&endpoint))
+        .await
+        .expect("queue");
+    let observe = || {
+        let (queue, endpoint) = (queue.clone(), endpoint.clone());
+        async move {
+            let mut board = Concurrency::default();
+            autoscale::observe_load(&queue, &mut board, &endpoint, Instant::now())
+                .await
+                .expect("the queue exists")
+        }
+    };
+
+    // Idle: zero workers, and the status says why, though nothing changed.
+    let load = observe().await;
+    let running = evaluate(
+        &ctx,
+        &metrics,
+        &endpoint,
+        Tracked::new(Duration::from_secs(60)),
+        load,
+    );
+    assert_eq!(serve_scale(&mut server).await, 0);
+    let status = serve_scale_status(&mut server, &endpoint).await;
+    assert_eq!(status, json!({"scaleReason": "Idle"}));
+    let tracked = running.await.expect("evaluated");
+    assert_eq!(tracked.applied(), Some(0));
+
+    // Five queued tasks at two per worker want three workers.
+    for _ in 0..5 {
+        submit(&queue, &endpoint).await;
+    }
+    let load = observe().await;
+    assert_eq!(
+        load,
+        Load {
+            queued: 5,
+            in_flight: 0
+        }
+    );
+    let running = evaluate(&ctx, &metrics, &endpoint, tracked, load);
+    assert_eq!(serve_scale(&mut server).await, 3);
+    let event = serve_event(&mut server).await;
+    assert_eq!(event["reason"], "ScaledUp");
+    assert_eq!(event["note"], "0 → 3 workers: Load (5 queued, 0 in flight)");
+    let status = serve_scale_status(&mut server, &endpoint).await;
+    assert_eq!(status["scaleReason"], "Load");
+    assert!(status["lastScaleTime"].is_string(), "{status}");
+    let tracked = running.await.expect("evaluated");
+
+    // Unchanged load: nothing to set, nothing to tell.
+    let tracked = evaluate(&ctx, &metrics, &endpoint, tracked, load)
+        .await
+        .expect("evaluated");
+    assert_eq!(tracked.applied(), Some(3));
+    server.expect_silence().await;
+    let text = exposition(&registry);
+    assert!(
+        text.contains(r#"ferry_autoscaler_desired_workers{endpoint="ml/demo"} 3"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"ferry_autoscaler_ready_workers{endpoint="ml/demo"} 0"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_sync_endpoint_wakes_at_its_first_load_report_and_times_the_wake() {
+    let (nats, queue) = start_nats().await;
+    let (ctx, mut server) = super::context(&nats.url);
+    let (registry, metrics) = metrics();
+    let mut endpoint = scaled(EndpointType::Sync, 0, 4, 2);
+    endpoint.status = Some(idle_status());
+
+    // A gateway's report, through NATS, onto the board.
+    let mut reports = queue.load_reports(None).await.expect("subscribed").boxed();
+    let report = LoadReport {
+        endpoint: endpoint.endpoint_id(),
+        source: "gateway-1".into(),
+        in_flight: 3,
+    };
+    queue.publish_load(&report).await.expect("published");
+    let received = tokio::time::timeout(Duration::from_secs(5), reports.next())
+        .await
+        .expect("a report arrives")
+        .expect("the subscription lives");
+    let mut board = Concurrency::default();
+    board.record(received, Instant::now());
+    let load = autoscale::observe_load(&queue, &mut board, &endpoint, Instant::now())
+        .await
+        .expect("sync endpoints always have a load");
+    assert_eq!(
+        load,
+        Load {
+            queued: 0,
+            in_flight: 3
+        }
+    );
+
+    // No window: scale-down is immediate, so the test can go back to zero.
+    let running = evaluate(
+        &ctx,
+        &metrics,
+        &endpoint,
+        Tracked::new(Duration::ZERO),
+        load,
+    );
+    assert_eq!(serve_scale(&mut server).await, 2);
+    let event = serve_event(&mut server).await;
+    assert_eq!(event["reason"], "ScaledUp");
+    assert_eq!(event["note"], "0 → 2 workers: Load (0 queued, 3 in flight)");
+    let status = serve_scale_status(&mut server, &endpoint).await;
+    assert_eq!(status["scaleReason"], "Load");
+    let tracked = running.await.expect("evaluated");
+
+    // The first worker is ready: the wake is timed, once.
+    endpoint.status = Some(ModelEndpointStatus {
+        desired_replicas: Some(2),
+        ready_replicas: Some(1),
+        ..Default::default()
+    });
+    let tracked = evaluate(&ctx, &metrics, &endpoint, tracked, load)
+        .await
+        .expect("evaluated");
+    server.expect_silence().await;
+    let text = exposition(&registry);
+    assert!(
+        text.contains("ferry_autoscaler_wake_seconds_count 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"ferry_autoscaler_ready_workers{endpoint="ml/demo"} 1"#),
+        "{text}"
+    );
+
+    // The requests are gone: back to zero.
+    let running = evaluate(&ctx, &metrics, &endpoint, tracked, Load::default());
+    assert_eq!(serve_scale(&mut server).await, 0);
+    let event = serve_event(&mut server).await;
+    assert_eq!(event["reason"], "ScaledToZero");
+    assert_eq!(event["note"], "2 → 0 workers: Idle (0 queued, 0 in flight)");
+    let status = serve_scale_status(&mut server, &endpoint).await;
+    assert_eq!(status["scaleReason"], "Idle");
+    running.await.expect("evaluated");
+    let text = exposition(&registry);
+    assert!(
+        text.contains("ferry_autoscaler_wake_seconds_count 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_loop_scales_a_sync_endpoint_when_a_gateway_reports_requests() {
+    let (nats, queue) = start_nats().await;
+    let (ctx, mut server) = super::context(&nats.url);
+    let (registry, metrics) = metrics();
+    let mut endpoint = scaled(EndpointType::Sync, 0, 4, 2);
+    endpoint.status = Some(idle_status());
+    let (store, mut writer) = reflector::store::<DeserializeGuard<ModelEndpoint>>();
+    writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(
+        endpoint.clone()
+    ))));
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(autoscale::run(
+        ctx.clone(),
+        store,
+        Duration::from_secs(60),
+        metrics,
+        stop.clone(),
+    ));
+
+    // The first round finds it idle and says so; it subscribed to reports before.
+    assert_eq!(serve_scale(&mut server).await, 0);
+    assert_eq!(
+        serve_scale_status(&mut server, &endpoint).await,
+        json!({"scaleReason": "Idle"})
+    );
+    server.expect_silence().await;
+
+    queue
+        .publish_load(&LoadReport {
+            endpoint: endpoint.endpoint_id(),
+            source: "gateway-1".into(),
+            in_flight: 3,
+        })
+        .await
+        .expect("published");
+    assert_eq!(serve_scale(&mut server).await, 2);
+    let event = serve_event(&mut server).await;
+    assert_eq!(event["reason"], "ScaledUp");
+    assert_eq!(event["note"], "0 → 2 workers: Load (0 queued, 3 in flight)");
+    assert_eq!(
+        serve_scale_status(&mut server, &endpoint).await["scaleReason"],
+        "Load"
+    );
+
+    // The endpoint is deleted: its series go with it.
+    writer.apply_watcher_event(&watcher::Event::Delete(DeserializeGuard(Ok(endpoint))));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let text = exposition(&registry);
+    assert!(!text.contains(r#"endpoint="ml/demo""#), "{text}");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the loop stops")
+        .expect("no panic");
+    server.expect_silence().await;
+}
