@@ -6,10 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::watch;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
+use tokio::sync::watch;
 
 use crate::crd::{
     BundleId, EndpointId, ModelBundle, ModelEndpoint, ModelEndpointStatus, namespace_of,

@@ -7,19 +7,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
-use tokio::time::Instant;
-
 use axum::{
     body::{Body, Bytes},
     extract::{Query, State, rejection::BytesRejection},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
+use futures::StreamExt;
 use kube::ResourceExt;
+use tokio::time::Instant;
 
 use super::{AppState, auth::Principal, error::AppError, routes};
-use crate::crd::{EndpointType, ModelEndpoint};
+use crate::crd::{EndpointId, EndpointType, ModelEndpoint};
 use crate::forwarder::serve::{PREDICT_PATH, STREAM_PATH};
 use crate::task::Versioned;
 
@@ -161,7 +160,7 @@ async fn reach_worker(
 }
 
 /// True while the endpoint has fewer ready workers than its maximum.
-fn may_grow(state: &AppState, id: &crate::crd::EndpointId) -> bool {
+fn may_grow(state: &AppState, id: &EndpointId) -> bool {
     state.catalog.endpoint(id).is_some_and(|endpoint| {
         let ready = endpoint
             .status
