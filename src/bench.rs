@@ -49,7 +49,8 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
         done: tokio::sync::Notify::new(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let receiver_url = format!("http://{}/cb", listener.local_addr()?);
+    let port = listener.local_addr()?.port();
+    let receiver_url = format!("http://{}:{port}/cb", args.callback_host);
     let receiver = Router::new()
         .route("/cb/{index}", post(receive))
         .with_state(timings.clone());

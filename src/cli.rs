@@ -347,6 +347,10 @@ pub struct BenchArgs {
     /// `nats-server` and model processes), as comma-separated pids.
     #[arg(long, value_delimiter = ',')]
     pub cpu_pids: Vec<u32>,
+    /// How callback URLs name the benchmark's receiver, which listens on 127.0.0.1: a name
+    /// such as `localhost` measures the lookups the SSRF guard makes.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub callback_host: String,
     /// Measure waking instead: this many times, wait for the endpoint (with `minWorkers: 0`) to
     /// idle at zero workers, send one task and time its first worker and its result.
     #[arg(long, default_value = "0")]

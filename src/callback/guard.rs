@@ -2,7 +2,10 @@
 //! CGNAT, multicast or cloud-metadata addresses unless the operator allows those ranges. Names
 //! are resolved by ferry, every address is vetted, and the connection goes to a vetted address
 //! (reqwest uses [`VettingResolver`], so a second DNS answer cannot rebind it). A failed lookup
-//! refuses the URL. The gateway checks on submission, the dispatcher on every attempt.
+//! refuses the URL. The gateway checks on submission, the dispatcher on every attempt; lookups
+//! are shared for a few seconds ([`cache`]), their answers vetted on every use.
+
+mod cache;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -37,6 +40,7 @@ pub struct Guard {
     allowed: Vec<IpNet>,
     /// Fixed answers for names, consulted before DNS (split-horizon set-ups and tests).
     overrides: Arc<HashMap<String, Vec<IpAddr>>>,
+    recent: Arc<cache::DnsCache>,
 }
 
 impl Guard {
@@ -44,6 +48,7 @@ impl Guard {
         Guard {
             allowed,
             overrides: Arc::new(overrides),
+            recent: Arc::default(),
         }
     }
 
@@ -64,20 +69,34 @@ impl Guard {
         let unresolvable = || Refusal::Unresolvable {
             host: host.to_owned(),
         };
-        let addrs: Vec<SocketAddr> = match self.overrides.get(host) {
-            Some(ips) => ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect(),
-            None => tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|_| unresolvable())?
-                .collect(),
+        let ips = match self.overrides.get(host) {
+            Some(ips) => ips.clone(),
+            None => self.look_up(host).await.ok_or_else(unresolvable)?,
         };
-        if addrs.is_empty() {
+        if ips.is_empty() {
             return Err(unresolvable());
         }
-        for addr in &addrs {
-            self.check_ip(addr.ip())?;
+        for ip in &ips {
+            self.check_ip(*ip)?;
         }
-        Ok(addrs)
+        Ok(ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect())
+    }
+
+    /// The addresses DNS gives for `host`, from a recent lookup when there is one.
+    async fn look_up(&self, host: &str) -> Option<Vec<IpAddr>> {
+        let now = std::time::Instant::now();
+        if let Some(ips) = self.recent.get(host, now) {
+            return Some(ips);
+        }
+        let addrs = tokio::net::lookup_host((host, 0)).await.ok()?;
+        let ips: Vec<IpAddr> = addrs.map(|addr| addr.ip()).collect();
+        if !ips.is_empty() {
+            self.recent.put(host, ips.clone(), now);
+        }
+        Some(ips)
     }
 
     /// Checks a callback URL as submitted: syntax, the endpoint's host allowlist, and where it leads.
