@@ -3,7 +3,7 @@
 //! observations. Async endpoints are loaded by their queue; sync and streaming endpoints by the
 //! requests the gateways hold ([`Concurrency`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -90,30 +90,42 @@ pub fn wanted(spec: &ModelEndpointSpec, load: Load) -> Decision {
 #[derive(Clone, Debug)]
 pub struct Scaler {
     window: Duration,
-    /// (when, wanted replicas), oldest first.
-    recent: Vec<(Instant, u32)>,
+    /// (when, wanted replicas): the wishes that may still be the largest in the window, oldest
+    /// first and largest first — a wish is dropped once a newer one is at least as large, so
+    /// this holds at most `maxWorkers + 1` entries however often the scaler decides.
+    recent: VecDeque<(Instant, u32)>,
 }
 
 impl Scaler {
     pub fn new(window: Duration) -> Self {
         Scaler {
             window,
-            recent: Vec::new(),
+            recent: VecDeque::new(),
         }
     }
 
     /// The replicas to run now, given the load observed at `now`.
     pub fn decide(&mut self, spec: &ModelEndpointSpec, load: Load, now: Instant) -> Decision {
         let wish = wanted(spec, load);
-        self.recent
-            .retain(|(at, _)| now.saturating_duration_since(*at) < self.window);
-        self.recent.push((now, wish.replicas));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= self.window)
+        {
+            self.recent.pop_front();
+        }
+        while self
+            .recent
+            .back()
+            .is_some_and(|(_, replicas)| *replicas <= wish.replicas)
+        {
+            self.recent.pop_back();
+        }
+        self.recent.push_back((now, wish.replicas));
         let held = self
             .recent
-            .iter()
-            .map(|(_, replicas)| *replicas)
-            .max()
-            .unwrap_or(wish.replicas);
+            .front()
+            .map_or(wish.replicas, |(_, replicas)| *replicas);
         // The window may hold wishes from before a spec change: never beyond today's bounds.
         let held = held.clamp(spec.min_workers, spec.max_workers.max(spec.min_workers));
         if held > wish.replicas {
@@ -348,6 +360,28 @@ mod tests {
                 replicas: 0,
                 reason: Reason::Idle
             }
+        );
+    }
+
+    #[test]
+    fn the_window_remembers_only_wishes_that_can_still_win() {
+        let spec = spec(0, 10, 1);
+        let mut scaler = Scaler::new(Duration::from_secs(120));
+        let start = Instant::now();
+        for step in 0..100_000u32 {
+            let at = start + Duration::from_millis(u64::from(step));
+            scaler.decide(&spec, load(u64::from(step % 7), 0), at);
+        }
+        assert!(
+            scaler.recent.len() <= 11,
+            "{} wishes kept",
+            scaler.recent.len()
+        );
+        let later = start + Duration::from_millis(100_000);
+        assert_eq!(
+            scaler.decide(&spec, load(0, 0), later).replicas,
+            6,
+            "the largest recent wish still holds"
         );
     }
 

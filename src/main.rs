@@ -23,6 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 use cli::{Cli, Role};
 
+/// Many small, short-lived allocations per task on several threads: mimalloc serves them with
+/// less CPU than the system allocator (measured with `ferry bench`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

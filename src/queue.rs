@@ -3,6 +3,7 @@
 //! shared results bucket (task records, callback delivery state, idempotency keys), and one shared
 //! callbacks stream consumed by the dispatcher, with a dead-letter stream beside it.
 
+mod arrivals;
 mod callbacks;
 mod load;
 mod names;
@@ -122,6 +123,7 @@ pub struct Queue {
     dead_letters: kv::Store,
     policies: kv::Store,
     settings: QueueSettings,
+    notices: std::sync::Arc<arrivals::Notices>,
 }
 
 impl Queue {
@@ -145,6 +147,7 @@ impl Queue {
             dead_letters,
             policies,
             settings,
+            notices: Default::default(),
         })
     }
 }

@@ -20,13 +20,18 @@ pub fn tasks_subject(endpoint: &EndpointId) -> String {
     format!("ferry.tasks.{endpoint}")
 }
 
-/// Every endpoint's task subject.
-pub const ALL_TASKS_SUBJECTS: &str = "ferry.tasks.*";
+/// Where submitters announce that an endpoint has new tasks.
+pub fn arrivals_subject(endpoint: &EndpointId) -> String {
+    format!("ferry.arrivals.{endpoint}")
+}
 
-/// The endpoint a task subject belongs to.
-pub fn endpoint_of_task_subject(subject: &str) -> Option<EndpointId> {
+/// Every endpoint's arrivals subject.
+pub const ALL_ARRIVALS_SUBJECTS: &str = "ferry.arrivals.*";
+
+/// The endpoint an arrivals subject belongs to.
+pub fn endpoint_of_arrivals_subject(subject: &str) -> Option<EndpointId> {
     subject
-        .strip_prefix("ferry.tasks.")
+        .strip_prefix("ferry.arrivals.")
         .and_then(EndpointId::parse)
 }
 

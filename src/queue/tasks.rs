@@ -225,6 +225,7 @@ impl Queue {
             self.create_task_record(&task_id, &record),
             self.publish_task(&task)
         )?;
+        self.announce_arrival(&task.endpoint_id).await;
         Ok(Submission { task_id, duplicate })
     }
 
@@ -303,42 +304,4 @@ type NatsErrorLike = super::NatsError;
 fn is_stream_not_found(kind: DeleteStreamErrorKind) -> bool {
     matches!(kind, DeleteStreamErrorKind::JetStream(error)
         if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
-}
-
-impl Queue {
-    /// The endpoint of every task submitted from now on, as it is published.
-    pub async fn all_task_arrivals(&self) -> Result<impl Stream<Item = EndpointId> + use<>, Error> {
-        let subject = names::ALL_TASKS_SUBJECTS;
-        let subscriber = self
-            .js
-            .client()
-            .subscribe(subject)
-            .await
-            .map_err(|source| Error::Receive {
-                consumer: format!("{subject} arrivals"),
-                source: source.into(),
-            })?;
-        Ok(subscriber.filter_map(|message| async move {
-            names::endpoint_of_task_subject(message.subject.as_str())
-        }))
-    }
-
-    /// Fires once per task submitted to the endpoint from now on: a core NATS subscription on
-    /// the task subject sees each publish as it happens, so an idle endpoint wakes at once.
-    pub async fn task_arrivals(
-        &self,
-        endpoint: &EndpointId,
-    ) -> Result<impl Stream<Item = ()> + use<>, Error> {
-        let subject = names::tasks_subject(endpoint);
-        let subscriber = self
-            .js
-            .client()
-            .subscribe(subject.clone())
-            .await
-            .map_err(|source| Error::Receive {
-                consumer: format!("{subject} arrivals"),
-                source: source.into(),
-            })?;
-        Ok(subscriber.map(|_| ()))
-    }
 }
