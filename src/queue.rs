@@ -188,6 +188,18 @@ async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv
 }
 
 impl Queue {
+    /// A core NATS subscription: messages published from now on, none kept.
+    async fn subscribe(&self, subject: String) -> Result<async_nats::Subscriber, Error> {
+        self.js
+            .client()
+            .subscribe(subject.clone())
+            .await
+            .map_err(|source| Error::Receive {
+                consumer: format!("{subject} subscription"),
+                source: source.into(),
+            })
+    }
+
     /// Everything the queue keeps for an endpoint: its callback policy (for the dispatcher) and,
     /// for an async endpoint, its task stream and consumer. Safe to repeat.
     pub async fn prepare_endpoint(

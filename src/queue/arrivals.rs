@@ -72,17 +72,6 @@ impl Queue {
         let subscriber = self.subscribe(names::arrivals_subject(endpoint)).await?;
         Ok(subscriber.map(|_| ()))
     }
-
-    async fn subscribe(&self, subject: String) -> Result<async_nats::Subscriber, Error> {
-        self.js
-            .client()
-            .subscribe(subject.clone())
-            .await
-            .map_err(|source| Error::Receive {
-                consumer: format!("{subject} arrivals"),
-                source: source.into(),
-            })
-    }
 }
 
 #[cfg(test)]

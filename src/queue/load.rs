@@ -32,15 +32,7 @@ impl Queue {
     ) -> Result<impl Stream<Item = LoadReport> + use<>, Error> {
         let subject =
             endpoint.map_or_else(|| names::ALL_LOAD_SUBJECTS.to_owned(), names::load_subject);
-        let subscriber = self
-            .js
-            .client()
-            .subscribe(subject.clone())
-            .await
-            .map_err(|source| Error::Receive {
-                consumer: format!("{subject} load reports"),
-                source: source.into(),
-            })?;
+        let subscriber = self.subscribe(subject).await?;
         Ok(subscriber.filter_map(|message| async move {
             serde_json::from_slice(&message.payload)
                 .inspect_err(
