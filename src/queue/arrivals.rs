@@ -1,7 +1,8 @@
 //! Arrival notices: a payload-free core NATS message on `ferry.arrivals.<endpoint>` when tasks
-//! are submitted, at most one per endpoint per [`NOTICE_GAP`] from each process. Autoscalers
-//! subscribe to wake an idle endpoint at once and to follow a burst within the gap, without
-//! receiving every task (subscribing to the task subjects would copy each payload to them).
+//! are submitted, at most one per endpoint per [`NOTICE_GAP`] from each process: the first at
+//! once, and one more at the end of the gap when tasks came during it. Autoscalers subscribe to
+//! wake an idle endpoint at once and to follow a burst within the gap, without receiving every
+//! task (subscribing to the task subjects would copy each payload to them).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,39 +19,64 @@ const NOTICE_GAP: Duration = Duration::from_millis(100);
 /// Endpoints remembered at most; beyond it, those noticed longer than the gap ago are dropped.
 const REMEMBERED: usize = 4096;
 
-/// When each endpoint was last announced.
+/// When to announce an endpoint's new tasks.
+#[derive(Debug, PartialEq, Eq)]
+enum Notice {
+    Now,
+    /// At the end of the current gap.
+    After(Duration),
+    /// One is already due at the end of the gap.
+    Pending,
+}
+
+/// When each endpoint's latest notice was sent or is due.
 #[derive(Debug, Default)]
 pub struct Notices {
-    last: Mutex<HashMap<EndpointId, Instant>>,
+    latest: Mutex<HashMap<EndpointId, Instant>>,
 }
 
 impl Notices {
-    /// True (and remembered) when `endpoint` was not announced within the gap before `now`.
-    fn due(&self, endpoint: &EndpointId, now: Instant) -> bool {
+    fn notice(&self, endpoint: &EndpointId, now: Instant) -> Notice {
         // One map operation per call: a panic cannot leave it half done.
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = |at: &Instant| now.saturating_duration_since(*at) < NOTICE_GAP;
-        if last.get(endpoint).is_some_and(fresh) {
-            return false;
+        let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        if latest.len() >= REMEMBERED && !latest.contains_key(endpoint) {
+            latest.retain(|_, at| now < *at + NOTICE_GAP);
         }
-        if last.len() >= REMEMBERED {
-            last.retain(|_, at| fresh(at));
+        match latest.get(endpoint).copied() {
+            Some(at) if at > now => Notice::Pending,
+            Some(at) if now < at + NOTICE_GAP => {
+                latest.insert(endpoint.clone(), at + NOTICE_GAP);
+                Notice::After(at + NOTICE_GAP - now)
+            }
+            _ => {
+                latest.insert(endpoint.clone(), now);
+                Notice::Now
+            }
         }
-        last.insert(endpoint.clone(), now);
-        true
     }
 }
 
 impl Queue {
-    /// Tells autoscalers the endpoint has new tasks, unless this process just did. A notice
-    /// that cannot be sent only delays scaling to the autoscaler's next reading.
+    /// Tells autoscalers the endpoint has new tasks, now or at the end of the current gap. A
+    /// notice that cannot be sent only delays scaling to the autoscaler's next reading.
     pub(super) async fn announce_arrival(&self, endpoint: &EndpointId) {
-        if !self.notices.due(endpoint, Instant::now()) {
-            return;
-        }
+        let delay = match self.notices.notice(endpoint, Instant::now()) {
+            Notice::Pending => return,
+            Notice::Now => Duration::ZERO,
+            Notice::After(delay) => delay,
+        };
+        let client = self.js.client();
         let subject = names::arrivals_subject(endpoint);
-        if let Err(error) = self.js.client().publish(subject, Default::default()).await {
-            tracing::debug!(%endpoint, %error, "announcing new tasks failed");
+        let publish = async move {
+            tokio::time::sleep(delay).await;
+            if let Err(error) = client.publish(subject, Default::default()).await {
+                tracing::debug!(%error, "announcing new tasks failed");
+            }
+        };
+        if delay.is_zero() {
+            publish.await;
+        } else {
+            tokio::spawn(publish);
         }
     }
 
@@ -79,20 +105,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_endpoint_is_announced_at_most_once_per_gap() {
+    fn an_endpoint_is_announced_at_once_then_once_more_at_the_end_of_the_gap() {
         let notices = Notices::default();
         let (a, b) = (
             EndpointId::for_resource("ml", "a"),
             EndpointId::for_resource("ml", "b"),
         );
         let start = Instant::now();
-        assert!(notices.due(&a, start));
-        assert!(!notices.due(&a, start + Duration::from_millis(50)));
-        assert!(
-            notices.due(&b, start + Duration::from_millis(50)),
-            "per endpoint"
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(notices.notice(&a, start), Notice::Now);
+        assert_eq!(
+            notices.notice(&a, at(30)),
+            Notice::After(Duration::from_millis(70)),
+            "tasks during the gap: one more notice when it ends"
         );
-        assert!(notices.due(&a, start + NOTICE_GAP));
+        assert_eq!(notices.notice(&a, at(60)), Notice::Pending);
+        assert_eq!(notices.notice(&b, at(60)), Notice::Now, "per endpoint");
+        assert_eq!(
+            notices.notice(&a, at(150)),
+            Notice::After(Duration::from_millis(50)),
+            "within the gap after the trailing notice"
+        );
+        assert_eq!(notices.notice(&a, at(400)), Notice::Now);
     }
 
     #[test]
@@ -100,10 +134,11 @@ mod tests {
         let notices = Notices::default();
         let start = Instant::now();
         for index in 0..REMEMBERED {
-            notices.due(&EndpointId::for_resource("ml", &index.to_string()), start);
+            notices.notice(&EndpointId::for_resource("ml", &index.to_string()), start);
         }
         let later = start + NOTICE_GAP;
-        assert!(notices.due(&EndpointId::for_resource("ml", "new"), later));
-        assert_eq!(notices.last.lock().expect("lock").len(), 1);
+        let new = EndpointId::for_resource("ml", "new");
+        assert_eq!(notices.notice(&new, later), Notice::Now);
+        assert_eq!(notices.latest.lock().expect("lock").len(), 1);
     }
 }
