@@ -141,4 +141,45 @@ mod tests {
         assert_eq!(notices.notice(&new, later), Notice::Now);
         assert_eq!(notices.latest.lock().expect("lock").len(), 1);
     }
+
+    #[tokio::test]
+    async fn a_run_of_submissions_is_announced_at_once_and_at_the_end_of_the_gap() {
+        use crate::queue::QueueSpec;
+        use crate::task::{TaskId, TaskMessage};
+        use futures::StreamExt;
+
+        let (_nats, queue) = crate::dev::nats::start_with_queue().await;
+        let endpoint = EndpointId::for_resource("ml", "a");
+        queue
+            .ensure_endpoint(&QueueSpec {
+                endpoint_id: endpoint.clone(),
+                task_expiry: Duration::from_secs(60),
+                ack_wait: Duration::from_secs(30),
+            })
+            .await
+            .expect("queue");
+        let arrivals = queue.all_task_arrivals().await.expect("subscribed");
+        let mut arrivals = std::pin::pin!(arrivals);
+        for _ in 0..5 {
+            let task = TaskMessage {
+                task_id: TaskId::generate(),
+                endpoint_id: endpoint.clone(),
+                args: serde_json::json!({}),
+                callback: None,
+                submitted_at_ms: 0,
+            };
+            queue.submit(&task, None).await.expect("submitted");
+        }
+        let wait = Duration::from_secs(1);
+        let first = tokio::time::timeout(wait, arrivals.next()).await;
+        assert_eq!(first.ok().flatten(), Some(endpoint.clone()));
+        let second = tokio::time::timeout(wait, arrivals.next()).await;
+        assert_eq!(
+            second.ok().flatten(),
+            Some(endpoint),
+            "the tasks of the gap are announced at its end"
+        );
+        let third = tokio::time::timeout(wait, arrivals.next()).await;
+        assert!(third.is_err(), "and nothing more");
+    }
 }
