@@ -3,6 +3,7 @@
 //! model (result `i + 5`), and reports throughput, submit→callback latency, lost, duplicate and
 //! wrong results. With `--wake-rounds` or `--burst` it measures autoscaling instead ([`scaling`]).
 
+pub mod model;
 mod scaling;
 
 use std::sync::Arc;

@@ -33,6 +33,8 @@ use schedule::Next;
 
 /// Attempts kept on a task's callback state; older ones are dropped first.
 const KEPT_ATTEMPTS: usize = 20;
+/// How long a job waits in line for a slot of its destination before it is deferred.
+const SLOT_WAIT: Duration = Duration::from_secs(1);
 /// How long a job first waits to be offered again when its destination has no free slot; the
 /// wait doubles with each refusal up to [`BUSY_HOST_MAX_DELAY`], so jobs queued for a hanging
 /// receiver do not churn through the dispatcher.
@@ -47,6 +49,7 @@ struct OutcomeLabel {
 pub struct DispatcherMetrics {
     attempts: Family<OutcomeLabel, Counter>,
     dead_letters: Counter,
+    deferred: Counter,
     attempt_seconds: Histogram,
 }
 
@@ -56,6 +59,7 @@ impl DispatcherMetrics {
         let metrics = DispatcherMetrics {
             attempts: Family::default(),
             dead_letters: Counter::default(),
+            deferred: Counter::default(),
             attempt_seconds: Histogram::new(buckets),
         };
         registry.register(
@@ -67,6 +71,11 @@ impl DispatcherMetrics {
             "ferry_dispatcher_dead_letters",
             "Callbacks given up on",
             metrics.dead_letters.clone(),
+        );
+        registry.register(
+            "ferry_dispatcher_deferred",
+            "Callback jobs put back for later because their destination had no free slot",
+            metrics.deferred.clone(),
         );
         registry.register(
             "ferry_dispatcher_attempt_duration_seconds",
@@ -109,7 +118,12 @@ impl Dispatcher {
             queue,
             concurrency: settings.concurrency,
             clients: Arc::new(clients),
-            host_slots: Arc::new(HostSlots::new(settings.per_host_concurrency)),
+            // Half the dispatcher's attempts may wait for one destination: the other half
+            // always serves the rest.
+            host_slots: Arc::new(HostSlots::new(
+                settings.per_host_concurrency,
+                (settings.concurrency / 2).max(settings.per_host_concurrency),
+            )),
             metrics,
         }
     }
@@ -185,10 +199,9 @@ impl Dispatcher {
                 url.port_or_known_default().unwrap_or(0)
             )
         });
-        let Some(_slot) = self
-            .host_slots
-            .try_acquire(destination.as_deref().unwrap_or_default())
-        else {
+        let destination = destination.as_deref().unwrap_or_default();
+        let Some(_slot) = self.host_slots.acquire(destination, SLOT_WAIT).await else {
+            self.metrics.deferred.inc();
             let refusals = delivery.deliveries().saturating_sub(1).min(16);
             return delivery
                 .defer(

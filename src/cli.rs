@@ -48,6 +48,8 @@ pub enum Role {
     Crd,
     /// Measure a running gateway: submit tasks and time their callbacks.
     Bench(BenchArgs),
+    /// Serve the benchmark's instant model (x + len(y)) on 127.0.0.1:$PORT.
+    BenchModel(BenchModelArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -362,6 +364,13 @@ pub struct BenchArgs {
     /// Seconds each task of a wake or burst measurement asks the model to take (`sleep`).
     #[arg(long, default_value = "1.0")]
     pub task_seconds: f64,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchModelArgs {
+    /// Port to listen on (`ferry dev` and pods give it as PORT).
+    #[arg(long, env = "PORT")]
+    pub port: u16,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

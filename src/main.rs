@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         Role::Dispatcher(args) => callback::run(args, cancel).await,
         Role::Operator(args) => controller::run(args, cancel).await,
         Role::Bench(args) => bench::run(args, cancel).await,
+        Role::BenchModel(args) => bench::model::run(args, cancel).await,
         Role::Crd => {
             print!("{}", crd_yaml()?);
             Ok(())

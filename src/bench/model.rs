@@ -1,0 +1,33 @@
+//! `ferry bench-model`: the benchmark's instant model, so a measurement shows ferry and NATS
+//! rather than a model's own cost. Listens on 127.0.0.1:$PORT like any model under `ferry dev`;
+//! `POST` of `{"x": 2, "y": "hello"}` answers `7` (x + len(y)), as the example model does, and
+//! `GET` answers 200 (ready).
+
+use axum::{Json, Router, http::StatusCode, routing::get};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::BenchModelArgs;
+
+#[derive(Deserialize)]
+struct Args {
+    x: i64,
+    y: String,
+}
+
+async fn predict(Json(args): Json<Args>) -> Result<Json<i64>, StatusCode> {
+    let length = i64::try_from(args.y.chars().count()).map_err(|_| StatusCode::BAD_REQUEST)?;
+    args.x
+        .checked_add(length)
+        .map(Json)
+        .ok_or(StatusCode::BAD_REQUEST)
+}
+
+pub async fn run(args: BenchModelArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    let app = Router::new().fallback(get(|| async { "{\"ready\": true}" }).post(predict));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await?;
+    Ok(())
+}
