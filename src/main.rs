@@ -98,14 +98,11 @@ mod tests {
         );
     }
 
-    /// Every example manifest fits its CRD's OpenAPI schema (types, bounds, patterns) and passes
-    /// the CEL rules, as `kubectl apply` would check them.
+    /// Every example and benchmark manifest fits its CRD's OpenAPI schema (types, bounds,
+    /// patterns) and passes the CEL rules, as `kubectl apply` would check them.
     #[test]
     fn examples_validate_against_the_crd_schemas() {
-        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-        let manifests = crate::manifest::load(std::slice::from_ref(&examples))
-            .expect("examples load and pass CEL rules");
-        assert!(!manifests.bundles.is_empty() && !manifests.endpoints.is_empty());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let validators = [
             crate::crd::ModelBundle::crd(),
             crate::crd::ModelEndpoint::crd(),
@@ -123,30 +120,45 @@ mod tests {
             )
         });
         let mut checked = 0;
-        for entry in std::fs::read_dir(&examples).expect("examples dir") {
-            let path = entry.expect("entry").path();
-            if path.extension().is_none_or(|ext| ext != "yaml") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).expect("readable");
-            for document in serde_yaml::Deserializer::from_str(&text) {
-                let value: serde_json::Value =
-                    serde::Deserialize::deserialize(document).expect("YAML");
-                let Some((_, validator)) = validators
-                    .iter()
-                    .find(|(kind, _)| value["kind"] == kind.as_str())
-                else {
+        for dir in [
+            "examples",
+            "benches/manifests",
+            "benches/scaling",
+            "benches/instant",
+        ] {
+            let dir = root.join(dir);
+            // Loaded beside the examples, as `ferry dev` runs them (the bundles they name).
+            let manifests =
+                crate::manifest::load(&[root.join("examples/test-bundle.yaml"), dir.clone()])
+                    .unwrap_or_else(|error| {
+                        panic!("{} loads and passes CEL: {error}", dir.display())
+                    });
+            assert!(!manifests.endpoints.is_empty(), "{}", dir.display());
+            for entry in std::fs::read_dir(&dir).expect("manifest dir") {
+                let path = entry.expect("entry").path();
+                if path.extension().is_none_or(|ext| ext != "yaml") {
                     continue;
-                };
-                let errors: Vec<String> = validator
-                    .iter_errors(&value)
-                    .map(|e| e.to_string())
-                    .collect();
-                assert!(errors.is_empty(), "{}: {errors:?}", path.display());
-                checked += 1;
+                }
+                let text = std::fs::read_to_string(&path).expect("readable");
+                for document in serde_yaml::Deserializer::from_str(&text) {
+                    let value: serde_json::Value =
+                        serde::Deserialize::deserialize(document).expect("YAML");
+                    let Some((_, validator)) = validators
+                        .iter()
+                        .find(|(kind, _)| value["kind"] == kind.as_str())
+                    else {
+                        continue;
+                    };
+                    let errors: Vec<String> = validator
+                        .iter_errors(&value)
+                        .map(|e| e.to_string())
+                        .collect();
+                    assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+                    checked += 1;
+                }
             }
         }
-        assert!(checked >= 2, "checked {checked} manifests");
+        assert!(checked >= 7, "checked {checked} manifests");
     }
 
     #[test]
