@@ -343,9 +343,10 @@ fn streaming_manifests() -> Vec<(&'static str, String)> {
     vec![
         ("streamer.yaml", bundle),
         ("sync.yaml", endpoint("sync-endpoint", "sync", "")),
+        // Idles at zero workers: its first request wakes it.
         (
             "streaming.yaml",
-            endpoint("streaming-endpoint", "streaming", ""),
+            endpoint("streaming-endpoint", "streaming", "  minWorkers: 0\n"),
         ),
     ]
 }
@@ -392,7 +393,7 @@ async fn sync_predictions_answer_in_launch_shape_and_refuse_when_saturated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streaming_predictions_arrive_as_server_sent_events() {
+async fn streaming_predictions_arrive_as_server_sent_events_and_wake_an_idle_endpoint() {
     let (_m, dev) = dev_with_bundles(&streaming_manifests()).await;
     let endpoint = dev.ready_endpoint("streaming-endpoint").await;
     let response = dev
