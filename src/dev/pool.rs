@@ -145,7 +145,13 @@ impl Pool {
             if let Some(Signal::Load(report)) = signal {
                 concurrency.record(report, Instant::now());
             }
-            let load = self.load(workers.running.len(), &mut concurrency).await;
+            // The oldest task's age costs a request more: once per tick, not per signal.
+            let (load, age) = self
+                .load(workers.running.len(), &mut concurrency, ticked)
+                .await;
+            if ticked {
+                oldest_task_age = age;
+            }
             let now = Instant::now();
             let decision = scaler.decide(spec, load, now);
             let (from, to) = (workers.running.len() as u32, decision.replicas);
@@ -163,10 +169,6 @@ impl Pool {
             self.scaling
                 .metrics
                 .observe(&label, decision.replicas, ready);
-            if ticked {
-                // Once per tick: it costs one request more than the load.
-                oldest_task_age = self.oldest_task_age().await;
-            }
             let seen = Observation {
                 ready,
                 decision,
@@ -201,40 +203,50 @@ impl Pool {
         })
     }
 
-    /// Queued and held tasks for async endpoints, the requests the gateway holds for the others.
-    async fn load(&self, running: usize, concurrency: &mut Concurrency) -> Load {
+    /// Queued and held tasks for async endpoints, the requests the gateway holds for the others;
+    /// with `with_age`, also the seconds the oldest unfinished task has waited.
+    async fn load(
+        &self,
+        running: usize,
+        concurrency: &mut Concurrency,
+        with_age: bool,
+    ) -> (Load, Option<i64>) {
         let id = self.endpoint.endpoint_id();
         if self.endpoint.spec.endpoint_type != EndpointType::Async {
-            return Load {
-                queued: 0,
-                in_flight: concurrency.in_flight(&id, Instant::now()),
-            };
-        }
-        match self.queue.backlog(&id).await {
-            Ok(backlog) => Load {
-                queued: backlog.queued,
-                in_flight: backlog.in_flight,
-            },
-            Err(error) => {
-                tracing::warn!(endpoint = %self.endpoint.name_any(), %error, "reading the backlog failed; keeping the workers");
+            let in_flight = concurrency.in_flight(&id, Instant::now());
+            return (
                 Load {
                     queued: 0,
-                    in_flight: running as u64 * u64::from(self.endpoint.spec.per_worker),
-                }
+                    in_flight,
+                },
+                None,
+            );
+        }
+        let backlog = if with_age {
+            self.queue.backlog_with_age(&id).await
+        } else {
+            self.queue.backlog(&id).await
+        };
+        match backlog {
+            Ok(backlog) => (
+                Load {
+                    queued: backlog.queued,
+                    in_flight: backlog.in_flight,
+                },
+                backlog.oldest_age_seconds,
+            ),
+            Err(error) => {
+                tracing::warn!(endpoint = %self.endpoint.name_any(), %error, "reading the backlog failed; keeping the workers");
+                let in_flight = running as u64 * u64::from(self.endpoint.spec.per_worker);
+                (
+                    Load {
+                        queued: 0,
+                        in_flight,
+                    },
+                    None,
+                )
             }
         }
-    }
-
-    /// Seconds the oldest unfinished task of an async endpoint has waited, if any waits.
-    async fn oldest_task_age(&self) -> Option<i64> {
-        if self.endpoint.spec.endpoint_type != EndpointType::Async {
-            return None;
-        }
-        let backlog = self
-            .queue
-            .backlog_with_age(&self.endpoint.endpoint_id())
-            .await;
-        backlog.ok().and_then(|backlog| backlog.oldest_age_seconds)
     }
 
     fn spawn(&self, index: usize, stop: &CancellationToken) -> Running {
