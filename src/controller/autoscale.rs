@@ -21,7 +21,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -103,6 +103,7 @@ pub async fn run(
     let mut ticks = tokio::time::interval(EVALUATE_EVERY);
     let mut board = Concurrency::default();
     let mut tracked: HashMap<EndpointId, Tracked> = HashMap::new();
+    let mut index = Index::new();
     loop {
         let only = tokio::select! {
             _ = stop.cancelled() => return,
@@ -111,7 +112,7 @@ pub async fn run(
             Some(report) = reports.next() => {
                 let endpoint = report.endpoint.clone();
                 // Only endpoints this operator scales: the board stays bounded by them.
-                if find(&endpoints, &endpoint).is_none() {
+                if !index.contains_key(&endpoint) {
                     continue;
                 }
                 board.record(report, Instant::now());
@@ -119,8 +120,22 @@ pub async fn run(
             }
         };
         let guards = match &only {
-            Some(id) => find(&endpoints, id).into_iter().collect(),
-            None => endpoints.state(),
+            Some(id) => index
+                .get(id)
+                .and_then(|reference| endpoints.get(reference))
+                .into_iter()
+                .collect(),
+            None => {
+                index = build_index(&endpoints);
+                tracked.retain(|id, state| {
+                    let keep = index.contains_key(id);
+                    if !keep && let Some(label) = &state.label {
+                        metrics.forget(label);
+                    }
+                    keep
+                });
+                endpoints.state()
+            }
         };
         for guard in guards {
             let Ok(endpoint) = &guard.0 else { continue };
@@ -136,32 +151,23 @@ pub async fn run(
                 .or_insert_with(|| Tracked::new(window));
             evaluate(&ctx, &metrics, endpoint, state, load).await;
         }
-        if only.is_none() {
-            let known: Vec<EndpointId> = endpoints
-                .state()
-                .iter()
-                .filter_map(|g| g.0.as_ref().ok().filter(|e| autoscaled(e)))
-                .map(|e| e.endpoint_id())
-                .collect();
-            tracked.retain(|id, state| {
-                let keep = known.contains(id);
-                if !keep && let Some(label) = &state.label {
-                    metrics.forget(label);
-                }
-                keep
-            });
-        }
     }
 }
 
-fn find(
-    endpoints: &Store<Guarded<ModelEndpoint>>,
-    id: &EndpointId,
-) -> Option<Arc<Guarded<ModelEndpoint>>> {
+/// The store's scaled endpoints by id, rebuilt every tick: notices name endpoints by id, and
+/// hashing every endpoint's name for each notice would cost work in proportion to all
+/// endpoints. An endpoint created since the last tick is found at the next one (within 1 s).
+type Index = HashMap<EndpointId, ObjectRef<Guarded<ModelEndpoint>>>;
+
+fn build_index(endpoints: &Store<Guarded<ModelEndpoint>>) -> Index {
     endpoints
         .state()
-        .into_iter()
-        .find(|g| g.0.as_ref().is_ok_and(|e| e.endpoint_id() == *id))
+        .iter()
+        .filter_map(|guard| {
+            let endpoint = guard.0.as_ref().ok().filter(|e| autoscaled(e))?;
+            Some((endpoint.endpoint_id(), ObjectRef::from_obj(guard.as_ref())))
+        })
+        .collect()
 }
 
 fn autoscaled(endpoint: &ModelEndpoint) -> bool {
