@@ -288,6 +288,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_looked_up_answer_is_reused_and_still_vetted() {
+        // `localhost` resolves from the hosts file: no query leaves the machine.
+        let guard = Guard::default();
+        let refused = guard.vet_url("http://localhost:9/cb", &[]).await;
+        assert!(
+            matches!(refused, Err(Refusal::Forbidden { .. })),
+            "{refused:?}"
+        );
+        let now = std::time::Instant::now();
+        let kept = guard
+            .recent
+            .get("localhost", now)
+            .expect("the answer is kept");
+        assert!(kept.iter().all(|ip| ip.is_loopback()), "{kept:?}");
+        let open = Guard {
+            allowed: vec![
+                "127.0.0.0/8".parse().expect("cidr"),
+                "::1/128".parse().expect("cidr"),
+            ],
+            ..guard.clone()
+        };
+        assert!(
+            open.vet_url("http://localhost:9/cb", &[]).await.is_ok(),
+            "the shared answer is vetted against each guard's own ranges"
+        );
+    }
+
+    #[tokio::test]
     async fn names_are_vetted_after_resolution_and_unresolvable_names_fail_closed() {
         let overrides = HashMap::from([
             ("metadata.test".to_owned(), vec![ip("169.254.169.254")]),
