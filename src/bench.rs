@@ -69,7 +69,8 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
         .no_proxy()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
-    let endpoint_id = find_endpoint(&http, &args).await?;
+    let endpoint = find_endpoint(&http, &args).await?;
+    let endpoint_id = endpoint["id"].as_str().unwrap_or_default();
     let submit_url = args
         .gateway
         .join(&format!("v1/async-tasks?model_endpoint_id={endpoint_id}"))?;
@@ -177,7 +178,8 @@ async fn receive(
     }
 }
 
-async fn find_endpoint(http: &reqwest::Client, args: &BenchArgs) -> anyhow::Result<String> {
+/// The Launch view of the endpoint `--endpoint` names.
+async fn find_endpoint(http: &reqwest::Client, args: &BenchArgs) -> anyhow::Result<Value> {
     let mut url = args.gateway.join("v1/model-endpoints")?;
     url.query_pairs_mut().append_pair("name", &args.endpoint);
     let listing: Value = http
@@ -188,10 +190,14 @@ async fn find_endpoint(http: &reqwest::Client, args: &BenchArgs) -> anyhow::Resu
         .error_for_status()?
         .json()
         .await?;
-    listing["model_endpoints"][0]["id"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("endpoint {} not found at {}", args.endpoint, args.gateway))
+    let endpoint = listing["model_endpoints"][0].clone();
+    anyhow::ensure!(
+        endpoint["id"].is_string(),
+        "endpoint {} not found at {}",
+        args.endpoint,
+        args.gateway
+    );
+    Ok(endpoint)
 }
 
 /// Reports on the `measured` tasks (those whose callbacks go to the answering receiver).

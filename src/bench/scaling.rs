@@ -48,16 +48,7 @@ impl Api {
     }
 
     async fn endpoint(&self) -> anyhow::Result<Value> {
-        let listing = self
-            .get(&format!("v1/model-endpoints?name={}", self.args.endpoint))
-            .await?;
-        let endpoint = listing["model_endpoints"][0].clone();
-        anyhow::ensure!(
-            !endpoint.is_null(),
-            "endpoint {} not found",
-            self.args.endpoint
-        );
-        Ok(endpoint)
+        super::find_endpoint(&self.http, &self.args).await
     }
 
     async fn available_workers(&self) -> anyhow::Result<u64> {
