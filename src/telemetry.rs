@@ -1,5 +1,5 @@
-//! Logging set-up: `tracing` to stderr, filtered by `RUST_LOG` (default `info`); and the one
-//! way errors are written out with their causes.
+//! Logging set-up: `tracing` to stderr, filtered by `RUST_LOG` (default `info`); the one way
+//! errors are written out with their causes; and the name this process goes by.
 
 use tracing_subscriber::{EnvFilter, fmt};
 
@@ -24,4 +24,10 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// This process's host name — its pod's name in Kubernetes — to tell replicas apart in Events,
+/// the leader Lease and load reports.
+pub fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME").ok()
 }

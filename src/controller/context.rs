@@ -121,7 +121,7 @@ impl Context {
         resync: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let instance = std::env::var("HOSTNAME").ok();
+        let instance = crate::telemetry::host_name();
         let reporter = Reporter {
             controller: super::build::MANAGED_BY.into(),
             instance: instance.clone(),

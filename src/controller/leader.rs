@@ -34,7 +34,7 @@ impl LeaseSettings {
         let identity = args
             .identity
             .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok())
+            .or_else(crate::telemetry::host_name)
             .unwrap_or_else(|| format!("ferry-operator-{}", uuid::Uuid::now_v7()));
         LeaseSettings {
             name: args.lease_name.clone(),

@@ -40,7 +40,7 @@ pub struct Demand {
 impl Demand {
     /// Demand reported under a name unique to this process (host name and a fresh id).
     pub fn for_this_process() -> Self {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".into());
+        let host = crate::telemetry::host_name().unwrap_or_else(|| "gateway".into());
         Demand::new(format!("{host}/{}", uuid::Uuid::now_v7()))
     }
 
