@@ -18,6 +18,18 @@ const ENDPOINT: &str =
     "/apis/ferry.dev/v1alpha1/namespaces/default/modelendpoints/demo-endpoint-callback";
 const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/default/deployments/demo-endpoint-callback";
 
+/// `ferry operator` against the stand-in API server and `nats`, its admin server on `admin`.
+fn spawn_operator(kubeconfig: &str, nats: &Nats, admin: &str, extra: &[(&str, &str)]) -> Process {
+    let mut envs = vec![
+        ("KUBECONFIG", kubeconfig),
+        ("FERRY_NATS_URL", nats.url.as_str()),
+        ("FERRY_FORWARDER_IMAGE", "registry.local/ferry:smoke"),
+        ("FERRY_ADMIN_LISTEN", admin),
+    ];
+    envs.extend_from_slice(extra);
+    Process::spawn(&["operator"], &envs)
+}
+
 fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
     status["conditions"]
         .as_array()?
@@ -47,15 +59,11 @@ async fn applying_the_examples_yields_workers_a_stream_and_status() {
     let api = KubeApiServer::start(&[]).await;
     let admin = format!("127.0.0.1:{}", free_port());
     let kubeconfig = api.kubeconfig();
-    let _operator = Process::spawn(
-        &["operator"],
-        &[
-            ("KUBECONFIG", kubeconfig.as_str()),
-            ("FERRY_NATS_URL", nats.url.as_str()),
-            ("FERRY_FORWARDER_IMAGE", "registry.local/ferry:smoke"),
-            ("FERRY_ADMIN_LISTEN", admin.as_str()),
-            ("FERRY_LEASE_IDENTITY", "smoke-operator"),
-        ],
+    let _operator = spawn_operator(
+        &kubeconfig,
+        &nats,
+        &admin,
+        &[("FERRY_LEASE_IDENTITY", "smoke-operator")],
     );
     let http = http_client();
     eventually("the operator holds the Lease", TIMEOUT, || async {
@@ -183,15 +191,7 @@ async fn an_endpoint_without_its_bundle_reports_it_and_heals() {
     let api = KubeApiServer::start(&[]).await;
     let kubeconfig = api.kubeconfig();
     let admin = format!("127.0.0.1:{}", free_port());
-    let _operator = Process::spawn(
-        &["operator"],
-        &[
-            ("KUBECONFIG", kubeconfig.as_str()),
-            ("FERRY_NATS_URL", nats.url.as_str()),
-            ("FERRY_FORWARDER_IMAGE", "registry.local/ferry:smoke"),
-            ("FERRY_ADMIN_LISTEN", admin.as_str()),
-        ],
-    );
+    let _operator = spawn_operator(&kubeconfig, &nats, &admin, &[]);
     let endpoint = manifest(&examples_dir().join("demo-endpoint-callback.yaml")).remove(0);
     api.create(ENDPOINTS, &endpoint).await;
     let status = eventually("BundleNotFound", TIMEOUT, || async {
@@ -239,13 +239,11 @@ async fn a_standby_replica_waits_and_takes_over_when_the_leader_dies() {
     let api = KubeApiServer::start(&[]).await;
     let kubeconfig = api.kubeconfig();
     let replica = |identity: &'static str, admin: &str| {
-        Process::spawn(
-            &["operator"],
+        spawn_operator(
+            &kubeconfig,
+            &nats,
+            admin,
             &[
-                ("KUBECONFIG", kubeconfig.as_str()),
-                ("FERRY_NATS_URL", nats.url.as_str()),
-                ("FERRY_FORWARDER_IMAGE", "registry.local/ferry:smoke"),
-                ("FERRY_ADMIN_LISTEN", admin),
                 ("FERRY_LEASE_IDENTITY", identity),
                 ("FERRY_LEASE_DURATION_SECONDS", "3"),
             ],
