@@ -78,6 +78,12 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("condition {type_} in {status}"))
 }
 
+/// Serves the read of the endpoint's bundle.
+async fn serve_bundle(server: &mut ApiServer) {
+    let bundle = serde_json::to_value(bundle()).expect("json");
+    server.expect(Method::GET, BUNDLE).await.ok(&bundle);
+}
+
 /// Serves the apply of the worker Deployment and returns its body.
 async fn serve_deployment_apply(server: &mut ApiServer, stored: Option<Value>) -> Value {
     let seen = server.expect(Method::PATCH, DEPLOYMENT).await;
@@ -133,10 +139,7 @@ async fn create_applies_the_workers_and_the_queue_and_reports_pending() {
     let endpoint = finalized(endpoint());
     let reconcile = start_reconcile(endpoint.clone(), &ctx);
 
-    server
-        .expect(Method::GET, BUNDLE)
-        .await
-        .ok(&serde_json::to_value(bundle()).expect("json"));
+    serve_bundle(&mut server).await;
     let deployment = serve_deployment_apply(&mut server, None).await;
     assert_eq!(deployment["kind"], "Deployment");
     assert_eq!(
@@ -193,10 +196,7 @@ async fn apply_round(
     expect_prune: bool,
 ) -> (Value, Option<Value>) {
     let reconcile = start_reconcile(endpoint.clone(), ctx);
-    server
-        .expect(Method::GET, BUNDLE)
-        .await
-        .ok(&serde_json::to_value(bundle()).expect("json"));
+    serve_bundle(server).await;
     let deployment = serve_deployment_apply(server, stored).await;
     if expect_prune {
         server
@@ -323,10 +323,7 @@ async fn a_missing_bundle_is_reported_and_heals_when_it_appears() {
     endpoint.status = Some(serde_json::from_value(status).expect("status"));
     endpoint.metadata.generation = Some(3);
     let reconcile = start_reconcile(endpoint, &ctx);
-    server
-        .expect(Method::GET, BUNDLE)
-        .await
-        .ok(&serde_json::to_value(bundle()).expect("json"));
+    serve_bundle(&mut server).await;
     serve_deployment_apply(&mut server, None).await;
     let status = serve_status_apply(&mut server).await;
     assert_eq!(status["state"], "UPDATE_PENDING");
@@ -340,10 +337,7 @@ async fn an_unreachable_nats_is_reported_and_retried_with_backoff() {
     let (ctx, mut server) = context(&unreachable_nats());
     let endpoint = finalized(endpoint());
     let reconcile = start_reconcile(endpoint.clone(), &ctx);
-    server
-        .expect(Method::GET, BUNDLE)
-        .await
-        .ok(&serde_json::to_value(bundle()).expect("json"));
+    serve_bundle(&mut server).await;
     serve_deployment_apply(&mut server, None).await;
     server
         .expect(Method::DELETE, SERVICE)
@@ -455,10 +449,7 @@ async fn a_missing_secret_is_reported_and_the_policy_is_published_once_it_exists
     });
     const SECRET: &str = "/api/v1/namespaces/ml/secrets/hooks";
     let reconcile = start_reconcile(endpoint.clone(), &ctx);
-    server
-        .expect(Method::GET, BUNDLE)
-        .await
-        .ok(&serde_json::to_value(bundle()).expect("json"));
+    serve_bundle(&mut server).await;
     server
         .expect(Method::GET, SECRET)
         .await
@@ -485,10 +476,7 @@ async fn a_missing_secret_is_reported_and_the_policy_is_published_once_it_exists
     // The Secret appears; the next reconcile (a resync) publishes the policy and goes on.
     endpoint.status = Some(serde_json::from_value(status).expect("status"));
     let reconcile = start_reconcile(endpoint.clone(), &ctx);
-    server
-        .expect(Method::GET, BUNDLE)
-        .await
-        .ok(&serde_json::to_value(bundle()).expect("json"));
+    serve_bundle(&mut server).await;
     let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hooks", "namespace": "ml"},
         "data": {"signingSecret": "d2hzZWNfTWZLUTlyOEdLWXFyVHdqVVBEOElMUFpJbzJMYUxhU3c="}});
     server.expect(Method::GET, SECRET).await.ok(&secret);
