@@ -6,6 +6,7 @@ mod autoscale;
 mod bench;
 mod callback;
 mod catalog;
+mod check;
 mod cli;
 mod controller;
 mod crd;
@@ -35,6 +36,9 @@ async fn main() -> anyhow::Result<()> {
     // TLS for callbacks uses ring, the provider kube already links; the result only says whether
     // another provider was installed first, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if cli.check_config {
+        return check::run(cli.role).await;
+    }
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_signal(cancel.clone()));
     match cli.role {

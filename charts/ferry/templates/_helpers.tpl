@@ -53,7 +53,7 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 - name: FERRY_NATS_URL
   value: {{ include "ferry.natsUrl" . | quote }}
 - name: FERRY_RESULT_RETENTION_SECONDS
-  value: {{ .Values.resultRetentionSeconds | quote }}
+  value: {{ .Values.resultRetentionSeconds | int64 | quote }}
 - name: FERRY_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
 {{- with .Values.logLevel }}
