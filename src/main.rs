@@ -102,6 +102,21 @@ mod tests {
         );
     }
 
+    #[test]
+    fn both_kinds_are_listed_by_kubectl_get_ferry() {
+        for names in [
+            crate::crd::ModelBundle::crd().spec.names,
+            crate::crd::ModelEndpoint::crd().spec.names,
+        ] {
+            assert_eq!(
+                names.categories,
+                Some(vec!["ferry".to_string()]),
+                "{}",
+                names.kind
+            );
+        }
+    }
+
     /// Every example and benchmark manifest fits its CRD's OpenAPI schema (types, bounds,
     /// patterns) and passes the CEL rules, as `kubectl apply` would check them.
     #[test]
