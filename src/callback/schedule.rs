@@ -153,6 +153,17 @@ mod tests {
     }
 
     #[test]
+    fn a_jittered_one_second_delay_stays_under_a_second_and_is_kept() {
+        let schedule = RetrySchedule::with_delays(&[1]);
+        let transient = Verdict::Transient { retry_after: None };
+        assert_eq!(
+            schedule.next(1, transient, 0.0),
+            Next::RetryIn(Duration::from_millis(800)),
+            "the queue schedules this delay as it is (not at once)"
+        );
+    }
+
+    #[test]
     fn retries_429_honouring_retry_after_within_bounds() {
         let schedule = RetrySchedule::default();
         let asked = |secs| Verdict::Transient {

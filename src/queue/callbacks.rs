@@ -24,9 +24,6 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// The dispatcher must answer each delivery within this time: longer than one attempt's timeout.
 const CALLBACK_ACK_WAIT: Duration = Duration::from_secs(330);
 
-/// Retries due sooner than this are published at once instead of scheduled.
-const SCHEDULE_THRESHOLD: Duration = Duration::from_secs(1);
-
 pub(super) struct Buckets {
     pub dead_letters: kv::Store,
     pub policies: kv::Store,
@@ -95,13 +92,14 @@ pub(super) async fn ensure(
     })
 }
 
-/// The `Nats-Schedule` value for `delay` from now, rounded up to the whole second the format
-/// allows, so a retry is never due before its delay (or a receiver's `Retry-After`) has passed.
-fn schedule_at(delay: Duration) -> String {
-    let due_ms = crate::task::now_ms() + delay.as_millis() as u64;
-    let due =
-        jiff::Timestamp::from_second(due_ms.div_ceil(1000) as i64).unwrap_or(jiff::Timestamp::MAX);
-    format!("@at {}", due.strftime("%Y-%m-%dT%H:%M:%SZ"))
+/// The `Nats-Schedule` value for `delay` after `now_ms` (Unix milliseconds): an RFC 3339 time
+/// with milliseconds, rounded up, so a retry is never due before its delay (or a receiver's
+/// `Retry-After`) has passed — however short the delay.
+fn schedule_at(now_ms: u64, delay: Duration) -> String {
+    let delay_ms = u64::try_from(delay.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+    let due_ms = i64::try_from(now_ms.saturating_add(delay_ms)).unwrap_or(i64::MAX);
+    let due = jiff::Timestamp::from_millisecond(due_ms).unwrap_or(jiff::Timestamp::MAX);
+    format!("@at {}", due.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"))
 }
 
 /// A callback job handed to the dispatcher.
@@ -153,23 +151,14 @@ impl Queue {
         .await
     }
 
-    /// Queues a retry of `job` due after `delay`. Long delays wait in the stream as a scheduled
-    /// message, so they hold no consumer capacity.
+    /// Queues a retry of `job` due after `delay`. Every delay, short or long, waits in the
+    /// stream as a scheduled message, so it holds no consumer capacity and is never early.
     pub async fn schedule_callback(&self, job: &CallbackJob, delay: Duration) -> Result<(), Error> {
         let target = names::callbacks_subject(&job.endpoint_id);
-        if delay < SCHEDULE_THRESHOLD {
-            let id = names::callback_message_id(
-                &job.task_id,
-                Some(&format!("attempt-{}", job.prior_attempts)),
-            );
-            return self
-                .publish_job(target, job, Some(id), HeaderMap::new())
-                .await;
-        }
         let mut headers = HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_SCHEDULE,
-            schedule_at(delay).as_str(),
+            schedule_at(crate::task::now_ms(), delay).as_str(),
         );
         headers.insert(async_nats::header::NATS_SCHEDULE_TARGET, target.as_str());
         self.publish_job(names::retry_subject(&job.task_id), job, None, headers)
@@ -360,5 +349,59 @@ impl Queue {
         Ok(watch.filter_map(|entry| async move {
             entry.ok().and_then(|entry| EndpointId::parse(&entry.key))
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{CallbackTarget, TaskId, TaskOutcome};
+
+    #[test]
+    fn a_schedule_is_never_due_before_its_delay() {
+        // 2025-01-01T00:00:00.100Z
+        let now_ms = 1_735_689_600_100;
+        assert_eq!(
+            schedule_at(now_ms, Duration::from_millis(300)),
+            "@at 2025-01-01T00:00:00.400Z",
+            "sub-second delays are kept"
+        );
+        assert_eq!(
+            schedule_at(now_ms, Duration::from_micros(1)),
+            "@at 2025-01-01T00:00:00.101Z",
+            "rounded up to the next millisecond"
+        );
+        assert_eq!(
+            schedule_at(now_ms, Duration::from_secs(3600)),
+            "@at 2025-01-01T01:00:00.100Z"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_300_ms_retry_is_not_delivered_before_it_is_due() {
+        let (_nats, queue) = crate::dev::nats::start_with_queue().await;
+        let job = CallbackJob {
+            task_id: TaskId::generate(),
+            endpoint_id: EndpointId::for_resource("ml", "a"),
+            target: CallbackTarget {
+                url: "http://127.0.0.1:9/".into(),
+                auth: None,
+            },
+            outcome: TaskOutcome::Success {
+                result: serde_json::json!({}),
+            },
+            submitted_at_ms: 0,
+            prior_attempts: 1,
+            redeliveries: 0,
+        };
+        let jobs = queue.callback_jobs(1).await.expect("consumer");
+        let mut jobs = std::pin::pin!(jobs);
+        let delay = Duration::from_millis(300);
+        let scheduled = std::time::Instant::now();
+        queue.schedule_callback(&job, delay).await.expect("scheduled");
+        let delivery = jobs.next().await.expect("delivered").expect("a job");
+        let waited = scheduled.elapsed();
+        assert_eq!(delivery.job().expect("decodes"), job);
+        assert!(waited >= delay, "delivered after {waited:?}, due after {delay:?}");
     }
 }
