@@ -518,6 +518,11 @@ async fn internal_callback_urls_are_refused_at_submission() {
         ("http://metadata.test/latest", "cloud metadata"),
         ("http://intranet.test/cb", "private"),
         ("http://[::ffff:10.0.0.1]/cb", "private"),
+        ("http://[::127.0.0.1]/", "loopback"),
+        ("http://[::ffff:0:127.0.0.1]/", "loopback"),
+        ("http://[64:ff9b::169.254.169.254]/cb", "cloud metadata"),
+        ("http://[2002:a00:1::1]/cb", "private"),
+        ("http://[2001:0:808:808:0:0:80ff:fffe]/cb", "loopback"),
         ("https://user:pw@public.test/cb", "credentials"),
         ("gopher://public.test/cb", "http or https"),
     ] {

@@ -1,14 +1,16 @@
 //! The SSRF guard: callback URLs may not reach loopback, private, link-local, unique-local,
-//! CGNAT, multicast or cloud-metadata addresses unless the operator allows those ranges. Names
+//! CGNAT, multicast, cloud-metadata or other internal addresses ([`ranges`]), written as IPv4 or
+//! inside any IPv6 form, unless the operator allows those ranges. Names
 //! are resolved by ferry, every address is vetted, and the connection goes to a vetted address
 //! (reqwest uses [`VettingResolver`], so a second DNS answer cannot rebind it). A failed lookup
 //! refuses the URL. The gateway checks on submission, the dispatcher on every attempt; lookups
 //! are shared for a few seconds ([`cache`]), their answers vetted on every use.
 
 mod cache;
+mod ranges;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -158,50 +160,9 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// The kind of internal address `ip` is, or `None` for a public one.
 pub fn forbidden_kind(ip: IpAddr) -> Option<&'static str> {
     match canonical(ip) {
-        IpAddr::V4(v4) => forbidden_v4(v4),
-        IpAddr::V6(v6) => forbidden_v6(v6),
+        IpAddr::V4(v4) => ranges::forbidden_v4(v4),
+        IpAddr::V6(v6) => ranges::forbidden_v6(v6),
     }
-}
-
-fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, ..] = ip.octets();
-    Some(match () {
-        _ if ip == Ipv4Addr::new(169, 254, 169, 254) || ip == Ipv4Addr::new(100, 100, 100, 200) => {
-            "cloud metadata"
-        }
-        _ if ip.is_loopback() => "loopback",
-        _ if ip.is_private() => "private",
-        _ if ip.is_link_local() => "link-local",
-        _ if a == 100 && (64..128).contains(&b) => "carrier-grade NAT",
-        _ if ip.is_multicast() => "multicast",
-        _ if ip.is_unspecified() || a == 0 => "unspecified",
-        _ if ip.is_broadcast() || a >= 240 => "reserved",
-        _ if a == 192 && b == 0 && ip.octets()[2] == 0 => "IETF protocol",
-        _ if a == 198 && (18..20).contains(&b) => "benchmarking",
-        _ => return None,
-    })
-}
-
-fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
-    let first = ip.segments()[0];
-    Some(match () {
-        _ if ip
-            == "fd00:ec2::254"
-                .parse::<Ipv6Addr>()
-                .unwrap_or(Ipv6Addr::UNSPECIFIED) =>
-        {
-            "cloud metadata"
-        }
-        _ if ip.is_loopback() => "loopback",
-        _ if ip.is_unspecified() => "unspecified",
-        _ if first & 0xfe00 == 0xfc00 => "unique-local",
-        _ if first & 0xffc0 == 0xfe80 => "link-local",
-        _ if first & 0xff00 == 0xff00 => "multicast",
-        // NAT64 and 6to4 embed IPv4 addresses that could be internal.
-        _ if first == 0x0064 && ip.segments()[1] == 0xff9b => "NAT64",
-        _ if first == 0x2002 => "6to4",
-        _ => return None,
-    })
 }
 
 /// reqwest's resolver for callbacks: only vetted addresses ever reach the connector.
@@ -244,7 +205,9 @@ mod tests {
             ("fe80::1", "link-local"),
             ("fd00:ec2::254", "cloud metadata"),
             ("::ffff:10.0.0.1", "private"),
-            ("64:ff9b::a00:1", "NAT64"),
+            ("64:ff9b::a00:1", "private"),
+            ("::127.0.0.1", "loopback"),
+            ("::ffff:0:127.0.0.1", "loopback"),
         ] {
             assert_eq!(forbidden_kind(ip(address)), Some(kind), "{address}");
             assert!(guard.check_ip(ip(address)).is_err(), "{address}");

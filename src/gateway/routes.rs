@@ -232,7 +232,8 @@ fn in_scope(principal: &Principal, endpoint: &ModelEndpoint) -> bool {
         .is_none_or(|scope| crate::crd::namespace_of(endpoint) == scope)
 }
 
-/// A JSON body of type `T`, or a 413 (too large) or 422 (not `T`) naming the problem.
+/// A JSON object body of type `T`, or a 413 (too large) or 422 (not an object, not `T`) naming
+/// the problem. Only objects: serde would read an array into `T` by position.
 pub(super) fn parse_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     what: &str,
@@ -241,9 +242,30 @@ pub(super) fn parse_body<T: serde::de::DeserializeOwned>(
         StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge,
         _ => AppError::BadRequest(rejection.body_text()),
     })?;
+    if let Some(kind) = non_object_kind(&body) {
+        return Err(AppError::invalid_body(
+            &[],
+            format!("body must be a JSON object ({what}), not {kind}"),
+        ));
+    }
     serde_json::from_slice(&body).map_err(|error| {
         AppError::invalid_body(&[], format!("body is not a valid {what}: {error}"))
     })
+}
+
+/// What a JSON text is when its first value does not open an object; `None` for an object
+/// (or for text that is no JSON at all, which parsing reports).
+fn non_object_kind(body: &[u8]) -> Option<&'static str> {
+    let first = body.iter().find(|byte| !b" \t\r\n".contains(byte));
+    match first? {
+        b'{' => None,
+        b'[' => Some("an array"),
+        b'"' => Some("a string"),
+        b't' | b'f' => Some("a boolean"),
+        b'n' => Some("null"),
+        b'-' | b'0'..=b'9' => Some("a number"),
+        _ => None,
+    }
 }
 
 fn parse_task_request(body: Result<Bytes, BytesRejection>) -> Result<TaskRequest, AppError> {

@@ -268,3 +268,51 @@ async fn a_task_polled_after_a_stale_started_still_answers_its_outcome() {
     assert_eq!(body["status"], "SUCCESS", "{body}");
     assert_eq!(body["result"], json!({"result": 7}));
 }
+
+#[tokio::test]
+async fn task_bodies_must_be_json_objects() {
+    let fixture = fixture(true).await;
+    let state = &fixture.state;
+    let key = Some("key-a");
+    let mut ids = Vec::new();
+    for (name, kind) in [("objects-async", "async"), ("objects-stream", "streaming")] {
+        let mut body: Value = serde_json::from_str(&create_body(name)).expect("json");
+        body["endpoint_type"] = json!(kind);
+        let (status, answer, _) =
+            send(state, "POST", "/v1/model-endpoints", key, &body.to_string()).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let endpoint = fixture.recorder.endpoints.lock().expect("lock").remove(0);
+        ids.push(endpoint.endpoint_id());
+        state.catalog.put_endpoint(endpoint);
+    }
+    let routes = [
+        format!("/v1/async-tasks?model_endpoint_id={}", ids[0]),
+        format!("/v1/sync-tasks?model_endpoint_id={}", ids[1]),
+        format!("/v1/streaming-tasks?model_endpoint_id={}", ids[1]),
+    ];
+    // An array once set the callback URL by position.
+    let array = r#"[{"x": 1}, "http://127.0.0.1:9/cb"]"#;
+    for uri in &routes {
+        for (body, kind) in [(array, "array"), (" \n\"text\"", "string"), ("7", "number")] {
+            let (status, answer, _) = send(state, "POST", uri, key, body).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{uri} {body}");
+            let message = answer["detail"][0]["msg"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("must be a JSON object") && message.contains(kind),
+                "{uri}: {answer}"
+            );
+        }
+    }
+    state
+        .queue
+        .ensure_endpoint(&crate::queue::QueueSpec {
+            endpoint_id: ids[0].clone(),
+            task_expiry: std::time::Duration::from_secs(60),
+            ack_wait: std::time::Duration::from_secs(30),
+        })
+        .await
+        .expect("queue");
+    let (status, answer, _) = send(state, "POST", &routes[0], key, r#"{"args": {"x": 1}}"#).await;
+    assert_eq!(status, StatusCode::OK, "an object is taken: {answer}");
+    assert!(answer["task_id"].is_string(), "{answer}");
+}
