@@ -11,6 +11,8 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::http_server::{self, Limits};
+
 /// Set once the process (or one worker) can do its work; `/readyz` answers 503 until then.
 #[derive(Clone)]
 pub struct Readiness(Arc<watch::Sender<bool>>);
@@ -82,15 +84,14 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     }
 }
 
-/// Serves `router` on `addr` until `cancel` fires.
+/// Serves `router` on `addr` within `limits` until `cancel` fires.
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
+    limits: Limits,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "admin endpoint listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
+    http_server::serve(listener, router, limits, cancel).await
 }

@@ -318,7 +318,12 @@ pub async fn run(args: DispatcherArgs, cancel: CancellationToken) -> anyhow::Res
     let readiness = Readiness::default();
     if let Some(addr) = args.admin_listen {
         let router = admin::router(Arc::new(registry), readiness.clone());
-        tokio::spawn(admin::serve(addr, router, cancel.clone()));
+        tokio::spawn(admin::serve(
+            addr,
+            router,
+            args.http.limits(),
+            cancel.clone(),
+        ));
     }
     let clients = clients(&args)?;
     let dispatcher = Dispatcher::new(queue, args.delivery.settings(), clients, metrics);

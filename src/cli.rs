@@ -71,6 +71,35 @@ pub struct NatsArgs {
     pub result_retention: Duration,
 }
 
+/// How the role's HTTP listeners bound their connections.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// Seconds a connection may take to send a request's header (from its first byte, or
+    /// from connecting); slower ones are closed.
+    #[arg(long = "http-header-timeout-seconds", env = "FERRY_HTTP_HEADER_TIMEOUT_SECONDS", default_value = "5", value_parser = parse_positive_seconds)]
+    pub header_timeout: Duration,
+    /// Seconds a keep-alive connection may wait for its next request before it is closed.
+    #[arg(long = "http-idle-timeout-seconds", env = "FERRY_HTTP_IDLE_TIMEOUT_SECONDS", default_value = "120", value_parser = parse_positive_seconds)]
+    pub idle_timeout: Duration,
+    /// Connections served at once per listener; more wait to be accepted until one closes.
+    #[arg(
+        long = "http-max-connections",
+        env = "FERRY_HTTP_MAX_CONNECTIONS",
+        default_value = "4096"
+    )]
+    pub max_connections: NonZeroU32,
+}
+
+impl HttpArgs {
+    pub fn limits(&self) -> crate::http_server::Limits {
+        crate::http_server::Limits {
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections.get() as usize,
+        }
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct AuthArgs {
     /// API keys and the team each belongs to, as `KEY=TEAM` pairs separated by commas.
@@ -96,6 +125,8 @@ pub struct GatewayArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "FERRY_MAX_BODY_BYTES", default_value = "10485760")]
     pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -130,6 +161,8 @@ pub struct ForwarderArgs {
     /// Path of the model's streaming predictions (server-sent events), if it has one.
     #[arg(long, env = forwarder_env::STREAMING_PREDICT_ROUTE)]
     pub streaming_predict_route: Option<String>,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -141,6 +174,8 @@ pub struct DispatcherArgs {
     /// Address for /healthz, /readyz and /metrics; none when absent.
     #[arg(long, env = "FERRY_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 /// Where callbacks may go (the SSRF guard), for the gateway's submission check and the dispatcher.
@@ -275,6 +310,8 @@ pub struct OperatorArgs {
     pub scale_down_delay: Duration,
     #[command(flatten)]
     pub lease: LeaseArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -317,6 +354,8 @@ pub struct DevArgs {
     pub auth: AuthArgs,
     #[command(flatten)]
     pub delivery: DeliveryArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -376,6 +415,13 @@ pub struct BenchModelArgs {
     /// Port to listen on (`ferry dev` and pods give it as PORT).
     #[arg(long, env = "PORT")]
     pub port: u16,
+}
+
+fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
+    match parse_seconds(text)? {
+        Duration::ZERO => Err("must be at least 1 second".into()),
+        seconds => Ok(seconds),
+    }
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -158,7 +158,12 @@ pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Resul
     let autoscale_metrics = AutoscaleMetrics::register(&mut registry);
     let readiness = Readiness::default();
     let router = admin::router(Arc::new(registry), readiness.clone());
-    let admin_server = tokio::spawn(admin::serve(args.admin_listen, router, cancel.clone()));
+    let admin_server = tokio::spawn(admin::serve(
+        args.admin_listen,
+        router,
+        args.http.limits(),
+        cancel.clone(),
+    ));
 
     let queue_settings = QueueSettings {
         result_retention: args.nats.result_retention,

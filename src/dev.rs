@@ -100,6 +100,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
             gateway::router(state, args.max_body_bytes),
             registry,
             readiness,
+            args.http.limits(),
             gateway_cancel,
         )
         .await

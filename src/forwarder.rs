@@ -344,7 +344,12 @@ pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Resu
     let readiness = Readiness::default();
     if let Some(addr) = args.admin_listen {
         let router = admin::router(Arc::new(registry), readiness.clone());
-        tokio::spawn(admin::serve(addr, router, cancel.clone()));
+        tokio::spawn(admin::serve(
+            addr,
+            router,
+            args.http.limits(),
+            cancel.clone(),
+        ));
     }
     let concurrency = args.concurrency.get() as usize;
     if let Some(addr) = args.serve_listen {
@@ -362,6 +367,7 @@ pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Resu
                 slots,
                 queue,
             }),
+            args.http.limits(),
             cancel,
         )
         .await?;

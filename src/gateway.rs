@@ -31,6 +31,7 @@ use crate::admin::{self, Readiness};
 use crate::callback::Guard;
 use crate::catalog::{Catalog, ResourceWriter, cluster};
 use crate::cli::GatewayArgs;
+use crate::http_server;
 use crate::manifest;
 use crate::queue::{Queue, QueueSettings};
 
@@ -105,19 +106,19 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     v1.with_state(state)
 }
 
-/// Serves `router` (merged with probes and metrics) until `cancel` fires, then drains requests.
+/// Serves `router` (merged with probes and metrics) within `limits` until `cancel` fires, then
+/// drains requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     registry: Registry,
     readiness: Readiness,
+    limits: http_server::Limits,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let app = router.merge(admin::router(Arc::new(registry), readiness));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
+    http_server::serve(listener, app, limits, cancel).await
 }
 
 /// `ferry gateway`: serves the endpoints its manifests define, preparing their queues and
@@ -202,6 +203,7 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
         router(state, args.max_body_bytes),
         registry,
         readiness,
+        args.http.limits(),
         cancel,
     )
     .await?;

@@ -13,6 +13,7 @@ mod crd;
 mod dev;
 mod forwarder;
 mod gateway;
+mod http_server;
 mod manifest;
 mod queue;
 mod task;

@@ -132,7 +132,9 @@ impl Worker {
         self.catalog.add_worker(&endpoint_id, url.clone());
         readiness.set_ready();
         tracing::info!(worker = %self.name, %url, "serving sync and streaming requests");
-        let served = serve::serve(listener, server, stop).await;
+        // Only this process's gateway connects: the default bounds serve it.
+        let limits = crate::http_server::Limits::default();
+        let served = serve::serve(listener, server, limits, stop).await;
         self.catalog.remove_worker(&endpoint_id, &url);
         Ok(served?)
     }

@@ -113,13 +113,12 @@ async fn stream(State(server): State<Arc<Server>>, body: Bytes) -> Response {
     sse::Sse::new(events).into_response()
 }
 
-/// Serves until `cancel`, then finishes the requests under way.
+/// Serves within `limits` until `cancel`, then finishes the requests under way.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: Arc<Server>,
+    limits: crate::http_server::Limits,
     cancel: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(server))
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
+    crate::http_server::serve(listener, router(server), limits, cancel).await
 }

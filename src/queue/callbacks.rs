@@ -398,10 +398,16 @@ mod tests {
         let mut jobs = std::pin::pin!(jobs);
         let delay = Duration::from_millis(300);
         let scheduled = std::time::Instant::now();
-        queue.schedule_callback(&job, delay).await.expect("scheduled");
+        queue
+            .schedule_callback(&job, delay)
+            .await
+            .expect("scheduled");
         let delivery = jobs.next().await.expect("delivered").expect("a job");
         let waited = scheduled.elapsed();
         assert_eq!(delivery.job().expect("decodes"), job);
-        assert!(waited >= delay, "delivered after {waited:?}, due after {delay:?}");
+        assert!(
+            waited >= delay,
+            "delivered after {waited:?}, due after {delay:?}"
+        );
     }
 }

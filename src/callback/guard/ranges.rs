@@ -101,7 +101,10 @@ const fn net6(leading: &[u16], prefix: u8) -> (Ipv6Addr, u8) {
 /// Special-purpose IPv6 ranges, the more specific first.
 const V6_SPECIAL: &[V6Range] = &[
     // fd00:ec2::254/128
-    internal_v6(net6(&[0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254], 128), "cloud metadata"),
+    internal_v6(
+        net6(&[0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254], 128),
+        "cloud metadata",
+    ),
     // ::/128
     internal_v6(net6(&[], 128), "unspecified"),
     // ::1/128
@@ -109,9 +112,19 @@ const V6_SPECIAL: &[V6Range] = &[
     // ::/96
     v6(net6(&[], 96), "IPv4-compatible", Embedded::Last32, false),
     // ::ffff:0:0/96
-    v6(net6(&[0, 0, 0, 0, 0, 0xffff], 96), "IPv4-mapped", Embedded::Last32, false),
+    v6(
+        net6(&[0, 0, 0, 0, 0, 0xffff], 96),
+        "IPv4-mapped",
+        Embedded::Last32,
+        false,
+    ),
     // ::ffff:0:0:0/96
-    v6(net6(&[0, 0, 0, 0, 0xffff], 96), "IPv4-translated", Embedded::Last32, false),
+    v6(
+        net6(&[0, 0, 0, 0, 0xffff], 96),
+        "IPv4-translated",
+        Embedded::Last32,
+        false,
+    ),
     // The well-known NAT64 prefix reaches the IPv4 internet (IPv6-only clusters with DNS64).
     // 64:ff9b::/96
     v6(net6(&[0x64, 0xff9b], 96), "NAT64", Embedded::Last32, true),
