@@ -414,3 +414,65 @@ async fn sigterm_lets_a_worker_finish_its_task_before_exiting() {
     assert_eq!(task["status"], "SUCCESS", "{task}");
     assert_eq!(task["result"], json!({"result": 50}));
 }
+
+/// Reads from `stream` until the server closes it; false if it stays open past the bound.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_closes_slow_and_idle_connections_and_idle_sockets_cannot_starve_clients() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let manifests = Manifests::with_example_bundle();
+    let idle = "  minWorkers: 0\n";
+    let endpoint = endpoint_yaml("idle", "test-bundle", "http://127.0.0.1:9/cb", idle);
+    manifests.add("endpoint.yaml", &endpoint);
+    let flags = [
+        "--http-header-timeout-seconds",
+        "1",
+        "--http-idle-timeout-seconds",
+        "1",
+        "--http-max-connections",
+        "8",
+    ];
+    let dev = Dev::start_with(manifests.path(), None, &flags).await;
+    let addr = dev.base.trim_start_matches("http://").to_owned();
+
+    let mut half = TcpStream::connect(&addr).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    assert!(closed_by_server(&mut half).await, "half a header");
+
+    let mut kept = TcpStream::connect(&addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(closed_by_server(&mut kept).await, "idle after its answer");
+
+    // Far more silent sockets than the cap; a real client is still answered.
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        silent.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    let fresh = reqwest::Client::builder().no_proxy().build().unwrap();
+    let answer = fresh
+        .get(format!("{}/healthz", dev.base))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    for stream in &mut silent {
+        assert!(closed_by_server(stream).await, "every silent socket is closed");
+    }
+}
