@@ -473,6 +473,9 @@ async fn the_gateway_closes_slow_and_idle_connections_and_idle_sockets_cannot_st
         .unwrap();
     assert_eq!(answer.status(), StatusCode::OK);
     for stream in &mut silent {
-        assert!(closed_by_server(stream).await, "every silent socket is closed");
+        assert!(
+            closed_by_server(stream).await,
+            "every silent socket is closed"
+        );
     }
 }
