@@ -26,7 +26,7 @@ pub use guard::Guard;
 
 use crate::admin::{self, Readiness};
 use crate::cli::DispatcherArgs;
-use crate::queue::{self, CallbackDelivery, Queue, QueueSettings};
+use crate::queue::{self, CALLBACK_LEASE_RENEWAL, CallbackDelivery, Queue, QueueSettings};
 use crate::task::{CallbackJob, CallbackState, DeadLetter, DeliveryAttempt, DeliveryState, now_ms};
 use endpoints::{EndpointCache, HostSlots};
 use schedule::Next;
@@ -163,6 +163,12 @@ impl Dispatcher {
                 None => break,
             }
         }
+        let handed_back = queue::hand_back_unstarted(deliveries).await;
+        tracing::info!(
+            in_flight = running.len(),
+            handed_back,
+            "stopped taking callback jobs; finishing the attempts under way, the others handed back"
+        );
         while running.join_next().await.is_some() {}
         Ok(())
     }
@@ -178,7 +184,14 @@ impl Dispatcher {
         };
         let span =
             tracing::info_span!("callback", endpoint = %job.endpoint_id, task_id = %job.task_id);
-        if let Err(error) = self.attempt(&delivery, &job).instrument(span.clone()).await {
+        let attempt = async {
+            let keep_alive = queue::keep_alive_while_held(&delivery, CALLBACK_LEASE_RENEWAL);
+            tokio::select! {
+                result = self.attempt(&delivery, &job) => result,
+                never = keep_alive => match never {},
+            }
+        };
+        if let Err(error) = attempt.instrument(span.clone()).await {
             // Not acknowledged: the job comes back after the ack wait and is tried again.
             span.in_scope(|| tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "recording a callback attempt failed"));
         }

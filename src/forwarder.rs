@@ -132,9 +132,11 @@ impl Forwarder {
                 None => break,
             }
         }
+        let handed_back = queue::hand_back_unstarted(deliveries).await;
         tracing::info!(
             in_flight = running.len(),
-            "stopped taking tasks; finishing the ones held"
+            handed_back,
+            "stopped taking tasks; finishing the ones started, the others handed back"
         );
         while running.join_next().await.is_some() {}
         Ok(())
@@ -153,7 +155,7 @@ impl Forwarder {
         let span =
             tracing::info_span!("task", endpoint = %task.endpoint_id, task_id = %task.task_id);
         let result = async {
-            let keep_alive = keep_alive_while_running(&delivery, keep_alive_every);
+            let keep_alive = queue::keep_alive_while_held(&delivery, keep_alive_every);
             tokio::select! {
                 result = self.process(&delivery, &task) => result,
                 never = keep_alive => match never {},
@@ -256,21 +258,6 @@ impl Forwarder {
         match CallbackJob::for_task(task, outcome) {
             Some(job) => self.queue.publish_callback(&job).await,
             None => Ok(()),
-        }
-    }
-}
-
-/// Renews the task's lease until dropped (it never returns on its own).
-async fn keep_alive_while_running(
-    delivery: &TaskDelivery,
-    every: Duration,
-) -> std::convert::Infallible {
-    let mut ticks = tokio::time::interval(every);
-    ticks.tick().await;
-    loop {
-        ticks.tick().await;
-        if let Err(error) = delivery.keep_alive().await {
-            tracing::warn!(%error, "keep-alive failed");
         }
     }
 }
