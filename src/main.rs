@@ -13,6 +13,7 @@ mod dev;
 mod forwarder;
 mod gateway;
 mod manifest;
+mod metrics;
 mod queue;
 mod task;
 mod telemetry;
