@@ -52,56 +52,70 @@ impl Collector for ProcessCollector {
         let reading = Reading::now();
         if let Some(seconds) = reading.cpu_seconds {
             let counter = ConstCounter::new(seconds);
-            let help = "User and system CPU time the process has used";
-            let family = encoder.encode_descriptor(
+            let help = "User and system CPU time the process has used.";
+            let unit = Some(&Unit::Seconds);
+            counter.encode(encoder.encode_descriptor(
                 "process_cpu",
                 help,
-                Some(&Unit::Seconds),
+                unit,
                 counter.metric_type(),
-            )?;
-            counter.encode(family)?;
+            )?)?;
         }
+        let help = "When the process started, in seconds since the Unix epoch.";
+        encode_gauge(
+            &mut encoder,
+            "process_start_time",
+            help,
+            Some(Unit::Seconds),
+            reading.start_time_seconds,
+        )?;
         let gauges = [
             (
-                "process_start_time",
-                "When the process started, in seconds since the Unix epoch",
-                Some(Unit::Seconds),
-                reading.start_time_seconds,
-            ),
-            (
                 "process_resident_memory",
-                "Resident memory size",
+                "Resident memory size.",
                 Some(Unit::Bytes),
-                reading.resident_memory_bytes.map(|v| v as f64),
+                reading.resident_memory_bytes,
             ),
             (
                 "process_virtual_memory",
-                "Virtual memory size",
+                "Virtual memory size.",
                 Some(Unit::Bytes),
-                reading.virtual_memory_bytes.map(|v| v as f64),
+                reading.virtual_memory_bytes,
             ),
             (
                 "process_open_fds",
-                "Open file descriptors",
+                "Open file descriptors.",
                 None,
-                reading.open_fds.map(|v| v as f64),
+                reading.open_fds,
             ),
             (
                 "process_max_fds",
-                "The limit on open file descriptors",
+                "The limit on open file descriptors.",
                 None,
-                reading.max_fds.map(|v| v as f64),
+                reading.max_fds,
             ),
         ];
         for (name, help, unit, value) in gauges {
-            let Some(value) = value else { continue };
-            let gauge = ConstGauge::new(value);
-            let family =
-                encoder.encode_descriptor(name, help, unit.as_ref(), gauge.metric_type())?;
-            gauge.encode(family)?;
+            encode_gauge(&mut encoder, name, help, unit, value)?;
         }
         Ok(())
     }
+}
+
+/// One gauge family of one sample; nothing when the value could not be read.
+fn encode_gauge<N>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    value: Option<N>,
+) -> Result<(), std::fmt::Error>
+where
+    ConstGauge<N>: EncodeMetric,
+{
+    let Some(value) = value else { return Ok(()) };
+    let gauge = ConstGauge::new(value);
+    gauge.encode(encoder.encode_descriptor(name, help, unit.as_ref(), gauge.metric_type())?)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
