@@ -148,7 +148,7 @@ fn parse_boot_time(text: &str) -> Option<u64> {
         .ok()
 }
 
-/// A `kB` line of `/proc/<pid>/status`, e.g. `VmRSS:	  1952 kB`.
+/// A `kB` line of `/proc/<pid>/status`, e.g. `VmRSS:` then a tab, `1952 kB`.
 fn status_kib(status: &str, key: &str) -> Option<i64> {
     let line = status
         .lines()
