@@ -314,6 +314,15 @@ impl Dispatcher {
 }
 
 /// `ferry dispatcher`: the callback controller.
+/// The delivery clients the flags describe (SSRF guard, extra CAs), checked before anything
+/// connects (also by `--check-config`).
+pub fn clients(args: &DispatcherArgs) -> anyhow::Result<Clients> {
+    Ok(Clients::new(
+        args.delivery.guard.guard(&[])?,
+        args.delivery.extra_roots()?,
+    ))
+}
+
 pub async fn run(args: DispatcherArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     let settings = QueueSettings {
         result_retention: args.nats.result_retention,
@@ -327,10 +336,7 @@ pub async fn run(args: DispatcherArgs, cancel: CancellationToken) -> anyhow::Res
         let router = admin::router(Arc::new(registry), readiness.clone());
         tokio::spawn(admin::serve(addr, router, cancel.clone()));
     }
-    let clients = Clients::new(
-        args.delivery.guard.guard(&[])?,
-        args.delivery.extra_roots()?,
-    );
+    let clients = clients(&args)?;
     let dispatcher = Dispatcher::new(queue, args.delivery.settings(), clients, metrics);
     dispatcher.run(readiness, cancel).await?;
     Ok(())

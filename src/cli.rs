@@ -24,6 +24,11 @@ pub struct Cli {
     /// Log line format.
     #[arg(long, global = true, env = "FERRY_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// Check the role's configuration (flags and environment) and its NATS server, then exit
+    /// without serving: 0 when the role would start. No environment variable on purpose: a
+    /// stray one would keep a pod from ever serving.
+    #[arg(long, global = true)]
+    pub check_config: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -48,7 +53,7 @@ pub enum Role {
     Crd,
     /// Measure a running gateway: submit tasks and time their callbacks.
     Bench(BenchArgs),
-    /// Serve the benchmark's instant model (x + len(y)) on 127.0.0.1:$PORT.
+    /// Serve the benchmark's instant model (x + len(y)) on 0.0.0.0:$PORT.
     BenchModel(BenchModelArgs),
 }
 

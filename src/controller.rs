@@ -139,6 +139,17 @@ impl Error {
 
 /// `ferry operator`: serves probes and metrics, waits for the leader Lease, then reconciles
 /// until `cancel`.
+/// What shapes every worker pod, from the operator's flags.
+pub fn settings(args: &OperatorArgs) -> build::Settings {
+    build::Settings {
+        forwarder_image: args.forwarder_image.clone(),
+        nats_url: args.nats.url.clone(),
+        result_retention: args.nats.result_retention,
+        predict_timeout: args.predict_timeout,
+        gpu_node_label: args.gpu_node_label.clone(),
+    }
+}
+
 pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let mut registry = crate::metrics::registry();
@@ -152,13 +163,7 @@ pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Resul
         result_retention: args.nats.result_retention,
         ..Default::default()
     };
-    let settings = build::Settings {
-        forwarder_image: args.forwarder_image.clone(),
-        nats_url: args.nats.url.clone(),
-        result_retention: args.nats.result_retention,
-        predict_timeout: args.predict_timeout,
-        gpu_node_label: args.gpu_node_label.clone(),
-    };
+    let settings = settings(&args);
     let context = Arc::new(Context::new(
         client.clone(),
         QueueConnection::new(args.nats.url.clone(), queue_settings),

@@ -23,6 +23,7 @@ pub const GROUP: &str = "ferry.dev";
     namespaced,
     cel,
     shortname = "mb",
+    category = "ferry",
     doc = "A model bundle: the container image and command that serve a model over HTTP.",
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
     printcolumn(
@@ -181,6 +182,7 @@ fn default_queue_message_timeout_seconds() -> u32 {
     namespaced,
     cel,
     shortname = "mep",
+    category = "ferry",
     status = "ModelEndpointStatus",
     doc = "A model endpoint: workers running a ModelBundle behind a durable task queue.",
     printcolumn(name = "Type", type_ = "string", json_path = ".spec.endpointType"),

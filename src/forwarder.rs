@@ -333,8 +333,9 @@ fn outcome_of(record: &TaskRecord) -> TaskOutcome {
     }
 }
 
-/// `ferry forwarder`: the sidecar in every worker pod.
-pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+/// The endpoint and the model the flags name, checked before anything connects (also by
+/// `--check-config`).
+pub fn config(args: &ForwarderArgs) -> anyhow::Result<(EndpointId, ModelClient)> {
     let endpoint_id = EndpointId::parse(&args.endpoint_id)
         .ok_or_else(|| Error::EndpointId(args.endpoint_id.clone()))?;
     let model = ModelClient::new(
@@ -344,6 +345,12 @@ pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Resu
         args.predict_timeout,
     )?
     .with_streaming_route(args.streaming_predict_route.as_deref())?;
+    Ok((endpoint_id, model))
+}
+
+/// `ferry forwarder`: the sidecar in every worker pod.
+pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    let (endpoint_id, model) = config(&args)?;
     let settings = QueueSettings {
         result_retention: args.nats.result_retention,
         ..Default::default()

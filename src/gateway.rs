@@ -111,11 +111,38 @@ pub async fn serve(
 
 /// `ferry gateway`: serves the endpoints its manifests define, preparing their queues and
 /// callback policies at start.
-pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+/// What the gateway's flags configure, checked before it connects anywhere (also by
+/// `--check-config`).
+pub struct Config {
+    keys: ApiKeys,
+    guard: Guard,
+    /// The fixed set of endpoints from `--manifests`; the cluster's when absent.
+    manifests: Option<manifest::Manifests>,
+}
+
+pub fn config(args: &GatewayArgs) -> anyhow::Result<Config> {
     let keys = ApiKeys::parse(&args.auth.api_keys, false)?;
     if matches!(&keys, ApiKeys::Teams(teams) if teams.is_empty()) {
         anyhow::bail!("no API keys configured: set --api-keys / FERRY_API_KEYS to KEY=TEAM pairs");
     }
+    let manifests = if args.manifests.is_empty() {
+        None
+    } else {
+        Some(manifest::load(&args.manifests)?)
+    };
+    Ok(Config {
+        keys,
+        guard: args.guard.guard(&[])?,
+        manifests,
+    })
+}
+
+pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    let Config {
+        keys,
+        guard,
+        manifests,
+    } = config(&args)?;
     let settings = QueueSettings {
         result_retention: args.nats.result_retention,
         ..Default::default()
@@ -124,7 +151,13 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
         Queue::connect(&args.nats.url, settings, std::time::Duration::from_secs(30)).await?;
     let readiness = Readiness::default();
     let catalog = Catalog::default();
-    let writer: Option<Arc<dyn ResourceWriter>> = if args.manifests.is_empty() {
+    let writer: Option<Arc<dyn ResourceWriter>> = if let Some(manifests) = manifests {
+        crate::dev::prepare_endpoints(&queue, &manifests).await?;
+        catalog.replace_bundles(manifests.bundles.clone());
+        catalog.replace_endpoints(manifests.endpoints.clone());
+        readiness.set_ready();
+        None
+    } else {
         let client = kube::Client::try_default().await.map_err(|error| {
             anyhow::anyhow!("no Kubernetes API (pass --manifests to serve a fixed set): {error}")
         })?;
@@ -138,13 +171,6 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
             catalog: catalog.clone(),
             queue: queue.clone(),
         }))
-    } else {
-        let manifests = manifest::load(&args.manifests)?;
-        crate::dev::prepare_endpoints(&queue, &manifests).await?;
-        catalog.replace_bundles(manifests.bundles.clone());
-        catalog.replace_endpoints(manifests.endpoints.clone());
-        readiness.set_ready();
-        None
     };
     let mut registry = crate::metrics::registry();
     let demand = Demand::for_this_process();
@@ -155,7 +181,7 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
         workers: sync::WorkerClient::new()?,
         demand: demand.clone(),
         queue,
-        guard: args.guard.guard(&[])?,
+        guard,
         keys: Arc::new(keys),
         metrics: GatewayMetrics::register(&mut registry),
     };

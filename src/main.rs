@@ -6,6 +6,7 @@ mod autoscale;
 mod bench;
 mod callback;
 mod catalog;
+mod check;
 mod cli;
 mod controller;
 mod crd;
@@ -36,6 +37,9 @@ async fn main() -> anyhow::Result<()> {
     // TLS for callbacks uses ring, the provider kube already links; the result only says whether
     // another provider was installed first, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if cli.check_config {
+        return check::run(cli.role).await;
+    }
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_signal(cancel.clone()));
     match cli.role {
@@ -97,6 +101,21 @@ mod tests {
             on_disk == generated,
             "{CRDS_FILE} is stale: run `cargo run -- crd > {CRDS_FILE}`"
         );
+    }
+
+    #[test]
+    fn both_kinds_are_listed_by_kubectl_get_ferry() {
+        for names in [
+            crate::crd::ModelBundle::crd().spec.names,
+            crate::crd::ModelEndpoint::crd().spec.names,
+        ] {
+            assert_eq!(
+                names.categories,
+                Some(vec!["ferry".to_string()]),
+                "{}",
+                names.kind
+            );
+        }
     }
 
     /// Every example and benchmark manifest fits its CRD's OpenAPI schema (types, bounds,

@@ -49,6 +49,31 @@ fn env_of(container: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Runs the real binary on a container's exact command and env with `--check-config`: the
+/// sidecar the operator renders must start on what it is given.
+async fn check_config(container: &Value, env: &[(String, String)]) {
+    let command: Vec<&str> = container["command"]
+        .as_array()
+        .expect("command")
+        .iter()
+        .map(|part| part.as_str().expect("string"))
+        .collect();
+    assert_eq!(command[0], "ferry");
+    let output = tokio::process::Command::new(ferry_bin())
+        .args(&command[1..])
+        .arg("--check-config")
+        .env_clear()
+        .envs(env.iter().cloned())
+        .output()
+        .await
+        .expect("ferry runs");
+    assert!(
+        output.status.success(),
+        "ferry {command:?} --check-config with {env:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 async fn stream_exists(js: &jetstream::Context, name: &str) -> bool {
     js.get_stream(name).await.is_ok()
 }
@@ -94,12 +119,13 @@ async fn applying_the_examples_yields_workers_a_stream_and_status() {
     assert_eq!(pod["containers"][0]["image"], "python:3.12-slim");
     assert_eq!(
         pod["containers"][0]["resources"]["requests"]["memory"],
-        "8Gi"
+        "128Mi"
     );
     assert_eq!(pod["containers"][1]["image"], "registry.local/ferry:smoke");
     let forwarder_env = env_of(&pod["containers"][1]);
     assert!(forwarder_env.contains(&("FERRY_NATS_URL".into(), nats.url.clone())));
     assert!(forwarder_env.contains(&("FERRY_MODEL_URL".into(), "http://127.0.0.1:5005".into())));
+    check_config(&pod["containers"][1], &forwarder_env).await;
 
     let status = eventually("a status with a ready queue", TIMEOUT, || async {
         let endpoint = api.get(ENDPOINT).await?;

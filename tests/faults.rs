@@ -1,0 +1,178 @@
+//! Faults under load: real processes are killed while tasks flow, and every accepted task is
+//! checked afterwards — it has one final outcome, its callbacks report that same outcome, and
+//! nothing accepted is lost.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Dev, Manifests, ModelProcess, Nats, Process, Receiver, endpoint_yaml};
+
+const TASKS: usize = 1800;
+/// Submissions per second: steady load, as a service would see it.
+const RATE: u64 = 150;
+const SETTLE: Duration = Duration::from_secs(120);
+
+/// The topology of a cluster on one machine: a standalone nats-server with a file store, a
+/// gateway, two workers (forwarder + model) and a dispatcher, each its own process with its own
+/// NATS connection, so each reconnects on its own after the crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_nats_server_loses_no_accepted_task_and_no_outcome_changes() {
+    let mut nats = Nats::start().await;
+    let receiver = Receiver::start().await;
+    let manifests = Manifests::with_example_bundle();
+    // A short lease, so a task whose worker lost its outcome to the outage comes back quickly.
+    let extra = "  queueMessageTimeoutSeconds: 2\n";
+    manifests.add(
+        "endpoint.yaml",
+        &endpoint_yaml("doubler", "test-bundle", &receiver.url("/cb"), extra),
+    );
+    let dev = Arc::new(Dev::static_gateway(manifests.path(), &nats.url).await);
+    let endpoint = dev.endpoint_id("doubler").await;
+    let _dispatcher = Process::spawn(
+        &["dispatcher"],
+        &[
+            ("FERRY_NATS_URL", &nats.url),
+            ("FERRY_CALLBACK_ALLOW_CIDRS", "127.0.0.0/8"),
+        ],
+    );
+    // Every third task takes long enough to be recorded as STARTED first.
+    let model_body = "if args['x'] % 3 == 0:\n    time.sleep(0.3)\nif args['x'] % 7 == 0:\n    return 500, {'error': 'sevens fail'}\nreturn 200, args['x'] * 2";
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let model = ModelProcess::start(model_body).await;
+        let forwarder = Process::spawn(
+            &["forwarder"],
+            &[
+                ("FERRY_NATS_URL", &nats.url),
+                ("FERRY_ENDPOINT_ID", &endpoint),
+                ("FERRY_MODEL_URL", &model.url),
+                ("FERRY_PREDICT_ROUTE", "/"),
+                ("FERRY_HEALTHCHECK_ROUTE", "/"),
+                ("FERRY_CONCURRENCY", "8"),
+            ],
+        );
+        workers.push((model, forwarder));
+    }
+
+    // kill -9 of the server a third of the way in, back after a few seconds; submissions go on.
+    let crash = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(TASKS as u64 * 1000 / RATE / 3)).await;
+        nats.crash_and_restart(Duration::from_secs(5)).await;
+        nats
+    });
+    let mut ticks = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    let mut submissions = tokio::task::JoinSet::new();
+    for x in 0..TASKS {
+        ticks.tick().await;
+        spawn_submission(&mut submissions, &dev, &endpoint, x);
+    }
+    let _nats = crash.await.expect("crash and restart");
+    let mut accepted: HashMap<String, u64> = HashMap::new();
+    let mut refused = 0;
+    while let Some(result) = submissions.join_next().await {
+        match result.expect("submission task") {
+            (x, Some(task_id)) => {
+                accepted.insert(task_id, x);
+            }
+            (_, None) => refused += 1,
+        }
+    }
+    assert!(
+        accepted.len() > TASKS / 2,
+        "most submissions were accepted ({} of {}, {refused} refused)",
+        accepted.len(),
+        TASKS
+    );
+
+    // Every accepted task reaches a final status, the one its model run deserves.
+    let mut finals: HashMap<String, String> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while finals.len() < accepted.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} accepted tasks final after {SETTLE:?}",
+            finals.len(),
+            accepted.len()
+        );
+        for (task_id, x) in &accepted {
+            if finals.contains_key(task_id) {
+                continue;
+            }
+            let task = dev.task(task_id).await;
+            let status = task["status"].as_str().unwrap_or_default().to_owned();
+            if status == "SUCCESS" || status == "FAILURE" {
+                let expected = if x % 7 == 0 { "FAILURE" } else { "SUCCESS" };
+                assert_eq!(status, expected, "task {task_id} (x = {x}): {task}");
+                if status == "SUCCESS" {
+                    assert_eq!(task["result"], json!({"result": x * 2}), "{task}");
+                }
+                finals.insert(task_id.clone(), status);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Every accepted task is called back, and each of its callbacks reports that outcome.
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let callbacks = loop {
+        let mut by_task: HashMap<String, Vec<Value>> = HashMap::new();
+        for received in receiver.received() {
+            let task_id = received.body["task_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            by_task.entry(task_id).or_default().push(received.body);
+        }
+        let missing: Vec<&String> = accepted
+            .keys()
+            .filter(|id| !by_task.contains_key(*id))
+            .collect();
+        if missing.is_empty() {
+            break by_task;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let first = dev.task(missing[0]).await;
+            panic!(
+                "{} accepted tasks have no callback after {SETTLE:?}; one of them: {first}",
+                missing.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for (task_id, status) in &finals {
+        for body in &callbacks[task_id] {
+            assert_eq!(
+                body["status"], *status,
+                "task {task_id}: its callback reports the outcome GET answers: {body}"
+            );
+        }
+    }
+    // Polled again after the dust settles, no record went backwards.
+    for (task_id, status) in &finals {
+        assert_eq!(dev.task(task_id).await["status"], *status, "task {task_id}");
+    }
+}
+
+fn spawn_submission(
+    submissions: &mut tokio::task::JoinSet<(u64, Option<String>)>,
+    dev: &Arc<Dev>,
+    endpoint: &str,
+    x: usize,
+) {
+    let (dev, endpoint) = (dev.clone(), endpoint.to_owned());
+    submissions.spawn(async move {
+        let body = json!({"args": {"x": x}, "return_pickled": false});
+        let path = format!("/v1/async-tasks?model_endpoint_id={endpoint}");
+        let (status, answer) = dev.post(&path, &body).await;
+        let accepted = status == StatusCode::OK;
+        (
+            x as u64,
+            accepted.then(|| answer["task_id"].as_str().unwrap().to_owned()),
+        )
+    });
+}
