@@ -14,6 +14,7 @@ mod dev;
 mod forwarder;
 mod gateway;
 mod manifest;
+mod metrics;
 mod queue;
 mod task;
 mod telemetry;
