@@ -31,8 +31,6 @@ use crate::task::{CallbackJob, CallbackState, DeadLetter, DeliveryAttempt, Deliv
 use endpoints::{EndpointCache, HostSlots};
 use schedule::Next;
 
-/// Attempts kept on a task's callback state; older ones are dropped first.
-const KEPT_ATTEMPTS: usize = 20;
 /// How long a job waits in line for a slot of its destination before it is deferred.
 const SLOT_WAIT: Duration = Duration::from_secs(1);
 /// How long a job first waits to be offered again when its destination has no free slot; the
@@ -255,8 +253,20 @@ impl Dispatcher {
                 .status_code
                 .map(|code| format!("receiver answered {code}"))
         });
-        let state = self.updated_state(job, attempt, next).await?;
-        self.queue.put_callback_state(&job.task_id, &state).await?;
+        let verdict = match next {
+            Next::Done => DeliveryState::Delivered,
+            Next::RetryIn(_) => DeliveryState::Pending,
+            Next::GiveUp => DeliveryState::DeadLettered,
+        };
+        self.queue
+            .update_callback_state(&job.task_id, |current| {
+                let state = current.unwrap_or_else(|| CallbackState {
+                    url: job.target.url.clone(),
+                    ..Default::default()
+                });
+                Some(state.with_attempt(attempt.clone(), verdict))
+            })
+            .await?;
         match next {
             Next::Done => {}
             Next::RetryIn(delay) => {
@@ -284,34 +294,6 @@ impl Dispatcher {
             }
         }
         delivery.ack().await
-    }
-
-    async fn updated_state(
-        &self,
-        job: &CallbackJob,
-        attempt: DeliveryAttempt,
-        next: Next,
-    ) -> Result<CallbackState, queue::Error> {
-        let fresh = || CallbackState {
-            url: job.target.url.clone(),
-            ..Default::default()
-        };
-        let earlier = if job.prior_attempts > 0 || job.redeliveries > 0 {
-            self.queue.callback_state(&job.task_id).await?
-        } else {
-            None
-        };
-        let mut state = earlier.unwrap_or_else(fresh);
-        state.attempts.push(attempt);
-        if state.attempts.len() > KEPT_ATTEMPTS {
-            state.attempts.drain(..state.attempts.len() - KEPT_ATTEMPTS);
-        }
-        state.state = match next {
-            Next::Done => DeliveryState::Delivered,
-            Next::RetryIn(_) => DeliveryState::Pending,
-            Next::GiveUp => DeliveryState::DeadLettered,
-        };
-        Ok(state)
     }
 }
 

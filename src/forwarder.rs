@@ -209,8 +209,10 @@ impl Forwarder {
             prediction = &mut predict => prediction,
             _ = tokio::time::sleep(STARTED_AFTER) => {
                 let started = TaskRecord::started(task.endpoint_id.clone());
-                let (recorded, prediction) =
-                    tokio::join!(self.queue.put_task_record(&task.task_id, &started), &mut predict);
+                let (recorded, prediction) = tokio::join!(
+                    self.queue.advance_task_record(&task.task_id, &started),
+                    &mut predict
+                );
                 recorded?;
                 prediction
             }
@@ -223,7 +225,16 @@ impl Forwarder {
 
     async fn finish(&self, task: &TaskMessage, prediction: Prediction) -> Result<(), queue::Error> {
         let record = final_record(task, prediction);
-        self.queue.put_task_record(&task.task_id, &record).await?;
+        let stored = self
+            .queue
+            .advance_task_record(&task.task_id, &record)
+            .await?;
+        if stored != record {
+            // Another run of the task recorded its outcome first; that outcome stands and is
+            // the one its callback reports.
+            tracing::info!(status = ?stored.status, "the task's outcome was already recorded");
+            return self.send_callback(task, outcome_of(&stored)).await;
+        }
         let outcome = if record.status == TaskStatus::Success {
             "success"
         } else {

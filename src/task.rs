@@ -128,6 +128,21 @@ impl TaskStatus {
     pub fn is_final(self) -> bool {
         matches!(self, TaskStatus::Success | TaskStatus::Failure)
     }
+
+    /// Whether a record in this status may be replaced by one in `next`. Records move only
+    /// forward (PENDING → STARTED → SUCCESS | FAILURE), and the first final outcome is the task's
+    /// outcome: a redelivered attempt's late STARTED, or a second run's result, never replaces it.
+    pub fn may_become(self, next: TaskStatus) -> bool {
+        !self.is_final() && next.stage() >= self.stage()
+    }
+
+    fn stage(self) -> u8 {
+        match self {
+            TaskStatus::Pending => 0,
+            TaskStatus::Started => 1,
+            TaskStatus::Success | TaskStatus::Failure => 2,
+        }
+    }
 }
 
 /// Why a task failed, in words a client can act on.
@@ -241,6 +256,38 @@ pub struct CallbackState {
     pub url: String,
     pub state: DeliveryState,
     pub attempts: Vec<DeliveryAttempt>,
+}
+
+impl CallbackState {
+    /// Attempts kept per task: the newest, enough to see a pattern without growing the record.
+    pub const KEPT_ATTEMPTS: usize = 20;
+
+    /// The state after one more attempt whose verdict is `verdict`. Attempts are only ever
+    /// added (dispatchers racing on one task each add theirs), and a delivered callback stays
+    /// delivered whatever a slower attempt concluded.
+    pub fn with_attempt(mut self, attempt: DeliveryAttempt, verdict: DeliveryState) -> Self {
+        let at = self
+            .attempts
+            .partition_point(|earlier| earlier.at_ms <= attempt.at_ms);
+        self.attempts.insert(at, attempt);
+        if self.attempts.len() > Self::KEPT_ATTEMPTS {
+            self.attempts
+                .drain(..self.attempts.len() - Self::KEPT_ATTEMPTS);
+        }
+        if self.state != DeliveryState::Delivered {
+            self.state = verdict;
+        }
+        self
+    }
+
+    /// The state once a dead-lettered callback is queued again: it waits for its next attempt.
+    /// A callback delivered meanwhile stays delivered.
+    pub fn redelivered(mut self) -> Self {
+        if self.state == DeliveryState::DeadLettered {
+            self.state = DeliveryState::Pending;
+        }
+        self
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -372,6 +419,84 @@ mod tests {
             serde_json::from_value(json!({"kind": "mtls", "cert": "C", "key": "K"})).expect("mtls");
         assert_eq!(format!("{mtls:?}"), "Mtls(..)");
         assert_eq!(format!("{basic:?}"), "Basic(u, ..)");
+    }
+
+    #[test]
+    fn records_move_forward_only() {
+        use TaskStatus::*;
+        let allowed = [
+            (Pending, Pending),
+            (Pending, Started),
+            (Pending, Success),
+            (Pending, Failure),
+            (Started, Started),
+            (Started, Success),
+            (Started, Failure),
+        ];
+        let refused = [
+            (Started, Pending),
+            (Success, Pending),
+            (Success, Started),
+            (Success, Success),
+            (Success, Failure),
+            (Failure, Pending),
+            (Failure, Started),
+            (Failure, Success),
+            (Failure, Failure),
+        ];
+        for (from, to) in allowed {
+            assert!(from.may_become(to), "{from:?} → {to:?} is allowed");
+        }
+        for (from, to) in refused {
+            assert!(!from.may_become(to), "{from:?} → {to:?} is refused");
+        }
+    }
+
+    fn attempt(at_ms: u64) -> DeliveryAttempt {
+        DeliveryAttempt {
+            at_ms,
+            status_code: Some(500),
+            error: None,
+            duration_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_delivered_callback_stays_delivered_after_a_slower_attempt() {
+        let delivered = CallbackState::default().with_attempt(attempt(2), DeliveryState::Delivered);
+        let later = delivered.with_attempt(attempt(1), DeliveryState::Pending);
+        assert_eq!(later.state, DeliveryState::Delivered);
+        let times: Vec<u64> = later.attempts.iter().map(|a| a.at_ms).collect();
+        assert_eq!(times, [1, 2], "both attempts kept, in time order");
+        let given_up = later.with_attempt(attempt(3), DeliveryState::DeadLettered);
+        assert_eq!(given_up.state, DeliveryState::Delivered);
+    }
+
+    #[test]
+    fn attempts_are_added_and_only_the_oldest_beyond_the_bound_dropped() {
+        let mut state = CallbackState::default();
+        for at in 0..(CallbackState::KEPT_ATTEMPTS as u64 + 5) {
+            state = state.with_attempt(attempt(at), DeliveryState::Pending);
+        }
+        assert_eq!(state.attempts.len(), CallbackState::KEPT_ATTEMPTS);
+        assert_eq!(state.attempts[0].at_ms, 5);
+        assert_eq!(state.state, DeliveryState::Pending);
+        let dead = state.with_attempt(attempt(99), DeliveryState::DeadLettered);
+        assert_eq!(dead.state, DeliveryState::DeadLettered);
+    }
+
+    #[test]
+    fn redelivery_reopens_only_a_dead_letter() {
+        let dead = CallbackState {
+            state: DeliveryState::DeadLettered,
+            ..Default::default()
+        };
+        assert_eq!(dead.redelivered().state, DeliveryState::Pending);
+        let delivered = CallbackState {
+            state: DeliveryState::Delivered,
+            ..Default::default()
+        };
+        assert_eq!(delivered.redelivered().state, DeliveryState::Delivered);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppState, auth::Principal, error::AppError};
-use crate::task::{DeadLetter, DeliveryState, TaskId};
+use crate::task::{CallbackState, DeadLetter, TaskId};
 
 pub async fn redeliver_task(
     State(state): State<AppState>,
@@ -73,10 +73,10 @@ fn visible(state: &AppState, principal: &Principal, letter: &DeadLetter) -> bool
 /// Queues the job again with a fresh schedule, marks the callback pending, drops the letter.
 async fn redeliver(state: &AppState, letter: &DeadLetter) -> Result<(), AppError> {
     let task_id = &letter.job.task_id;
-    if let Some(mut callback) = state.queue.callback_state(task_id).await? {
-        callback.state = DeliveryState::Pending;
-        state.queue.put_callback_state(task_id, &callback).await?;
-    }
+    state
+        .queue
+        .update_callback_state(task_id, |callback| callback.map(CallbackState::redelivered))
+        .await?;
     state.queue.redeliver_callback(&letter.job).await?;
     state.queue.remove_dead_letter(task_id).await?;
     tracing::info!(task_id = %task_id, endpoint = %letter.job.endpoint_id, "callback redelivered");

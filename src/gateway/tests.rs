@@ -227,3 +227,44 @@ async fn a_read_only_gateway_refuses_changes() {
     .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
 }
+
+#[tokio::test]
+async fn a_task_polled_after_a_stale_started_still_answers_its_outcome() {
+    use crate::task::{TaskId, TaskRecord, TaskStatus};
+    let fixture = fixture(true).await;
+    let (status, _, _) = send(
+        &fixture.state,
+        "POST",
+        "/v1/model-endpoints",
+        Some("key-a"),
+        &create_body("poller"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let endpoint = fixture.recorder.endpoints.lock().expect("lock")[0].clone();
+    let endpoint_id = endpoint.endpoint_id();
+    fixture.state.catalog.put_endpoint(endpoint);
+    let task = TaskId::generate();
+    let queue = &fixture.state.queue;
+    let success = TaskRecord {
+        status: TaskStatus::Success,
+        result: Some(json!(7)),
+        status_code: Some(200),
+        ..TaskRecord::pending(endpoint_id.clone())
+    };
+    queue
+        .advance_task_record(&task, &success)
+        .await
+        .expect("success");
+    // A redelivered attempt of the same task reports STARTED after the outcome was recorded.
+    let started = TaskRecord::started(endpoint_id);
+    queue
+        .advance_task_record(&task, &started)
+        .await
+        .expect("stale started");
+    let uri = format!("/v1/async-tasks/{task}");
+    let (status, body, _) = send(&fixture.state, "GET", &uri, Some("key-a"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "SUCCESS", "{body}");
+    assert_eq!(body["result"], json!({"result": 7}));
+}

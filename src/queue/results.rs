@@ -4,8 +4,12 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{Error, Queue, QueueSettings, names};
+use super::{Error, NatsError, Queue, QueueSettings, names};
 use crate::task::{CallbackState, TaskId, TaskRecord, Versioned};
+
+/// Conflicting writes to one key a compare-and-set sits out before it gives up. Each conflict
+/// means another writer made progress, so this is only reached by a pathological storm.
+const MAX_CONFLICTS: usize = 32;
 
 pub(super) async fn ensure_bucket(
     js: &jetstream::Context,
@@ -39,8 +43,27 @@ impl Queue {
         self.read(names::record_key(task), "task record").await
     }
 
-    pub async fn put_task_record(&self, task: &TaskId, record: &TaskRecord) -> Result<(), Error> {
-        self.write(names::record_key(task), encode(record)).await
+    /// Moves the task's record to `record` when the rule of [`TaskStatus::may_become`] allows
+    /// it, and returns the record the task has now: `record`, or the one that stood and refused
+    /// it (a final outcome recorded first).
+    ///
+    /// [`TaskStatus::may_become`]: crate::task::TaskStatus::may_become
+    pub async fn advance_task_record(
+        &self,
+        task: &TaskId,
+        record: &TaskRecord,
+    ) -> Result<TaskRecord, Error> {
+        let stored = self
+            .compare_and_set(
+                names::record_key(task),
+                "task record",
+                |current: Option<TaskRecord>| match current {
+                    Some(current) if !current.status.may_become(record.status) => None,
+                    _ => Some(record.clone()),
+                },
+            )
+            .await?;
+        Ok(stored.unwrap_or_else(|| record.clone()))
     }
 
     /// Writes the record only when the task has none yet; `false` when it already had one.
@@ -56,12 +79,74 @@ impl Queue {
         self.read(names::callback_key(task), "callback state").await
     }
 
-    pub async fn put_callback_state(
+    /// Changes the task's callback state with `change` (given the current state, if any) and
+    /// returns the state written.
+    pub async fn update_callback_state(
         &self,
         task: &TaskId,
-        state: &CallbackState,
-    ) -> Result<(), Error> {
-        self.write(names::callback_key(task), encode(state)).await
+        change: impl Fn(Option<CallbackState>) -> Option<CallbackState>,
+    ) -> Result<Option<CallbackState>, Error> {
+        self.compare_and_set(names::callback_key(task), "callback state", change)
+            .await
+    }
+
+    /// Writes `change(current)` over the key's current value unless `change` declines (`None`),
+    /// as a compare-and-set on the entry's revision: when another writer got there first, it
+    /// reads again and decides again. Returns the value the key holds afterwards.
+    async fn compare_and_set<T: Serialize + DeserializeOwned + Clone>(
+        &self,
+        key: String,
+        what: &'static str,
+        change: impl Fn(Option<T>) -> Option<T>,
+    ) -> Result<Option<T>, Error> {
+        for _ in 0..MAX_CONFLICTS {
+            let entry = self
+                .results
+                .entry(key.as_str())
+                .await
+                .map_err(|source| Error::Read {
+                    key: key.clone(),
+                    source: source.into(),
+                })?;
+            let (current, revision) = match entry {
+                Some(entry) if entry.operation == kv::Operation::Put => {
+                    (Some(decode::<T>(what, &entry.value)?), Some(entry.revision))
+                }
+                // A deleted or purged key: its tombstone's revision is the one to replace.
+                Some(entry) => (None, Some(entry.revision)),
+                None => (None, None),
+            };
+            let Some(next) = change(current.clone()) else {
+                return Ok(current);
+            };
+            let written = match revision {
+                Some(revision) => self
+                    .results
+                    .update(key.as_str(), encode(&next), revision)
+                    .await
+                    .map_err(|error| match error.kind() {
+                        kv::UpdateErrorKind::WrongLastRevision => None,
+                        _ => Some(NatsError::from(error)),
+                    }),
+                None => self
+                    .results
+                    .create(key.as_str(), encode(&next))
+                    .await
+                    .map_err(|error| match error.kind() {
+                        kv::CreateErrorKind::AlreadyExists => None,
+                        _ => Some(NatsError::from(error)),
+                    }),
+            };
+            match written {
+                Ok(_) => return Ok(Some(next)),
+                Err(None) => continue,
+                Err(Some(source)) => return Err(Error::Write { key, source }),
+            }
+        }
+        Err(Error::Write {
+            key,
+            source: format!("{MAX_CONFLICTS} writers changed it first, one after another").into(),
+        })
     }
 
     async fn read<T: DeserializeOwned>(
@@ -73,16 +158,6 @@ impl Queue {
             Ok(Some(bytes)) => decode(what, &bytes).map(Some),
             Ok(None) => Ok(None),
             Err(source) => Err(Error::Read {
-                key,
-                source: source.into(),
-            }),
-        }
-    }
-
-    async fn write(&self, key: String, value: Bytes) -> Result<(), Error> {
-        match self.results.put(key.as_str(), value).await {
-            Ok(_) => Ok(()),
-            Err(source) => Err(Error::Write {
                 key,
                 source: source.into(),
             }),
@@ -108,5 +183,103 @@ impl Queue {
                 key,
                 source: source.into(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::EndpointId;
+    use crate::task::{DeliveryAttempt, DeliveryState, TaskStatus};
+
+    fn success(endpoint: &EndpointId) -> TaskRecord {
+        TaskRecord {
+            status: TaskStatus::Success,
+            result: Some(serde_json::json!(7)),
+            status_code: Some(200),
+            ..TaskRecord::pending(endpoint.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_started_after_success_leaves_success_in_place() {
+        let (_nats, queue) = crate::dev::nats::start_with_queue().await;
+        let endpoint = EndpointId::for_resource("ml", "a");
+        let task = TaskId::generate();
+        let started = TaskRecord::started(endpoint.clone());
+        assert_eq!(
+            queue
+                .advance_task_record(&task, &started)
+                .await
+                .expect("started"),
+            started,
+            "the first write creates the record"
+        );
+        let done = success(&endpoint);
+        assert_eq!(
+            queue.advance_task_record(&task, &done).await.expect("done"),
+            done
+        );
+        let stale = queue
+            .advance_task_record(&task, &started)
+            .await
+            .expect("stale started");
+        assert_eq!(stale, done, "the writer learns the outcome that stands");
+        let failure = TaskRecord {
+            status: TaskStatus::Failure,
+            ..TaskRecord::pending(endpoint.clone())
+        };
+        let second = queue
+            .advance_task_record(&task, &failure)
+            .await
+            .expect("second outcome");
+        assert_eq!(
+            second, done,
+            "the first final outcome is the task's outcome"
+        );
+        assert_eq!(queue.task_record(&task).await.expect("read"), Some(done));
+    }
+
+    #[tokio::test]
+    async fn racing_writers_of_a_callback_state_keep_every_attempt() {
+        let (_nats, queue) = crate::dev::nats::start_with_queue().await;
+        let task = TaskId::generate();
+        let writers = (0..16u64).map(|at_ms| {
+            let (queue, task) = (queue.clone(), task.clone());
+            tokio::spawn(async move {
+                let attempt = DeliveryAttempt {
+                    at_ms,
+                    status_code: Some(200),
+                    error: None,
+                    duration_ms: 1,
+                };
+                // One writer delivers; the others saw a failure and would retry.
+                let verdict = if at_ms == 3 {
+                    DeliveryState::Delivered
+                } else {
+                    DeliveryState::Pending
+                };
+                queue
+                    .update_callback_state(&task, |current| {
+                        Some(
+                            current
+                                .unwrap_or_default()
+                                .with_attempt(attempt.clone(), verdict),
+                        )
+                    })
+                    .await
+                    .expect("written")
+            })
+        });
+        for writer in writers.collect::<Vec<_>>() {
+            writer.await.expect("writer");
+        }
+        let state = queue
+            .callback_state(&task)
+            .await
+            .expect("read")
+            .expect("state");
+        assert_eq!(state.attempts.len(), 16, "no attempt lost");
+        assert_eq!(state.state, DeliveryState::Delivered);
     }
 }
