@@ -22,8 +22,9 @@ pub enum Error {
     #[error("{path} is not valid YAML")]
     Yaml {
         path: PathBuf,
+        // Boxed: the parser's error is large, and every `Result` of this module would carry it.
         #[source]
-        source: serde_saphyr::Error,
+        source: Box<serde_saphyr::Error>,
     },
     #[error("{path}: document {index} is not a Kubernetes object")]
     Document {
@@ -160,7 +161,7 @@ fn parse_into(manifests: &mut Manifests, path: &Path, text: &str) -> Result<(), 
     let documents: Vec<serde_json::Value> =
         serde_saphyr::from_multiple(text).map_err(|source| Error::Yaml {
             path: path.into(),
-            source,
+            source: Box::new(source),
         })?;
     for (index, value) in documents.into_iter().enumerate() {
         let document = |source| Error::Document {
