@@ -330,7 +330,7 @@ mod tests {
         let yaml = format!(
             "{{bundle: b, labels: {{team: t, product: p}}, minWorkers: {min}, maxWorkers: {max}, perWorker: {per_worker}}}"
         );
-        serde_yaml::from_str(&yaml).expect("spec")
+        serde_saphyr::from_str(&yaml).expect("spec")
     }
 
     fn load(queued: u64, in_flight: u64) -> Load {

@@ -175,7 +175,7 @@ pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Resul
     // A standby replica is healthy too: ready means started, not elected.
     readiness.set_ready();
     let scope = args.namespace.clone();
-    let concurrency = args.concurrency.get();
+    let concurrency = args.reconcile_concurrency.get();
     let autoscaler = Autoscaler {
         scale_down_delay: args.scale_down_delay,
         metrics: autoscale_metrics,

@@ -154,8 +154,11 @@ impl Queue {
     }
 }
 
+/// Says at the first failed attempt that it is waiting (an operator watching a starting pod
+/// sees why it is not ready yet), and once connected after waiting that the wait is over.
 async fn connect_with_retry(url: &str, wait: Duration) -> Result<async_nats::Client, Error> {
     let deadline = tokio::time::Instant::now() + wait;
+    let mut waited = false;
     loop {
         // No notification exists for "the server came up": retry briefly until the deadline.
         match async_nats::ConnectOptions::new()
@@ -164,9 +167,19 @@ async fn connect_with_retry(url: &str, wait: Duration) -> Result<async_nats::Cli
             .connect(url)
             .await
         {
-            Ok(client) => return Ok(client),
+            Ok(client) => {
+                if waited {
+                    tracing::info!(url, "connected to NATS");
+                }
+                return Ok(client);
+            }
             Err(error) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(%error, url, "NATS not reachable yet");
+                if waited {
+                    tracing::debug!(%error, url, "NATS not reachable yet");
+                } else {
+                    tracing::warn!(%error, url, wait_seconds = wait.as_secs(), "waiting for NATS at {url}");
+                    waited = true;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(error) => {

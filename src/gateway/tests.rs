@@ -49,7 +49,7 @@ struct Fixture {
 async fn fixture(writable: bool) -> Fixture {
     let (server, queue) = nats::start_with_queue().await;
     let catalog = Catalog::default();
-    let bundle: ModelBundle = serde_yaml::from_str(
+    let bundle: ModelBundle = serde_saphyr::from_str(
         "apiVersion: ferry.dev/v1alpha1\nkind: ModelBundle\nmetadata: {name: model, namespace: team-a}\nspec: {image: python:3.12}\n",
     )
     .expect("bundle");
