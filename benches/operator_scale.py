@@ -150,7 +150,7 @@ async def run(args: argparse.Namespace) -> None:
         "FERRY_NATS_URL": nats_url,
         "FERRY_FORWARDER_IMAGE": "registry.local/ferry:bench",
         "FERRY_ADMIN_LISTEN": admin,
-        "FERRY_OPERATOR_CONCURRENCY": str(args.concurrency),
+        "FERRY_RECONCILE_CONCURRENCY": str(args.concurrency),
         "RUST_LOG": os.environ.get("RUST_LOG", "warn"),
     }
     operator = subprocess.Popen([args.ferry, "operator"], env=env)

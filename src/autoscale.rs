@@ -12,7 +12,9 @@ use prometheus_client::metrics::{family::Family, gauge::Gauge, histogram::Histog
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
-use crate::crd::{EndpointId, ModelEndpointSpec};
+use kube::ResourceExt;
+
+use crate::crd::{EndpointId, ModelEndpoint, ModelEndpointSpec, namespace_of};
 
 /// What the endpoint's load looks like now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -210,17 +212,33 @@ impl WakeTimer {
     }
 }
 
+/// The labels of an endpoint's autoscaler and queue series: its `namespace/name`, and its id,
+/// which the data plane's series carry (see [`crate::metrics::EndpointLabel`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndpointLabel {
-    /// `namespace/name`.
+pub struct NamedEndpoint {
     endpoint: String,
+    #[prometheus(flatten)]
+    id: crate::metrics::EndpointLabel,
 }
 
-/// The autoscaler's metrics, the same in the operator and in `ferry dev`.
+impl NamedEndpoint {
+    pub fn of(endpoint: &ModelEndpoint) -> Self {
+        NamedEndpoint {
+            endpoint: format!("{}/{}", namespace_of(endpoint), endpoint.name_any()),
+            id: crate::metrics::EndpointLabel::of(&endpoint.endpoint_id()),
+        }
+    }
+}
+
+/// The autoscaler's metrics, and the queue readings it scales by, the same in the operator and
+/// in `ferry dev`.
 pub struct AutoscaleMetrics {
-    desired: Family<EndpointLabel, Gauge>,
-    ready: Family<EndpointLabel, Gauge>,
+    desired: Family<NamedEndpoint, Gauge>,
+    ready: Family<NamedEndpoint, Gauge>,
     wake: Histogram,
+    queued: Family<NamedEndpoint, Gauge>,
+    in_flight: Family<NamedEndpoint, Gauge>,
+    oldest_age: Family<NamedEndpoint, Gauge>,
 }
 
 impl AutoscaleMetrics {
@@ -232,6 +250,9 @@ impl AutoscaleMetrics {
             desired: Family::default(),
             ready: Family::default(),
             wake: Histogram::new(buckets),
+            queued: Family::default(),
+            in_flight: Family::default(),
+            oldest_age: Family::default(),
         };
         registry.register(
             "ferry_autoscaler_desired_workers",
@@ -248,15 +269,39 @@ impl AutoscaleMetrics {
             "Time from the decision to leave zero workers to the first ready worker",
             metrics.wake.clone(),
         );
+        registry.register(
+            "ferry_queue_backlog_tasks",
+            "Tasks of an async endpoint waiting for a worker",
+            metrics.queued.clone(),
+        );
+        registry.register(
+            "ferry_queue_in_flight_tasks",
+            "Tasks of an async endpoint that workers hold",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "ferry_queue_oldest_task_age_seconds",
+            "Seconds the oldest unfinished task of an async endpoint has waited (0 when none)",
+            metrics.oldest_age.clone(),
+        );
         Arc::new(metrics)
     }
 
-    pub fn observe(&self, endpoint: &str, desired: u32, ready: u32) {
-        let label = EndpointLabel {
-            endpoint: endpoint.to_owned(),
-        };
-        self.desired.get_or_create(&label).set(desired.into());
-        self.ready.get_or_create(&label).set(ready.into());
+    pub fn observe(&self, endpoint: &NamedEndpoint, desired: u32, ready: u32) {
+        self.desired.get_or_create(endpoint).set(desired.into());
+        self.ready.get_or_create(endpoint).set(ready.into());
+    }
+
+    /// An async endpoint's queue as read for scaling; the oldest task's age as last read.
+    pub fn observe_queue(&self, endpoint: &NamedEndpoint, load: Load, oldest_age: Option<i64>) {
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.queued.get_or_create(endpoint).set(gauge(load.queued));
+        self.in_flight
+            .get_or_create(endpoint)
+            .set(gauge(load.in_flight));
+        self.oldest_age
+            .get_or_create(endpoint)
+            .set(oldest_age.unwrap_or(0));
     }
 
     pub fn observe_wake(&self, took: Duration) {
@@ -264,12 +309,16 @@ impl AutoscaleMetrics {
     }
 
     /// Drops the series of an endpoint that is gone.
-    pub fn forget(&self, endpoint: &str) {
-        let label = EndpointLabel {
-            endpoint: endpoint.to_owned(),
-        };
-        self.desired.remove(&label);
-        self.ready.remove(&label);
+    pub fn forget(&self, endpoint: &NamedEndpoint) {
+        for family in [
+            &self.desired,
+            &self.ready,
+            &self.queued,
+            &self.in_flight,
+            &self.oldest_age,
+        ] {
+            family.remove(endpoint);
+        }
     }
 }
 
@@ -281,7 +330,7 @@ mod tests {
         let yaml = format!(
             "{{bundle: b, labels: {{team: t, product: p}}, minWorkers: {min}, maxWorkers: {max}, perWorker: {per_worker}}}"
         );
-        serde_yaml::from_str(&yaml).expect("spec")
+        serde_saphyr::from_str(&yaml).expect("spec")
     }
 
     fn load(queued: u64, in_flight: u64) -> Load {

@@ -67,7 +67,7 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
 
     let http = reqwest::Client::builder()
         .no_proxy()
-        .pool_max_idle_per_host(args.concurrency)
+        .pool_max_idle_per_host(args.submit_concurrency)
         .build()?;
     let endpoint = find_endpoint(&http, &args).await?;
     let endpoint_id = endpoint["id"].as_str().unwrap_or_default();
@@ -79,7 +79,7 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
         "submitting {tasks} tasks to {} (rate: {}, concurrency: {})",
         args.endpoint,
         rate_text(args.rate),
-        args.concurrency
+        args.submit_concurrency
     );
 
     let cpu_before = cpu_seconds(&args.cpu_pids);
@@ -106,7 +106,7 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
         }
     });
     let submitting = submissions
-        .buffer_unordered(args.concurrency)
+        .buffer_unordered(args.submit_concurrency)
         .collect::<Vec<()>>();
     tokio::select! {
         _ = submitting => {}

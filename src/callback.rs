@@ -26,7 +26,9 @@ pub use guard::Guard;
 
 use crate::admin::{self, Readiness};
 use crate::cli::DispatcherArgs;
-use crate::queue::{self, CallbackDelivery, Queue, QueueSettings};
+use crate::crd::EndpointId;
+use crate::metrics::EndpointLabel;
+use crate::queue::{self, CALLBACK_LEASE_RENEWAL, CallbackDelivery, Queue, QueueSettings};
 use crate::task::{CallbackJob, CallbackState, DeadLetter, DeliveryAttempt, DeliveryState, now_ms};
 use endpoints::{EndpointCache, HostSlots};
 use schedule::Next;
@@ -40,34 +42,40 @@ const BUSY_HOST_DELAY: Duration = Duration::from_millis(500);
 const BUSY_HOST_MAX_DELAY: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabel {
+struct AttemptLabels {
+    #[prometheus(flatten)]
+    endpoint: EndpointLabel,
+    /// `delivered`, `retry` or `dead_lettered`.
     outcome: &'static str,
 }
 
 pub struct DispatcherMetrics {
-    attempts: Family<OutcomeLabel, Counter>,
-    dead_letters: Counter,
+    attempts: Family<AttemptLabels, Counter>,
+    dead_letters: Family<EndpointLabel, Counter>,
     deferred: Counter,
-    attempt_seconds: Histogram,
+    attempt_seconds: Family<EndpointLabel, Histogram>,
 }
 
 impl DispatcherMetrics {
     pub fn register(registry: &mut Registry) -> Arc<Self> {
-        let buckets = prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16);
         let metrics = DispatcherMetrics {
             attempts: Family::default(),
-            dead_letters: Counter::default(),
+            dead_letters: Family::default(),
             deferred: Counter::default(),
-            attempt_seconds: Histogram::new(buckets),
+            attempt_seconds: Family::new_with_constructor(|| {
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    0.0005, 2.0, 16,
+                ))
+            }),
         };
         registry.register(
             "ferry_dispatcher_attempts",
-            "Callback delivery attempts, by outcome",
+            "Callback delivery attempts per endpoint, by outcome (delivered, retry, dead_lettered)",
             metrics.attempts.clone(),
         );
         registry.register(
             "ferry_dispatcher_dead_letters",
-            "Callbacks given up on",
+            "Callbacks given up on, per endpoint",
             metrics.dead_letters.clone(),
         );
         registry.register(
@@ -77,10 +85,29 @@ impl DispatcherMetrics {
         );
         registry.register(
             "ferry_dispatcher_attempt_duration_seconds",
-            "Time from sending a callback to its answer",
+            "Time from sending a callback to its answer, per endpoint",
             metrics.attempt_seconds.clone(),
         );
         Arc::new(metrics)
+    }
+
+    /// Counts and times one attempt; `next` is what follows it.
+    fn attempted(&self, endpoint: &EndpointId, took: Duration, next: &Next) {
+        let endpoint = EndpointLabel::of(endpoint);
+        self.attempt_seconds
+            .get_or_create(&endpoint)
+            .observe(took.as_secs_f64());
+        let outcome = match next {
+            Next::Done => "delivered",
+            Next::RetryIn(_) => "retry",
+            Next::GiveUp => "dead_lettered",
+        };
+        if matches!(next, Next::GiveUp) {
+            self.dead_letters.get_or_create(&endpoint).inc();
+        }
+        self.attempts
+            .get_or_create(&AttemptLabels { endpoint, outcome })
+            .inc();
     }
 }
 
@@ -163,6 +190,12 @@ impl Dispatcher {
                 None => break,
             }
         }
+        let handed_back = queue::hand_back_unstarted(deliveries).await;
+        tracing::info!(
+            in_flight = running.len(),
+            handed_back,
+            "stopped taking callback jobs; finishing the attempts under way, the others handed back"
+        );
         while running.join_next().await.is_some() {}
         Ok(())
     }
@@ -178,7 +211,14 @@ impl Dispatcher {
         };
         let span =
             tracing::info_span!("callback", endpoint = %job.endpoint_id, task_id = %job.task_id);
-        if let Err(error) = self.attempt(&delivery, &job).instrument(span.clone()).await {
+        let attempt = async {
+            let keep_alive = queue::keep_alive_while_held(&delivery, CALLBACK_LEASE_RENEWAL);
+            tokio::select! {
+                result = self.attempt(&delivery, &job) => result,
+                never = keep_alive => match never {},
+            }
+        };
+        if let Err(error) = attempt.instrument(span.clone()).await {
             // Not acknowledged: the job comes back after the ack wait and is tried again.
             span.in_scope(|| tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "recording a callback attempt failed"));
         }
@@ -233,21 +273,11 @@ impl Dispatcher {
                 (schedule::Verdict::Refused, attempt)
             }
         };
-        self.metrics
-            .attempt_seconds
-            .observe(attempt.duration_ms as f64 / 1000.0);
         let next = endpoint
             .schedule
             .next(attempt_number, verdict, rand::random::<f64>());
-        let outcome = match next {
-            Next::Done => "delivered",
-            Next::RetryIn(_) => "retry",
-            Next::GiveUp => "dead_lettered",
-        };
-        self.metrics
-            .attempts
-            .get_or_create(&OutcomeLabel { outcome })
-            .inc();
+        let took = Duration::from_millis(attempt.duration_ms);
+        self.metrics.attempted(&job.endpoint_id, took, &next);
         let reason = attempt.error.clone().or_else(|| {
             attempt
                 .status_code
@@ -283,7 +313,6 @@ impl Dispatcher {
             }
             Next::GiveUp => {
                 tracing::error!(attempts = attempt_number, url = %job.target.url, "callback undeliverable; dead-lettered");
-                self.metrics.dead_letters.inc();
                 let reason = reason.unwrap_or_else(|| "undeliverable".into());
                 let letter = DeadLetter {
                     job: job.clone(),
@@ -313,7 +342,7 @@ pub async fn run(args: DispatcherArgs, cancel: CancellationToken) -> anyhow::Res
         ..Default::default()
     };
     let queue = Queue::connect(&args.nats.url, settings, Duration::from_secs(30)).await?;
-    let mut registry = Registry::default();
+    let mut registry = crate::metrics::registry();
     let metrics = DispatcherMetrics::register(&mut registry);
     let readiness = Readiness::default();
     if let Some(addr) = args.admin_listen {

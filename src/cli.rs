@@ -172,7 +172,7 @@ pub struct DispatcherArgs {
     #[command(flatten)]
     pub delivery: DeliveryArgs,
     /// Address for /healthz, /readyz and /metrics; none when absent.
-    #[arg(long, env = "FERRY_ADMIN_LISTEN")]
+    #[arg(long, env = forwarder_env::ADMIN_LISTEN)]
     pub admin_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub http: HttpArgs,
@@ -284,7 +284,7 @@ pub struct OperatorArgs {
     pub forwarder_image: String,
     /// Longest a model may take on one task, in seconds; worker pods get this much (plus a
     /// margin) to finish their tasks when they stop.
-    #[arg(long, env = "FERRY_WORKER_PREDICT_TIMEOUT_SECONDS", default_value = "600", value_parser = parse_seconds)]
+    #[arg(long, env = forwarder_env::PREDICT_TIMEOUT_SECONDS, default_value = "600", value_parser = parse_seconds)]
     pub predict_timeout: Duration,
     /// Node label that carries an endpoint's `gpuType`; GPU workers are scheduled on nodes with it.
     #[arg(
@@ -297,13 +297,13 @@ pub struct OperatorArgs {
     #[arg(long, env = "FERRY_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
     /// Endpoints reconciled at once.
-    #[arg(long, env = "FERRY_OPERATOR_CONCURRENCY", default_value = "16")]
-    pub concurrency: std::num::NonZeroU16,
+    #[arg(long, env = "FERRY_RECONCILE_CONCURRENCY", default_value = "16")]
+    pub reconcile_concurrency: std::num::NonZeroU16,
     /// Seconds between reconciles of an unchanged endpoint (refreshes its backlog in status).
     #[arg(long, env = "FERRY_RESYNC_SECONDS", default_value = "60", value_parser = parse_seconds)]
     pub resync: Duration,
     /// Address for /healthz, /readyz and /metrics.
-    #[arg(long, env = "FERRY_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = forwarder_env::ADMIN_LISTEN, default_value = "0.0.0.0:8080")]
     pub admin_listen: SocketAddr,
     /// Seconds the load must ask for fewer workers before an async endpoint is scaled in.
     #[arg(long = "scale-down-delay-seconds", env = "FERRY_SCALE_DOWN_DELAY_SECONDS", default_value = "120", value_parser = parse_seconds)]
@@ -339,7 +339,7 @@ pub struct DevArgs {
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:5005")]
     pub listen: SocketAddr,
     /// Use this NATS server instead of starting one.
-    #[arg(long, env = "FERRY_NATS_URL")]
+    #[arg(long, env = forwarder_env::NATS_URL)]
     pub nats_url: Option<String>,
     /// The nats-server program to start when no URL is given.
     #[arg(long, env = "FERRY_NATS_SERVER", default_value = "nats-server")]
@@ -368,45 +368,49 @@ pub struct BenchArgs {
     )]
     pub gateway: url::Url,
     /// Name of an async endpoint with the callback hook.
-    #[arg(long, default_value = "demo-endpoint-callback")]
+    #[arg(
+        long,
+        env = "FERRY_BENCH_ENDPOINT",
+        default_value = "demo-endpoint-callback"
+    )]
     pub endpoint: String,
     /// API key sent to the gateway.
     #[arg(long, env = "LAUNCH_API_KEY", default_value = "bench")]
     pub api_key: String,
     /// Tasks to submit.
-    #[arg(long, default_value = "10000")]
+    #[arg(long, env = "FERRY_BENCH_TASKS", default_value = "10000")]
     pub tasks: u64,
     /// Submissions per second; 0 submits as fast as the gateway accepts them.
-    #[arg(long, default_value = "0")]
+    #[arg(long, env = "FERRY_BENCH_RATE", default_value = "0")]
     pub rate: u64,
     /// Submissions in flight at once.
-    #[arg(long, default_value = "64")]
-    pub concurrency: usize,
+    #[arg(long, env = "FERRY_BENCH_SUBMIT_CONCURRENCY", default_value = "64")]
+    pub submit_concurrency: usize,
     /// Seconds to wait for outstanding callbacks after the last submission.
-    #[arg(long, default_value = "60", value_parser = parse_seconds)]
+    #[arg(long, env = "FERRY_BENCH_DRAIN_TIMEOUT_SECONDS", default_value = "60", value_parser = parse_seconds)]
     pub drain_timeout: Duration,
     /// Percent of tasks whose callbacks go to a receiver that never answers (the rest are
     /// measured): shows whether one hanging receiver slows the others.
-    #[arg(long, default_value = "0", value_parser = clap::value_parser!(u8).range(0..100))]
+    #[arg(long, env = "FERRY_BENCH_HANGING_PERCENT", default_value = "0", value_parser = clap::value_parser!(u8).range(0..100))]
     pub hanging_percent: u8,
     /// Processes whose CPU time is summed and reported per task (for example the `ferry dev`,
     /// `nats-server` and model processes), as comma-separated pids.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "FERRY_BENCH_CPU_PIDS", value_delimiter = ',')]
     pub cpu_pids: Vec<u32>,
     /// How callback URLs name the benchmark's receiver, which listens on 127.0.0.1: a name
     /// such as `localhost` measures the lookups the SSRF guard makes.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, env = "FERRY_BENCH_CALLBACK_HOST", default_value = "127.0.0.1")]
     pub callback_host: String,
     /// Measure waking instead: this many times, wait for the endpoint (with `minWorkers: 0`) to
     /// idle at zero workers, send one task and time its first worker and its result.
-    #[arg(long, default_value = "0")]
+    #[arg(long, env = "FERRY_BENCH_WAKE_ROUNDS", default_value = "0")]
     pub wake_rounds: usize,
     /// Measure scaling out instead: with the endpoint at its minimum, send this many tasks at
     /// once and time each added worker.
-    #[arg(long, default_value = "0")]
+    #[arg(long, env = "FERRY_BENCH_BURST", default_value = "0")]
     pub burst: usize,
     /// Seconds each task of a wake or burst measurement asks the model to take (`sleep`).
-    #[arg(long, default_value = "1.0")]
+    #[arg(long, env = "FERRY_BENCH_TASK_SECONDS", default_value = "1.0")]
     pub task_seconds: f64,
 }
 
@@ -428,4 +432,70 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     text.parse::<u64>()
         .map(Duration::from_secs)
         .map_err(|_| format!("`{text}` is not a whole number of seconds"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every flag of every role as (role, flag, env var); built-in `--help`/`--version` aside.
+    fn flags() -> Vec<(String, String, Option<String>)> {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut flags = Vec::new();
+        for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            for arg in command.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if matches!(long, "help" | "version") {
+                    continue;
+                }
+                let env = arg.get_env().map(|env| env.to_string_lossy().into_owned());
+                flags.push((command.get_name().to_owned(), long.to_owned(), env));
+            }
+        }
+        flags
+    }
+
+    /// Keys that `pairs` maps to more than one value, with those values.
+    fn ambiguous(pairs: impl Iterator<Item = (String, String)>) -> Vec<(String, BTreeSet<String>)> {
+        let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (key, value) in pairs {
+            seen.entry(key).or_default().insert(value);
+        }
+        seen.into_iter()
+            .filter(|(_, values)| values.len() > 1)
+            .collect()
+    }
+
+    #[test]
+    fn every_flag_reads_an_environment_variable() {
+        let missing: Vec<_> = flags()
+            .into_iter()
+            .filter(|(_, _, env)| env.is_none())
+            .map(|(role, flag, _)| format!("ferry {role} --{flag}"))
+            .collect();
+        assert!(missing.is_empty(), "flags without env: {missing:?}");
+    }
+
+    #[test]
+    fn one_flag_has_one_env_var_in_every_role_and_an_env_var_one_flag() {
+        let named: Vec<(String, String)> = flags()
+            .into_iter()
+            .map(|(_, flag, env)| (flag, env.unwrap_or_default()))
+            .collect();
+        let flag_to_envs = ambiguous(named.iter().cloned());
+        assert!(
+            flag_to_envs.is_empty(),
+            "one flag, several env vars: {flag_to_envs:?}"
+        );
+        let env_to_flags = ambiguous(named.into_iter().map(|(flag, env)| (env, flag)));
+        assert!(
+            env_to_flags.is_empty(),
+            "one env var, several flags: {env_to_flags:?}"
+        );
+    }
 }

@@ -28,7 +28,6 @@ use kube::runtime::finalizer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Readiness};
@@ -153,7 +152,7 @@ pub fn settings(args: &OperatorArgs) -> build::Settings {
 
 pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
-    let mut registry = Registry::default();
+    let mut registry = crate::metrics::registry();
     let metrics = Metrics::register(&mut registry);
     let autoscale_metrics = AutoscaleMetrics::register(&mut registry);
     let readiness = Readiness::default();
@@ -181,7 +180,7 @@ pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Resul
     // A standby replica is healthy too: ready means started, not elected.
     readiness.set_ready();
     let scope = args.namespace.clone();
-    let concurrency = args.concurrency.get();
+    let concurrency = args.reconcile_concurrency.get();
     let autoscaler = Autoscaler {
         scale_down_delay: args.scale_down_delay,
         metrics: autoscale_metrics,

@@ -463,7 +463,7 @@ mod tests {
     use kube::CustomResourceExt;
 
     fn endpoint(yaml: &str) -> ModelEndpoint {
-        serde_yaml::from_str(yaml).expect("test manifest parses")
+        serde_saphyr::from_str(yaml).expect("test manifest parses")
     }
 
     const VALID: &str = r#"
@@ -543,7 +543,7 @@ spec:
     #[test]
     fn unknown_hooks_do_not_parse() {
         let bad = VALID.replace("[callback]", "[telepathy]");
-        assert!(serde_yaml::from_str::<ModelEndpoint>(&bad).is_err());
+        assert!(serde_saphyr::from_str::<ModelEndpoint>(&bad).is_err());
     }
 
     #[test]

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::ResourceExt;
-use prometheus_client::registry::Registry;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +42,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
     let queue =
         Queue::connect(&nats_url, QueueSettings::default(), Duration::from_secs(10)).await?;
 
-    let mut registry = Registry::default();
+    let mut registry = crate::metrics::registry();
     let catalog = Catalog::default();
     let mut services = JoinSet::new();
 

@@ -22,6 +22,7 @@ pub use invoke::{ModelClient, Prediction};
 use crate::admin::{self, Readiness};
 use crate::cli::ForwarderArgs;
 use crate::crd::EndpointId;
+use crate::metrics::EndpointLabel;
 use crate::queue::{self, MAX_TASK_ATTEMPTS, Queue, QueueSettings, TaskDelivery};
 use crate::task::{
     CallbackJob, TaskError, TaskMessage, TaskOutcome, TaskRecord, TaskStatus, now_ms,
@@ -56,33 +57,57 @@ pub enum Error {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabel {
+struct TaskLabels {
+    #[prometheus(flatten)]
+    endpoint: EndpointLabel,
+    /// `success` or `failure`.
     outcome: &'static str,
 }
 
 pub struct ForwarderMetrics {
-    tasks: Family<OutcomeLabel, Counter>,
-    predict_seconds: Histogram,
+    tasks: Family<TaskLabels, Counter>,
+    predict_seconds: Family<EndpointLabel, Histogram>,
 }
 
 impl ForwarderMetrics {
     pub fn register(registry: &mut Registry) -> Arc<Self> {
-        let buckets = prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16);
         let metrics = ForwarderMetrics {
             tasks: Family::default(),
-            predict_seconds: Histogram::new(buckets),
+            predict_seconds: Family::new_with_constructor(|| {
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    0.001, 2.0, 16,
+                ))
+            }),
         };
         registry.register(
             "ferry_forwarder_tasks",
-            "Tasks finished, by outcome",
+            "Tasks finished per endpoint, by outcome (success, failure)",
             metrics.tasks.clone(),
         );
         registry.register(
             "ferry_forwarder_predict_duration_seconds",
-            "Time the model took per task",
+            "Time the model took per task, per endpoint",
             metrics.predict_seconds.clone(),
         );
         Arc::new(metrics)
+    }
+
+    fn observe_predict(&self, endpoint: &EndpointId, took: Duration) {
+        self.predict_seconds
+            .get_or_create(&EndpointLabel::of(endpoint))
+            .observe(took.as_secs_f64());
+    }
+
+    fn task_finished(&self, endpoint: &EndpointId, status: &TaskStatus) {
+        let outcome = if *status == TaskStatus::Success {
+            "success"
+        } else {
+            "failure"
+        };
+        let endpoint = EndpointLabel::of(endpoint);
+        self.tasks
+            .get_or_create(&TaskLabels { endpoint, outcome })
+            .inc();
     }
 }
 
@@ -132,9 +157,11 @@ impl Forwarder {
                 None => break,
             }
         }
+        let handed_back = queue::hand_back_unstarted(deliveries).await;
         tracing::info!(
             in_flight = running.len(),
-            "stopped taking tasks; finishing the ones held"
+            handed_back,
+            "stopped taking tasks; finishing the ones started, the others handed back"
         );
         while running.join_next().await.is_some() {}
         Ok(())
@@ -153,7 +180,7 @@ impl Forwarder {
         let span =
             tracing::info_span!("task", endpoint = %task.endpoint_id, task_id = %task.task_id);
         let result = async {
-            let keep_alive = keep_alive_while_running(&delivery, keep_alive_every);
+            let keep_alive = queue::keep_alive_while_held(&delivery, keep_alive_every);
             tokio::select! {
                 result = self.process(&delivery, &task) => result,
                 never = keep_alive => match never {},
@@ -218,8 +245,7 @@ impl Forwarder {
             }
         };
         self.metrics
-            .predict_seconds
-            .observe(timer.elapsed().as_secs_f64());
+            .observe_predict(&task.endpoint_id, timer.elapsed());
         self.finish(task, prediction).await
     }
 
@@ -235,15 +261,8 @@ impl Forwarder {
             tracing::info!(status = ?stored.status, "the task's outcome was already recorded");
             return self.send_callback(task, outcome_of(&stored)).await;
         }
-        let outcome = if record.status == TaskStatus::Success {
-            "success"
-        } else {
-            "failure"
-        };
         self.metrics
-            .tasks
-            .get_or_create(&OutcomeLabel { outcome })
-            .inc();
+            .task_finished(&task.endpoint_id, &record.status);
         tracing::debug!(status = ?record.status, "task finished");
         self.send_callback(task, outcome_of(&record)).await
     }
@@ -256,21 +275,6 @@ impl Forwarder {
         match CallbackJob::for_task(task, outcome) {
             Some(job) => self.queue.publish_callback(&job).await,
             None => Ok(()),
-        }
-    }
-}
-
-/// Renews the task's lease until dropped (it never returns on its own).
-async fn keep_alive_while_running(
-    delivery: &TaskDelivery,
-    every: Duration,
-) -> std::convert::Infallible {
-    let mut ticks = tokio::time::interval(every);
-    ticks.tick().await;
-    loop {
-        ticks.tick().await;
-        if let Err(error) = delivery.keep_alive().await {
-            tracing::warn!(%error, "keep-alive failed");
         }
     }
 }
@@ -339,7 +343,7 @@ pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Resu
         ..Default::default()
     };
     let queue = Queue::connect(&args.nats.url, settings, Duration::from_secs(30)).await?;
-    let mut registry = Registry::default();
+    let mut registry = crate::metrics::registry();
     let metrics = ForwarderMetrics::register(&mut registry);
     let readiness = Readiness::default();
     if let Some(addr) = args.admin_listen {

@@ -5,6 +5,7 @@ mod auth;
 mod demand;
 mod error;
 mod launch;
+mod metrics;
 mod redeliver;
 mod resources;
 mod routes;
@@ -20,11 +21,12 @@ use axum::{
     extract::DefaultBodyLimit,
     routing::{get, post},
 };
-use prometheus_client::{metrics::counter::Counter, registry::Registry};
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::ApiKeys;
 pub use demand::Demand;
+pub use metrics::GatewayMetrics;
 pub use sync::WorkerClient;
 
 use crate::admin::{self, Readiness};
@@ -48,23 +50,6 @@ pub struct AppState {
     pub guard: Guard,
     pub keys: Arc<ApiKeys>,
     pub metrics: Arc<GatewayMetrics>,
-}
-
-#[derive(Default)]
-pub struct GatewayMetrics {
-    pub tasks_submitted: Counter,
-}
-
-impl GatewayMetrics {
-    pub fn register(registry: &mut Registry) -> Arc<Self> {
-        let metrics = Arc::new(GatewayMetrics::default());
-        registry.register(
-            "ferry_gateway_tasks_submitted",
-            "Async tasks accepted",
-            metrics.tasks_submitted.clone(),
-        );
-        metrics
-    }
 }
 
 /// The API router. `max_body_bytes` bounds every request body (larger ones get 413).
@@ -102,7 +87,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/v1/callbacks/redeliver", post(redeliver::redeliver_since))
         .fallback(routes::not_found)
-        .layer(DefaultBodyLimit::max(max_body_bytes));
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::observe_request,
+        ));
     v1.with_state(state)
 }
 
@@ -184,7 +173,7 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
             queue: queue.clone(),
         }))
     };
-    let mut registry = Registry::default();
+    let mut registry = crate::metrics::registry();
     let demand = Demand::for_this_process();
     tokio::spawn(demand.clone().report(queue.clone(), cancel.clone()));
     let state = AppState {

@@ -15,6 +15,7 @@ mod forwarder;
 mod gateway;
 mod http_server;
 mod manifest;
+mod metrics;
 mod queue;
 mod task;
 mod telemetry;
@@ -59,8 +60,11 @@ async fn main() -> anyhow::Result<()> {
 
 /// Both CRDs as one multi-document YAML stream, as `crds/` holds it.
 fn crd_yaml() -> anyhow::Result<String> {
-    let bundle = serde_yaml::to_string(&crd::ModelBundle::crd())?;
-    let endpoint = serde_yaml::to_string(&crd::ModelEndpoint::crd())?;
+    // Lists at their key's indentation, as kubectl prints them.
+    let options =
+        || serde_saphyr::ser_options! { compact_list_indent: true, folded_wrap_chars: usize::MAX };
+    let bundle = serde_saphyr::to_string_with_options(&crd::ModelBundle::crd(), options())?;
+    let endpoint = serde_saphyr::to_string_with_options(&crd::ModelEndpoint::crd(), options())?;
     Ok(format!("---\n{bundle}---\n{endpoint}"))
 }
 
@@ -118,6 +122,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn printed_crds_read_back_as_the_same_definitions() {
+        let printed = super::crd_yaml().expect("CRDs serialize");
+        let read: Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+            serde_saphyr::from_multiple(&printed).expect("printed CRDs parse");
+        assert_eq!(
+            read,
+            [
+                crate::crd::ModelBundle::crd(),
+                crate::crd::ModelEndpoint::crd()
+            ]
+        );
+    }
+
     /// Every example and benchmark manifest fits its CRD's OpenAPI schema (types, bounds,
     /// patterns) and passes the CEL rules, as `kubectl apply` would check them.
     #[test]
@@ -160,9 +178,9 @@ mod tests {
                     continue;
                 }
                 let text = std::fs::read_to_string(&path).expect("readable");
-                for document in serde_yaml::Deserializer::from_str(&text) {
-                    let value: serde_json::Value =
-                        serde::Deserialize::deserialize(document).expect("YAML");
+                let documents: Vec<serde_json::Value> =
+                    serde_saphyr::from_multiple(&text).expect("YAML");
+                for value in documents {
                     let Some((_, validator)) = validators
                         .iter()
                         .find(|(kind, _)| value["kind"] == kind.as_str())

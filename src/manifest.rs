@@ -19,12 +19,19 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: document {index} is not valid YAML")]
+    #[error("{path} is not valid YAML")]
     Yaml {
+        path: PathBuf,
+        // Boxed: the parser's error is large, and every `Result` of this module would carry it.
+        #[source]
+        source: Box<serde_saphyr::Error>,
+    },
+    #[error("{path}: document {index} is not a Kubernetes object")]
+    Document {
         path: PathBuf,
         index: usize,
         #[source]
-        source: serde_yaml::Error,
+        source: serde_json::Error,
     },
     #[error("{path}: {kind} {name} is invalid: {message}")]
     Invalid {
@@ -150,29 +157,23 @@ fn is_yaml(path: &Path) -> bool {
 }
 
 fn parse_into(manifests: &mut Manifests, path: &Path, text: &str) -> Result<(), Error> {
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(document).map_err(|source| Error::Yaml {
+    // Each document goes through JSON, as the API server sees it; empty documents are skipped.
+    let documents: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(|source| Error::Yaml {
+            path: path.into(),
+            source: Box::new(source),
+        })?;
+    for (index, value) in documents.into_iter().enumerate() {
+        let document = |source| Error::Document {
             path: path.into(),
             index,
             source,
-        })?;
-        if value.is_null() {
-            continue;
-        }
-        let meta: TypeMeta =
-            serde_yaml::from_value(value.clone()).map_err(|source| Error::Yaml {
-                path: path.into(),
-                index,
-                source,
-            })?;
+        };
+        let meta = TypeMeta::deserialize(&value).map_err(document)?;
         if meta.api_version == "v1" && meta.kind == "Secret" {
-            let secret: Secret =
-                serde_yaml::from_value(value.clone()).map_err(|source| Error::Yaml {
-                    path: path.into(),
-                    index,
-                    source,
-                })?;
-            manifests.secrets.push(secret);
+            manifests
+                .secrets
+                .push(Secret::deserialize(&value).map_err(document)?);
             continue;
         }
         if meta.api_version.split('/').next() != Some(GROUP) {
@@ -186,7 +187,7 @@ fn parse_into(manifests: &mut Manifests, path: &Path, text: &str) -> Result<(), 
         };
         match meta.kind.as_str() {
             "ModelBundle" => {
-                let bundle: ModelBundle = serde_yaml::from_value(value.clone())
+                let bundle = ModelBundle::deserialize(&value)
                     .map_err(|e| invalid("ModelBundle", e.to_string()))?;
                 bundle
                     .validate_cel()
@@ -194,7 +195,7 @@ fn parse_into(manifests: &mut Manifests, path: &Path, text: &str) -> Result<(), 
                 manifests.bundles.push(bundle);
             }
             "ModelEndpoint" => {
-                let endpoint: ModelEndpoint = serde_yaml::from_value(value.clone())
+                let endpoint = ModelEndpoint::deserialize(&value)
                     .map_err(|e| invalid("ModelEndpoint", e.to_string()))?;
                 endpoint
                     .validate_cel()
@@ -207,7 +208,7 @@ fn parse_into(manifests: &mut Manifests, path: &Path, text: &str) -> Result<(), 
     Ok(())
 }
 
-fn name_of(value: &serde_yaml::Value) -> String {
+fn name_of(value: &serde_json::Value) -> String {
     value["metadata"]["name"]
         .as_str()
         .unwrap_or("(unnamed)")
@@ -244,6 +245,24 @@ mod tests {
             (&b"a"[..], &b"bee"[..])
         );
         assert!(manifests.secret_data("other", "s").is_none());
+    }
+
+    #[test]
+    fn broken_yaml_and_documents_that_are_not_objects_name_their_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), "broken.yaml", "kind: [unclosed\n");
+        let error = load(&[dir.path().join("broken.yaml")]).expect_err("bad YAML");
+        assert!(matches!(error, Error::Yaml { .. }), "{error}");
+        write(
+            dir.path(),
+            "scalar.yaml",
+            &format!("{BUNDLE}---\njust words\n"),
+        );
+        let error = load(&[dir.path().join("scalar.yaml")]).expect_err("not an object");
+        assert!(
+            matches!(&error, Error::Document { index: 1, path, .. } if path.ends_with("scalar.yaml")),
+            "{error}"
+        );
     }
 
     #[test]

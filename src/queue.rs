@@ -5,6 +5,7 @@
 
 mod arrivals;
 mod callbacks;
+mod lease;
 mod load;
 mod names;
 mod results;
@@ -14,7 +15,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 
-pub use callbacks::CallbackDelivery;
+pub use callbacks::{CALLBACK_LEASE_RENEWAL, CallbackDelivery};
+pub use lease::{Held, hand_back_unstarted, keep_alive_while_held};
 pub use tasks::{Backlog, MAX_TASK_ATTEMPTS, QueueSpec, TaskDelivery};
 
 /// Boxed error from the NATS client; the variant of [`Error`] says which operation failed.
@@ -152,8 +154,11 @@ impl Queue {
     }
 }
 
+/// Says at the first failed attempt that it is waiting (an operator watching a starting pod
+/// sees why it is not ready yet), and once connected after waiting that the wait is over.
 async fn connect_with_retry(url: &str, wait: Duration) -> Result<async_nats::Client, Error> {
     let deadline = tokio::time::Instant::now() + wait;
+    let mut waited = false;
     loop {
         // No notification exists for "the server came up": retry briefly until the deadline.
         match async_nats::ConnectOptions::new()
@@ -162,9 +167,19 @@ async fn connect_with_retry(url: &str, wait: Duration) -> Result<async_nats::Cli
             .connect(url)
             .await
         {
-            Ok(client) => return Ok(client),
+            Ok(client) => {
+                if waited {
+                    tracing::info!(url, "connected to NATS");
+                }
+                return Ok(client);
+            }
             Err(error) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(%error, url, "NATS not reachable yet");
+                if waited {
+                    tracing::debug!(%error, url, "NATS not reachable yet");
+                } else {
+                    tracing::warn!(%error, url, wait_seconds = wait.as_secs(), "waiting for NATS at {url}");
+                    waited = true;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(error) => {

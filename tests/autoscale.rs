@@ -187,9 +187,11 @@ async fn concurrent_sync_requests_scale_out_to_max_wait_for_workers_and_scale_ba
         }
     });
     let scaled_out = async {
-        let series = "ferry_autoscaler_ready_workers{endpoint=\"default/served\"}";
+        let series = format!(
+            "ferry_autoscaler_ready_workers{{endpoint=\"default/served\",endpoint_id=\"{endpoint}\"}}"
+        );
         eventually("three ready workers", WAIT, || async {
-            (metric(&dev.metrics().await, series) == Some(3.0)).then_some(())
+            (metric(&dev.metrics().await, &series) == Some(3.0)).then_some(())
         })
         .await;
         eprintln!(

@@ -132,11 +132,9 @@ async fn gone_dead_letters_at_once_and_redelivery_brings_it_back() {
     let task = dev.submit(&endpoint, task_args()).await;
     let callback = callback_state(&dev, &task, "DEAD_LETTERED").await;
     assert_eq!(callback["attempts"].as_array().unwrap().len(), 1);
-    assert!(
-        dev.metrics()
-            .await
-            .contains("ferry_dispatcher_dead_letters_total 1")
-    );
+    assert!(dev.metrics().await.contains(&format!(
+        "ferry_dispatcher_dead_letters_total{{endpoint_id=\"{endpoint}\"}} 1"
+    )));
 
     let (status, body) = dev
         .post(

@@ -183,10 +183,12 @@ async fn applying_the_examples_yields_workers_a_stream_and_status() {
         "{metrics}"
     );
     assert!(metrics.contains("ferry_controller_leader 1"), "{metrics}");
+    promtool_check(&metrics);
+    let desired = r#"ferry_autoscaler_desired_workers{endpoint="default/demo-endpoint-callback",endpoint_id="end_"#;
     assert!(
-        metrics.contains(
-            r#"ferry_autoscaler_desired_workers{endpoint="default/demo-endpoint-callback"} 1"#
-        ),
+        metrics
+            .lines()
+            .any(|line| line.starts_with(desired) && line.ends_with("} 1")),
         "{metrics}"
     );
     let ready = http

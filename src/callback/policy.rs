@@ -111,7 +111,7 @@ mod tests {
 
     fn spec() -> ModelEndpointSpec {
         let yaml = "apiVersion: ferry.dev/v1alpha1\nkind: ModelEndpoint\nmetadata: {name: e}\nspec: {bundle: b, labels: {team: t, product: p}}\n";
-        serde_yaml::from_str::<ModelEndpoint>(yaml)
+        serde_saphyr::from_str::<ModelEndpoint>(yaml)
             .expect("endpoint")
             .spec
     }

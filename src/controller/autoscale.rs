@@ -28,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
 use super::{Guarded, apply, build};
-use crate::autoscale::{AutoscaleMetrics, Concurrency, Decision, Load, Scaler, WakeTimer};
+use crate::autoscale::{
+    AutoscaleMetrics, Concurrency, Decision, Load, NamedEndpoint, Scaler, WakeTimer,
+};
 use crate::crd::{EndpointId, EndpointType, ModelEndpoint, namespace_of};
 use crate::queue::Queue;
 pub use report::{build_scale_event, build_scale_status};
@@ -48,7 +50,7 @@ pub struct Tracked {
     /// A status apply still to make (it failed, or a change awaits it).
     unreported: Option<Value>,
     /// The endpoint's metrics label, once its metrics exist.
-    label: Option<String>,
+    label: Option<NamedEndpoint>,
 }
 
 impl Tracked {
@@ -174,11 +176,6 @@ fn autoscaled(endpoint: &ModelEndpoint) -> bool {
     endpoint.metadata.deletion_timestamp.is_none()
 }
 
-/// `namespace/name`, the endpoint label of the autoscaler's metrics.
-fn metric_label(endpoint: &ModelEndpoint) -> String {
-    format!("{}/{}", namespace_of(endpoint), endpoint.name_any())
-}
-
 /// The endpoint's load now: its queue's backlog for an async endpoint (`None` while the queue
 /// does not exist yet), the requests the gateways hold for a sync or streaming one.
 pub async fn observe_load(
@@ -218,8 +215,18 @@ pub async fn evaluate(
     let now = Instant::now();
     let decision = tracked.scaler.decide(&endpoint.spec, load, now);
     let ready = status_count(endpoint, |s| s.ready_replicas).unwrap_or(0);
-    let label = tracked.label.get_or_insert_with(|| metric_label(endpoint));
+    let label = tracked
+        .label
+        .get_or_insert_with(|| NamedEndpoint::of(endpoint));
     metrics.observe(label, decision.replicas, ready);
+    if endpoint.spec.endpoint_type == EndpointType::Async {
+        // The age is the reconciler's reading, as fresh as the endpoint's status.
+        let oldest_age = endpoint
+            .status
+            .as_ref()
+            .and_then(|status| status.oldest_task_age_seconds);
+        metrics.observe_queue(label, load, oldest_age);
+    }
     if let Some(took) = tracked.wake.ready(ready, now) {
         metrics.observe_wake(took);
     }

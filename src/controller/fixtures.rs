@@ -15,7 +15,7 @@ use crate::crd::{ModelBundle, ModelEndpoint};
 use crate::queue::QueueSettings;
 
 pub fn endpoint() -> ModelEndpoint {
-    serde_yaml::from_str(
+    serde_saphyr::from_str(
         r#"
 apiVersion: ferry.dev/v1alpha1
 kind: ModelEndpoint
@@ -36,7 +36,7 @@ spec:
 }
 
 pub fn bundle() -> ModelBundle {
-    serde_yaml::from_str(
+    serde_saphyr::from_str(
         r#"
 apiVersion: ferry.dev/v1alpha1
 kind: ModelBundle

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::workers::Worker;
 use crate::admin::Readiness;
 use crate::autoscale::{
-    AutoscaleMetrics, Concurrency, Decision, Load, LoadReport, Scaler, WakeTimer,
+    AutoscaleMetrics, Concurrency, Decision, Load, LoadReport, NamedEndpoint, Scaler, WakeTimer,
 };
 use crate::catalog::Catalog;
 use crate::crd::{
@@ -120,11 +120,7 @@ impl Pool {
     /// Runs and sizes the workers until `stop`, then stops them all, letting them drain.
     pub async fn run(self, stop: CancellationToken) {
         let id = self.endpoint.endpoint_id();
-        let label = format!(
-            "{}/{}",
-            crate::crd::namespace_of(self.endpoint.as_ref()),
-            self.endpoint.name_any()
-        );
+        let label = NamedEndpoint::of(&self.endpoint);
         let spec = &self.endpoint.spec;
         let mut signals = self.signals().await;
         let mut ticks = tokio::time::interval(EVALUATE_EVERY);
@@ -169,6 +165,11 @@ impl Pool {
             self.scaling
                 .metrics
                 .observe(&label, decision.replicas, ready);
+            if spec.endpoint_type == EndpointType::Async {
+                self.scaling
+                    .metrics
+                    .observe_queue(&label, load, oldest_task_age);
+            }
             let seen = Observation {
                 ready,
                 decision,

@@ -159,7 +159,9 @@ pub async fn submit_async_task(
         .get(IDEMPOTENCY_KEY)
         .and_then(|value| value.to_str().ok());
     let submission = state.queue.submit(&task, idempotency_key).await?;
-    state.metrics.tasks_submitted.inc();
+    if !submission.duplicate {
+        state.metrics.task_submitted(&task.endpoint_id);
+    }
     Ok(Json(json!({ "task_id": submission.task_id })))
 }
 

@@ -42,13 +42,14 @@ impl ResourceWriter for Recorder {
 struct Fixture {
     _nats: NatsServer,
     state: AppState,
+    registry: prometheus_client::registry::Registry,
     recorder: Arc<Recorder>,
 }
 
 async fn fixture(writable: bool) -> Fixture {
     let (server, queue) = nats::start_with_queue().await;
     let catalog = Catalog::default();
-    let bundle: ModelBundle = serde_yaml::from_str(
+    let bundle: ModelBundle = serde_saphyr::from_str(
         "apiVersion: ferry.dev/v1alpha1\nkind: ModelBundle\nmetadata: {name: model, namespace: team-a}\nspec: {image: python:3.12}\n",
     )
     .expect("bundle");
@@ -68,6 +69,7 @@ async fn fixture(writable: bool) -> Fixture {
     Fixture {
         _nats: server,
         state,
+        registry,
         recorder,
     }
 }
@@ -113,6 +115,42 @@ fn create_body(name: &str) -> String {
         "cpus": 1, "memory": "1Gi", "storage": "1Gi", "gpus": 0, "min_workers": 1, "max_workers": 2, "per_worker": 10,
         "labels": {"team": "team-a", "product": "p"}})
     .to_string()
+}
+
+#[tokio::test]
+async fn requests_are_counted_by_route_template_and_status_class() {
+    let fixture = fixture(true).await;
+    let key = Some("key-a");
+    send(&fixture.state, "GET", "/v1/model-endpoints", key, "").await;
+    send(&fixture.state, "GET", "/v1/model-endpoints", key, "").await;
+    send(
+        &fixture.state,
+        "GET",
+        "/v1/async-tasks/secret-task-id",
+        key,
+        "",
+    )
+    .await;
+    send(&fixture.state, "GET", "/v1/no/such/route", key, "").await;
+    let text = crate::metrics::Format::Classic
+        .encode(&fixture.registry)
+        .expect("encode");
+    let expected = [
+        r#"ferry_gateway_http_requests_total{method="GET",route="/v1/model-endpoints",status="2xx"} 2"#,
+        r#"ferry_gateway_http_requests_total{method="GET",route="/v1/async-tasks/{task_id}",status="4xx"} 1"#,
+        r#"ferry_gateway_http_requests_total{method="GET",route="unmatched",status="4xx"} 1"#,
+        r#"ferry_gateway_http_request_duration_seconds_count{method="GET",route="/v1/model-endpoints"} 2"#,
+    ];
+    for line in expected {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("secret-task-id") && !text.contains("/no/such"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -21,8 +21,12 @@ use crate::task::{CallbackJob, CallbackPolicy, DeadLetter, TaskId};
 /// Window in which a repeated callback job for the same task is dropped by the server.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
-/// The dispatcher must answer each delivery within this time: longer than one attempt's timeout.
-const CALLBACK_ACK_WAIT: Duration = Duration::from_secs(330);
+/// A dispatcher that shows no sign of life for this long loses the job to another: one that
+/// crashed mid-attempt has it retried within seconds. Longer attempts renew the lease
+/// ([`CALLBACK_LEASE_RENEWAL`]).
+const CALLBACK_ACK_WAIT: Duration = Duration::from_secs(15);
+/// How often a dispatcher renews its lease on a job it is working on.
+pub const CALLBACK_LEASE_RENEWAL: Duration = Duration::from_secs(5);
 
 pub(super) struct Buckets {
     pub dead_letters: kv::Store,
@@ -105,6 +109,12 @@ fn schedule_at(now_ms: u64, delay: Duration) -> String {
 /// A callback job handed to the dispatcher.
 pub struct CallbackDelivery {
     message: jetstream::Message,
+}
+
+impl super::Held for CallbackDelivery {
+    fn message(&self) -> &jetstream::Message {
+        &self.message
+    }
 }
 
 impl CallbackDelivery {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::DeleteStreamErrorKind;
 use async_nats::jetstream::{
-    self, AckKind,
+    self,
     consumer::{self, pull},
     message::PublishMessage,
     stream::{self, RetentionPolicy},
@@ -66,6 +66,12 @@ pub struct TaskDelivery {
     message: jetstream::Message,
 }
 
+impl super::Held for TaskDelivery {
+    fn message(&self) -> &jetstream::Message {
+        &self.message
+    }
+}
+
 impl TaskDelivery {
     pub fn task(&self) -> Result<TaskMessage, Error> {
         results::decode("task message", &self.message.payload)
@@ -79,14 +85,6 @@ impl TaskDelivery {
     /// True when this delivery is past the last attempt the task is allowed.
     pub fn attempts_exhausted(&self) -> bool {
         self.attempt() > MAX_TASK_ATTEMPTS
-    }
-
-    /// Tells the server the worker is still busy with the task, restarting its ack timer.
-    pub async fn keep_alive(&self) -> Result<(), Error> {
-        self.message
-            .ack_with(AckKind::Progress)
-            .await
-            .map_err(|source| Error::Ack { source })
     }
 
     /// Removes the task from the queue for good.

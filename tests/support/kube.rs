@@ -125,7 +125,5 @@ impl KubeApiServer {
 /// The documents of a YAML manifest file as JSON.
 pub fn manifest(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).expect("manifest readable");
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|document| serde::Deserialize::deserialize(document).expect("YAML"))
-        .collect()
+    serde_saphyr::from_multiple(&text).expect("YAML")
 }

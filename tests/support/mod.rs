@@ -257,6 +257,22 @@ impl Dev {
         .await;
     }
 
+    /// /metrics as a scraper that sends `accept` gets it: the content type and the text.
+    pub async fn metrics_as(&self, accept: &str) -> (String, String) {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        (content_type, response.text().await.unwrap())
+    }
+
     /// The Prometheus text at /metrics.
     pub async fn metrics(&self) -> String {
         self.http
@@ -589,4 +605,31 @@ impl ModelProcess {
             _dir: dir,
         }
     }
+}
+
+/// Runs `promtool check metrics` on a classic-format exposition; panics with its findings.
+/// promtool comes from `scripts/install-promtool` (which `scripts/test` puts on PATH).
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool on PATH: run scripts/install-promtool and add what it prints to PATH");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
+        "promtool check metrics: {}\n{}{}\n--- exposition ---\n{text}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
 }

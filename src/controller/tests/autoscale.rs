@@ -190,11 +190,24 @@ async fn the_autoscaler_sets_the_scale_subresource_from_the_backlog() {
     server.expect_silence().await;
     let text = exposition(&registry);
     assert!(
-        text.contains(r#"ferry_autoscaler_desired_workers{endpoint="ml/demo"} 3"#),
+        text.contains(&format!(
+            r#"ferry_autoscaler_desired_workers{{endpoint="ml/demo",endpoint_id="{id}"}} 3"#,
+            id = endpoint.endpoint_id()
+        )),
         "{text}"
     );
     assert!(
-        text.contains(r#"ferry_autoscaler_ready_workers{endpoint="ml/demo"} 0"#),
+        text.contains(&format!(
+            r#"ferry_autoscaler_ready_workers{{endpoint="ml/demo",endpoint_id="{id}"}} 0"#,
+            id = endpoint.endpoint_id()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            r#"ferry_queue_backlog_tasks{{endpoint="ml/demo",endpoint_id="{id}"}} 5"#,
+            id = endpoint.endpoint_id()
+        )),
         "{text}"
     );
 }
@@ -264,9 +277,14 @@ async fn a_sync_endpoint_wakes_at_its_first_load_report_and_times_the_wake() {
         "{text}"
     );
     assert!(
-        text.contains(r#"ferry_autoscaler_ready_workers{endpoint="ml/demo"} 1"#),
+        text.contains(&format!(
+            r#"ferry_autoscaler_ready_workers{{endpoint="ml/demo",endpoint_id="{id}"}} 1"#,
+            id = endpoint.endpoint_id()
+        )),
         "{text}"
     );
+    // A sync endpoint has no queue to tell of.
+    assert!(!text.contains("ferry_queue_backlog_tasks{"), "{text}");
 
     // The requests are gone: back to zero.
     let running = evaluate(&ctx, &metrics, &endpoint, tracked, Load::default());
