@@ -232,32 +232,21 @@ impl Queue {
     }
 
     /// Callback jobs of every endpoint, `batch` requested from the server at a time.
-    pub async fn callback_jobs(
-        &self,
-        batch: usize,
-    ) -> Result<impl Stream<Item = Result<CallbackDelivery, Error>> + use<>, Error> {
-        let receive_error = |source: super::NatsError| Error::Receive {
-            consumer: names::CALLBACKS_CONSUMER.into(),
-            source,
-        };
+    /// A puller of callback jobs for the dispatcher.
+    pub async fn callback_jobs(&self) -> Result<super::Puller<CallbackDelivery>, Error> {
         let consumer: consumer::PullConsumer = self
             .js
             .get_consumer_from_stream(names::CALLBACKS_CONSUMER, names::CALLBACKS_STREAM)
             .await
-            .map_err(|error| receive_error(error.into()))?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .messages()
-            .await
-            .map_err(|error| receive_error(error.into()))?;
-        Ok(messages.map(move |item| {
-            item.map(|message| CallbackDelivery { message })
-                .map_err(|error| Error::Receive {
-                    consumer: names::CALLBACKS_CONSUMER.into(),
-                    source: error.into(),
-                })
-        }))
+            .map_err(|error| Error::Receive {
+                consumer: names::CALLBACKS_CONSUMER.into(),
+                source: error.into(),
+            })?;
+        Ok(super::Puller::new(
+            consumer,
+            names::CALLBACKS_CONSUMER,
+            |message| CallbackDelivery { message },
+        ))
     }
 
     pub async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {

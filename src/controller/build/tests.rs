@@ -336,7 +336,7 @@ fn example<T: serde::de::DeserializeOwned>(file: &str, uid: &str) -> T {
         .join("examples")
         .join(file);
     let mut value: serde_json::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&path).expect("example")).expect("YAML");
+        serde_saphyr::from_str(&std::fs::read_to_string(&path).expect("example")).expect("YAML");
     value["metadata"]["namespace"] = "default".into();
     value["metadata"]["uid"] = uid.into();
     serde_json::from_value(value).expect("example parses")
