@@ -17,7 +17,6 @@ use futures::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
 use prometheus_client::registry::Registry;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -165,38 +164,14 @@ impl Dispatcher {
             endpoints.forget(&endpoint);
             futures::future::ready(())
         }));
-        let deliveries = self.queue.callback_jobs(self.concurrency).await?;
+        let jobs = self.queue.callback_jobs().await?;
         readiness.set_ready();
         tracing::info!(concurrency = self.concurrency, "delivering callbacks");
-        let mut deliveries = std::pin::pin!(deliveries);
-        let mut running = JoinSet::new();
-        loop {
-            if running.len() >= self.concurrency {
-                running.join_next().await;
-                continue;
-            }
-            let delivery = tokio::select! {
-                _ = cancel.cancelled() => break,
-                delivery = deliveries.next() => delivery,
-            };
-            match delivery {
-                Some(Ok(delivery)) => {
-                    let dispatcher = self.clone();
-                    running.spawn(async move { dispatcher.handle(delivery).await });
-                }
-                Some(Err(error)) => {
-                    tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "receiving callback jobs");
-                }
-                None => break,
-            }
-        }
-        let handed_back = queue::hand_back_unstarted(deliveries).await;
-        tracing::info!(
-            in_flight = running.len(),
-            handed_back,
-            "stopped taking callback jobs; finishing the attempts under way, the others handed back"
-        );
-        while running.join_next().await.is_some() {}
+        queue::consume(jobs, self.concurrency, &cancel, |delivery| {
+            let dispatcher = self.clone();
+            async move { dispatcher.handle(delivery).await }
+        })
+        .await;
         Ok(())
     }
 
@@ -229,6 +204,15 @@ impl Dispatcher {
         delivery: &CallbackDelivery,
         job: &CallbackJob,
     ) -> Result<(), queue::Error> {
+        // A job handed out again (its dispatcher stopped before acknowledging it, or it was
+        // deferred) is not POSTed again once the callback is delivered.
+        if delivery.deliveries() > 1
+            && let Some(state) = self.queue.callback_state(&job.task_id).await?
+            && state.state == DeliveryState::Delivered
+        {
+            tracing::debug!("callback already delivered; the repeated job is dropped");
+            return delivery.ack().await;
+        }
         // A destination is a host and port: two services on one host do not share a bound.
         let destination = url::Url::parse(&job.target.url).ok().map(|url| {
             format!(

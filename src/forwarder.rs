@@ -9,11 +9,9 @@ pub mod serve;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
 use prometheus_client::registry::Registry;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -127,43 +125,16 @@ impl Forwarder {
         if !self.model.wait_until_ready(&cancel).await {
             return Ok(());
         }
-        let (ack_wait, deliveries) = self
-            .queue
-            .tasks(&self.endpoint_id, self.concurrency)
-            .await?;
+        let tasks = self.queue.tasks(&self.endpoint_id).await?;
         readiness.set_ready();
         tracing::info!(endpoint = %self.endpoint_id, concurrency = self.concurrency, "taking tasks");
-        let mut deliveries = std::pin::pin!(deliveries);
-        let mut running = JoinSet::new();
-        let keep_alive_every = (ack_wait / 3).max(Duration::from_millis(200));
-        loop {
-            if running.len() >= self.concurrency {
-                running.join_next().await;
-                continue;
-            }
-            let delivery = tokio::select! {
-                _ = cancel.cancelled() => break,
-                delivery = deliveries.next() => delivery,
-            };
-            match delivery {
-                Some(Ok(delivery)) => {
-                    let forwarder = self.clone();
-                    running
-                        .spawn(async move { forwarder.handle(delivery, keep_alive_every).await });
-                }
-                Some(Err(error)) => {
-                    tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "receiving tasks");
-                }
-                None => break,
-            }
-        }
-        let handed_back = queue::hand_back_unstarted(deliveries).await;
-        tracing::info!(
-            in_flight = running.len(),
-            handed_back,
-            "stopped taking tasks; finishing the ones started, the others handed back"
-        );
-        while running.join_next().await.is_some() {}
+        let keep_alive_every = (tasks.ack_wait() / 3).max(Duration::from_millis(200));
+        let concurrency = self.concurrency;
+        queue::consume(tasks, concurrency, &cancel, |delivery| {
+            let forwarder = self.clone();
+            async move { forwarder.handle(delivery, keep_alive_every).await }
+        })
+        .await;
         Ok(())
     }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 
 pub use callbacks::{CALLBACK_LEASE_RENEWAL, CallbackDelivery};
-pub use lease::{Held, hand_back_unstarted, keep_alive_while_held};
+pub use lease::{Held, Puller, consume, keep_alive_while_held};
 pub use tasks::{Backlog, MAX_TASK_ATTEMPTS, QueueSpec, TaskDelivery};
 
 /// Boxed error from the NATS client; the variant of [`Error`] says which operation failed.

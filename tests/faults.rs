@@ -176,3 +176,59 @@ fn spawn_submission(
         )
     });
 }
+
+/// SIGTERM to a worker holding one task and a prefetched one: it finishes the first, hands the
+/// second back at once, and exits; another worker runs it long before the ack wait would have
+/// released it. The gateway is static, so no local worker can take a task in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_hands_back_what_it_did_not_start() {
+    let nats = Nats::start().await;
+    let receiver = Receiver::start().await;
+    let manifests = Manifests::with_example_bundle();
+    let ack_wait_seconds = 120;
+    let extra = format!("  queueMessageTimeoutSeconds: {ack_wait_seconds}\n");
+    manifests.add(
+        "endpoint.yaml",
+        &endpoint_yaml("drain", "test-bundle", &receiver.url("/cb"), &extra),
+    );
+    let gateway = Dev::static_gateway(manifests.path(), &nats.url).await;
+    let endpoint = gateway.endpoint_id("drain").await;
+    let model = ModelProcess::start("time.sleep(args['sleep'])\nreturn 200, args['x'] * 10").await;
+    let worker = |model_url: &str| {
+        Process::spawn(
+            &["forwarder"],
+            &[
+                ("FERRY_NATS_URL", &nats.url),
+                ("FERRY_ENDPOINT_ID", &endpoint),
+                ("FERRY_MODEL_URL", model_url),
+                ("FERRY_PREDICT_ROUTE", "/"),
+                ("FERRY_HEALTHCHECK_ROUTE", "/"),
+            ],
+        )
+    };
+    let mut stopping = worker(&model.url);
+    let mut tasks = Vec::new();
+    for x in 0..3 {
+        let body = json!({"args": {"x": x, "sleep": 2}});
+        tasks.push(gateway.submit(&endpoint, body).await);
+    }
+    support::eventually("the first task started", SETTLE, || async {
+        (gateway.task(&tasks[0]).await["status"] == "STARTED").then_some(())
+    })
+    .await;
+    stopping.signal("-TERM");
+    let status = stopping.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "clean exit: {status}");
+    assert_eq!(
+        gateway.task(&tasks[0]).await["status"],
+        "SUCCESS",
+        "finished before exiting"
+    );
+
+    let _next = worker(&model.url);
+    let deadline = Duration::from_secs(ack_wait_seconds / 4);
+    for (x, task_id) in tasks.iter().enumerate() {
+        let task = gateway.finished_task(task_id, deadline).await;
+        assert_eq!(task["result"], json!({"result": x * 10}), "{task}");
+    }
+}

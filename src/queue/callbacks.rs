@@ -221,32 +221,21 @@ impl Queue {
     }
 
     /// Callback jobs of every endpoint, `batch` requested from the server at a time.
-    pub async fn callback_jobs(
-        &self,
-        batch: usize,
-    ) -> Result<impl Stream<Item = Result<CallbackDelivery, Error>> + use<>, Error> {
-        let receive_error = |source: super::NatsError| Error::Receive {
-            consumer: names::CALLBACKS_CONSUMER.into(),
-            source,
-        };
+    /// A puller of callback jobs for the dispatcher.
+    pub async fn callback_jobs(&self) -> Result<super::Puller<CallbackDelivery>, Error> {
         let consumer: consumer::PullConsumer = self
             .js
             .get_consumer_from_stream(names::CALLBACKS_CONSUMER, names::CALLBACKS_STREAM)
             .await
-            .map_err(|error| receive_error(error.into()))?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .messages()
-            .await
-            .map_err(|error| receive_error(error.into()))?;
-        Ok(messages.map(move |item| {
-            item.map(|message| CallbackDelivery { message })
-                .map_err(|error| Error::Receive {
-                    consumer: names::CALLBACKS_CONSUMER.into(),
-                    source: error.into(),
-                })
-        }))
+            .map_err(|error| Error::Receive {
+                consumer: names::CALLBACKS_CONSUMER.into(),
+                source: error.into(),
+            })?;
+        Ok(super::Puller::new(
+            consumer,
+            names::CALLBACKS_CONSUMER,
+            |message| CallbackDelivery { message },
+        ))
     }
 
     pub async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
@@ -404,17 +393,34 @@ mod tests {
             prior_attempts: 1,
             redeliveries: 0,
         };
-        let jobs = queue.callback_jobs(1).await.expect("consumer");
-        let mut jobs = std::pin::pin!(jobs);
+        let jobs = queue.callback_jobs().await.expect("consumer");
+        let (delivered, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let consuming = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                super::super::consume(jobs, 1, &cancel, |delivery: CallbackDelivery| {
+                    let delivered = delivered.clone();
+                    async move {
+                        let arrived = std::time::Instant::now();
+                        let _ = delivery.ack().await;
+                        let _ = delivered.send((arrived, delivery.job()));
+                    }
+                })
+                .await
+            })
+        };
         let delay = Duration::from_millis(300);
         let scheduled = std::time::Instant::now();
         queue
             .schedule_callback(&job, delay)
             .await
             .expect("scheduled");
-        let delivery = jobs.next().await.expect("delivered").expect("a job");
-        let waited = scheduled.elapsed();
-        assert_eq!(delivery.job().expect("decodes"), job);
+        let (arrived, delivery) = deliveries.recv().await.expect("delivered");
+        cancel.cancel();
+        consuming.await.expect("consumer stops");
+        let waited = arrived - scheduled;
+        assert_eq!(delivery.expect("decodes"), job);
         assert!(
             waited >= delay,
             "delivered after {waited:?}, due after {delay:?}"

@@ -9,7 +9,6 @@ use async_nats::jetstream::{
     message::PublishMessage,
     stream::{self, RetentionPolicy},
 };
-use futures::{Stream, StreamExt};
 
 use super::{Error, Queue, names, results};
 use crate::crd::{EndpointId, ModelEndpoint};
@@ -256,44 +255,22 @@ impl Queue {
             .map_err(|source| Error::Publish { subject, source })
     }
 
-    /// Deliveries of the endpoint's tasks, `batch` requested from the server at a time, and the
-    /// time a worker may hold one without a sign of life.
-    pub async fn tasks(
-        &self,
-        endpoint: &EndpointId,
-        batch: usize,
-    ) -> Result<
-        (
-            Duration,
-            impl Stream<Item = Result<TaskDelivery, Error>> + use<>,
-        ),
-        Error,
-    > {
+    /// A puller of the endpoint's tasks.
+    pub async fn tasks(&self, endpoint: &EndpointId) -> Result<super::Puller<TaskDelivery>, Error> {
         let stream = names::tasks_stream(endpoint);
-        let consumer_error = |source: NatsErrorLike| Error::Receive {
-            consumer: names::TASKS_CONSUMER.into(),
-            source,
-        };
         let consumer: consumer::PullConsumer = self
             .js
             .get_consumer_from_stream(names::TASKS_CONSUMER, &stream)
             .await
-            .map_err(|error| consumer_error(error.into()))?;
-        let ack_wait = consumer.cached_info().config.ack_wait;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .messages()
-            .await
-            .map_err(|error| consumer_error(error.into()))?;
-        let deliveries = messages.map(move |item| {
-            item.map(|message| TaskDelivery { message })
-                .map_err(|error| Error::Receive {
-                    consumer: names::TASKS_CONSUMER.into(),
-                    source: error.into(),
-                })
-        });
-        Ok((ack_wait, deliveries))
+            .map_err(|error| Error::Receive {
+                consumer: names::TASKS_CONSUMER.into(),
+                source: error.into(),
+            })?;
+        Ok(super::Puller::new(
+            consumer,
+            names::TASKS_CONSUMER,
+            |message| TaskDelivery { message },
+        ))
     }
 }
 
