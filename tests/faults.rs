@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Dev, Manifests, ModelProcess, Nats, Process, Receiver, endpoint_yaml};
+use support::{Answer, Dev, Manifests, ModelProcess, Nats, Process, Receiver, endpoint_yaml};
 
 const TASKS: usize = 1800;
 /// Submissions per second: steady load, as a service would see it.
@@ -231,4 +231,60 @@ async fn a_stopping_worker_hands_back_what_it_did_not_start() {
         let task = gateway.finished_task(task_id, deadline).await;
         assert_eq!(task["result"], json!({"result": x * 10}), "{task}");
     }
+}
+
+/// kill -9 of a dispatcher while its attempt hangs on the receiver: the job's lease runs out
+/// within seconds and a new dispatcher makes the attempt again, long before the attempt's own
+/// (5-minute) timeout or the old 330 s lease would have let it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_whose_dispatcher_was_killed_mid_attempt_is_retried_within_seconds() {
+    let nats = Nats::start().await;
+    let receiver = Receiver::start().await;
+    receiver.script(vec![Answer {
+        status: StatusCode::OK,
+        retry_after: None,
+        delay: Duration::from_secs(600),
+    }]);
+    let manifests = Manifests::with_example_bundle();
+    let extra = "  callbacks:\n    attemptTimeoutSeconds: 300\n";
+    manifests.add(
+        "endpoint.yaml",
+        &endpoint_yaml("lease", "test-bundle", &receiver.url("/cb"), extra),
+    );
+    let gateway = Dev::static_gateway(manifests.path(), &nats.url).await;
+    let endpoint = gateway.endpoint_id("lease").await;
+    let dispatcher = || {
+        Process::spawn(
+            &["dispatcher"],
+            &[
+                ("FERRY_NATS_URL", &nats.url),
+                ("FERRY_CALLBACK_ALLOW_CIDRS", "127.0.0.0/8"),
+            ],
+        )
+    };
+    let mut doomed = dispatcher();
+    let model = ModelProcess::start("return 200, args['x'] * 10").await;
+    let _worker = Process::spawn(
+        &["forwarder"],
+        &[
+            ("FERRY_NATS_URL", &nats.url),
+            ("FERRY_ENDPOINT_ID", &endpoint),
+            ("FERRY_MODEL_URL", &model.url),
+            ("FERRY_PREDICT_ROUTE", "/"),
+            ("FERRY_HEALTHCHECK_ROUTE", "/"),
+        ],
+    );
+    let task_id = gateway.submit(&endpoint, json!({"args": {"x": 4}})).await;
+    receiver.wait_for(1, SETTLE).await;
+    doomed.signal("-KILL");
+    doomed.wait_exit(Duration::from_secs(10)).await;
+
+    let _replacement = dispatcher();
+    let received = receiver.wait_for(2, Duration::from_secs(60)).await;
+    assert_eq!(received[1].body["task_id"], task_id.as_str());
+    assert_eq!(received[1].body["result"], 40);
+    support::eventually("callback DELIVERED", SETTLE, || async {
+        (gateway.task(&task_id).await["callback"]["state"] == "DELIVERED").then_some(())
+    })
+    .await;
 }

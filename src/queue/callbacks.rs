@@ -220,22 +220,16 @@ impl Queue {
             .map_err(|source| Error::Publish { subject, source })
     }
 
-    /// Callback jobs of every endpoint, `batch` requested from the server at a time.
-    /// A puller of callback jobs for the dispatcher.
+    /// A puller of callback jobs (of every endpoint) for the dispatcher.
     pub async fn callback_jobs(&self) -> Result<super::Puller<CallbackDelivery>, Error> {
-        let consumer: consumer::PullConsumer = self
-            .js
-            .get_consumer_from_stream(names::CALLBACKS_CONSUMER, names::CALLBACKS_STREAM)
-            .await
-            .map_err(|error| Error::Receive {
-                consumer: names::CALLBACKS_CONSUMER.into(),
-                source: error.into(),
-            })?;
-        Ok(super::Puller::new(
-            consumer,
+        let wrap = |message| CallbackDelivery { message };
+        super::Puller::open(
+            &self.js,
+            names::CALLBACKS_STREAM,
             names::CALLBACKS_CONSUMER,
-            |message| CallbackDelivery { message },
-        ))
+            wrap,
+        )
+        .await
     }
 
     pub async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {

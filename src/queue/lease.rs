@@ -73,17 +73,26 @@ pub struct Puller<H> {
 }
 
 impl<H: Held + Sync> Puller<H> {
-    pub(super) fn new(
-        consumer: PullConsumer,
+    /// A puller of the durable consumer `consumer_name` on `stream`.
+    pub(super) async fn open(
+        js: &jetstream::Context,
+        stream: &str,
         consumer_name: &'static str,
         wrap: fn(jetstream::Message) -> H,
-    ) -> Self {
-        Puller {
+    ) -> Result<Self, Error> {
+        let consumer = js
+            .get_consumer_from_stream(consumer_name, stream)
+            .await
+            .map_err(|error| Error::Receive {
+                consumer: consumer_name.into(),
+                source: error.into(),
+            })?;
+        Ok(Puller {
             consumer,
             consumer_name,
             request: None,
             wrap,
-        }
+        })
     }
 
     /// The server's ack wait: how long a holder may keep a message without a sign of life.

@@ -258,19 +258,8 @@ impl Queue {
     /// A puller of the endpoint's tasks.
     pub async fn tasks(&self, endpoint: &EndpointId) -> Result<super::Puller<TaskDelivery>, Error> {
         let stream = names::tasks_stream(endpoint);
-        let consumer: consumer::PullConsumer = self
-            .js
-            .get_consumer_from_stream(names::TASKS_CONSUMER, &stream)
-            .await
-            .map_err(|error| Error::Receive {
-                consumer: names::TASKS_CONSUMER.into(),
-                source: error.into(),
-            })?;
-        Ok(super::Puller::new(
-            consumer,
-            names::TASKS_CONSUMER,
-            |message| TaskDelivery { message },
-        ))
+        let wrap = |message| TaskDelivery { message };
+        super::Puller::open(&self.js, &stream, names::TASKS_CONSUMER, wrap).await
     }
 }
 
