@@ -267,13 +267,15 @@ impl Dispatcher {
                 .status_code
                 .map(|code| format!("receiver answered {code}"))
         });
+        let first_attempt =
+            delivery.deliveries() == 1 && job.prior_attempts == 0 && job.redeliveries == 0;
         let verdict = match next {
             Next::Done => DeliveryState::Delivered,
             Next::RetryIn(_) => DeliveryState::Pending,
             Next::GiveUp => DeliveryState::DeadLettered,
         };
         self.queue
-            .update_callback_state(&job.task_id, |current| {
+            .update_callback_state(&job.task_id, first_attempt, |current| {
                 let state = current.unwrap_or_else(|| CallbackState {
                     url: job.target.url.clone(),
                     ..Default::default()

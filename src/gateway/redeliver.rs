@@ -75,7 +75,9 @@ async fn redeliver(state: &AppState, letter: &DeadLetter) -> Result<(), AppError
     let task_id = &letter.job.task_id;
     state
         .queue
-        .update_callback_state(task_id, |callback| callback.map(CallbackState::redelivered))
+        .update_callback_state(task_id, false, |callback| {
+            callback.map(CallbackState::redelivered)
+        })
         .await?;
     state.queue.redeliver_callback(&letter.job).await?;
     state.queue.remove_dead_letter(task_id).await?;

@@ -57,6 +57,7 @@ impl Queue {
             .compare_and_set(
                 names::record_key(task),
                 "task record",
+                false,
                 |current: Option<TaskRecord>| match current {
                     Some(current) if !current.status.may_become(record.status) => None,
                     _ => Some(record.clone()),
@@ -80,13 +81,16 @@ impl Queue {
     }
 
     /// Changes the task's callback state with `change` (given the current state, if any) and
-    /// returns the state written.
+    /// returns the state written. `likely_first`: the caller expects no state yet (a first
+    /// attempt), so the write is tried before any read; a wrong guess costs one more round.
     pub async fn update_callback_state(
         &self,
         task: &TaskId,
+        likely_first: bool,
         change: impl Fn(Option<CallbackState>) -> Option<CallbackState>,
     ) -> Result<Option<CallbackState>, Error> {
-        self.compare_and_set(names::callback_key(task), "callback state", change)
+        let key = names::callback_key(task);
+        self.compare_and_set(key, "callback state", likely_first, change)
             .await
     }
 
@@ -97,17 +101,21 @@ impl Queue {
         &self,
         key: String,
         what: &'static str,
+        likely_absent: bool,
         change: impl Fn(Option<T>) -> Option<T>,
     ) -> Result<Option<T>, Error> {
-        for _ in 0..MAX_CONFLICTS {
-            let entry = self
-                .results
-                .entry(key.as_str())
-                .await
-                .map_err(|source| Error::Read {
-                    key: key.clone(),
-                    source: source.into(),
-                })?;
+        for round in 0..MAX_CONFLICTS {
+            let entry = if likely_absent && round == 0 {
+                None
+            } else {
+                self.results
+                    .entry(key.as_str())
+                    .await
+                    .map_err(|source| Error::Read {
+                        key: key.clone(),
+                        source: source.into(),
+                    })?
+            };
             let (current, revision) = match entry {
                 Some(entry) if entry.operation == kv::Operation::Put => {
                     (Some(decode::<T>(what, &entry.value)?), Some(entry.revision))
@@ -260,7 +268,7 @@ mod tests {
                     DeliveryState::Pending
                 };
                 queue
-                    .update_callback_state(&task, |current| {
+                    .update_callback_state(&task, at_ms % 2 == 0, |current| {
                         Some(
                             current
                                 .unwrap_or_default()
