@@ -21,7 +21,7 @@ use crate::admin::{self, Readiness};
 use crate::cli::ForwarderArgs;
 use crate::crd::EndpointId;
 use crate::metrics::EndpointLabel;
-use crate::queue::{self, MAX_TASK_ATTEMPTS, Queue, QueueSettings, TaskDelivery};
+use crate::queue::{self, MAX_TASK_ATTEMPTS, Queue, QueueSettings, RecordAt, TaskDelivery};
 use crate::task::{
     CallbackJob, TaskError, TaskMessage, TaskOutcome, TaskRecord, TaskStatus, now_ms,
 };
@@ -196,36 +196,47 @@ impl Forwarder {
                 },
                 status_code: None,
             };
-            return self.finish(task, prediction).await;
+            return self.finish(task, prediction, None).await;
         }
+        // The PENDING record as the gateway wrote it: current unless another run got further.
+        let pending = task.record_revision.map(|revision| RecordAt {
+            record: TaskRecord::pending(task.endpoint_id.clone()),
+            revision,
+        });
         let timer = std::time::Instant::now();
         let predict = self.model.predict(&task.args);
         let mut predict = std::pin::pin!(predict);
         // A task the model answers at once goes straight to its outcome; one that takes longer
         // is recorded as STARTED while the model works.
-        let prediction = tokio::select! {
-            prediction = &mut predict => prediction,
+        let (prediction, last_seen) = tokio::select! {
+            prediction = &mut predict => (prediction, pending),
             _ = tokio::time::sleep(STARTED_AFTER) => {
                 let started = TaskRecord::started(task.endpoint_id.clone());
                 let (recorded, prediction) = tokio::join!(
-                    self.queue.advance_task_record(&task.task_id, &started),
+                    self.queue.advance_task_record(&task.task_id, &started, pending),
                     &mut predict
                 );
-                recorded?;
-                prediction
+                (prediction, Some(recorded?))
             }
         };
         self.metrics
             .observe_predict(&task.endpoint_id, timer.elapsed());
-        self.finish(task, prediction).await
+        self.finish(task, prediction, last_seen).await
     }
 
-    async fn finish(&self, task: &TaskMessage, prediction: Prediction) -> Result<(), queue::Error> {
+    /// Records the outcome over `last_seen` (the record as this run last saw it, if known).
+    async fn finish(
+        &self,
+        task: &TaskMessage,
+        prediction: Prediction,
+        last_seen: Option<RecordAt>,
+    ) -> Result<(), queue::Error> {
         let record = final_record(task, prediction);
         let stored = self
             .queue
-            .advance_task_record(&task.task_id, &record)
-            .await?;
+            .advance_task_record(&task.task_id, &record, last_seen)
+            .await?
+            .record;
         if stored != record {
             // Another run of the task recorded its outcome first; that outcome stands and is
             // the one its callback reports.

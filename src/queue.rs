@@ -17,6 +17,7 @@ use async_nats::jetstream::{self, kv};
 
 pub use callbacks::{CALLBACK_LEASE_RENEWAL, CallbackDelivery};
 pub use lease::{Held, Puller, consume, keep_alive_while_held};
+pub use results::RecordAt;
 pub use tasks::{Backlog, MAX_TASK_ATTEMPTS, QueueSpec, TaskDelivery};
 
 /// Boxed error from the NATS client; the variant of [`Error`] says which operation failed.

@@ -112,6 +112,10 @@ pub struct TaskMessage {
     pub callback: Option<CallbackTarget>,
     /// Unix time of submission in milliseconds.
     pub submitted_at_ms: u64,
+    /// Revision of the PENDING record written at submission: the first worker to run the task
+    /// writes over it without reading it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_revision: Option<u64>,
 }
 
 /// Launch's task status values.

@@ -44,6 +44,7 @@ async fn submit(queue: &Queue, endpoint: &ModelEndpoint) {
         args: json!({}),
         callback: None,
         submitted_at_ms: 0,
+        record_revision: None,
     };
     queue.submit(&task, None).await.expect("submitted");
 }

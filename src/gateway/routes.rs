@@ -186,6 +186,7 @@ pub(super) async fn task_from_request(
         args: request.args.unwrap_or(Value::Null),
         callback,
         submitted_at_ms: now_ms(),
+        record_revision: None,
     };
     Ok((task, request.timeout_seconds))
 }

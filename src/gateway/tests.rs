@@ -291,13 +291,13 @@ async fn a_task_polled_after_a_stale_started_still_answers_its_outcome() {
         ..TaskRecord::pending(endpoint_id.clone())
     };
     queue
-        .advance_task_record(&task, &success)
+        .advance_task_record(&task, &success, None)
         .await
         .expect("success");
     // A redelivered attempt of the same task reports STARTED after the outcome was recorded.
     let started = TaskRecord::started(endpoint_id);
     queue
-        .advance_task_record(&task, &started)
+        .advance_task_record(&task, &started, None)
         .await
         .expect("stale started");
     let uri = format!("/v1/async-tasks/{task}");

@@ -167,6 +167,7 @@ mod tests {
                 args: serde_json::json!({}),
                 callback: None,
                 submitted_at_ms: 0,
+                record_revision: None,
             };
             queue.submit(&task, None).await.expect("submitted");
         }

@@ -7,6 +7,13 @@ use serde::{Serialize, de::DeserializeOwned};
 use super::{Error, NatsError, Queue, QueueSettings, names};
 use crate::task::{CallbackState, TaskId, TaskRecord, Versioned};
 
+/// A task record with the revision of the bucket entry that holds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordAt {
+    pub record: TaskRecord,
+    pub revision: u64,
+}
+
 /// Conflicting writes to one key a compare-and-set sits out before it gives up. Each conflict
 /// means another writer made progress, so this is only reached by a pathological storm.
 const MAX_CONFLICTS: usize = 32;
@@ -44,36 +51,55 @@ impl Queue {
     }
 
     /// Moves the task's record to `record` when the rule of [`TaskStatus::may_become`] allows
-    /// it, and returns the record the task has now: `record`, or the one that stood and refused
-    /// it (a final outcome recorded first).
+    /// it, and returns the record the task has now with its revision: `record`, or the one that
+    /// stood and refused it (a final outcome recorded first). `last_seen`, the record as this
+    /// writer last saw it, spares a read when it is still current.
     ///
     /// [`TaskStatus::may_become`]: crate::task::TaskStatus::may_become
     pub async fn advance_task_record(
         &self,
         task: &TaskId,
         record: &TaskRecord,
-    ) -> Result<TaskRecord, Error> {
+        last_seen: Option<RecordAt>,
+    ) -> Result<RecordAt, Error> {
+        let assumed = last_seen.map(|seen| (Some(seen.record), Some(seen.revision)));
+        let key = names::record_key(task);
         let stored = self
             .compare_and_set(
-                names::record_key(task),
+                key.clone(),
                 "task record",
-                false,
+                assumed,
                 |current: Option<TaskRecord>| match current {
                     Some(current) if !current.status.may_become(record.status) => None,
                     _ => Some(record.clone()),
                 },
             )
             .await?;
-        Ok(stored.unwrap_or_else(|| record.clone()))
+        // Never empty: a record is written whenever none stands.
+        stored
+            .map(|(record, revision)| RecordAt { record, revision })
+            .ok_or_else(|| Error::Write {
+                key,
+                source: "the record vanished while being written".into(),
+            })
     }
 
-    /// Writes the record only when the task has none yet; `false` when it already had one.
+    /// Writes the record only when the task has none yet: its revision, or `None` when it
+    /// already had one.
     pub(super) async fn create_task_record(
         &self,
         task: &TaskId,
         record: &TaskRecord,
-    ) -> Result<bool, Error> {
-        self.create(names::record_key(task), encode(record)).await
+    ) -> Result<Option<u64>, Error> {
+        let key = names::record_key(task);
+        match self.results.create(key.as_str(), encode(record)).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(source) => Err(Error::Write {
+                key,
+                source: source.into(),
+            }),
+        }
     }
 
     pub async fn callback_state(&self, task: &TaskId) -> Result<Option<CallbackState>, Error> {
@@ -90,42 +116,31 @@ impl Queue {
         change: impl Fn(Option<CallbackState>) -> Option<CallbackState>,
     ) -> Result<Option<CallbackState>, Error> {
         let key = names::callback_key(task);
-        self.compare_and_set(key, "callback state", likely_first, change)
-            .await
+        let assumed = likely_first.then_some((None, None));
+        let stored = self
+            .compare_and_set(key, "callback state", assumed, change)
+            .await?;
+        Ok(stored.map(|(state, _)| state))
     }
 
     /// Writes `change(current)` over the key's current value unless `change` declines (`None`),
     /// as a compare-and-set on the entry's revision: when another writer got there first, it
-    /// reads again and decides again. Returns the value the key holds afterwards.
+    /// reads again and decides again. `assumed` (value and revision) stands in for the first
+    /// read. Returns the value the key holds afterwards with its revision.
     async fn compare_and_set<T: Serialize + DeserializeOwned + Clone>(
         &self,
         key: String,
         what: &'static str,
-        likely_absent: bool,
+        mut assumed: Option<(Option<T>, Option<u64>)>,
         change: impl Fn(Option<T>) -> Option<T>,
-    ) -> Result<Option<T>, Error> {
-        for round in 0..MAX_CONFLICTS {
-            let entry = if likely_absent && round == 0 {
-                None
-            } else {
-                self.results
-                    .entry(key.as_str())
-                    .await
-                    .map_err(|source| Error::Read {
-                        key: key.clone(),
-                        source: source.into(),
-                    })?
-            };
-            let (current, revision) = match entry {
-                Some(entry) if entry.operation == kv::Operation::Put => {
-                    (Some(decode::<T>(what, &entry.value)?), Some(entry.revision))
-                }
-                // A deleted or purged key: its tombstone's revision is the one to replace.
-                Some(entry) => (None, Some(entry.revision)),
-                None => (None, None),
+    ) -> Result<Option<(T, u64)>, Error> {
+        for _ in 0..MAX_CONFLICTS {
+            let (current, revision) = match assumed.take() {
+                Some(assumed) => assumed,
+                None => self.current(&key, what).await?,
             };
             let Some(next) = change(current.clone()) else {
-                return Ok(current);
+                return Ok(current.zip(revision));
             };
             let written = match revision {
                 Some(revision) => self
@@ -146,7 +161,7 @@ impl Queue {
                     }),
             };
             match written {
-                Ok(_) => return Ok(Some(next)),
+                Ok(revision) => return Ok(Some((next, revision))),
                 Err(None) => continue,
                 Err(Some(source)) => return Err(Error::Write { key, source }),
             }
@@ -154,6 +169,30 @@ impl Queue {
         Err(Error::Write {
             key,
             source: format!("{MAX_CONFLICTS} writers changed it first, one after another").into(),
+        })
+    }
+
+    /// The key's value (`None` when absent or deleted) and the revision a write must replace.
+    async fn current<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        what: &'static str,
+    ) -> Result<(Option<T>, Option<u64>), Error> {
+        let entry = self
+            .results
+            .entry(key)
+            .await
+            .map_err(|source| Error::Read {
+                key: key.to_owned(),
+                source: source.into(),
+            })?;
+        Ok(match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                (Some(decode::<T>(what, &entry.value)?), Some(entry.revision))
+            }
+            // A deleted or purged key: its tombstone's revision is the one to replace.
+            Some(entry) => (None, Some(entry.revision)),
+            None => (None, None),
         })
     }
 
@@ -215,34 +254,33 @@ mod tests {
         let endpoint = EndpointId::for_resource("ml", "a");
         let task = TaskId::generate();
         let started = TaskRecord::started(endpoint.clone());
-        assert_eq!(
-            queue
-                .advance_task_record(&task, &started)
-                .await
-                .expect("started"),
-            started,
-            "the first write creates the record"
-        );
+        let first = queue
+            .advance_task_record(&task, &started, None)
+            .await
+            .expect("started");
+        assert_eq!(first.record, started, "the first write creates the record");
         let done = success(&endpoint);
-        assert_eq!(
-            queue.advance_task_record(&task, &done).await.expect("done"),
-            done
-        );
+        let outcome = queue
+            .advance_task_record(&task, &done, Some(first.clone()))
+            .await
+            .expect("done");
+        assert_eq!(outcome.record, done, "written over the record it last saw");
+        // Another run still believes the record is its STARTED one, and writes again.
         let stale = queue
-            .advance_task_record(&task, &started)
+            .advance_task_record(&task, &started, Some(first.clone()))
             .await
             .expect("stale started");
-        assert_eq!(stale, done, "the writer learns the outcome that stands");
+        assert_eq!(stale, outcome, "the writer learns the outcome that stands");
         let failure = TaskRecord {
             status: TaskStatus::Failure,
             ..TaskRecord::pending(endpoint.clone())
         };
         let second = queue
-            .advance_task_record(&task, &failure)
+            .advance_task_record(&task, &failure, Some(first))
             .await
             .expect("second outcome");
         assert_eq!(
-            second, done,
+            second.record, done,
             "the first final outcome is the task's outcome"
         );
         assert_eq!(queue.task_record(&task).await.expect("read"), Some(done));

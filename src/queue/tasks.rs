@@ -213,15 +213,16 @@ impl Queue {
                 // finish it now under the claimed id.
             }
         }
+        // The record first, so the task can carry its revision, and a task in the queue
+        // always has a record.
+        let record = TaskRecord::pending(task.endpoint_id.clone());
+        let record_revision = self.create_task_record(&task_id, &record).await?;
         let task = TaskMessage {
             task_id: task_id.clone(),
+            record_revision,
             ..task.clone()
         };
-        let record = TaskRecord::pending(task.endpoint_id.clone());
-        let (_, _) = tokio::try_join!(
-            self.create_task_record(&task_id, &record),
-            self.publish_task(&task)
-        )?;
+        self.publish_task(&task).await?;
         self.announce_arrival(&task.endpoint_id).await;
         Ok(Submission { task_id, duplicate })
     }
