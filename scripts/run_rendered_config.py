@@ -28,6 +28,9 @@ import yaml
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 # Values a cluster would supply from a Secret the rendered output does not hold.
 SECRET_PLACEHOLDERS = {"FERRY_API_KEYS": "placeholder-key=team-a"}
+# The volume of the key ring (operator, gateway, dispatcher) and a file of one random key.
+SEAL_KEY_VOLUME = "seal-key"
+SEAL_KEY_FILE = base64.b64encode(os.urandom(32)) + b"\n"
 NATS_URL_VARIABLE = "FERRY_NATS_URL"
 
 
@@ -143,8 +146,10 @@ class MountedFiles:
             volume = by_name.get(mount["name"], {})
             source = volume.get("secret") or volume.get("configMap") or {}
             for item in source.get("items") or []:
-                # Mounted files here are CA bundles; a PEM certificate stands in for any content.
-                (local / item["path"]).write_bytes(ca_pem)
+                # Mounted files here are CA bundles, where a PEM certificate stands in for any
+                # content, and the key ring, where a random key does.
+                content = SEAL_KEY_FILE if mount["name"] == SEAL_KEY_VOLUME else ca_pem
+                (local / item["path"]).write_bytes(content)
             self.mounts[mount["mountPath"].rstrip("/")] = local
 
     def local_path(self, value):

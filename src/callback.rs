@@ -28,8 +28,11 @@ use crate::cli::DispatcherArgs;
 use crate::crd::EndpointId;
 use crate::metrics::EndpointLabel;
 use crate::queue::{self, CALLBACK_LEASE_RENEWAL, CallbackDelivery, Queue, QueueSettings};
-use crate::task::{CallbackJob, CallbackState, DeadLetter, DeliveryAttempt, DeliveryState, now_ms};
-use endpoints::{EndpointCache, HostSlots};
+use crate::seal::KeyRing;
+use crate::task::{
+    CallbackJob, CallbackState, CallbackTarget, DeadLetter, DeliveryAttempt, DeliveryState, now_ms,
+};
+use endpoints::{EndpointCache, EndpointDelivery, HostSlots};
 use schedule::Next;
 
 /// How long a job waits in line for a slot of its destination before it is deferred.
@@ -128,6 +131,8 @@ pub struct Dispatcher {
     endpoints: Arc<EndpointCache>,
     host_slots: Arc<HostSlots>,
     metrics: Arc<DispatcherMetrics>,
+    /// Opens callback targets and endpoint secrets.
+    ring: Arc<KeyRing>,
 }
 
 impl Dispatcher {
@@ -136,9 +141,15 @@ impl Dispatcher {
         settings: DispatcherSettings,
         clients: Clients,
         metrics: Arc<DispatcherMetrics>,
+        ring: Arc<KeyRing>,
     ) -> Self {
         Dispatcher {
-            endpoints: Arc::new(EndpointCache::new(queue.clone(), settings.timeouts)),
+            endpoints: Arc::new(EndpointCache::new(
+                queue.clone(),
+                settings.timeouts,
+                ring.clone(),
+            )),
+            ring,
             queue,
             concurrency: settings.concurrency,
             clients: Arc::new(clients),
@@ -213,14 +224,21 @@ impl Dispatcher {
             tracing::debug!("callback already delivered; the repeated job is dropped");
             return delivery.ack().await;
         }
+        // Only a target the gateway sealed for this task is used: a forged or moved one
+        // neither learns the endpoint's credentials nor carries its signature.
+        let target = job.open_target(&self.ring);
+        let url = target.as_ref().map(|target| target.url.as_str());
         // A destination is a host and port: two services on one host do not share a bound.
-        let destination = url::Url::parse(&job.target.url).ok().map(|url| {
-            format!(
-                "{}:{}",
-                url.host_str().unwrap_or_default(),
-                url.port_or_known_default().unwrap_or(0)
-            )
-        });
+        let destination = url
+            .ok()
+            .and_then(|url| url::Url::parse(url).ok())
+            .map(|url| {
+                format!(
+                    "{}:{}",
+                    url.host_str().unwrap_or_default(),
+                    url.port_or_known_default().unwrap_or(0)
+                )
+            });
         let destination = destination.as_deref().unwrap_or_default();
         let Some(_slot) = self.host_slots.acquire(destination, SLOT_WAIT).await else {
             self.metrics.deferred.inc();
@@ -234,27 +252,17 @@ impl Dispatcher {
                 .await;
         };
         let endpoint = self.endpoints.get(&job.endpoint_id).await?;
-        let auth = job.target.auth.as_ref().or(endpoint.default_auth.as_ref());
         let attempt_number = job.prior_attempts + 1;
-        let (verdict, attempt) = match self.clients.client(endpoint.timeouts, auth) {
-            Ok(client) => {
-                let request = deliver::Request {
-                    client: &client,
-                    guard: self.clients.guard(),
-                    keys: &endpoint.keys,
-                    auth,
-                    allowed_hosts: &endpoint.allowed_hosts,
-                };
-                deliver::deliver_callback(request, job).await
-            }
-            Err(error) => {
-                let attempt = DeliveryAttempt {
-                    at_ms: now_ms(),
-                    status_code: None,
-                    error: Some(error.to_string()),
-                    duration_ms: 0,
-                };
-                (schedule::Verdict::Refused, attempt)
+        let opened = match (&target, &endpoint.unopened) {
+            (Err(error), _) => Err(format!("the callback's target does not open: {error}")),
+            (Ok(_), Some(problem)) => Err(problem.clone()),
+            (Ok(target), None) => Ok(target),
+        };
+        let (verdict, attempt) = match opened {
+            Ok(target) => self.deliver(job, target, &endpoint).await,
+            Err(problem) => {
+                tracing::error!(%problem, "callback refused");
+                refused(problem)
             }
         };
         let next = endpoint
@@ -277,7 +285,7 @@ impl Dispatcher {
         self.queue
             .update_callback_state(&job.task_id, first_attempt, |current| {
                 let state = current.unwrap_or_else(|| CallbackState {
-                    url: job.target.url.clone(),
+                    url: url.map(str::to_owned).unwrap_or_default(),
                     ..Default::default()
                 });
                 Some(state.with_attempt(attempt.clone(), verdict))
@@ -298,7 +306,11 @@ impl Dispatcher {
                 self.queue.schedule_callback(&retry, delay).await?;
             }
             Next::GiveUp => {
-                tracing::error!(attempts = attempt_number, url = %job.target.url, "callback undeliverable; dead-lettered");
+                tracing::error!(
+                    attempts = attempt_number,
+                    url = url.unwrap_or_default(),
+                    "callback undeliverable; dead-lettered"
+                );
                 let reason = reason.unwrap_or_else(|| "undeliverable".into());
                 let letter = DeadLetter {
                     job: job.clone(),
@@ -310,6 +322,41 @@ impl Dispatcher {
         }
         delivery.ack().await
     }
+
+    /// One attempt at `target` with the endpoint's signature and credentials.
+    async fn deliver(
+        &self,
+        job: &CallbackJob,
+        target: &CallbackTarget,
+        endpoint: &EndpointDelivery,
+    ) -> (schedule::Verdict, DeliveryAttempt) {
+        let auth = target.auth.as_ref().or(endpoint.default_auth.as_ref());
+        match self.clients.client(endpoint.timeouts, auth) {
+            Ok(client) => {
+                let request = deliver::Request {
+                    client: &client,
+                    url: &target.url,
+                    guard: self.clients.guard(),
+                    keys: &endpoint.keys,
+                    auth,
+                    allowed_hosts: &endpoint.allowed_hosts,
+                };
+                deliver::deliver_callback(request, job).await
+            }
+            Err(error) => refused(error.to_string()),
+        }
+    }
+}
+
+/// An attempt refused before anything was sent.
+fn refused(error: String) -> (schedule::Verdict, DeliveryAttempt) {
+    let attempt = DeliveryAttempt {
+        at_ms: now_ms(),
+        status_code: None,
+        error: Some(error),
+        duration_ms: 0,
+    };
+    (schedule::Verdict::Refused, attempt)
 }
 
 /// `ferry dispatcher`: the callback controller.
@@ -323,6 +370,7 @@ pub fn clients(args: &DispatcherArgs) -> anyhow::Result<Clients> {
 }
 
 pub async fn run(args: DispatcherArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    let ring = Arc::new(args.seal.key_ring()?);
     let settings = QueueSettings {
         result_retention: args.nats.result_retention,
         ..Default::default()
@@ -341,7 +389,7 @@ pub async fn run(args: DispatcherArgs, cancel: CancellationToken) -> anyhow::Res
         ));
     }
     let clients = clients(&args)?;
-    let dispatcher = Dispatcher::new(queue, args.delivery.settings(), clients, metrics);
+    let dispatcher = Dispatcher::new(queue, args.delivery.settings(), clients, metrics, ring);
     dispatcher.run(readiness, cancel).await?;
     Ok(())
 }

@@ -35,10 +35,12 @@ pub async fn run(role: Role) -> anyhow::Result<()> {
         }
         Role::Dispatcher(args) => {
             crate::callback::clients(args)?;
+            args.seal.key_ring()?;
             ("dispatcher", &args.nats)
         }
         Role::Operator(args) => {
             crate::controller::settings(args);
+            args.seal.key_ring()?;
             ("operator", &args.nats)
         }
         Role::Dev(_) => return Err(Error::Role("dev").into()),

@@ -71,6 +71,39 @@ pub struct NatsArgs {
     pub result_retention: Duration,
 }
 
+/// The key ring that seals the secrets kept in NATS (operator, gateway, dispatcher, dev).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SealArgs {
+    /// File of base64 keys of 32 bytes, one a line, the current one first (older ones only
+    /// open what they sealed): seals callback credentials and signing secrets kept in NATS and
+    /// derives each endpoint's serving token. Required, except by `ferry dev`, which makes a
+    /// key per run without it.
+    #[arg(long, env = "FERRY_SEAL_KEY_FILE")]
+    pub seal_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--seal-key-file / FERRY_SEAL_KEY_FILE is required: the key ring that seals secrets kept in NATS"
+)]
+pub struct SealKeyMissing;
+
+impl SealArgs {
+    /// The ring of the key file, which this role requires.
+    pub fn key_ring(&self) -> anyhow::Result<crate::seal::KeyRing> {
+        let path = self.seal_key_file.as_ref().ok_or(SealKeyMissing)?;
+        Ok(crate::seal::KeyRing::read(path)?)
+    }
+
+    /// The ring of the key file, or a fresh key when none is given.
+    pub fn key_ring_or_generate(&self) -> anyhow::Result<crate::seal::KeyRing> {
+        match &self.seal_key_file {
+            Some(path) => Ok(crate::seal::KeyRing::read(path)?),
+            None => Ok(crate::seal::KeyRing::generate()),
+        }
+    }
+}
+
 /// How the role's HTTP listeners bound their connections.
 #[derive(clap::Args, Debug, Clone)]
 pub struct HttpArgs {
@@ -118,6 +151,8 @@ pub struct GatewayArgs {
     pub auth: AuthArgs,
     #[command(flatten)]
     pub guard: GuardArgs,
+    #[command(flatten)]
+    pub seal: SealArgs,
     /// Serve a fixed set of endpoints from these ModelBundle/ModelEndpoint manifests (files or
     /// directories), read-only. Without them the gateway uses the cluster's Kubernetes API.
     #[arg(long, env = "FERRY_MANIFESTS", value_delimiter = ',')]
@@ -161,6 +196,10 @@ pub struct ForwarderArgs {
     /// Path of the model's streaming predictions (server-sent events), if it has one.
     #[arg(long, env = forwarder_env::STREAMING_PREDICT_ROUTE)]
     pub streaming_predict_route: Option<String>,
+    /// The token the gateway presents to this endpoint's serving workers; requests without it
+    /// are refused. Required with --serve-listen; set by the operator from the worker Secret.
+    #[arg(long, env = forwarder_env::SERVING_TOKEN, hide_env_values = true)]
+    pub serving_token: Option<String>,
     #[command(flatten)]
     pub http: HttpArgs,
 }
@@ -171,6 +210,8 @@ pub struct DispatcherArgs {
     pub nats: NatsArgs,
     #[command(flatten)]
     pub delivery: DeliveryArgs,
+    #[command(flatten)]
+    pub seal: SealArgs,
     /// Address for /healthz, /readyz and /metrics; none when absent.
     #[arg(long, env = forwarder_env::ADMIN_LISTEN)]
     pub admin_listen: Option<SocketAddr>,
@@ -279,6 +320,8 @@ impl DeliveryArgs {
 pub struct OperatorArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
+    #[command(flatten)]
+    pub seal: SealArgs,
     /// Image of the `ferry forwarder` sidecar in every worker pod: the operator's own image.
     #[arg(long, env = "FERRY_FORWARDER_IMAGE")]
     pub forwarder_image: String,
@@ -354,6 +397,8 @@ pub struct DevArgs {
     pub auth: AuthArgs,
     #[command(flatten)]
     pub delivery: DeliveryArgs,
+    #[command(flatten)]
+    pub seal: SealArgs,
     #[command(flatten)]
     pub http: HttpArgs,
 }

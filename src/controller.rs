@@ -64,6 +64,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("applying Secret {name}")]
+    ApplySecret {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("applying Service {name}")]
     ApplyService {
         name: String,
@@ -96,6 +102,7 @@ impl Error {
             Error::GetSecret { .. } => "GetSecretFailed",
             Error::ApplyDeployment { .. } => "ApplyDeploymentFailed",
             Error::ApplyService { .. } => "ApplyServiceFailed",
+            Error::ApplySecret { .. } => "ApplySecretFailed",
             Error::DeleteService { .. } => "DeleteServiceFailed",
             Error::PatchStatus(_) => "PatchStatusFailed",
             Error::EnsureQueue(_) => reason::QUEUE_UNAVAILABLE,
@@ -121,6 +128,7 @@ impl Error {
             | Error::GetSecret { source, .. }
             | Error::ApplyDeployment { source, .. }
             | Error::ApplyService { source, .. }
+            | Error::ApplySecret { source, .. }
             | Error::DeleteService { source, .. }
             | Error::PatchStatus(source)
             | Error::ReleaseInvalid(source) => apply::is_rejected(source),
@@ -151,6 +159,7 @@ pub fn settings(args: &OperatorArgs) -> build::Settings {
 }
 
 pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    let ring = Arc::new(args.seal.key_ring()?);
     let client = Client::try_default().await?;
     let mut registry = crate::metrics::registry();
     let metrics = Metrics::register(&mut registry);
@@ -173,6 +182,7 @@ pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Resul
         client.clone(),
         QueueConnection::new(args.nats.url.clone(), queue_settings),
         settings,
+        ring,
         args.resync,
         metrics.clone(),
     ));

@@ -25,11 +25,13 @@ use crate::forwarder::ForwarderMetrics;
 use crate::gateway::{self, ApiKeys, AppState, GatewayMetrics};
 use crate::manifest::{self, Manifests};
 use crate::queue::{Queue, QueueSettings};
+use crate::seal::KeyRing;
 use runtime::Runtime;
 
 pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     let manifests = manifest::load(&args.manifests)?;
     let keys = ApiKeys::parse(&args.auth.api_keys, true)?;
+    let ring = Arc::new(args.seal.key_ring_or_generate()?);
     let (nats_url, _nats_server) = match &args.nats_url {
         Some(url) => (url.clone(), None),
         None => {
@@ -48,7 +50,13 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
 
     let clients = Clients::new(guard.clone(), args.delivery.extra_roots()?);
     let metrics = DispatcherMetrics::register(&mut registry);
-    let dispatcher = Dispatcher::new(queue.clone(), args.delivery.settings(), clients, metrics);
+    let dispatcher = Dispatcher::new(
+        queue.clone(),
+        args.delivery.settings(),
+        clients,
+        metrics,
+        ring.clone(),
+    );
     let dispatcher_cancel = cancel.child_token();
     services.spawn(async move {
         dispatcher
@@ -67,6 +75,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
             scale_down_delay: args.scale_down_delay,
             metrics: AutoscaleMetrics::register(&mut registry),
         },
+        ring.clone(),
     ));
     load_manifests(&runtime, &manifests).await?;
 
@@ -86,6 +95,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
         guard,
         keys: Arc::new(keys),
         metrics: GatewayMetrics::register(&mut registry),
+        ring,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -124,19 +134,22 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
 
 /// Ensures each async endpoint's queue and publishes every endpoint's callback policy, its
 /// Secrets resolved from the manifests; fails naming the first missing Secret or key.
-pub async fn prepare_endpoints(queue: &Queue, manifests: &Manifests) -> anyhow::Result<()> {
+pub async fn prepare_endpoints(
+    queue: &Queue,
+    manifests: &Manifests,
+    ring: &KeyRing,
+) -> anyhow::Result<()> {
     for endpoint in &manifests.endpoints {
         let namespace = namespace_of(endpoint);
-        let policy = resolve_policy(&endpoint.spec, |name| {
-            manifests.secret_data(&namespace, name)
-        })
-        .map_err(|error| {
-            let reason = error.reason();
-            anyhow::anyhow!(
-                "ModelEndpoint {namespace}/{}: {reason}: {error}",
-                endpoint.name_any()
-            )
-        })?;
+        let secret = |name: &str| manifests.secret_data(&namespace, name);
+        let policy = resolve_policy(&endpoint.endpoint_id(), &endpoint.spec, secret, ring)
+            .map_err(|error| {
+                let reason = error.reason();
+                anyhow::anyhow!(
+                    "ModelEndpoint {namespace}/{}: {reason}: {error}",
+                    endpoint.name_any()
+                )
+            })?;
         queue.prepare_endpoint(endpoint, &policy).await?;
     }
     Ok(())

@@ -42,12 +42,18 @@ pub mod env {
     pub const PREDICT_TIMEOUT_SECONDS: &str = "FERRY_PREDICT_TIMEOUT_SECONDS";
     pub const SERVE_LISTEN: &str = "FERRY_SERVE_LISTEN";
     pub const STREAMING_PREDICT_ROUTE: &str = "FERRY_STREAMING_PREDICT_ROUTE";
+    pub const SERVING_TOKEN: &str = "FERRY_SERVING_TOKEN";
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("endpoint id {0:?} is not an endpoint id (end_…)")]
     EndpointId(String),
+    #[error(
+        "--serve-listen needs --serving-token / {}: the token the gateway presents",
+        env::SERVING_TOKEN
+    )]
+    NoServingToken,
     #[error(transparent)]
     Model(#[from] invoke::Error),
     #[error(transparent)]
@@ -307,6 +313,10 @@ fn outcome_of(record: &TaskRecord) -> TaskOutcome {
 pub fn config(args: &ForwarderArgs) -> anyhow::Result<(EndpointId, ModelClient)> {
     let endpoint_id = EndpointId::parse(&args.endpoint_id)
         .ok_or_else(|| Error::EndpointId(args.endpoint_id.clone()))?;
+    let no_token = args.serving_token.as_deref().is_none_or(str::is_empty);
+    if args.serve_listen.is_some() && no_token {
+        return Err(Error::NoServingToken.into());
+    }
     let model = ModelClient::new(
         &args.model_url,
         &args.predict_route,
@@ -349,6 +359,8 @@ pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Resu
         serve::serve(
             listener,
             Arc::new(serve::Server {
+                endpoint_id,
+                token: args.serving_token.unwrap_or_default(),
                 model,
                 slots,
                 queue,

@@ -36,6 +36,7 @@ use crate::cli::GatewayArgs;
 use crate::http_server;
 use crate::manifest;
 use crate::queue::{Queue, QueueSettings};
+use crate::seal::KeyRing;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -50,6 +51,8 @@ pub struct AppState {
     pub guard: Guard,
     pub keys: Arc<ApiKeys>,
     pub metrics: Arc<GatewayMetrics>,
+    /// Seals callback targets; derives the serving tokens sent to sync and streaming workers.
+    pub ring: Arc<KeyRing>,
 }
 
 /// The API router. `max_body_bytes` bounds every request body (larger ones get 413).
@@ -117,6 +120,7 @@ pub async fn serve(
 pub struct Config {
     keys: ApiKeys,
     guard: Guard,
+    ring: KeyRing,
     /// The fixed set of endpoints from `--manifests`; the cluster's when absent.
     manifests: Option<manifest::Manifests>,
 }
@@ -134,6 +138,7 @@ pub fn config(args: &GatewayArgs) -> anyhow::Result<Config> {
     Ok(Config {
         keys,
         guard: args.guard.guard(&[])?,
+        ring: args.seal.key_ring()?,
         manifests,
     })
 }
@@ -142,8 +147,10 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
     let Config {
         keys,
         guard,
+        ring,
         manifests,
     } = config(&args)?;
+    let ring = Arc::new(ring);
     let settings = QueueSettings {
         result_retention: args.nats.result_retention,
         ..Default::default()
@@ -153,7 +160,7 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
     let readiness = Readiness::default();
     let catalog = Catalog::default();
     let writer: Option<Arc<dyn ResourceWriter>> = if let Some(manifests) = manifests {
-        crate::dev::prepare_endpoints(&queue, &manifests).await?;
+        crate::dev::prepare_endpoints(&queue, &manifests, &ring).await?;
         catalog.replace_bundles(manifests.bundles.clone());
         catalog.replace_endpoints(manifests.endpoints.clone());
         readiness.set_ready();
@@ -185,6 +192,7 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
         guard,
         keys: Arc::new(keys),
         metrics: GatewayMetrics::register(&mut registry),
+        ring,
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     serve(

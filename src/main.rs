@@ -17,6 +17,7 @@ mod http_server;
 mod manifest;
 mod metrics;
 mod queue;
+mod seal;
 mod task;
 mod telemetry;
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::crd::EndpointId;
+use crate::seal::{Context, KeyRing, SealError, Sealed};
 
 /// A task's id: a UUIDv7, so ids sort by submission time.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -70,7 +71,9 @@ impl fmt::Debug for CallbackAuth {
     }
 }
 
-/// Where a task's result is posted when it finishes.
+/// Where a task's result is posted when it finishes. It crosses NATS only sealed
+/// (`Sealed<CallbackTarget>`, bound to its task): a worker can neither read the credentials nor
+/// send them, or the endpoint's signature and default credentials, to another URL.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CallbackTarget {
     pub url: String,
@@ -79,15 +82,36 @@ pub struct CallbackTarget {
     pub auth: Option<CallbackAuth>,
 }
 
-/// An endpoint's callback delivery settings with its secrets resolved: what the dispatcher,
-/// which has no access to the Kubernetes API, needs to deliver the endpoint's callbacks.
+impl CallbackTarget {
+    /// The target sealed for `task` of `endpoint`: it opens for that task only, with this URL.
+    pub fn seal_for(
+        &self,
+        ring: &KeyRing,
+        endpoint: &EndpointId,
+        task: &TaskId,
+    ) -> Result<Sealed<CallbackTarget>, SealError> {
+        Sealed::seal(ring, self, &Context::callback_target(endpoint, task))
+    }
+}
+
+/// An endpoint's callback secrets, read from the Secrets its spec names.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct CallbackPolicy {
+pub struct CallbackSecrets {
     /// `whsec_…` secrets; every callback is signed with each (two during a rotation).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signing_secrets: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_auth: Option<CallbackAuth>,
+}
+
+/// An endpoint's callback delivery settings with its secrets resolved and sealed: what the
+/// dispatcher, which has no access to the Kubernetes API, needs to deliver the endpoint's
+/// callbacks.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CallbackPolicy {
+    /// Sealed for the endpoint; none when the endpoint has no signing secret or credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Sealed<CallbackSecrets>>,
     /// Delays between attempts, in seconds; ferry's default schedule when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_schedule_seconds: Option<Vec<u32>>,
@@ -100,6 +124,20 @@ pub struct CallbackPolicy {
     pub allowed_hosts: Vec<String>,
 }
 
+impl CallbackPolicy {
+    /// The endpoint's secrets, opened; none when it has none.
+    pub fn open_secrets(
+        &self,
+        ring: &KeyRing,
+        endpoint: &EndpointId,
+    ) -> Result<CallbackSecrets, SealError> {
+        match &self.secrets {
+            None => Ok(CallbackSecrets::default()),
+            Some(sealed) => sealed.open(ring, &Context::callback_secrets(endpoint)),
+        }
+    }
+}
+
 /// A queued task, as a worker receives it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskMessage {
@@ -109,7 +147,7 @@ pub struct TaskMessage {
     pub args: Value,
     /// Set when the endpoint has the callback hook and a URL resolved at submission.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub callback: Option<CallbackTarget>,
+    pub callback: Option<Sealed<CallbackTarget>>,
     /// Unix time of submission in milliseconds.
     pub submitted_at_ms: u64,
     /// Revision of the PENDING record written at submission: the first worker to run the task
@@ -207,7 +245,8 @@ pub enum TaskOutcome {
 pub struct CallbackJob {
     pub task_id: TaskId,
     pub endpoint_id: EndpointId,
-    pub target: CallbackTarget,
+    /// Sealed by the gateway for this task ([`crate::seal::Context::callback_target`]).
+    pub target: Sealed<CallbackTarget>,
     pub outcome: TaskOutcome,
     /// Unix time the task was submitted, in milliseconds.
     pub submitted_at_ms: u64,
@@ -228,6 +267,13 @@ pub struct DeadLetter {
 }
 
 impl CallbackJob {
+    /// Where and with which credentials the callback goes; fails for a target that was not
+    /// sealed for this task by a holder of `ring`.
+    pub fn open_target(&self, ring: &KeyRing) -> Result<CallbackTarget, SealError> {
+        let context = Context::callback_target(&self.endpoint_id, &self.task_id);
+        self.target.open(ring, &context)
+    }
+
     /// The first callback job of a finished task; `None` when the task sends no callback.
     pub fn for_task(task: &TaskMessage, outcome: TaskOutcome) -> Option<Self> {
         let target = task.callback.clone()?;
@@ -363,13 +409,19 @@ mod tests {
     use serde_json::json;
 
     fn job(outcome: TaskOutcome) -> CallbackJob {
+        let task_id = TaskId::parse("0190f4a2-7c1e-7b3a-9f00-0123456789ab").expect("valid uuid");
+        let endpoint_id = EndpointId::for_resource("default", "demo");
+        let target = CallbackTarget {
+            url: "http://127.0.0.1:9/cb".into(),
+            auth: None,
+        };
+        let target = target
+            .seal_for(&KeyRing::generate(), &endpoint_id, &task_id)
+            .expect("seals");
         CallbackJob {
-            task_id: TaskId::parse("0190f4a2-7c1e-7b3a-9f00-0123456789ab").expect("valid uuid"),
-            endpoint_id: EndpointId::for_resource("default", "demo"),
-            target: CallbackTarget {
-                url: "http://127.0.0.1:9/cb".into(),
-                auth: None,
-            },
+            task_id,
+            endpoint_id,
+            target,
             outcome,
             submitted_at_ms: 0,
             prior_attempts: 0,
@@ -405,6 +457,40 @@ mod tests {
         assert!(text.starts_with(r#"{"v":"1""#), "{text}");
         let back: Versioned<TaskRecord> = serde_json::from_str(&text).expect("parses back");
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn a_sealed_target_hides_its_credentials_and_opens_only_for_its_task() {
+        let ring = KeyRing::generate();
+        let target = CallbackTarget {
+            url: "https://hooks.example/cb".into(),
+            auth: Some(CallbackAuth::Basic {
+                username: "user".into(),
+                password: "s3cret-pw".into(),
+            }),
+        };
+        let mut job = job(TaskOutcome::Success { result: json!(7) });
+        job.target = target
+            .seal_for(&ring, &job.endpoint_id, &job.task_id)
+            .expect("seals");
+        let wire = serde_json::to_string(&Versioned::V1(job.clone())).expect("serializes");
+        assert!(
+            !wire.contains("s3cret-pw") && !wire.contains("hooks.example"),
+            "{wire}"
+        );
+        assert_eq!(job.open_target(&ring).expect("opens"), target);
+        let moved = CallbackJob {
+            task_id: TaskId::generate(),
+            ..job.clone()
+        };
+        assert!(matches!(
+            moved.open_target(&ring),
+            Err(SealError::Tampered { .. })
+        ));
+        assert!(matches!(
+            job.open_target(&KeyRing::generate()),
+            Err(SealError::UnknownKey { .. })
+        ));
     }
 
     #[test]

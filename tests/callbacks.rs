@@ -5,6 +5,7 @@
 mod support;
 
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -558,4 +559,134 @@ async fn internal_callback_urls_are_refused_at_submission() {
         body["detail"].as_str().unwrap().contains("loopback"),
         "{body}"
     );
+}
+
+/// Every message published on `nats` from now on, headers and payload, as a process with
+/// plain access to the server (a model in a worker pod) could read them.
+async fn wiretap(nats: &Nats) -> Arc<Mutex<Vec<u8>>> {
+    let client = async_nats::connect(&nats.url).await.expect("connects");
+    let mut all = client.subscribe(">").await.expect("subscribes");
+    client.flush().await.expect("subscribed");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        let _client = client;
+        while let Some(message) = futures::StreamExt::next(&mut all).await {
+            let mut seen = sink.lock().unwrap();
+            seen.extend_from_slice(message.subject.as_bytes());
+            if let Some(headers) = &message.headers {
+                seen.extend_from_slice(format!("{headers:?}").as_bytes());
+            }
+            seen.extend_from_slice(&message.payload);
+        }
+    });
+    seen
+}
+
+/// Every message every stream (so every bucket) on `nats` holds now.
+async fn stored_messages(nats: &Nats) -> Vec<u8> {
+    let client = async_nats::connect(&nats.url).await.expect("connects");
+    let js = async_nats::jetstream::new(client);
+    let names: Vec<String> = futures::StreamExt::collect::<Vec<_>>(js.stream_names())
+        .await
+        .into_iter()
+        .map(|name| name.expect("stream name"))
+        .collect();
+    assert!(
+        names.iter().any(|name| name.contains("policies")),
+        "{names:?}"
+    );
+    let mut stored = Vec::new();
+    for name in names {
+        let mut stream = js.get_stream(&name).await.expect("stream");
+        let state = stream.info().await.expect("info").state.clone();
+        for sequence in state.first_sequence..=state.last_sequence {
+            if let Ok(message) = stream.get_raw_message(sequence).await {
+                stored.extend_from_slice(message.subject.as_bytes());
+                stored.extend_from_slice(&message.payload);
+            }
+        }
+    }
+    stored
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_credential_or_signing_secret_crosses_nats_in_clear() {
+    const DEFAULT_PASSWORD: &str = "endpoint-pw-4c1d";
+    const TASK_PASSWORD: &str = "task-pw-9e07";
+    let nats = Nats::start().await;
+    let tapped = wiretap(&nats).await;
+    let receiver = Receiver::start().await;
+    receiver.answer_first_with(&[StatusCode::GONE]);
+    let spec = "  defaultCallbackAuth: {kind: basic, secretName: hooks}\n  callbacks:\n    signingSecret: {name: hooks}\n";
+    let secret = secret_yaml(
+        "hooks",
+        &[
+            ("signingSecret", SIGNING_SECRET),
+            ("username", "endpoint-user"),
+            ("password", DEFAULT_PASSWORD),
+        ],
+    );
+    let manifests = Manifests::with_example_bundle();
+    let url = receiver.url("/cb");
+    manifests.add(
+        "endpoint.yaml",
+        &endpoint_yaml("hooks", "test-bundle", &url, spec),
+    );
+    manifests.add("secret.yaml", &secret);
+    let dev = Dev::start_with(manifests.path(), Some(&nats.url), &[]).await;
+    let endpoint = dev.ready_endpoint("hooks").await;
+
+    // The endpoint's credentials go to a receiver that answers 410: a dead letter is kept.
+    let dead = dev.submit(&endpoint, task_args()).await;
+    callback_state(&dev, &dead, "DEAD_LETTERED").await;
+    let own = json!({"args": {"x": 3, "y": "hello"}, "callback_auth": {"kind": "basic", "username": "task-user", "password": TASK_PASSWORD}});
+    let delivered = dev.submit(&endpoint, own).await;
+    callback_state(&dev, &delivered, "DELIVERED").await;
+
+    let received = receiver.received();
+    let header = |task: &str, name: &str| {
+        let callback = received.iter().find(|r| r.body["task_id"] == task).unwrap();
+        callback.headers[name].to_str().unwrap().to_owned()
+    };
+    let basic = |user: &str, password: &str| {
+        use base64::Engine;
+        let pair = format!("{user}:{password}");
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    };
+    assert_eq!(
+        header(&dead, "authorization"),
+        basic("endpoint-user", DEFAULT_PASSWORD)
+    );
+    assert_eq!(
+        header(&delivered, "authorization"),
+        basic("task-user", TASK_PASSWORD)
+    );
+    assert!(header(&delivered, "webhook-signature").starts_with("v1,"));
+
+    let seen = tapped.lock().unwrap().clone();
+    let stored = stored_messages(&nats).await;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let (seen, stored) = (text(&seen), text(&stored));
+    assert!(
+        seen.contains(&delivered) && stored.contains(&dead),
+        "the tap saw the tasks and the store holds the dead letter"
+    );
+    let signing_key = SIGNING_SECRET.trim_start_matches("whsec_");
+    for secret in [
+        DEFAULT_PASSWORD,
+        TASK_PASSWORD,
+        signing_key,
+        "endpoint-user",
+        "task-user",
+    ] {
+        assert!(!seen.contains(secret), "{secret} crossed NATS in clear");
+        assert!(
+            !stored.contains(secret),
+            "{secret} is stored in NATS in clear"
+        );
+    }
 }

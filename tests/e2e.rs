@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use support::*;
 
 const TASK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -413,6 +413,64 @@ async fn sigterm_lets_a_worker_finish_its_task_before_exiting() {
     let task = dev.task(&task_id).await;
     assert_eq!(task["status"], "SUCCESS", "{task}");
     assert_eq!(task["result"], json!({"result": 50}));
+}
+
+/// A task message for `endpoint` as the gateway sends it to a serving worker.
+fn task_message(endpoint: &str) -> Value {
+    json!({"v": "1", "task_id": "0190f4a2-7c1e-7b3a-9f00-0123456789ab", "endpoint_id": endpoint,
+        "args": {"x": 4}, "submitted_at_ms": 0})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_worker_takes_only_the_gateways_tasks_for_its_own_endpoint() {
+    const OWN: &str = "end_00000000000000000000";
+    const OTHER: &str = "end_11111111111111111111";
+    let nats = Nats::start().await;
+    let model = ModelProcess::start("return 200, args['x'] * 10").await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _worker = Process::spawn(
+        &["forwarder"],
+        &[
+            ("FERRY_NATS_URL", &nats.url),
+            ("FERRY_ENDPOINT_ID", OWN),
+            ("FERRY_MODEL_URL", &model.url),
+            ("FERRY_SERVE_LISTEN", &listen),
+            ("FERRY_SERVING_TOKEN", "token-of-own"),
+        ],
+    );
+    let http = http_client();
+    let predict = |token: Option<&'static str>, endpoint: &'static str| {
+        let mut request = http
+            .post(format!("http://{listen}/predict"))
+            .json(&task_message(endpoint));
+        if let Some(token) = token {
+            request = request.header("ferry-serving-token", token);
+        }
+        async move {
+            let response = request.send().await.ok()?;
+            let status = response.status().as_u16();
+            Some((status, response.json::<Value>().await.unwrap_or_default()))
+        }
+    };
+    let (status, body) = eventually("the worker serves", TASK_TIMEOUT, || predict(None, OWN)).await;
+    assert_eq!(status, 401, "no token: {body}");
+    let (status, _) = predict(Some("token-of-other"), OWN).await.expect("answers");
+    assert_eq!(status, 401, "another endpoint's token");
+    let (status, body) = predict(Some("token-of-own"), OTHER).await.expect("answers");
+    assert_eq!(status, 403, "a task of another endpoint: {body}");
+    let (status, body) = predict(Some("token-of-own"), OWN).await.expect("answers");
+    assert_eq!(
+        (status, &body["result"]),
+        (200, &json!({"result": 40})),
+        "{body}"
+    );
+    let (status, _) = predict(Some("older-key-token, token-of-own"), OWN)
+        .await
+        .expect("answers");
+    assert_eq!(
+        status, 200,
+        "any of the gateway's tokens during a key rotation"
+    );
 }
 
 /// Reads from `stream` until the server closes it; false if it stays open past the bound.

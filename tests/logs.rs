@@ -18,6 +18,7 @@ const PATIENCE: Duration = Duration::from_secs(25);
 fn dispatcher(nats_url: &str, log_format: &str) -> (Child, Lines<BufReader<ChildStderr>>) {
     let mut child = Command::new(ferry_bin())
         .args(["dispatcher", "--nats-url", nats_url])
+        .env("FERRY_SEAL_KEY_FILE", seal_key_file())
         .env("FERRY_LOG_FORMAT", log_format)
         .env("RUST_LOG", "info")
         .env_remove("NO_COLOR")

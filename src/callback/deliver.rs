@@ -124,6 +124,8 @@ impl Clients {
 /// What one attempt sends besides the job itself.
 pub struct Request<'a> {
     pub client: &'a reqwest::Client,
+    /// The job's target URL, opened from its seal.
+    pub url: &'a str,
     pub guard: &'a Guard,
     pub keys: &'a [SigningKey],
     pub auth: Option<&'a CallbackAuth>,
@@ -166,7 +168,7 @@ async fn attempt(
     job: &CallbackJob,
     at_ms: u64,
 ) -> Result<(StatusCode, Option<Duration>), Failure> {
-    let url = guard::check_syntax(&job.target.url).map_err(Failure::Refused)?;
+    let url = guard::check_syntax(request.url).map_err(Failure::Refused)?;
     let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
     if !guard::host_allowed(request.allowed_hosts, host) {
         return Err(Failure::Refused(Refusal::HostNotAllowed {

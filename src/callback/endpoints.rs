@@ -14,6 +14,7 @@ use super::schedule::RetrySchedule;
 use super::sign::SigningKey;
 use crate::crd::EndpointId;
 use crate::queue::{self, Queue};
+use crate::seal::KeyRing;
 use crate::task::{CallbackAuth, CallbackPolicy};
 
 /// An endpoint's callback settings, ready to use.
@@ -24,13 +25,29 @@ pub struct EndpointDelivery {
     pub timeouts: Timeouts,
     pub default_auth: Option<CallbackAuth>,
     pub allowed_hosts: Vec<String>,
+    /// Why the endpoint's sealed secrets do not open (another key ring sealed them): its
+    /// callbacks are refused rather than sent unsigned or without their credentials.
+    pub unopened: Option<String>,
 }
 
 impl EndpointDelivery {
-    pub fn from_policy(policy: CallbackPolicy, defaults: Timeouts) -> Self {
+    pub fn from_policy(
+        policy: CallbackPolicy,
+        defaults: Timeouts,
+        ring: &KeyRing,
+        endpoint: &EndpointId,
+    ) -> Self {
+        let (secrets, unopened) = match policy.open_secrets(ring, endpoint) {
+            Ok(secrets) => (secrets, None),
+            Err(error) => {
+                tracing::error!(%endpoint, %error, "the endpoint's callback secrets do not open with this key ring");
+                let message = format!("the endpoint's callback secrets do not open: {error}");
+                (Default::default(), Some(message))
+            }
+        };
         // Policies are validated when resolved; a key that fails to parse here is skipped rather
         // than blocking every callback of the endpoint.
-        let keys = policy
+        let keys = secrets
             .signing_secrets
             .iter()
             .filter_map(|secret| SigningKey::parse(secret).ok())
@@ -49,8 +66,9 @@ impl EndpointDelivery {
                 connect: seconds(policy.connect_timeout_seconds, defaults.connect),
                 total: seconds(policy.attempt_timeout_seconds, defaults.total),
             },
-            default_auth: policy.default_auth,
+            default_auth: secrets.default_auth,
             allowed_hosts: policy.allowed_hosts,
+            unopened,
         }
     }
 }
@@ -59,14 +77,16 @@ impl EndpointDelivery {
 pub struct EndpointCache {
     queue: Queue,
     defaults: Timeouts,
+    ring: Arc<KeyRing>,
     entries: Mutex<HashMap<EndpointId, Arc<EndpointDelivery>>>,
 }
 
 impl EndpointCache {
-    pub fn new(queue: Queue, defaults: Timeouts) -> Self {
+    pub fn new(queue: Queue, defaults: Timeouts, ring: Arc<KeyRing>) -> Self {
         EndpointCache {
             queue,
             defaults,
+            ring,
             entries: Mutex::default(),
         }
     }
@@ -80,7 +100,12 @@ impl EndpointCache {
             .callback_policy(endpoint)
             .await?
             .unwrap_or_default();
-        let delivery = Arc::new(EndpointDelivery::from_policy(policy, self.defaults));
+        let delivery = Arc::new(EndpointDelivery::from_policy(
+            policy,
+            self.defaults,
+            &self.ring,
+            endpoint,
+        ));
         self.lock().insert(endpoint.clone(), delivery.clone());
         Ok(delivery)
     }
@@ -198,13 +223,32 @@ mod tests {
 
     #[test]
     fn policies_override_the_defaults() {
+        let ring = KeyRing::generate();
+        let endpoint = EndpointId::for_resource("ml", "e");
+        let secrets = crate::task::CallbackSecrets {
+            signing_secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
+            default_auth: None,
+        };
+        let context = crate::seal::Context::callback_secrets(&endpoint);
         let policy = CallbackPolicy {
             retry_schedule_seconds: Some(vec![1]),
             attempt_timeout_seconds: Some(2),
-            signing_secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
+            secrets: Some(crate::seal::Sealed::seal(&ring, &secrets, &context).expect("seals")),
             ..Default::default()
         };
-        let delivery = EndpointDelivery::from_policy(policy, Timeouts::default());
+        let elsewhere = EndpointDelivery::from_policy(
+            policy.clone(),
+            Timeouts::default(),
+            &KeyRing::generate(),
+            &endpoint,
+        );
+        assert!(elsewhere.keys.is_empty());
+        assert!(
+            elsewhere.unopened.is_some(),
+            "another ring's secrets are refused"
+        );
+        let delivery = EndpointDelivery::from_policy(policy, Timeouts::default(), &ring, &endpoint);
+        assert_eq!(delivery.unopened, None);
         assert_eq!(delivery.schedule.delays, vec![Duration::from_secs(1)]);
         assert_eq!(
             delivery.timeouts,

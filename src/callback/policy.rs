@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::crd::{CallbackAuthKind, ModelEndpointSpec};
-use crate::task::{CallbackAuth, CallbackPolicy};
+use crate::crd::{CallbackAuthKind, EndpointId, ModelEndpointSpec};
+use crate::seal::{Context, KeyRing, SealError, Sealed};
+use crate::task::{CallbackAuth, CallbackPolicy, CallbackSecrets};
 
 use super::sign::{KeyError, SigningKey};
 
@@ -31,6 +32,9 @@ pub enum PolicyError {
         #[source]
         source: KeyError,
     },
+    /// Sealing fails only if the secrets do not encode, which ours always do.
+    #[error("sealing the endpoint's callback secrets: {0}")]
+    Seal(String),
 }
 
 impl PolicyError {
@@ -40,14 +44,18 @@ impl PolicyError {
             PolicyError::SecretNotFound { .. } => "SecretNotFound",
             PolicyError::MissingKey { .. } | PolicyError::NotText { .. } => "SecretKeyMissing",
             PolicyError::InvalidSigningSecret { .. } => "InvalidSigningSecret",
+            PolicyError::Seal(_) => "SealFailed",
         }
     }
 }
 
-/// Resolves the policy; `secret(name)` returns a Secret's data in the endpoint's namespace.
+/// Resolves the policy of `endpoint`, its secrets sealed under `ring`; `secret(name)` returns a
+/// Secret's data in the endpoint's namespace.
 pub fn resolve_policy(
+    endpoint: &EndpointId,
     spec: &ModelEndpointSpec,
     secret: impl Fn(&str) -> Option<BTreeMap<String, Vec<u8>>>,
+    ring: &KeyRing,
 ) -> Result<CallbackPolicy, PolicyError> {
     let text = |name: &str, key: &str| -> Result<String, PolicyError> {
         let data = secret(name).ok_or_else(|| PolicyError::SecretNotFound { name: name.into() })?;
@@ -92,9 +100,21 @@ pub fn resolve_policy(
             },
         }),
     };
-    Ok(CallbackPolicy {
+    let secrets = CallbackSecrets {
         signing_secrets,
         default_auth,
+    };
+    let secrets = if secrets == CallbackSecrets::default() {
+        None
+    } else {
+        let context = Context::callback_secrets(endpoint);
+        Some(
+            Sealed::seal(ring, &secrets, &context)
+                .map_err(|error: SealError| PolicyError::Seal(error.to_string()))?,
+        )
+    };
+    Ok(CallbackPolicy {
+        secrets,
         retry_schedule_seconds: settings.retry_schedule_seconds,
         attempt_timeout_seconds: settings.attempt_timeout_seconds,
         connect_timeout_seconds: settings.connect_timeout_seconds,
@@ -108,6 +128,17 @@ mod tests {
     use crate::crd::{CallbackAuthRef, CallbackPolicySpec, ModelEndpoint, SecretKeySelector};
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn endpoint() -> EndpointId {
+        EndpointId::for_resource("ml", "e")
+    }
+
+    fn resolve(
+        spec: &ModelEndpointSpec,
+        secret: impl Fn(&str) -> Option<BTreeMap<String, Vec<u8>>>,
+    ) -> Result<CallbackPolicy, PolicyError> {
+        resolve_policy(&endpoint(), spec, secret, &KeyRing::generate())
+    }
 
     fn spec() -> ModelEndpointSpec {
         let yaml = "apiVersion: ferry.dev/v1alpha1\nkind: ModelEndpoint\nmetadata: {name: e}\nspec: {bundle: b, labels: {team: t, product: p}}\n";
@@ -132,10 +163,7 @@ mod tests {
 
     #[test]
     fn no_settings_mean_an_empty_policy() {
-        assert_eq!(
-            resolve_policy(&spec(), |_| None),
-            Ok(CallbackPolicy::default())
-        );
+        assert_eq!(resolve(&spec(), |_| None), Ok(CallbackPolicy::default()));
     }
 
     #[test]
@@ -161,16 +189,26 @@ mod tests {
             ("username", "u"),
             ("password", "p"),
         ];
-        let policy = resolve_policy(&spec, secrets("hooks", HOOKS)).expect("resolves");
+        let ring = KeyRing::generate();
+        let policy =
+            resolve_policy(&endpoint(), &spec, secrets("hooks", HOOKS), &ring).expect("resolves");
+        let wire = serde_json::to_string(&policy).expect("serializes");
+        assert!(!wire.contains("MfKQ9r8GKYqr"), "sealed: {wire}");
+        let secrets = policy.open_secrets(&ring, &endpoint()).expect("opens");
+        let other = EndpointId::for_resource("ml", "other");
+        assert!(
+            policy.open_secrets(&ring, &other).is_err(),
+            "bound to its endpoint"
+        );
         assert_eq!(
-            policy.signing_secrets,
+            secrets.signing_secrets,
             vec![
                 SECRET.to_owned(),
                 "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned()
             ]
         );
         assert_eq!(
-            policy.default_auth,
+            secrets.default_auth,
             Some(CallbackAuth::Basic {
                 username: "u".into(),
                 password: "p".into()
@@ -186,10 +224,10 @@ mod tests {
             kind: CallbackAuthKind::Mtls,
             secret_name: "tls".into(),
         });
-        let error = resolve_policy(&spec, |_| None).expect_err("no secret");
+        let error = resolve(&spec, |_| None).expect_err("no secret");
         assert_eq!(error, PolicyError::SecretNotFound { name: "tls".into() });
         assert_eq!(error.reason(), "SecretNotFound");
-        let error = resolve_policy(&spec, secrets("tls", &[("tls.crt", "C")])).expect_err("no key");
+        let error = resolve(&spec, secrets("tls", &[("tls.crt", "C")])).expect_err("no key");
         assert_eq!(
             error,
             PolicyError::MissingKey {
@@ -210,7 +248,7 @@ mod tests {
             ..Default::default()
         });
         let error =
-            resolve_policy(&spec, secrets("hooks", &[("k", "plain-text")])).expect_err("no prefix");
+            resolve(&spec, secrets("hooks", &[("k", "plain-text")])).expect_err("no prefix");
         assert_eq!(error.reason(), "InvalidSigningSecret");
     }
 }

@@ -66,6 +66,14 @@ pub async fn apply_deployment(
         .await
 }
 
+/// Applies a Secret the operator owns (an endpoint's worker Secret).
+pub async fn apply_secret(client: &Client, secret: &Secret) -> Result<Secret, kube::Error> {
+    let namespace = secret.namespace().unwrap_or_default();
+    Api::<Secret>::namespaced(client.clone(), &namespace)
+        .patch(&secret.name_any(), &apply_params(), &Patch::Apply(secret))
+        .await
+}
+
 pub async fn apply_service(client: &Client, service: &Service) -> Result<Service, kube::Error> {
     let namespace = service.namespace().unwrap_or_default();
     Api::<Service>::namespaced(client.clone(), &namespace)

@@ -3,6 +3,7 @@
 //! and the queue spec for async ones. Owns every child name, label and annotation.
 
 mod names;
+pub mod worker_secret;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -419,6 +420,7 @@ fn build_forwarder_container(
             ));
         }
         ports.push(port(SERVE_PORT_NAME, FORWARDER_SERVE_PORT));
+        env.push(worker_secret::serving_token_env(endpoint));
     }
     let probe = |path: &str| Probe {
         http_get: Some(http_get(path, ADMIN_PORT_NAME)),

@@ -104,6 +104,8 @@ pub struct Context {
     pub reporting_instance: String,
     pub queue: QueueConnection,
     pub settings: Settings,
+    /// Seals callback policies; derives the serving tokens in worker Secrets.
+    pub ring: Arc<crate::seal::KeyRing>,
     /// Time between reconciles of an endpoint nothing happens to.
     pub resync: Duration,
     pub metrics: Arc<Metrics>,
@@ -118,6 +120,7 @@ impl Context {
         client: Client,
         queue: QueueConnection,
         settings: Settings,
+        ring: Arc<crate::seal::KeyRing>,
         resync: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -132,6 +135,7 @@ impl Context {
             client,
             queue,
             settings,
+            ring,
             resync,
             metrics,
             failures: Mutex::default(),

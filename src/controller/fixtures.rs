@@ -174,6 +174,7 @@ pub fn context(nats_url: &str) -> (Arc<Context>, ApiServer) {
         client,
         queue,
         settings(),
+        Arc::new(crate::seal::KeyRing::generate()),
         Duration::from_secs(60),
         Metrics::register(&mut registry),
     );

@@ -129,6 +129,16 @@ async fn apply_plan(
     policy: &CallbackPolicy,
     ctx: &Context,
 ) -> Result<(Observed, Option<queue::Error>), Error> {
+    let token = ctx.ring.serving_token(&endpoint.endpoint_id());
+    // The plan was built, so the endpoint has what its Secret needs too.
+    if let Ok(secret) = build::worker_secret::build_worker_secret(endpoint, &token) {
+        apply::apply_secret(&ctx.client, &secret)
+            .await
+            .map_err(|source| Error::ApplySecret {
+                name: secret.name_any(),
+                source,
+            })?;
+    }
     let name = plan.deployment.name_any();
     let deployment = match apply::apply_deployment(&ctx.client, &plan.deployment).await {
         Ok(deployment) => deployment,
@@ -212,7 +222,13 @@ async fn resolve_callbacks(
             secrets.insert(name, data);
         }
     }
-    Ok(resolve_policy(spec, |name| secrets.get(name).cloned()))
+    let secret = |name: &str| secrets.get(name).cloned();
+    Ok(resolve_policy(
+        &endpoint.endpoint_id(),
+        spec,
+        secret,
+        &ctx.ring,
+    ))
 }
 
 /// Removes what an earlier spec needed and this one does not (after an endpoint type change).
@@ -229,6 +245,16 @@ async fn prune(endpoint: &ModelEndpoint, plan: &Plan, ctx: &Context) -> Result<(
     Ok(())
 }
 
+/// Deletes the endpoint's queue and its callback policy (with the secrets sealed in it).
+async fn delete_queue_and_policy(ctx: &Context, endpoint: &EndpointId) -> Result<(), Error> {
+    delete_queue(ctx, endpoint).await?;
+    let queue = ctx.queue.get().await.map_err(Error::DeleteQueue)?;
+    queue
+        .delete_callback_policy(endpoint)
+        .await
+        .map_err(Error::DeleteQueue)
+}
+
 async fn delete_queue(ctx: &Context, endpoint: &EndpointId) -> Result<(), Error> {
     let queue = ctx.queue.get().await.map_err(Error::DeleteQueue)?;
     queue
@@ -240,7 +266,7 @@ async fn delete_queue(ctx: &Context, endpoint: &EndpointId) -> Result<(), Error>
 /// The endpoint is being deleted: its children go with it (owner references); the queue does
 /// not, so it is deleted here before the finalizer is released.
 async fn cleanup_endpoint(endpoint: &ModelEndpoint, ctx: &Context) -> Result<Action, Error> {
-    delete_queue(ctx, &endpoint.endpoint_id()).await?;
+    delete_queue_and_policy(ctx, &endpoint.endpoint_id()).await?;
     ctx.forget(&key_of(endpoint));
     tracing::info!("queue deleted; releasing the endpoint");
     let note = "the endpoint's task queue was deleted".to_string();
@@ -268,7 +294,7 @@ async fn reconcile_invalid(
     let meta = object.meta();
     if meta.deletion_timestamp.is_some() {
         if let Some(index) = object.finalizers().iter().position(|f| f == FINALIZER) {
-            delete_queue(ctx, &id).await?;
+            delete_queue_and_policy(ctx, &id).await?;
             release_invalid(ctx, &namespace, &name, index).await?;
         }
         ctx.forget(&key_of(object));

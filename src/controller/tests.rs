@@ -23,6 +23,7 @@ const ENDPOINT: &str = "/apis/ferry.dev/v1alpha1/namespaces/ml/modelendpoints/de
 const STATUS: &str = "/apis/ferry.dev/v1alpha1/namespaces/ml/modelendpoints/demo/status";
 const BUNDLE: &str = "/apis/ferry.dev/v1alpha1/namespaces/ml/modelbundles/model";
 const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/ml/deployments/demo";
+const WORKER_SECRET: &str = "/api/v1/namespaces/ml/secrets/demo-worker";
 const SERVICE: &str = "/api/v1/namespaces/ml/services/demo";
 
 async fn start_nats() -> (NatsServer, Queue) {
@@ -87,6 +88,12 @@ async fn serve_bundle(server: &mut ApiServer) {
 
 /// Serves the apply of the worker Deployment and returns its body.
 async fn serve_deployment_apply(server: &mut ApiServer, stored: Option<Value>) -> Value {
+    // The worker Secret is applied first, so new pods find it.
+    let secret = server.expect(Method::PATCH, WORKER_SECRET).await;
+    assert_applied_by_the_operator(&secret.query);
+    assert_eq!(secret.body["kind"], "Secret");
+    assert!(secret.body["data"]["serving-token"].is_string());
+    secret.echo();
     let seen = server.expect(Method::PATCH, DEPLOYMENT).await;
     assert_applied_by_the_operator(&seen.query);
     let body = seen.body.clone();
@@ -491,8 +498,11 @@ async fn a_missing_secret_is_reported_and_the_policy_is_published_once_it_exists
         .await
         .expect("readable")
         .expect("published");
+    let secrets = policy
+        .open_secrets(&ctx.ring, &endpoint.endpoint_id())
+        .expect("sealed with the operator's ring");
     assert_eq!(
-        policy.signing_secrets,
+        secrets.signing_secrets,
         vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()]
     );
 }

@@ -114,6 +114,8 @@ pub struct Pool {
     pub queue: Queue,
     pub metrics: Arc<ForwarderMetrics>,
     pub scaling: Scaling,
+    /// What the gateway presents to the endpoint's serving workers.
+    pub serving_token: String,
 }
 
 impl Pool {
@@ -258,6 +260,7 @@ impl Pool {
             catalog: self.catalog.clone(),
             queue: self.queue.clone(),
             metrics: self.metrics.clone(),
+            serving_token: self.serving_token.clone(),
         };
         let ready = Readiness::default();
         let worker_stop = stop.child_token();

@@ -18,6 +18,7 @@ use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::crd::{BundleId, EndpointId, ModelBundle, ModelEndpoint, namespace_of};
 use crate::forwarder::ForwarderMetrics;
 use crate::queue::Queue;
+use crate::seal::KeyRing;
 
 type SecretData = BTreeMap<String, Vec<u8>>;
 
@@ -35,6 +36,8 @@ pub struct Runtime {
     metrics: Arc<ForwarderMetrics>,
     cancel: CancellationToken,
     scaling: Scaling,
+    /// Seals callback policies; derives the serving tokens of local sync workers.
+    ring: Arc<KeyRing>,
     secrets: Mutex<HashMap<(String, String), SecretData>>,
     /// Serializes changes, so two API calls cannot start workers for one endpoint twice.
     runs: tokio::sync::Mutex<HashMap<EndpointId, Run>>,
@@ -47,6 +50,7 @@ impl Runtime {
         metrics: Arc<ForwarderMetrics>,
         cancel: CancellationToken,
         scaling: Scaling,
+        ring: Arc<KeyRing>,
     ) -> Self {
         Runtime {
             queue,
@@ -54,6 +58,7 @@ impl Runtime {
             metrics,
             cancel,
             scaling,
+            ring,
             secrets: Mutex::default(),
             runs: Default::default(),
         }
@@ -75,13 +80,14 @@ impl Runtime {
                 endpoint.spec.bundle
             ))
         })?;
-        let policy = resolve_policy(&endpoint.spec, |name| {
+        let id = endpoint.endpoint_id();
+        let secret = |name: &str| {
             self.lock_secrets()
                 .get(&(namespace.clone(), name.to_owned()))
                 .cloned()
-        })
-        .map_err(|error| WriteError::Invalid(format!("{}: {error}", error.reason())))?;
-        let id = endpoint.endpoint_id();
+        };
+        let policy = resolve_policy(&id, &endpoint.spec, secret, &self.ring)
+            .map_err(|error| WriteError::Invalid(format!("{}: {error}", error.reason())))?;
         self.queue
             .prepare_endpoint(&endpoint, &policy)
             .await
@@ -116,6 +122,10 @@ impl Runtime {
             stop(run).await;
         }
         self.catalog.remove_endpoint(&id);
+        self.queue
+            .delete_callback_policy(&id)
+            .await
+            .map_err(|error| WriteError::Unavailable(Box::new(error)))?;
         Ok(())
     }
 
@@ -142,6 +152,7 @@ impl Runtime {
     ) -> Run {
         let stop = self.cancel.child_token();
         let pool = Pool {
+            serving_token: self.ring.serving_token(&endpoint.endpoint_id()),
             endpoint,
             bundle,
             catalog: self.catalog.clone(),

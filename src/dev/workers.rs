@@ -45,6 +45,8 @@ pub struct Worker {
     pub catalog: Catalog,
     pub queue: Queue,
     pub metrics: Arc<ForwarderMetrics>,
+    /// What the gateway presents to this worker when it serves (sync and streaming).
+    pub serving_token: String,
 }
 
 impl Worker {
@@ -124,6 +126,8 @@ impl Worker {
         let url = format!("http://{}", listener.local_addr()?);
         let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
         let server = Arc::new(serve::Server {
+            endpoint_id: endpoint_id.clone(),
+            token: self.serving_token.clone(),
             model,
             slots,
             queue: self.queue.clone(),

@@ -1,6 +1,11 @@
 //! Serving mode for sync and streaming endpoints: the forwarder answers the gateway's requests
 //! over HTTP instead of pulling a queue. Each worker takes at most its concurrency at once and
 //! answers 429 beyond that, so the gateway can try another worker.
+//!
+//! Only the gateway is served: a request must carry the endpoint's serving token (401 without
+//! it), and a task must be for this worker's endpoint (403 otherwise), so the model beside the
+//! forwarder, or anything else that reaches the port, can neither run tasks nor queue callbacks
+//! in another endpoint's name.
 
 use std::sync::Arc;
 
@@ -8,15 +13,17 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::State,
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response, sse},
     routing::post,
 };
 use futures::StreamExt;
 use serde_json::json;
+use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
 use super::{ModelClient, Prediction};
+use crate::crd::EndpointId;
 use crate::queue::Queue;
 use crate::task::{CallbackJob, SyncResponse, TaskMessage, TaskOutcome, Versioned};
 
@@ -24,8 +31,15 @@ use crate::task::{CallbackJob, SyncResponse, TaskMessage, TaskOutcome, Versioned
 pub const PREDICT_PATH: &str = "/predict";
 /// Path of streaming predictions on a serving forwarder.
 pub const STREAM_PATH: &str = "/stream";
+/// Header carrying the serving tokens the gateway holds for the endpoint, comma-separated (more
+/// than one while a key rotation is under way).
+pub const SERVING_TOKEN_HEADER: &str = "ferry-serving-token";
 
 pub struct Server {
+    /// The endpoint this worker serves; tasks of any other are refused.
+    pub endpoint_id: EndpointId,
+    /// The endpoint's serving token, as the worker Secret holds it.
+    pub token: String,
     pub model: ModelClient,
     pub slots: Arc<Semaphore>,
     /// For the callbacks of sync endpoints with the callback hook.
@@ -39,18 +53,53 @@ pub fn router(server: Arc<Server>) -> Router {
         .with_state(server)
 }
 
-fn decode(body: &[u8]) -> Result<TaskMessage, String> {
-    serde_json::from_slice::<Versioned<TaskMessage>>(body)
-        .map(Versioned::into_inner)
-        .map_err(|error| format!("not a task message: {error}"))
+/// True when `headers` carry `token` among their serving tokens; compared in constant time.
+fn presents_token(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(SERVING_TOKEN_HEADER)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    given
+        .split(',')
+        .map(|candidate| candidate.trim().as_bytes().ct_eq(token.as_bytes()))
+        .fold(subtle::Choice::from(0), |any, this| any | this)
+        .into()
 }
 
-fn unprocessable(detail: String) -> Response {
-    (
-        StatusCode::UNPROCESSABLE_ENTITY,
-        Json(json!({ "detail": detail })),
-    )
-        .into_response()
+/// The task of an authenticated request for this worker's endpoint, or the answer refusing it.
+fn admit(server: &Server, headers: &HeaderMap, body: &[u8]) -> Result<TaskMessage, Refusal> {
+    if server.token.is_empty() || !presents_token(headers, &server.token) {
+        return Err(Refusal(
+            StatusCode::UNAUTHORIZED,
+            "this worker serves only the gateway: the endpoint's serving token is missing or wrong"
+                .into(),
+        ));
+    }
+    let task = serde_json::from_slice::<Versioned<TaskMessage>>(body)
+        .map(Versioned::into_inner)
+        .map_err(|error| {
+            let detail = format!("not a task message: {error}");
+            Refusal(StatusCode::UNPROCESSABLE_ENTITY, detail)
+        })?;
+    if task.endpoint_id != server.endpoint_id {
+        tracing::warn!(task_endpoint = %task.endpoint_id, "refused a task of another endpoint");
+        return Err(Refusal(
+            StatusCode::FORBIDDEN,
+            "the task is for another endpoint than this worker's".into(),
+        ));
+    }
+    Ok(task)
+}
+
+/// Why a request is not served, and its status.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "detail": self.1 }))).into_response()
+    }
 }
 
 fn busy() -> Response {
@@ -71,10 +120,10 @@ fn to_response(prediction: &Prediction) -> SyncResponse {
     }
 }
 
-async fn predict(State(server): State<Arc<Server>>, body: Bytes) -> Response {
-    let task = match decode(&body) {
+async fn predict(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes) -> Response {
+    let task = match admit(&server, &headers, &body) {
         Ok(task) => task,
-        Err(detail) => return unprocessable(detail),
+        Err(refused) => return refused.into_response(),
     };
     let Ok(_slot) = server.slots.clone().try_acquire_owned() else {
         return busy();
@@ -93,10 +142,10 @@ async fn predict(State(server): State<Arc<Server>>, body: Bytes) -> Response {
     Json(response).into_response()
 }
 
-async fn stream(State(server): State<Arc<Server>>, body: Bytes) -> Response {
-    let task = match decode(&body) {
+async fn stream(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes) -> Response {
+    let task = match admit(&server, &headers, &body) {
         Ok(task) => task,
-        Err(detail) => return unprocessable(detail),
+        Err(refused) => return refused.into_response(),
     };
     let Ok(slot) = server.slots.clone().try_acquire_owned() else {
         return busy();

@@ -180,9 +180,15 @@ pub(super) async fn task_from_request(
         request.callback_auth,
     )
     .await?;
+    let task_id = TaskId::generate();
+    let endpoint_id = endpoint.endpoint_id();
+    let callback = callback
+        .map(|target| target.seal_for(&state.ring, &endpoint_id, &task_id))
+        .transpose()
+        .map_err(|error| AppError::Store(Box::new(error)))?;
     let task = TaskMessage {
-        task_id: TaskId::generate(),
-        endpoint_id: endpoint.endpoint_id(),
+        task_id,
+        endpoint_id,
         args: request.args.unwrap_or(Value::Null),
         callback,
         submitted_at_ms: now_ms(),

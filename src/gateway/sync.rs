@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::{AppState, auth::Principal, error::AppError, routes};
 use crate::crd::{EndpointId, EndpointType, ModelEndpoint};
-use crate::forwarder::serve::{PREDICT_PATH, STREAM_PATH};
+use crate::forwarder::serve::{PREDICT_PATH, SERVING_TOKEN_HEADER, STREAM_PATH};
 use crate::task::Versioned;
 
 /// Workers (or Service addresses) tried before a sync task is refused as busy.
@@ -55,13 +55,15 @@ impl WorkerClient {
         })
     }
 
-    /// Sends `body` to `path` of one worker after another until one takes it; `None` when no
-    /// worker could be reached (nothing was sent).
+    /// Sends `body` to `path` of one worker after another until one takes it, presenting
+    /// `tokens` (the endpoint's serving tokens); `None` when no worker could be reached
+    /// (nothing was sent).
     async fn send(
         &self,
         workers: &[String],
         path: &str,
         body: Bytes,
+        tokens: &str,
         timeout: Option<Duration>,
     ) -> Result<Option<reqwest::Response>, AppError> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -78,6 +80,7 @@ impl WorkerClient {
                 .http
                 .post(&url)
                 .header(header::CONTENT_TYPE, "application/json")
+                .header(SERVING_TOKEN_HEADER, tokens)
                 .body(body.clone());
             if let Some(timeout) = timeout {
                 request = request.timeout(timeout);
@@ -126,6 +129,7 @@ async fn reach_worker(
     let answer_by = timeout.map(|timeout| start + timeout);
     let wait_until = start + timeout.map_or(WORKER_WAIT, |timeout| timeout.min(WORKER_WAIT));
     let id = endpoint.endpoint_id();
+    let tokens = state.ring.serving_tokens(&id).join(",");
     loop {
         let mut changes = state.catalog.changes();
         // Read before the workers: a worker is listed before it counts as ready, so when all
@@ -135,7 +139,7 @@ async fn reach_worker(
         let remaining = answer_by.map(|by| by.saturating_duration_since(Instant::now()));
         let sent = state
             .workers
-            .send(&workers, path, body.clone(), remaining)
+            .send(&workers, path, body.clone(), &tokens, remaining)
             .await;
         match sent {
             Ok(Some(response)) => return Ok(response),

@@ -65,6 +65,7 @@ async fn fixture(writable: bool) -> Fixture {
         guard: Guard::default(),
         keys: Arc::new(ApiKeys::parse(&["key-a=team-a".into()], false).expect("keys")),
         metrics: GatewayMetrics::register(&mut registry),
+        ring: Arc::new(crate::seal::KeyRing::generate()),
     };
     Fixture {
         _nats: server,

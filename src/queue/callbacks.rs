@@ -327,6 +327,18 @@ impl Queue {
         }
     }
 
+    /// Removes an endpoint's callback policy, and with it the endpoint's sealed secrets.
+    pub async fn delete_callback_policy(&self, endpoint: &EndpointId) -> Result<(), Error> {
+        let key = endpoint.to_string();
+        self.policies
+            .purge(key.as_str())
+            .await
+            .map_err(|source| Error::Write {
+                key,
+                source: source.into(),
+            })
+    }
+
     /// The endpoints whose callback policy changes from now on.
     pub async fn callback_policy_changes(
         &self,
@@ -348,6 +360,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seal::KeyRing;
     use crate::task::{CallbackTarget, TaskId, TaskOutcome};
 
     #[test]
@@ -373,13 +386,18 @@ mod tests {
     #[tokio::test]
     async fn a_300_ms_retry_is_not_delivered_before_it_is_due() {
         let (_nats, queue) = crate::dev::nats::start_with_queue().await;
+        let task_id = TaskId::generate();
+        let endpoint_id = EndpointId::for_resource("ml", "a");
+        let target = CallbackTarget {
+            url: "http://127.0.0.1:9/".into(),
+            auth: None,
+        };
         let job = CallbackJob {
-            task_id: TaskId::generate(),
-            endpoint_id: EndpointId::for_resource("ml", "a"),
-            target: CallbackTarget {
-                url: "http://127.0.0.1:9/".into(),
-                auth: None,
-            },
+            target: target
+                .seal_for(&KeyRing::generate(), &endpoint_id, &task_id)
+                .expect("seals"),
+            task_id,
+            endpoint_id,
             outcome: TaskOutcome::Success {
                 result: serde_json::json!({}),
             },

@@ -35,6 +35,7 @@ RESOURCES = {
     "ferry.dev/v1alpha1/modelbundles": "ModelBundle",
     "apps/v1/deployments": "Deployment",
     "v1/services": "Service",
+    "v1/secrets": "Secret",
     "coordination.k8s.io/v1/leases": "Lease",
     "events.k8s.io/v1/events": "Event",
 }

@@ -148,9 +148,34 @@ impl Drop for Process {
     }
 }
 
+/// A key ring file with one random key, made once per test binary: every gateway, dispatcher
+/// and operator of a test holds the same ring, as the chart's roles do.
+pub fn seal_key_file() -> &'static Path {
+    use base64::Engine;
+    static FILE: std::sync::OnceLock<tempfile::NamedTempFile> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let key: [u8; 32] = rand::random();
+        let line = base64::engine::general_purpose::STANDARD.encode(key);
+        std::fs::write(file.path(), format!("{line}\n")).unwrap();
+        file
+    })
+    .path()
+}
+
+/// Roles that hold the key ring.
+const SEALING_ROLES: [&str; 3] = ["gateway", "dispatcher", "operator"];
+
 impl Process {
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Process {
-        let child = Command::new(ferry_bin())
+        let mut command = Command::new(ferry_bin());
+        if args
+            .first()
+            .is_some_and(|role| SEALING_ROLES.contains(role))
+        {
+            command.env("FERRY_SEAL_KEY_FILE", seal_key_file());
+        }
+        let child = command
             .args(args)
             .envs(envs.iter().copied())
             .env(

@@ -136,3 +136,29 @@ readinessProbe:
   periodSeconds: 5
   failureThreshold: 2
 {{- end }}
+
+{{/* The Secret holding the key ring file: the user's, or the one the chart keeps. */}}
+{{- define "ferry.sealKeySecret" -}}
+{{- default (printf "%s-seal-key" (include "ferry.fullname" .)) .Values.sealKey.existingSecret }}
+{{- end }}
+
+{{/* Where the operator, the gateway and the dispatcher read the key ring. */}}
+{{- define "ferry.sealKeyEnv" -}}
+- name: FERRY_SEAL_KEY_FILE
+  value: /etc/ferry/seal-key/{{ .Values.sealKey.secretKey }}
+{{- end }}
+
+{{- define "ferry.sealKeyMount" -}}
+- name: seal-key
+  mountPath: /etc/ferry/seal-key
+  readOnly: true
+{{- end }}
+
+{{- define "ferry.sealKeyVolume" -}}
+- name: seal-key
+  secret:
+    secretName: {{ include "ferry.sealKeySecret" . }}
+    items:
+      - key: {{ .Values.sealKey.secretKey }}
+        path: {{ .Values.sealKey.secretKey }}
+{{- end }}
