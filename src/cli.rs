@@ -325,9 +325,13 @@ pub struct DeliveryArgs {
     /// Callbacks in flight at once.
     #[arg(long, env = "FERRY_DISPATCH_CONCURRENCY", default_value = "256")]
     pub dispatch_concurrency: NonZeroU32,
-    /// Callbacks in flight at once to one receiver host.
+    /// Callbacks in flight at once to one receiver: the address and port connected to,
+    /// whatever names lead there.
     #[arg(long, env = "FERRY_PER_HOST_CONCURRENCY", default_value = "32")]
     pub per_host_concurrency: NonZeroU32,
+    /// Callbacks in flight at once for one endpoint, whatever their receivers.
+    #[arg(long, env = "FERRY_PER_ENDPOINT_CONCURRENCY", default_value = "64")]
+    pub per_endpoint_concurrency: NonZeroU32,
     /// Seconds to connect to a receiver, unless the endpoint sets its own.
     #[arg(long, env = "FERRY_CALLBACK_CONNECT_TIMEOUT_SECONDS", default_value = "5", value_parser = parse_seconds)]
     pub callback_connect_timeout: Duration,
@@ -341,6 +345,7 @@ impl DeliveryArgs {
         DispatcherSettings {
             concurrency: self.dispatch_concurrency.get() as usize,
             per_host_concurrency: self.per_host_concurrency.get() as usize,
+            per_endpoint_concurrency: self.per_endpoint_concurrency.get() as usize,
             timeouts: Timeouts {
                 connect: self.callback_connect_timeout,
                 total: self.callback_timeout,
