@@ -246,6 +246,7 @@ impl Dispatcher {
                     keys: &endpoint.keys,
                     auth,
                     allowed_hosts: &endpoint.allowed_hosts,
+                    timeouts: endpoint.timeouts,
                 };
                 deliver::deliver_callback(request, job).await
             }
