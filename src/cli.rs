@@ -297,6 +297,10 @@ pub struct GuardArgs {
     /// Fixed DNS answers for callback hosts, as HOST=IP pairs (split-horizon DNS, tests).
     #[arg(long, env = "FERRY_CALLBACK_RESOLVE", value_delimiter = ',')]
     pub callback_resolve: Vec<String>,
+    /// Seconds a DNS lookup of a callback host may take before the URL is refused for now
+    /// (503 at submission, a retried attempt at delivery).
+    #[arg(long = "callback-dns-timeout-seconds", env = "FERRY_CALLBACK_DNS_TIMEOUT_SECONDS", default_value = "5", value_parser = parse_positive_seconds)]
+    pub callback_dns_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -335,7 +339,7 @@ impl GuardArgs {
                 .or_default()
                 .push(ip);
         }
-        Ok(Guard::new(allowed, overrides))
+        Ok(Guard::new(allowed, overrides).with_lookup_timeout(self.callback_dns_timeout))
     }
 }
 
