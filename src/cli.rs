@@ -51,10 +51,20 @@ pub enum Role {
     Operator(OperatorArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
+    /// Generate NATS authorization: the server's configuration, a `.creds` file per role with
+    /// that role's subject permissions, and the account signing seed.
+    NatsAuth(NatsAuthArgs),
     /// Measure a running gateway: submit tasks and time their callbacks.
     Bench(BenchArgs),
     /// Serve the benchmark's instant model (x + len(y)) on 0.0.0.0:$PORT.
     BenchModel(BenchModelArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct NatsAuthArgs {
+    /// Directory to write into (it must exist); files are readable by their owner only.
+    #[arg(long, env = "FERRY_NATS_AUTH_OUT")]
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args, Debug, Clone)]
