@@ -201,6 +201,29 @@ pub struct AuthArgs {
     pub api_keys: Vec<String>,
 }
 
+/// Bounds of each endpoint's task queue, applied where queues are made (operator, gateway,
+/// `ferry dev`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TaskQueueArgs {
+    /// Tasks an endpoint's queue holds (waiting or running); submissions beyond get 429.
+    #[arg(long, env = "FERRY_TASK_QUEUE_MAX_TASKS", default_value = "100000")]
+    pub task_queue_max_tasks: std::num::NonZeroU64,
+    /// Bytes an endpoint's queue holds; no bound when absent (JetStream reserves this much
+    /// storage per endpoint up front).
+    #[arg(long, env = "FERRY_TASK_QUEUE_MAX_BYTES")]
+    pub task_queue_max_bytes: Option<std::num::NonZeroU64>,
+}
+
+impl TaskQueueArgs {
+    pub fn limits(&self) -> crate::queue::QueueLimits {
+        let clamp = |value: std::num::NonZeroU64| i64::try_from(value.get()).unwrap_or(i64::MAX);
+        crate::queue::QueueLimits {
+            max_tasks: clamp(self.task_queue_max_tasks),
+            max_bytes: self.task_queue_max_bytes.map(clamp),
+        }
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct GatewayArgs {
     /// Address the HTTP API listens on.
@@ -219,6 +242,8 @@ pub struct GatewayArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "FERRY_MAX_BODY_BYTES", default_value = "10485760")]
     pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub task_queue: TaskQueueArgs,
     #[command(flatten)]
     pub http: HttpArgs,
 }
@@ -335,9 +360,13 @@ pub struct DeliveryArgs {
     /// Callbacks in flight at once.
     #[arg(long, env = "FERRY_DISPATCH_CONCURRENCY", default_value = "256")]
     pub dispatch_concurrency: NonZeroU32,
-    /// Callbacks in flight at once to one receiver host.
+    /// Callbacks in flight at once to one receiver: the address and port connected to,
+    /// whatever names lead there.
     #[arg(long, env = "FERRY_PER_HOST_CONCURRENCY", default_value = "32")]
     pub per_host_concurrency: NonZeroU32,
+    /// Callbacks in flight at once for one endpoint, whatever their receivers.
+    #[arg(long, env = "FERRY_PER_ENDPOINT_CONCURRENCY", default_value = "64")]
+    pub per_endpoint_concurrency: NonZeroU32,
     /// Seconds to connect to a receiver, unless the endpoint sets its own.
     #[arg(long, env = "FERRY_CALLBACK_CONNECT_TIMEOUT_SECONDS", default_value = "5", value_parser = parse_seconds)]
     pub callback_connect_timeout: Duration,
@@ -351,6 +380,7 @@ impl DeliveryArgs {
         DispatcherSettings {
             concurrency: self.dispatch_concurrency.get() as usize,
             per_host_concurrency: self.per_host_concurrency.get() as usize,
+            per_endpoint_concurrency: self.per_endpoint_concurrency.get() as usize,
             timeouts: Timeouts {
                 connect: self.callback_connect_timeout,
                 total: self.callback_timeout,
@@ -405,6 +435,8 @@ pub struct OperatorArgs {
     #[command(flatten)]
     pub lease: LeaseArgs,
     #[command(flatten)]
+    pub task_queue: TaskQueueArgs,
+    #[command(flatten)]
     pub http: HttpArgs,
 }
 
@@ -451,6 +483,8 @@ pub struct DevArgs {
     pub auth: AuthArgs,
     #[command(flatten)]
     pub delivery: DeliveryArgs,
+    #[command(flatten)]
+    pub task_queue: TaskQueueArgs,
     #[command(flatten)]
     pub http: HttpArgs,
 }
