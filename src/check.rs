@@ -87,7 +87,7 @@ async fn connect(nats: &NatsArgs) -> anyhow::Result<()> {
         result_retention: nats.result_retention,
         ..Default::default()
     };
-    Queue::connect(&nats.url, settings, NATS_WAIT).await?;
+    Queue::connect(&nats.connection()?, settings, NATS_WAIT).await?;
     Ok(())
 }
 

@@ -180,7 +180,7 @@ pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Resul
     let settings = settings(&args);
     let context = Arc::new(Context::new(
         client.clone(),
-        QueueConnection::new(args.nats.url.clone(), queue_settings),
+        QueueConnection::new(args.nats.connection()?, queue_settings),
         settings,
         args.resync,
         metrics.clone(),

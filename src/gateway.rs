@@ -148,8 +148,12 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
         result_retention: args.nats.result_retention,
         ..Default::default()
     };
-    let queue =
-        Queue::connect(&args.nats.url, settings, std::time::Duration::from_secs(30)).await?;
+    let queue = Queue::connect(
+        &args.nats.connection()?,
+        settings,
+        std::time::Duration::from_secs(30),
+    )
+    .await?;
     let readiness = Readiness::default();
     let catalog = Catalog::default();
     let writer: Option<Arc<dyn ResourceWriter>> = if let Some(manifests) = manifests {

@@ -5,6 +5,7 @@
 
 mod arrivals;
 mod callbacks;
+mod connect;
 mod lease;
 mod load;
 mod names;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 
 pub use callbacks::{CALLBACK_LEASE_RENEWAL, CallbackDelivery};
+pub use connect::{ClientCert, ConfigError, Connection, Credentials, Tls};
 pub use lease::{Held, Puller, consume, keep_alive_while_held};
 pub use results::RecordAt;
 pub use tasks::{Backlog, MAX_TASK_ATTEMPTS, QueueSpec, TaskDelivery};
@@ -133,11 +135,11 @@ impl Queue {
     /// Connects (retrying while the server starts, for up to `wait`) and ensures the shared
     /// results bucket and callbacks streams exist.
     pub async fn connect(
-        url: &str,
+        connection: &Connection,
         settings: QueueSettings,
         wait: Duration,
     ) -> Result<Self, Error> {
-        let client = connect_with_retry(url, wait).await?;
+        let client = connect::connect_with_retry(connection, wait).await?;
         let js = jetstream::new(client);
         let results = results::ensure_bucket(&js, &settings).await?;
         let callbacks::Buckets {
@@ -152,44 +154,6 @@ impl Queue {
             settings,
             notices: Default::default(),
         })
-    }
-}
-
-/// Says at the first failed attempt that it is waiting (an operator watching a starting pod
-/// sees why it is not ready yet), and once connected after waiting that the wait is over.
-async fn connect_with_retry(url: &str, wait: Duration) -> Result<async_nats::Client, Error> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut waited = false;
-    loop {
-        // No notification exists for "the server came up": retry briefly until the deadline.
-        match async_nats::ConnectOptions::new()
-            .name("ferry")
-            .connection_timeout(Duration::from_secs(2))
-            .connect(url)
-            .await
-        {
-            Ok(client) => {
-                if waited {
-                    tracing::info!(url, "connected to NATS");
-                }
-                return Ok(client);
-            }
-            Err(error) if tokio::time::Instant::now() < deadline => {
-                if waited {
-                    tracing::debug!(%error, url, "NATS not reachable yet");
-                } else {
-                    tracing::warn!(%error, url, wait_seconds = wait.as_secs(), "waiting for NATS at {url}");
-                    waited = true;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => {
-                return Err(Error::Connect {
-                    url: url.into(),
-                    source: error.into(),
-                });
-            }
-        }
     }
 }
 

@@ -165,7 +165,8 @@ pub fn forbidden_kind(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
-/// reqwest's resolver for callbacks: only vetted addresses ever reach the connector.
+/// reqwest's resolver for callbacks: only vetted addresses ever reach the connector, and only
+/// the first of them — the destination whose concurrency bound the dispatcher holds.
 pub struct VettingResolver(pub Guard);
 
 impl reqwest::dns::Resolve for VettingResolver {
@@ -174,7 +175,7 @@ impl reqwest::dns::Resolve for VettingResolver {
         let host = name.as_str().to_owned();
         Box::pin(async move {
             let addrs = guard.resolve(&host, 0).await?;
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+            Ok(Box::new(addrs.into_iter().take(1)) as reqwest::dns::Addrs)
         })
     }
 }

@@ -31,10 +31,10 @@ async fn start_nats() -> (NatsServer, Queue) {
 }
 
 /// A NATS URL nothing listens on.
-fn unreachable_nats() -> String {
+fn unreachable_nats() -> crate::queue::Connection {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    format!("nats://127.0.0.1:{port}")
+    crate::queue::Connection::open(&format!("nats://127.0.0.1:{port}")).expect("URL")
 }
 
 /// Submits one task to the endpoint's queue.
@@ -152,7 +152,7 @@ async fn a_new_endpoint_first_gets_the_finalizer() {
 #[tokio::test]
 async fn create_applies_the_workers_and_the_queue_and_reports_pending() {
     let (_nats, queue) = start_nats().await;
-    let (ctx, mut server) = context(&_nats.url);
+    let (ctx, mut server) = context(&_nats.connection);
     let endpoint = finalized(endpoint());
     let reconcile = start_reconcile(endpoint.clone(), &ctx);
 
@@ -233,7 +233,7 @@ async fn apply_round(
 #[tokio::test]
 async fn a_spec_change_rolls_the_workers_and_reports_progress() {
     let (nats, _queue) = start_nats().await;
-    let (ctx, mut server) = context(&nats.url);
+    let (ctx, mut server) = context(&nats.connection);
     let before = finalized(endpoint());
     let (first, status) = apply_round(&ctx, &mut server, &before, None, true).await;
     let status: ModelEndpointStatus =
@@ -278,7 +278,7 @@ async fn deleting_removes_the_queue_then_releases_the_finalizer() {
     deleting.metadata.deletion_timestamp = Some(
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
     );
-    let (ctx, mut server) = context(&nats.url);
+    let (ctx, mut server) = context(&nats.connection);
     let reconcile = start_reconcile(deleting.clone(), &ctx);
 
     let event = server.expect_event().await;
@@ -303,7 +303,7 @@ async fn deleting_removes_the_queue_then_releases_the_finalizer() {
 #[tokio::test]
 async fn a_missing_bundle_is_reported_and_heals_when_it_appears() {
     let (nats, _queue) = start_nats().await;
-    let (ctx, mut server) = context(&nats.url);
+    let (ctx, mut server) = context(&nats.connection);
     let mut endpoint = finalized(endpoint());
     let reconcile = start_reconcile(endpoint.clone(), &ctx);
     server
@@ -422,7 +422,7 @@ async fn an_unparseable_endpoint_is_reported_once_without_crashing() {
 #[tokio::test]
 async fn a_deleted_unparseable_endpoint_still_releases_its_finalizer() {
     let (nats, _queue) = start_nats().await;
-    let (ctx, mut server) = context(&nats.url);
+    let (ctx, mut server) = context(&nats.connection);
     let object = unparseable(json!({
         "finalizers": ["other", FINALIZER],
         "deletionTimestamp": "2026-01-01T00:00:00Z",
@@ -446,7 +446,7 @@ async fn a_deleted_unparseable_endpoint_still_releases_its_finalizer() {
 #[tokio::test]
 async fn a_missing_secret_is_reported_and_the_policy_is_published_once_it_exists() {
     let (nats, queue) = start_nats().await;
-    let (ctx, mut server) = context(&nats.url);
+    let (ctx, mut server) = context(&nats.connection);
     let mut endpoint = finalized(endpoint());
     endpoint.spec.callbacks = Some(crate::crd::CallbackPolicySpec {
         signing_secret: Some(crate::crd::SecretKeySelector {

@@ -29,7 +29,8 @@ pub enum Error {
 }
 
 pub struct NatsServer {
-    pub url: String,
+    /// How ferry's own roles connect to it.
+    pub connection: crate::queue::Connection,
     _child: Child,
     _store: tempfile::TempDir,
 }
@@ -38,12 +39,22 @@ const LISTENING: &str = "Listening for client connections on ";
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub async fn start(program: &Path) -> Result<NatsServer, Error> {
+    start_with_config(program, "").await
+}
+
+/// Starts the server with `config` (nats-server configuration text: authorization, TLS, …)
+/// besides the loopback address, random port and temporary store.
+pub async fn start_with_config(program: &Path, config: &str) -> Result<NatsServer, Error> {
     let store = tempfile::Builder::new()
         .prefix("ferry-nats-")
         .tempdir()
         .map_err(Error::StoreDir)?;
+    let config_file = store.path().join("nats.conf");
+    std::fs::write(&config_file, config).map_err(Error::StoreDir)?;
     let mut child = Command::new(program)
         .args(["--jetstream", "--addr", "127.0.0.1", "--port", "-1"])
+        .arg("--config")
+        .arg(&config_file)
         .arg("--store_dir")
         .arg(store.path())
         .stdin(Stdio::null())
@@ -86,8 +97,10 @@ pub async fn start(program: &Path) -> Result<NatsServer, Error> {
         }
     });
     tracing::info!(%address, "started nats-server");
+    let url = format!("nats://{}", address.trim_start_matches("nats://"));
     Ok(NatsServer {
-        url: format!("nats://{address}"),
+        // The address the server reported: a plain host and port.
+        connection: crate::queue::Connection::open(&url).map_err(|_| no_port())?,
         _child: child,
         _store: store,
     })
@@ -101,7 +114,7 @@ pub async fn start_with_queue() -> (NatsServer, crate::queue::Queue) {
         .await
         .expect("nats-server on PATH (scripts/setup installs it)");
     let settings = crate::queue::QueueSettings::default();
-    let queue = crate::queue::Queue::connect(&server.url, settings, Duration::from_secs(5))
+    let queue = crate::queue::Queue::connect(&server.connection, settings, Duration::from_secs(5))
         .await
         .expect("connects");
     (server, queue)
