@@ -75,7 +75,7 @@ async fn a_service_ferry_does_not_own_is_not_applied_for_a_sync_endpoint() {
 #[tokio::test]
 async fn pruning_leaves_a_service_ferry_does_not_own() {
     let (nats, _queue) = start_nats().await;
-    let (ctx, mut server) = super::super::fixtures::context(&nats.url);
+    let (ctx, mut server) = super::super::fixtures::context(&nats.connection);
     let reconcile = start_reconcile(finalized(endpoint()), &ctx);
     serve_bundle(&mut server).await;
     serve_deployment_apply(&mut server, None).await;
@@ -94,7 +94,7 @@ async fn pruning_leaves_a_service_ferry_does_not_own() {
 #[tokio::test]
 async fn pruning_deletes_the_endpoints_own_service_only_by_its_uid() {
     let (nats, _queue) = start_nats().await;
-    let (ctx, mut server) = super::super::fixtures::context(&nats.url);
+    let (ctx, mut server) = super::super::fixtures::context(&nats.connection);
     let reconcile = start_reconcile(finalized(endpoint()), &ctx);
     serve_bundle(&mut server).await;
     serve_deployment_apply(&mut server, None).await;
@@ -114,7 +114,7 @@ async fn pruning_deletes_the_endpoints_own_service_only_by_its_uid() {
 #[tokio::test]
 async fn a_secret_without_the_opt_in_label_is_refused_unread_and_nothing_is_published() {
     let (nats, queue) = start_nats().await;
-    let (ctx, mut server) = super::super::fixtures::context(&nats.url);
+    let (ctx, mut server) = super::super::fixtures::context(&nats.connection);
     let mut endpoint = finalized(endpoint());
     endpoint.spec.callbacks = Some(CallbackPolicySpec {
         signing_secret: Some(SecretKeySelector {
