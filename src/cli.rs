@@ -192,6 +192,29 @@ pub struct AuthArgs {
     pub api_keys: Vec<String>,
 }
 
+/// Bounds of each endpoint's task queue, applied where queues are made (operator, gateway,
+/// `ferry dev`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TaskQueueArgs {
+    /// Tasks an endpoint's queue holds (waiting or running); submissions beyond get 429.
+    #[arg(long, env = "FERRY_TASK_QUEUE_MAX_TASKS", default_value = "100000")]
+    pub task_queue_max_tasks: std::num::NonZeroU64,
+    /// Bytes an endpoint's queue holds; no bound when absent (JetStream reserves this much
+    /// storage per endpoint up front).
+    #[arg(long, env = "FERRY_TASK_QUEUE_MAX_BYTES")]
+    pub task_queue_max_bytes: Option<std::num::NonZeroU64>,
+}
+
+impl TaskQueueArgs {
+    pub fn limits(&self) -> crate::queue::QueueLimits {
+        let clamp = |value: std::num::NonZeroU64| i64::try_from(value.get()).unwrap_or(i64::MAX);
+        crate::queue::QueueLimits {
+            max_tasks: clamp(self.task_queue_max_tasks),
+            max_bytes: self.task_queue_max_bytes.map(clamp),
+        }
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct GatewayArgs {
     /// Address the HTTP API listens on.
@@ -210,6 +233,8 @@ pub struct GatewayArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "FERRY_MAX_BODY_BYTES", default_value = "10485760")]
     pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub task_queue: TaskQueueArgs,
     #[command(flatten)]
     pub http: HttpArgs,
 }
@@ -406,6 +431,8 @@ pub struct OperatorArgs {
     #[command(flatten)]
     pub lease: LeaseArgs,
     #[command(flatten)]
+    pub task_queue: TaskQueueArgs,
+    #[command(flatten)]
     pub http: HttpArgs,
 }
 
@@ -452,6 +479,8 @@ pub struct DevArgs {
     pub auth: AuthArgs,
     #[command(flatten)]
     pub delivery: DeliveryArgs,
+    #[command(flatten)]
+    pub task_queue: TaskQueueArgs,
     #[command(flatten)]
     pub http: HttpArgs,
 }

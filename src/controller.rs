@@ -175,6 +175,7 @@ pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Resul
 
     let queue_settings = QueueSettings {
         result_retention: args.nats.result_retention,
+        task_limits: args.task_queue.limits(),
         ..Default::default()
     };
     let settings = settings(&args);

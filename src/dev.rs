@@ -41,7 +41,10 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
     let guard = args.delivery.guard.guard(&loopback)?;
     let queue = Queue::connect(
         &connection,
-        QueueSettings::default(),
+        QueueSettings {
+            task_limits: args.task_queue.limits(),
+            ..Default::default()
+        },
         Duration::from_secs(10),
     )
     .await?;

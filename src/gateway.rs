@@ -146,6 +146,7 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
     } = config(&args)?;
     let settings = QueueSettings {
         result_retention: args.nats.result_retention,
+        task_limits: args.task_queue.limits(),
         ..Default::default()
     };
     let queue = Queue::connect(

@@ -7,6 +7,7 @@ mod arrivals;
 mod callbacks;
 mod connect;
 mod lease;
+mod limits;
 mod load;
 mod names;
 mod results;
@@ -19,6 +20,7 @@ use async_nats::jetstream::{self, kv};
 pub use callbacks::{CALLBACK_LEASE_RENEWAL, CallbackDelivery};
 pub use connect::{ClientCert, ConfigError, Connection, Credentials, Tls};
 pub use lease::{Held, Puller, consume, keep_alive_while_held};
+pub use limits::QueueLimits;
 pub use results::RecordAt;
 pub use tasks::{Backlog, MAX_TASK_ATTEMPTS, QueueSpec, TaskDelivery};
 
@@ -52,6 +54,9 @@ pub enum Error {
         #[source]
         source: NatsError,
     },
+    /// The endpoint's task queue holds as many tasks (or bytes) as it may.
+    #[error("the task queue of endpoint {endpoint} is full")]
+    Full { endpoint: crate::crd::EndpointId },
     #[error("publishing to {subject}")]
     Publish {
         subject: String,
@@ -109,6 +114,8 @@ pub struct QueueSettings {
     pub result_retention: Duration,
     /// Replicas of every stream and bucket (3 on a JetStream cluster).
     pub replicas: usize,
+    /// Bounds of each endpoint's task queue.
+    pub task_limits: QueueLimits,
 }
 
 impl Default for QueueSettings {
@@ -116,6 +123,7 @@ impl Default for QueueSettings {
         QueueSettings {
             result_retention: Duration::from_secs(86_400),
             replicas: 1,
+            task_limits: QueueLimits::default(),
         }
     }
 }

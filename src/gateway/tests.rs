@@ -354,3 +354,118 @@ async fn task_bodies_must_be_json_objects() {
     assert_eq!(status, StatusCode::OK, "an object is taken: {answer}");
     assert!(answer["task_id"].is_string(), "{answer}");
 }
+
+#[tokio::test]
+async fn a_full_task_queue_refuses_with_429_and_keeps_every_accepted_task() {
+    let mut fixture = fixture(true).await;
+    let tiny = crate::queue::QueueSettings {
+        task_limits: crate::queue::QueueLimits {
+            max_tasks: 2,
+            max_bytes: None,
+        },
+        ..Default::default()
+    };
+    fixture.state.queue = crate::queue::Queue::connect(
+        &fixture._nats.connection,
+        tiny,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .expect("connects");
+    let state = &fixture.state;
+    let key = Some("key-a");
+    let (status, answer, _) = send(
+        state,
+        "POST",
+        "/v1/model-endpoints",
+        key,
+        &create_body("tiny-queue"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let endpoint = fixture.recorder.endpoints.lock().expect("lock").remove(0);
+    let id = endpoint.endpoint_id();
+    state.catalog.put_endpoint(endpoint);
+    state
+        .queue
+        .ensure_endpoint(&crate::queue::QueueSpec {
+            endpoint_id: id.clone(),
+            task_expiry: std::time::Duration::from_secs(60),
+            ack_wait: std::time::Duration::from_secs(30),
+        })
+        .await
+        .expect("queue");
+    let uri = format!("/v1/async-tasks?model_endpoint_id={id}");
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for x in 0..5 {
+        let body = json!({"args": {"x": x}}).to_string();
+        let (status, answer, _) = send(state, "POST", &uri, key, &body).await;
+        match status {
+            StatusCode::OK => accepted.push(answer["task_id"].as_str().expect("id").to_owned()),
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                let detail = answer["detail"].as_str().unwrap_or_default();
+                assert!(detail.contains("task queue is full"), "{answer}");
+            }
+            other => panic!("{other}: {answer}"),
+        }
+    }
+    assert_eq!((accepted.len(), refused), (2, 3));
+    let backlog = state.queue.backlog(&id).await.expect("backlog");
+    assert_eq!(backlog.queued, 2, "every accepted task is queued");
+    for task in &accepted {
+        let (status, answer, _) =
+            send(state, "GET", &format!("/v1/async-tasks/{task}"), key, "").await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["status"], "PENDING");
+    }
+
+    // A refused submission under an idempotency key is taken when repeated once there is room
+    // (here: a larger bound), and queued.
+    let with_key = || {
+        Request::builder()
+            .method("POST")
+            .uri(&uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, "Bearer key-a")
+            .header(super::routes::IDEMPOTENCY_KEY, "again")
+            .body(Body::from(r#"{"args": {"x": 9}}"#))
+            .expect("request")
+    };
+    let answer = router(state.clone(), 1024 * 1024)
+        .oneshot(with_key())
+        .await
+        .expect("answers");
+    assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(answer.headers().contains_key(header::RETRY_AFTER));
+    let roomier = crate::queue::QueueSettings {
+        task_limits: crate::queue::QueueLimits {
+            max_tasks: 3,
+            max_bytes: None,
+        },
+        ..Default::default()
+    };
+    let roomier = crate::queue::Queue::connect(
+        &fixture._nats.connection,
+        roomier,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .expect("connects");
+    roomier
+        .ensure_endpoint(&crate::queue::QueueSpec {
+            endpoint_id: id.clone(),
+            task_expiry: std::time::Duration::from_secs(60),
+            ack_wait: std::time::Duration::from_secs(30),
+        })
+        .await
+        .expect("larger queue");
+    let answer = router(state.clone(), 1024 * 1024)
+        .oneshot(with_key())
+        .await
+        .expect("answers");
+    assert_eq!(answer.status(), StatusCode::OK);
+    let backlog = state.queue.backlog(&id).await.expect("backlog");
+    assert_eq!(backlog.queued, 3, "the repeated task is queued");
+}

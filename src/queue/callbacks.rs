@@ -14,7 +14,7 @@ use async_nats::jetstream::{
 };
 use futures::{Stream, StreamExt};
 
-use super::{Error, Queue, QueueSettings, names, results};
+use super::{Error, Queue, QueueSettings, limits, names, results};
 use crate::crd::EndpointId;
 use crate::task::{CallbackJob, CallbackPolicy, DeadLetter, TaskId};
 
@@ -45,6 +45,9 @@ pub(super) async fn ensure(
         ],
         retention: RetentionPolicy::WorkQueue,
         max_age: settings.result_retention,
+        // Bounded per job and by age only: scheduled retries need discard-old, under which a
+        // count bound would drop waiting callbacks.
+        max_message_size: limits::CALLBACK_JOB_MAX_BYTES,
         duplicate_window: DUPLICATE_WINDOW,
         num_replicas: settings.replicas,
         allow_message_schedules: true,
@@ -72,11 +75,12 @@ pub(super) async fn ensure(
             consumer: names::CALLBACKS_CONSUMER.into(),
             source: source.into(),
         })?;
-    let bucket = |name: &str, description: &str, max_age: Duration| kv::Config {
+    let bucket = |name: &str, description: &str, max_age: Duration, max_value_size| kv::Config {
         bucket: name.into(),
         description: description.into(),
         history: 1,
         max_age,
+        max_value_size,
         num_replicas: settings.replicas,
         ..Default::default()
     };
@@ -84,11 +88,13 @@ pub(super) async fn ensure(
         names::DEAD_LETTERS_BUCKET,
         "ferry callbacks given up on",
         settings.result_retention,
+        limits::RECORD_MAX_BYTES,
     );
     let policies = bucket(
         names::POLICIES_BUCKET,
         "ferry endpoint callback policies",
         Duration::ZERO,
+        limits::POLICY_MAX_BYTES,
     );
     Ok(Buckets {
         dead_letters: super::ensure_bucket(js, dead_letters).await?,
