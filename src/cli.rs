@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::callback::{DispatcherSettings, Guard, Timeouts};
+use crate::controller::build::WorkerNetworkPolicy;
 use crate::forwarder::env as forwarder_env;
 
 #[derive(Parser, Debug)]
@@ -432,6 +433,11 @@ pub struct OperatorArgs {
     /// Seconds the load must ask for fewer workers before an async endpoint is scaled in.
     #[arg(long = "scale-down-delay-seconds", env = "FERRY_SCALE_DOWN_DELAY_SECONDS", default_value = "120", value_parser = parse_seconds)]
     pub scale_down_delay: Duration,
+    /// Give every endpoint a default-deny NetworkPolicy over its workers, as JSON naming the
+    /// peers it admits: `{"gateway": [..], "nats": [..], "natsPort": 4222, "dns": [..]}`
+    /// (Kubernetes NetworkPolicyPeers). No policy when absent.
+    #[arg(long, env = "FERRY_WORKER_NETWORK_POLICY", value_parser = parse_worker_network_policy)]
+    pub worker_network_policy: Option<WorkerNetworkPolicy>,
     #[command(flatten)]
     pub lease: LeaseArgs,
     #[command(flatten)]
@@ -557,6 +563,10 @@ fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
         Duration::ZERO => Err("must be at least 1 second".into()),
         seconds => Ok(seconds),
     }
+}
+
+fn parse_worker_network_policy(text: &str) -> Result<WorkerNetworkPolicy, String> {
+    serde_json::from_str(text).map_err(|error| format!("not a worker NetworkPolicy: {error}"))
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -70,6 +70,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("applying NetworkPolicy {name}")]
+    ApplyNetworkPolicy {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("deleting Service {name}")]
     DeleteService {
         name: String,
@@ -96,6 +102,7 @@ impl Error {
             Error::GetSecret { .. } => "GetSecretFailed",
             Error::ApplyDeployment { .. } => "ApplyDeploymentFailed",
             Error::ApplyService { .. } => "ApplyServiceFailed",
+            Error::ApplyNetworkPolicy { .. } => "ApplyNetworkPolicyFailed",
             Error::DeleteService { .. } => "DeleteServiceFailed",
             Error::PatchStatus(_) => "PatchStatusFailed",
             Error::EnsureQueue(_) => reason::QUEUE_UNAVAILABLE,
@@ -121,6 +128,7 @@ impl Error {
             | Error::GetSecret { source, .. }
             | Error::ApplyDeployment { source, .. }
             | Error::ApplyService { source, .. }
+            | Error::ApplyNetworkPolicy { source, .. }
             | Error::DeleteService { source, .. }
             | Error::PatchStatus(source)
             | Error::ReleaseInvalid(source) => apply::is_rejected(source),
@@ -147,6 +155,7 @@ pub fn settings(args: &OperatorArgs) -> build::Settings {
         result_retention: args.nats.result_retention,
         predict_timeout: args.predict_timeout,
         gpu_node_label: args.gpu_node_label.clone(),
+        worker_network_policy: args.worker_network_policy.clone(),
     }
 }
 
