@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::callback::{DispatcherSettings, Guard, Timeouts};
+use crate::controller::build::WorkerNetworkPolicy;
 use crate::forwarder::env as forwarder_env;
 
 #[derive(Parser, Debug)]
@@ -51,10 +52,20 @@ pub enum Role {
     Operator(OperatorArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
+    /// Generate NATS authorization: the server's configuration, a `.creds` file per role with
+    /// that role's subject permissions, and the account signing seed.
+    NatsAuth(NatsAuthArgs),
     /// Measure a running gateway: submit tasks and time their callbacks.
     Bench(BenchArgs),
     /// Serve the benchmark's instant model (x + len(y)) on 0.0.0.0:$PORT.
     BenchModel(BenchModelArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct NatsAuthArgs {
+    /// Directory to write into (it must exist); files are readable by their owner only.
+    #[arg(long, env = "FERRY_NATS_AUTH_OUT")]
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -426,6 +437,11 @@ pub struct OperatorArgs {
     /// Seconds the load must ask for fewer workers before an async endpoint is scaled in.
     #[arg(long = "scale-down-delay-seconds", env = "FERRY_SCALE_DOWN_DELAY_SECONDS", default_value = "120", value_parser = parse_seconds)]
     pub scale_down_delay: Duration,
+    /// Give every endpoint a default-deny NetworkPolicy over its workers, as JSON naming the
+    /// peers it admits: `{"gateway": [..], "nats": [..], "natsPort": 4222, "dns": [..]}`
+    /// (Kubernetes NetworkPolicyPeers). No policy when absent.
+    #[arg(long, env = "FERRY_WORKER_NETWORK_POLICY", value_parser = parse_worker_network_policy)]
+    pub worker_network_policy: Option<WorkerNetworkPolicy>,
     #[command(flatten)]
     pub lease: LeaseArgs,
     #[command(flatten)]
@@ -551,6 +567,10 @@ fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
         Duration::ZERO => Err("must be at least 1 second".into()),
         seconds => Ok(seconds),
     }
+}
+
+fn parse_worker_network_policy(text: &str) -> Result<WorkerNetworkPolicy, String> {
+    serde_json::from_str(text).map_err(|error| format!("not a worker NetworkPolicy: {error}"))
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
