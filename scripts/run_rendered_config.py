@@ -27,7 +27,7 @@ import yaml
 
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 # Values a cluster would supply from a Secret the rendered output does not hold.
-SECRET_PLACEHOLDERS = {"FERRY_API_KEYS": "placeholder-key=team-a"}
+SECRET_PLACEHOLDERS = {"FERRY_API_KEYS": "placeholder-key-0123456789abcdef=team-a"}
 # The volume of the key ring (operator, gateway, dispatcher) and a file of one random key.
 SEAL_KEY_VOLUME = "seal-key"
 SEAL_KEY_FILE = base64.b64encode(os.urandom(32)) + b"\n"

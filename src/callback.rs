@@ -6,10 +6,12 @@
 mod deliver;
 mod endpoints;
 pub mod guard;
+mod limits;
 pub mod policy;
 mod schedule;
 pub mod sign;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,12 +34,14 @@ use crate::seal::KeyRing;
 use crate::task::{
     CallbackJob, CallbackState, CallbackTarget, DeadLetter, DeliveryAttempt, DeliveryState, now_ms,
 };
-use endpoints::{EndpointCache, EndpointDelivery, HostSlots};
+use endpoints::{EndpointCache, EndpointDelivery};
+use limits::{Slot, Slots};
 use schedule::Next;
 
-/// How long a job waits in line for a slot of its destination before it is deferred.
+/// How long a job waits in line for a slot of its endpoint, and then of its destination,
+/// before it is deferred.
 const SLOT_WAIT: Duration = Duration::from_secs(1);
-/// How long a job first waits to be offered again when its destination has no free slot; the
+/// How long a job first waits to be offered again when its endpoint or destination has no free slot; the
 /// wait doubles with each refusal up to [`BUSY_HOST_MAX_DELAY`], so jobs queued for a hanging
 /// receiver do not churn through the dispatcher.
 const BUSY_HOST_DELAY: Duration = Duration::from_millis(500);
@@ -82,7 +86,7 @@ impl DispatcherMetrics {
         );
         registry.register(
             "ferry_dispatcher_deferred",
-            "Callback jobs put back for later because their destination had no free slot",
+            "Callback jobs put back for later because their endpoint or destination had no free slot",
             metrics.deferred.clone(),
         );
         registry.register(
@@ -117,8 +121,10 @@ impl DispatcherMetrics {
 pub struct DispatcherSettings {
     /// Attempts in flight at once.
     pub concurrency: usize,
-    /// Attempts in flight at once to one destination host.
+    /// Attempts in flight at once to one destination: the address and port connected to.
     pub per_host_concurrency: usize,
+    /// Attempts in flight at once for one endpoint, whatever its destinations.
+    pub per_endpoint_concurrency: usize,
     /// Timeouts for endpoints that set none.
     pub timeouts: Timeouts,
 }
@@ -129,7 +135,8 @@ pub struct Dispatcher {
     concurrency: usize,
     clients: Arc<Clients>,
     endpoints: Arc<EndpointCache>,
-    host_slots: Arc<HostSlots>,
+    endpoint_slots: Arc<Slots<EndpointId>>,
+    destination_slots: Arc<Slots<SocketAddr>>,
     metrics: Arc<DispatcherMetrics>,
     /// Opens callback targets and endpoint secrets.
     ring: Arc<KeyRing>,
@@ -153,9 +160,13 @@ impl Dispatcher {
             queue,
             concurrency: settings.concurrency,
             clients: Arc::new(clients),
-            // Half the dispatcher's attempts may wait for one destination: the other half
-            // always serves the rest.
-            host_slots: Arc::new(HostSlots::new(
+            // Half the dispatcher's attempts may wait for one endpoint or destination: the
+            // other half always serves the rest.
+            endpoint_slots: Arc::new(Slots::new(
+                settings.per_endpoint_concurrency,
+                (settings.concurrency / 2).max(settings.per_endpoint_concurrency),
+            )),
+            destination_slots: Arc::new(Slots::new(
                 settings.per_host_concurrency,
                 (settings.concurrency / 2).max(settings.per_host_concurrency),
             )),
@@ -228,19 +239,7 @@ impl Dispatcher {
         // neither learns the endpoint's credentials nor carries its signature.
         let target = job.open_target(&self.ring);
         let url = target.as_ref().map(|target| target.url.as_str());
-        // A destination is a host and port: two services on one host do not share a bound.
-        let destination = url
-            .ok()
-            .and_then(|url| url::Url::parse(url).ok())
-            .map(|url| {
-                format!(
-                    "{}:{}",
-                    url.host_str().unwrap_or_default(),
-                    url.port_or_known_default().unwrap_or(0)
-                )
-            });
-        let destination = destination.as_deref().unwrap_or_default();
-        let Some(_slot) = self.host_slots.acquire(destination, SLOT_WAIT).await else {
+        let Some(_slots) = self.slots(job, url.ok()).await else {
             self.metrics.deferred.inc();
             let refusals = delivery.deliveries().saturating_sub(1).min(16);
             return delivery
@@ -340,6 +339,7 @@ impl Dispatcher {
                     keys: &endpoint.keys,
                     auth,
                     allowed_hosts: &endpoint.allowed_hosts,
+                    timeouts: endpoint.timeouts,
                 };
                 deliver::deliver_callback(request, job).await
             }
@@ -359,6 +359,49 @@ fn refused(error: String) -> (schedule::Verdict, DeliveryAttempt) {
     (schedule::Verdict::Refused, attempt)
 }
 
+impl Dispatcher {
+    /// A slot of the job's endpoint and one of the destination of `url` (its opened target's),
+    /// or `None` when either keeps its share in flight. The destination is the address the attempt will connect to (the
+    /// guard's first vetted answer, the only one the delivery client is given), so many names
+    /// for one receiver share its bound. A URL that does not resolve takes no destination slot:
+    /// its attempt is refused without connecting.
+    async fn slots(
+        &self,
+        job: &CallbackJob,
+        url: Option<&str>,
+    ) -> Option<(Slot<EndpointId>, Option<Slot<SocketAddr>>)> {
+        let endpoint = self
+            .endpoint_slots
+            .acquire(&job.endpoint_id, SLOT_WAIT)
+            .await?;
+        let destination = match url {
+            Some(url) => self.destination(url).await,
+            None => None,
+        };
+        let Some(destination) = destination else {
+            return Some((endpoint, None));
+        };
+        let destination = self
+            .destination_slots
+            .acquire(&destination, SLOT_WAIT)
+            .await?;
+        Some((endpoint, Some(destination)))
+    }
+
+    async fn destination(&self, url: &str) -> Option<SocketAddr> {
+        let url = guard::check_syntax(url).ok()?;
+        let port = url.port_or_known_default()?;
+        match url.host()? {
+            url::Host::Ipv4(ip) => Some(SocketAddr::new(ip.into(), port)),
+            url::Host::Ipv6(ip) => Some(SocketAddr::new(ip.into(), port)),
+            url::Host::Domain(name) => {
+                let resolved = self.clients.guard().resolve(name, port).await.ok()?;
+                resolved.into_iter().next()
+            }
+        }
+    }
+}
+
 /// `ferry dispatcher`: the callback controller.
 /// The delivery clients the flags describe (SSRF guard, extra CAs), checked before anything
 /// connects (also by `--check-config`).
@@ -375,7 +418,15 @@ pub async fn run(args: DispatcherArgs, cancel: CancellationToken) -> anyhow::Res
         result_retention: args.nats.result_retention,
         ..Default::default()
     };
-    let queue = Queue::connect(&args.nats.url, settings, Duration::from_secs(30)).await?;
+    let queue = Queue::connect(
+        &args
+            .nats
+            .connection()?
+            .for_role(crate::queue::Role::Dispatcher),
+        settings,
+        Duration::from_secs(30),
+    )
+    .await?;
     let mut registry = crate::metrics::registry();
     let metrics = DispatcherMetrics::register(&mut registry);
     let readiness = Readiness::default();

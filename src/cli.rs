@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::callback::{DispatcherSettings, Guard, Timeouts};
+use crate::controller::build::WorkerNetworkPolicy;
 use crate::forwarder::env as forwarder_env;
 
 #[derive(Parser, Debug)]
@@ -51,10 +52,20 @@ pub enum Role {
     Operator(OperatorArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
+    /// Generate NATS authorization: the server's configuration, a `.creds` file per role with
+    /// that role's subject permissions, and the account signing seed.
+    NatsAuth(NatsAuthArgs),
     /// Measure a running gateway: submit tasks and time their callbacks.
     Bench(BenchArgs),
     /// Serve the benchmark's instant model (x + len(y)) on 0.0.0.0:$PORT.
     BenchModel(BenchModelArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct NatsAuthArgs {
+    /// Directory to write into (it must exist); files are readable by their owner only.
+    #[arg(long, env = "FERRY_NATS_AUTH_OUT")]
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -69,6 +80,90 @@ pub struct NatsArgs {
     /// How long task records and callback states are kept, in seconds.
     #[arg(long, env = forwarder_env::RESULT_RETENTION_SECONDS, default_value = "86400", value_parser = parse_seconds)]
     pub result_retention: Duration,
+    #[command(flatten)]
+    pub access: NatsAccessArgs,
+}
+
+impl NatsArgs {
+    /// The validated connection: refuses a URL that carries credentials.
+    pub fn connection(&self) -> Result<crate::queue::Connection, crate::queue::ConfigError> {
+        self.access.connection(&self.url)
+    }
+}
+
+/// Credentials and TLS towards NATS, the same for every role. Secrets come from files (mounted
+/// Secrets), never from the URL or a flag's value.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct NatsAccessArgs {
+    /// A `.creds` file (user JWT and NKey seed).
+    #[arg(long = "nats-creds-file", env = forwarder_env::NATS_CREDS_FILE,
+          conflicts_with_all = ["nats_nkey_seed_file", "nats_user", "nats_token_file"])]
+    pub nats_creds_file: Option<PathBuf>,
+    /// A file holding an NKey user seed.
+    #[arg(long = "nats-nkey-seed-file", env = forwarder_env::NATS_NKEY_SEED_FILE,
+          conflicts_with_all = ["nats_user", "nats_token_file"])]
+    pub nats_nkey_seed_file: Option<PathBuf>,
+    /// User name; its password is read from --nats-password-file.
+    #[arg(long = "nats-user", env = forwarder_env::NATS_USER, requires = "nats_password_file",
+          conflicts_with = "nats_token_file")]
+    pub nats_user: Option<String>,
+    /// A file holding the password of --nats-user.
+    #[arg(long = "nats-password-file", env = forwarder_env::NATS_PASSWORD_FILE, requires = "nats_user")]
+    pub nats_password_file: Option<PathBuf>,
+    /// A file holding a token.
+    #[arg(long = "nats-token-file", env = forwarder_env::NATS_TOKEN_FILE)]
+    pub nats_token_file: Option<PathBuf>,
+    /// PEM certificates that sign the NATS server's certificate.
+    #[arg(long = "nats-tls-ca-file", env = forwarder_env::NATS_TLS_CA_FILE)]
+    pub nats_tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a server that verifies clients (with --nats-tls-key-file).
+    #[arg(long = "nats-tls-cert-file", env = forwarder_env::NATS_TLS_CERT_FILE, requires = "nats_tls_key_file")]
+    pub nats_tls_cert_file: Option<PathBuf>,
+    /// PEM key of --nats-tls-cert-file.
+    #[arg(long = "nats-tls-key-file", env = forwarder_env::NATS_TLS_KEY_FILE, requires = "nats_tls_cert_file")]
+    pub nats_tls_key_file: Option<PathBuf>,
+    /// Refuse to talk to NATS without TLS.
+    #[arg(long = "nats-tls-required", env = forwarder_env::NATS_TLS_REQUIRED, default_value = "false", action = clap::ArgAction::Set)]
+    pub nats_tls_required: bool,
+}
+
+impl NatsAccessArgs {
+    pub fn connection(
+        &self,
+        url: &str,
+    ) -> Result<crate::queue::Connection, crate::queue::ConfigError> {
+        use crate::queue::{ClientCert, Credentials, Tls};
+        let credentials = match (
+            &self.nats_creds_file,
+            &self.nats_nkey_seed_file,
+            &self.nats_user,
+            &self.nats_password_file,
+            &self.nats_token_file,
+        ) {
+            (Some(path), ..) => Credentials::CredsFile(path.clone()),
+            (_, Some(path), ..) => Credentials::NkeySeedFile(path.clone()),
+            (_, _, Some(user), Some(password_file), _) => Credentials::UserPassword {
+                user: user.clone(),
+                password_file: password_file.clone(),
+            },
+            (.., Some(path)) => Credentials::TokenFile(path.clone()),
+            _ => Credentials::None,
+        };
+        let client_cert = self
+            .nats_tls_cert_file
+            .clone()
+            .zip(self.nats_tls_key_file.clone())
+            .map(|(cert_file, key_file)| ClientCert {
+                cert_file,
+                key_file,
+            });
+        let tls = Tls {
+            ca_file: self.nats_tls_ca_file.clone(),
+            client_cert,
+            required: self.nats_tls_required,
+        };
+        crate::queue::Connection::new(url, credentials, tls)
+    }
 }
 
 /// The key ring that seals the secrets kept in NATS (operator, gateway, dispatcher, dev).
@@ -140,6 +235,29 @@ pub struct AuthArgs {
     pub api_keys: Vec<String>,
 }
 
+/// Bounds of each endpoint's task queue, applied where queues are made (operator, gateway,
+/// `ferry dev`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TaskQueueArgs {
+    /// Tasks an endpoint's queue holds (waiting or running); submissions beyond get 429.
+    #[arg(long, env = "FERRY_TASK_QUEUE_MAX_TASKS", default_value = "100000")]
+    pub task_queue_max_tasks: std::num::NonZeroU64,
+    /// Bytes an endpoint's queue holds; no bound when absent (JetStream reserves this much
+    /// storage per endpoint up front).
+    #[arg(long, env = "FERRY_TASK_QUEUE_MAX_BYTES")]
+    pub task_queue_max_bytes: Option<std::num::NonZeroU64>,
+}
+
+impl TaskQueueArgs {
+    pub fn limits(&self) -> crate::queue::QueueLimits {
+        let clamp = |value: std::num::NonZeroU64| i64::try_from(value.get()).unwrap_or(i64::MAX);
+        crate::queue::QueueLimits {
+            max_tasks: clamp(self.task_queue_max_tasks),
+            max_bytes: self.task_queue_max_bytes.map(clamp),
+        }
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct GatewayArgs {
     /// Address the HTTP API listens on.
@@ -160,6 +278,8 @@ pub struct GatewayArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "FERRY_MAX_BODY_BYTES", default_value = "10485760")]
     pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub task_queue: TaskQueueArgs,
     #[command(flatten)]
     pub http: HttpArgs,
 }
@@ -229,6 +349,10 @@ pub struct GuardArgs {
     /// Fixed DNS answers for callback hosts, as HOST=IP pairs (split-horizon DNS, tests).
     #[arg(long, env = "FERRY_CALLBACK_RESOLVE", value_delimiter = ',')]
     pub callback_resolve: Vec<String>,
+    /// Seconds a DNS lookup of a callback host may take before the URL is refused for now
+    /// (503 at submission, a retried attempt at delivery).
+    #[arg(long = "callback-dns-timeout-seconds", env = "FERRY_CALLBACK_DNS_TIMEOUT_SECONDS", default_value = "5", value_parser = parse_positive_seconds)]
+    pub callback_dns_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -267,7 +391,7 @@ impl GuardArgs {
                 .or_default()
                 .push(ip);
         }
-        Ok(Guard::new(allowed, overrides))
+        Ok(Guard::new(allowed, overrides).with_lookup_timeout(self.callback_dns_timeout))
     }
 }
 
@@ -282,9 +406,13 @@ pub struct DeliveryArgs {
     /// Callbacks in flight at once.
     #[arg(long, env = "FERRY_DISPATCH_CONCURRENCY", default_value = "256")]
     pub dispatch_concurrency: NonZeroU32,
-    /// Callbacks in flight at once to one receiver host.
+    /// Callbacks in flight at once to one receiver: the address and port connected to,
+    /// whatever names lead there.
     #[arg(long, env = "FERRY_PER_HOST_CONCURRENCY", default_value = "32")]
     pub per_host_concurrency: NonZeroU32,
+    /// Callbacks in flight at once for one endpoint, whatever their receivers.
+    #[arg(long, env = "FERRY_PER_ENDPOINT_CONCURRENCY", default_value = "64")]
+    pub per_endpoint_concurrency: NonZeroU32,
     /// Seconds to connect to a receiver, unless the endpoint sets its own.
     #[arg(long, env = "FERRY_CALLBACK_CONNECT_TIMEOUT_SECONDS", default_value = "5", value_parser = parse_seconds)]
     pub callback_connect_timeout: Duration,
@@ -298,6 +426,7 @@ impl DeliveryArgs {
         DispatcherSettings {
             concurrency: self.dispatch_concurrency.get() as usize,
             per_host_concurrency: self.per_host_concurrency.get() as usize,
+            per_endpoint_concurrency: self.per_endpoint_concurrency.get() as usize,
             timeouts: Timeouts {
                 connect: self.callback_connect_timeout,
                 total: self.callback_timeout,
@@ -351,8 +480,15 @@ pub struct OperatorArgs {
     /// Seconds the load must ask for fewer workers before an async endpoint is scaled in.
     #[arg(long = "scale-down-delay-seconds", env = "FERRY_SCALE_DOWN_DELAY_SECONDS", default_value = "120", value_parser = parse_seconds)]
     pub scale_down_delay: Duration,
+    /// Give every endpoint a default-deny NetworkPolicy over its workers, as JSON naming the
+    /// peers it admits: `{"gateway": [..], "nats": [..], "natsPort": 4222, "dns": [..]}`
+    /// (Kubernetes NetworkPolicyPeers). No policy when absent.
+    #[arg(long, env = "FERRY_WORKER_NETWORK_POLICY", value_parser = parse_worker_network_policy)]
+    pub worker_network_policy: Option<WorkerNetworkPolicy>,
     #[command(flatten)]
     pub lease: LeaseArgs,
+    #[command(flatten)]
+    pub task_queue: TaskQueueArgs,
     #[command(flatten)]
     pub http: HttpArgs,
 }
@@ -387,6 +523,9 @@ pub struct DevArgs {
     /// The nats-server program to start when no URL is given.
     #[arg(long, env = "FERRY_NATS_SERVER", default_value = "nats-server")]
     pub nats_server: PathBuf,
+    /// Credentials and TLS for the server given by --nats-url.
+    #[command(flatten)]
+    pub nats_access: NatsAccessArgs,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "FERRY_MAX_BODY_BYTES", default_value = "10485760")]
     pub max_body_bytes: usize,
@@ -399,6 +538,8 @@ pub struct DevArgs {
     pub delivery: DeliveryArgs,
     #[command(flatten)]
     pub seal: SealArgs,
+    #[command(flatten)]
+    pub task_queue: TaskQueueArgs,
     #[command(flatten)]
     pub http: HttpArgs,
 }
@@ -471,6 +612,10 @@ fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
         Duration::ZERO => Err("must be at least 1 second".into()),
         seconds => Ok(seconds),
     }
+}
+
+fn parse_worker_network_policy(text: &str) -> Result<WorkerNetworkPolicy, String> {
+    serde_json::from_str(text).map_err(|error| format!("not a worker NetworkPolicy: {error}"))
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -76,6 +76,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("applying NetworkPolicy {name}")]
+    ApplyNetworkPolicy {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("deleting Service {name}")]
     DeleteService {
         name: String,
@@ -103,6 +109,7 @@ impl Error {
             Error::ApplyDeployment { .. } => "ApplyDeploymentFailed",
             Error::ApplyService { .. } => "ApplyServiceFailed",
             Error::ApplySecret { .. } => "ApplySecretFailed",
+            Error::ApplyNetworkPolicy { .. } => "ApplyNetworkPolicyFailed",
             Error::DeleteService { .. } => "DeleteServiceFailed",
             Error::PatchStatus(_) => "PatchStatusFailed",
             Error::EnsureQueue(_) => reason::QUEUE_UNAVAILABLE,
@@ -129,6 +136,7 @@ impl Error {
             | Error::ApplyDeployment { source, .. }
             | Error::ApplyService { source, .. }
             | Error::ApplySecret { source, .. }
+            | Error::ApplyNetworkPolicy { source, .. }
             | Error::DeleteService { source, .. }
             | Error::PatchStatus(source)
             | Error::ReleaseInvalid(source) => apply::is_rejected(source),
@@ -155,6 +163,7 @@ pub fn settings(args: &OperatorArgs) -> build::Settings {
         result_retention: args.nats.result_retention,
         predict_timeout: args.predict_timeout,
         gpu_node_label: args.gpu_node_label.clone(),
+        worker_network_policy: args.worker_network_policy.clone(),
     }
 }
 
@@ -175,12 +184,18 @@ pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Resul
 
     let queue_settings = QueueSettings {
         result_retention: args.nats.result_retention,
+        task_limits: args.task_queue.limits(),
         ..Default::default()
     };
     let settings = settings(&args);
     let context = Arc::new(Context::new(
         client.clone(),
-        QueueConnection::new(args.nats.url.clone(), queue_settings),
+        QueueConnection::new(
+            args.nats
+                .connection()?
+                .for_role(crate::queue::Role::Operator),
+            queue_settings,
+        ),
         settings,
         ring,
         args.resync,

@@ -32,17 +32,24 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
     let manifests = manifest::load(&args.manifests)?;
     let keys = ApiKeys::parse(&args.auth.api_keys, true)?;
     let ring = Arc::new(args.seal.key_ring_or_generate()?);
-    let (nats_url, _nats_server) = match &args.nats_url {
-        Some(url) => (url.clone(), None),
+    let (connection, _nats_server) = match &args.nats_url {
+        Some(url) => (args.nats_access.connection(url)?, None),
         None => {
             let server = nats::start(&args.nats_server).await?;
-            (server.url.clone(), Some(server))
+            (server.connection.clone(), Some(server))
         }
     };
     let loopback = ["127.0.0.0/8".parse()?, "::1/128".parse()?];
     let guard = args.delivery.guard.guard(&loopback)?;
-    let queue =
-        Queue::connect(&nats_url, QueueSettings::default(), Duration::from_secs(10)).await?;
+    let queue = Queue::connect(
+        &connection,
+        QueueSettings {
+            task_limits: args.task_queue.limits(),
+            ..Default::default()
+        },
+        Duration::from_secs(10),
+    )
+    .await?;
 
     let mut registry = crate::metrics::registry();
     let catalog = Catalog::default();
@@ -115,7 +122,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
         .await
         .map_err(anyhow::Error::from)
     });
-    tracing::info!(listen = %args.listen, nats = %nats_url, "ferry dev is up");
+    tracing::info!(listen = %args.listen, nats = %connection.url(), "ferry dev is up");
 
     let outcome = tokio::select! {
         finished = services.join_next() => match finished {

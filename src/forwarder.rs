@@ -32,6 +32,15 @@ const STARTED_AFTER: Duration = Duration::from_millis(20);
 /// The forwarder's environment contract: the operator's pod builder sets exactly these.
 pub mod env {
     pub const NATS_URL: &str = "FERRY_NATS_URL";
+    pub const NATS_CREDS_FILE: &str = "FERRY_NATS_CREDS_FILE";
+    pub const NATS_NKEY_SEED_FILE: &str = "FERRY_NATS_NKEY_SEED_FILE";
+    pub const NATS_USER: &str = "FERRY_NATS_USER";
+    pub const NATS_PASSWORD_FILE: &str = "FERRY_NATS_PASSWORD_FILE";
+    pub const NATS_TOKEN_FILE: &str = "FERRY_NATS_TOKEN_FILE";
+    pub const NATS_TLS_CA_FILE: &str = "FERRY_NATS_TLS_CA_FILE";
+    pub const NATS_TLS_CERT_FILE: &str = "FERRY_NATS_TLS_CERT_FILE";
+    pub const NATS_TLS_KEY_FILE: &str = "FERRY_NATS_TLS_KEY_FILE";
+    pub const NATS_TLS_REQUIRED: &str = "FERRY_NATS_TLS_REQUIRED";
     pub const RESULT_RETENTION_SECONDS: &str = "FERRY_RESULT_RETENTION_SECONDS";
     pub const ADMIN_LISTEN: &str = "FERRY_ADMIN_LISTEN";
     pub const ENDPOINT_ID: &str = "FERRY_ENDPOINT_ID";
@@ -334,7 +343,12 @@ pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Resu
         result_retention: args.nats.result_retention,
         ..Default::default()
     };
-    let queue = Queue::connect(&args.nats.url, settings, Duration::from_secs(30)).await?;
+    let queue = Queue::connect(
+        &args.nats.connection()?.for_role(queue::Role::Forwarder),
+        settings,
+        Duration::from_secs(30),
+    )
+    .await?;
     let mut registry = crate::metrics::registry();
     let metrics = ForwarderMetrics::register(&mut registry);
     let readiness = Readiness::default();

@@ -153,10 +153,18 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
     let ring = Arc::new(ring);
     let settings = QueueSettings {
         result_retention: args.nats.result_retention,
+        task_limits: args.task_queue.limits(),
         ..Default::default()
     };
-    let queue =
-        Queue::connect(&args.nats.url, settings, std::time::Duration::from_secs(30)).await?;
+    let queue = Queue::connect(
+        &args
+            .nats
+            .connection()?
+            .for_role(crate::queue::Role::Gateway),
+        settings,
+        std::time::Duration::from_secs(30),
+    )
+    .await?;
     let readiness = Readiness::default();
     let catalog = Catalog::default();
     let writer: Option<Arc<dyn ResourceWriter>> = if let Some(manifests) = manifests {

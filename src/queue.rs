@@ -5,9 +5,12 @@
 
 mod arrivals;
 mod callbacks;
+mod connect;
 mod lease;
+mod limits;
 mod load;
 mod names;
+mod permissions;
 mod results;
 mod tasks;
 
@@ -16,7 +19,10 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 
 pub use callbacks::{CALLBACK_LEASE_RENEWAL, CallbackDelivery};
+pub use connect::{ClientCert, ConfigError, Connection, Credentials, Tls};
 pub use lease::{Held, Puller, consume, keep_alive_while_held};
+pub use limits::QueueLimits;
+pub use permissions::{Role, permissions};
 pub use results::RecordAt;
 pub use tasks::{Backlog, MAX_TASK_ATTEMPTS, QueueSpec, TaskDelivery};
 
@@ -50,6 +56,9 @@ pub enum Error {
         #[source]
         source: NatsError,
     },
+    /// The endpoint's task queue holds as many tasks (or bytes) as it may.
+    #[error("the task queue of endpoint {endpoint} is full")]
+    Full { endpoint: crate::crd::EndpointId },
     #[error("publishing to {subject}")]
     Publish {
         subject: String,
@@ -92,6 +101,8 @@ pub enum Error {
         #[source]
         source: NatsError,
     },
+    #[error("the {role:?} role holds no {bucket} bucket")]
+    NotHeld { role: Role, bucket: &'static str },
     #[error("decoding {what}")]
     Decode {
         what: &'static str,
@@ -107,6 +118,8 @@ pub struct QueueSettings {
     pub result_retention: Duration,
     /// Replicas of every stream and bucket (3 on a JetStream cluster).
     pub replicas: usize,
+    /// Bounds of each endpoint's task queue.
+    pub task_limits: QueueLimits,
 }
 
 impl Default for QueueSettings {
@@ -114,6 +127,7 @@ impl Default for QueueSettings {
         QueueSettings {
             result_retention: Duration::from_secs(86_400),
             replicas: 1,
+            task_limits: QueueLimits::default(),
         }
     }
 }
@@ -123,27 +137,30 @@ impl Default for QueueSettings {
 pub struct Queue {
     js: jetstream::Context,
     results: kv::Store,
-    dead_letters: kv::Store,
-    policies: kv::Store,
+    /// Absent for a forwarder, which may not read them.
+    dead_letters: Option<kv::Store>,
+    policies: Option<kv::Store>,
     settings: QueueSettings,
     notices: std::sync::Arc<arrivals::Notices>,
 }
 
 impl Queue {
     /// Connects (retrying while the server starts, for up to `wait`) and ensures the shared
-    /// results bucket and callbacks streams exist.
+    /// results bucket and callbacks streams exist; a forwarder only binds the results bucket.
     pub async fn connect(
-        url: &str,
+        connection: &Connection,
         settings: QueueSettings,
         wait: Duration,
     ) -> Result<Self, Error> {
-        let client = connect_with_retry(url, wait).await?;
+        let client = connect::connect_with_retry(connection, wait).await?;
         let js = jetstream::new(client);
-        let results = results::ensure_bucket(&js, &settings).await?;
-        let callbacks::Buckets {
-            dead_letters,
-            policies,
-        } = callbacks::ensure(&js, &settings).await?;
+        let (results, dead_letters, policies) = if connection.role().ensures_shared() {
+            let results = results::ensure_bucket(&js, &settings).await?;
+            let buckets = callbacks::ensure(&js, &settings).await?;
+            (results, Some(buckets.dead_letters), Some(buckets.policies))
+        } else {
+            (results::bind_bucket(&js).await?, None, None)
+        };
         Ok(Queue {
             js,
             results,
@@ -152,44 +169,6 @@ impl Queue {
             settings,
             notices: Default::default(),
         })
-    }
-}
-
-/// Says at the first failed attempt that it is waiting (an operator watching a starting pod
-/// sees why it is not ready yet), and once connected after waiting that the wait is over.
-async fn connect_with_retry(url: &str, wait: Duration) -> Result<async_nats::Client, Error> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut waited = false;
-    loop {
-        // No notification exists for "the server came up": retry briefly until the deadline.
-        match async_nats::ConnectOptions::new()
-            .name("ferry")
-            .connection_timeout(Duration::from_secs(2))
-            .connect(url)
-            .await
-        {
-            Ok(client) => {
-                if waited {
-                    tracing::info!(url, "connected to NATS");
-                }
-                return Ok(client);
-            }
-            Err(error) if tokio::time::Instant::now() < deadline => {
-                if waited {
-                    tracing::debug!(%error, url, "NATS not reachable yet");
-                } else {
-                    tracing::warn!(%error, url, wait_seconds = wait.as_secs(), "waiting for NATS at {url}");
-                    waited = true;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => {
-                return Err(Error::Connect {
-                    url: url.into(),
-                    source: error.into(),
-                });
-            }
-        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! One delivery attempt: POST the callback body with its Standard Webhooks headers and the
 //! receiver's credentials, through a client that only connects to vetted addresses, and classify
-//! the answer.
+//! the answer. A receiver is not trusted: one deadline covers the whole exchange (lookup,
+//! connect, headers, body), the response head is bounded, and no more than
+//! [`RESPONSE_BODY_LIMIT`] bytes of the body are read.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -21,6 +23,12 @@ pub const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
 
 /// Error text kept on an attempt is cut to this many characters.
 const ERROR_LIMIT: usize = 512;
+/// Response body bytes read at most: enough for a receiver's error details, and all a receiver
+/// can make the dispatcher hold. The rest is never read; the connection is closed instead.
+pub const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
+/// Response header lines accepted. The head's size is bounded as well, by hyper's read buffer
+/// limit (about 400 KiB); a larger head fails the attempt.
+const RESPONSE_HEADER_LIMIT: usize = 64;
 /// Clients kept for distinct timeouts and client certificates before the cache starts over.
 const MAX_CLIENTS: usize = 256;
 
@@ -105,7 +113,7 @@ impl Clients {
             .no_proxy()
             .dns_resolver(Arc::new(VettingResolver(self.guard.clone())))
             .connect_timeout(timeouts.connect)
-            .timeout(timeouts.total)
+            .http1_max_headers(RESPONSE_HEADER_LIMIT)
             .tcp_nodelay(true)
             .pool_max_idle_per_host(64);
         if !self.extra_roots.is_empty() {
@@ -130,6 +138,8 @@ pub struct Request<'a> {
     pub keys: &'a [SigningKey],
     pub auth: Option<&'a CallbackAuth>,
     pub allowed_hosts: &'a [String],
+    /// `total` bounds the whole attempt, `connect` its connection (set on the client).
+    pub timeouts: Timeouts,
 }
 
 /// Posts the job's callback once.
@@ -139,8 +149,17 @@ pub async fn deliver_callback(
 ) -> (Verdict, DeliveryAttempt) {
     let at_ms = now_ms();
     let started = Instant::now();
-    let (verdict, status_code, error) = match attempt(&request, job, at_ms).await {
-        Ok((status, retry_after)) => (classify(status, retry_after), Some(status.as_u16()), None),
+    let deadline = tokio::time::Instant::now() + request.timeouts.total;
+    let exchange = tokio::time::timeout_at(deadline, attempt(&request, job, at_ms, deadline));
+    let outcome = exchange
+        .await
+        .unwrap_or_else(|_| Err(Failure::Transport("timed out".to_owned())));
+    let (verdict, status_code, error) = match outcome {
+        Ok(answer) => (
+            classify(answer.status, answer.retry_after),
+            Some(answer.status.as_u16()),
+            answer.body.note(),
+        ),
         Err(Failure::Refused(refusal)) => {
             (Verdict::Refused, None, Some(format!("refused: {refusal}")))
         }
@@ -163,11 +182,66 @@ enum Failure {
     Transport(String),
 }
 
+/// What a receiver answered; its body only matters as far as it was read.
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: BodyRead,
+}
+
+/// How reading a response body ended. The status decides the verdict either way.
+#[derive(Debug, PartialEq, Eq)]
+enum BodyRead {
+    Complete,
+    /// More than [`RESPONSE_BODY_LIMIT`] bytes: reading stopped there.
+    OverLimit,
+    /// The deadline came first (a slow drip).
+    Unfinished,
+    /// The connection broke mid-body.
+    Broken,
+}
+
+impl BodyRead {
+    /// The note kept on the attempt.
+    fn note(&self) -> Option<String> {
+        match self {
+            BodyRead::Complete => None,
+            BodyRead::OverLimit => Some(format!(
+                "response body larger than {} KiB; not read further",
+                RESPONSE_BODY_LIMIT / 1024
+            )),
+            BodyRead::Unfinished => Some("response body unfinished at the deadline".to_owned()),
+            BodyRead::Broken => Some("response body broken off".to_owned()),
+        }
+    }
+}
+
+/// Reads and discards the body up to [`RESPONSE_BODY_LIMIT`] bytes (give or take the chunk
+/// that crosses it) until `deadline`. A complete body lets the connection return to the pool;
+/// any other end drops the response, which closes the connection.
+async fn read_body(mut response: reqwest::Response, deadline: tokio::time::Instant) -> BodyRead {
+    let mut read = 0usize;
+    loop {
+        match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Err(_) => return BodyRead::Unfinished,
+            Ok(Err(_)) => return BodyRead::Broken,
+            Ok(Ok(None)) => return BodyRead::Complete,
+            Ok(Ok(Some(chunk))) => {
+                read += chunk.len();
+                if read > RESPONSE_BODY_LIMIT {
+                    return BodyRead::OverLimit;
+                }
+            }
+        }
+    }
+}
+
 async fn attempt(
     request: &Request<'_>,
     job: &CallbackJob,
     at_ms: u64,
-) -> Result<(StatusCode, Option<Duration>), Failure> {
+    deadline: tokio::time::Instant,
+) -> Result<Answer, Failure> {
     let url = guard::check_syntax(request.url).map_err(Failure::Refused)?;
     let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
     if !guard::host_allowed(request.allowed_hosts, host) {
@@ -206,9 +280,12 @@ async fn attempt(
         .map_err(|error| classify_error(&error))?;
     let status = response.status();
     let retry_after = retry_after(response.headers());
-    // Drain the body so the connection returns to the pool.
-    let _ = response.bytes().await;
-    Ok((status, retry_after))
+    let body = read_body(response, deadline).await;
+    Ok(Answer {
+        status,
+        retry_after,
+        body,
+    })
 }
 
 pub fn classify(status: StatusCode, retry_after: Option<Duration>) -> Verdict {
@@ -230,6 +307,10 @@ fn classify_error(error: &reqwest::Error) -> Failure {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
         if let Some(refusal) = cause.downcast_ref::<Refusal>() {
+            // A slow DNS answer is retried like any other failed connection.
+            if refusal.is_transient() {
+                return Failure::Transport(refusal.to_string());
+            }
             return Failure::Refused(refusal.clone());
         }
         source = cause.source();
@@ -246,6 +327,9 @@ fn classify_error(error: &reqwest::Error) -> Failure {
     };
     Failure::Transport(text)
 }
+
+#[cfg(test)]
+mod hostile;
 
 #[cfg(test)]
 mod tests {

@@ -1,13 +1,9 @@
-//! What the dispatcher knows per endpoint and per destination: each endpoint's delivery settings
-//! (read from its published policy, dropped when the policy changes) and a bound on concurrent
-//! attempts per destination host, so one slow receiver cannot occupy every delivery slot.
+//! What the dispatcher knows per endpoint: its delivery settings, read from its published policy
+//! and dropped when the policy changes.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::deliver::Timeouts;
 use super::schedule::RetrySchedule;
@@ -122,104 +118,9 @@ impl EndpointCache {
     }
 }
 
-/// Hosts share this many limits (by hash), which bounds memory whatever the number of hosts.
-const HOST_SHARDS: usize = 1024;
-
-/// Concurrent attempts allowed per destination host, and a bounded line of attempts waiting
-/// briefly for one of them: a fast receiver that is momentarily at its bound keeps its jobs
-/// flowing, while a hanging one holds at most its bound plus the line of the dispatcher's
-/// attempts (the line's for a moment each).
-pub struct HostSlots {
-    shards: Vec<Shard>,
-}
-
-struct Shard {
-    slots: Arc<Semaphore>,
-    line: Arc<Semaphore>,
-}
-
-impl HostSlots {
-    pub fn new(per_host: usize, line: usize) -> Self {
-        HostSlots {
-            shards: (0..HOST_SHARDS)
-                .map(|_| Shard {
-                    slots: Arc::new(Semaphore::new(per_host)),
-                    line: Arc::new(Semaphore::new(line)),
-                })
-                .collect(),
-        }
-    }
-
-    /// A slot for `host`: at once, or within `wait` when the line for one is not full; `None`
-    /// when the host keeps its share in flight.
-    pub async fn acquire(&self, host: &str, wait: Duration) -> Option<OwnedSemaphorePermit> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        host.hash(&mut hasher);
-        let shard = &self.shards[(hasher.finish() as usize) % HOST_SHARDS];
-        if let Ok(slot) = shard.slots.clone().try_acquire_owned() {
-            return Some(slot);
-        }
-        let _in_line = shard.line.clone().try_acquire_owned().ok()?;
-        let slot = tokio::time::timeout(wait, shard.slots.clone().acquire_owned()).await;
-        // The semaphore is never closed: an error cannot happen, and would mean "no slot".
-        slot.ok()?.ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn a_busy_host_does_not_take_slots_from_others() {
-        let slots = HostSlots::new(2, 2);
-        let now = Duration::ZERO;
-        let mut held = Vec::new();
-        for _ in 0..2 {
-            held.push(slots.acquire("slow.example", now).await.expect("free slot"));
-        }
-        assert!(slots.acquire("slow.example", now).await.is_none());
-        assert!(slots.acquire("fast.example", now).await.is_some());
-        drop(held);
-        assert!(slots.acquire("slow.example", now).await.is_some());
-    }
-
-    #[tokio::test]
-    async fn a_job_waits_briefly_in_a_bounded_line_for_its_hosts_slot() {
-        let slots = Arc::new(HostSlots::new(1, 1));
-        let held = slots
-            .acquire("h.example", Duration::ZERO)
-            .await
-            .expect("slot");
-        let waiting = {
-            let slots = slots.clone();
-            tokio::spawn(async move { slots.acquire("h.example", Duration::from_secs(5)).await })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(
-            slots
-                .acquire("h.example", Duration::from_secs(5))
-                .await
-                .is_none(),
-            "the line (one long) is full"
-        );
-        drop(held);
-        assert!(
-            waiting.await.expect("joined").is_some(),
-            "the waiting job got the slot"
-        );
-        let _held = slots
-            .acquire("h.example", Duration::ZERO)
-            .await
-            .expect("slot");
-        assert!(
-            slots
-                .acquire("h.example", Duration::from_millis(50))
-                .await
-                .is_none(),
-            "no slot within the wait"
-        );
-    }
 
     #[test]
     fn policies_override_the_defaults() {

@@ -20,15 +20,15 @@ use crate::queue::{self, Queue, QueueSettings};
 /// A queue connection made on first use, so the operator starts (and reports
 /// `QueueReady=False`) while NATS is unreachable, and connects once it is back.
 pub struct QueueConnection {
-    url: String,
+    connection: queue::Connection,
     settings: QueueSettings,
     queue: OnceCell<Queue>,
 }
 
 impl QueueConnection {
-    pub fn new(url: String, settings: QueueSettings) -> Self {
+    pub fn new(connection: queue::Connection, settings: QueueSettings) -> Self {
         QueueConnection {
-            url,
+            connection,
             settings,
             queue: OnceCell::new(),
         }
@@ -36,7 +36,9 @@ impl QueueConnection {
 
     pub async fn get(&self) -> Result<&Queue, queue::Error> {
         self.queue
-            .get_or_try_init(|| Queue::connect(&self.url, self.settings.clone(), Duration::ZERO))
+            .get_or_try_init(|| {
+                Queue::connect(&self.connection, self.settings.clone(), Duration::ZERO)
+            })
             .await
     }
 }

@@ -60,6 +60,7 @@ pub fn settings() -> Settings {
         result_retention: Duration::from_secs(86_400),
         predict_timeout: Duration::from_secs(600),
         gpu_node_label: "k8s.amazonaws.com/accelerator".into(),
+        worker_network_policy: None,
     }
 }
 
@@ -164,12 +165,12 @@ impl ApiServer {
     }
 }
 
-/// A context whose client talks to the scripted API server and whose queue is at `nats_url`.
-pub fn context(nats_url: &str) -> (Arc<Context>, ApiServer) {
+/// A context whose client talks to the scripted API server and whose queue is `connection`.
+pub fn context(connection: &crate::queue::Connection) -> (Arc<Context>, ApiServer) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let mut registry = prometheus_client::registry::Registry::default();
-    let queue = QueueConnection::new(nats_url.into(), QueueSettings::default());
+    let queue = QueueConnection::new(connection.clone(), QueueSettings::default());
     let context = Context::new(
         client,
         queue,

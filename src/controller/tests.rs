@@ -18,6 +18,7 @@ use crate::dev::nats::{self, NatsServer};
 use crate::queue::{Queue, QueueSpec};
 
 mod autoscale;
+mod ownership;
 
 const ENDPOINT: &str = "/apis/ferry.dev/v1alpha1/namespaces/ml/modelendpoints/demo";
 const STATUS: &str = "/apis/ferry.dev/v1alpha1/namespaces/ml/modelendpoints/demo/status";
@@ -31,10 +32,10 @@ async fn start_nats() -> (NatsServer, Queue) {
 }
 
 /// A NATS URL nothing listens on.
-fn unreachable_nats() -> String {
+fn unreachable_nats() -> crate::queue::Connection {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    format!("nats://127.0.0.1:{port}")
+    crate::queue::Connection::open(&format!("nats://127.0.0.1:{port}")).expect("URL")
 }
 
 /// Submits one task to the endpoint's queue.
@@ -86,22 +87,44 @@ async fn serve_bundle(server: &mut ApiServer) {
     server.expect(Method::GET, BUNDLE).await.ok(&bundle);
 }
 
-/// Serves the apply of the worker Deployment and returns its body.
-async fn serve_deployment_apply(server: &mut ApiServer, stored: Option<Value>) -> Value {
-    // The worker Secret is applied first, so new pods find it.
+/// Serves the ownership check and the apply of the worker Secret, which comes first so new pods
+/// find it.
+async fn serve_worker_secret_apply(server: &mut ApiServer) {
+    let check = server.expect(Method::GET, WORKER_SECRET).await;
+    check.not_found("secrets", "demo-worker");
     let secret = server.expect(Method::PATCH, WORKER_SECRET).await;
-    assert_applied_by_the_operator(&secret.query);
+    assert!(secret.query.contains("fieldManager=ferry-operator"));
     assert_eq!(secret.body["kind"], "Secret");
     assert!(secret.body["data"]["serving-token"].is_string());
     secret.echo();
+}
+
+/// Serves the ownership check and the apply of the worker Deployment (`stored`: the one that
+/// exists, if any) and returns the applied body. An absent one is applied without force.
+async fn serve_deployment_apply(server: &mut ApiServer, stored: Option<Value>) -> Value {
+    serve_worker_secret_apply(server).await;
+    let check = server.expect(Method::GET, DEPLOYMENT).await;
+    match &stored {
+        Some(stored) => check.ok(stored),
+        None => check.not_found("deployments", "demo"),
+    }
     let seen = server.expect(Method::PATCH, DEPLOYMENT).await;
-    assert_applied_by_the_operator(&seen.query);
+    assert!(seen.query.contains("fieldManager=ferry-operator"));
+    assert_eq!(seen.query.contains("force=true"), stored.is_some());
     let body = seen.body.clone();
     match stored {
         Some(stored) => seen.ok(&stored),
         None => seen.echo(),
     }
     body
+}
+
+/// Serves the prune of the Service an async endpoint does not need: there is none.
+async fn serve_absent_service(server: &mut ApiServer) {
+    server
+        .expect(Method::GET, SERVICE)
+        .await
+        .not_found("services", "demo");
 }
 
 /// Serves the status apply and returns the status it carried.
@@ -143,7 +166,7 @@ async fn a_new_endpoint_first_gets_the_finalizer() {
 #[tokio::test]
 async fn create_applies_the_workers_and_the_queue_and_reports_pending() {
     let (_nats, queue) = start_nats().await;
-    let (ctx, mut server) = context(&_nats.url);
+    let (ctx, mut server) = context(&_nats.connection);
     let endpoint = finalized(endpoint());
     let reconcile = start_reconcile(endpoint.clone(), &ctx);
 
@@ -166,10 +189,7 @@ async fn create_applies_the_workers_and_the_queue_and_reports_pending() {
     assert_eq!(containers[0]["image"], "registry.local/model:1");
     assert_eq!(containers[1]["image"], "registry.local/ferry:test");
     // A new endpoint has no status: an async endpoint removes a Service of an earlier type.
-    server
-        .expect(Method::DELETE, SERVICE)
-        .await
-        .not_found("services", "demo");
+    serve_absent_service(&mut server).await;
 
     let status = serve_status_apply(&mut server).await;
     assert_eq!(status["state"], "UPDATE_PENDING");
@@ -207,10 +227,7 @@ async fn apply_round(
     serve_bundle(server).await;
     let deployment = serve_deployment_apply(server, stored).await;
     if expect_prune {
-        server
-            .expect(Method::DELETE, SERVICE)
-            .await
-            .not_found("services", "demo");
+        serve_absent_service(server).await;
     }
     let status = if endpoint
         .status
@@ -230,7 +247,7 @@ async fn apply_round(
 #[tokio::test]
 async fn a_spec_change_rolls_the_workers_and_reports_progress() {
     let (nats, _queue) = start_nats().await;
-    let (ctx, mut server) = context(&nats.url);
+    let (ctx, mut server) = context(&nats.connection);
     let before = finalized(endpoint());
     let (first, status) = apply_round(&ctx, &mut server, &before, None, true).await;
     let status: ModelEndpointStatus =
@@ -275,7 +292,7 @@ async fn deleting_removes_the_queue_then_releases_the_finalizer() {
     deleting.metadata.deletion_timestamp = Some(
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
     );
-    let (ctx, mut server) = context(&nats.url);
+    let (ctx, mut server) = context(&nats.connection);
     let reconcile = start_reconcile(deleting.clone(), &ctx);
 
     let event = server.expect_event().await;
@@ -300,7 +317,7 @@ async fn deleting_removes_the_queue_then_releases_the_finalizer() {
 #[tokio::test]
 async fn a_missing_bundle_is_reported_and_heals_when_it_appears() {
     let (nats, _queue) = start_nats().await;
-    let (ctx, mut server) = context(&nats.url);
+    let (ctx, mut server) = context(&nats.connection);
     let mut endpoint = finalized(endpoint());
     let reconcile = start_reconcile(endpoint.clone(), &ctx);
     server
@@ -347,10 +364,7 @@ async fn an_unreachable_nats_is_reported_and_retried_with_backoff() {
     let reconcile = start_reconcile(endpoint.clone(), &ctx);
     serve_bundle(&mut server).await;
     serve_deployment_apply(&mut server, None).await;
-    server
-        .expect(Method::DELETE, SERVICE)
-        .await
-        .not_found("services", "demo");
+    serve_absent_service(&mut server).await;
     let status = serve_status_apply(&mut server).await;
     assert_eq!(status["state"], "UPDATE_PENDING");
     let queue = condition(&status, "QueueReady");
@@ -422,7 +436,7 @@ async fn an_unparseable_endpoint_is_reported_once_without_crashing() {
 #[tokio::test]
 async fn a_deleted_unparseable_endpoint_still_releases_its_finalizer() {
     let (nats, _queue) = start_nats().await;
-    let (ctx, mut server) = context(&nats.url);
+    let (ctx, mut server) = context(&nats.connection);
     let object = unparseable(json!({
         "finalizers": ["other", FINALIZER],
         "deletionTimestamp": "2026-01-01T00:00:00Z",
@@ -446,7 +460,7 @@ async fn a_deleted_unparseable_endpoint_still_releases_its_finalizer() {
 #[tokio::test]
 async fn a_missing_secret_is_reported_and_the_policy_is_published_once_it_exists() {
     let (nats, queue) = start_nats().await;
-    let (ctx, mut server) = context(&nats.url);
+    let (ctx, mut server) = context(&nats.connection);
     let mut endpoint = finalized(endpoint());
     endpoint.spec.callbacks = Some(crate::crd::CallbackPolicySpec {
         signing_secret: Some(crate::crd::SecretKeySelector {
@@ -485,8 +499,10 @@ async fn a_missing_secret_is_reported_and_the_policy_is_published_once_it_exists
     endpoint.status = Some(serde_json::from_value(status).expect("status"));
     let reconcile = start_reconcile(endpoint.clone(), &ctx);
     serve_bundle(&mut server).await;
-    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hooks", "namespace": "ml"},
+    let secret = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "hooks", "namespace": "ml", "labels": {"ferry.dev/callback-credentials": "true"}},
         "data": {"signingSecret": "d2hzZWNfTWZLUTlyOEdLWXFyVHdqVVBEOElMUFpJbzJMYUxhU3c="}});
+    server.expect(Method::GET, SECRET).await.ok(&secret);
     server.expect(Method::GET, SECRET).await.ok(&secret);
     serve_deployment_apply(&mut server, None).await;
     let status = serve_status_apply(&mut server).await;

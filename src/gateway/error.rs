@@ -38,6 +38,12 @@ pub enum AppError {
     /// No worker could be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller must slow down: its team's quota or the endpoint's queue is exhausted.
+    #[error("{detail}")]
+    TooMany {
+        detail: String,
+        retry_after: std::time::Duration,
+    },
 }
 
 impl AppError {
@@ -53,7 +59,7 @@ impl AppError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             AppError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            AppError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            AppError::Busy(_) | AppError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -83,6 +89,13 @@ impl IntoResponse for AppError {
             other => Value::from(other.to_string()),
         };
         let mut response = (status, Json(json!({ "detail": detail }))).into_response();
+        if let AppError::TooMany { retry_after, .. } = &self {
+            // Whole seconds, rounded up: a client that waits this long finds room.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.max(1).into());
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 "www-authenticate",
@@ -93,9 +106,19 @@ impl IntoResponse for AppError {
     }
 }
 
+/// When a client of a full task queue should try again: workers drain it meanwhile.
+const FULL_QUEUE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl From<queue::Error> for AppError {
     fn from(error: queue::Error) -> Self {
-        AppError::Queue(error)
+        match error {
+            queue::Error::Full { .. } => AppError::TooMany {
+                detail: "the endpoint's task queue is full; the task was not accepted, retry later"
+                    .into(),
+                retry_after: FULL_QUEUE_RETRY_AFTER,
+            },
+            error => AppError::Queue(error),
+        }
     }
 }
 

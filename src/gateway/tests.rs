@@ -16,6 +16,9 @@ use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::crd::{ModelBundle, ModelEndpoint};
 use crate::dev::nats::{self, NatsServer};
 
+/// The fixture's API key, of team-a.
+const KEY_A: &str = "team-a-key-0123456789abcdef";
+
 /// Remembers what the API asked to write.
 #[derive(Default)]
 struct Recorder {
@@ -63,7 +66,7 @@ async fn fixture(writable: bool) -> Fixture {
         demand: super::Demand::new("test".into()),
         queue,
         guard: Guard::default(),
-        keys: Arc::new(ApiKeys::parse(&["key-a=team-a".into()], false).expect("keys")),
+        keys: Arc::new(ApiKeys::parse(&[format!("{KEY_A}=team-a")], false).expect("keys")),
         metrics: GatewayMetrics::register(&mut registry),
         ring: Arc::new(crate::seal::KeyRing::generate()),
     };
@@ -118,10 +121,24 @@ fn create_body(name: &str) -> String {
     .to_string()
 }
 
+/// Creates an endpoint of `kind` through the API and puts it in the catalog.
+async fn create_endpoint(fixture: &Fixture, name: &str, kind: &str) -> crate::crd::EndpointId {
+    let mut body: Value = serde_json::from_str(&create_body(name)).expect("json");
+    body["endpoint_type"] = json!(kind);
+    let path = "/v1/model-endpoints";
+    let (status, answer, _) =
+        send(&fixture.state, "POST", path, Some(KEY_A), &body.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let endpoint = fixture.recorder.endpoints.lock().expect("lock").remove(0);
+    let id = endpoint.endpoint_id();
+    fixture.state.catalog.put_endpoint(endpoint);
+    id
+}
+
 #[tokio::test]
 async fn requests_are_counted_by_route_template_and_status_class() {
     let fixture = fixture(true).await;
-    let key = Some("key-a");
+    let key = Some(KEY_A);
     send(&fixture.state, "GET", "/v1/model-endpoints", key, "").await;
     send(&fixture.state, "GET", "/v1/model-endpoints", key, "").await;
     send(
@@ -179,7 +196,7 @@ async fn unknown_keys_get_401_with_a_challenge() {
 async fn errors_map_to_status_codes_with_a_detail() {
     let fixture = fixture(true).await;
     let state = &fixture.state;
-    let key = Some("key-a");
+    let key = Some(KEY_A);
     let (status, body, _) = send(
         state,
         "GET",
@@ -223,7 +240,7 @@ async fn creates_are_validated_before_anything_is_written() {
         &fixture.state,
         "POST",
         "/v1/model-endpoints",
-        Some("key-a"),
+        Some(KEY_A),
         &create_body("Bad_Name"),
     )
     .await;
@@ -238,7 +255,7 @@ async fn creates_are_validated_before_anything_is_written() {
         &fixture.state,
         "POST",
         "/v1/model-endpoints",
-        Some("key-a"),
+        Some(KEY_A),
         &create_body("demo"),
     )
     .await;
@@ -260,7 +277,7 @@ async fn a_read_only_gateway_refuses_changes() {
         &fixture.state,
         "POST",
         "/v1/model-endpoints",
-        Some("key-a"),
+        Some(KEY_A),
         &create_body("demo"),
     )
     .await;
@@ -275,7 +292,7 @@ async fn a_task_polled_after_a_stale_started_still_answers_its_outcome() {
         &fixture.state,
         "POST",
         "/v1/model-endpoints",
-        Some("key-a"),
+        Some(KEY_A),
         &create_body("poller"),
     )
     .await;
@@ -302,7 +319,7 @@ async fn a_task_polled_after_a_stale_started_still_answers_its_outcome() {
         .await
         .expect("stale started");
     let uri = format!("/v1/async-tasks/{task}");
-    let (status, body, _) = send(&fixture.state, "GET", &uri, Some("key-a"), "").await;
+    let (status, body, _) = send(&fixture.state, "GET", &uri, Some(KEY_A), "").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "SUCCESS", "{body}");
     assert_eq!(body["result"], json!({"result": 7}));
@@ -312,17 +329,10 @@ async fn a_task_polled_after_a_stale_started_still_answers_its_outcome() {
 async fn task_bodies_must_be_json_objects() {
     let fixture = fixture(true).await;
     let state = &fixture.state;
-    let key = Some("key-a");
+    let key = Some(KEY_A);
     let mut ids = Vec::new();
     for (name, kind) in [("objects-async", "async"), ("objects-stream", "streaming")] {
-        let mut body: Value = serde_json::from_str(&create_body(name)).expect("json");
-        body["endpoint_type"] = json!(kind);
-        let (status, answer, _) =
-            send(state, "POST", "/v1/model-endpoints", key, &body.to_string()).await;
-        assert_eq!(status, StatusCode::OK, "{answer}");
-        let endpoint = fixture.recorder.endpoints.lock().expect("lock").remove(0);
-        ids.push(endpoint.endpoint_id());
-        state.catalog.put_endpoint(endpoint);
+        ids.push(create_endpoint(&fixture, name, kind).await);
     }
     let routes = [
         format!("/v1/async-tasks?model_endpoint_id={}", ids[0]),
@@ -354,4 +364,152 @@ async fn task_bodies_must_be_json_objects() {
     let (status, answer, _) = send(state, "POST", &routes[0], key, r#"{"args": {"x": 1}}"#).await;
     assert_eq!(status, StatusCode::OK, "an object is taken: {answer}");
     assert!(answer["task_id"].is_string(), "{answer}");
+}
+
+#[tokio::test]
+async fn a_full_task_queue_refuses_with_429_and_keeps_every_accepted_task() {
+    let mut fixture = fixture(true).await;
+    let tiny = crate::queue::QueueSettings {
+        task_limits: crate::queue::QueueLimits {
+            max_tasks: 2,
+            max_bytes: None,
+        },
+        ..Default::default()
+    };
+    fixture.state.queue = crate::queue::Queue::connect(
+        &fixture._nats.connection,
+        tiny,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .expect("connects");
+    let state = &fixture.state;
+    let key = Some(KEY_A);
+    let (status, answer, _) = send(
+        state,
+        "POST",
+        "/v1/model-endpoints",
+        key,
+        &create_body("tiny-queue"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let endpoint = fixture.recorder.endpoints.lock().expect("lock").remove(0);
+    let id = endpoint.endpoint_id();
+    state.catalog.put_endpoint(endpoint);
+    state
+        .queue
+        .ensure_endpoint(&crate::queue::QueueSpec {
+            endpoint_id: id.clone(),
+            task_expiry: std::time::Duration::from_secs(60),
+            ack_wait: std::time::Duration::from_secs(30),
+        })
+        .await
+        .expect("queue");
+    let uri = format!("/v1/async-tasks?model_endpoint_id={id}");
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for x in 0..5 {
+        let body = json!({"args": {"x": x}}).to_string();
+        let (status, answer, _) = send(state, "POST", &uri, key, &body).await;
+        match status {
+            StatusCode::OK => accepted.push(answer["task_id"].as_str().expect("id").to_owned()),
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                let detail = answer["detail"].as_str().unwrap_or_default();
+                assert!(detail.contains("task queue is full"), "{answer}");
+            }
+            other => panic!("{other}: {answer}"),
+        }
+    }
+    assert_eq!((accepted.len(), refused), (2, 3));
+    let backlog = state.queue.backlog(&id).await.expect("backlog");
+    assert_eq!(backlog.queued, 2, "every accepted task is queued");
+    for task in &accepted {
+        let (status, answer, _) =
+            send(state, "GET", &format!("/v1/async-tasks/{task}"), key, "").await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["status"], "PENDING");
+    }
+
+    // A refused submission under an idempotency key is taken when repeated once there is room
+    // (here: a larger bound), and queued.
+    let with_key = || {
+        Request::builder()
+            .method("POST")
+            .uri(&uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, format!("Bearer {KEY_A}"))
+            .header(super::routes::IDEMPOTENCY_KEY, "again")
+            .body(Body::from(r#"{"args": {"x": 9}}"#))
+            .expect("request")
+    };
+    let answer = router(state.clone(), 1024 * 1024)
+        .oneshot(with_key())
+        .await
+        .expect("answers");
+    assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(answer.headers().contains_key(header::RETRY_AFTER));
+    let roomier = crate::queue::QueueSettings {
+        task_limits: crate::queue::QueueLimits {
+            max_tasks: 3,
+            max_bytes: None,
+        },
+        ..Default::default()
+    };
+    let roomier = crate::queue::Queue::connect(
+        &fixture._nats.connection,
+        roomier,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .expect("connects");
+    roomier
+        .ensure_endpoint(&crate::queue::QueueSpec {
+            endpoint_id: id.clone(),
+            task_expiry: std::time::Duration::from_secs(60),
+            ack_wait: std::time::Duration::from_secs(30),
+        })
+        .await
+        .expect("larger queue");
+    let answer = router(state.clone(), 1024 * 1024)
+        .oneshot(with_key())
+        .await
+        .expect("answers");
+    assert_eq!(answer.status(), StatusCode::OK);
+    let backlog = state.queue.backlog(&id).await.expect("backlog");
+    assert_eq!(backlog.queued, 3, "the repeated task is queued");
+}
+
+#[tokio::test]
+async fn a_sync_timeout_beyond_the_maximum_is_refused_with_422() {
+    let fixture = fixture(true).await;
+    for kind in ["sync", "streaming"] {
+        let id = create_endpoint(&fixture, &format!("timeouts-{kind}"), kind).await;
+        let uri = format!("/v1/{kind}-tasks?model_endpoint_id={id}");
+        for seconds in ["3600.5", "1e300", "18446744073709551616"] {
+            let body = format!(r#"{{"args": {{"x": 1}}, "timeout_seconds": {seconds}}}"#);
+            let (status, answer, _) = send(&fixture.state, "POST", &uri, Some(KEY_A), &body).await;
+            assert_eq!(
+                status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{uri} {seconds}: {answer}"
+            );
+            let message = answer["detail"][0]["msg"].as_str().unwrap_or_default();
+            assert!(message.contains("at most 3600"), "{answer}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_callback_host_whose_lookup_stalls_is_answered_503() {
+    let mut fixture = fixture(true).await;
+    fixture.state.guard = Guard::stalled(std::time::Duration::from_millis(50));
+    let id = create_endpoint(&fixture, "slow-dns", "async").await;
+    let uri = format!("/v1/async-tasks?model_endpoint_id={id}");
+    let body = r#"{"args": {"x": 1}, "callback_url": "https://slow-dns.example/cb"}"#;
+    let (status, answer, _) = send(&fixture.state, "POST", &uri, Some(KEY_A), body).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    let detail = answer["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("did not resolve within"), "{answer}");
 }

@@ -14,7 +14,7 @@ use async_nats::jetstream::{
 };
 use futures::{Stream, StreamExt};
 
-use super::{Error, Queue, QueueSettings, names, results};
+use super::{Error, Queue, QueueSettings, limits, names, results};
 use crate::crd::EndpointId;
 use crate::task::{CallbackJob, CallbackPolicy, DeadLetter, TaskId};
 
@@ -45,6 +45,9 @@ pub(super) async fn ensure(
         ],
         retention: RetentionPolicy::WorkQueue,
         max_age: settings.result_retention,
+        // Bounded per job and by age only: scheduled retries need discard-old, under which a
+        // count bound would drop waiting callbacks.
+        max_message_size: limits::CALLBACK_JOB_MAX_BYTES,
         duplicate_window: DUPLICATE_WINDOW,
         num_replicas: settings.replicas,
         allow_message_schedules: true,
@@ -72,11 +75,12 @@ pub(super) async fn ensure(
             consumer: names::CALLBACKS_CONSUMER.into(),
             source: source.into(),
         })?;
-    let bucket = |name: &str, description: &str, max_age: Duration| kv::Config {
+    let bucket = |name: &str, description: &str, max_age: Duration, max_value_size| kv::Config {
         bucket: name.into(),
         description: description.into(),
         history: 1,
         max_age,
+        max_value_size,
         num_replicas: settings.replicas,
         ..Default::default()
     };
@@ -84,11 +88,13 @@ pub(super) async fn ensure(
         names::DEAD_LETTERS_BUCKET,
         "ferry callbacks given up on",
         settings.result_retention,
+        limits::RECORD_MAX_BYTES,
     );
     let policies = bucket(
         names::POLICIES_BUCKET,
         "ferry endpoint callback policies",
         Duration::ZERO,
+        limits::POLICY_MAX_BYTES,
     );
     Ok(Buckets {
         dead_letters: super::ensure_bucket(js, dead_letters).await?,
@@ -148,6 +154,20 @@ impl CallbackDelivery {
 }
 
 impl Queue {
+    fn dead_letters_bucket(&self) -> Result<&kv::Store, Error> {
+        self.dead_letters.as_ref().ok_or(Error::NotHeld {
+            role: super::Role::Forwarder,
+            bucket: names::DEAD_LETTERS_BUCKET,
+        })
+    }
+
+    fn policies_bucket(&self) -> Result<&kv::Store, Error> {
+        self.policies.as_ref().ok_or(Error::NotHeld {
+            role: super::Role::Forwarder,
+            bucket: names::POLICIES_BUCKET,
+        })
+    }
+
     /// Queues a task's callback. Publishing it again for the same task within two minutes is a
     /// no-op, so a worker that repeats itself after a crash sends one callback.
     pub async fn publish_callback(&self, job: &CallbackJob) -> Result<(), Error> {
@@ -235,7 +255,7 @@ impl Queue {
     pub async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
         let key = letter.job.task_id.to_string();
         match self
-            .dead_letters
+            .dead_letters_bucket()?
             .put(key.as_str(), results::encode(letter))
             .await
         {
@@ -249,7 +269,7 @@ impl Queue {
 
     pub async fn dead_letter(&self, task: &TaskId) -> Result<Option<DeadLetter>, Error> {
         let key = task.to_string();
-        match self.dead_letters.get(key.as_str()).await {
+        match self.dead_letters_bucket()?.get(key.as_str()).await {
             Ok(Some(bytes)) => results::decode("dead letter", &bytes).map(Some),
             Ok(None) => Ok(None),
             Err(source) => Err(Error::Read {
@@ -261,7 +281,7 @@ impl Queue {
 
     pub async fn remove_dead_letter(&self, task: &TaskId) -> Result<(), Error> {
         let key = task.to_string();
-        self.dead_letters
+        self.dead_letters_bucket()?
             .purge(key.as_str())
             .await
             .map_err(|source| Error::Write {
@@ -278,7 +298,7 @@ impl Queue {
             source,
         };
         let keys: Vec<String> = self
-            .dead_letters
+            .dead_letters_bucket()?
             .keys()
             .await
             .map_err(|e| list_error(e.into()))?
@@ -300,7 +320,7 @@ impl Queue {
     ) -> Result<(), Error> {
         let key = endpoint.to_string();
         match self
-            .policies
+            .policies_bucket()?
             .put(key.as_str(), results::encode(policy))
             .await
         {
@@ -317,7 +337,7 @@ impl Queue {
         endpoint: &EndpointId,
     ) -> Result<Option<CallbackPolicy>, Error> {
         let key = endpoint.to_string();
-        match self.policies.get(key.as_str()).await {
+        match self.policies_bucket()?.get(key.as_str()).await {
             Ok(Some(bytes)) => results::decode("callback policy", &bytes).map(Some),
             Ok(None) => Ok(None),
             Err(source) => Err(Error::Read {
@@ -330,7 +350,7 @@ impl Queue {
     /// Removes an endpoint's callback policy, and with it the endpoint's sealed secrets.
     pub async fn delete_callback_policy(&self, endpoint: &EndpointId) -> Result<(), Error> {
         let key = endpoint.to_string();
-        self.policies
+        self.policies_bucket()?
             .purge(key.as_str())
             .await
             .map_err(|source| Error::Write {
@@ -344,7 +364,7 @@ impl Queue {
         &self,
     ) -> Result<impl Stream<Item = EndpointId> + use<>, Error> {
         let watch = self
-            .policies
+            .policies_bucket()?
             .watch_all()
             .await
             .map_err(|source| Error::Receive {

@@ -27,10 +27,21 @@ pub(super) async fn ensure_bucket(
         description: "ferry task records, callback states and idempotency keys".into(),
         history: 1,
         max_age: settings.result_retention,
+        max_value_size: super::limits::RECORD_MAX_BYTES,
         num_replicas: settings.replicas,
         ..Default::default()
     };
     super::ensure_bucket(js, config).await
+}
+
+/// The results bucket as it stands, for a role that may not create or change it.
+pub(super) async fn bind_bucket(js: &jetstream::Context) -> Result<kv::Store, Error> {
+    js.get_key_value(names::RESULTS_BUCKET)
+        .await
+        .map_err(|source| Error::EnsureBucket {
+            bucket: names::RESULTS_BUCKET.into(),
+            source: source.into(),
+        })
 }
 
 pub(super) fn encode<T: Serialize + Clone>(value: &T) -> Bytes {
@@ -99,6 +110,20 @@ impl Queue {
                 key,
                 source: source.into(),
             }),
+        }
+    }
+
+    /// Removes the record this writer created at `revision` for a task that was never queued;
+    /// a record changed since is left alone. Best effort: a record left behind says PENDING
+    /// until it expires, for a task id no client was given.
+    pub(super) async fn forget_task_record(&self, task: &TaskId, revision: u64) {
+        let key = names::record_key(task);
+        if let Err(error) = self
+            .results
+            .purge_expect_revision(key.as_str(), Some(revision))
+            .await
+        {
+            tracing::warn!(%error, task_id = %task, "removing the record of a refused task failed");
         }
     }
 

@@ -104,6 +104,10 @@ impl Queue {
             subjects: vec![names::tasks_subject(&spec.endpoint_id)],
             retention: RetentionPolicy::WorkQueue,
             max_age: spec.task_expiry,
+            max_messages: self.settings.task_limits.max_tasks,
+            max_bytes: self.settings.task_limits.stream_max_bytes(),
+            // A full queue refuses new tasks: it never drops accepted ones.
+            discard: stream::DiscardPolicy::New,
             duplicate_window: DUPLICATE_WINDOW.min(spec.task_expiry),
             num_replicas: self.settings.replicas,
             ..Default::default()
@@ -222,7 +226,14 @@ impl Queue {
             record_revision,
             ..task.clone()
         };
-        self.publish_task(&task).await?;
+        if let Err(error) = self.publish_task(&task).await {
+            if let (Error::Full { .. }, Some(revision)) = (&error, record_revision) {
+                // Refused, so never queued: a repeat with the same idempotency key finds no
+                // record and queues the task under the claimed id.
+                self.forget_task_record(&task_id, revision).await;
+            }
+            return Err(error);
+        }
         self.announce_arrival(&task.endpoint_id).await;
         Ok(Submission { task_id, duplicate })
     }
@@ -244,16 +255,17 @@ impl Queue {
         let message = PublishMessage::build()
             .payload(results::encode(task))
             .message_id(task.task_id.as_str());
-        let publish = async {
-            self.js
-                .send_publish(subject.clone(), message)
-                .await?
-                .await?;
-            Ok::<_, async_nats::Error>(())
-        };
-        publish
-            .await
-            .map_err(|source| Error::Publish { subject, source })
+        let publish = async { self.js.send_publish(subject.clone(), message).await?.await };
+        match publish.await {
+            Ok(_) => Ok(()),
+            Err(error) if super::limits::is_full(&error) => Err(Error::Full {
+                endpoint: task.endpoint_id.clone(),
+            }),
+            Err(error) => Err(Error::Publish {
+                subject,
+                source: error.into(),
+            }),
+        }
     }
 
     /// A puller of the endpoint's tasks.

@@ -128,7 +128,7 @@ fn evaluate(
 #[tokio::test]
 async fn the_autoscaler_sets_the_scale_subresource_from_the_backlog() {
     let (nats, queue) = start_nats().await;
-    let (ctx, mut server) = super::context(&nats.url);
+    let (ctx, mut server) = super::context(&nats.connection);
     let (registry, metrics) = metrics();
     let endpoint = scaled(EndpointType::Async, 0, 3, 2);
     queue
@@ -215,7 +215,7 @@ async fn the_autoscaler_sets_the_scale_subresource_from_the_backlog() {
 #[tokio::test]
 async fn a_sync_endpoint_wakes_at_its_first_load_report_and_times_the_wake() {
     let (nats, queue) = start_nats().await;
-    let (ctx, mut server) = super::context(&nats.url);
+    let (ctx, mut server) = super::context(&nats.connection);
     let (registry, metrics) = metrics();
     let mut endpoint = scaled(EndpointType::Sync, 0, 4, 2);
     endpoint.status = Some(idle_status());
@@ -305,7 +305,7 @@ async fn a_sync_endpoint_wakes_at_its_first_load_report_and_times_the_wake() {
 #[tokio::test]
 async fn the_loop_scales_a_sync_endpoint_when_a_gateway_reports_requests() {
     let (nats, queue) = start_nats().await;
-    let (ctx, mut server) = super::context(&nats.url);
+    let (ctx, mut server) = super::context(&nats.connection);
     let (registry, metrics) = metrics();
     let mut endpoint = scaled(EndpointType::Sync, 0, 4, 2);
     endpoint.status = Some(idle_status());
