@@ -52,10 +52,20 @@ pub enum Role {
     Operator(OperatorArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
+    /// Generate NATS authorization: the server's configuration, a `.creds` file per role with
+    /// that role's subject permissions, and the account signing seed.
+    NatsAuth(NatsAuthArgs),
     /// Measure a running gateway: submit tasks and time their callbacks.
     Bench(BenchArgs),
     /// Serve the benchmark's instant model (x + len(y)) on 0.0.0.0:$PORT.
     BenchModel(BenchModelArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct NatsAuthArgs {
+    /// Directory to write into (it must exist); files are readable by their owner only.
+    #[arg(long, env = "FERRY_NATS_AUTH_OUT")]
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -298,6 +308,10 @@ pub struct GuardArgs {
     /// Fixed DNS answers for callback hosts, as HOST=IP pairs (split-horizon DNS, tests).
     #[arg(long, env = "FERRY_CALLBACK_RESOLVE", value_delimiter = ',')]
     pub callback_resolve: Vec<String>,
+    /// Seconds a DNS lookup of a callback host may take before the URL is refused for now
+    /// (503 at submission, a retried attempt at delivery).
+    #[arg(long = "callback-dns-timeout-seconds", env = "FERRY_CALLBACK_DNS_TIMEOUT_SECONDS", default_value = "5", value_parser = parse_positive_seconds)]
+    pub callback_dns_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -336,7 +350,7 @@ impl GuardArgs {
                 .or_default()
                 .push(ip);
         }
-        Ok(Guard::new(allowed, overrides))
+        Ok(Guard::new(allowed, overrides).with_lookup_timeout(self.callback_dns_timeout))
     }
 }
 

@@ -181,7 +181,12 @@ pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Resul
     let settings = settings(&args);
     let context = Arc::new(Context::new(
         client.clone(),
-        QueueConnection::new(args.nats.connection()?, queue_settings),
+        QueueConnection::new(
+            args.nats
+                .connection()?
+                .for_role(crate::queue::Role::Operator),
+            queue_settings,
+        ),
         settings,
         args.resync,
         metrics.clone(),
