@@ -426,6 +426,12 @@ async fn a_serving_worker_takes_only_the_gateways_tasks_for_its_own_endpoint() {
     const OWN: &str = "end_00000000000000000000";
     const OTHER: &str = "end_11111111111111111111";
     let nats = Nats::start().await;
+    // A forwarder ensures no shared bucket: a role that does prepares the server first.
+    let mut prepare = Process::spawn(
+        &["dispatcher", "--check-config"],
+        &[("FERRY_NATS_URL", &nats.url)],
+    );
+    assert!(prepare.wait_exit(TASK_TIMEOUT).await.success());
     let model = ModelProcess::start("return 200, args['x'] * 10").await;
     let listen = format!("127.0.0.1:{}", free_port());
     let _worker = Process::spawn(

@@ -289,6 +289,14 @@ async fn deleting_removes_the_queue_then_releases_the_finalizer() {
         .ensure_endpoint(&QueueSpec::for_endpoint(&deleting))
         .await
         .expect("queue");
+    let policy = crate::task::CallbackPolicy {
+        allowed_hosts: vec!["hooks.example".into()],
+        ..Default::default()
+    };
+    queue
+        .put_callback_policy(&deleting.endpoint_id(), &policy)
+        .await
+        .expect("policy");
     deleting.metadata.deletion_timestamp = Some(
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
     );
@@ -300,6 +308,14 @@ async fn deleting_removes_the_queue_then_releases_the_finalizer() {
     assert!(
         queue.backlog(&deleting.endpoint_id()).await.is_err(),
         "the stream is gone before the finalizer is released"
+    );
+    assert_eq!(
+        queue
+            .callback_policy(&deleting.endpoint_id())
+            .await
+            .expect("readable"),
+        None,
+        "the policy, with the endpoint's sealed secrets, goes with the queue"
     );
     let seen = server.expect(Method::PATCH, ENDPOINT).await;
     assert_eq!(

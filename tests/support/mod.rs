@@ -232,6 +232,11 @@ impl Dev {
         if let Some(url) = nats_url {
             args.extend(["--nats-url".into(), url.into()]);
         }
+        // The ring the test's own gateways and dispatchers hold too.
+        args.extend([
+            "--seal-key-file".into(),
+            seal_key_file().display().to_string(),
+        ]);
         args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let process = Process::spawn(&args, &[]);

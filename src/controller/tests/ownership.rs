@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 
 use super::super::fixtures::{ApiServer, endpoint, finalized};
 use super::{
-    DEPLOYMENT, SERVICE, condition, finish, serve_bundle, serve_deployment_apply,
-    serve_status_apply, start_nats, start_reconcile, unreachable_nats,
+    DEPLOYMENT, SERVICE, WORKER_SECRET, condition, finish, serve_bundle, serve_deployment_apply,
+    serve_status_apply, serve_worker_secret_apply, start_nats, start_reconcile, unreachable_nats,
 };
 use crate::crd::{CallbackPolicySpec, EndpointType, SecretKeySelector};
 
@@ -44,16 +44,20 @@ async fn expect_clash_reported(server: &mut ApiServer, kind: &str) {
 }
 
 /// Reconciles an endpoint of `endpoint_type` whose child at `path` is someone else's `kind`
-/// (the Deployment, if `path` is not its, is absent): that child is checked and not written
-/// (the next request is the status), and the clash is reported.
+/// (the children applied before it are absent): that child is checked and not written (the
+/// next request is the status), and the clash is reported.
 async fn clash_on(endpoint_type: EndpointType, path: &str, api_version: &str, kind: &str) {
     let (ctx, mut server) = super::super::fixtures::context(&unreachable_nats());
     let mut endpoint = finalized(endpoint());
     endpoint.spec.endpoint_type = endpoint_type;
     let reconcile = start_reconcile(endpoint, &ctx);
     serve_bundle(&mut server).await;
-    if path != DEPLOYMENT {
-        serve_deployment_apply(&mut server, None).await;
+    match path {
+        WORKER_SECRET => {}
+        DEPLOYMENT => serve_worker_secret_apply(&mut server).await,
+        _ => {
+            serve_deployment_apply(&mut server, None).await;
+        }
     }
     let check = server.expect(Method::GET, path).await;
     check.ok(&foreign(api_version, kind));
@@ -65,6 +69,11 @@ async fn clash_on(endpoint_type: EndpointType, path: &str, api_version: &str, ki
 #[tokio::test]
 async fn a_deployment_ferry_does_not_own_is_neither_applied_nor_taken_over() {
     clash_on(EndpointType::Async, DEPLOYMENT, "apps/v1", "Deployment").await;
+}
+
+#[tokio::test]
+async fn a_worker_secret_ferry_does_not_own_is_neither_applied_nor_taken_over() {
+    clash_on(EndpointType::Sync, WORKER_SECRET, "v1", "Secret").await;
 }
 
 #[tokio::test]
