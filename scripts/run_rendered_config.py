@@ -27,7 +27,7 @@ import yaml
 
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 # Values a cluster would supply from a Secret the rendered output does not hold.
-SECRET_PLACEHOLDERS = {"FERRY_API_KEYS": "placeholder-key=team-a"}
+SECRET_PLACEHOLDERS = {"FERRY_API_KEYS": "placeholder-key-0123456789abcdef=team-a"}
 NATS_URL_VARIABLE = "FERRY_NATS_URL"
 
 

@@ -13,6 +13,7 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 const NAMESPACE: &str = "team-a";
+const TEAM_A_KEY: &str = "team-a-key-0123456789abcdef";
 
 async fn call(
     http: &reqwest::Client,
@@ -20,7 +21,7 @@ async fn call(
     url: String,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = http.request(method, url).basic_auth("key-a", Some(""));
+    let mut request = http.request(method, url).basic_auth(TEAM_A_KEY, Some(""));
     if let Some(body) = body {
         request = request.json(&body);
     }
@@ -41,7 +42,7 @@ async fn launch_creates_become_resources_and_watched_resources_are_listed() {
             ("KUBECONFIG", kubeconfig.as_str()),
             ("FERRY_NATS_URL", nats.url.as_str()),
             ("FERRY_LISTEN", listen.as_str()),
-            ("FERRY_API_KEYS", "key-a=team-a"),
+            ("FERRY_API_KEYS", &format!("{TEAM_A_KEY}=team-a")),
             // A fixed answer: no DNS lookup leaves the machine, and no worker ever runs the
             // task, so nothing is sent there.
             ("FERRY_CALLBACK_RESOLVE", "hooks.example.com=203.0.113.10"),

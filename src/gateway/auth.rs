@@ -1,16 +1,31 @@
 //! API keys: HTTP Basic with the key as user name (the Launch client's way) or a Bearer token.
 //! Each key belongs to a team, and a team sees the resources of the namespace of its name.
-
-use std::collections::HashMap;
+//! Keys are at least [`MIN_KEY_LENGTH`] characters, kept only as SHA-256 digests, and a
+//! presented key is compared with every one of them in constant time, so neither the timing of
+//! an answer nor an error message tells anything about a configured key.
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use base64::Engine;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::{AppState, error::AppError};
 
+/// The fewest characters a configured API key may have.
+pub const MIN_KEY_LENGTH: usize = 24;
+
+/// A configured entry that cannot be used. Messages name the entry by position (1-based) and
+/// team, never by its key.
 #[derive(Debug, thiserror::Error)]
-#[error("API key entry `{0}` is not KEY=TEAM")]
-pub struct ParseKeysError(String);
+pub enum ParseKeysError {
+    #[error("API key entry #{position} is not KEY=TEAM")]
+    Malformed { position: usize },
+    #[error(
+        "API key #{position} (team `{team}`) is shorter than {MIN_KEY_LENGTH} characters; use a \
+         random key of at least {MIN_KEY_LENGTH}"
+    )]
+    TooShort { position: usize, team: String },
+}
 
 /// Who may call the API.
 #[derive(Clone, Debug)]
@@ -18,7 +33,24 @@ pub enum ApiKeys {
     /// Any key is accepted and sees every namespace (`ferry dev` without configured keys).
     AnyKey,
     /// Only these keys, each scoped to its team's namespace.
-    Teams(HashMap<String, String>),
+    Teams(Vec<TeamKey>),
+}
+
+/// A configured key, as its digest, and the team it belongs to.
+#[derive(Clone)]
+pub struct TeamKey {
+    digest: [u8; 32],
+    team: String,
+}
+
+impl std::fmt::Debug for TeamKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TeamKey({}, ..)", self.team)
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
 }
 
 impl ApiKeys {
@@ -27,24 +59,44 @@ impl ApiKeys {
         if entries.is_empty() && open_when_empty {
             return Ok(ApiKeys::AnyKey);
         }
-        let mut teams = HashMap::new();
-        for entry in entries {
-            match entry.split_once('=') {
-                Some((key, team)) if !key.is_empty() && !team.is_empty() => {
-                    teams.insert(key.to_owned(), team.to_owned());
-                }
-                _ => return Err(ParseKeysError(entry.clone())),
+        let mut teams = Vec::with_capacity(entries.len());
+        for (index, entry) in entries.iter().enumerate() {
+            let position = index + 1;
+            let (key, team) = entry
+                .split_once('=')
+                .filter(|(key, team)| !key.is_empty() && !team.is_empty())
+                .ok_or(ParseKeysError::Malformed { position })?;
+            if key.chars().count() < MIN_KEY_LENGTH {
+                return Err(ParseKeysError::TooShort {
+                    position,
+                    team: team.to_owned(),
+                });
             }
+            teams.push(TeamKey {
+                digest: digest(key),
+                team: team.to_owned(),
+            });
         }
         Ok(ApiKeys::Teams(teams))
     }
 
+    /// The caller a presented key identifies. Every configured key is compared, each in constant
+    /// time, whichever matches.
     fn principal(&self, key: &str) -> Option<Principal> {
         match self {
             ApiKeys::AnyKey => Some(Principal { namespace: None }),
-            ApiKeys::Teams(teams) => teams.get(key).map(|team| Principal {
-                namespace: Some(team.clone()),
-            }),
+            ApiKeys::Teams(teams) => {
+                let presented = digest(key);
+                let mut found = None;
+                for team_key in teams {
+                    if bool::from(team_key.digest.ct_eq(&presented)) {
+                        found = Some(&team_key.team);
+                    }
+                }
+                found.map(|team| Principal {
+                    namespace: Some(team.clone()),
+                })
+            }
         }
     }
 }
@@ -117,18 +169,57 @@ mod tests {
         assert_eq!(api_key_from_header("Bearer "), None);
     }
 
+    const ML_KEY: &str = "ml-team-key-0123456789abcdef";
+    const OPS_KEY: &str = "ops-team-key-0123456789abcdef";
+
     #[test]
     fn keys_map_to_their_team_namespace() {
-        let keys = ApiKeys::parse(&["k1=ml".into()], true).expect("parses");
+        let entries = [format!("{ML_KEY}=ml"), format!("{OPS_KEY}=ops")];
+        let keys = ApiKeys::parse(&entries, true).expect("parses");
         assert_eq!(
-            keys.principal("k1").and_then(|p| p.namespace),
+            keys.principal(ML_KEY).and_then(|p| p.namespace),
             Some("ml".into())
         );
-        assert!(keys.principal("k2").is_none());
+        assert_eq!(
+            keys.principal(OPS_KEY).and_then(|p| p.namespace),
+            Some("ops".into())
+        );
+        assert!(keys.principal("ml-team-key-0123456789abcdeX").is_none());
+        assert!(keys.principal(&ML_KEY[..MIN_KEY_LENGTH - 1]).is_none());
         assert!(ApiKeys::parse(&["novalue".into()], true).is_err());
         assert!(matches!(ApiKeys::parse(&[], true), Ok(ApiKeys::AnyKey)));
         assert!(
             matches!(ApiKeys::parse(&[], false), Ok(ApiKeys::Teams(teams)) if teams.is_empty())
         );
+    }
+
+    #[test]
+    fn short_keys_are_refused_by_position_and_team_without_showing_them() {
+        let short = "short-key-of-23-chars-x";
+        assert_eq!(short.len(), MIN_KEY_LENGTH - 1);
+        let entries = [format!("{ML_KEY}=ml"), format!("{short}=ops")];
+        let error = ApiKeys::parse(&entries, false)
+            .expect_err("a short key")
+            .to_string();
+        assert!(error.contains("#2") && error.contains("`ops`"), "{error}");
+        assert!(error.contains("shorter than 24 characters"), "{error}");
+        assert!(!error.contains(short), "{error}");
+        let exact = format!("{}=ops", &ML_KEY[..MIN_KEY_LENGTH]);
+        assert!(ApiKeys::parse(&[exact], false).is_ok());
+    }
+
+    #[test]
+    fn malformed_entries_are_refused_without_showing_them() {
+        let secretish = "a-long-secret-without-a-team-1234";
+        for entry in [
+            secretish.to_owned(),
+            format!("={secretish}"),
+            format!("{secretish}="),
+        ] {
+            let error = ApiKeys::parse(&[format!("{ML_KEY}=ml"), entry], false)
+                .expect_err("malformed")
+                .to_string();
+            assert_eq!(error, "API key entry #2 is not KEY=TEAM");
+        }
     }
 }

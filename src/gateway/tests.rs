@@ -16,6 +16,9 @@ use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::crd::{ModelBundle, ModelEndpoint};
 use crate::dev::nats::{self, NatsServer};
 
+/// The fixture's API key, of team-a.
+const KEY_A: &str = "team-a-key-0123456789abcdef";
+
 /// Remembers what the API asked to write.
 #[derive(Default)]
 struct Recorder {
@@ -63,7 +66,7 @@ async fn fixture(writable: bool) -> Fixture {
         demand: super::Demand::new("test".into()),
         queue,
         guard: Guard::default(),
-        keys: Arc::new(ApiKeys::parse(&["key-a=team-a".into()], false).expect("keys")),
+        keys: Arc::new(ApiKeys::parse(&[format!("{KEY_A}=team-a")], false).expect("keys")),
         metrics: GatewayMetrics::register(&mut registry),
     };
     Fixture {
@@ -120,7 +123,7 @@ fn create_body(name: &str) -> String {
 #[tokio::test]
 async fn requests_are_counted_by_route_template_and_status_class() {
     let fixture = fixture(true).await;
-    let key = Some("key-a");
+    let key = Some(KEY_A);
     send(&fixture.state, "GET", "/v1/model-endpoints", key, "").await;
     send(&fixture.state, "GET", "/v1/model-endpoints", key, "").await;
     send(
@@ -178,7 +181,7 @@ async fn unknown_keys_get_401_with_a_challenge() {
 async fn errors_map_to_status_codes_with_a_detail() {
     let fixture = fixture(true).await;
     let state = &fixture.state;
-    let key = Some("key-a");
+    let key = Some(KEY_A);
     let (status, body, _) = send(
         state,
         "GET",
@@ -222,7 +225,7 @@ async fn creates_are_validated_before_anything_is_written() {
         &fixture.state,
         "POST",
         "/v1/model-endpoints",
-        Some("key-a"),
+        Some(KEY_A),
         &create_body("Bad_Name"),
     )
     .await;
@@ -237,7 +240,7 @@ async fn creates_are_validated_before_anything_is_written() {
         &fixture.state,
         "POST",
         "/v1/model-endpoints",
-        Some("key-a"),
+        Some(KEY_A),
         &create_body("demo"),
     )
     .await;
@@ -259,7 +262,7 @@ async fn a_read_only_gateway_refuses_changes() {
         &fixture.state,
         "POST",
         "/v1/model-endpoints",
-        Some("key-a"),
+        Some(KEY_A),
         &create_body("demo"),
     )
     .await;
@@ -274,7 +277,7 @@ async fn a_task_polled_after_a_stale_started_still_answers_its_outcome() {
         &fixture.state,
         "POST",
         "/v1/model-endpoints",
-        Some("key-a"),
+        Some(KEY_A),
         &create_body("poller"),
     )
     .await;
@@ -301,7 +304,7 @@ async fn a_task_polled_after_a_stale_started_still_answers_its_outcome() {
         .await
         .expect("stale started");
     let uri = format!("/v1/async-tasks/{task}");
-    let (status, body, _) = send(&fixture.state, "GET", &uri, Some("key-a"), "").await;
+    let (status, body, _) = send(&fixture.state, "GET", &uri, Some(KEY_A), "").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "SUCCESS", "{body}");
     assert_eq!(body["result"], json!({"result": 7}));
@@ -311,7 +314,7 @@ async fn a_task_polled_after_a_stale_started_still_answers_its_outcome() {
 async fn task_bodies_must_be_json_objects() {
     let fixture = fixture(true).await;
     let state = &fixture.state;
-    let key = Some("key-a");
+    let key = Some(KEY_A);
     let mut ids = Vec::new();
     for (name, kind) in [("objects-async", "async"), ("objects-stream", "streaming")] {
         let mut body: Value = serde_json::from_str(&create_body(name)).expect("json");

@@ -18,7 +18,7 @@ use tokio::process::{Child, Command};
 
 pub mod kube;
 
-pub const API_KEY: &str = "test-key";
+pub const API_KEY: &str = "test-key-0123456789abcdef";
 const STARTUP: Duration = Duration::from_secs(30);
 
 pub fn free_port() -> u16 {
