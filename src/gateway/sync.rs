@@ -253,6 +253,34 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Byte
     }
 }
 
+pub async fn submit_streaming_task(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<routes::EndpointQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let (endpoint, body, _) =
+        prepare(&state, &principal, query, body, &[EndpointType::Streaming]).await?;
+    let held = state.demand.hold(&endpoint.endpoint_id());
+    // A stream may run long: only connecting is bounded.
+    let response = reach_worker(&state, &endpoint, STREAM_PATH, body, None).await?;
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    // The request counts as demand until its stream ends.
+    let events = response.bytes_stream().map(move |chunk| {
+        let _ = &held;
+        chunk
+    });
+    let mut answer = (status, Body::from_stream(events)).into_response();
+    if let Some(content_type) = content_type {
+        answer
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
+    }
+    Ok(answer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,32 +327,4 @@ mod tests {
             );
         }
     }
-}
-
-pub async fn submit_streaming_task(
-    State(state): State<AppState>,
-    principal: Principal,
-    Query(query): Query<routes::EndpointQuery>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, AppError> {
-    let (endpoint, body, _) =
-        prepare(&state, &principal, query, body, &[EndpointType::Streaming]).await?;
-    let held = state.demand.hold(&endpoint.endpoint_id());
-    // A stream may run long: only connecting is bounded.
-    let response = reach_worker(&state, &endpoint, STREAM_PATH, body, None).await?;
-    let status =
-        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-    // The request counts as demand until its stream ends.
-    let events = response.bytes_stream().map(move |chunk| {
-        let _ = &held;
-        chunk
-    });
-    let mut answer = (status, Body::from_stream(events)).into_response();
-    if let Some(content_type) = content_type {
-        answer
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, content_type);
-    }
-    Ok(answer)
 }
