@@ -376,7 +376,7 @@ async fn a_full_task_queue_refuses_with_429_and_keeps_every_accepted_task() {
     .await
     .expect("connects");
     let state = &fixture.state;
-    let key = Some("key-a");
+    let key = Some(KEY_A);
     let (status, answer, _) = send(
         state,
         "POST",
@@ -431,7 +431,7 @@ async fn a_full_task_queue_refuses_with_429_and_keeps_every_accepted_task() {
             .method("POST")
             .uri(&uri)
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::AUTHORIZATION, "Bearer key-a")
+            .header(header::AUTHORIZATION, format!("Bearer {KEY_A}"))
             .header(super::routes::IDEMPOTENCY_KEY, "again")
             .body(Body::from(r#"{"args": {"x": 9}}"#))
             .expect("request")
