@@ -368,7 +368,15 @@ pub async fn run(args: DispatcherArgs, cancel: CancellationToken) -> anyhow::Res
         result_retention: args.nats.result_retention,
         ..Default::default()
     };
-    let queue = Queue::connect(&args.nats.connection()?, settings, Duration::from_secs(30)).await?;
+    let queue = Queue::connect(
+        &args
+            .nats
+            .connection()?
+            .for_role(crate::queue::Role::Dispatcher),
+        settings,
+        Duration::from_secs(30),
+    )
+    .await?;
     let mut registry = crate::metrics::registry();
     let metrics = DispatcherMetrics::register(&mut registry);
     let readiness = Readiness::default();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::CommandFactory;
 
 use crate::cli::{Cli, NatsArgs, Role};
-use crate::queue::{Queue, QueueSettings};
+use crate::queue::{Queue, QueueSettings, Role as QueueRole};
 
 /// How long the check waits for the NATS server to answer.
 const NATS_WAIT: Duration = Duration::from_secs(10);
@@ -24,30 +24,31 @@ pub enum Error {
 }
 
 pub async fn run(role: Role) -> anyhow::Result<()> {
-    let (name, nats) = match &role {
+    let (name, nats, queue_role) = match &role {
         Role::Gateway(args) => {
             crate::gateway::config(args)?;
-            ("gateway", &args.nats)
+            ("gateway", &args.nats, QueueRole::Gateway)
         }
         Role::Forwarder(args) => {
             crate::forwarder::config(args)?;
-            ("forwarder", &args.nats)
+            ("forwarder", &args.nats, QueueRole::Forwarder)
         }
         Role::Dispatcher(args) => {
             crate::callback::clients(args)?;
-            ("dispatcher", &args.nats)
+            ("dispatcher", &args.nats, QueueRole::Dispatcher)
         }
         Role::Operator(args) => {
             crate::controller::settings(args);
-            ("operator", &args.nats)
+            ("operator", &args.nats, QueueRole::Operator)
         }
         Role::Dev(_) => return Err(Error::Role("dev").into()),
         Role::Crd => return Err(Error::Role("crd").into()),
+        Role::NatsAuth(_) => return Err(Error::Role("nats-auth").into()),
         Role::Bench(_) => return Err(Error::Role("bench").into()),
         Role::BenchModel(_) => return Err(Error::Role("bench-model").into()),
     };
     check_env(name, std::env::vars().map(|(key, _)| key))?;
-    connect(nats).await?;
+    connect(nats, queue_role).await?;
     println!(
         "ferry {name}: configuration valid, NATS at {} reached",
         nats.url
@@ -82,12 +83,12 @@ fn check_env(role: &'static str, names: impl Iterator<Item = String>) -> Result<
 }
 
 /// Connects as the role would, which also checks that the server takes the retention.
-async fn connect(nats: &NatsArgs) -> anyhow::Result<()> {
+async fn connect(nats: &NatsArgs, role: QueueRole) -> anyhow::Result<()> {
     let settings = QueueSettings {
         result_retention: nats.result_retention,
         ..Default::default()
     };
-    Queue::connect(&nats.connection()?, settings, NATS_WAIT).await?;
+    Queue::connect(&nats.connection()?.for_role(role), settings, NATS_WAIT).await?;
     Ok(())
 }
 

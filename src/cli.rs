@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::callback::{DispatcherSettings, Guard, Timeouts};
+use crate::controller::build::WorkerNetworkPolicy;
 use crate::forwarder::env as forwarder_env;
 
 #[derive(Parser, Debug)]
@@ -51,10 +52,20 @@ pub enum Role {
     Operator(OperatorArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
+    /// Generate NATS authorization: the server's configuration, a `.creds` file per role with
+    /// that role's subject permissions, and the account signing seed.
+    NatsAuth(NatsAuthArgs),
     /// Measure a running gateway: submit tasks and time their callbacks.
     Bench(BenchArgs),
     /// Serve the benchmark's instant model (x + len(y)) on 0.0.0.0:$PORT.
     BenchModel(BenchModelArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct NatsAuthArgs {
+    /// Directory to write into (it must exist); files are readable by their owner only.
+    #[arg(long, env = "FERRY_NATS_AUTH_OUT")]
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -297,6 +308,10 @@ pub struct GuardArgs {
     /// Fixed DNS answers for callback hosts, as HOST=IP pairs (split-horizon DNS, tests).
     #[arg(long, env = "FERRY_CALLBACK_RESOLVE", value_delimiter = ',')]
     pub callback_resolve: Vec<String>,
+    /// Seconds a DNS lookup of a callback host may take before the URL is refused for now
+    /// (503 at submission, a retried attempt at delivery).
+    #[arg(long = "callback-dns-timeout-seconds", env = "FERRY_CALLBACK_DNS_TIMEOUT_SECONDS", default_value = "5", value_parser = parse_positive_seconds)]
+    pub callback_dns_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -335,7 +350,7 @@ impl GuardArgs {
                 .or_default()
                 .push(ip);
         }
-        Ok(Guard::new(allowed, overrides))
+        Ok(Guard::new(allowed, overrides).with_lookup_timeout(self.callback_dns_timeout))
     }
 }
 
@@ -422,6 +437,11 @@ pub struct OperatorArgs {
     /// Seconds the load must ask for fewer workers before an async endpoint is scaled in.
     #[arg(long = "scale-down-delay-seconds", env = "FERRY_SCALE_DOWN_DELAY_SECONDS", default_value = "120", value_parser = parse_seconds)]
     pub scale_down_delay: Duration,
+    /// Give every endpoint a default-deny NetworkPolicy over its workers, as JSON naming the
+    /// peers it admits: `{"gateway": [..], "nats": [..], "natsPort": 4222, "dns": [..]}`
+    /// (Kubernetes NetworkPolicyPeers). No policy when absent.
+    #[arg(long, env = "FERRY_WORKER_NETWORK_POLICY", value_parser = parse_worker_network_policy)]
+    pub worker_network_policy: Option<WorkerNetworkPolicy>,
     #[command(flatten)]
     pub lease: LeaseArgs,
     #[command(flatten)]
@@ -547,6 +567,10 @@ fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
         Duration::ZERO => Err("must be at least 1 second".into()),
         seconds => Ok(seconds),
     }
+}
+
+fn parse_worker_network_policy(text: &str) -> Result<WorkerNetworkPolicy, String> {
+    serde_json::from_str(text).map_err(|error| format!("not a worker NetworkPolicy: {error}"))
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -70,6 +70,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("applying NetworkPolicy {name}")]
+    ApplyNetworkPolicy {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("deleting Service {name}")]
     DeleteService {
         name: String,
@@ -96,6 +102,7 @@ impl Error {
             Error::GetSecret { .. } => "GetSecretFailed",
             Error::ApplyDeployment { .. } => "ApplyDeploymentFailed",
             Error::ApplyService { .. } => "ApplyServiceFailed",
+            Error::ApplyNetworkPolicy { .. } => "ApplyNetworkPolicyFailed",
             Error::DeleteService { .. } => "DeleteServiceFailed",
             Error::PatchStatus(_) => "PatchStatusFailed",
             Error::EnsureQueue(_) => reason::QUEUE_UNAVAILABLE,
@@ -121,6 +128,7 @@ impl Error {
             | Error::GetSecret { source, .. }
             | Error::ApplyDeployment { source, .. }
             | Error::ApplyService { source, .. }
+            | Error::ApplyNetworkPolicy { source, .. }
             | Error::DeleteService { source, .. }
             | Error::PatchStatus(source)
             | Error::ReleaseInvalid(source) => apply::is_rejected(source),
@@ -147,6 +155,7 @@ pub fn settings(args: &OperatorArgs) -> build::Settings {
         result_retention: args.nats.result_retention,
         predict_timeout: args.predict_timeout,
         gpu_node_label: args.gpu_node_label.clone(),
+        worker_network_policy: args.worker_network_policy.clone(),
     }
 }
 
@@ -172,7 +181,12 @@ pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Resul
     let settings = settings(&args);
     let context = Arc::new(Context::new(
         client.clone(),
-        QueueConnection::new(args.nats.connection()?, queue_settings),
+        QueueConnection::new(
+            args.nats
+                .connection()?
+                .for_role(crate::queue::Role::Operator),
+            queue_settings,
+        ),
         settings,
         args.resync,
         metrics.clone(),

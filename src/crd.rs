@@ -66,6 +66,12 @@ pub struct ModelBundleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^/"))]
     pub streaming_predict_route: Option<String>,
+    /// Lets the model container run as the user its image names, root included, for images
+    /// that cannot run as any other user. Off by default: the container must run as a non-root
+    /// user (a numeric `USER` in the image). Privilege escalation stays off and every
+    /// capability stays dropped either way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_as_root: bool,
 }
 
 fn default_port() -> u16 {
@@ -283,7 +289,7 @@ impl ModelEndpointSpec {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeySelector {
-    /// Name of the Secret.
+    /// Name of the Secret; it must carry the label `ferry.dev/callback-credentials: "true"`.
     pub name: String,
     /// Key within the Secret; `signingSecret` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -306,7 +312,8 @@ pub enum CallbackAuthKind {
 pub struct CallbackAuthRef {
     /// `basic` or `mtls`.
     pub kind: CallbackAuthKind,
-    /// Name of the Secret holding the credentials.
+    /// Name of the Secret holding the credentials; it must carry the label
+    /// `ferry.dev/callback-credentials: "true"`.
     pub secret_name: String,
 }
 

@@ -333,7 +333,12 @@ pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Resu
         result_retention: args.nats.result_retention,
         ..Default::default()
     };
-    let queue = Queue::connect(&args.nats.connection()?, settings, Duration::from_secs(30)).await?;
+    let queue = Queue::connect(
+        &args.nats.connection()?.for_role(queue::Role::Forwarder),
+        settings,
+        Duration::from_secs(30),
+    )
+    .await?;
     let mut registry = crate::metrics::registry();
     let metrics = ForwarderMetrics::register(&mut registry);
     let readiness = Readiness::default();

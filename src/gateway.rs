@@ -150,7 +150,10 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
         ..Default::default()
     };
     let queue = Queue::connect(
-        &args.nats.connection()?,
+        &args
+            .nats
+            .connection()?
+            .for_role(crate::queue::Role::Gateway),
         settings,
         std::time::Duration::from_secs(30),
     )

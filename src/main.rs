@@ -16,6 +16,7 @@ mod gateway;
 mod http_server;
 mod manifest;
 mod metrics;
+mod nats_auth;
 mod queue;
 mod task;
 mod telemetry;
@@ -51,6 +52,11 @@ async fn main() -> anyhow::Result<()> {
         Role::Operator(args) => controller::run(args, cancel).await,
         Role::Bench(args) => bench::run(args, cancel).await,
         Role::BenchModel(args) => bench::model::run(args, cancel).await,
+        Role::NatsAuth(args) => {
+            nats_auth::AuthSet::generate().write(&args.out)?;
+            println!("NATS authorization written to {}", args.out.display());
+            Ok(())
+        }
         Role::Crd => {
             print!("{}", crd_yaml()?);
             Ok(())

@@ -10,6 +10,7 @@ mod lease;
 mod limits;
 mod load;
 mod names;
+mod permissions;
 mod results;
 mod tasks;
 
@@ -21,6 +22,7 @@ pub use callbacks::{CALLBACK_LEASE_RENEWAL, CallbackDelivery};
 pub use connect::{ClientCert, ConfigError, Connection, Credentials, Tls};
 pub use lease::{Held, Puller, consume, keep_alive_while_held};
 pub use limits::QueueLimits;
+pub use permissions::{Role, permissions};
 pub use results::RecordAt;
 pub use tasks::{Backlog, MAX_TASK_ATTEMPTS, QueueSpec, TaskDelivery};
 
@@ -99,6 +101,8 @@ pub enum Error {
         #[source]
         source: NatsError,
     },
+    #[error("the {role:?} role holds no {bucket} bucket")]
+    NotHeld { role: Role, bucket: &'static str },
     #[error("decoding {what}")]
     Decode {
         what: &'static str,
@@ -133,15 +137,16 @@ impl Default for QueueSettings {
 pub struct Queue {
     js: jetstream::Context,
     results: kv::Store,
-    dead_letters: kv::Store,
-    policies: kv::Store,
+    /// Absent for a forwarder, which may not read them.
+    dead_letters: Option<kv::Store>,
+    policies: Option<kv::Store>,
     settings: QueueSettings,
     notices: std::sync::Arc<arrivals::Notices>,
 }
 
 impl Queue {
     /// Connects (retrying while the server starts, for up to `wait`) and ensures the shared
-    /// results bucket and callbacks streams exist.
+    /// results bucket and callbacks streams exist; a forwarder only binds the results bucket.
     pub async fn connect(
         connection: &Connection,
         settings: QueueSettings,
@@ -149,11 +154,13 @@ impl Queue {
     ) -> Result<Self, Error> {
         let client = connect::connect_with_retry(connection, wait).await?;
         let js = jetstream::new(client);
-        let results = results::ensure_bucket(&js, &settings).await?;
-        let callbacks::Buckets {
-            dead_letters,
-            policies,
-        } = callbacks::ensure(&js, &settings).await?;
+        let (results, dead_letters, policies) = if connection.role().ensures_shared() {
+            let results = results::ensure_bucket(&js, &settings).await?;
+            let buckets = callbacks::ensure(&js, &settings).await?;
+            (results, Some(buckets.dead_letters), Some(buckets.policies))
+        } else {
+            (results::bind_bucket(&js).await?, None, None)
+        };
         Ok(Queue {
             js,
             results,

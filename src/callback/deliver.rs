@@ -305,6 +305,10 @@ fn classify_error(error: &reqwest::Error) -> Failure {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
         if let Some(refusal) = cause.downcast_ref::<Refusal>() {
+            // A slow DNS answer is retried like any other failed connection.
+            if refusal.is_transient() {
+                return Failure::Transport(refusal.to_string());
+            }
             return Failure::Refused(refusal.clone());
         }
         source = cause.source();

@@ -3,8 +3,10 @@
 //! inside any IPv6 form, unless the operator allows those ranges. Names
 //! are resolved by ferry, every address is vetted, and the connection goes to a vetted address
 //! (reqwest uses [`VettingResolver`], so a second DNS answer cannot rebind it). A failed lookup
-//! refuses the URL. The gateway checks on submission, the dispatcher on every attempt; lookups
-//! are shared for a few seconds ([`cache`]), their answers vetted on every use.
+//! refuses the URL, and so does one that takes longer than the guard's lookup timeout. The
+//! gateway checks on submission, the dispatcher on every attempt; lookups are shared for a few
+//! seconds ([`cache`]), their answers vetted on every use. A refusal names the rule a URL
+//! breaks, never the internal address it resolved to.
 
 mod cache;
 mod ranges;
@@ -12,6 +14,7 @@ mod ranges;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use url::Url;
@@ -31,8 +34,31 @@ pub enum Refusal {
     HostNotAllowed { host: String },
     #[error("host {host} could not be resolved")]
     Unresolvable { host: String },
-    #[error("resolves to {ip}, a {kind} address, which callbacks may not reach")]
-    Forbidden { ip: IpAddr, kind: &'static str },
+    #[error("host {host} did not resolve within {} s", timeout.as_secs_f64())]
+    LookupTimedOut { host: String, timeout: Duration },
+    #[error("resolves to a {kind} address, which callbacks may not reach")]
+    Forbidden { kind: &'static str },
+}
+
+impl Refusal {
+    /// True when the same URL may pass later (DNS was slow), rather than being refused for good.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Refusal::LookupTimedOut { .. })
+    }
+}
+
+/// How long a DNS lookup of a callback host may take when none is configured.
+pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where names are looked up.
+#[derive(Clone, Copy, Debug, Default)]
+enum Lookup {
+    /// The system resolver.
+    #[default]
+    System,
+    /// A resolver that never answers.
+    #[cfg(test)]
+    Stalled,
 }
 
 /// Which addresses callbacks may reach beyond the public internet.
@@ -43,6 +69,8 @@ pub struct Guard {
     /// Fixed answers for names, consulted before DNS (split-horizon set-ups and tests).
     overrides: Arc<HashMap<String, Vec<IpAddr>>>,
     recent: Arc<cache::DnsCache>,
+    lookup: Lookup,
+    lookup_timeout: Option<Duration>,
 }
 
 impl Guard {
@@ -50,8 +78,30 @@ impl Guard {
         Guard {
             allowed,
             overrides: Arc::new(overrides),
-            recent: Arc::default(),
+            ..Guard::default()
         }
+    }
+
+    /// The same guard, giving up on a DNS lookup after `timeout`.
+    pub fn with_lookup_timeout(self, timeout: Duration) -> Self {
+        Guard {
+            lookup_timeout: Some(timeout),
+            ..self
+        }
+    }
+
+    /// A guard whose DNS lookups never answer, giving up after `timeout`.
+    #[cfg(test)]
+    pub fn stalled(timeout: Duration) -> Self {
+        Guard {
+            lookup: Lookup::Stalled,
+            ..Guard::default()
+        }
+        .with_lookup_timeout(timeout)
+    }
+
+    fn lookup_timeout(&self) -> Duration {
+        self.lookup_timeout.unwrap_or(DEFAULT_LOOKUP_TIMEOUT)
     }
 
     /// The refusal an address earns, if any.
@@ -59,7 +109,7 @@ impl Guard {
         let ip = canonical(ip);
         match forbidden_kind(ip) {
             Some(kind) if !self.allowed.iter().any(|net| net.contains(&ip)) => {
-                Err(Refusal::Forbidden { ip, kind })
+                Err(Refusal::Forbidden { kind })
             }
             _ => Ok(()),
         }
@@ -73,7 +123,16 @@ impl Guard {
         };
         let ips = match self.overrides.get(host) {
             Some(ips) => ips.clone(),
-            None => self.look_up(host).await.ok_or_else(unresolvable)?,
+            None => {
+                let timeout = self.lookup_timeout();
+                tokio::time::timeout(timeout, self.look_up(host))
+                    .await
+                    .map_err(|_| Refusal::LookupTimedOut {
+                        host: host.to_owned(),
+                        timeout,
+                    })?
+                    .ok_or_else(unresolvable)?
+            }
         };
         if ips.is_empty() {
             return Err(unresolvable());
@@ -93,8 +152,15 @@ impl Guard {
         if let Some(ips) = self.recent.get(host, now) {
             return Some(ips);
         }
-        let addrs = tokio::net::lookup_host((host, 0)).await.ok()?;
-        let ips: Vec<IpAddr> = addrs.map(|addr| addr.ip()).collect();
+        let ips: Vec<IpAddr> = match self.lookup {
+            Lookup::System => tokio::net::lookup_host((host, 0))
+                .await
+                .ok()?
+                .map(|addr| addr.ip())
+                .collect(),
+            #[cfg(test)]
+            Lookup::Stalled => std::future::pending().await,
+        };
         if !ips.is_empty() {
             self.recent.put(host, ips.clone(), now);
         }
@@ -309,5 +375,47 @@ mod tests {
             Err(Refusal::Unresolvable { .. })
         ));
         assert!(guard.vet_url("http://127.0.0.1:9/", &[]).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_that_never_answers_is_refused_at_the_timeout() {
+        let guard = Guard::stalled(Duration::from_secs(2));
+        let refused = guard
+            .vet_url("https://slow.example/cb", &[])
+            .await
+            .expect_err("a lookup that never answers is refused");
+        assert_eq!(
+            refused,
+            Refusal::LookupTimedOut {
+                host: "slow.example".into(),
+                timeout: Duration::from_secs(2)
+            }
+        );
+        assert!(refused.is_transient());
+        assert_eq!(
+            refused.to_string(),
+            "host slow.example did not resolve within 2 s"
+        );
+    }
+
+    #[tokio::test]
+    async fn refusals_name_the_rule_not_the_resolved_address() {
+        let overrides = HashMap::from([("internal.test".to_owned(), vec![ip("10.20.30.40")])]);
+        let guard = Guard::new(vec![], overrides);
+        for (url, kind) in [
+            ("http://internal.test/cb", "private"),
+            ("http://localhost:9/cb", "loopback"),
+            ("http://[::ffff:169.254.169.254]/", "cloud metadata"),
+        ] {
+            let refusal = guard.vet_url(url, &[]).await.expect_err(url).to_string();
+            assert_eq!(
+                refusal,
+                format!("resolves to a {kind} address, which callbacks may not reach")
+            );
+            assert!(
+                !refusal.contains("10.20") && !refusal.contains("127.0"),
+                "{refusal}"
+            );
+        }
     }
 }

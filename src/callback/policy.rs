@@ -9,6 +9,10 @@ use crate::task::{CallbackAuth, CallbackPolicy};
 
 use super::sign::{KeyError, SigningKey};
 
+/// Label a Secret must carry, set to `"true"`, before ferry reads it as callback credentials or
+/// a signing secret: a spec naming any other Secret cannot make ferry send its contents away.
+pub const CALLBACK_CREDENTIALS_LABEL: &str = "ferry.dev/callback-credentials";
+
 /// Key of the signing secret in its Secret when the reference names none.
 pub const DEFAULT_SIGNING_KEY: &str = "signingSecret";
 const BASIC_USERNAME: &str = "username";
@@ -20,6 +24,10 @@ const TLS_KEY: &str = "tls.key";
 pub enum PolicyError {
     #[error("Secret {name} not found")]
     SecretNotFound { name: String },
+    #[error(
+        "Secret {name} is not labelled {CALLBACK_CREDENTIALS_LABEL}=\"true\"; ferry uses only Secrets that opt in as callback credentials"
+    )]
+    NotOptedIn { name: String },
     #[error("Secret {name} has no key {key}")]
     MissingKey { name: String, key: String },
     #[error("Secret {name} key {key} is not UTF-8 text")]
@@ -38,9 +46,39 @@ impl PolicyError {
     pub fn reason(&self) -> &'static str {
         match self {
             PolicyError::SecretNotFound { .. } => "SecretNotFound",
+            PolicyError::NotOptedIn { .. } => "SecretNotOptedIn",
             PolicyError::MissingKey { .. } | PolicyError::NotText { .. } => "SecretKeyMissing",
             PolicyError::InvalidSigningSecret { .. } => "InvalidSigningSecret",
         }
+    }
+}
+
+/// Names of the Secrets the endpoint's callback settings read.
+pub fn secret_names(spec: &ModelEndpointSpec) -> Vec<String> {
+    let signing = spec
+        .callbacks
+        .as_ref()
+        .and_then(|c| c.signing_secret.as_ref())
+        .map(|s| s.name.clone());
+    let auth = spec
+        .default_callback_auth
+        .as_ref()
+        .map(|a| a.secret_name.clone());
+    signing.into_iter().chain(auth).collect()
+}
+
+/// Refuses Secret `name` unless its `labels` opt it in as callback credentials.
+pub fn check_opted_in(
+    name: &str,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Result<(), PolicyError> {
+    let opted_in = labels
+        .and_then(|labels| labels.get(CALLBACK_CREDENTIALS_LABEL))
+        .is_some_and(|value| value == "true");
+    if opted_in {
+        Ok(())
+    } else {
+        Err(PolicyError::NotOptedIn { name: name.into() })
     }
 }
 
@@ -127,6 +165,23 @@ mod tests {
                     .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
                     .collect()
             })
+        }
+    }
+
+    #[test]
+    fn only_secrets_labelled_as_callback_credentials_opt_in() {
+        let labels = |value: &str| {
+            BTreeMap::from([(CALLBACK_CREDENTIALS_LABEL.to_owned(), value.to_owned())])
+        };
+        assert_eq!(check_opted_in("s", Some(&labels("true"))), Ok(()));
+        for refused in [
+            Some(labels("false")),
+            Some(labels("yes")),
+            Some(BTreeMap::new()),
+            None,
+        ] {
+            let error = check_opted_in("s", refused.as_ref()).expect_err("refused");
+            assert_eq!(error.reason(), "SecretNotOptedIn");
         }
     }
 

@@ -172,8 +172,12 @@ fn build_index(endpoints: &Store<Guarded<ModelEndpoint>>) -> Index {
         .collect()
 }
 
+/// Not an endpoint being deleted, nor one whose Deployment name is taken by an object that is
+/// not ferry's: the scale subresource carries no owner, so that object would be scaled.
 fn autoscaled(endpoint: &ModelEndpoint) -> bool {
-    endpoint.metadata.deletion_timestamp.is_none()
+    let clash = super::status::ready_condition(endpoint.status.as_ref())
+        .is_some_and(|ready| ready.reason == super::status::reason::NAME_CLASH);
+    endpoint.metadata.deletion_timestamp.is_none() && !clash
 }
 
 /// The endpoint's load now: its queue's backlog for an async endpoint (`None` while the queue

@@ -3,6 +3,7 @@
 //! and the queue spec for async ones. Owns every child name, label and annotation.
 
 mod names;
+mod security;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,9 +12,10 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SecurityContext, Service, ServicePort, ServiceSpec, Toleration,
+    Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Service, ServicePort, ServiceSpec, Toleration,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -24,6 +26,7 @@ use crate::crd::{EndpointType, ModelBundle, ModelEndpoint, namespace_of};
 use crate::forwarder::env as forwarder_env;
 use crate::queue::QueueSpec;
 use names::{is_dns_label, is_label_key, is_label_value, truncated_label};
+pub use security::WorkerNetworkPolicy;
 
 /// Label every child carries; the operator watches only objects with it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -63,6 +66,8 @@ pub struct Settings {
     pub predict_timeout: Duration,
     /// Node label whose value is an endpoint's `gpuType`.
     pub gpu_node_label: String,
+    /// When set, every endpoint gets a default-deny NetworkPolicy over its workers.
+    pub worker_network_policy: Option<WorkerNetworkPolicy>,
 }
 
 /// Everything one endpoint needs, ready to apply.
@@ -73,6 +78,8 @@ pub struct Plan {
     pub service: Option<Service>,
     /// Only async endpoints take queued tasks.
     pub queue: Option<QueueSpec>,
+    /// Only when the operator is configured to confine workers.
+    pub network_policy: Option<NetworkPolicy>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -115,10 +122,20 @@ pub fn plan(
             (Some(build_service(endpoint, &labels, &owner)?), None)
         }
     };
+    let network_policy = settings.worker_network_policy.as_ref().map(|peers| {
+        security::build_network_policy(
+            child_meta(endpoint, network_policy_name(endpoint), &labels, &owner),
+            selector_labels(endpoint),
+            endpoint.spec.endpoint_type,
+            FORWARDER_SERVE_PORT,
+            peers,
+        )
+    });
     Ok(Plan {
         deployment,
         service,
         queue,
+        network_policy,
     })
 }
 
@@ -129,6 +146,11 @@ pub fn deployment_name(endpoint: &ModelEndpoint) -> String {
 
 /// Name of the Service of a sync or streaming endpoint.
 pub fn service_name(endpoint: &ModelEndpoint) -> String {
+    endpoint.name_any()
+}
+
+/// Name of the NetworkPolicy over the endpoint's workers.
+pub fn network_policy_name(endpoint: &ModelEndpoint) -> String {
     endpoint.name_any()
 }
 
@@ -264,7 +286,9 @@ fn build_pod_template(
                 i64::try_from(drain.as_secs()).unwrap_or(i64::MAX),
             ),
             enable_service_links: Some(false),
+            // Workers never call the Kubernetes API; a token would only be something to steal.
             automount_service_account_token: Some(false),
+            security_context: Some(security::build_pod_security_context(bundle)),
             node_selector: gpu.map(|gpu_type| {
                 BTreeMap::from([(settings.gpu_node_label.clone(), gpu_type.clone())])
             }),
@@ -358,6 +382,7 @@ fn build_model_container(
             failure_threshold: Some(6),
             ..Default::default()
         }),
+        security_context: Some(security::build_model_security_context(bundle)),
         ..Default::default()
     })
 }
@@ -444,17 +469,7 @@ fn build_forwarder_container(
         }),
         readiness_probe: Some(probe("/readyz")),
         liveness_probe: Some(probe("/healthz")),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(65_532),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(security::build_forwarder_security_context()),
         ..Default::default()
     }
 }

@@ -60,6 +60,7 @@ pub fn settings() -> Settings {
         result_retention: Duration::from_secs(86_400),
         predict_timeout: Duration::from_secs(600),
         gpu_node_label: "k8s.amazonaws.com/accelerator".into(),
+        worker_network_policy: None,
     }
 }
 

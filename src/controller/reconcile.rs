@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::error_boundary::InvalidObject;
@@ -16,11 +17,12 @@ use kube::{Api, Resource, ResourceExt};
 use rand::Rng;
 use tracing::Instrument;
 
+use super::apply::Applied;
 use super::build::{self, Plan};
 use super::context::{self, Context};
 use super::status::{self, Observed, QueueState, reason};
 use super::{Error, FINALIZER, Guarded, apply};
-use crate::callback::policy::{PolicyError, resolve_policy};
+use crate::callback::policy::{PolicyError, check_opted_in, resolve_policy, secret_names};
 use crate::crd::{EndpointId, ModelEndpoint, ModelEndpointStatus, namespace_of};
 use crate::queue;
 use crate::task::CallbackPolicy;
@@ -129,22 +131,28 @@ async fn apply_plan(
     policy: &CallbackPolicy,
     ctx: &Context,
 ) -> Result<(Observed, Option<queue::Error>), Error> {
+    let uid = endpoint.uid().unwrap_or_default();
     let name = plan.deployment.name_any();
-    let deployment = match apply::apply_deployment(&ctx.client, &plan.deployment).await {
-        Ok(deployment) => deployment,
+    let deployment = match apply::apply_child(&ctx.client, &plan.deployment, &uid).await {
+        Ok(Applied::Stored(deployment)) => deployment,
+        Ok(Applied::NotOurs) => return Ok((name_clash("Deployment", &name), None)),
         Err(source) if apply::is_rejected(&source) => {
             let message = format!("the API server refused Deployment {name}: {source}");
             return Ok((Observed::blocked(reason::APPLY_REJECTED, message), None));
         }
         Err(source) => return Err(Error::ApplyDeployment { name, source }),
     };
-    if let Some(service) = &plan.service {
-        apply::apply_service(&ctx.client, service)
-            .await
-            .map_err(|source| Error::ApplyService {
-                name: service.name_any(),
-                source,
-            })?;
+    let service = apply_optional(ctx, plan.service.as_ref(), &uid, |name, source| {
+        Error::ApplyService { name, source }
+    });
+    if let Some(clash) = service.await? {
+        return Ok((clash, None));
+    }
+    let network_policy = apply_optional(ctx, plan.network_policy.as_ref(), &uid, |name, source| {
+        Error::ApplyNetworkPolicy { name, source }
+    });
+    if let Some(clash) = network_policy.await? {
+        return Ok((clash, None));
     }
     let spec_changed = endpoint.metadata.generation
         != endpoint.status.as_ref().and_then(|s| s.observed_generation);
@@ -168,6 +176,37 @@ async fn apply_plan(
     Ok((observed, error))
 }
 
+/// Applies a child the plan may leave out; answers the clash when its name is taken.
+async fn apply_optional<K>(
+    ctx: &Context,
+    child: Option<&K>,
+    owner_uid: &str,
+    failed: impl FnOnce(String, kube::Error) -> Error,
+) -> Result<Option<Observed>, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+{
+    let Some(child) = child else { return Ok(None) };
+    match apply::apply_child(&ctx.client, child, owner_uid).await {
+        Ok(Applied::Stored(_)) => Ok(None),
+        Ok(Applied::NotOurs) => Ok(Some(name_clash(&K::kind(&()), &child.name_any()))),
+        Err(source) => Err(failed(child.name_any(), source)),
+    }
+}
+
+/// An object named like a child of the endpoint that is not ferry's: it is left alone and the
+/// endpoint waits until it is renamed or the object removed.
+fn name_clash(kind: &str, name: &str) -> Observed {
+    let message = format!(
+        "a {kind} named {name} already exists and is not this endpoint's; ferry leaves it alone: rename the endpoint or remove the {kind}"
+    );
+    Observed::blocked(reason::NAME_CLASH, message)
+}
+
 /// Publishes the endpoint's callback policy for the dispatcher and, for an async endpoint,
 /// ensures its queue and reads its backlog.
 async fn ensure_queue(
@@ -183,31 +222,35 @@ async fn ensure_queue(
     queue.backlog_with_age(&spec.endpoint_id).await.map(Some)
 }
 
-/// The endpoint's callback policy with its Secrets read; a missing Secret or key is the
-/// endpoint's problem (reported in status), a failed read is the operator's (retried).
+/// The endpoint's callback policy with its Secrets read; a missing Secret or key, or a Secret
+/// that did not opt in, is the endpoint's problem (reported in status), a failed read is the
+/// operator's (retried). The data of a Secret is read only once its labels show it opted in.
+/// Secrets are read by name at every reconcile (no watch): a change to one takes effect
+/// within the resync period.
 async fn resolve_callbacks(
     endpoint: &ModelEndpoint,
     ctx: &Context,
 ) -> Result<Result<CallbackPolicy, PolicyError>, Error> {
     let namespace = namespace_of(endpoint);
     let spec = &endpoint.spec;
-    let signing = spec
-        .callbacks
-        .as_ref()
-        .and_then(|c| c.signing_secret.as_ref())
-        .map(|s| s.name.clone());
-    let auth = spec
-        .default_callback_auth
-        .as_ref()
-        .map(|a| a.secret_name.clone());
     let mut secrets = BTreeMap::new();
-    for name in signing.into_iter().chain(auth) {
+    for name in secret_names(spec) {
+        let get_failed = |source| Error::GetSecret {
+            name: name.clone(),
+            source,
+        };
+        let Some(labels) = apply::get_secret_labels(&ctx.client, &namespace, &name)
+            .await
+            .map_err(get_failed)?
+        else {
+            continue;
+        };
+        if let Err(refused) = check_opted_in(&name, Some(&labels)) {
+            return Ok(Err(refused));
+        }
         let data = apply::get_secret_data(&ctx.client, &namespace, &name)
             .await
-            .map_err(|source| Error::GetSecret {
-                name: name.clone(),
-                source,
-            })?;
+            .map_err(get_failed)?;
         if let Some(data) = data {
             secrets.insert(name, data);
         }
@@ -219,9 +262,17 @@ async fn resolve_callbacks(
 async fn prune(endpoint: &ModelEndpoint, plan: &Plan, ctx: &Context) -> Result<(), Error> {
     if plan.service.is_none() {
         let name = build::service_name(endpoint);
-        apply::delete_service(&ctx.client, &namespace_of(endpoint), &name)
-            .await
-            .map_err(|source| Error::DeleteService { name, source })?;
+        let uid = endpoint.uid().unwrap_or_default();
+        let deleted =
+            apply::delete_child::<Service>(&ctx.client, &namespace_of(endpoint), &name, &uid)
+                .await
+                .map_err(|source| Error::DeleteService {
+                    name: name.clone(),
+                    source,
+                })?;
+        if !deleted {
+            tracing::info!(service = %name, "a Service named like the endpoint is not its own; left alone");
+        }
     }
     if plan.queue.is_none() {
         delete_queue(ctx, &endpoint.endpoint_id()).await?;

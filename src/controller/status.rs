@@ -14,6 +14,8 @@ pub mod reason {
     pub const BUNDLE_NOT_FOUND: &str = "BundleNotFound";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const APPLY_REJECTED: &str = "ApplyRejected";
+    /// An object named like one of the endpoint's children exists and is not ferry's.
+    pub const NAME_CLASH: &str = "NameClash";
     pub const QUEUE_READY: &str = "QueueReady";
     pub const QUEUE_NOT_REQUIRED: &str = "QueueNotRequired";
     pub const QUEUE_UNAVAILABLE: &str = "QueueUnavailable";

@@ -18,6 +18,7 @@ use crate::dev::nats::{self, NatsServer};
 use crate::queue::{Queue, QueueSpec};
 
 mod autoscale;
+mod ownership;
 
 const ENDPOINT: &str = "/apis/ferry.dev/v1alpha1/namespaces/ml/modelendpoints/demo";
 const STATUS: &str = "/apis/ferry.dev/v1alpha1/namespaces/ml/modelendpoints/demo/status";
@@ -85,16 +86,31 @@ async fn serve_bundle(server: &mut ApiServer) {
     server.expect(Method::GET, BUNDLE).await.ok(&bundle);
 }
 
-/// Serves the apply of the worker Deployment and returns its body.
+/// Serves the ownership check and the apply of the worker Deployment (`stored`: the one that
+/// exists, if any) and returns the applied body. An absent one is applied without force.
 async fn serve_deployment_apply(server: &mut ApiServer, stored: Option<Value>) -> Value {
+    let check = server.expect(Method::GET, DEPLOYMENT).await;
+    match &stored {
+        Some(stored) => check.ok(stored),
+        None => check.not_found("deployments", "demo"),
+    }
     let seen = server.expect(Method::PATCH, DEPLOYMENT).await;
-    assert_applied_by_the_operator(&seen.query);
+    assert!(seen.query.contains("fieldManager=ferry-operator"));
+    assert_eq!(seen.query.contains("force=true"), stored.is_some());
     let body = seen.body.clone();
     match stored {
         Some(stored) => seen.ok(&stored),
         None => seen.echo(),
     }
     body
+}
+
+/// Serves the prune of the Service an async endpoint does not need: there is none.
+async fn serve_absent_service(server: &mut ApiServer) {
+    server
+        .expect(Method::GET, SERVICE)
+        .await
+        .not_found("services", "demo");
 }
 
 /// Serves the status apply and returns the status it carried.
@@ -159,10 +175,7 @@ async fn create_applies_the_workers_and_the_queue_and_reports_pending() {
     assert_eq!(containers[0]["image"], "registry.local/model:1");
     assert_eq!(containers[1]["image"], "registry.local/ferry:test");
     // A new endpoint has no status: an async endpoint removes a Service of an earlier type.
-    server
-        .expect(Method::DELETE, SERVICE)
-        .await
-        .not_found("services", "demo");
+    serve_absent_service(&mut server).await;
 
     let status = serve_status_apply(&mut server).await;
     assert_eq!(status["state"], "UPDATE_PENDING");
@@ -200,10 +213,7 @@ async fn apply_round(
     serve_bundle(server).await;
     let deployment = serve_deployment_apply(server, stored).await;
     if expect_prune {
-        server
-            .expect(Method::DELETE, SERVICE)
-            .await
-            .not_found("services", "demo");
+        serve_absent_service(server).await;
     }
     let status = if endpoint
         .status
@@ -340,10 +350,7 @@ async fn an_unreachable_nats_is_reported_and_retried_with_backoff() {
     let reconcile = start_reconcile(endpoint.clone(), &ctx);
     serve_bundle(&mut server).await;
     serve_deployment_apply(&mut server, None).await;
-    server
-        .expect(Method::DELETE, SERVICE)
-        .await
-        .not_found("services", "demo");
+    serve_absent_service(&mut server).await;
     let status = serve_status_apply(&mut server).await;
     assert_eq!(status["state"], "UPDATE_PENDING");
     let queue = condition(&status, "QueueReady");
@@ -478,8 +485,10 @@ async fn a_missing_secret_is_reported_and_the_policy_is_published_once_it_exists
     endpoint.status = Some(serde_json::from_value(status).expect("status"));
     let reconcile = start_reconcile(endpoint.clone(), &ctx);
     serve_bundle(&mut server).await;
-    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hooks", "namespace": "ml"},
+    let secret = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "hooks", "namespace": "ml", "labels": {"ferry.dev/callback-credentials": "true"}},
         "data": {"signingSecret": "d2hzZWNfTWZLUTlyOEdLWXFyVHdqVVBEOElMUFpJbzJMYUxhU3c="}});
+    server.expect(Method::GET, SECRET).await.ok(&secret);
     server.expect(Method::GET, SECRET).await.ok(&secret);
     serve_deployment_apply(&mut server, None).await;
     let status = serve_status_apply(&mut server).await;

@@ -1,5 +1,7 @@
 //! A throwaway JetStream server for `ferry dev`: `nats-server` from PATH on a random loopback
-//! port with its store in a temporary directory, stopped when dropped.
+//! port with its store in a temporary directory, stopped when dropped. It admits only ferry:
+//! its authorization is generated at start and the one user's credentials stay in the store
+//! directory (readable by this user only), so a model process started beside it cannot connect.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -7,6 +9,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+use crate::queue::{Connection, Credentials, Role};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -22,6 +26,8 @@ pub enum Error {
     },
     #[error("creating the JetStream store directory")]
     StoreDir(#[source] std::io::Error),
+    #[error("generating the server's authorization")]
+    Auth(#[from] crate::nats_auth::Error),
     #[error(
         "`{program}` did not report a client port within {seconds} s (it needs JetStream: version 2.10 or newer)"
     )]
@@ -30,16 +36,23 @@ pub enum Error {
 
 pub struct NatsServer {
     /// How ferry's own roles connect to it.
-    pub connection: crate::queue::Connection,
+    pub connection: Connection,
     _child: Child,
-    _store: tempfile::TempDir,
+    store: tempfile::TempDir,
 }
 
 const LISTENING: &str = "Listening for client connections on ";
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub async fn start(program: &Path) -> Result<NatsServer, Error> {
-    start_with_config(program, "").await
+    let auth = crate::nats_auth::AuthSet::generate();
+    let mut server = start_with_config(program, &auth.server_config()?).await?;
+    let creds = server.store.path().join("ferry.creds");
+    crate::nats_auth::write_private(&creds, &auth.role_creds(Role::All)?)?;
+    server.connection = server
+        .connection
+        .with_credentials(Credentials::CredsFile(creds));
+    Ok(server)
 }
 
 /// Starts the server with `config` (nats-server configuration text: authorization, TLS, …)
@@ -100,9 +113,9 @@ pub async fn start_with_config(program: &Path, config: &str) -> Result<NatsServe
     let url = format!("nats://{}", address.trim_start_matches("nats://"));
     Ok(NatsServer {
         // The address the server reported: a plain host and port.
-        connection: crate::queue::Connection::open(&url).map_err(|_| no_port())?,
+        connection: Connection::open(&url).map_err(|_| no_port())?,
         _child: child,
-        _store: store,
+        store,
     })
 }
 
@@ -118,4 +131,21 @@ pub async fn start_with_queue() -> (NatsServer, crate::queue::Queue) {
         .await
         .expect("connects");
     (server, queue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_dev_server_admits_ferry_and_refuses_a_process_without_its_credentials() {
+        let (server, _queue) = start_with_queue().await;
+        let anonymous = Connection::open(server.connection.url()).expect("URL");
+        let settings = crate::queue::QueueSettings::default();
+        let refused = crate::queue::Queue::connect(&anonymous, settings, Duration::ZERO).await;
+        assert!(
+            matches!(refused, Err(crate::queue::Error::Connect { .. })),
+            "a model process holds no credentials"
+        );
+    }
 }

@@ -312,6 +312,9 @@ async fn resolve_callback(
     let vet = |url: String| async move {
         match guard.vet_url(&url, allowed_hosts).await {
             Ok(_) => Ok(url),
+            Err(refusal) if refusal.is_transient() => Err(AppError::Unavailable(format!(
+                "callback_url {url:?}: {refusal}; try again"
+            ))),
             Err(refusal) => Err(AppError::BadRequest(format!(
                 "callback_url {url:?} {refusal}"
             ))),

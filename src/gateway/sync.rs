@@ -27,6 +27,8 @@ const MIN_ATTEMPTS: usize = 3;
 
 /// How long a sync task waits for its answer unless the request says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+/// The longest wait a sync or streaming task may ask for (`timeout_seconds`).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// How long a request waits for a worker of an endpoint that has none ready — long enough for
 /// one idling at zero to start a worker.
@@ -194,18 +196,31 @@ async fn prepare(
         )));
     }
     let (task, timeout_seconds) = routes::task_from_request(state, &endpoint, body).await?;
-    let timeout = match timeout_seconds {
-        None => DEFAULT_TIMEOUT,
-        Some(seconds) if seconds > 0.0 && seconds.is_finite() => Duration::from_secs_f64(seconds),
-        Some(seconds) => {
-            return Err(AppError::BadRequest(format!(
-                "timeout_seconds must be positive, not {seconds}"
-            )));
-        }
-    };
+    let timeout = sync_timeout(timeout_seconds)?;
     let body = serde_json::to_vec(&Versioned::V1(task))
         .map_err(|error| AppError::BadRequest(error.to_string()))?;
     Ok((endpoint, Bytes::from(body), Some(timeout)))
+}
+
+/// The wait a sync or streaming task asked for: positive and at most [`MAX_TIMEOUT`] (a larger
+/// value is refused rather than turned into a `Duration` that cannot hold it).
+fn sync_timeout(timeout_seconds: Option<f64>) -> Result<Duration, AppError> {
+    match timeout_seconds {
+        None => Ok(DEFAULT_TIMEOUT),
+        Some(seconds) if seconds > 0.0 && seconds <= MAX_TIMEOUT.as_secs_f64() => {
+            Ok(Duration::from_secs_f64(seconds))
+        }
+        Some(seconds) if seconds > 0.0 => Err(AppError::invalid_body(
+            &["timeout_seconds"],
+            format!(
+                "timeout_seconds must be at most {}, not {seconds}",
+                MAX_TIMEOUT.as_secs()
+            ),
+        )),
+        Some(seconds) => Err(AppError::BadRequest(format!(
+            "timeout_seconds must be positive, not {seconds}"
+        ))),
+    }
 }
 
 pub async fn submit_sync_task(

@@ -120,6 +120,20 @@ fn create_body(name: &str) -> String {
     .to_string()
 }
 
+/// Creates an endpoint of `kind` through the API and puts it in the catalog.
+async fn create_endpoint(fixture: &Fixture, name: &str, kind: &str) -> crate::crd::EndpointId {
+    let mut body: Value = serde_json::from_str(&create_body(name)).expect("json");
+    body["endpoint_type"] = json!(kind);
+    let path = "/v1/model-endpoints";
+    let (status, answer, _) =
+        send(&fixture.state, "POST", path, Some(KEY_A), &body.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let endpoint = fixture.recorder.endpoints.lock().expect("lock").remove(0);
+    let id = endpoint.endpoint_id();
+    fixture.state.catalog.put_endpoint(endpoint);
+    id
+}
+
 #[tokio::test]
 async fn requests_are_counted_by_route_template_and_status_class() {
     let fixture = fixture(true).await;
@@ -317,14 +331,7 @@ async fn task_bodies_must_be_json_objects() {
     let key = Some(KEY_A);
     let mut ids = Vec::new();
     for (name, kind) in [("objects-async", "async"), ("objects-stream", "streaming")] {
-        let mut body: Value = serde_json::from_str(&create_body(name)).expect("json");
-        body["endpoint_type"] = json!(kind);
-        let (status, answer, _) =
-            send(state, "POST", "/v1/model-endpoints", key, &body.to_string()).await;
-        assert_eq!(status, StatusCode::OK, "{answer}");
-        let endpoint = fixture.recorder.endpoints.lock().expect("lock").remove(0);
-        ids.push(endpoint.endpoint_id());
-        state.catalog.put_endpoint(endpoint);
+        ids.push(create_endpoint(&fixture, name, kind).await);
     }
     let routes = [
         format!("/v1/async-tasks?model_endpoint_id={}", ids[0]),
@@ -471,4 +478,37 @@ async fn a_full_task_queue_refuses_with_429_and_keeps_every_accepted_task() {
     assert_eq!(answer.status(), StatusCode::OK);
     let backlog = state.queue.backlog(&id).await.expect("backlog");
     assert_eq!(backlog.queued, 3, "the repeated task is queued");
+}
+
+#[tokio::test]
+async fn a_sync_timeout_beyond_the_maximum_is_refused_with_422() {
+    let fixture = fixture(true).await;
+    for kind in ["sync", "streaming"] {
+        let id = create_endpoint(&fixture, &format!("timeouts-{kind}"), kind).await;
+        let uri = format!("/v1/{kind}-tasks?model_endpoint_id={id}");
+        for seconds in ["3600.5", "1e300", "18446744073709551616"] {
+            let body = format!(r#"{{"args": {{"x": 1}}, "timeout_seconds": {seconds}}}"#);
+            let (status, answer, _) = send(&fixture.state, "POST", &uri, Some(KEY_A), &body).await;
+            assert_eq!(
+                status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{uri} {seconds}: {answer}"
+            );
+            let message = answer["detail"][0]["msg"].as_str().unwrap_or_default();
+            assert!(message.contains("at most 3600"), "{answer}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_callback_host_whose_lookup_stalls_is_answered_503() {
+    let mut fixture = fixture(true).await;
+    fixture.state.guard = Guard::stalled(std::time::Duration::from_millis(50));
+    let id = create_endpoint(&fixture, "slow-dns", "async").await;
+    let uri = format!("/v1/async-tasks?model_endpoint_id={id}");
+    let body = r#"{"args": {"x": 1}, "callback_url": "https://slow-dns.example/cb"}"#;
+    let (status, answer, _) = send(&fixture.state, "POST", &uri, Some(KEY_A), body).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    let detail = answer["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("did not resolve within"), "{answer}");
 }

@@ -154,6 +154,20 @@ impl CallbackDelivery {
 }
 
 impl Queue {
+    fn dead_letters_bucket(&self) -> Result<&kv::Store, Error> {
+        self.dead_letters.as_ref().ok_or(Error::NotHeld {
+            role: super::Role::Forwarder,
+            bucket: names::DEAD_LETTERS_BUCKET,
+        })
+    }
+
+    fn policies_bucket(&self) -> Result<&kv::Store, Error> {
+        self.policies.as_ref().ok_or(Error::NotHeld {
+            role: super::Role::Forwarder,
+            bucket: names::POLICIES_BUCKET,
+        })
+    }
+
     /// Queues a task's callback. Publishing it again for the same task within two minutes is a
     /// no-op, so a worker that repeats itself after a crash sends one callback.
     pub async fn publish_callback(&self, job: &CallbackJob) -> Result<(), Error> {
@@ -241,7 +255,7 @@ impl Queue {
     pub async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
         let key = letter.job.task_id.to_string();
         match self
-            .dead_letters
+            .dead_letters_bucket()?
             .put(key.as_str(), results::encode(letter))
             .await
         {
@@ -255,7 +269,7 @@ impl Queue {
 
     pub async fn dead_letter(&self, task: &TaskId) -> Result<Option<DeadLetter>, Error> {
         let key = task.to_string();
-        match self.dead_letters.get(key.as_str()).await {
+        match self.dead_letters_bucket()?.get(key.as_str()).await {
             Ok(Some(bytes)) => results::decode("dead letter", &bytes).map(Some),
             Ok(None) => Ok(None),
             Err(source) => Err(Error::Read {
@@ -267,7 +281,7 @@ impl Queue {
 
     pub async fn remove_dead_letter(&self, task: &TaskId) -> Result<(), Error> {
         let key = task.to_string();
-        self.dead_letters
+        self.dead_letters_bucket()?
             .purge(key.as_str())
             .await
             .map_err(|source| Error::Write {
@@ -284,7 +298,7 @@ impl Queue {
             source,
         };
         let keys: Vec<String> = self
-            .dead_letters
+            .dead_letters_bucket()?
             .keys()
             .await
             .map_err(|e| list_error(e.into()))?
@@ -306,7 +320,7 @@ impl Queue {
     ) -> Result<(), Error> {
         let key = endpoint.to_string();
         match self
-            .policies
+            .policies_bucket()?
             .put(key.as_str(), results::encode(policy))
             .await
         {
@@ -323,7 +337,7 @@ impl Queue {
         endpoint: &EndpointId,
     ) -> Result<Option<CallbackPolicy>, Error> {
         let key = endpoint.to_string();
-        match self.policies.get(key.as_str()).await {
+        match self.policies_bucket()?.get(key.as_str()).await {
             Ok(Some(bytes)) => results::decode("callback policy", &bytes).map(Some),
             Ok(None) => Ok(None),
             Err(source) => Err(Error::Read {
@@ -338,7 +352,7 @@ impl Queue {
         &self,
     ) -> Result<impl Stream<Item = EndpointId> + use<>, Error> {
         let watch = self
-            .policies
+            .policies_bucket()?
             .watch_all()
             .await
             .map_err(|source| Error::Receive {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::ConnectOptions;
 
-use super::{Error, NatsError};
+use super::{Error, NatsError, Role};
 
 /// Who the role is to the server; at most one kind per connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -61,13 +61,10 @@ pub struct Connection {
     url: String,
     credentials: Credentials,
     tls: Tls,
-    /// Subject prefix of this client's reply inboxes; permissions let each role subscribe
-    /// only below its own, so no role reads the replies another receives.
-    inbox_prefix: String,
+    /// The role this process connects as; its reply inboxes are below the role's prefix,
+    /// the only one its permissions let it subscribe to.
+    role: Role,
 }
-
-/// The client library's own inbox prefix.
-const DEFAULT_INBOX_PREFIX: &str = "_INBOX";
 
 impl Connection {
     /// Checks every server of `url` (comma-separated) for user information.
@@ -79,7 +76,7 @@ impl Connection {
             url: url.to_owned(),
             credentials,
             tls,
-            inbox_prefix: DEFAULT_INBOX_PREFIX.to_owned(),
+            role: Role::All,
         })
     }
 
@@ -93,12 +90,29 @@ impl Connection {
         &self.url
     }
 
+    /// The same server with other credentials.
+    pub fn with_credentials(self, credentials: Credentials) -> Self {
+        Connection {
+            credentials,
+            ..self
+        }
+    }
+
+    /// The same connection for `role` (every role in one process when never called).
+    pub fn for_role(self, role: Role) -> Self {
+        Connection { role, ..self }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
     /// Client options with the credentials read now, so a rotated file is picked up at the
     /// next connection.
     pub(super) async fn options(&self) -> Result<ConnectOptions, NatsError> {
         let mut options = ConnectOptions::new()
             .name("ferry")
-            .custom_inbox_prefix(&self.inbox_prefix)
+            .custom_inbox_prefix(self.role.inbox_prefix())
             .connection_timeout(Duration::from_secs(2));
         options = match &self.credentials {
             Credentials::None => options,

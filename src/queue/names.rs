@@ -17,6 +17,11 @@ pub fn tasks_stream(endpoint: &EndpointId) -> String {
 }
 
 pub fn tasks_subject(endpoint: &EndpointId) -> String {
+    tasks_subject_pattern(&endpoint.to_string())
+}
+
+/// The tasks subject of `endpoint`, which may be a wildcard.
+pub fn tasks_subject_pattern(endpoint: &str) -> String {
     format!("ferry.tasks.{endpoint}")
 }
 
@@ -63,6 +68,10 @@ pub fn callback_message_id(task: &TaskId, suffix: Option<&str>) -> String {
         Some(suffix) => format!("{task}.{suffix}"),
     }
 }
+
+/// Keys of every task record and every callback state, as a subject pattern.
+pub const RECORD_KEYS: &str = "task.>";
+pub const CALLBACK_KEYS: &str = "callback.>";
 
 pub fn record_key(task: &TaskId) -> String {
     format!("task.{task}")

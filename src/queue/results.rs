@@ -34,6 +34,16 @@ pub(super) async fn ensure_bucket(
     super::ensure_bucket(js, config).await
 }
 
+/// The results bucket as it stands, for a role that may not create or change it.
+pub(super) async fn bind_bucket(js: &jetstream::Context) -> Result<kv::Store, Error> {
+    js.get_key_value(names::RESULTS_BUCKET)
+        .await
+        .map_err(|source| Error::EnsureBucket {
+            bucket: names::RESULTS_BUCKET.into(),
+            source: source.into(),
+        })
+}
+
 pub(super) fn encode<T: Serialize + Clone>(value: &T) -> Bytes {
     // Serializing our own plain structs to JSON cannot fail: no maps with non-string keys.
     Bytes::from(serde_json::to_vec(&Versioned::V1(value.clone())).unwrap_or_default())

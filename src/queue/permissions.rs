@@ -1,0 +1,196 @@
+//! Who may do what on NATS: the subjects each ferry role publishes and subscribes to, derived
+//! from the operations of this module and nothing more. A server enforces them on the role's
+//! user (see `crate::nats_auth`); each role also receives replies only below an inbox prefix of
+//! its own, so no role reads the answers another role's requests get.
+//!
+//! JetStream's API is subjects too: `$JS.API.STREAM.INFO.<stream>` binds a stream,
+//! `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>` pulls, `$JS.ACK.<stream>.<consumer>.…`
+//! acknowledges, a KV write is a publish to `$KV.<bucket>.<key>` and a KV read a direct get on
+//! `$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>`.
+
+use super::names;
+
+/// A kind of ferry process, as NATS sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Gateway,
+    Operator,
+    Dispatcher,
+    Forwarder,
+    /// `ferry dev` and tests: every role in one process.
+    All,
+}
+
+impl Role {
+    pub const ISSUED: [Role; 4] = [
+        Role::Gateway,
+        Role::Operator,
+        Role::Dispatcher,
+        Role::Forwarder,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::Operator => "operator",
+            Role::Dispatcher => "dispatcher",
+            Role::Forwarder => "forwarder",
+            Role::All => "all",
+        }
+    }
+
+    /// Prefix of the role's reply subjects.
+    pub fn inbox_prefix(self) -> String {
+        format!("_INBOX.{}", self.name())
+    }
+
+    /// Whether the role creates the shared streams and buckets (when missing) at start. A
+    /// forwarder only binds the results bucket: it may not create, change or read the others.
+    pub(super) fn ensures_shared(self) -> bool {
+        self != Role::Forwarder
+    }
+}
+
+/// Subjects a user may publish and subscribe to (NATS wildcards `*` and `>` allowed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+}
+
+/// The API subjects of a stream's messages and config read by a bound client.
+fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// Create, update and read the shared streams, buckets and the dispatcher's consumer: what
+/// [`super::Queue::connect`] does for every role but the forwarder.
+fn ensure_shared() -> Vec<String> {
+    let mut subjects = vec!["$JS.API.INFO".to_owned()];
+    let streams = [
+        kv_stream(names::RESULTS_BUCKET),
+        kv_stream(names::DEAD_LETTERS_BUCKET),
+        kv_stream(names::POLICIES_BUCKET),
+        names::CALLBACKS_STREAM.to_owned(),
+    ];
+    for stream in streams {
+        for verb in ["CREATE", "UPDATE", "INFO"] {
+            subjects.push(format!("$JS.API.STREAM.{verb}.{stream}"));
+        }
+    }
+    subjects.extend(consumer_create(
+        names::CALLBACKS_STREAM,
+        names::CALLBACKS_CONSUMER,
+    ));
+    subjects
+}
+
+/// Creating the durable `consumer` on `stream`, in both forms of the API.
+fn consumer_create(stream: &str, consumer: &str) -> [String; 3] {
+    [
+        format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}.>"),
+        format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{consumer}"),
+    ]
+}
+
+/// Reading and writing keys below `key_prefix` (`>` for all) of `bucket`.
+fn kv_keys(bucket: &str, key_prefix: &str) -> [String; 2] {
+    [
+        format!("$KV.{bucket}.{key_prefix}"),
+        format!(
+            "$JS.API.DIRECT.GET.{}.$KV.{bucket}.{key_prefix}",
+            kv_stream(bucket)
+        ),
+    ]
+}
+
+/// Listing or watching a bucket: an ordered consumer the client creates and deletes.
+fn kv_watch(bucket: &str) -> [String; 3] {
+    let stream = kv_stream(bucket);
+    [
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+        format!("$JS.FC.{stream}.>"),
+    ]
+}
+
+/// Pulling from and acknowledging on a durable consumer of a stream (`*`: every stream).
+fn pull(stream: &str, consumer: &str) -> [String; 3] {
+    [
+        format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
+        format!("$JS.ACK.{stream}.{consumer}.>"),
+    ]
+}
+
+pub fn permissions(role: Role) -> Permissions {
+    let all_endpoints = "*";
+    let mut publish: Vec<String> = Vec::new();
+    let mut subscribe = vec![format!("{}.>", role.inbox_prefix())];
+    match role {
+        Role::Gateway => {
+            publish.extend(ensure_shared());
+            publish.extend(kv_keys(names::RESULTS_BUCKET, ">"));
+            publish.extend(kv_keys(names::DEAD_LETTERS_BUCKET, ">"));
+            publish.extend(kv_watch(names::DEAD_LETTERS_BUCKET));
+            // Endpoints a gateway serves from manifests: their policies and queues.
+            publish.extend(kv_keys(names::POLICIES_BUCKET, ">"));
+            publish.extend(endpoint_queues());
+            publish.extend([
+                names::tasks_subject_pattern(all_endpoints),
+                names::ALL_ARRIVALS_SUBJECTS.to_owned(),
+                names::ALL_LOAD_SUBJECTS.to_owned(),
+                names::CALLBACKS_SUBJECTS.to_owned(),
+            ]);
+        }
+        Role::Operator => {
+            publish.extend(ensure_shared());
+            publish.extend(endpoint_queues());
+            publish.push("$JS.API.STREAM.DELETE.*".to_owned());
+            publish.extend(kv_keys(names::POLICIES_BUCKET, ">"));
+            publish.push(names::ALL_LOAD_SUBJECTS.to_owned());
+            subscribe.push(names::ALL_ARRIVALS_SUBJECTS.to_owned());
+            subscribe.push(names::ALL_LOAD_SUBJECTS.to_owned());
+        }
+        Role::Dispatcher => {
+            publish.extend(ensure_shared());
+            publish.extend(pull(names::CALLBACKS_STREAM, names::CALLBACKS_CONSUMER));
+            publish.extend(kv_keys(names::RESULTS_BUCKET, names::CALLBACK_KEYS));
+            publish.extend(kv_keys(names::DEAD_LETTERS_BUCKET, ">"));
+            publish.extend(kv_keys(names::POLICIES_BUCKET, ">"));
+            publish.extend(kv_watch(names::POLICIES_BUCKET));
+            publish.push(names::CALLBACKS_SUBJECTS.to_owned());
+            publish.push(names::RETRY_SUBJECTS.to_owned());
+        }
+        Role::Forwarder => {
+            publish.push(format!(
+                "$JS.API.STREAM.INFO.{}",
+                kv_stream(names::RESULTS_BUCKET)
+            ));
+            publish.extend(pull(all_endpoints, names::TASKS_CONSUMER));
+            publish.extend(kv_keys(names::RESULTS_BUCKET, names::RECORD_KEYS));
+            publish.push(names::CALLBACKS_SUBJECTS.to_owned());
+        }
+        Role::All => {
+            publish.push(">".to_owned());
+            subscribe.push(">".to_owned());
+        }
+    }
+    Permissions { publish, subscribe }
+}
+
+/// Creating and reading every endpoint's task stream and its workers' consumer.
+fn endpoint_queues() -> Vec<String> {
+    let mut subjects = vec![
+        "$JS.API.STREAM.CREATE.*".to_owned(),
+        "$JS.API.STREAM.UPDATE.*".to_owned(),
+        "$JS.API.STREAM.INFO.*".to_owned(),
+        format!("$JS.API.CONSUMER.INFO.*.{}", names::TASKS_CONSUMER),
+    ];
+    subjects.extend(consumer_create("*", names::TASKS_CONSUMER));
+    subjects
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,346 @@
+//! Each role's user on a real nats-server with the generated authorization: the role does its
+//! work; a forwarder's credentials reach nothing beyond a forwarder's work.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::crd::EndpointId;
+use crate::dev::nats::{NatsServer, start_with_config};
+use crate::nats_auth::{AuthSet, write_private};
+use crate::queue::{
+    CallbackDelivery, Connection, Credentials, Error, Queue, QueueSettings, QueueSpec,
+    TaskDelivery, consume,
+};
+use crate::task::{
+    CallbackJob, CallbackPolicy, CallbackTarget, TaskId, TaskMessage, TaskOutcome, TaskRecord,
+    TaskStatus,
+};
+
+struct Deployment {
+    nats: NatsServer,
+    creds: tempfile::TempDir,
+}
+
+impl Deployment {
+    async fn start() -> Deployment {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let auth = AuthSet::generate();
+        let nats = start_with_config(
+            Path::new("nats-server"),
+            &auth.server_config().expect("config"),
+        )
+        .await
+        .expect("nats-server on PATH (scripts/setup installs it)");
+        let creds = tempfile::tempdir().expect("temp dir");
+        for role in Role::ISSUED {
+            let text = auth.role_creds(role).expect("creds");
+            write_private(&creds.path().join(format!("{}.creds", role.name())), &text)
+                .expect("write creds");
+        }
+        Deployment { nats, creds }
+    }
+
+    fn creds(&self, role: Role) -> PathBuf {
+        self.creds.path().join(format!("{}.creds", role.name()))
+    }
+
+    fn connection(&self, role: Role) -> Connection {
+        Connection::open(self.nats.connection.url())
+            .expect("URL")
+            .with_credentials(Credentials::CredsFile(self.creds(role)))
+            .for_role(role)
+    }
+
+    /// The operator's queue after it prepared `endpoint` with a signing secret in its policy.
+    async fn endpoint_with_secrets(&self, endpoint: &EndpointId) -> (Queue, CallbackPolicy) {
+        let operator = self.queue(Role::Operator).await;
+        operator
+            .ensure_endpoint(&queue_spec(endpoint))
+            .await
+            .expect("queue ensured");
+        let policy = CallbackPolicy {
+            signing_secrets: vec!["whsec_c2VjcmV0".into()],
+            ..Default::default()
+        };
+        operator
+            .put_callback_policy(endpoint, &policy)
+            .await
+            .expect("policy");
+        (operator, policy)
+    }
+
+    async fn queue(&self, role: Role) -> Queue {
+        Queue::connect(
+            &self.connection(role),
+            QueueSettings::default(),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{role:?} connects: {error:?}"))
+    }
+}
+
+fn queue_spec(endpoint: &EndpointId) -> QueueSpec {
+    QueueSpec {
+        endpoint_id: endpoint.clone(),
+        task_expiry: Duration::from_secs(600),
+        ack_wait: Duration::from_secs(30),
+    }
+}
+
+fn task(endpoint: &EndpointId) -> TaskMessage {
+    TaskMessage {
+        task_id: TaskId::generate(),
+        endpoint_id: endpoint.clone(),
+        args: serde_json::json!({"x": 1}),
+        callback: None,
+        submitted_at_ms: 0,
+        record_revision: None,
+    }
+}
+
+/// Runs `handle` on the first message of `puller` and returns what it gave back.
+async fn first<H, T>(
+    puller: crate::queue::Puller<H>,
+    handle: impl Fn(H) -> tokio::task::JoinHandle<T> + Send + 'static,
+) -> T
+where
+    H: crate::queue::Held + Sync + Send + 'static,
+    T: Send + 'static,
+{
+    let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let consuming = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            consume(puller, 1, &cancel, move |held: H| {
+                let (sender, work) = (sender.clone(), handle(held));
+                async move {
+                    let _ = sender.send(work.await.expect("handler"));
+                }
+            })
+            .await
+        })
+    };
+    let outcome = received.recv().await.expect("a message");
+    cancel.cancel();
+    consuming.await.expect("consumer stops");
+    outcome
+}
+
+#[tokio::test]
+async fn every_role_does_its_work_with_its_own_credentials_and_none_without() {
+    let deployment = Deployment::start().await;
+    let anonymous = Connection::open(deployment.nats.connection.url()).expect("URL");
+    let refused = Queue::connect(&anonymous, QueueSettings::default(), Duration::ZERO).await;
+    assert!(
+        matches!(refused, Err(Error::Connect { .. })),
+        "no credentials, no connection"
+    );
+
+    let endpoint = EndpointId::for_resource("ml", "mine");
+    let (_operator, policy) = deployment.endpoint_with_secrets(&endpoint).await;
+
+    let gateway = deployment.queue(Role::Gateway).await;
+    let submitted = gateway
+        .submit(&task(&endpoint), None)
+        .await
+        .expect("submitted");
+
+    let forwarder = deployment.queue(Role::Forwarder).await;
+    let tasks = forwarder.tasks(&endpoint).await.expect("puller");
+    let worker = forwarder.clone();
+    let ran = first(tasks, move |delivery: TaskDelivery| {
+        let queue = worker.clone();
+        tokio::spawn(async move {
+            let task = delivery.task().expect("decodes");
+            let done = TaskRecord {
+                status: TaskStatus::Success,
+                result: Some(serde_json::json!(2)),
+                ..TaskRecord::pending(task.endpoint_id.clone())
+            };
+            queue
+                .advance_task_record(&task.task_id, &done, None)
+                .await
+                .expect("recorded");
+            let job = CallbackJob {
+                task_id: task.task_id.clone(),
+                endpoint_id: task.endpoint_id.clone(),
+                target: CallbackTarget {
+                    url: "http://127.0.0.1:9/".into(),
+                    auth: None,
+                },
+                outcome: TaskOutcome::Success {
+                    result: serde_json::json!(2),
+                },
+                submitted_at_ms: 0,
+                prior_attempts: 0,
+                redeliveries: 0,
+            };
+            queue.publish_callback(&job).await.expect("callback queued");
+            delivery.ack().await.expect("acked");
+            task.task_id
+        })
+    })
+    .await;
+    assert_eq!(ran, submitted.task_id);
+    let record = gateway
+        .task_record(&ran)
+        .await
+        .expect("read")
+        .expect("record");
+    assert_eq!(record.status, TaskStatus::Success);
+
+    let dispatcher = deployment.queue(Role::Dispatcher).await;
+    assert_eq!(
+        dispatcher
+            .callback_policy(&endpoint)
+            .await
+            .expect("policy read"),
+        Some(policy)
+    );
+    let jobs = dispatcher.callback_jobs().await.expect("puller");
+    let job = first(jobs, |delivery: CallbackDelivery| {
+        tokio::spawn(async move {
+            delivery.ack().await.expect("acked");
+            delivery.job().expect("decodes")
+        })
+    })
+    .await;
+    assert_eq!(job.task_id, ran);
+    dispatcher
+        .update_callback_state(&ran, true, |state| Some(state.unwrap_or_default()))
+        .await
+        .expect("callback state written");
+    assert!(
+        matches!(
+            forwarder.callback_policy(&endpoint).await,
+            Err(Error::NotHeld { .. })
+        ),
+        "a forwarder binds no policies bucket"
+    );
+}
+
+/// A raw client holding a forwarder's credentials, reporting the server's refusals.
+struct Intruder {
+    client: async_nats::Client,
+    refusals: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Intruder {
+    async fn connect(url: &str, creds: &Path, inbox_prefix: &str) -> Intruder {
+        let (sender, refusals) = tokio::sync::mpsc::unbounded_channel();
+        let client = async_nats::ConnectOptions::with_credentials_file(creds)
+            .await
+            .expect("creds")
+            .custom_inbox_prefix(inbox_prefix)
+            .event_callback(move |event| {
+                let sender = sender.clone();
+                async move {
+                    if let async_nats::Event::ServerError(error) = event {
+                        let _ = sender.send(error.to_string());
+                    }
+                }
+            })
+            .connect(url)
+            .await
+            .expect("a forwarder's credentials connect");
+        Intruder { client, refusals }
+    }
+
+    /// Waits for the server to refuse `subject` (refusals of other subjects are skipped).
+    async fn refused(&mut self, subject: &str) {
+        while let Some(refusal) = self.refusals.recv().await {
+            let refusal = refusal.to_lowercase();
+            if refusal.contains("permissions violation")
+                && refusal.contains(&subject.to_lowercase())
+            {
+                return;
+            }
+        }
+        panic!("the connection closed before {subject} was refused");
+    }
+
+    async fn publish(&mut self, subject: &str) {
+        self.client
+            .publish(subject.to_owned(), "{}".into())
+            .await
+            .expect("sent");
+        self.client.flush().await.expect("flushed");
+        self.refused(subject).await;
+    }
+
+    async fn subscribe(&mut self, subject: &str) {
+        let _subscription = self
+            .client
+            .subscribe(subject.to_owned())
+            .await
+            .expect("sent");
+        self.client.flush().await.expect("flushed");
+        self.refused(subject).await;
+    }
+}
+
+#[tokio::test]
+async fn forwarder_credentials_reach_no_secret_no_stream_admin_and_no_other_reply() {
+    let deployment = Deployment::start().await;
+    let endpoint = EndpointId::for_resource("ml", "victim");
+    let (operator, policy) = deployment.endpoint_with_secrets(&endpoint).await;
+    let url = deployment.nats.connection.url();
+    let mut intruder = Intruder::connect(
+        url,
+        &deployment.creds(Role::Forwarder),
+        &Role::Forwarder.inbox_prefix(),
+    )
+    .await;
+    let policies = format!("KV_{}", names::POLICIES_BUCKET);
+    let tasks = names::tasks_stream(&endpoint);
+    for subject in [
+        // Signing secrets and callback credentials.
+        format!(
+            "$JS.API.DIRECT.GET.{policies}.$KV.{}.{endpoint}",
+            names::POLICIES_BUCKET
+        ),
+        format!("$JS.API.STREAM.MSG.GET.{policies}"),
+        format!("$JS.API.CONSUMER.CREATE.{policies}.spy"),
+        format!("$KV.{}.{endpoint}", names::POLICIES_BUCKET),
+        // Dead letters and callback states.
+        format!("$JS.API.DIRECT.GET.KV_{}.>", names::DEAD_LETTERS_BUCKET),
+        format!("$KV.ferry-results.callback.{}", TaskId::generate()),
+        // Stream administration and reading messages past the consumer.
+        format!("$JS.API.STREAM.DELETE.{tasks}"),
+        format!("$JS.API.STREAM.UPDATE.{tasks}"),
+        format!("$JS.API.STREAM.PURGE.{tasks}"),
+        format!("$JS.API.STREAM.MSG.GET.{tasks}"),
+        format!("$JS.API.CONSUMER.CREATE.{tasks}.spy"),
+        format!("$JS.API.CONSUMER.DELETE.{tasks}.workers"),
+        // The dispatcher's queue and scheduled retries.
+        format!(
+            "$JS.API.CONSUMER.MSG.NEXT.{}.dispatcher",
+            names::CALLBACKS_STREAM
+        ),
+        format!("ferry.retry.{}", TaskId::generate()),
+        // Submitting tasks.
+        names::tasks_subject(&endpoint),
+    ] {
+        intruder.publish(&subject).await;
+    }
+    for subject in [
+        "_INBOX.>",
+        "_INBOX.dispatcher.>",
+        "_INBOX.gateway.>",
+        ">",
+        "ferry.tasks.>",
+    ] {
+        intruder.subscribe(subject).await;
+    }
+    assert_eq!(
+        operator.callback_policy(&endpoint).await.expect("read"),
+        Some(policy),
+        "the policy stands"
+    );
+    operator.backlog(&endpoint).await.expect("the queue stands");
+}
