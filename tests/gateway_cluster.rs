@@ -112,6 +112,10 @@ async fn launch_creates_become_resources_and_watched_resources_are_listed() {
         .await
         .expect("a Secret");
     assert_eq!(secret["data"]["password"], "czNjcmV0"); // s3cret
+    assert_eq!(
+        secret["metadata"]["labels"]["ferry.dev/callback-credentials"], "true",
+        "the Secret opts in as callback credentials"
+    );
 
     // The client's next call finds it at once, and a task can be queued right away.
     let (_, listing) = call(
@@ -154,4 +158,47 @@ async fn launch_creates_become_resources_and_watched_resources_are_listed() {
         (listing["model_endpoints"].as_array()?.len() == 1).then_some(())
     })
     .await;
+
+    // A team's own Secret under the name the gateway would give its credentials is neither
+    // overwritten nor used: the create is refused and nothing is written.
+    let theirs = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "victim-callback-auth", "namespace": NAMESPACE},
+        "data": {"password": "b3JpZ2luYWw="}});
+    api.create(&format!("/api/v1/namespaces/{NAMESPACE}/secrets"), &theirs)
+        .await;
+    let attack = json!({"name": "victim", "model_bundle_id": created["model_bundle_id"], "endpoint_type": "async",
+        "cpus": 1, "memory": "1Gi", "storage": "1Gi", "gpus": 0, "min_workers": 0, "max_workers": 1, "per_worker": 5,
+        "labels": {"team": "team-a", "product": "demo"}, "post_inference_hooks": ["callback"],
+        "default_callback_url": "https://hooks.example.com/ferry",
+        "default_callback_auth": {"kind": "basic", "username": "x", "password": "overwritten"}});
+    let (status, answer) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/v1/model-endpoints"),
+        Some(attack),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not written by ferry")),
+        "{answer}"
+    );
+    let kept = api
+        .get(&format!(
+            "/api/v1/namespaces/{NAMESPACE}/secrets/victim-callback-auth"
+        ))
+        .await
+        .expect("the Secret stays");
+    assert_eq!(kept["data"], json!({"password": "b3JpZ2luYWw="}));
+    assert!(kept["metadata"].get("labels").is_none());
+    assert!(
+        api.get(&format!(
+            "/apis/ferry.dev/v1alpha1/namespaces/{NAMESPACE}/modelendpoints/victim"
+        ))
+        .await
+        .is_none(),
+        "no endpoint was created"
+    );
 }

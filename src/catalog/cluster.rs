@@ -2,6 +2,7 @@
 //! (every namespace the gateway may read), and API changes written back with server-side apply,
 //! so `kubectl get mep` and the Launch API always show the same objects.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -16,6 +17,8 @@ use serde::de::DeserializeOwned;
 
 use super::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::admin::Readiness;
+use crate::callback::policy::CALLBACK_CREDENTIALS_LABEL;
+use crate::controller::build::MANAGED_BY_LABEL;
 use crate::crd::{EndpointType, ModelBundle, ModelEndpoint, namespace_of};
 use crate::queue::{Queue, QueueSpec};
 
@@ -146,13 +149,44 @@ fn applied_meta(meta: &ObjectMeta) -> ObjectMeta {
     }
 }
 
+/// Labels of the Secrets the gateway writes: opted in as callback credentials, and marked as
+/// the gateway's so it never overwrites a Secret someone else keeps under that name.
+fn secret_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (CALLBACK_CREDENTIALS_LABEL.to_owned(), "true".to_owned()),
+        (MANAGED_BY_LABEL.to_owned(), FIELD_MANAGER.to_owned()),
+    ])
+}
+
+/// True when an existing Secret with these labels is one the gateway wrote.
+fn is_gateway_secret(labels: Option<&BTreeMap<String, String>>) -> bool {
+    labels
+        .and_then(|labels| labels.get(MANAGED_BY_LABEL))
+        .is_some_and(|value| value == FIELD_MANAGER)
+}
+
 impl ClusterWriter {
     async fn apply_secret(&self, secret: NamedSecret) -> Result<(), WriteError> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &secret.namespace);
+        let existing = api
+            .get_metadata_opt(&secret.name)
+            .await
+            .map_err(unavailable)?;
+        let clash = || {
+            WriteError::Invalid(format!(
+                "a Secret named {} exists in namespace {} and was not written by ferry; it is left alone: rename the endpoint or remove the Secret",
+                secret.name, secret.namespace
+            ))
+        };
+        let existing_is_ours = existing.is_some();
+        if existing.is_some_and(|e| !is_gateway_secret(e.metadata.labels.as_ref())) {
+            return Err(clash());
+        }
         let object = Secret {
             metadata: ObjectMeta {
                 name: Some(secret.name.clone()),
                 namespace: Some(secret.namespace.clone()),
+                labels: Some(secret_labels()),
                 ..Default::default()
             },
             data: Some(
@@ -165,10 +199,21 @@ impl ClusterWriter {
             type_: Some("Opaque".into()),
             ..Default::default()
         };
-        api.patch(&secret.name, &params(), &Patch::Apply(&object))
+        // Force only over the gateway's own Secret; a new one is applied without, so a Secret
+        // created meanwhile by someone else makes the apply conflict instead of being taken.
+        let params = if existing_is_ours {
+            params()
+        } else {
+            PatchParams::apply(FIELD_MANAGER)
+        };
+        match api
+            .patch(&secret.name, &params, &Patch::Apply(&object))
             .await
-            .map(drop)
-            .map_err(unavailable)
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => Err(clash()),
+            Err(error) => Err(unavailable(error)),
+        }
     }
 
     async fn apply(
