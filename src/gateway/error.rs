@@ -38,6 +38,9 @@ pub enum AppError {
     /// No worker could be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// A worker answered with something the gateway will not pass on.
+    #[error("{0}")]
+    BadGateway(String),
     /// The caller must slow down: its team's quota or the endpoint's queue is exhausted.
     #[error("{detail}")]
     TooMany {
@@ -59,6 +62,7 @@ impl AppError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             AppError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            AppError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             AppError::Busy(_) | AppError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }

@@ -34,6 +34,10 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// one idling at zero to start a worker.
 const WORKER_WAIT: Duration = Duration::from_secs(120);
 
+/// Largest sync answer the gateway passes on: the documented body size. It holds a whole
+/// answer in memory, so a model answering more gets a 502 instead of exhausting the gateway.
+const MAX_ANSWER_BYTES: usize = 10 * 1024 * 1024;
+
 /// Between tries while waiting for a worker, unless the catalog reports a change sooner.
 const RETRY_UNREACHABLE: Duration = Duration::from_millis(250);
 
@@ -235,11 +239,37 @@ pub async fn submit_sync_task(
     let response = reach_worker(&state, &endpoint, PREDICT_PATH, body, timeout).await?;
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let body = response
-        .bytes()
-        .await
-        .map_err(|_| AppError::Unavailable("the worker's answer broke off".into()))?;
+    let body = read_capped(response, MAX_ANSWER_BYTES).await?;
     Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The worker's whole answer, read no further than `cap` bytes.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Bytes, AppError> {
+    let too_large = || {
+        AppError::BadGateway(format!(
+            "the model's answer is larger than {cap} bytes, the most a sync task may return"
+        ))
+    };
+    if response
+        .content_length()
+        .is_some_and(|length| length > cap as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    loop {
+        let chunk = response
+            .chunk()
+            .await
+            .map_err(|_| AppError::Unavailable("the worker's answer broke off".into()))?;
+        let Some(chunk) = chunk else {
+            return Ok(Bytes::from(body));
+        };
+        if body.len() + chunk.len() > cap {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
 }
 
 pub async fn submit_streaming_task(
@@ -268,4 +298,52 @@ pub async fn submit_streaming_task(
             .insert(header::CONTENT_TYPE, content_type);
     }
     Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker on 127.0.0.1 answering `size` bytes, chunked (no length announced) or not.
+    async fn worker(size: usize, chunked: bool) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("address");
+        let app = axum::Router::new().fallback(move || async move {
+            let bytes = vec![b'7'; size];
+            if chunked {
+                let chunks = bytes
+                    .chunks(1024)
+                    .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
+                    .collect::<Vec<_>>();
+                Body::from_stream(futures::stream::iter(chunks))
+            } else {
+                Body::from(bytes)
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/")
+    }
+
+    #[tokio::test]
+    async fn answers_beyond_the_cap_are_refused_whether_announced_or_not() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let cap = 64 * 1024;
+        for chunked in [false, true] {
+            let fits = client.get(worker(cap, chunked).await).send().await;
+            let body = read_capped(fits.expect("answer"), cap).await.expect("fits");
+            assert_eq!(body.len(), cap);
+            let over = client.get(worker(cap + 1, chunked).await).send().await;
+            let refused = read_capped(over.expect("answer"), cap).await;
+            assert!(
+                matches!(&refused, Err(AppError::BadGateway(detail)) if detail.contains("larger than")),
+                "chunked {chunked}: {refused:?}"
+            );
+        }
+    }
 }
