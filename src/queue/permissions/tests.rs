@@ -121,6 +121,24 @@ fn task(endpoint: &EndpointId) -> TaskMessage {
     }
 }
 
+/// The callback job a forwarder queues for `task`'s success.
+fn callback_job(task: &TaskMessage) -> CallbackJob {
+    CallbackJob {
+        task_id: task.task_id.clone(),
+        endpoint_id: task.endpoint_id.clone(),
+        target: CallbackTarget {
+            url: "http://127.0.0.1:9/".into(),
+            auth: None,
+        },
+        outcome: TaskOutcome::Success {
+            result: serde_json::json!(2),
+        },
+        submitted_at_ms: 0,
+        prior_attempts: 0,
+        redeliveries: 0,
+    }
+}
+
 /// Runs `handle` on the first message of `puller` and returns what it gave back.
 async fn first<H, T>(
     puller: crate::queue::Puller<H>,
@@ -185,20 +203,7 @@ async fn every_role_does_its_work_with_its_own_credentials_and_none_without() {
                 .advance_task_record(&task.task_id, &done, None)
                 .await
                 .expect("recorded");
-            let job = CallbackJob {
-                task_id: task.task_id.clone(),
-                endpoint_id: task.endpoint_id.clone(),
-                target: CallbackTarget {
-                    url: "http://127.0.0.1:9/".into(),
-                    auth: None,
-                },
-                outcome: TaskOutcome::Success {
-                    result: serde_json::json!(2),
-                },
-                submitted_at_ms: 0,
-                prior_attempts: 0,
-                redeliveries: 0,
-            };
+            let job = callback_job(&task);
             queue.publish_callback(&job).await.expect("callback queued");
             delivery.ack().await.expect("acked");
             task.task_id
@@ -402,20 +407,7 @@ async fn an_endpoints_forwarder_credentials_reach_only_that_endpoint_and_expire(
             let queue = worker.clone();
             tokio::spawn(async move {
                 let task = delivery.task().expect("decodes");
-                let job = CallbackJob {
-                    task_id: task.task_id.clone(),
-                    endpoint_id: task.endpoint_id.clone(),
-                    target: CallbackTarget {
-                        url: "http://127.0.0.1:9/".into(),
-                        auth: None,
-                    },
-                    outcome: TaskOutcome::Success {
-                        result: serde_json::json!(2),
-                    },
-                    submitted_at_ms: 0,
-                    prior_attempts: 0,
-                    redeliveries: 0,
-                };
+                let job = callback_job(&task);
                 queue.publish_callback(&job).await.expect("callback queued");
                 delivery.ack().await.expect("acked");
                 task.endpoint_id
