@@ -22,7 +22,7 @@ pub use callbacks::{CALLBACK_LEASE_RENEWAL, CallbackDelivery};
 pub use connect::{ClientCert, ConfigError, Connection, Credentials, Tls};
 pub use lease::{Held, Puller, consume, keep_alive_while_held};
 pub use limits::QueueLimits;
-pub use permissions::{Role, permissions};
+pub use permissions::{Permissions, Role, forwarder_of, permissions};
 pub use results::RecordAt;
 pub use tasks::{Backlog, MAX_TASK_ATTEMPTS, QueueSpec, TaskDelivery};
 
@@ -103,6 +103,10 @@ pub enum Error {
     },
     #[error("the {role:?} role holds no {bucket} bucket")]
     NotHeld { role: Role, bucket: &'static str },
+    /// A callback job arrived on another endpoint's subject than the one it names: a forwarder
+    /// may publish only its own endpoint's jobs, so the subject is what vouches for the job.
+    #[error("a callback job for endpoint {claimed} arrived on subject {subject}")]
+    ForeignCallbackJob { claimed: String, subject: String },
     #[error("decoding {what}")]
     Decode {
         what: &'static str,
