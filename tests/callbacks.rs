@@ -298,7 +298,7 @@ sys.exit(0 if any(hmac.compare_digest(expected, g) for g in given) else 1)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_comes_from_the_task_else_the_endpoint_secret() {
     let receiver = Receiver::start().await;
-    let spec = "  defaultCallbackAuth: {kind: basic, secretName: receiver-login}\n";
+    let spec = "  defaultCallbackAuth: {kind: basic, secretName: receiver-login}\n  callbacks: {allowBasicAuthOverHttp: true}\n";
     let secret = secret_yaml(
         "receiver-login",
         &[("username", "ferry"), ("password", "s3cret")],
@@ -620,7 +620,7 @@ async fn no_credential_or_signing_secret_crosses_nats_in_clear() {
     let tapped = wiretap(&nats).await;
     let receiver = Receiver::start().await;
     receiver.answer_first_with(&[StatusCode::GONE]);
-    let spec = "  defaultCallbackAuth: {kind: basic, secretName: hooks}\n  callbacks:\n    signingSecret: {name: hooks}\n";
+    let spec = "  defaultCallbackAuth: {kind: basic, secretName: hooks}\n  callbacks:\n    signingSecret: {name: hooks}\n    allowBasicAuthOverHttp: true\n";
     let secret = secret_yaml(
         "hooks",
         &[
