@@ -92,6 +92,8 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
         queue,
         guard,
         keys: Arc::new(keys),
+        // One machine, one user: no per-team limits.
+        limits: Arc::default(),
         metrics: GatewayMetrics::register(&mut registry),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)

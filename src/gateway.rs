@@ -10,6 +10,7 @@ mod redeliver;
 mod resources;
 mod routes;
 mod sync;
+mod team_limits;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -28,6 +29,7 @@ pub use auth::ApiKeys;
 pub use demand::Demand;
 pub use metrics::GatewayMetrics;
 pub use sync::WorkerClient;
+pub use team_limits::{RateLimit, TeamLimits};
 
 use crate::admin::{self, Readiness};
 use crate::callback::Guard;
@@ -49,6 +51,8 @@ pub struct AppState {
     pub queue: Queue,
     pub guard: Guard,
     pub keys: Arc<ApiKeys>,
+    /// Per-team request rate and task quota.
+    pub limits: Arc<TeamLimits>,
     pub metrics: Arc<GatewayMetrics>,
 }
 
@@ -117,6 +121,7 @@ pub async fn serve(
 pub struct Config {
     keys: ApiKeys,
     guard: Guard,
+    limits: TeamLimits,
     /// The fixed set of endpoints from `--manifests`; the cluster's when absent.
     manifests: Option<manifest::Manifests>,
 }
@@ -134,6 +139,7 @@ pub fn config(args: &GatewayArgs) -> anyhow::Result<Config> {
     Ok(Config {
         keys,
         guard: args.guard.guard(&[])?,
+        limits: args.team_limits.limits(),
         manifests,
     })
 }
@@ -142,6 +148,7 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
     let Config {
         keys,
         guard,
+        limits,
         manifests,
     } = config(&args)?;
     let settings = QueueSettings {
@@ -192,6 +199,7 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
         queue,
         guard,
         keys: Arc::new(keys),
+        limits: Arc::new(limits),
         metrics: GatewayMetrics::register(&mut registry),
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
