@@ -9,8 +9,11 @@ every flag and variable, the role checks its settings as at start-up, refuses FE
 no flag reads, and connects to NATS. What only a cluster supplies is filled in: Secrets and
 ConfigMaps from the same rendered output when they are there, else a placeholder; field
 references with the pod's namespace and a name; files mounted from volumes with placeholder
-content. NATS is a nats-server started here on 127.0.0.1, and listen addresses are moved to
-127.0.0.1. Every FILE must hold at least one ferry container.
+content (real ones from `ferry nats-auth` for the keys of its Secret: each role's .creds,
+account-signing.nk). NATS is a nats-server started here on 127.0.0.1 — one open, and one with
+the `ferry nats-auth` server.conf for containers given a .creds file, so their credentials must
+be accepted — and listen addresses are moved to 127.0.0.1. Every FILE must hold at least one
+ferry container.
 """
 
 import base64
@@ -29,6 +32,7 @@ POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 # Values a cluster would supply from a Secret the rendered output does not hold.
 SECRET_PLACEHOLDERS = {"FERRY_API_KEYS": "placeholder-key-0123456789abcdef=team-a"}
 NATS_URL_VARIABLE = "FERRY_NATS_URL"
+NATS_CREDS_VARIABLE = "FERRY_NATS_CREDS_FILE"
 
 
 def load_documents(path):
@@ -134,7 +138,7 @@ def container_argv(container, nats_url):
 class MountedFiles:
     """Volume mounts of one container, backed by a temporary directory with placeholder files."""
 
-    def __init__(self, root, container, volumes, ca_pem):
+    def __init__(self, root, container, volumes, placeholders):
         self.mounts = {}
         by_name = {volume["name"]: volume for volume in volumes}
         for mount in container.get("volumeMounts") or []:
@@ -143,8 +147,7 @@ class MountedFiles:
             volume = by_name.get(mount["name"], {})
             source = volume.get("secret") or volume.get("configMap") or {}
             for item in source.get("items") or []:
-                # Mounted files here are CA bundles; a PEM certificate stands in for any content.
-                (local / item["path"]).write_bytes(ca_pem)
+                (local / item["path"]).write_bytes(placeholders.content(item["key"]))
             self.mounts[mount["mountPath"].rstrip("/")] = local
 
     def local_path(self, value):
@@ -160,10 +163,11 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def start_nats(store):
+def start_nats(store, config=None):
     port = free_port()
     server = subprocess.Popen(
-        ["nats-server", "--jetstream", "--addr", "127.0.0.1", "--port", str(port), "--store_dir", store],
+        ["nats-server", "--jetstream", "--addr", "127.0.0.1", "--port", str(port), "--store_dir", store]
+        + (["--config", config] if config else []),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -178,18 +182,34 @@ def start_nats(store):
             time.sleep(0.1)
 
 
-def placeholder_ca(directory):
-    path = Path(directory) / "ca.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-         "-subj", "/CN=placeholder CA", "-days", "1", "-keyout", os.devnull, "-out", str(path)],
-        check=True,
-        capture_output=True,
-    )
-    return path.read_bytes()
+class Placeholders:
+    """What stands in for a mounted Secret key: `ferry nats-auth` output for its keys, a
+    throwaway private key for *.key, a throwaway PEM certificate for anything else."""
+
+    def __init__(self, ferry, directory):
+        self.nats_auth = Path(directory) / "nats-auth"
+        self.nats_auth.mkdir()
+        subprocess.run([ferry, "nats-auth", "--out", str(self.nats_auth)], check=True, capture_output=True)
+        cert, key = Path(directory) / "cert.pem", Path(directory) / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-subj", "/CN=placeholder", "-days", "1", "-keyout", str(key), "-out", str(cert)],
+            check=True,
+            capture_output=True,
+        )
+        self.cert, self.key = cert.read_bytes(), key.read_bytes()
+
+    def server_config(self):
+        return str(self.nats_auth / "server.conf")
+
+    def content(self, key):
+        generated = self.nats_auth / key
+        if generated.is_file():
+            return generated.read_bytes()
+        return self.key if key.endswith(".key") else self.cert
 
 
-def check_file(ferry, path, nats_url, ca_pem, work):
+def check_file(ferry, path, nats_urls, placeholders, work):
     docs = load_documents(path)
     stored = stored_values(docs)
     failures, checked = 0, 0
@@ -203,8 +223,10 @@ def check_file(ferry, path, nats_url, ca_pem, work):
             if not is_ferry_image(container.get("image", "")):
                 continue
             where = f"{Path(path).name}: {doc['kind']}/{meta.get('name')} container {container['name']}"
-            files = MountedFiles(tempfile.mkdtemp(dir=work), container, spec.get("volumes") or [], ca_pem)
+            files = MountedFiles(tempfile.mkdtemp(dir=work), container, spec.get("volumes") or [], placeholders)
             resolver = Resolver(stored, namespace, f"{meta.get('name')}-0", files)
+            with_creds = any(var["name"] == NATS_CREDS_VARIABLE for var in container.get("env") or [])
+            nats_url = nats_urls["auth" if with_creds else "open"]
             env = container_env(container, resolver, nats_url)
             argv = container_argv(container, nats_url) + ["--check-config"]
             result = subprocess.run([ferry, *argv], env=env, capture_output=True, text=True, timeout=120)
@@ -225,13 +247,15 @@ def check_file(ferry, path, nats_url, ca_pem, work):
 def main():
     ferry, files = sys.argv[1], sys.argv[2:]
     work = tempfile.mkdtemp()
-    server = None
+    servers, nats_urls = [], {}
     try:
-        server, nats_url = start_nats(os.path.join(work, "jetstream"))
-        ca_pem = placeholder_ca(work)
-        failures = sum(check_file(ferry, path, nats_url, ca_pem, work) for path in files)
+        placeholders = Placeholders(ferry, work)
+        for kind, config in [("open", None), ("auth", placeholders.server_config())]:
+            server, nats_urls[kind] = start_nats(os.path.join(work, f"jetstream-{kind}"), config)
+            servers.append(server)
+        failures = sum(check_file(ferry, path, nats_urls, placeholders, work) for path in files)
     finally:
-        if server is not None:
+        for server in servers:
             server.terminate()
             server.wait()
         shutil.rmtree(work, ignore_errors=True)

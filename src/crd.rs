@@ -283,6 +283,33 @@ impl ModelEndpointSpec {
     pub fn has_hook(&self, hook: PostInferenceHook) -> bool {
         self.post_inference_hooks.contains(&hook)
     }
+
+    /// True when Basic credentials may go to `url`: over https, or over plain http where the
+    /// endpoint allows it explicitly.
+    pub fn allows_basic_auth_to(&self, url: &str) -> bool {
+        let plain_http = url
+            .get(..7)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
+        !plain_http
+            || self
+                .callbacks
+                .as_ref()
+                .is_some_and(|callbacks| callbacks.allow_basic_auth_over_http)
+    }
+
+    /// True when the endpoint's default callback would send Basic credentials over plain http
+    /// without the endpoint allowing it.
+    pub fn default_basic_auth_over_http(&self) -> bool {
+        let basic = self
+            .default_callback_auth
+            .as_ref()
+            .is_some_and(|auth| auth.kind == CallbackAuthKind::Basic);
+        basic
+            && self
+                .default_callback_url
+                .as_deref()
+                .is_some_and(|url| !self.allows_basic_auth_to(url))
+    }
 }
 
 /// A key of a Secret in the endpoint's namespace.
@@ -341,6 +368,11 @@ pub struct CallbackPolicySpec {
     /// Hosts callbacks may go to, exactly or as `*.example.com`; any public host when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
+    /// Send Basic credentials to plain `http://` callback URLs too, where anyone on the path
+    /// can read them. Default false: such tasks are refused and such a default URL keeps the
+    /// endpoint from being Ready.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_basic_auth_over_http: bool,
 }
 
 /// Launch's endpoint status, as the gateway reports it.

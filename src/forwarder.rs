@@ -334,7 +334,7 @@ pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Resu
         ..Default::default()
     };
     let queue = Queue::connect(
-        &args.nats.connection()?.for_role(queue::Role::Forwarder),
+        &args.nats.connection()?.for_forwarder_of(&endpoint_id),
         settings,
         Duration::from_secs(30),
     )

@@ -53,8 +53,7 @@ async fn main() -> anyhow::Result<()> {
         Role::Bench(args) => bench::run(args, cancel).await,
         Role::BenchModel(args) => bench::model::run(args, cancel).await,
         Role::NatsAuth(args) => {
-            nats_auth::AuthSet::generate().write(&args.out)?;
-            println!("NATS authorization written to {}", args.out.display());
+            nats_auth::run(&args)?;
             Ok(())
         }
         Role::Crd => {

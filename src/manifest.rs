@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use serde::Deserialize;
 
+use crate::callback::policy::{PolicyError, check_opted_in, secret_names};
 use crate::crd::{GROUP, ModelBundle, ModelEndpoint, namespace_of};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,13 @@ pub enum Error {
         endpoint: String,
         bundle: String,
     },
+    #[error("ModelEndpoint {namespace}/{endpoint}: SecretNotOptedIn: {source}")]
+    SecretNotOptedIn {
+        namespace: String,
+        endpoint: String,
+        #[source]
+        source: PolicyError,
+    },
     #[error("no ModelEndpoint found in {paths}")]
     NoEndpoints { paths: String },
 }
@@ -78,6 +86,22 @@ impl Manifests {
             data.insert(key.clone(), value.clone().into_bytes());
         }
         Some(data)
+    }
+
+    /// The operator's rule: an endpoint uses only Secrets labelled as callback credentials.
+    /// (A Secret no manifest defines is left for the policy to report as missing.)
+    fn check_secrets_opt_in(&self, endpoint: &ModelEndpoint) -> Result<(), PolicyError> {
+        let namespace = namespace_of(endpoint);
+        for name in secret_names(&endpoint.spec) {
+            let secret = self
+                .secrets
+                .iter()
+                .find(|s| s.name_any() == name && namespace_of(*s) == namespace);
+            if let Some(secret) = secret {
+                check_opted_in(&name, secret.metadata.labels.as_ref())?;
+            }
+        }
+        Ok(())
     }
 
     pub fn bundle_for(&self, endpoint: &ModelEndpoint) -> Option<&ModelBundle> {
@@ -116,6 +140,13 @@ pub fn load(paths: &[PathBuf]) -> Result<Manifests, Error> {
                 bundle: endpoint.spec.bundle.clone(),
             });
         }
+        manifests
+            .check_secrets_opt_in(endpoint)
+            .map_err(|source| Error::SecretNotOptedIn {
+                namespace: namespace_of(endpoint),
+                endpoint: endpoint.name_any(),
+                source,
+            })?;
     }
     if manifests.endpoints.is_empty() {
         let paths = paths
@@ -271,6 +302,35 @@ mod tests {
         write(dir.path(), "e.yaml", ENDPOINT);
         let error = load(&[dir.path().into()]).expect_err("missing bundle");
         assert!(matches!(error, Error::MissingBundle { .. }), "{error}");
+    }
+
+    #[test]
+    fn an_endpoint_naming_a_secret_that_does_not_opt_in_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), "b.yaml", BUNDLE);
+        let endpoint = ENDPOINT.replace(
+            "spec: {",
+            "spec: {callbacks: {signingSecret: {name: hooks}}, ",
+        );
+        assert_ne!(endpoint, ENDPOINT, "the fixture has a spec to extend");
+        write(dir.path(), "e.yaml", &endpoint);
+        let secret = |labels: &str| {
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: hooks\n{labels}stringData: {{signingSecret: x}}\n"
+            )
+        };
+        write(dir.path(), "s.yaml", &secret(""));
+        let error = load(&[dir.path().into()]).expect_err("not opted in");
+        assert!(
+            matches!(&error, Error::SecretNotOptedIn { source: PolicyError::NotOptedIn { name }, .. } if name == "hooks"),
+            "{error}"
+        );
+        write(
+            dir.path(),
+            "s.yaml",
+            &secret("  labels: {ferry.dev/callback-credentials: \"true\"}\n"),
+        );
+        load(&[dir.path().into()]).expect("opted in");
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::path::Path;
 
 use nkeys::KeyPair;
 
-use crate::queue::{Role, permissions};
+use crate::crd::EndpointId;
+use crate::queue::{Permissions, Role, forwarder_of, permissions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -18,12 +19,45 @@ pub enum Error {
     Sign(#[from] jwt::SignError),
     #[error("reading a seed")]
     Seed(#[source] nkeys::error::Error),
+    #[error("`{0}` is not an endpoint id (end_…)")]
+    EndpointId(String),
+    #[error("the validity ends past the representable time")]
+    ValidFor,
+    #[error("`{0}` is not an account public key")]
+    AccountKey(String),
+    #[error("reading {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("writing {path}")]
     Write {
         path: String,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// `ferry nats-auth`: a new authorization written to `--out`, or one forwarder's credentials
+/// issued from it and printed.
+pub fn run(args: &crate::cli::NatsAuthArgs) -> Result<(), Error> {
+    let Some(endpoint) = &args.forwarder_of else {
+        AuthSet::generate().write(&args.out)?;
+        println!("NATS authorization written to {}", args.out.display());
+        return Ok(());
+    };
+    let endpoint =
+        EndpointId::parse(endpoint).ok_or_else(|| Error::EndpointId(endpoint.clone()))?;
+    let issuer = ForwarderIssuer::from_files(
+        &args.out.join(ACCOUNT_FILE),
+        &args.out.join(ACCOUNT_SIGNING_SEED_FILE),
+    )?;
+    let expires = jiff::Timestamp::now()
+        .checked_add(args.valid_for)
+        .map_err(|_| Error::ValidFor)?;
+    print!("{}", issuer.forwarder_creds(&endpoint, expires)?);
+    Ok(())
 }
 
 /// Every key of a ferry deployment's NATS authorization.
@@ -79,21 +113,21 @@ impl AuthSet {
 
     /// A `.creds` file for a new user of `role`.
     pub fn role_creds(&self, role: Role) -> Result<String, Error> {
-        let permissions = permissions(role);
-        let user = KeyPair::new_user();
-        let claims = jwt::user_claims(
-            &self.account.public_key(),
-            &permissions.publish,
-            &permissions.subscribe,
-        );
-        let jwt = jwt::encode(
-            &self.account_signing,
-            &user.public_key(),
-            role.name(),
-            claims,
-        )?;
-        let seed = user.seed().map_err(Error::Seed)?;
-        Ok(jwt::creds_file(&jwt, &seed))
+        self.forwarder_issuer()
+            .issue(role.name(), &permissions(role), None)
+    }
+
+    /// What the operator role holds to issue forwarders' credentials.
+    pub fn forwarder_issuer(&self) -> ForwarderIssuer {
+        ForwarderIssuer {
+            account: self.account.public_key(),
+            // Cloned through its seed: a KeyPair is not Clone.
+            signing: self
+                .account_signing
+                .seed()
+                .and_then(|seed| KeyPair::from_seed(&seed))
+                .expect("a generated key pair has a seed"),
+        }
     }
 
     /// Writes the server's configuration, one `.creds` file per role and the account signing
@@ -105,7 +139,70 @@ impl AuthSet {
             write(&format!("{}.creds", role.name()), &self.role_creds(role)?)?;
         }
         let seed = self.account_signing.seed().map_err(Error::Seed)?;
-        write("account-signing.nk", &format!("{seed}\n"))
+        write(ACCOUNT_SIGNING_SEED_FILE, &format!("{seed}\n"))?;
+        write(ACCOUNT_FILE, &format!("{}\n", self.account.public_key()))
+    }
+}
+
+/// Files of `ferry nats-auth`'s output the operator role reads to issue forwarders' credentials.
+pub const ACCOUNT_SIGNING_SEED_FILE: &str = "account-signing.nk";
+pub const ACCOUNT_FILE: &str = "account.pub";
+
+/// Issues NATS users of ferry's account with its signing key: the operator role's
+/// per-endpoint forwarder credentials.
+pub struct ForwarderIssuer {
+    account: String,
+    signing: KeyPair,
+}
+
+impl ForwarderIssuer {
+    /// From the account's public key and the signing key's seed, as `ferry nats-auth` writes them.
+    pub fn new(account: &str, signing_seed: &str) -> Result<Self, Error> {
+        let account = account.trim();
+        if !account.starts_with('A') || KeyPair::from_public_key(account).is_err() {
+            return Err(Error::AccountKey(account.to_owned()));
+        }
+        let signing = KeyPair::from_seed(signing_seed.trim()).map_err(Error::Seed)?;
+        Ok(ForwarderIssuer {
+            account: account.to_owned(),
+            signing,
+        })
+    }
+
+    /// From the files `ferry nats-auth` writes as [`ACCOUNT_FILE`] and
+    /// [`ACCOUNT_SIGNING_SEED_FILE`].
+    pub fn from_files(account_file: &Path, signing_seed_file: &Path) -> Result<Self, Error> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| Error::Read {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        ForwarderIssuer::new(&read(account_file)?, &read(signing_seed_file)?)
+    }
+
+    /// A `.creds` file for the forwarder of `endpoint` alone, refused by the server after
+    /// `expires`.
+    pub fn forwarder_creds(
+        &self,
+        endpoint: &EndpointId,
+        expires: jiff::Timestamp,
+    ) -> Result<String, Error> {
+        let name = format!("forwarder-{endpoint}");
+        self.issue(&name, &forwarder_of(endpoint), Some(expires))
+    }
+
+    fn issue(
+        &self,
+        name: &str,
+        permissions: &Permissions,
+        expires: Option<jiff::Timestamp>,
+    ) -> Result<String, Error> {
+        let user = KeyPair::new_user();
+        let claims = jwt::user_claims(&self.account, &permissions.publish, &permissions.subscribe);
+        let jwt = jwt::encode_expiring(&self.signing, &user.public_key(), name, claims, expires)?;
+        let seed = user.seed().map_err(Error::Seed)?;
+        Ok(jwt::creds_file(&jwt, &seed))
     }
 }
 

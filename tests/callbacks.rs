@@ -20,7 +20,9 @@ fn secret_yaml(name: &str, pairs: &[(&str, &str)]) -> String {
         .iter()
         .map(|(k, v)| format!("  {k}: {}\n", serde_json::to_string(v).unwrap()))
         .collect();
-    format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n{data}")
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  labels: {{ferry.dev/callback-credentials: \"true\"}}\nstringData:\n{data}"
+    )
 }
 
 /// The example bundle and one endpoint `hooks` calling back `url`, with extra spec lines.

@@ -96,12 +96,20 @@ pub enum BuildError {
         "the endpoint name {name:?} cannot name a Service (a DNS label of at most 63 characters)"
     )]
     ServiceName { name: String },
+    #[error(
+        "defaultCallbackAuth is basic and defaultCallbackUrl is plain http: use https or set \
+         callbacks.allowBasicAuthOverHttp"
+    )]
+    BasicAuthOverHttp,
 }
 
 impl BuildError {
     /// Bounded reason for conditions, Events and metrics.
     pub fn reason(&self) -> &'static str {
-        "InvalidSpec"
+        match self {
+            BuildError::BasicAuthOverHttp => "BasicAuthOverHttp",
+            _ => "InvalidSpec",
+        }
     }
 }
 
@@ -114,6 +122,9 @@ pub fn plan(
     let owner = endpoint
         .controller_owner_ref(&())
         .ok_or(BuildError::NoUid)?;
+    if endpoint.spec.default_basic_auth_over_http() {
+        return Err(BuildError::BasicAuthOverHttp);
+    }
     let labels = build_labels(endpoint)?;
     let deployment = build_deployment(endpoint, bundle, settings, &labels, &owner)?;
     let (service, queue) = match endpoint.spec.endpoint_type {

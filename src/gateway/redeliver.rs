@@ -1,4 +1,6 @@
 //! Redelivery of dead-lettered callbacks: one task's, or every one given up on since a time.
+//! A caller reaches only its team's endpoints' letters; the listing asks the server for those
+//! endpoints' keys alone, so another team's letters are never read.
 
 use axum::{
     Json,
@@ -8,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppState, auth::Principal, error::AppError};
+use crate::crd::EndpointId;
 use crate::task::{CallbackState, DeadLetter, TaskId};
 
 pub async fn redeliver_task(
@@ -17,14 +20,23 @@ pub async fn redeliver_task(
 ) -> Result<Json<Value>, AppError> {
     let not_found = || AppError::NotFound(format!("task {id} has no dead-lettered callback"));
     let task_id = TaskId::parse(&id).ok_or_else(not_found)?;
-    let letter = state
+    // The task's record names its endpoint: the caller's visibility is settled before any
+    // dead letter is read.
+    let record = state
         .queue
-        .dead_letter(&task_id)
+        .task_record(&task_id)
         .await?
         .ok_or_else(not_found)?;
-    if !visible(&state, &principal, &letter) {
+    if principal.scope().is_some()
+        && !visible_endpoints(&state, &principal).contains(&record.endpoint_id)
+    {
         return Err(not_found());
     }
+    let letter = state
+        .queue
+        .dead_letter(&record.endpoint_id, &task_id)
+        .await?
+        .ok_or_else(not_found)?;
     redeliver(&state, &letter).await?;
     Ok(Json(json!({ "redelivered": 1 })))
 }
@@ -50,9 +62,12 @@ pub async fn redeliver_since(
                 ))
             })?,
     };
+    let endpoints = principal
+        .scope()
+        .map(|_| visible_endpoints(&state, &principal));
     let mut redelivered = 0;
-    for letter in state.queue.dead_letters().await? {
-        if letter.dead_at_ms >= since_ms && visible(&state, &principal, &letter) {
+    for letter in state.queue.dead_letters(endpoints.as_deref()).await? {
+        if letter.dead_at_ms >= since_ms {
             redeliver(&state, &letter).await?;
             redelivered += 1;
         }
@@ -60,14 +75,14 @@ pub async fn redeliver_since(
     Ok(Json(json!({ "redelivered": redelivered })))
 }
 
-fn visible(state: &AppState, principal: &Principal, letter: &DeadLetter) -> bool {
-    match principal.scope() {
-        None => true,
-        Some(scope) => state
-            .catalog
-            .endpoint(&letter.job.endpoint_id)
-            .is_some_and(|endpoint| crate::crd::namespace_of(endpoint.as_ref()) == scope),
-    }
+/// The endpoints whose dead letters the caller may redeliver: its team's.
+fn visible_endpoints(state: &AppState, principal: &Principal) -> Vec<EndpointId> {
+    state
+        .catalog
+        .find_endpoints(principal.scope(), None)
+        .iter()
+        .map(|endpoint| endpoint.endpoint_id())
+        .collect()
 }
 
 /// Queues the job again with a fresh schedule, marks the callback pending, drops the letter.
@@ -80,7 +95,10 @@ async fn redeliver(state: &AppState, letter: &DeadLetter) -> Result<(), AppError
         })
         .await?;
     state.queue.redeliver_callback(&letter.job).await?;
-    state.queue.remove_dead_letter(task_id).await?;
+    state
+        .queue
+        .remove_dead_letter(&letter.job.endpoint_id, task_id)
+        .await?;
     tracing::info!(task_id = %task_id, endpoint = %letter.job.endpoint_id, "callback redelivered");
     Ok(())
 }

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 use super::{AppState, auth::Principal, error::AppError, team_limits, views};
 use crate::callback::Guard;
 use crate::crd::{
-    BundleId, EndpointId, EndpointType, ModelBundle, ModelEndpoint, PostInferenceHook,
+    BundleId, CallbackAuthKind, EndpointId, EndpointType, ModelBundle, ModelEndpoint,
+    PostInferenceHook,
 };
 use crate::task::{CallbackAuth, CallbackTarget, TaskId, TaskMessage, now_ms};
 
@@ -336,5 +337,20 @@ async fn resolve_callback(
             None => return Ok(None),
         },
     };
+    let basic = match &auth {
+        Some(auth) => matches!(auth, CallbackAuth::Basic { .. }),
+        None => endpoint
+            .spec
+            .default_callback_auth
+            .as_ref()
+            .is_some_and(|auth| auth.kind == CallbackAuthKind::Basic),
+    };
+    if basic && !endpoint.spec.allows_basic_auth_to(&url) {
+        return Err(AppError::invalid_body(
+            &["callback_url"],
+            "Basic credentials are not sent to a plain http:// callback URL: use https, or set \
+             callbacks.allowBasicAuthOverHttp on the endpoint",
+        ));
+    }
     Ok(Some(CallbackTarget { url, auth }))
 }

@@ -135,6 +135,16 @@ fn create_body(name: &str) -> String {
     .to_string()
 }
 
+/// Creates the queue of an async endpoint.
+async fn ensure_queue(state: &AppState, id: &crate::crd::EndpointId) {
+    let spec = crate::queue::QueueSpec {
+        endpoint_id: id.clone(),
+        task_expiry: std::time::Duration::from_secs(60),
+        ack_wait: std::time::Duration::from_secs(30),
+    };
+    state.queue.ensure_endpoint(&spec).await.expect("queue");
+}
+
 /// Creates an endpoint of `kind` through the API and puts it in the catalog.
 async fn create_endpoint(fixture: &Fixture, name: &str, kind: &str) -> crate::crd::EndpointId {
     let mut body: Value = serde_json::from_str(&create_body(name)).expect("json");
@@ -366,15 +376,7 @@ async fn task_bodies_must_be_json_objects() {
             );
         }
     }
-    state
-        .queue
-        .ensure_endpoint(&crate::queue::QueueSpec {
-            endpoint_id: ids[0].clone(),
-            task_expiry: std::time::Duration::from_secs(60),
-            ack_wait: std::time::Duration::from_secs(30),
-        })
-        .await
-        .expect("queue");
+    ensure_queue(state, &ids[0]).await;
     let (status, answer, _) = send(state, "POST", &routes[0], key, r#"{"args": {"x": 1}}"#).await;
     assert_eq!(status, StatusCode::OK, "an object is taken: {answer}");
     assert!(answer["task_id"].is_string(), "{answer}");
@@ -411,15 +413,7 @@ async fn a_full_task_queue_refuses_with_429_and_keeps_every_accepted_task() {
     let endpoint = fixture.recorder.endpoints.lock().expect("lock").remove(0);
     let id = endpoint.endpoint_id();
     state.catalog.put_endpoint(endpoint);
-    state
-        .queue
-        .ensure_endpoint(&crate::queue::QueueSpec {
-            endpoint_id: id.clone(),
-            task_expiry: std::time::Duration::from_secs(60),
-            ack_wait: std::time::Duration::from_secs(30),
-        })
-        .await
-        .expect("queue");
+    ensure_queue(state, &id).await;
     let uri = format!("/v1/async-tasks?model_endpoint_id={id}");
     let mut accepted = Vec::new();
     let mut refused = 0;
@@ -526,4 +520,38 @@ async fn a_callback_host_whose_lookup_stalls_is_answered_503() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
     let detail = answer["detail"].as_str().unwrap_or_default();
     assert!(detail.contains("did not resolve within"), "{answer}");
+}
+
+#[tokio::test]
+async fn basic_credentials_over_plain_http_are_refused_unless_the_endpoint_allows_them() {
+    let mut fixture = fixture(true).await;
+    let loopback = "127.0.0.0/8".parse().expect("cidr");
+    fixture.state.guard = Guard::new(vec![loopback], Default::default());
+    let state = &fixture.state;
+    let mut body: Value = serde_json::from_str(&create_body("basic-http")).expect("json");
+    body["post_inference_hooks"] = json!(["callback"]);
+    let path = "/v1/model-endpoints";
+    let (status, answer, _) = send(state, "POST", path, Some(KEY_A), &body.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let endpoint = fixture.recorder.endpoints.lock().expect("lock").remove(0);
+    let id = endpoint.endpoint_id();
+    state.catalog.put_endpoint(endpoint.clone());
+    ensure_queue(state, &id).await;
+    let uri = format!("/v1/async-tasks?model_endpoint_id={id}");
+    let task = json!({"args": {"x": 1}, "callback_url": "http://127.0.0.1:9/cb",
+        "callback_auth": {"kind": "basic", "username": "u", "password": "p"}})
+    .to_string();
+    let (status, answer, _) = send(state, "POST", &uri, Some(KEY_A), &task).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let message = answer["detail"][0]["msg"].as_str().unwrap_or_default();
+    assert!(message.contains("plain http://"), "{answer}");
+
+    let mut allowing = endpoint;
+    allowing.spec.callbacks = Some(crate::crd::CallbackPolicySpec {
+        allow_basic_auth_over_http: true,
+        ..Default::default()
+    });
+    state.catalog.put_endpoint(allowing);
+    let (status, answer, _) = send(state, "POST", &uri, Some(KEY_A), &task).await;
+    assert_eq!(status, StatusCode::OK, "allowed explicitly: {answer}");
 }

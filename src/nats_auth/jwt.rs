@@ -21,6 +21,17 @@ pub fn encode(
     name: &str,
     nats: Value,
 ) -> Result<String, SignError> {
+    encode_expiring(issuer, subject, name, nats, None)
+}
+
+/// [`encode`], valid until `expires` (the server refuses it after).
+pub fn encode_expiring(
+    issuer: &KeyPair,
+    subject: &str,
+    name: &str,
+    nats: Value,
+    expires: Option<jiff::Timestamp>,
+) -> Result<String, SignError> {
     let header = json!({"typ": "JWT", "alg": "ed25519-nkey"});
     let mut claims = json!({
         "iat": jiff::Timestamp::now().as_second(),
@@ -29,6 +40,9 @@ pub fn encode(
         "name": name,
         "nats": nats,
     });
+    if let Some(expires) = expires {
+        claims["exp"] = json!(expires.as_second());
+    }
     // The claims' id: a digest of the claims without it.
     let digest = Sha256::digest(claims.to_string().as_bytes());
     claims["jti"] = Value::String(digest.iter().map(|b| format!("{b:02x}")).collect());

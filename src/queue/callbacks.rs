@@ -18,6 +18,9 @@ use super::{Error, Queue, QueueSettings, limits, names, results};
 use crate::crd::EndpointId;
 use crate::task::{CallbackJob, CallbackPolicy, DeadLetter, TaskId};
 
+/// The header JetStream KV puts on the marker a deleted or purged key leaves.
+const KV_OPERATION: &str = "KV-Operation";
+
 /// Window in which a repeated callback job for the same task is dropped by the server.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -253,7 +256,7 @@ impl Queue {
     }
 
     pub async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
-        let key = letter.job.task_id.to_string();
+        let key = names::dead_letter_key(&letter.job.endpoint_id, &letter.job.task_id);
         match self
             .dead_letters_bucket()?
             .put(key.as_str(), results::encode(letter))
@@ -267,8 +270,12 @@ impl Queue {
         }
     }
 
-    pub async fn dead_letter(&self, task: &TaskId) -> Result<Option<DeadLetter>, Error> {
-        let key = task.to_string();
+    pub async fn dead_letter(
+        &self,
+        endpoint: &EndpointId,
+        task: &TaskId,
+    ) -> Result<Option<DeadLetter>, Error> {
+        let key = names::dead_letter_key(endpoint, task);
         match self.dead_letters_bucket()?.get(key.as_str()).await {
             Ok(Some(bytes)) => results::decode("dead letter", &bytes).map(Some),
             Ok(None) => Ok(None),
@@ -279,8 +286,12 @@ impl Queue {
         }
     }
 
-    pub async fn remove_dead_letter(&self, task: &TaskId) -> Result<(), Error> {
-        let key = task.to_string();
+    pub async fn remove_dead_letter(
+        &self,
+        endpoint: &EndpointId,
+        task: &TaskId,
+    ) -> Result<(), Error> {
+        let key = names::dead_letter_key(endpoint, task);
         self.dead_letters_bucket()?
             .purge(key.as_str())
             .await
@@ -290,24 +301,58 @@ impl Queue {
             })
     }
 
-    /// Every dead letter kept.
-    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, Error> {
-        let bucket = names::DEAD_LETTERS_BUCKET;
+    /// The dead letters of `endpoints` (of every endpoint when `None`). The server filters by
+    /// key, so another endpoint's letters are never read.
+    pub async fn dead_letters(
+        &self,
+        endpoints: Option<&[EndpointId]>,
+    ) -> Result<Vec<DeadLetter>, Error> {
+        let bucket = self.dead_letters_bucket()?;
+        let filter_subjects = match endpoints {
+            Some([]) => return Ok(Vec::new()),
+            Some(endpoints) => endpoints
+                .iter()
+                .map(|endpoint| {
+                    format!("{}{}", bucket.prefix, names::dead_letter_keys_of(endpoint))
+                })
+                .collect(),
+            None => vec![format!("{}>", bucket.prefix)],
+        };
         let list_error = |source: super::NatsError| Error::Read {
-            key: format!("{bucket} keys"),
+            key: format!("{} keys", names::DEAD_LETTERS_BUCKET),
             source,
         };
-        let keys: Vec<String> = self
-            .dead_letters_bucket()?
-            .keys()
+        let consumer = bucket
+            .stream
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.js.client().new_inbox(),
+                filter_subjects,
+                deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+                replay_policy: jetstream::consumer::ReplayPolicy::Instant,
+                ..Default::default()
+            })
             .await
-            .map_err(|e| list_error(e.into()))?
-            .filter_map(|key| async { key.ok() })
-            .collect()
-            .await;
-        let mut letters = Vec::with_capacity(keys.len());
-        for key in keys.iter().filter_map(|key| TaskId::parse(key)) {
-            letters.extend(self.dead_letter(&key).await?);
+            .map_err(|e| list_error(e.into()))?;
+        // The letters present when the listing began; later ones wait for the next listing.
+        let present = consumer.cached_info().num_pending as usize;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| list_error(e.into()))?;
+        let mut letters = Vec::with_capacity(present);
+        for _ in 0..present {
+            let Some(message) = messages.next().await else {
+                break;
+            };
+            let message = message.map_err(|e| list_error(e.into()))?;
+            // Removed letters leave a marker carrying this header; a kept letter has none.
+            let removed = message
+                .headers
+                .as_ref()
+                .is_some_and(|headers| headers.get(KV_OPERATION).is_some());
+            if !removed {
+                letters.push(results::decode("dead letter", &message.payload)?);
+            }
         }
         Ok(letters)
     }
@@ -441,3 +486,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod dead_letter_tests;

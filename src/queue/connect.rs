@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_nats::ConnectOptions;
 
-use super::{Error, NatsError, Role};
+use super::{Error, NatsError, Role, permissions};
+use crate::crd::EndpointId;
 
 /// Who the role is to the server; at most one kind per connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,6 +65,8 @@ pub struct Connection {
     /// The role this process connects as; its reply inboxes are below the role's prefix,
     /// the only one its permissions let it subscribe to.
     role: Role,
+    /// Replies below this prefix instead of the role's: a forwarder of one endpoint.
+    inbox_prefix: Option<String>,
 }
 
 impl Connection {
@@ -77,6 +80,7 @@ impl Connection {
             credentials,
             tls,
             role: Role::All,
+            inbox_prefix: None,
         })
     }
 
@@ -103,6 +107,16 @@ impl Connection {
         Connection { role, ..self }
     }
 
+    /// The same connection for the forwarder of `endpoint`, whose replies arrive below that
+    /// endpoint's own inbox (all its per-endpoint credentials may subscribe to).
+    pub fn for_forwarder_of(self, endpoint: &EndpointId) -> Self {
+        Connection {
+            role: Role::Forwarder,
+            inbox_prefix: Some(permissions::forwarder_inbox_prefix(endpoint)),
+            ..self
+        }
+    }
+
     pub fn role(&self) -> Role {
         self.role
     }
@@ -112,7 +126,11 @@ impl Connection {
     pub(super) async fn options(&self) -> Result<ConnectOptions, NatsError> {
         let mut options = ConnectOptions::new()
             .name("ferry")
-            .custom_inbox_prefix(self.role.inbox_prefix())
+            .custom_inbox_prefix(
+                self.inbox_prefix
+                    .clone()
+                    .unwrap_or_else(|| self.role.inbox_prefix()),
+            )
             .connection_timeout(Duration::from_secs(2));
         options = match &self.credentials {
             Credentials::None => options,

@@ -81,6 +81,17 @@ pub fn callback_key(task: &TaskId) -> String {
     format!("callback.{task}")
 }
 
+/// A dead letter's key: under its endpoint, so one endpoint's letters are listed by a subject
+/// filter without reading any other endpoint's.
+pub fn dead_letter_key(endpoint: &EndpointId, task: &TaskId) -> String {
+    format!("{endpoint}.{task}")
+}
+
+/// The keys of every dead letter of `endpoint`, as a KV subject filter suffix.
+pub fn dead_letter_keys_of(endpoint: &EndpointId) -> String {
+    format!("{endpoint}.>")
+}
+
 /// The client's idempotency key is hashed: it may hold characters a KV key cannot.
 pub fn idempotency_key(endpoint: &EndpointId, client_key: &str) -> String {
     let digest = Sha256::digest(client_key.as_bytes());

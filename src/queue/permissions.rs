@@ -9,6 +9,7 @@
 //! `$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>`.
 
 use super::names;
+use crate::crd::EndpointId;
 
 /// A kind of ferry process, as NATS sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +179,29 @@ pub fn permissions(role: Role) -> Permissions {
         }
     }
     Permissions { publish, subscribe }
+}
+
+/// Where the replies to a forwarder of `endpoint` arrive: below its role's prefix, apart from
+/// every other endpoint's forwarders (a pulled task is such a reply).
+pub fn forwarder_inbox_prefix(endpoint: &EndpointId) -> String {
+    format!("{}.{endpoint}", Role::Forwarder.inbox_prefix())
+}
+
+/// A forwarder of one endpoint: the forwarder's work narrowed to that endpoint's task consumer,
+/// callback jobs and reply inbox. Task records (the results bucket) are still shared by every
+/// forwarder: a record is found by its task id, which only the task's own worker learns.
+pub fn forwarder_of(endpoint: &EndpointId) -> Permissions {
+    let mut publish = vec![format!(
+        "$JS.API.STREAM.INFO.{}",
+        kv_stream(names::RESULTS_BUCKET)
+    )];
+    publish.extend(pull(&names::tasks_stream(endpoint), names::TASKS_CONSUMER));
+    publish.extend(kv_keys(names::RESULTS_BUCKET, names::RECORD_KEYS));
+    publish.push(names::callbacks_subject(endpoint));
+    Permissions {
+        publish,
+        subscribe: vec![format!("{}.>", forwarder_inbox_prefix(endpoint))],
+    }
 }
 
 /// Creating and reading every endpoint's task stream and its workers' consumer.

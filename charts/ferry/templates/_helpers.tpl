@@ -146,3 +146,73 @@ readinessProbe:
   periodSeconds: 5
   failureThreshold: 2
 {{- end }}
+
+{{/* How a role reaches NATS (call with dict "root" $ "role" "<role>"): its own .creds file from
+     nats.auth.existingSecret and the TLS files, as the --nats-* variables, the mounts and the
+     volumes. Each pod mounts only its role's key of the auth Secret; the operator also the
+     account signing key it issues forwarders' credentials with. */}}
+{{- define "ferry.natsAccessEnv" -}}
+{{- $nats := .root.Values.nats }}
+{{- if $nats.auth.existingSecret }}
+- name: FERRY_NATS_CREDS_FILE
+  value: /etc/ferry/nats-auth/{{ .role }}.creds
+{{- end }}
+{{- if $nats.tls.caSecret.name }}
+- name: FERRY_NATS_TLS_CA_FILE
+  value: /etc/ferry/nats-ca/{{ $nats.tls.caSecret.key }}
+{{- end }}
+{{- if $nats.tls.clientCertSecret }}
+- name: FERRY_NATS_TLS_CERT_FILE
+  value: /etc/ferry/nats-client-tls/tls.crt
+- name: FERRY_NATS_TLS_KEY_FILE
+  value: /etc/ferry/nats-client-tls/tls.key
+{{- end }}
+{{- if $nats.tls.required }}
+- name: FERRY_NATS_TLS_REQUIRED
+  value: "true"
+{{- end }}
+{{- end }}
+
+{{- define "ferry.natsAccessMounts" -}}
+{{- $nats := .root.Values.nats }}
+{{- if $nats.auth.existingSecret }}
+- {name: nats-auth, mountPath: /etc/ferry/nats-auth, readOnly: true}
+{{- end }}
+{{- if $nats.tls.caSecret.name }}
+- {name: nats-ca, mountPath: /etc/ferry/nats-ca, readOnly: true}
+{{- end }}
+{{- if $nats.tls.clientCertSecret }}
+- {name: nats-client-tls, mountPath: /etc/ferry/nats-client-tls, readOnly: true}
+{{- end }}
+{{- end }}
+
+{{- define "ferry.natsAccessVolumes" -}}
+{{- $nats := .root.Values.nats }}
+{{- if $nats.auth.existingSecret }}
+- name: nats-auth
+  secret:
+    secretName: {{ $nats.auth.existingSecret }}
+    defaultMode: 0440
+    items:
+      - {key: {{ .role }}.creds, path: {{ .role }}.creds}
+      {{- if eq .role "operator" }}
+      - {key: account-signing.nk, path: account-signing.nk}
+      {{- end }}
+{{- end }}
+{{- if $nats.tls.caSecret.name }}
+- name: nats-ca
+  secret:
+    secretName: {{ $nats.tls.caSecret.name }}
+    items:
+      - {key: {{ $nats.tls.caSecret.key }}, path: {{ $nats.tls.caSecret.key }}}
+{{- end }}
+{{- if $nats.tls.clientCertSecret }}
+- name: nats-client-tls
+  secret:
+    secretName: {{ $nats.tls.clientCertSecret }}
+    defaultMode: 0440
+    items:
+      - {key: tls.crt, path: tls.crt}
+      - {key: tls.key, path: tls.key}
+{{- end }}
+{{- end }}

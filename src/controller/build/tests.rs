@@ -393,3 +393,35 @@ fn example_workers_are_probed_on_the_model_port_and_health_route_of_the_pod_addr
         "the example model listens on all interfaces: {command}"
     );
 }
+
+#[test]
+fn a_default_basic_callback_over_plain_http_blocks_the_endpoint_unless_allowed() {
+    use crate::crd::{CallbackAuthKind, CallbackAuthRef, CallbackPolicySpec};
+    let mut endpoint = endpoint();
+    endpoint.spec.default_callback_url = Some("HTTP://hooks.example.com/cb".into());
+    endpoint.spec.default_callback_auth = Some(CallbackAuthRef {
+        kind: CallbackAuthKind::Basic,
+        secret_name: "hook-credentials".into(),
+    });
+    let refused = plan(&endpoint, &bundle(), &settings()).expect_err("refused");
+    assert_eq!(refused, BuildError::BasicAuthOverHttp);
+    assert_eq!(refused.reason(), "BasicAuthOverHttp");
+    assert!(refused.to_string().contains("allowBasicAuthOverHttp"));
+
+    let mut over_https = endpoint.clone();
+    over_https.spec.default_callback_url = Some("https://hooks.example.com/cb".into());
+    assert!(plan(&over_https, &bundle(), &settings()).is_ok());
+
+    let mut allowed = endpoint.clone();
+    allowed.spec.callbacks = Some(CallbackPolicySpec {
+        allow_basic_auth_over_http: true,
+        ..CallbackPolicySpec::default()
+    });
+    assert!(plan(&allowed, &bundle(), &settings()).is_ok());
+
+    let mut mtls = endpoint;
+    if let Some(auth) = mtls.spec.default_callback_auth.as_mut() {
+        auth.kind = CallbackAuthKind::Mtls;
+    }
+    assert!(plan(&mtls, &bundle(), &settings()).is_ok());
+}

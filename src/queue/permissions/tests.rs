@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::crd::EndpointId;
 use crate::dev::nats::{NatsServer, start_with_config};
-use crate::nats_auth::{AuthSet, write_private};
+use crate::nats_auth::{AuthSet, ForwarderIssuer, write_private};
 use crate::queue::{
     CallbackDelivery, Connection, Credentials, Error, Queue, QueueSettings, QueueSpec,
     TaskDelivery, consume,
@@ -22,6 +22,7 @@ use crate::task::{
 struct Deployment {
     nats: NatsServer,
     creds: tempfile::TempDir,
+    issuer: ForwarderIssuer,
 }
 
 impl Deployment {
@@ -40,7 +41,25 @@ impl Deployment {
             write_private(&creds.path().join(format!("{}.creds", role.name())), &text)
                 .expect("write creds");
         }
-        Deployment { nats, creds }
+        Deployment {
+            nats,
+            creds,
+            issuer: auth.forwarder_issuer(),
+        }
+    }
+
+    /// Credentials of the forwarder of `endpoint` alone, expiring at `expires`.
+    fn forwarder_creds_of(&self, endpoint: &EndpointId, expires: jiff::Timestamp) -> PathBuf {
+        let path = self
+            .creds
+            .path()
+            .join(format!("forwarder-{endpoint}.creds"));
+        let text = self
+            .issuer
+            .forwarder_creds(endpoint, expires)
+            .expect("issued");
+        write_private(&path, &text).expect("write creds");
+        path
     }
 
     fn creds(&self, role: Role) -> PathBuf {
@@ -99,6 +118,24 @@ fn task(endpoint: &EndpointId) -> TaskMessage {
         callback: None,
         submitted_at_ms: 0,
         record_revision: None,
+    }
+}
+
+/// The callback job a forwarder queues for `task`'s success.
+fn callback_job(task: &TaskMessage) -> CallbackJob {
+    CallbackJob {
+        task_id: task.task_id.clone(),
+        endpoint_id: task.endpoint_id.clone(),
+        target: CallbackTarget {
+            url: "http://127.0.0.1:9/".into(),
+            auth: None,
+        },
+        outcome: TaskOutcome::Success {
+            result: serde_json::json!(2),
+        },
+        submitted_at_ms: 0,
+        prior_attempts: 0,
+        redeliveries: 0,
     }
 }
 
@@ -166,20 +203,7 @@ async fn every_role_does_its_work_with_its_own_credentials_and_none_without() {
                 .advance_task_record(&task.task_id, &done, None)
                 .await
                 .expect("recorded");
-            let job = CallbackJob {
-                task_id: task.task_id.clone(),
-                endpoint_id: task.endpoint_id.clone(),
-                target: CallbackTarget {
-                    url: "http://127.0.0.1:9/".into(),
-                    auth: None,
-                },
-                outcome: TaskOutcome::Success {
-                    result: serde_json::json!(2),
-                },
-                submitted_at_ms: 0,
-                prior_attempts: 0,
-                redeliveries: 0,
-            };
+            let job = callback_job(&task);
             queue.publish_callback(&job).await.expect("callback queued");
             delivery.ack().await.expect("acked");
             task.task_id
@@ -343,4 +367,90 @@ async fn forwarder_credentials_reach_no_secret_no_stream_admin_and_no_other_repl
         "the policy stands"
     );
     operator.backlog(&endpoint).await.expect("the queue stands");
+}
+
+#[tokio::test]
+async fn an_endpoints_forwarder_credentials_reach_only_that_endpoint_and_expire() {
+    let deployment = Deployment::start().await;
+    let url = deployment.nats.connection.url();
+    let (mine, theirs) = (
+        EndpointId::for_resource("ml", "mine"),
+        EndpointId::for_resource("ml", "theirs"),
+    );
+    let (operator, _) = deployment.endpoint_with_secrets(&mine).await;
+    deployment.endpoint_with_secrets(&theirs).await;
+    let gateway = deployment.queue(Role::Gateway).await;
+    for endpoint in [&mine, &theirs] {
+        gateway
+            .submit(&task(endpoint), None)
+            .await
+            .expect("submitted");
+    }
+    let in_a_day = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+    let creds = deployment.forwarder_creds_of(&mine, in_a_day);
+
+    // Its own endpoint's work: pull, record, queue the callback, acknowledge.
+    let forwarder = Queue::connect(
+        &Connection::open(url)
+            .expect("URL")
+            .with_credentials(Credentials::CredsFile(creds.clone()))
+            .for_forwarder_of(&mine),
+        QueueSettings::default(),
+        Duration::ZERO,
+    )
+    .await
+    .expect("its own credentials connect");
+    let worker = forwarder.clone();
+    let ran = first(
+        forwarder.tasks(&mine).await.expect("puller"),
+        move |delivery: TaskDelivery| {
+            let queue = worker.clone();
+            tokio::spawn(async move {
+                let task = delivery.task().expect("decodes");
+                let job = callback_job(&task);
+                queue.publish_callback(&job).await.expect("callback queued");
+                delivery.ack().await.expect("acked");
+                task.endpoint_id
+            })
+        },
+    )
+    .await;
+    assert_eq!(ran, mine);
+
+    // Another endpoint's tasks, callback jobs and replies are refused.
+    let mut intruder = Intruder::connect(url, &creds, &forwarder_inbox_prefix(&mine)).await;
+    let their_tasks = names::tasks_stream(&theirs);
+    for subject in [
+        format!("$JS.API.CONSUMER.MSG.NEXT.{their_tasks}.workers"),
+        format!("$JS.API.CONSUMER.INFO.{their_tasks}.workers"),
+        format!("$JS.ACK.{their_tasks}.workers.1.1.1.0.0"),
+        names::callbacks_subject(&theirs),
+        "ferry.callbacks.>".to_owned(),
+    ] {
+        intruder.publish(&subject).await;
+    }
+    for subject in [
+        format!("{}.>", forwarder_inbox_prefix(&theirs)),
+        "_INBOX.forwarder.>".to_owned(),
+    ] {
+        intruder.subscribe(&subject).await;
+    }
+    assert_eq!(
+        operator.backlog(&theirs).await.expect("backlog").queued,
+        1,
+        "their task is still waiting"
+    );
+
+    // Expired credentials are refused at the door.
+    let an_hour_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    let expired = Connection::open(url)
+        .expect("URL")
+        .with_credentials(Credentials::CredsFile(
+            deployment.forwarder_creds_of(&theirs, an_hour_ago),
+        ))
+        .for_forwarder_of(&theirs);
+    assert!(matches!(
+        Queue::connect(&expired, QueueSettings::default(), Duration::ZERO).await,
+        Err(Error::Connect { .. })
+    ));
 }
