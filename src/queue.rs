@@ -103,6 +103,10 @@ pub enum Error {
     },
     #[error("the {role:?} role holds no {bucket} bucket")]
     NotHeld { role: Role, bucket: &'static str },
+    /// A callback job arrived on another endpoint's subject than the one it names: a forwarder
+    /// may publish only its own endpoint's jobs, so the subject is what vouches for the job.
+    #[error("a callback job for endpoint {claimed} arrived on subject {subject}")]
+    ForeignCallbackJob { claimed: String, subject: String },
     #[error("decoding {what}")]
     Decode {
         what: &'static str,

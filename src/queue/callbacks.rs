@@ -115,6 +115,17 @@ fn schedule_at(now_ms: u64, delay: Duration) -> String {
     format!("@at {}", due.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"))
 }
 
+fn check_subject(job: &CallbackJob, subject: &str) -> Result<(), Error> {
+    if names::endpoint_of_callbacks_subject(subject).as_ref() == Some(&job.endpoint_id) {
+        Ok(())
+    } else {
+        Err(Error::ForeignCallbackJob {
+            claimed: job.endpoint_id.to_string(),
+            subject: subject.to_owned(),
+        })
+    }
+}
+
 /// A callback job handed to the dispatcher.
 pub struct CallbackDelivery {
     message: jetstream::Message,
@@ -127,8 +138,11 @@ impl super::Held for CallbackDelivery {
 }
 
 impl CallbackDelivery {
+    /// The job, if the subject it arrived on is its own endpoint's.
     pub fn job(&self) -> Result<CallbackJob, Error> {
-        results::decode("callback job", &self.message.payload)
+        let job: CallbackJob = results::decode("callback job", &self.message.payload)?;
+        check_subject(&job, &self.message.subject)?;
+        Ok(job)
     }
 
     /// How many times the server has handed out this message, counting this time.
@@ -484,6 +498,61 @@ mod tests {
             waited >= delay,
             "delivered after {waited:?}, due after {delay:?}"
         );
+    }
+
+    /// What a forwarder of endpoint `x` may publish (its own subject), claiming endpoint `y`.
+    #[tokio::test]
+    async fn a_job_claiming_another_endpoint_than_its_subjects_is_refused() {
+        let (_nats, queue) = crate::dev::nats::start_with_queue().await;
+        let x = EndpointId::for_resource("team-x", "a");
+        let y = EndpointId::for_resource("team-y", "b");
+        let job = |endpoint: &EndpointId| CallbackJob {
+            task_id: TaskId::generate(),
+            endpoint_id: endpoint.clone(),
+            target: CallbackTarget {
+                url: "http://127.0.0.1:9/".into(),
+                auth: None,
+            },
+            outcome: TaskOutcome::Success {
+                result: serde_json::json!({}),
+            },
+            submitted_at_ms: 0,
+            prior_attempts: 0,
+            redeliveries: 0,
+        };
+        let forged = job(&y);
+        let honest = job(&x);
+        for sent in [&forged, &honest] {
+            queue
+                .publish_job(names::callbacks_subject(&x), sent, None, HeaderMap::new())
+                .await
+                .expect("published");
+        }
+        let jobs = queue.callback_jobs().await.expect("consumer");
+        let (read, mut reads) = tokio::sync::mpsc::unbounded_channel();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let consuming = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                super::super::consume(jobs, 1, &cancel, |delivery: CallbackDelivery| {
+                    let read = read.clone();
+                    async move {
+                        let _ = delivery.ack().await;
+                        let _ = read.send(delivery.job());
+                    }
+                })
+                .await
+            })
+        };
+        let first = reads.recv().await.expect("first job");
+        let second = reads.recv().await.expect("second job");
+        cancel.cancel();
+        consuming.await.expect("consumer stops");
+        assert!(
+            matches!(&first, Err(Error::ForeignCallbackJob { claimed, .. }) if *claimed == y.to_string()),
+            "{first:?}"
+        );
+        assert_eq!(second.expect("its own endpoint's job"), honest);
     }
 }
 

@@ -53,6 +53,13 @@ pub fn callbacks_subject(endpoint: &EndpointId) -> String {
 
 pub const CALLBACKS_SUBJECTS: &str = "ferry.callbacks.>";
 
+/// The endpoint a callbacks subject belongs to.
+pub fn endpoint_of_callbacks_subject(subject: &str) -> Option<EndpointId> {
+    subject
+        .strip_prefix("ferry.callbacks.")
+        .and_then(EndpointId::parse)
+}
+
 /// Where a delayed retry waits (as a scheduled message) until it is due.
 pub fn retry_subject(task: &TaskId) -> String {
     format!("ferry.retry.{task}")
