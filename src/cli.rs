@@ -288,7 +288,43 @@ pub struct GatewayArgs {
     #[command(flatten)]
     pub task_queue: TaskQueueArgs,
     #[command(flatten)]
+    pub team_limits: TeamLimitArgs,
+    #[command(flatten)]
     pub http: HttpArgs,
+}
+
+/// Per-team fairness at the gateway: each API key's team has its own budget.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TeamLimitArgs {
+    /// Task submissions and endpoint changes per second per team (sustained); beyond it and
+    /// the burst, 429 with Retry-After. 0 = no limit.
+    #[arg(long, env = "FERRY_TEAM_SUBMIT_RATE", default_value = "5000", value_parser = parse_rate)]
+    pub team_submit_rate: f64,
+    /// Requests a team may make at once above the rate; 0 = one second's worth.
+    #[arg(long, env = "FERRY_TEAM_SUBMIT_BURST", default_value = "10000")]
+    pub team_submit_burst: u32,
+    /// Unfinished (queued or running) async tasks a team may have across its endpoints;
+    /// submissions beyond get 429. 0 = no quota (each endpoint's queue bound still holds).
+    #[arg(long, env = "FERRY_TEAM_MAX_UNFINISHED_TASKS", default_value = "0")]
+    pub team_max_unfinished_tasks: u64,
+}
+
+impl TeamLimitArgs {
+    pub fn limits(&self) -> crate::gateway::TeamLimits {
+        crate::gateway::TeamLimits::new(
+            crate::gateway::RateLimit::new(self.team_submit_rate, self.team_submit_burst),
+            std::num::NonZeroU64::new(self.team_max_unfinished_tasks),
+        )
+    }
+}
+
+fn parse_rate(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err(format!(
+            "`{value}` is not a rate: give requests per second, 0 or more"
+        )),
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]

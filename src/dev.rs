@@ -101,6 +101,8 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
         queue,
         guard,
         keys: Arc::new(keys),
+        // One machine, one user: no per-team limits.
+        limits: Arc::default(),
         metrics: GatewayMetrics::register(&mut registry),
         ring,
     };

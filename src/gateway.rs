@@ -10,6 +10,7 @@ mod redeliver;
 mod resources;
 mod routes;
 mod sync;
+mod team_limits;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -28,6 +29,7 @@ pub use auth::ApiKeys;
 pub use demand::Demand;
 pub use metrics::GatewayMetrics;
 pub use sync::WorkerClient;
+pub use team_limits::{RateLimit, TeamLimits};
 
 use crate::admin::{self, Readiness};
 use crate::callback::Guard;
@@ -50,6 +52,8 @@ pub struct AppState {
     pub queue: Queue,
     pub guard: Guard,
     pub keys: Arc<ApiKeys>,
+    /// Per-team request rate and task quota.
+    pub limits: Arc<TeamLimits>,
     pub metrics: Arc<GatewayMetrics>,
     /// Seals callback targets; derives the serving tokens sent to sync and streaming workers.
     pub ring: Arc<KeyRing>,
@@ -121,6 +125,7 @@ pub struct Config {
     keys: ApiKeys,
     guard: Guard,
     ring: KeyRing,
+    limits: TeamLimits,
     /// The fixed set of endpoints from `--manifests`; the cluster's when absent.
     manifests: Option<manifest::Manifests>,
 }
@@ -139,6 +144,7 @@ pub fn config(args: &GatewayArgs) -> anyhow::Result<Config> {
         keys,
         guard: args.guard.guard(&[])?,
         ring: args.seal.key_ring()?,
+        limits: args.team_limits.limits(),
         manifests,
     })
 }
@@ -148,6 +154,7 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
         keys,
         guard,
         ring,
+        limits,
         manifests,
     } = config(&args)?;
     let ring = Arc::new(ring);
@@ -199,6 +206,7 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
         queue,
         guard,
         keys: Arc::new(keys),
+        limits: Arc::new(limits),
         metrics: GatewayMetrics::register(&mut registry),
         ring,
     };

@@ -33,6 +33,7 @@ pub async fn create_endpoint(
     principal: Principal,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
+    state.limits.admit(&principal)?;
     let request: launch::CreateEndpoint = routes::parse_body(body, "model endpoint request")?;
     let writer = writer(&state)?;
     let namespace = namespace_for(&principal);
@@ -67,6 +68,7 @@ pub async fn update_endpoint(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
+    state.limits.admit(&principal)?;
     let request: launch::UpdateEndpoint = routes::parse_body(body, "model endpoint update")?;
     let writer = writer(&state)?;
     let current = routes::visible_endpoint(&state, &principal, &id)?;

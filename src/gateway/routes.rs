@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, auth::Principal, error::AppError, views};
+use super::{AppState, auth::Principal, error::AppError, team_limits, views};
 use crate::callback::Guard;
 use crate::crd::{
     BundleId, CallbackAuthKind, EndpointId, EndpointType, ModelBundle, ModelEndpoint,
@@ -144,6 +144,7 @@ pub async fn submit_async_task(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
+    state.limits.admit(&principal)?;
     let id = query
         .model_endpoint_id
         .ok_or_else(|| AppError::BadRequest("model_endpoint_id is required".into()))?;
@@ -155,6 +156,7 @@ pub async fn submit_async_task(
             endpoint.spec.endpoint_type.as_str()
         )));
     }
+    team_limits::admit_queued_task(&state, &principal).await?;
     let (task, _) = task_from_request(&state, &endpoint, body).await?;
     let idempotency_key = headers
         .get(IDEMPOTENCY_KEY)

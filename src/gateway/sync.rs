@@ -188,6 +188,7 @@ async fn prepare(
     body: Result<Bytes, BytesRejection>,
     accepts: &[EndpointType],
 ) -> Result<(Arc<ModelEndpoint>, Bytes, Option<Duration>), AppError> {
+    state.limits.admit(principal)?;
     let id = query
         .model_endpoint_id
         .ok_or_else(|| AppError::BadRequest("model_endpoint_id is required".into()))?;

@@ -16,6 +16,8 @@ use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::crd::{ModelBundle, ModelEndpoint};
 use crate::dev::nats::{self, NatsServer};
 
+mod team_limits;
+
 /// The fixture's API key, of team-a.
 const KEY_A: &str = "team-a-key-0123456789abcdef";
 
@@ -67,6 +69,7 @@ async fn fixture(writable: bool) -> Fixture {
         queue,
         guard: Guard::default(),
         keys: Arc::new(ApiKeys::parse(&[format!("{KEY_A}=team-a")], false).expect("keys")),
+        limits: Arc::default(),
         metrics: GatewayMetrics::register(&mut registry),
         ring: Arc::new(crate::seal::KeyRing::generate()),
     };
@@ -85,6 +88,18 @@ async fn send(
     key: Option<&str>,
     body: &str,
 ) -> (StatusCode, Value, Option<String>) {
+    send_reading(state, method, uri, key, body, header::WWW_AUTHENTICATE).await
+}
+
+/// Sends a request; the status, the JSON answer and the value of the header `read`.
+async fn send_reading(
+    state: &AppState,
+    method: &str,
+    uri: &str,
+    key: Option<&str>,
+    body: &str,
+    read: header::HeaderName,
+) -> (StatusCode, Value, Option<String>) {
     let mut request = Request::builder()
         .method(method)
         .uri(uri)
@@ -99,7 +114,7 @@ async fn send(
     let status = response.status();
     let challenge = response
         .headers()
-        .get(header::WWW_AUTHENTICATE)
+        .get(read)
         .map(|v| v.to_str().unwrap_or_default().to_owned());
     let bytes = response
         .into_body()

@@ -62,6 +62,16 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* Bounds of the task queues, for the roles that make them (operator, gateway). */}}
+{{- define "ferry.taskQueueEnv" -}}
+- name: FERRY_TASK_QUEUE_MAX_TASKS
+  value: {{ .Values.taskQueue.maxTasks | int64 | quote }}
+{{- with .Values.taskQueue.maxBytes }}
+- name: FERRY_TASK_QUEUE_MAX_BYTES
+  value: {{ . | int64 | quote }}
+{{- end }}
+{{- end }}
+
 {{- define "ferry.callbackAllowEnv" -}}
 {{- with .Values.callbacks.allowCIDRs }}
 - name: FERRY_CALLBACK_ALLOW_CIDRS
