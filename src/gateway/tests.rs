@@ -16,6 +16,7 @@ use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::crd::{ModelBundle, ModelEndpoint};
 use crate::dev::nats::{self, NatsServer};
 
+mod isolation;
 mod team_limits;
 
 /// The fixture's API key, of team-a.

@@ -10,10 +10,10 @@ use super::super::{ApiKeys, AppState, RateLimit, TeamLimits};
 use super::{Fixture, KEY_A, create_body, fixture, send_reading};
 use crate::crd::EndpointId;
 
-const KEY_B: &str = "team-b-key-0123456789abcdef";
+pub(super) const KEY_B: &str = "team-b-key-0123456789abcdef";
 
 /// A fixture whose keys are team-a's and team-b's.
-async fn two_teams() -> Fixture {
+pub(super) async fn two_teams() -> Fixture {
     let mut fixture = fixture(true).await;
     let entries = [format!("{KEY_A}=team-a"), format!("{KEY_B}=team-b")];
     fixture.state.keys = Arc::new(ApiKeys::parse(&entries, false).expect("keys"));
@@ -22,7 +22,12 @@ async fn two_teams() -> Fixture {
 
 /// Creates an endpoint of `kind` through the API, moves it to `team`'s namespace, puts it in
 /// the catalog and makes its queue.
-async fn team_endpoint(fixture: &Fixture, team: &str, name: &str, kind: &str) -> EndpointId {
+pub(super) async fn team_endpoint(
+    fixture: &Fixture,
+    team: &str,
+    name: &str,
+    kind: &str,
+) -> EndpointId {
     let mut body: Value = serde_json::from_str(&create_body(name)).expect("json");
     body["endpoint_type"] = json!(kind);
     let (status, answer, _) =
@@ -42,7 +47,7 @@ async fn team_endpoint(fixture: &Fixture, team: &str, name: &str, kind: &str) ->
 }
 
 /// Sends `body` as `key`'s; the status, the JSON answer and the `Retry-After` header.
-async fn send(
+pub(super) async fn send(
     state: &AppState,
     method: &str,
     uri: &str,
@@ -64,7 +69,7 @@ async fn team_b_is_served_within_its_own_budget(state: &AppState, b: &EndpointId
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
 }
 
-fn submit_uri(id: &EndpointId) -> String {
+pub(super) fn submit_uri(id: &EndpointId) -> String {
     format!("/v1/async-tasks?model_endpoint_id={id}")
 }
 
