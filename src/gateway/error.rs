@@ -95,7 +95,9 @@ impl IntoResponse for AppError {
         let mut response = (status, Json(json!({ "detail": detail }))).into_response();
         if let AppError::TooMany { retry_after, .. } = &self {
             // Whole seconds, rounded up: a client that waits this long finds room.
-            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            let seconds = retry_after
+                .as_secs()
+                .saturating_add(u64::from(retry_after.subsec_nanos() > 0));
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, seconds.max(1).into());

@@ -66,9 +66,9 @@ fn compute_take(bucket: &mut Bucket, limit: RateLimit, now: Instant) -> Result<(
         bucket.tokens -= 1.0;
         Ok(())
     } else {
-        Err(Duration::from_secs_f64(
-            (1.0 - bucket.tokens) / limit.per_second,
-        ))
+        // A configured rate of nearly nothing asks for a wait beyond any `Duration`.
+        let wait = (1.0 - bucket.tokens) / limit.per_second;
+        Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
     }
 }
 
@@ -191,6 +191,16 @@ mod tests {
         assert_eq!(compute_take(&mut bucket, limit, start), Ok(()));
         let wait = compute_take(&mut bucket, limit, start).expect_err("empty");
         assert_eq!(wait.as_secs_f64().round(), 10.0);
+    }
+
+    #[test]
+    fn a_rate_of_nearly_nothing_asks_for_the_longest_wait_without_panicking() {
+        let start = Instant::now();
+        let limit = limit(1e-300, 1);
+        let mut bucket = Bucket::full(limit, start);
+        assert_eq!(compute_take(&mut bucket, limit, start), Ok(()));
+        let wait = compute_take(&mut bucket, limit, start).expect_err("empty");
+        assert_eq!(wait, Duration::MAX);
     }
 
     #[test]
