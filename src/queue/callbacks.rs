@@ -462,45 +462,65 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_300_ms_retry_is_not_delivered_before_it_is_due() {
-        let (_nats, queue) = crate::dev::nats::start_with_queue().await;
+    fn job_of(ring: &KeyRing, endpoint: &EndpointId, prior_attempts: u32) -> CallbackJob {
         let task_id = TaskId::generate();
-        let endpoint_id = EndpointId::for_resource("ml", "a");
         let target = CallbackTarget {
             url: "http://127.0.0.1:9/".into(),
             auth: None,
         };
-        let job = CallbackJob {
-            target: target
-                .seal_for(&KeyRing::generate(), &endpoint_id, &task_id)
-                .expect("seals"),
+        CallbackJob {
+            target: target.seal_for(ring, endpoint, &task_id).expect("seals"),
             task_id,
-            endpoint_id,
+            endpoint_id: endpoint.clone(),
             outcome: TaskOutcome::Success {
                 result: serde_json::json!({}),
             },
             submitted_at_ms: 0,
-            prior_attempts: 1,
+            prior_attempts,
             redeliveries: 0,
-        };
+        }
+    }
+
+    type Read = (std::time::Instant, Result<CallbackJob, Error>);
+
+    /// Consumes callback jobs one at a time, as the dispatcher does, handing each on with the
+    /// time it arrived; cancel the token and await the handle to stop.
+    async fn read_jobs(
+        queue: &Queue,
+    ) -> (
+        tokio::sync::mpsc::UnboundedReceiver<Read>,
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
         let jobs = queue.callback_jobs().await.expect("consumer");
-        let (delivered, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
+        let (read, reads) = tokio::sync::mpsc::unbounded_channel();
         let cancel = tokio_util::sync::CancellationToken::new();
         let consuming = {
             let cancel = cancel.clone();
             tokio::spawn(async move {
                 super::super::consume(jobs, 1, &cancel, |delivery: CallbackDelivery| {
-                    let delivered = delivered.clone();
+                    let read = read.clone();
                     async move {
                         let arrived = std::time::Instant::now();
                         let _ = delivery.ack().await;
-                        let _ = delivered.send((arrived, delivery.job()));
+                        let _ = read.send((arrived, delivery.job()));
                     }
                 })
                 .await
             })
         };
+        (reads, cancel, consuming)
+    }
+
+    #[tokio::test]
+    async fn a_300_ms_retry_is_not_delivered_before_it_is_due() {
+        let (_nats, queue) = crate::dev::nats::start_with_queue().await;
+        let job = job_of(
+            &KeyRing::generate(),
+            &EndpointId::for_resource("ml", "a"),
+            1,
+        );
+        let (mut deliveries, cancel, consuming) = read_jobs(&queue).await;
         let delay = Duration::from_millis(300);
         let scheduled = std::time::Instant::now();
         queue
@@ -525,50 +545,17 @@ mod tests {
         let x = EndpointId::for_resource("team-x", "a");
         let y = EndpointId::for_resource("team-y", "b");
         let ring = KeyRing::generate();
-        let job = |endpoint: &EndpointId| {
-            let task_id = TaskId::generate();
-            let target = CallbackTarget {
-                url: "http://127.0.0.1:9/".into(),
-                auth: None,
-            };
-            CallbackJob {
-                target: target.seal_for(&ring, endpoint, &task_id).expect("seals"),
-                task_id,
-                endpoint_id: endpoint.clone(),
-                outcome: TaskOutcome::Success {
-                    result: serde_json::json!({}),
-                },
-                submitted_at_ms: 0,
-                prior_attempts: 0,
-                redeliveries: 0,
-            }
-        };
-        let forged = job(&y);
-        let honest = job(&x);
+        let forged = job_of(&ring, &y, 0);
+        let honest = job_of(&ring, &x, 0);
         for sent in [&forged, &honest] {
             queue
                 .publish_job(names::callbacks_subject(&x), sent, None, HeaderMap::new())
                 .await
                 .expect("published");
         }
-        let jobs = queue.callback_jobs().await.expect("consumer");
-        let (read, mut reads) = tokio::sync::mpsc::unbounded_channel();
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let consuming = {
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                super::super::consume(jobs, 1, &cancel, |delivery: CallbackDelivery| {
-                    let read = read.clone();
-                    async move {
-                        let _ = delivery.ack().await;
-                        let _ = read.send(delivery.job());
-                    }
-                })
-                .await
-            })
-        };
-        let first = reads.recv().await.expect("first job");
-        let second = reads.recv().await.expect("second job");
+        let (mut reads, cancel, consuming) = read_jobs(&queue).await;
+        let (_, first) = reads.recv().await.expect("first job");
+        let (_, second) = reads.recv().await.expect("second job");
         cancel.cancel();
         consuming.await.expect("consumer stops");
         assert!(
