@@ -244,8 +244,9 @@ pub fn random_key() -> [u8; KEY_LEN] {
 pub struct Context(String);
 
 impl Context {
-    /// A task's callback target (its URL and credentials).
-    pub fn callback_target(endpoint: &EndpointId, task: &crate::task::TaskId) -> Self {
+    /// A task's callback target (its URL and credentials); `task` is the task's id (generic so
+    /// sealing, below the wire types, does not import them).
+    pub fn callback_target(endpoint: &EndpointId, task: &impl std::fmt::Display) -> Self {
         Context(format!("ferry callback target\0{endpoint}\0{task}"))
     }
 
