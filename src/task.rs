@@ -10,29 +10,79 @@ use serde_json::Value;
 use crate::crd::EndpointId;
 use crate::seal::{Context, KeyRing, SealError, Sealed};
 
-/// A task's id: a UUIDv7, so ids sort by submission time.
+/// A task's id: its endpoint's id and a UUIDv7, `end_4f1c…-0190f4a2-7c1e-…`, so one endpoint's
+/// ids sort by submission time.
+///
+/// The id carries its endpoint because the task's record is kept under that endpoint
+/// (`queue::names::record_key`): a forwarder may read and write only its own endpoint's
+/// records, and `GET /v1/async-tasks/{id}` still finds a record from the id alone, with one
+/// read. Launch clients treat task ids as opaque strings.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct TaskId(String);
+#[serde(try_from = "String", into = "String")]
+pub struct TaskId {
+    id: String,
+    endpoint: EndpointId,
+}
+
+/// Between the endpoint and the UUID: a character neither an endpoint id nor a KV key token
+/// breaks on.
+const TASK_ID_SEPARATOR: char = '-';
 
 impl TaskId {
-    pub fn generate() -> Self {
-        TaskId(uuid::Uuid::now_v7().to_string())
+    pub fn generate(endpoint: &EndpointId) -> Self {
+        Self::of(endpoint, uuid::Uuid::now_v7())
     }
+
     /// Accepts an id given by a client; `None` when it cannot be one of ours.
     pub fn parse(text: &str) -> Option<Self> {
-        uuid::Uuid::parse_str(text)
-            .ok()
-            .map(|uuid| TaskId(uuid.hyphenated().to_string()))
+        let (endpoint, unique) = text.split_once(TASK_ID_SEPARATOR)?;
+        let endpoint = EndpointId::parse(endpoint)?;
+        let unique = uuid::Uuid::parse_str(unique).ok()?;
+        Some(Self::of(&endpoint, unique))
     }
+
+    fn of(endpoint: &EndpointId, unique: uuid::Uuid) -> Self {
+        TaskId {
+            id: format!("{endpoint}{TASK_ID_SEPARATOR}{}", unique.hyphenated()),
+            endpoint: endpoint.clone(),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
+    }
+
+    /// The endpoint the task was submitted to.
+    pub fn endpoint(&self) -> &EndpointId {
+        &self.endpoint
+    }
+
+    /// What tells the task from the endpoint's other tasks: the id without its endpoint.
+    pub fn within_endpoint(&self) -> &str {
+        // Built as endpoint, separator, UUID (`of`); an endpoint id holds no separator.
+        self.id
+            .split_once(TASK_ID_SEPARATOR)
+            .map_or(self.id.as_str(), |(_, unique)| unique)
     }
 }
 
 impl fmt::Display for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.id)
+    }
+}
+
+impl TryFrom<String> for TaskId {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        TaskId::parse(&text).ok_or_else(|| format!("{text:?} is not a task id"))
+    }
+}
+
+impl From<TaskId> for String {
+    fn from(task: TaskId) -> String {
+        task.id
     }
 }
 
@@ -409,8 +459,11 @@ mod tests {
     use serde_json::json;
 
     fn job(outcome: TaskOutcome) -> CallbackJob {
-        let task_id = TaskId::parse("0190f4a2-7c1e-7b3a-9f00-0123456789ab").expect("valid uuid");
         let endpoint_id = EndpointId::for_resource("default", "demo");
+        let task_id = TaskId::parse(&format!(
+            "{endpoint_id}-0190f4a2-7c1e-7b3a-9f00-0123456789ab"
+        ))
+        .expect("valid task id");
         let target = CallbackTarget {
             url: "http://127.0.0.1:9/cb".into(),
             auth: None,
@@ -431,10 +484,10 @@ mod tests {
 
     #[test]
     fn success_body_matches_the_seed_contract() {
-        let body = job(TaskOutcome::Success { result: json!(7) }).body();
+        let job = job(TaskOutcome::Success { result: json!(7) });
         assert_eq!(
-            body,
-            json!({"task_id": "0190f4a2-7c1e-7b3a-9f00-0123456789ab", "status": "SUCCESS", "result": 7})
+            job.body(),
+            json!({"task_id": job.task_id.as_str(), "status": "SUCCESS", "result": 7})
         );
     }
 
@@ -480,7 +533,7 @@ mod tests {
         );
         assert_eq!(job.open_target(&ring).expect("opens"), target);
         let moved = CallbackJob {
-            task_id: TaskId::generate(),
+            task_id: TaskId::generate(&job.endpoint_id),
             ..job.clone()
         };
         assert!(matches!(
@@ -590,9 +643,28 @@ mod tests {
     }
 
     #[test]
-    fn task_ids_parse_only_uuids() {
-        assert!(TaskId::parse("nope").is_none());
-        let id = TaskId::generate();
-        assert_eq!(TaskId::parse(id.as_str()), Some(id));
+    fn task_ids_name_their_endpoint_and_parse_only_our_form() {
+        let endpoint = EndpointId::for_resource("ml", "demo");
+        let id = TaskId::generate(&endpoint);
+        assert_eq!(TaskId::parse(id.as_str()), Some(id.clone()));
+        assert_eq!(id.endpoint(), &endpoint);
+        assert!(uuid::Uuid::parse_str(id.within_endpoint()).is_ok(), "{id}");
+        assert!(
+            !id.as_str().contains(['.', '*', '>', ' ', '/']),
+            "a task id is one subject token and one path segment: {id}"
+        );
+        let unique = id.within_endpoint();
+        for foreign in [
+            "nope",
+            unique,
+            "end_nothex-0190f4a2-7c1e-7b3a-9f00-0123456789ab",
+            &format!("{endpoint}-not-a-uuid"),
+            &format!("{endpoint}.{unique}"),
+        ] {
+            assert!(TaskId::parse(foreign).is_none(), "{foreign}");
+        }
+        let decoded: TaskId = serde_json::from_value(serde_json::json!(id.as_str())).expect("id");
+        assert_eq!(decoded, id);
+        assert!(serde_json::from_value::<TaskId>(serde_json::json!(unique)).is_err());
     }
 }

@@ -154,14 +154,18 @@ async fn bad_requests_get_4xx_with_a_detail() {
     let submit = format!("{}/v1/async-tasks?model_endpoint_id={endpoint}", dev.base);
 
     let (status, body) = dev
-        .get("/v1/async-tasks/0190f4a2-7c1e-7b3a-9f00-0123456789ab")
+        .get(&format!(
+            "/v1/async-tasks/{endpoint}-0190f4a2-7c1e-7b3a-9f00-0123456789ab"
+        ))
         .await;
     assert_eq!(
         (status, body["detail"].is_string()),
         (StatusCode::NOT_FOUND, true)
     );
-    let (status, _) = dev.get("/v1/async-tasks/not-a-task").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    for unknown in ["not-a-task", "0190f4a2-7c1e-7b3a-9f00-0123456789ab"] {
+        let (status, _) = dev.get(&format!("/v1/async-tasks/{unknown}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
+    }
     let (status, _) = dev
         .get("/v1/model-endpoints/end_00000000000000000000")
         .await;
@@ -417,7 +421,8 @@ async fn sigterm_lets_a_worker_finish_its_task_before_exiting() {
 
 /// A task message for `endpoint` as the gateway sends it to a serving worker.
 fn task_message(endpoint: &str) -> Value {
-    json!({"v": "1", "task_id": "0190f4a2-7c1e-7b3a-9f00-0123456789ab", "endpoint_id": endpoint,
+    let task_id = format!("{endpoint}-0190f4a2-7c1e-7b3a-9f00-0123456789ab");
+    json!({"v": "1", "task_id": task_id, "endpoint_id": endpoint,
         "args": {"x": 4}, "submitted_at_ms": 0})
 }
 
@@ -464,6 +469,16 @@ async fn a_serving_worker_takes_only_the_gateways_tasks_for_its_own_endpoint() {
     assert_eq!(status, 401, "another endpoint's token");
     let (status, body) = predict(Some("token-of-own"), OTHER).await.expect("answers");
     assert_eq!(status, 403, "a task of another endpoint: {body}");
+    let mut their_task = task_message(OWN);
+    their_task["task_id"] = task_message(OTHER)["task_id"].clone();
+    let response = http
+        .post(format!("http://{listen}/predict"))
+        .header("ferry-serving-token", "token-of-own")
+        .json(&their_task)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 403, "a task id of another endpoint");
     let (status, body) = predict(Some("token-of-own"), OWN).await.expect("answers");
     assert_eq!(
         (status, &body["result"]),

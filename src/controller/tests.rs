@@ -41,7 +41,7 @@ fn unreachable_nats() -> crate::queue::Connection {
 /// Submits one task to the endpoint's queue.
 async fn submit(queue: &Queue, endpoint: &ModelEndpoint) {
     let task = crate::task::TaskMessage {
-        task_id: crate::task::TaskId::generate(),
+        task_id: crate::task::TaskId::generate(&endpoint.endpoint_id()),
         endpoint_id: endpoint.endpoint_id(),
         args: json!({}),
         callback: None,

@@ -83,7 +83,7 @@ fn admit(server: &Server, headers: &HeaderMap, body: &[u8]) -> Result<TaskMessag
             let detail = format!("not a task message: {error}");
             Refusal(StatusCode::UNPROCESSABLE_ENTITY, detail)
         })?;
-    if task.endpoint_id != server.endpoint_id {
+    if task.endpoint_id != server.endpoint_id || task.task_id.endpoint() != &server.endpoint_id {
         tracing::warn!(task_endpoint = %task.endpoint_id, "refused a task of another endpoint");
         return Err(Refusal(
             StatusCode::FORBIDDEN,

@@ -20,21 +20,15 @@ pub async fn redeliver_task(
 ) -> Result<Json<Value>, AppError> {
     let not_found = || AppError::NotFound(format!("task {id} has no dead-lettered callback"));
     let task_id = TaskId::parse(&id).ok_or_else(not_found)?;
-    // The task's record names its endpoint: the caller's visibility is settled before any
-    // dead letter is read.
-    let record = state
-        .queue
-        .task_record(&task_id)
-        .await?
-        .ok_or_else(not_found)?;
-    if principal.scope().is_some()
-        && !visible_endpoints(&state, &principal).contains(&record.endpoint_id)
-    {
+    // The task id names its endpoint: the caller's visibility is settled before any dead
+    // letter is read.
+    let endpoint = task_id.endpoint();
+    if principal.scope().is_some() && !visible_endpoints(&state, &principal).contains(endpoint) {
         return Err(not_found());
     }
     let letter = state
         .queue
-        .dead_letter(&record.endpoint_id, &task_id)
+        .dead_letter(endpoint, &task_id)
         .await?
         .ok_or_else(not_found)?;
     redeliver(&state, &letter).await?;

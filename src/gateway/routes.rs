@@ -183,8 +183,8 @@ pub(super) async fn task_from_request(
         request.callback_auth,
     )
     .await?;
-    let task_id = TaskId::generate();
     let endpoint_id = endpoint.endpoint_id();
+    let task_id = TaskId::generate(&endpoint_id);
     let callback = callback
         .map(|target| target.seal_for(&state.ring, &endpoint_id, &task_id))
         .transpose()
@@ -207,16 +207,17 @@ pub async fn get_async_task(
 ) -> Result<Json<Value>, AppError> {
     let not_found = || AppError::NotFound(format!("task {id} not found"));
     let task_id = TaskId::parse(&id).ok_or_else(not_found)?;
+    // The id names the task's endpoint: another team's task is not found without a read.
+    let endpoint = state.catalog.endpoint(task_id.endpoint());
+    let visible = endpoint.is_some_and(|endpoint| in_scope(&principal, &endpoint));
+    if !visible && principal.scope().is_some() {
+        return Err(not_found());
+    }
     let (record, callback) = tokio::try_join!(
         state.queue.task_record(&task_id),
         state.queue.callback_state(&task_id)
     )?;
     let record = record.ok_or_else(not_found)?;
-    let endpoint = state.catalog.endpoint(&record.endpoint_id);
-    let visible = endpoint.is_some_and(|endpoint| in_scope(&principal, &endpoint));
-    if !visible && principal.scope().is_some() {
-        return Err(not_found());
-    }
     Ok(Json(views::task(&task_id, &record, callback.as_ref())))
 }
 

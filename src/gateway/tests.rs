@@ -326,7 +326,7 @@ async fn a_task_polled_after_a_stale_started_still_answers_its_outcome() {
     let endpoint = fixture.recorder.endpoints.lock().expect("lock")[0].clone();
     let endpoint_id = endpoint.endpoint_id();
     fixture.state.catalog.put_endpoint(endpoint);
-    let task = TaskId::generate();
+    let task = TaskId::generate(&endpoint_id);
     let queue = &fixture.state.queue;
     let success = TaskRecord {
         status: TaskStatus::Success,

@@ -168,16 +168,20 @@ mod tests {
         );
     }
 
+    fn endpoint() -> EndpointId {
+        EndpointId::for_resource("default", "demo")
+    }
+
     fn record(status: TaskStatus) -> TaskRecord {
         TaskRecord {
             status,
-            ..TaskRecord::pending(EndpointId::for_resource("default", "demo"))
+            ..TaskRecord::pending(endpoint())
         }
     }
 
     #[test]
     fn success_wraps_the_model_output_in_result() {
-        let id = TaskId::generate();
+        let id = TaskId::generate(&endpoint());
         let done = TaskRecord {
             result: Some(json!(7)),
             status_code: Some(200),
@@ -200,14 +204,18 @@ mod tests {
             error: Some(error),
             ..record(TaskStatus::Failure)
         };
-        let view = task(&TaskId::generate(), &failed, None);
+        let view = task(&TaskId::generate(&endpoint()), &failed, None);
         assert_eq!(view["result"], "model answered 500");
         assert_eq!(view["traceback"], "boom");
     }
 
     #[test]
     fn pending_tasks_have_null_results() {
-        let view = task(&TaskId::generate(), &record(TaskStatus::Pending), None);
+        let view = task(
+            &TaskId::generate(&endpoint()),
+            &record(TaskStatus::Pending),
+            None,
+        );
         assert_eq!(view["status"], "PENDING");
         assert!(view["result"].is_null());
     }

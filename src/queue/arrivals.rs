@@ -162,7 +162,7 @@ mod tests {
         let mut arrivals = std::pin::pin!(arrivals);
         for _ in 0..5 {
             let task = TaskMessage {
-                task_id: TaskId::generate(),
+                task_id: TaskId::generate(&endpoint),
                 endpoint_id: endpoint.clone(),
                 args: serde_json::json!({}),
                 callback: None,

@@ -115,14 +115,19 @@ fn schedule_at(now_ms: u64, delay: Duration) -> String {
     format!("@at {}", due.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"))
 }
 
+/// The job's endpoint, and the endpoint its task id names, must be its subject's: a job for
+/// another endpoint's task would change that task's callback state.
 fn check_subject(job: &CallbackJob, subject: &str) -> Result<(), Error> {
-    if names::endpoint_of_callbacks_subject(subject).as_ref() == Some(&job.endpoint_id) {
-        Ok(())
-    } else {
-        Err(Error::ForeignCallbackJob {
-            claimed: job.endpoint_id.to_string(),
+    let vouched = names::endpoint_of_callbacks_subject(subject);
+    let foreign = [&job.endpoint_id, job.task_id.endpoint()]
+        .into_iter()
+        .find(|claimed| vouched.as_ref() != Some(*claimed));
+    match foreign {
+        None => Ok(()),
+        Some(claimed) => Err(Error::ForeignCallbackJob {
+            claimed: claimed.to_string(),
             subject: subject.to_owned(),
-        })
+        }),
     }
 }
 
@@ -463,7 +468,7 @@ mod tests {
     }
 
     fn job_of(ring: &KeyRing, endpoint: &EndpointId, prior_attempts: u32) -> CallbackJob {
-        let task_id = TaskId::generate();
+        let task_id = TaskId::generate(endpoint);
         let target = CallbackTarget {
             url: "http://127.0.0.1:9/".into(),
             auth: None,
@@ -546,23 +551,35 @@ mod tests {
         let y = EndpointId::for_resource("team-y", "b");
         let ring = KeyRing::generate();
         let forged = job_of(&ring, &y, 0);
+        // Its own endpoint, but another endpoint's task.
+        let their_task = CallbackJob {
+            endpoint_id: x.clone(),
+            ..job_of(&ring, &y, 0)
+        };
         let honest = job_of(&ring, &x, 0);
-        for sent in [&forged, &honest] {
+        for sent in [&forged, &their_task, &honest] {
             queue
                 .publish_job(names::callbacks_subject(&x), sent, None, HeaderMap::new())
                 .await
                 .expect("published");
         }
         let (mut reads, cancel, consuming) = read_jobs(&queue).await;
-        let (_, first) = reads.recv().await.expect("first job");
-        let (_, second) = reads.recv().await.expect("second job");
+        let mut read = Vec::new();
+        for _ in 0..3 {
+            read.push(reads.recv().await.expect("a job").1);
+        }
         cancel.cancel();
         consuming.await.expect("consumer stops");
-        assert!(
-            matches!(&first, Err(Error::ForeignCallbackJob { claimed, .. }) if *claimed == y.to_string()),
-            "{first:?}"
+        for refused in &read[..2] {
+            assert!(
+                matches!(refused, Err(Error::ForeignCallbackJob { claimed, .. }) if *claimed == y.to_string()),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(
+            read.pop().expect("third").expect("its own endpoint's job"),
+            honest
         );
-        assert_eq!(second.expect("its own endpoint's job"), honest);
     }
 }
 

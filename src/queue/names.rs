@@ -80,8 +80,16 @@ pub fn callback_message_id(task: &TaskId, suffix: Option<&str>) -> String {
 pub const RECORD_KEYS: &str = "task.>";
 pub const CALLBACK_KEYS: &str = "callback.>";
 
+/// A task's record: under the endpoint its id names, so one endpoint's records are one subject
+/// pattern ([`record_keys_of`]) that a forwarder's permissions can name without naming any
+/// other endpoint's.
 pub fn record_key(task: &TaskId) -> String {
-    format!("task.{task}")
+    format!("task.{}.{}", task.endpoint(), task.within_endpoint())
+}
+
+/// The keys of every task record of `endpoint`, as a KV key pattern.
+pub fn record_keys_of(endpoint: &EndpointId) -> String {
+    format!("task.{endpoint}.>")
 }
 
 pub fn callback_key(task: &TaskId) -> String {
@@ -120,6 +128,17 @@ mod tests {
             "{key}"
         );
         assert_ne!(key, idempotency_key(&endpoint, "other"));
+    }
+
+    #[test]
+    fn a_record_key_is_among_its_endpoints_record_keys_only() {
+        let ours = EndpointId::for_resource("default", "demo");
+        let theirs = EndpointId::for_resource("default", "other");
+        let key = record_key(&TaskId::generate(&ours));
+        let prefix_of = |endpoint| record_keys_of(endpoint).trim_end_matches('>').to_owned();
+        assert!(key.starts_with(&prefix_of(&ours)), "{key}");
+        assert!(!key.starts_with(&prefix_of(&theirs)), "{key}");
+        assert_eq!(key.split('.').count(), 3, "one token each: {key}");
     }
 
     #[test]

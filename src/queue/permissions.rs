@@ -188,15 +188,19 @@ pub fn forwarder_inbox_prefix(endpoint: &EndpointId) -> String {
 }
 
 /// A forwarder of one endpoint: the forwarder's work narrowed to that endpoint's task consumer,
-/// callback jobs and reply inbox. Task records (the results bucket) are still shared by every
-/// forwarder: a record is found by its task id, which only the task's own worker learns.
+/// task records (reads and writes of `task.<endpoint>.…` keys; nothing of another endpoint's
+/// records, callback states or idempotency keys), callback jobs and reply inbox. Binding the
+/// results bucket needs its stream info, which shows the bucket's configuration and counts.
 pub fn forwarder_of(endpoint: &EndpointId) -> Permissions {
     let mut publish = vec![format!(
         "$JS.API.STREAM.INFO.{}",
         kv_stream(names::RESULTS_BUCKET)
     )];
     publish.extend(pull(&names::tasks_stream(endpoint), names::TASKS_CONSUMER));
-    publish.extend(kv_keys(names::RESULTS_BUCKET, names::RECORD_KEYS));
+    publish.extend(kv_keys(
+        names::RESULTS_BUCKET,
+        &names::record_keys_of(endpoint),
+    ));
     publish.push(names::callbacks_subject(endpoint));
     Permissions {
         publish,

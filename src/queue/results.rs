@@ -1,4 +1,14 @@
 //! The results bucket: task records, callback delivery states and idempotency keys.
+//!
+//! A task's record is kept under its endpoint, `task.<endpoint>.<uuid>`, so a forwarder's
+//! NATS user can be granted its own endpoint's records and nothing else (see
+//! `permissions::forwarder_of`); callback states (`callback.<task>`) and idempotency keys
+//! (`idem.<endpoint>.<hash>`) are outside every forwarder's grant. The endpoint comes from the
+//! task id itself, which names it (`TaskId`): `GET /v1/async-tasks/{id}` reads one key and a
+//! submission writes one record, as before. The other way, an index `task.<id>` → endpoint
+//! written in place of the PENDING record, would have cost a second read on every poll,
+//! let the index expire before a record last changed later, and left the first worker to
+//! create the scoped record instead of writing over the revision its task carries.
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
@@ -277,7 +287,7 @@ mod tests {
     async fn a_stale_started_after_success_leaves_success_in_place() {
         let (_nats, queue) = crate::dev::nats::start_with_queue().await;
         let endpoint = EndpointId::for_resource("ml", "a");
-        let task = TaskId::generate();
+        let task = TaskId::generate(&endpoint);
         let started = TaskRecord::started(endpoint.clone());
         let first = queue
             .advance_task_record(&task, &started, None)
@@ -314,7 +324,7 @@ mod tests {
     #[tokio::test]
     async fn racing_writers_of_a_callback_state_keep_every_attempt() {
         let (_nats, queue) = crate::dev::nats::start_with_queue().await;
-        let task = TaskId::generate();
+        let task = TaskId::generate(&EndpointId::for_resource("ml", "a"));
         let writers = (0..16u64).map(|at_ms| {
             let (queue, task) = (queue.clone(), task.clone());
             tokio::spawn(async move {

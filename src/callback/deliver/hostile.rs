@@ -137,8 +137,8 @@ async fn attempt_against(url: &str, total: Duration) -> (Verdict, DeliveryAttemp
         total,
     };
     let client = clients.client(timeouts, None).expect("client");
-    let task_id = TaskId::generate();
     let endpoint_id = EndpointId::for_resource("tenant", "hostile");
+    let task_id = TaskId::generate(&endpoint_id);
     let target = CallbackTarget {
         url: url.to_owned(),
         auth: None,

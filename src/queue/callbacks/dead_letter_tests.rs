@@ -4,7 +4,7 @@ use super::*;
 use crate::task::{CallbackTarget, TaskOutcome};
 
 fn letter(endpoint: &EndpointId) -> DeadLetter {
-    let task_id = TaskId::generate();
+    let task_id = TaskId::generate(endpoint);
     let target = CallbackTarget {
         url: "http://127.0.0.1:9/".into(),
         auth: None,
@@ -41,7 +41,7 @@ async fn listing_an_endpoints_dead_letters_reads_no_other_endpoints() {
         .await
         .expect("remove");
     // An entry of the other endpoint that cannot be decoded: reading it fails a listing.
-    let unreadable = names::dead_letter_key(&theirs, &TaskId::generate());
+    let unreadable = names::dead_letter_key(&theirs, &TaskId::generate(&theirs));
     let bucket = queue.dead_letters_bucket().expect("bucket");
     bucket
         .put(unreadable.as_str(), "not a letter".into())

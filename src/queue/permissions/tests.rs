@@ -62,6 +62,21 @@ impl Deployment {
         path
     }
 
+    /// The queue of the forwarder of `endpoint`, connected with a day's credentials of its
+    /// own, and the credentials file.
+    async fn forwarder_of(&self, endpoint: &EndpointId) -> (Queue, PathBuf) {
+        let in_a_day = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+        let creds = self.forwarder_creds_of(endpoint, in_a_day);
+        let connection = Connection::open(self.nats.connection.url())
+            .expect("URL")
+            .with_credentials(Credentials::CredsFile(creds.clone()))
+            .for_forwarder_of(endpoint);
+        let queue = Queue::connect(&connection, QueueSettings::default(), Duration::ZERO)
+            .await
+            .expect("its own credentials connect");
+        (queue, creds)
+    }
+
     fn creds(&self, role: Role) -> PathBuf {
         self.creds.path().join(format!("{}.creds", role.name()))
     }
@@ -118,7 +133,7 @@ fn queue_spec(endpoint: &EndpointId) -> QueueSpec {
 
 fn task(endpoint: &EndpointId) -> TaskMessage {
     TaskMessage {
-        task_id: TaskId::generate(),
+        task_id: TaskId::generate(endpoint),
         endpoint_id: endpoint.clone(),
         args: serde_json::json!({"x": 1}),
         callback: None,
@@ -343,7 +358,7 @@ async fn forwarder_credentials_reach_no_secret_no_stream_admin_and_no_other_repl
         format!("$KV.{}.{endpoint}", names::POLICIES_BUCKET),
         // Dead letters and callback states.
         format!("$JS.API.DIRECT.GET.KV_{}.>", names::DEAD_LETTERS_BUCKET),
-        format!("$KV.ferry-results.callback.{}", TaskId::generate()),
+        format!("$KV.ferry-results.callback.{}", TaskId::generate(&endpoint)),
         // Stream administration and reading messages past the consumer.
         format!("$JS.API.STREAM.DELETE.{tasks}"),
         format!("$JS.API.STREAM.UPDATE.{tasks}"),
@@ -356,7 +371,7 @@ async fn forwarder_credentials_reach_no_secret_no_stream_admin_and_no_other_repl
             "$JS.API.CONSUMER.MSG.NEXT.{}.dispatcher",
             names::CALLBACKS_STREAM
         ),
-        format!("ferry.retry.{}", TaskId::generate()),
+        format!("ferry.retry.{}", TaskId::generate(&endpoint)),
         // Submitting tasks.
         names::tasks_subject(&endpoint),
     ] {
@@ -396,20 +411,9 @@ async fn an_endpoints_forwarder_credentials_reach_only_that_endpoint_and_expire(
             .await
             .expect("submitted");
     }
-    let in_a_day = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
-    let creds = deployment.forwarder_creds_of(&mine, in_a_day);
+    let (forwarder, creds) = deployment.forwarder_of(&mine).await;
 
     // Its own endpoint's work: pull, record, queue the callback, acknowledge.
-    let forwarder = Queue::connect(
-        &Connection::open(url)
-            .expect("URL")
-            .with_credentials(Credentials::CredsFile(creds.clone()))
-            .for_forwarder_of(&mine),
-        QueueSettings::default(),
-        Duration::ZERO,
-    )
-    .await
-    .expect("its own credentials connect");
     let worker = forwarder.clone();
     let ran = first(
         forwarder.tasks(&mine).await.expect("puller"),
@@ -463,4 +467,91 @@ async fn an_endpoints_forwarder_credentials_reach_only_that_endpoint_and_expire(
         Queue::connect(&expired, QueueSettings::default(), Duration::ZERO).await,
         Err(Error::Connect { .. })
     ));
+}
+
+#[tokio::test]
+async fn an_endpoints_forwarder_reads_and_writes_only_that_endpoints_task_records() {
+    let deployment = Deployment::start().await;
+    let url = deployment.nats.connection.url();
+    let (mine, theirs) = (
+        EndpointId::for_resource("ml", "mine"),
+        EndpointId::for_resource("ml", "theirs"),
+    );
+    deployment.endpoint_with_secrets(&mine).await;
+    deployment.endpoint_with_secrets(&theirs).await;
+    let gateway = deployment.queue(Role::Gateway).await;
+    let submit = |endpoint: &EndpointId, idempotency_key| {
+        let (gateway, task) = (gateway.clone(), task(endpoint));
+        async move {
+            let submitted = gateway.submit(&task, idempotency_key).await;
+            submitted.expect("submitted").task_id
+        }
+    };
+    let (my_task, their_task) = (
+        submit(&mine, Some("mine-once")).await,
+        submit(&theirs, None).await,
+    );
+    gateway
+        .update_callback_state(&my_task, true, |state| Some(state.unwrap_or_default()))
+        .await
+        .expect("callback state written");
+    let (forwarder, creds) = deployment.forwarder_of(&mine).await;
+
+    // Its own endpoint's records: read, then written by compare-and-set, as a worker does.
+    let pending = forwarder
+        .task_record(&my_task)
+        .await
+        .expect("its own record is read")
+        .expect("the gateway's PENDING record");
+    assert_eq!(pending.status, TaskStatus::Pending);
+    let done = TaskRecord {
+        status: TaskStatus::Success,
+        result: Some(serde_json::json!(2)),
+        ..TaskRecord::pending(mine.clone())
+    };
+    let stored = forwarder
+        .advance_task_record(&my_task, &done, None)
+        .await
+        .expect("its own record is written");
+    assert_eq!(stored.record, done);
+    assert_eq!(
+        gateway.task_record(&my_task).await.expect("read"),
+        Some(done)
+    );
+    assert!(
+        forwarder.task_record(&their_task).await.is_err(),
+        "another endpoint's record is not read through the queue either"
+    );
+
+    // Another endpoint's records, and any callback state or idempotency key, are refused.
+    let mut intruder = Intruder::connect(url, &creds, &forwarder_inbox_prefix(&mine)).await;
+    let results = names::RESULTS_BUCKET;
+    let direct_get = |key: &str| format!("$JS.API.DIRECT.GET.KV_{results}.$KV.{results}.{key}");
+    let keys = [
+        names::record_key(&their_task),
+        names::record_keys_of(&theirs),
+        names::RECORD_KEYS.to_owned(),
+        names::callback_key(&my_task),
+        names::idempotency_key(&mine, "mine-once"),
+        names::idempotency_key(&theirs, "any"),
+    ];
+    for key in &keys {
+        intruder.publish(&format!("$KV.{results}.{key}")).await;
+        intruder.publish(&direct_get(key)).await;
+    }
+    for subject in [
+        // A direct get that names its key in the body, and reads past the key's subject.
+        format!("$JS.API.DIRECT.GET.KV_{results}"),
+        format!("$JS.API.STREAM.MSG.GET.KV_{results}"),
+        format!("$JS.API.CONSUMER.CREATE.KV_{results}.spy"),
+        format!("$JS.API.STREAM.PURGE.KV_{results}"),
+    ] {
+        intruder.publish(&subject).await;
+    }
+    let their_record = gateway
+        .task_record(&their_task)
+        .await
+        .expect("read")
+        .expect("their record stands");
+    assert_eq!(their_record.status, TaskStatus::Pending);
 }
