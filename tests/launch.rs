@@ -297,7 +297,8 @@ async fn polling_a_failed_task_reports_failure() {
     );
 }
 
-/// A model with a slow predict route and a streaming route that sends three events.
+/// A model with a slow predict route and a streaming route that sends an event per word (or
+/// fails before its first one, or garbles one).
 const STREAMING_MODEL: &str = r#"
 import json, os, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -308,13 +309,20 @@ class Model(BaseHTTPRequestHandler):
         self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"{}")
     def do_POST(self):
         args = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/stream" and args.get("fail"):
+            data = b"no words today"
+            self.send_response(500); self.send_header("Content-Length", str(len(data)))
+            self.end_headers(); self.wfile.write(data)
+            return
         if self.path == "/stream":
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Connection", "close")
             self.end_headers()
             for token in args["words"]:
-                self.wfile.write(f"data: {json.dumps({'token': token})}\n\n".encode())
+                # "!" stands for an event the model garbles mid-stream.
+                event = "not json" if token == "!" else json.dumps({"token": token})
+                self.wfile.write(f"data: {event}\n\n".encode())
                 self.wfile.flush()
             self.close_connection = True
             return
@@ -396,30 +404,8 @@ async fn sync_predictions_answer_in_launch_shape_and_refuse_when_saturated() {
 async fn streaming_predictions_arrive_as_server_sent_events_and_wake_an_idle_endpoint() {
     let (_m, dev) = dev_with_bundles(&streaming_manifests()).await;
     let endpoint = dev.ready_endpoint("streaming-endpoint").await;
-    let response = dev
-        .http
-        .post(format!(
-            "{}/v1/streaming-tasks?model_endpoint_id={endpoint}",
-            dev.base
-        ))
-        .basic_auth(API_KEY, Some(""))
-        .json(&json!({"args": {"words": ["a", "b", "c"]}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
-    let text = response.text().await.unwrap();
-    let events: Vec<Value> = text
-        .lines()
-        .filter_map(|line| line.strip_prefix("data:"))
-        .map(|data| serde_json::from_str(data.trim()).unwrap())
-        .collect();
+    let (status, events) = stream_events(&dev, &endpoint, json!({"words": ["a", "b", "c"]})).await;
+    assert_eq!(status, 200);
     let tokens: Vec<Value> = events
         .iter()
         .map(|event| event["result"]["result"]["token"].clone())
@@ -437,6 +423,69 @@ async fn streaming_predictions_arrive_as_server_sent_events_and_wake_an_idle_end
         StatusCode::BAD_REQUEST,
         "a sync endpoint does not stream"
     );
+}
+
+/// Posts a streaming task and returns the HTTP status and the events' data as JSON.
+async fn stream_events(dev: &Dev, endpoint: &str, args: Value) -> (u16, Vec<Value>) {
+    let response = dev
+        .http
+        .post(format!(
+            "{}/v1/streaming-tasks?model_endpoint_id={endpoint}",
+            dev.base
+        ))
+        .basic_auth(API_KEY, Some(""))
+        .json(&json!({ "args": args }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = response.text().await.unwrap();
+    let events = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|data| serde_json::from_str(data.trim()).unwrap())
+        .collect();
+    (status, events)
+}
+
+/// Launch's client reads each event's `result` as an object or null: a failure carries its
+/// reason in `traceback`, whether the model fails before its first event or during the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_failures_are_events_the_client_parses() {
+    let (_m, dev) = dev_with_bundles(&streaming_manifests()).await;
+    let endpoint = dev.ready_endpoint("streaming-endpoint").await;
+
+    let (status, events) = stream_events(&dev, &endpoint, json!({"fail": true})).await;
+    assert_eq!(status, 200);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["status"], "FAILURE");
+    assert_eq!(events[0]["result"], Value::Null);
+    assert_eq!(events[0]["status_code"], 500);
+    let traceback = events[0]["traceback"].as_str().unwrap();
+    assert!(traceback.contains("model answered 500"), "{traceback}");
+    assert!(traceback.contains("no words today"), "{traceback}");
+
+    let (status, events) = stream_events(&dev, &endpoint, json!({"words": ["a", "!", "c"]})).await;
+    assert_eq!(status, 200);
+    let statuses: Vec<&str> = events
+        .iter()
+        .map(|event| event["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["SUCCESS", "FAILURE"],
+        "the stream ends at the failure"
+    );
+    assert_eq!(events[0]["result"]["result"]["token"], "a");
+    assert_eq!(events[1]["result"], Value::Null);
+    let traceback = events[1]["traceback"].as_str().unwrap();
+    assert!(traceback.contains("not JSON"), "{traceback}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
