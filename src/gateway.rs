@@ -143,7 +143,18 @@ pub fn config(args: &GatewayArgs) -> anyhow::Result<Config> {
     let manifests = if args.manifests.is_empty() {
         None
     } else {
-        Some(manifest::load(&args.manifests)?)
+        let manifests = manifest::load(&args.manifests)?;
+        if manifests.endpoints.is_empty() {
+            anyhow::bail!(
+                "no ModelEndpoint found in {}: a gateway serving manifests serves their endpoints",
+                args.manifests
+                    .iter()
+                    .map(|path| path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Some(manifests)
     };
     Ok(Config {
         keys,

@@ -20,17 +20,8 @@ fn seed_create_body(bundle_id: &str, callback_url: &str) -> Value {
 }
 
 async fn dev_with_bundles(extra: &[(&str, String)]) -> (Manifests, Dev) {
+    // Bundles only: endpoints are created through the API, as a new user does.
     let manifests = Manifests::with_example_bundle();
-    // ferry dev wants one endpoint to start with; this one stays idle.
-    manifests.add(
-        "idle.yaml",
-        &endpoint_yaml(
-            "idle",
-            "test-bundle",
-            "http://127.0.0.1:9/",
-            "  minWorkers: 0\n",
-        ),
-    );
     for (file, yaml) in extra {
         manifests.add(file, yaml);
     }
@@ -200,6 +191,20 @@ async fn the_update_path_keeps_what_it_omits_and_rolls_the_workers() {
             .contains("min_workers")
     );
 
+    // edit_model_endpoint(post_inference_hooks=[]): the client sends no callback URL at all.
+    let response = dev
+        .http
+        .put(format!("{}/v1/model-endpoints/{endpoint}", dev.base))
+        .basic_auth(API_KEY, Some(""))
+        .json(&json!({"post_inference_hooks": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let view = listed(&dev, "demo-endpoint-callback").await.remove(0);
+    assert_eq!(view["post_inference_hooks"], json!([]));
+    assert_eq!(view["default_callback_url"], Value::Null);
+
     let response = dev
         .http
         .delete(format!("{}/v1/model-endpoints/{endpoint}", dev.base))
@@ -244,8 +249,14 @@ async fn a_missing_bundle_and_bad_requests_get_clear_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bundles_created_through_v2_serve_endpoints() {
-    let (_m, dev) = dev_with_bundles(&[]).await;
+async fn an_empty_dev_serves_bundles_and_endpoints_created_through_the_api() {
+    let empty = tempfile::tempdir().unwrap();
+    let dev = Dev::start(empty.path(), None).await;
+    let (status, listing) = dev.get("/v1/model-endpoints").await;
+    assert_eq!(
+        (status, listing),
+        (StatusCode::OK, json!({"model_endpoints": []}))
+    );
     let model = python_model_source("return 200, {'doubled': args['n'] * 2}");
     let create = json!({"name": "doubler", "schema_location": "none", "metadata": {},
         "flavor": {"flavor": "runnable_image", "repository": "python", "tag": "3.12-slim",
