@@ -526,3 +526,77 @@ async fn a_sync_endpoint_with_the_callback_hook_also_calls_back() {
         ("/sync", json!(7))
     );
 }
+
+/// The real Launch client against `ferry dev`: the seed snippet on its create path and then its
+/// update path, turning callbacks off, and a failed stream. The client comes from a venv named
+/// by `FERRY_LAUNCH_CLIENT_PYTHON` (its repository carries no licence, so nothing of it lives
+/// here); without one this test says so and checks nothing, while the replayed call sequences
+/// above keep covering the same behaviour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_launch_client_runs_the_seed_and_reads_failures() {
+    let Some(python) = std::env::var_os("FERRY_LAUNCH_CLIENT_PYTHON") else {
+        eprintln!(
+            "SKIPPED: set FERRY_LAUNCH_CLIENT_PYTHON to the Python of a venv holding the Launch \
+             client (scaleapi/launch-python-client) to run it against ferry dev"
+        );
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let (_m, dev) = dev_with_bundles(&streaming_manifests()[..1]).await;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/launch_client/contract.py");
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .env("FERRY_GATEWAY", &dev.base)
+        .env("FERRY_RECEIVER", receiver.url(""))
+        .env("LAUNCH_API_KEY", API_KEY)
+        .output()
+        .await
+        .expect("the client's Python runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the client failed:\n{stderr}");
+    let observed: Value = serde_json::from_slice(&output.stdout).expect("the script's JSON");
+
+    let mut expected_callbacks = Vec::new();
+    for run in ["first_run", "second_run"] {
+        let run = &observed[run];
+        assert_eq!(
+            (&run["default"]["result"], &run["custom"]["result"]),
+            (&json!(7), &json!(8)),
+            "{run}"
+        );
+        expected_callbacks.push(("/default", run["default"]["task_id"].clone(), 7));
+        expected_callbacks.push(("/custom", run["custom"]["task_id"].clone(), 8));
+    }
+    let removed = &observed["hooks_removed"];
+    assert_eq!(removed["post_inference_hooks"], json!([]), "{removed}");
+    assert_eq!(removed["default_callback_url"], Value::Null, "{removed}");
+    assert_eq!(removed["task"]["result"], 9, "{removed}");
+
+    let stream = observed["failed_stream"]
+        .as_array()
+        .expect("a list of responses");
+    assert_eq!(stream.len(), 1, "{stream:?}");
+    assert_eq!(
+        (&stream[0]["status"], &stream[0]["result"]),
+        (&json!("FAILURE"), &Value::Null)
+    );
+    let traceback = stream[0]["traceback"].as_str().unwrap_or_default();
+    assert!(traceback.contains("model answered 500"), "{traceback}");
+
+    let callbacks = receiver.wait_for(expected_callbacks.len(), WAIT).await;
+    for (path, task_id, result) in expected_callbacks {
+        assert!(
+            callbacks.iter().any(|c| c.path == path
+                && c.body["task_id"] == task_id
+                && c.body["result"] == result),
+            "no callback {path} {task_id} {result} in {:?}",
+            callbacks.iter().map(|c| &c.body).collect::<Vec<_>>()
+        );
+    }
+    let silenced = &removed["task"]["task_id"];
+    assert!(
+        callbacks.iter().all(|c| &c.body["task_id"] != silenced),
+        "a callback after the hook was removed"
+    );
+}
