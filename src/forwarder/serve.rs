@@ -120,6 +120,15 @@ fn to_response(prediction: &Prediction) -> SyncResponse {
     }
 }
 
+fn to_event(prediction: &Prediction) -> SyncResponse {
+    match prediction {
+        Prediction::Failure { error, status_code } => {
+            SyncResponse::stream_failure(error, *status_code)
+        }
+        success => to_response(success),
+    }
+}
+
 async fn predict(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes) -> Response {
     let task = match admit(&server, &headers, &body) {
         Ok(task) => task,
@@ -155,7 +164,7 @@ async fn stream(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byt
     let events = predictions.scan((slot, false), |(_, failed), prediction| {
         let event = (!*failed).then(|| {
             *failed = matches!(prediction, Prediction::Failure { .. });
-            sse::Event::default().json_data(to_response(&prediction))
+            sse::Event::default().json_data(to_event(&prediction))
         });
         futures::future::ready(event)
     });
