@@ -554,8 +554,8 @@ pub struct LeaseArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DevArgs {
-    /// ModelBundle/ModelEndpoint manifests: YAML files or directories of them.
-    #[arg(required = true)]
+    /// ModelBundle/ModelEndpoint manifests: YAML files or directories of them. Without any,
+    /// `ferry dev` starts empty: create bundles and endpoints through the API.
     pub manifests: Vec<PathBuf>,
     /// Address the HTTP API listens on.
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:5005")]

@@ -385,8 +385,9 @@ pub struct DeliveryAttempt {
 }
 
 /// A sync task's answer, and each event of a streaming task, in Launch's shape: on SUCCESS
-/// `result` is `{"result": <model output>}`; on FAILURE it is the error message and
-/// `traceback` the detail.
+/// `result` is `{"result": <model output>}`; on FAILURE a sync answer's `result` is the error
+/// message and `traceback` the detail, while a streaming event's `result` is null and its
+/// `traceback` the whole reason (Launch's client reads an event's `result` as an object).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SyncResponse {
     pub status: TaskStatus,
@@ -410,6 +411,19 @@ impl SyncResponse {
             status: TaskStatus::Failure,
             result: Some(Value::from(error.message.clone())),
             traceback: error.detail.clone(),
+            status_code,
+        }
+    }
+
+    pub fn stream_failure(error: &TaskError, status_code: Option<u16>) -> Self {
+        let traceback = match &error.detail {
+            Some(detail) => format!("{}: {detail}", error.message),
+            None => error.message.clone(),
+        };
+        SyncResponse {
+            status: TaskStatus::Failure,
+            result: None,
+            traceback: Some(traceback),
             status_code,
         }
     }

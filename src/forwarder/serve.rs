@@ -135,7 +135,7 @@ fn to_response(prediction: &Prediction) -> SyncResponse {
             status_code,
         } => SyncResponse::success(result.clone(), *status_code),
         Prediction::Failure { error, status_code } => SyncResponse::failure(error, *status_code),
-        // Mid-stream only (`stream` answers 503 before a stream starts): the stream ends here.
+        // Never sent: `predict` answers 503 instead.
         Prediction::Unavailable { reason } => SyncResponse::failure(
             &crate::task::TaskError {
                 message: reason.clone(),
@@ -143,6 +143,23 @@ fn to_response(prediction: &Prediction) -> SyncResponse {
             },
             None,
         ),
+    }
+}
+
+fn to_event(prediction: &Prediction) -> SyncResponse {
+    match prediction {
+        Prediction::Failure { error, status_code } => {
+            SyncResponse::stream_failure(error, *status_code)
+        }
+        // Mid-stream only (`stream` answers 503 before a stream starts): the stream ends here.
+        Prediction::Unavailable { reason } => SyncResponse::stream_failure(
+            &crate::task::TaskError {
+                message: reason.clone(),
+                detail: None,
+            },
+            None,
+        ),
+        success => to_response(success),
     }
 }
 
@@ -187,7 +204,7 @@ async fn stream(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byt
     let events = predictions.scan((slot, false), |(_, failed), prediction| {
         let event = (!*failed).then(|| {
             *failed = !matches!(prediction, Prediction::Success { .. });
-            sse::Event::default().json_data(to_response(&prediction))
+            sse::Event::default().json_data(to_event(&prediction))
         });
         futures::future::ready(event)
     });
