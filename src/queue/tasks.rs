@@ -377,7 +377,7 @@ mod tests {
         };
         queue.ensure_endpoint(&spec).await.expect("queue");
         let task = TaskMessage {
-            task_id: TaskId::generate(),
+            task_id: TaskId::generate(&endpoint),
             endpoint_id: endpoint.clone(),
             args: serde_json::json!({"x": 1}),
             callback: None,
