@@ -40,6 +40,7 @@ pub async fn run(role: Role) -> anyhow::Result<()> {
         }
         Role::Operator(args) => {
             crate::controller::settings(args);
+            crate::controller::forwarder_creds_issuing(&args.forwarder_creds)?;
             args.seal.key_ring()?;
             ("operator", &args.nats, QueueRole::Operator)
         }

@@ -535,11 +535,37 @@ pub struct OperatorArgs {
     #[arg(long, env = "FERRY_WORKER_NETWORK_POLICY", value_parser = parse_worker_network_policy)]
     pub worker_network_policy: Option<WorkerNetworkPolicy>,
     #[command(flatten)]
+    pub forwarder_creds: ForwarderCredsArgs,
+    #[command(flatten)]
     pub lease: LeaseArgs,
     #[command(flatten)]
     pub task_queue: TaskQueueArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+}
+
+/// The operator issues each endpoint's forwarders NATS credentials of their own (the files
+/// `ferry nats-auth --out DIR` writes). Without them, worker pods get no NATS credentials.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ForwarderCredsArgs {
+    /// The account's public key (`account.pub`).
+    #[arg(
+        long = "nats-account-file",
+        env = "FERRY_NATS_ACCOUNT_FILE",
+        requires = "nats_account_signing_seed_file"
+    )]
+    pub nats_account_file: Option<PathBuf>,
+    /// The account signing key's seed (`account-signing.nk`).
+    #[arg(
+        long = "nats-account-signing-seed-file",
+        env = "FERRY_NATS_ACCOUNT_SIGNING_SEED_FILE",
+        requires = "nats_account_file"
+    )]
+    pub nats_account_signing_seed_file: Option<PathBuf>,
+    /// How long issued forwarder credentials are valid; renewed when a third is left.
+    #[arg(long = "forwarder-creds-valid-for-seconds", env = "FERRY_FORWARDER_CREDS_VALID_FOR_SECONDS",
+          default_value = "86400", value_parser = parse_positive_seconds)]
+    pub valid_for: Duration,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -560,8 +586,8 @@ pub struct LeaseArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DevArgs {
-    /// ModelBundle/ModelEndpoint manifests: YAML files or directories of them.
-    #[arg(required = true)]
+    /// ModelBundle/ModelEndpoint manifests: YAML files or directories of them. Without any,
+    /// `ferry dev` starts empty: create bundles and endpoints through the API.
     pub manifests: Vec<PathBuf>,
     /// Address the HTTP API listens on.
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:5005")]

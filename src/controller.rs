@@ -35,6 +35,7 @@ use crate::autoscale::AutoscaleMetrics;
 use crate::cli::OperatorArgs;
 use crate::crd::{ModelBundle, ModelEndpoint};
 use crate::queue::{self, QueueSettings};
+use build::worker_secret::ForwarderCredsIssuing;
 use context::{Context, Metrics, QueueConnection};
 use reconcile::{error_policy, reconcile};
 use status::reason;
@@ -88,6 +89,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("issuing the forwarders' NATS credentials")]
+    IssueForwarderCreds(#[source] crate::nats_auth::Error),
     #[error("patching the status")]
     PatchStatus(#[source] kube::Error),
     #[error("ensuring the task queue")]
@@ -111,6 +114,7 @@ impl Error {
             Error::ApplySecret { .. } => "ApplySecretFailed",
             Error::ApplyNetworkPolicy { .. } => "ApplyNetworkPolicyFailed",
             Error::DeleteService { .. } => "DeleteServiceFailed",
+            Error::IssueForwarderCreds(_) => "IssueForwarderCredsFailed",
             Error::PatchStatus(_) => "PatchStatusFailed",
             Error::EnsureQueue(_) => reason::QUEUE_UNAVAILABLE,
             Error::DeleteQueue(_) => "DeleteQueueFailed",
@@ -140,7 +144,7 @@ impl Error {
             | Error::DeleteService { source, .. }
             | Error::PatchStatus(source)
             | Error::ReleaseInvalid(source) => apply::is_rejected(source),
-            Error::EnsureQueue(_) | Error::DeleteQueue(_) => false,
+            Error::EnsureQueue(_) | Error::DeleteQueue(_) | Error::IssueForwarderCreds(_) => false,
             Error::Finalizer(error) => match error.as_ref() {
                 finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => {
                     inner.is_permanent()
@@ -153,8 +157,6 @@ impl Error {
     }
 }
 
-/// `ferry operator`: serves probes and metrics, waits for the leader Lease, then reconciles
-/// until `cancel`.
 /// What shapes every worker pod, from the operator's flags.
 pub fn settings(args: &OperatorArgs) -> build::Settings {
     build::Settings {
@@ -164,11 +166,31 @@ pub fn settings(args: &OperatorArgs) -> build::Settings {
         predict_timeout: args.predict_timeout,
         gpu_node_label: args.gpu_node_label.clone(),
         worker_network_policy: args.worker_network_policy.clone(),
+        forwarder_nats_creds: args.forwarder_creds.nats_account_file.is_some(),
     }
 }
 
+/// How the operator issues forwarders' NATS credentials, from its flags; `None` without them.
+pub fn forwarder_creds_issuing(
+    args: &crate::cli::ForwarderCredsArgs,
+) -> Result<Option<ForwarderCredsIssuing>, crate::nats_auth::Error> {
+    let (Some(account), Some(seed)) = (
+        &args.nats_account_file,
+        &args.nats_account_signing_seed_file,
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(ForwarderCredsIssuing {
+        issuer: crate::nats_auth::ForwarderIssuer::from_files(account, seed)?,
+        validity: args.valid_for,
+    }))
+}
+
+/// `ferry operator`: serves probes and metrics, waits for the leader Lease, then reconciles
+/// until `cancel`.
 pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     let ring = Arc::new(args.seal.key_ring()?);
+    let forwarder_creds = forwarder_creds_issuing(&args.forwarder_creds)?;
     let client = Client::try_default().await?;
     let mut registry = crate::metrics::registry();
     let metrics = Metrics::register(&mut registry);
@@ -188,19 +210,22 @@ pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Resul
         ..Default::default()
     };
     let settings = settings(&args);
-    let context = Arc::new(Context::new(
-        client.clone(),
-        QueueConnection::new(
-            args.nats
-                .connection()?
-                .for_role(crate::queue::Role::Operator),
-            queue_settings,
-        ),
-        settings,
-        ring,
-        args.resync,
-        metrics.clone(),
-    ));
+    let context = Arc::new(
+        Context::new(
+            client.clone(),
+            QueueConnection::new(
+                args.nats
+                    .connection()?
+                    .for_role(crate::queue::Role::Operator),
+                queue_settings,
+            ),
+            settings,
+            ring,
+            args.resync,
+            metrics.clone(),
+        )
+        .with_forwarder_creds(forwarder_creds),
+    );
     let lease = leader::LeaseSettings::from_args(&args.lease, &client);
     // A standby replica is healthy too: ready means started, not elected.
     readiness.set_ready();

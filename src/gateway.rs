@@ -9,6 +9,7 @@ mod metrics;
 mod redeliver;
 mod resources;
 mod routes;
+mod streaming;
 mod sync;
 mod team_limits;
 #[cfg(test)]
@@ -86,7 +87,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/v1/async-tasks", post(routes::submit_async_task))
         .route("/v1/sync-tasks", post(sync::submit_sync_task))
-        .route("/v1/streaming-tasks", post(sync::submit_streaming_task))
+        .route(
+            "/v1/streaming-tasks",
+            post(streaming::submit_streaming_task),
+        )
         .route("/v1/async-tasks/{task_id}", get(routes::get_async_task))
         .route(
             "/v1/async-tasks/{task_id}/callback/redeliver",
@@ -94,6 +98,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/v1/callbacks/redeliver", post(redeliver::redeliver_since))
         .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
@@ -138,7 +143,18 @@ pub fn config(args: &GatewayArgs) -> anyhow::Result<Config> {
     let manifests = if args.manifests.is_empty() {
         None
     } else {
-        Some(manifest::load(&args.manifests)?)
+        let manifests = manifest::load(&args.manifests)?;
+        if manifests.endpoints.is_empty() {
+            anyhow::bail!(
+                "no ModelEndpoint found in {}: a gateway serving manifests serves their endpoints",
+                args.manifests
+                    .iter()
+                    .map(|path| path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Some(manifests)
     };
     Ok(Config {
         keys,

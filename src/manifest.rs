@@ -56,8 +56,6 @@ pub enum Error {
         #[source]
         source: PolicyError,
     },
-    #[error("no ModelEndpoint found in {paths}")]
-    NoEndpoints { paths: String },
 }
 
 /// The resources a set of manifests declares.
@@ -147,14 +145,6 @@ pub fn load(paths: &[PathBuf]) -> Result<Manifests, Error> {
                 endpoint: endpoint.name_any(),
                 source,
             })?;
-    }
-    if manifests.endpoints.is_empty() {
-        let paths = paths
-            .iter()
-            .map(|path| path.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        return Err(Error::NoEndpoints { paths });
     }
     Ok(manifests)
 }

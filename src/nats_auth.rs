@@ -181,6 +181,11 @@ impl ForwarderIssuer {
         ForwarderIssuer::new(&read(account_file)?, &read(signing_seed_file)?)
     }
 
+    /// Public key of the signing key: who issued the credentials it issues.
+    pub fn signing_key(&self) -> String {
+        self.signing.public_key()
+    }
+
     /// A `.creds` file for the forwarder of `endpoint` alone, refused by the server after
     /// `expires`.
     pub fn forwarder_creds(

@@ -211,6 +211,14 @@ pub struct TaskRecord {
     pub status_code: Option<u16>,
     /// Unix time of the last change in milliseconds.
     pub updated_at_ms: u64,
+    /// Deliveries a worker returned to the queue without running the task (its model was
+    /// unavailable, or it was stopping); they do not count against the task's attempts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub handed_back: u32,
+}
+
+fn is_zero(count: &u32) -> bool {
+    *count == 0
 }
 
 impl TaskRecord {
@@ -222,7 +230,19 @@ impl TaskRecord {
             error: None,
             status_code: None,
             updated_at_ms: now_ms(),
+            handed_back: 0,
         }
+    }
+
+    /// True when `other` records the same state, whatever hand-backs either counts (a writer
+    /// carries the count of the record it replaces over into its own).
+    pub fn same_state_as(&self, other: &TaskRecord) -> bool {
+        self.endpoint_id == other.endpoint_id
+            && self.status == other.status
+            && self.result == other.result
+            && self.error == other.error
+            && self.status_code == other.status_code
+            && self.updated_at_ms == other.updated_at_ms
     }
     pub fn started(endpoint_id: EndpointId) -> Self {
         TaskRecord {
@@ -365,8 +385,9 @@ pub struct DeliveryAttempt {
 }
 
 /// A sync task's answer, and each event of a streaming task, in Launch's shape: on SUCCESS
-/// `result` is `{"result": <model output>}`; on FAILURE it is the error message and
-/// `traceback` the detail.
+/// `result` is `{"result": <model output>}`; on FAILURE a sync answer's `result` is the error
+/// message and `traceback` the detail, while a streaming event's `result` is null and its
+/// `traceback` the whole reason (Launch's client reads an event's `result` as an object).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SyncResponse {
     pub status: TaskStatus,
@@ -390,6 +411,19 @@ impl SyncResponse {
             status: TaskStatus::Failure,
             result: Some(Value::from(error.message.clone())),
             traceback: error.detail.clone(),
+            status_code,
+        }
+    }
+
+    pub fn stream_failure(error: &TaskError, status_code: Option<u16>) -> Self {
+        let traceback = match &error.detail {
+            Some(detail) => format!("{}: {detail}", error.message),
+            None => error.message.clone(),
+        };
+        SyncResponse {
+            status: TaskStatus::Failure,
+            result: None,
+            traceback: Some(traceback),
             status_code,
         }
     }

@@ -20,17 +20,8 @@ fn seed_create_body(bundle_id: &str, callback_url: &str) -> Value {
 }
 
 async fn dev_with_bundles(extra: &[(&str, String)]) -> (Manifests, Dev) {
+    // Bundles only: endpoints are created through the API, as a new user does.
     let manifests = Manifests::with_example_bundle();
-    // ferry dev wants one endpoint to start with; this one stays idle.
-    manifests.add(
-        "idle.yaml",
-        &endpoint_yaml(
-            "idle",
-            "test-bundle",
-            "http://127.0.0.1:9/",
-            "  minWorkers: 0\n",
-        ),
-    );
     for (file, yaml) in extra {
         manifests.add(file, yaml);
     }
@@ -200,6 +191,20 @@ async fn the_update_path_keeps_what_it_omits_and_rolls_the_workers() {
             .contains("min_workers")
     );
 
+    // edit_model_endpoint(post_inference_hooks=[]): the client sends no callback URL at all.
+    let response = dev
+        .http
+        .put(format!("{}/v1/model-endpoints/{endpoint}", dev.base))
+        .basic_auth(API_KEY, Some(""))
+        .json(&json!({"post_inference_hooks": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let view = listed(&dev, "demo-endpoint-callback").await.remove(0);
+    assert_eq!(view["post_inference_hooks"], json!([]));
+    assert_eq!(view["default_callback_url"], Value::Null);
+
     let response = dev
         .http
         .delete(format!("{}/v1/model-endpoints/{endpoint}", dev.base))
@@ -244,8 +249,14 @@ async fn a_missing_bundle_and_bad_requests_get_clear_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bundles_created_through_v2_serve_endpoints() {
-    let (_m, dev) = dev_with_bundles(&[]).await;
+async fn an_empty_dev_serves_bundles_and_endpoints_created_through_the_api() {
+    let empty = tempfile::tempdir().unwrap();
+    let dev = Dev::start(empty.path(), None).await;
+    let (status, listing) = dev.get("/v1/model-endpoints").await;
+    assert_eq!(
+        (status, listing),
+        (StatusCode::OK, json!({"model_endpoints": []}))
+    );
     let model = python_model_source("return 200, {'doubled': args['n'] * 2}");
     let create = json!({"name": "doubler", "schema_location": "none", "metadata": {},
         "flavor": {"flavor": "runnable_image", "repository": "python", "tag": "3.12-slim",
@@ -297,7 +308,8 @@ async fn polling_a_failed_task_reports_failure() {
     );
 }
 
-/// A model with a slow predict route and a streaming route that sends three events.
+/// A model with a slow predict route and a streaming route that sends an event per word (or
+/// fails before its first one, or garbles one).
 const STREAMING_MODEL: &str = r#"
 import json, os, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -308,13 +320,20 @@ class Model(BaseHTTPRequestHandler):
         self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"{}")
     def do_POST(self):
         args = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/stream" and args.get("fail"):
+            data = b"no words today"
+            self.send_response(500); self.send_header("Content-Length", str(len(data)))
+            self.end_headers(); self.wfile.write(data)
+            return
         if self.path == "/stream":
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Connection", "close")
             self.end_headers()
             for token in args["words"]:
-                self.wfile.write(f"data: {json.dumps({'token': token})}\n\n".encode())
+                # "!" stands for an event the model garbles mid-stream.
+                event = "not json" if token == "!" else json.dumps({"token": token})
+                self.wfile.write(f"data: {event}\n\n".encode())
                 self.wfile.flush()
             self.close_connection = True
             return
@@ -396,30 +415,8 @@ async fn sync_predictions_answer_in_launch_shape_and_refuse_when_saturated() {
 async fn streaming_predictions_arrive_as_server_sent_events_and_wake_an_idle_endpoint() {
     let (_m, dev) = dev_with_bundles(&streaming_manifests()).await;
     let endpoint = dev.ready_endpoint("streaming-endpoint").await;
-    let response = dev
-        .http
-        .post(format!(
-            "{}/v1/streaming-tasks?model_endpoint_id={endpoint}",
-            dev.base
-        ))
-        .basic_auth(API_KEY, Some(""))
-        .json(&json!({"args": {"words": ["a", "b", "c"]}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
-    let text = response.text().await.unwrap();
-    let events: Vec<Value> = text
-        .lines()
-        .filter_map(|line| line.strip_prefix("data:"))
-        .map(|data| serde_json::from_str(data.trim()).unwrap())
-        .collect();
+    let (status, events) = stream_events(&dev, &endpoint, json!({"words": ["a", "b", "c"]})).await;
+    assert_eq!(status, 200);
     let tokens: Vec<Value> = events
         .iter()
         .map(|event| event["result"]["result"]["token"].clone())
@@ -437,6 +434,69 @@ async fn streaming_predictions_arrive_as_server_sent_events_and_wake_an_idle_end
         StatusCode::BAD_REQUEST,
         "a sync endpoint does not stream"
     );
+}
+
+/// Posts a streaming task and returns the HTTP status and the events' data as JSON.
+async fn stream_events(dev: &Dev, endpoint: &str, args: Value) -> (u16, Vec<Value>) {
+    let response = dev
+        .http
+        .post(format!(
+            "{}/v1/streaming-tasks?model_endpoint_id={endpoint}",
+            dev.base
+        ))
+        .basic_auth(API_KEY, Some(""))
+        .json(&json!({ "args": args }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = response.text().await.unwrap();
+    let events = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|data| serde_json::from_str(data.trim()).unwrap())
+        .collect();
+    (status, events)
+}
+
+/// Launch's client reads each event's `result` as an object or null: a failure carries its
+/// reason in `traceback`, whether the model fails before its first event or during the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_failures_are_events_the_client_parses() {
+    let (_m, dev) = dev_with_bundles(&streaming_manifests()).await;
+    let endpoint = dev.ready_endpoint("streaming-endpoint").await;
+
+    let (status, events) = stream_events(&dev, &endpoint, json!({"fail": true})).await;
+    assert_eq!(status, 200);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["status"], "FAILURE");
+    assert_eq!(events[0]["result"], Value::Null);
+    assert_eq!(events[0]["status_code"], 500);
+    let traceback = events[0]["traceback"].as_str().unwrap();
+    assert!(traceback.contains("model answered 500"), "{traceback}");
+    assert!(traceback.contains("no words today"), "{traceback}");
+
+    let (status, events) = stream_events(&dev, &endpoint, json!({"words": ["a", "!", "c"]})).await;
+    assert_eq!(status, 200);
+    let statuses: Vec<&str> = events
+        .iter()
+        .map(|event| event["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["SUCCESS", "FAILURE"],
+        "the stream ends at the failure"
+    );
+    assert_eq!(events[0]["result"]["result"]["token"], "a");
+    assert_eq!(events[1]["result"], Value::Null);
+    let traceback = events[1]["traceback"].as_str().unwrap();
+    assert!(traceback.contains("not JSON"), "{traceback}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,5 +524,79 @@ async fn a_sync_endpoint_with_the_callback_hook_also_calls_back() {
     assert_eq!(
         (callback.path.as_str(), callback.body["result"].clone()),
         ("/sync", json!(7))
+    );
+}
+
+/// The real Launch client against `ferry dev`: the seed snippet on its create path and then its
+/// update path, turning callbacks off, and a failed stream. The client comes from a venv named
+/// by `FERRY_LAUNCH_CLIENT_PYTHON` (its repository carries no licence, so nothing of it lives
+/// here); without one this test says so and checks nothing, while the replayed call sequences
+/// above keep covering the same behaviour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_launch_client_runs_the_seed_and_reads_failures() {
+    let Some(python) = std::env::var_os("FERRY_LAUNCH_CLIENT_PYTHON") else {
+        eprintln!(
+            "SKIPPED: set FERRY_LAUNCH_CLIENT_PYTHON to the Python of a venv holding the Launch \
+             client (scaleapi/launch-python-client) to run it against ferry dev"
+        );
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let (_m, dev) = dev_with_bundles(&streaming_manifests()[..1]).await;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/launch_client/contract.py");
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .env("FERRY_GATEWAY", &dev.base)
+        .env("FERRY_RECEIVER", receiver.url(""))
+        .env("LAUNCH_API_KEY", API_KEY)
+        .output()
+        .await
+        .expect("the client's Python runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the client failed:\n{stderr}");
+    let observed: Value = serde_json::from_slice(&output.stdout).expect("the script's JSON");
+
+    let mut expected_callbacks = Vec::new();
+    for run in ["first_run", "second_run"] {
+        let run = &observed[run];
+        assert_eq!(
+            (&run["default"]["result"], &run["custom"]["result"]),
+            (&json!(7), &json!(8)),
+            "{run}"
+        );
+        expected_callbacks.push(("/default", run["default"]["task_id"].clone(), 7));
+        expected_callbacks.push(("/custom", run["custom"]["task_id"].clone(), 8));
+    }
+    let removed = &observed["hooks_removed"];
+    assert_eq!(removed["post_inference_hooks"], json!([]), "{removed}");
+    assert_eq!(removed["default_callback_url"], Value::Null, "{removed}");
+    assert_eq!(removed["task"]["result"], 9, "{removed}");
+
+    let stream = observed["failed_stream"]
+        .as_array()
+        .expect("a list of responses");
+    assert_eq!(stream.len(), 1, "{stream:?}");
+    assert_eq!(
+        (&stream[0]["status"], &stream[0]["result"]),
+        (&json!("FAILURE"), &Value::Null)
+    );
+    let traceback = stream[0]["traceback"].as_str().unwrap_or_default();
+    assert!(traceback.contains("model answered 500"), "{traceback}");
+
+    let callbacks = receiver.wait_for(expected_callbacks.len(), WAIT).await;
+    for (path, task_id, result) in expected_callbacks {
+        assert!(
+            callbacks.iter().any(|c| c.path == path
+                && c.body["task_id"] == task_id
+                && c.body["result"] == result),
+            "no callback {path} {task_id} {result} in {:?}",
+            callbacks.iter().map(|c| &c.body).collect::<Vec<_>>()
+        );
+    }
+    let silenced = &removed["task"]["task_id"];
+    assert!(
+        callbacks.iter().all(|c| &c.body["task_id"] != silenced),
+        "a callback after the hook was removed"
     );
 }

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::build::{MANAGED_BY, MANAGED_BY_LABEL};
-use crate::crd::{ModelBundle, ModelEndpoint, ModelEndpointStatus};
+use crate::crd::{ModelEndpoint, ModelEndpointStatus};
 
 /// The field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "ferry-operator";
@@ -27,13 +27,20 @@ fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
 
-/// The bundle `name` in `namespace`, or `None` when it does not exist.
-pub async fn get_bundle(
+/// The object `name` in `namespace`, or `None` when it does not exist: an endpoint's bundle, or
+/// its worker Secret whole (whose stored NATS credentials are kept while fresh).
+pub async fn get_named<K>(
     client: &Client,
     namespace: &str,
     name: &str,
-) -> Result<Option<ModelBundle>, kube::Error> {
-    Api::<ModelBundle>::namespaced(client.clone(), namespace)
+) -> Result<Option<K>, kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
 }
@@ -57,9 +64,7 @@ pub async fn get_secret_data(
     namespace: &str,
     name: &str,
 ) -> Result<Option<BTreeMap<String, Vec<u8>>>, kube::Error> {
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await?;
+    let secret = get_named::<Secret>(client, namespace, name).await?;
     Ok(secret.map(|secret| {
         secret
             .data
@@ -110,6 +115,25 @@ pub enum Applied<K> {
     NotOurs,
 }
 
+/// A namespaced object the operator applies.
+pub trait Child:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+{
+}
+
+impl<K> Child for K where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+{
+}
+
 /// Server-side applies `child` when it is absent or the endpoint's (`owner_uid`). An absent
 /// object is applied without force, so one created meanwhile by someone else makes the apply
 /// conflict instead of being taken over.
@@ -119,16 +143,32 @@ pub async fn apply_child<K>(
     owner_uid: &str,
 ) -> Result<Applied<K>, kube::Error>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned,
+    K: Child,
+{
+    let api = Api::<K>::namespaced(client.clone(), &child.namespace().unwrap_or_default());
+    let existing = api.get_metadata_opt(&child.name_any()).await?;
+    apply_child_over(
+        client,
+        child,
+        existing.as_ref().map(|e| &e.metadata),
+        owner_uid,
+    )
+    .await
+}
+
+/// [`apply_child`] when the existing object (`existing`, its metadata) was read already.
+pub async fn apply_child_over<K>(
+    client: &Client,
+    child: &K,
+    existing: Option<&ObjectMeta>,
+    owner_uid: &str,
+) -> Result<Applied<K>, kube::Error>
+where
+    K: Child,
 {
     let name = child.name_any();
     let api = Api::<K>::namespaced(client.clone(), &child.namespace().unwrap_or_default());
-    let existing = api.get_metadata_opt(&name).await?;
-    let params = match ownership(existing.as_ref().map(|e| &e.metadata), owner_uid) {
+    let params = match ownership(existing, owner_uid) {
         Ownership::Foreign => return Ok(Applied::NotOurs),
         Ownership::Absent => PatchParams::apply(FIELD_MANAGER),
         Ownership::Ours => apply_params(),

@@ -69,6 +69,8 @@ pub struct Settings {
     pub gpu_node_label: String,
     /// When set, every endpoint gets a default-deny NetworkPolicy over its workers.
     pub worker_network_policy: Option<WorkerNetworkPolicy>,
+    /// Forwarders connect with the NATS credentials the operator issues into the worker Secret.
+    pub forwarder_nats_creds: bool,
 }
 
 /// Everything one endpoint needs, ready to apply.
@@ -297,6 +299,9 @@ fn build_pod_template(
             termination_grace_period_seconds: Some(
                 i64::try_from(drain.as_secs()).unwrap_or(i64::MAX),
             ),
+            volumes: settings
+                .forwarder_nats_creds
+                .then(|| vec![worker_secret::nats_creds_volume(endpoint)]),
             enable_service_links: Some(false),
             // Workers never call the Kubernetes API; a token would only be something to steal.
             automount_service_account_token: Some(false),
@@ -458,6 +463,9 @@ fn build_forwarder_container(
         ports.push(port(SERVE_PORT_NAME, FORWARDER_SERVE_PORT));
         env.push(worker_secret::serving_token_env(endpoint));
     }
+    if settings.forwarder_nats_creds {
+        env.push(worker_secret::nats_creds_env());
+    }
     let probe = |path: &str| Probe {
         http_get: Some(http_get(path, ADMIN_PORT_NAME)),
         period_seconds: Some(5),
@@ -483,6 +491,9 @@ fn build_forwarder_container(
         readiness_probe: Some(probe("/readyz")),
         liveness_probe: Some(probe("/healthz")),
         security_context: Some(security::build_forwarder_security_context()),
+        volume_mounts: settings
+            .forwarder_nats_creds
+            .then(|| vec![worker_secret::nats_creds_mount()]),
         ..Default::default()
     }
 }

@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::OnceCell;
 
 use super::build::Settings;
+use super::build::worker_secret::ForwarderCredsIssuing;
 use crate::queue::{self, Queue, QueueSettings};
 
 /// A queue connection made on first use, so the operator starts (and reports
@@ -110,6 +111,8 @@ pub struct Context {
     pub ring: Arc<crate::seal::KeyRing>,
     /// Time between reconciles of an endpoint nothing happens to.
     pub resync: Duration,
+    /// Issues forwarders' NATS credentials into worker Secrets, when configured.
+    pub forwarder_creds: Option<ForwarderCredsIssuing>,
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per endpoint (`namespace/name`), for the retry delay.
     failures: Mutex<HashMap<String, u32>>,
@@ -139,9 +142,28 @@ impl Context {
             settings,
             ring,
             resync,
+            forwarder_creds: None,
             metrics,
             failures: Mutex::default(),
             reported_invalid: Mutex::default(),
+        }
+    }
+
+    /// The same context issuing forwarders' NATS credentials with `issuing`.
+    pub fn with_forwarder_creds(self, issuing: Option<ForwarderCredsIssuing>) -> Self {
+        Context {
+            forwarder_creds: issuing,
+            ..self
+        }
+    }
+
+    /// Time until an endpoint that reconciled well is reconciled again: the resync, or often
+    /// enough that one reconcile falls in the last third of its NATS credentials' validity,
+    /// with a sixth of it still left, to renew them.
+    pub fn requeue_interval(&self) -> Duration {
+        match &self.forwarder_creds {
+            Some(issuing) => self.resync.min(issuing.validity / 6),
+            None => self.resync,
         }
     }
 

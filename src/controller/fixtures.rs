@@ -61,6 +61,7 @@ pub fn settings() -> Settings {
         predict_timeout: Duration::from_secs(600),
         gpu_node_label: "k8s.amazonaws.com/accelerator".into(),
         worker_network_policy: None,
+        forwarder_nats_creds: false,
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::error_boundary::InvalidObject;
@@ -17,13 +17,13 @@ use kube::{Api, Resource, ResourceExt};
 use rand::Rng;
 use tracing::Instrument;
 
-use super::apply::Applied;
+use super::apply::{Applied, Ownership};
 use super::build::{self, Plan};
 use super::context::{self, Context};
 use super::status::{self, Observed, QueueState, reason};
 use super::{Error, FINALIZER, Guarded, apply};
 use crate::callback::policy::{PolicyError, check_opted_in, resolve_policy, secret_names};
-use crate::crd::{EndpointId, ModelEndpoint, ModelEndpointStatus, namespace_of};
+use crate::crd::{EndpointId, ModelBundle, ModelEndpoint, ModelEndpointStatus, namespace_of};
 use crate::queue;
 use crate::task::CallbackPolicy;
 
@@ -90,7 +90,7 @@ async fn reconcile_endpoint(endpoint: &ModelEndpoint, ctx: &Context) -> Result<A
 async fn apply_endpoint(endpoint: &ModelEndpoint, ctx: &Context) -> Result<Action, Error> {
     let namespace = namespace_of(endpoint);
     let bundle_name = &endpoint.spec.bundle;
-    let bundle = apply::get_bundle(&ctx.client, &namespace, bundle_name)
+    let bundle = apply::get_named::<ModelBundle>(&ctx.client, &namespace, bundle_name)
         .await
         .map_err(|source| Error::GetBundle {
             name: bundle_name.clone(),
@@ -119,7 +119,7 @@ async fn apply_endpoint(endpoint: &ModelEndpoint, ctx: &Context) -> Result<Actio
     }
     match queue_error {
         Some(error) => Err(Error::EnsureQueue(error)),
-        None => Ok(Action::requeue(ctx.resync)),
+        None => Ok(Action::requeue(ctx.requeue_interval())),
     }
 }
 
@@ -132,14 +132,8 @@ async fn apply_plan(
     ctx: &Context,
 ) -> Result<(Observed, Option<queue::Error>), Error> {
     let uid = endpoint.uid().unwrap_or_default();
-    // The worker Secret first, so new pods find it. The plan was built, so the endpoint has what
-    // its Secret needs too.
-    let token = ctx.ring.serving_token(&endpoint.endpoint_id());
-    let worker_secret = build::worker_secret::build_worker_secret(endpoint, &token).ok();
-    let secret = apply_optional(ctx, worker_secret.as_ref(), &uid, |name, source| {
-        Error::ApplySecret { name, source }
-    });
-    if let Some(clash) = secret.await? {
+    // The worker Secret first, so new pods find it.
+    if let Some(clash) = apply_worker_secret(endpoint, ctx, &uid).await? {
         return Ok((clash, None));
     }
     let name = plan.deployment.name_any();
@@ -184,6 +178,51 @@ async fn apply_plan(
         queue,
     };
     Ok((observed, error))
+}
+
+/// Applies the endpoint's worker Secret: its serving token and, when the operator issues them,
+/// the forwarders' NATS credentials — those stored are kept while fresh, so an ordinary
+/// reconcile leaves the Secret as it is. Answers the clash when its name is taken.
+async fn apply_worker_secret(
+    endpoint: &ModelEndpoint,
+    ctx: &Context,
+    uid: &str,
+) -> Result<Option<Observed>, Error> {
+    let token = ctx.ring.serving_token(&endpoint.endpoint_id());
+    let Some(issuing) = &ctx.forwarder_creds else {
+        // The plan was built, so the endpoint has what its Secret needs too.
+        let secret = build::worker_secret::build_worker_secret(endpoint, &token, None).ok();
+        return apply_optional(ctx, secret.as_ref(), uid, |name, source| {
+            Error::ApplySecret { name, source }
+        })
+        .await;
+    };
+    let name = build::worker_secret::worker_secret_name(endpoint);
+    let existing = apply::get_named::<Secret>(&ctx.client, &namespace_of(endpoint), &name)
+        .await
+        .map_err(|source| Error::GetSecret {
+            name: name.clone(),
+            source,
+        })?;
+    if apply::ownership(existing.as_ref().map(|s| &s.metadata), uid) == Ownership::Foreign {
+        return Ok(Some(name_clash("Secret", &name)));
+    }
+    let stored = existing
+        .as_ref()
+        .and_then(build::worker_secret::ForwarderCreds::stored_in);
+    let creds = issuing
+        .compute_forwarder_creds(&endpoint.endpoint_id(), stored, Timestamp::now())
+        .map_err(Error::IssueForwarderCreds)?;
+    let Ok(secret) = build::worker_secret::build_worker_secret(endpoint, &token, Some(&creds))
+    else {
+        return Ok(None);
+    };
+    let existing_meta = existing.as_ref().map(|s| &s.metadata);
+    match apply::apply_child_over(&ctx.client, &secret, existing_meta, uid).await {
+        Ok(Applied::Stored(_)) => Ok(None),
+        Ok(Applied::NotOurs) => Ok(Some(name_clash("Secret", &name))),
+        Err(source) => Err(Error::ApplySecret { name, source }),
+    }
 }
 
 /// Applies a child the plan may leave out; answers the clash when its name is taken.

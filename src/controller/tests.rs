@@ -18,6 +18,7 @@ use crate::dev::nats::{self, NatsServer};
 use crate::queue::{Queue, QueueSpec};
 
 mod autoscale;
+mod forwarder_creds;
 mod ownership;
 
 const ENDPOINT: &str = "/apis/ferry.dev/v1alpha1/namespaces/ml/modelendpoints/demo";

@@ -58,6 +58,17 @@ pub async fn start(program: &Path) -> Result<NatsServer, Error> {
 /// Starts the server with `config` (nats-server configuration text: authorization, TLS, …)
 /// besides the loopback address, random port and temporary store.
 pub async fn start_with_config(program: &Path, config: &str) -> Result<NatsServer, Error> {
+    start_on_port(program, config, None).await
+}
+
+/// [`start_with_config`] on `port` (a random one when `None`): a test restarts a server where
+/// its clients reconnect.
+pub async fn start_on_port(
+    program: &Path,
+    config: &str,
+    port: Option<u16>,
+) -> Result<NatsServer, Error> {
+    let port = port.map_or_else(|| "-1".to_owned(), |port| port.to_string());
     let store = tempfile::Builder::new()
         .prefix("ferry-nats-")
         .tempdir()
@@ -65,7 +76,7 @@ pub async fn start_with_config(program: &Path, config: &str) -> Result<NatsServe
     let config_file = store.path().join("nats.conf");
     std::fs::write(&config_file, config).map_err(Error::StoreDir)?;
     let mut child = Command::new(program)
-        .args(["--jetstream", "--addr", "127.0.0.1", "--port", "-1"])
+        .args(["--jetstream", "--addr", "127.0.0.1", "--port", &port])
         .arg("--config")
         .arg(&config_file)
         .arg("--store_dir")
@@ -117,6 +128,14 @@ pub async fn start_with_config(program: &Path, config: &str) -> Result<NatsServe
         _child: child,
         store,
     })
+}
+
+#[cfg(test)]
+impl NatsServer {
+    /// Stops the server and waits until it has exited (its port is free again).
+    pub async fn stop(mut self) {
+        let _ = self._child.kill().await;
+    }
 }
 
 /// A throwaway server and a queue connected to it, for tests.

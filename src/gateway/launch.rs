@@ -252,6 +252,12 @@ pub fn update_endpoint(
     }
     if let Some(hooks) = &update.post_inference_hooks {
         spec.post_inference_hooks = parse_hooks(hooks)?;
+        // Launch's client never sends `default_callback_url: null`: dropping the callback hook
+        // is how a user turns callbacks off, so the default target and its credentials go too.
+        if !spec.has_hook(PostInferenceHook::Callback) && update.default_callback_url.is_none() {
+            spec.default_callback_url = None;
+            spec.default_callback_auth = None;
+        }
     }
     if let Some(url) = update.default_callback_url {
         crate::callback::guard::check_syntax(&url)
@@ -597,6 +603,29 @@ mod tests {
             Some("https://example.com")
         );
         assert!(spec.has_hook(PostInferenceHook::Callback));
+    }
+
+    #[test]
+    fn removing_the_callback_hook_clears_the_default_target_and_its_credentials() {
+        let mut request = seed_create();
+        request.default_callback_auth =
+            Some(json!({"kind": "basic", "username": "u", "password": "p"}));
+        let (current, _) = new_endpoint("ns", request, "b").expect("valid");
+        assert!(current.spec.default_callback_auth.is_some());
+        let update: UpdateEndpoint =
+            serde_json::from_value(json!({"post_inference_hooks": []})).expect("parses");
+        let (updated, _) = update_endpoint(&current, update, None).expect("valid");
+        let spec = &updated.spec;
+        assert!(!spec.has_hook(PostInferenceHook::Callback));
+        assert_eq!(spec.default_callback_url, None);
+        assert_eq!(spec.default_callback_auth, None);
+
+        let update: UpdateEndpoint = serde_json::from_value(json!({
+            "post_inference_hooks": [], "default_callback_url": "https://example.com/b"
+        }))
+        .expect("parses");
+        let error = update_endpoint(&current, update, None).expect_err("a URL without the hook");
+        assert!(error.0.contains("needs the callback"), "{}", error.0);
     }
 
     #[test]

@@ -227,6 +227,11 @@ pub async fn not_found() -> (StatusCode, Json<Value>) {
     )
 }
 
+/// A known route asked with a method it does not serve: 405 with a `detail` like every error.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> AppError {
+    AppError::NotAllowed(format!("{method} is not served on {}", uri.path()))
+}
+
 pub(super) fn visible_endpoint(
     state: &AppState,
     principal: &Principal,

@@ -1,25 +1,25 @@
-//! Sync and streaming tasks: the gateway hands the task straight to a serving worker of the
-//! endpoint (round robin), tries the next one when a worker is busy (429) or unreachable, and
-//! passes the answer — JSON, or server-sent events — back to the client. A request that finds
-//! no worker waits for one while its demand wakes the endpoint (see [`super::demand`]).
+//! Sync tasks: the gateway hands the task straight to a serving worker of the endpoint (round
+//! robin), tries the next one when a worker is busy (429) or unreachable, and passes the JSON
+//! answer back to the client; streaming tasks go the same way (see [`super::streaming`]). A
+//! request that finds no worker waits for one while its demand wakes the endpoint (see
+//! [`super::demand`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::{
-    body::{Body, Bytes},
+    body::Bytes,
     extract::{Query, State, rejection::BytesRejection},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use futures::StreamExt;
 use kube::ResourceExt;
 use tokio::time::Instant;
 
 use super::{AppState, auth::Principal, error::AppError, routes};
 use crate::crd::{EndpointId, EndpointType, ModelEndpoint};
-use crate::forwarder::serve::{PREDICT_PATH, SERVING_TOKEN_HEADER, STREAM_PATH};
+use crate::forwarder::serve::{PREDICT_PATH, SERVING_TOKEN_HEADER};
 use crate::task::Versioned;
 
 /// Workers (or Service addresses) tried before a sync task is refused as busy.
@@ -124,7 +124,7 @@ impl WorkerClient {
 /// Hands the task to a worker of `endpoint`. When none is ready, or every one is busy while the
 /// endpoint may still grow, the request waits (its demand scales the endpoint) for up to
 /// [`WORKER_WAIT`], and never past `timeout`, which also bounds the answer.
-async fn reach_worker(
+pub(super) async fn reach_worker(
     state: &AppState,
     endpoint: &ModelEndpoint,
     path: &str,
@@ -181,7 +181,7 @@ fn may_grow(state: &AppState, id: &EndpointId) -> bool {
     })
 }
 
-async fn prepare(
+pub(super) async fn prepare(
     state: &AppState,
     principal: &Principal,
     query: routes::EndpointQuery,
@@ -245,7 +245,10 @@ pub async fn submit_sync_task(
 }
 
 /// The worker's whole answer, read no further than `cap` bytes.
-async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Bytes, AppError> {
+pub(super) async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<Bytes, AppError> {
     let too_large = || {
         AppError::BadGateway(format!(
             "the model's answer is larger than {cap} bytes, the most a sync task may return"
@@ -273,37 +276,10 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Byte
     }
 }
 
-pub async fn submit_streaming_task(
-    State(state): State<AppState>,
-    principal: Principal,
-    Query(query): Query<routes::EndpointQuery>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, AppError> {
-    let (endpoint, body, _) =
-        prepare(&state, &principal, query, body, &[EndpointType::Streaming]).await?;
-    let held = state.demand.hold(&endpoint.endpoint_id());
-    // A stream may run long: only connecting is bounded.
-    let response = reach_worker(&state, &endpoint, STREAM_PATH, body, None).await?;
-    let status =
-        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-    // The request counts as demand until its stream ends.
-    let events = response.bytes_stream().map(move |chunk| {
-        let _ = &held;
-        chunk
-    });
-    let mut answer = (status, Body::from_stream(events)).into_response();
-    if let Some(content_type) = content_type {
-        answer
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, content_type);
-    }
-    Ok(answer)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
 
     /// A worker on 127.0.0.1 answering `size` bytes, chunked (no length announced) or not.
     async fn worker(size: usize, chunked: bool) -> String {

@@ -245,6 +245,14 @@ async fn errors_map_to_status_codes_with_a_detail() {
         (status, body["detail"].clone()),
         (StatusCode::NOT_FOUND, json!("Not Found"))
     );
+    let (status, body, _) = send(state, "DELETE", "/v1/async-tasks", key, "").await;
+    assert_eq!(
+        (status, body["detail"].clone()),
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!("DELETE is not served on /v1/async-tasks")
+        )
+    );
     let (status, _, _) = send(state, "POST", "/v1/model-bundles", key, "{}").await;
     assert_eq!(
         status,

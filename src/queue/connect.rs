@@ -1,11 +1,13 @@
 //! How a role reaches NATS: the server URL, credentials read from files, and TLS. Secrets never
 //! travel in the URL — it is logged, printed and copied into worker pods — so a URL carrying
-//! user information is refused, and credentials are read from files only when connecting.
+//! user information is refused, and credentials are read from their files at every connection
+//! and reconnection, so a rotated file (a renewed Secret) is used without a restart.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use async_nats::ConnectOptions;
+use async_nats::{Auth, AuthError, ConnectOptions};
+use nkeys::KeyPair;
 
 use super::{Error, NatsError, Role, permissions};
 use crate::crd::EndpointId;
@@ -121,10 +123,22 @@ impl Connection {
         self.role
     }
 
-    /// Client options with the credentials read now, so a rotated file is picked up at the
-    /// next connection.
+    /// Client options whose credentials are read from their files at every connection and
+    /// reconnection, so a rotated file is used without a restart. They are read once now too,
+    /// so a missing or malformed file fails at once.
     pub(super) async fn options(&self) -> Result<ConnectOptions, NatsError> {
-        let mut options = ConnectOptions::new()
+        let mut options = match &self.credentials {
+            Credentials::None => ConnectOptions::new(),
+            credentials => {
+                read_auth(credentials, b"")?;
+                let credentials = credentials.clone();
+                ConnectOptions::with_auth_callback(move |nonce| {
+                    let auth = read_auth(&credentials, &nonce).map_err(AuthError::new);
+                    std::future::ready(auth)
+                })
+            }
+        };
+        options = options
             .name("ferry")
             .custom_inbox_prefix(
                 self.inbox_prefix
@@ -132,19 +146,6 @@ impl Connection {
                     .unwrap_or_else(|| self.role.inbox_prefix()),
             )
             .connection_timeout(Duration::from_secs(2));
-        options = match &self.credentials {
-            Credentials::None => options,
-            Credentials::CredsFile(path) => options
-                .credentials_file(path)
-                .await
-                .map_err(|error| read_error(path, error))?,
-            Credentials::NkeySeedFile(path) => options.nkey(read_secret(path).await?),
-            Credentials::UserPassword {
-                user,
-                password_file,
-            } => options.user_and_password(user.clone(), read_secret(password_file).await?),
-            Credentials::TokenFile(path) => options.token(read_secret(path).await?),
-        };
         if let Some(ca_file) = &self.tls.ca_file {
             options = options.add_root_certificates(ca_file.clone());
         }
@@ -154,6 +155,60 @@ impl Connection {
         }
         Ok(options.require_tls(self.tls.required))
     }
+}
+
+/// What the client presents for `credentials`, read from their files now; an NKey (alone or
+/// in a `.creds` file) signs the server's `nonce`. The files are a few hundred bytes: read
+/// without leaving the connecting task.
+fn read_auth(credentials: &Credentials, nonce: &[u8]) -> Result<Auth, NatsError> {
+    let mut auth = Auth::new();
+    let sign = |seed: &str| {
+        let key = KeyPair::from_seed(seed).map_err(|error| format!("reading a seed: {error}"))?;
+        let signature = key
+            .sign(nonce)
+            .map_err(|error| format!("signing: {error}"))?;
+        Ok::<_, NatsError>((key.public_key(), signature))
+    };
+    match credentials {
+        Credentials::None => {}
+        Credentials::CredsFile(path) => {
+            let text = read_secret(path)?;
+            let (jwt, seed) = parse_creds(&text)
+                .ok_or_else(|| format!("{} is not a .creds file", path.display()))?;
+            auth.jwt = Some(jwt.to_owned());
+            auth.signature = Some(sign(seed)?.1);
+        }
+        Credentials::NkeySeedFile(path) => {
+            let (public_key, signature) = sign(&read_secret(path)?)?;
+            auth.nkey = Some(public_key);
+            auth.signature = Some(signature);
+        }
+        Credentials::UserPassword {
+            user,
+            password_file,
+        } => {
+            auth.username = Some(user.clone());
+            auth.password = Some(read_secret(password_file)?);
+        }
+        Credentials::TokenFile(path) => auth.token = Some(read_secret(path)?),
+    }
+    Ok(auth)
+}
+
+/// The user JWT and the NKey seed of a `.creds` file: the first line inside its
+/// `-----BEGIN NATS USER JWT-----` and `-----BEGIN USER NKEY SEED-----` blocks.
+fn parse_creds(text: &str) -> Option<(&str, &str)> {
+    let block = |begin: &str| {
+        let mut lines = text.lines().map(str::trim);
+        lines.find(|line| line.starts_with("---") && line.contains(begin))?;
+        lines
+            .next()
+            .filter(|line| !line.is_empty() && !line.starts_with("---"))
+    };
+    Some((
+        block("BEGIN NATS USER JWT")?,
+        block("BEGIN USER NKEY SEED")?,
+    ))
 }
 
 fn check_server_url(server: &str) -> Result<(), ConfigError> {
@@ -181,10 +236,8 @@ fn redact(server: &str) -> String {
     }
 }
 
-async fn read_secret(path: &PathBuf) -> Result<String, NatsError> {
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|error| read_error(path, error))?;
+fn read_secret(path: &std::path::Path) -> Result<String, NatsError> {
+    let text = std::fs::read_to_string(path).map_err(|error| read_error(path, error))?;
     Ok(text.trim().to_owned())
 }
 
@@ -256,6 +309,16 @@ mod url_tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn a_creds_file_as_nats_auth_writes_it_parses() {
+        let auth = crate::nats_auth::AuthSet::generate();
+        let text = auth.role_creds(Role::Gateway).expect("creds");
+        let (jwt, seed) = parse_creds(&text).expect("parses");
+        assert_eq!(jwt.split('.').count(), 3, "{jwt}");
+        assert!(KeyPair::from_seed(seed).is_ok(), "{seed}");
+        assert_eq!(parse_creds("just text"), None);
     }
 
     #[test]
