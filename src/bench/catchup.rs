@@ -159,7 +159,7 @@ async fn publish_job(
     index: usize,
     url: String,
 ) -> anyhow::Result<()> {
-    let task_id = TaskId::generate();
+    let task_id = TaskId::generate(endpoint);
     let target = CallbackTarget { url, auth: None };
     let job = CallbackJob {
         target: target.seal_for(ring, endpoint, &task_id)?,
