@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::http_server::{self, Limits};
 use crate::metrics::Format;
 
-/// Set once the process (or one worker) can do its work; `/readyz` answers 503 until then.
+/// Set while the process (or one worker) can do its work; `/readyz` answers 503 otherwise.
 #[derive(Clone)]
 pub struct Readiness(Arc<watch::Sender<bool>>);
 
@@ -31,6 +31,10 @@ impl Default for Readiness {
 impl Readiness {
     pub fn set_ready(&self) {
         self.0.send_replace(true);
+    }
+    /// Ready no longer, until set ready again (a worker whose model is unavailable).
+    pub fn set_not_ready(&self) {
+        self.0.send_replace(false);
     }
     pub fn is_ready(&self) -> bool {
         *self.0.borrow()
@@ -66,7 +70,7 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     if state.readiness.is_ready() {
         (StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     }
 }
 

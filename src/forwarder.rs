@@ -1,9 +1,13 @@
 //! The worker sidecar: pulls an endpoint's tasks, calls the model container, records `STARTED`
 //! then `SUCCESS`/`FAILURE`, queues the callback, and only then acknowledges the task, so a
 //! worker that dies mid-task loses nothing (the task is delivered again). On shutdown it stops
-//! pulling and finishes what it holds.
+//! pulling and finishes what it holds. A task ends `FAILURE` only when the model answered it
+//! (4xx/5xx, a body that is not JSON, a prediction that timed out) or its attempts ran out; a
+//! model that cannot take tasks pauses the worker instead (see [`outage`]) and the task goes
+//! back to the queue without spending an attempt (see [`crate::queue::TaskDelivery`]).
 
 mod invoke;
+mod outage;
 pub mod serve;
 
 use std::sync::Arc;
@@ -21,13 +25,22 @@ use crate::admin::{self, Readiness};
 use crate::cli::ForwarderArgs;
 use crate::crd::EndpointId;
 use crate::metrics::EndpointLabel;
-use crate::queue::{self, MAX_TASK_ATTEMPTS, Queue, QueueSettings, RecordAt, TaskDelivery};
+use crate::queue::{
+    self, Held, MAX_TASK_ATTEMPTS, MAX_TASK_DELIVERIES, Queue, QueueSettings, RecordAt,
+    TaskDelivery,
+};
 use crate::task::{
     CallbackJob, TaskError, TaskMessage, TaskOutcome, TaskRecord, TaskStatus, now_ms,
 };
 
 /// A task still running after this long is recorded as STARTED.
 const STARTED_AFTER: Duration = Duration::from_millis(20);
+/// Pause before opening the queue again after it failed while resuming.
+const REOPEN_RETRY: Duration = Duration::from_secs(1);
+/// First and longest wait before resuming after a pause in which the model answered nothing
+/// (a model whose health route answers while it drops every task); doubles between them.
+const IDLE_PAUSE_FIRST: Duration = Duration::from_millis(500);
+const IDLE_PAUSE_MAX: Duration = Duration::from_secs(30);
 
 /// The forwarder's environment contract: the operator's pod builder sets exactly these.
 pub mod env {
@@ -80,6 +93,7 @@ struct TaskLabels {
 pub struct ForwarderMetrics {
     tasks: Family<TaskLabels, Counter>,
     predict_seconds: Family<EndpointLabel, Histogram>,
+    handed_back: Family<EndpointLabel, Counter>,
 }
 
 impl ForwarderMetrics {
@@ -91,6 +105,7 @@ impl ForwarderMetrics {
                     0.001, 2.0, 16,
                 ))
             }),
+            handed_back: Family::default(),
         };
         registry.register(
             "ferry_forwarder_tasks",
@@ -102,7 +117,18 @@ impl ForwarderMetrics {
             "Time the model took per task, per endpoint",
             metrics.predict_seconds.clone(),
         );
+        registry.register(
+            "ferry_forwarder_handed_back",
+            "Tasks handed back to the queue unrun (the model could not take them, or the worker stopped taking tasks), per endpoint",
+            metrics.handed_back.clone(),
+        );
         Arc::new(metrics)
+    }
+
+    fn task_handed_back(&self, endpoint: &EndpointId) {
+        self.handed_back
+            .get_or_create(&EndpointLabel::of(endpoint))
+            .inc();
     }
 
     fn observe_predict(&self, endpoint: &EndpointId, took: Duration) {
@@ -134,26 +160,67 @@ pub struct Forwarder {
     pub metrics: Arc<ForwarderMetrics>,
 }
 
+/// What became of a delivery.
+enum Handled {
+    /// Its outcome is recorded (by this run or an earlier one): acknowledge it.
+    Recorded,
+    /// Not started because the worker stopped taking tasks: hand it back unrun.
+    Unstarted,
+    /// The model could not take it (why): hand it back unrun.
+    ModelUnavailable(String),
+}
+
 impl Forwarder {
     /// Waits for the model, then runs tasks until `cancel`, then finishes the ones it holds.
+    /// While the model is unavailable it takes none and reports itself not ready.
     pub async fn run(self, readiness: Readiness, cancel: CancellationToken) -> Result<(), Error> {
-        if !self.model.wait_until_ready(&cancel).await {
-            return Ok(());
+        let mut started = false;
+        let mut idle_pause = Duration::ZERO;
+        while self.model.wait_until_ready(&cancel).await {
+            let tasks = match self.queue.tasks(&self.endpoint_id).await {
+                Ok(tasks) => tasks,
+                // At start-up a queue that cannot be opened is a configuration to fix.
+                Err(error) if !started => return Err(error.into()),
+                Err(error) => {
+                    tracing::warn!(%error, "opening the task queue to resume failed; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        () = tokio::time::sleep(REOPEN_RETRY) => continue,
+                    }
+                }
+            };
+            started = true;
+            let spell = outage::Spell::begin(&cancel, &readiness);
+            tracing::info!(endpoint = %self.endpoint_id, concurrency = self.concurrency, "taking tasks");
+            let keep_alive_every = (tasks.ack_wait() / 3).max(Duration::from_millis(200));
+            let consuming = queue::consume(tasks, self.concurrency, spell.stop(), |delivery| {
+                let (forwarder, spell) = (self.clone(), spell.clone());
+                async move { forwarder.handle(delivery, keep_alive_every, &spell).await }
+            });
+            tokio::join!(consuming, spell.watch(&self.model));
+            readiness.set_not_ready();
+            if cancel.is_cancelled() {
+                break;
+            }
+            idle_pause = if spell.model_answered() {
+                Duration::ZERO
+            } else {
+                (idle_pause * 2).clamp(IDLE_PAUSE_FIRST, IDLE_PAUSE_MAX)
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                () = tokio::time::sleep(idle_pause) => {}
+            }
         }
-        let tasks = self.queue.tasks(&self.endpoint_id).await?;
-        readiness.set_ready();
-        tracing::info!(endpoint = %self.endpoint_id, concurrency = self.concurrency, "taking tasks");
-        let keep_alive_every = (tasks.ack_wait() / 3).max(Duration::from_millis(200));
-        let concurrency = self.concurrency;
-        queue::consume(tasks, concurrency, &cancel, |delivery| {
-            let forwarder = self.clone();
-            async move { forwarder.handle(delivery, keep_alive_every).await }
-        })
-        .await;
         Ok(())
     }
 
-    async fn handle(&self, delivery: TaskDelivery, keep_alive_every: Duration) {
+    async fn handle(
+        &self,
+        delivery: TaskDelivery,
+        keep_alive_every: Duration,
+        spell: &outage::Spell,
+    ) {
         let task = match delivery.task() {
             Ok(task) => task,
             Err(error) => {
@@ -168,16 +235,25 @@ impl Forwarder {
         let result = async {
             let keep_alive = queue::keep_alive_while_held(&delivery, keep_alive_every);
             tokio::select! {
-                result = self.process(&delivery, &task) => result,
+                result = self.process(&delivery, &task, spell) => result,
                 never = keep_alive => match never {},
             }
         }
         .instrument(span.clone())
         .await;
         match result {
-            Ok(()) => {
+            Ok(Handled::Recorded) => {
                 if let Err(error) = delivery.ack().await {
                     span.in_scope(|| tracing::warn!(%error, "ack failed; the task will be delivered again"));
+                }
+            }
+            Ok(handed) => {
+                if let Handled::ModelUnavailable(reason) = handed {
+                    spell.pause(&reason);
+                }
+                self.metrics.task_handed_back(&task.endpoint_id);
+                if let Err(error) = delivery.hand_back().await {
+                    span.in_scope(|| tracing::warn!(%error, "handing back failed; the task will be delivered again after its lease"));
                 }
             }
             // Not acknowledged: the queue hands the task out again after the ack wait.
@@ -191,27 +267,31 @@ impl Forwarder {
         &self,
         delivery: &TaskDelivery,
         task: &TaskMessage,
-    ) -> Result<(), queue::Error> {
-        let attempt = delivery.attempt();
-        if attempt > 1
-            && let Some(record) = self.queue.task_record(&task.task_id).await?
-            && record.status.is_final()
-        {
-            // An earlier worker recorded the outcome but stopped before acknowledging it.
-            return self.send_callback(task, outcome_of(&record)).await;
+        spell: &outage::Spell,
+    ) -> Result<Handled, queue::Error> {
+        if delivery.attempt() > 1 {
+            let record = self.queue.task_record(&task.task_id).await?;
+            if let Some(record) = &record
+                && record.status.is_final()
+            {
+                // An earlier worker recorded the outcome but stopped before acknowledging it.
+                self.send_callback(task, outcome_of(record)).await?;
+                return Ok(Handled::Recorded);
+            }
+            let handed_back = record.map_or(0, |record| record.handed_back);
+            if delivery.attempts_exhausted(handed_back) {
+                let message = format!(
+                    "the task was abandoned after {MAX_TASK_ATTEMPTS} attempts: each worker stopped before finishing it"
+                );
+                self.finish(task, failure_without_answer(message), None)
+                    .await?;
+                return Ok(Handled::Recorded);
+            }
         }
-        if delivery.attempts_exhausted() {
-            let message = format!(
-                "the task was abandoned after {MAX_TASK_ATTEMPTS} attempts: each worker stopped before finishing it"
-            );
-            let prediction = Prediction::Failure {
-                error: TaskError {
-                    message,
-                    detail: None,
-                },
-                status_code: None,
-            };
-            return self.finish(task, prediction, None).await;
+        if spell.is_over() && !delivery.is_last_delivery() {
+            // Received as the worker stopped taking tasks: another worker, or this one later,
+            // runs it.
+            return Ok(Handled::Unstarted);
         }
         // The PENDING record as the gateway wrote it: current unless another run got further.
         let pending = task.record_revision.map(|revision| RecordAt {
@@ -234,9 +314,22 @@ impl Forwarder {
                 (prediction, Some(recorded?))
             }
         };
+        let prediction = match prediction {
+            Prediction::Unavailable { reason } if !delivery.is_last_delivery() => {
+                return Ok(Handled::ModelUnavailable(reason));
+            }
+            Prediction::Unavailable { reason } => failure_without_answer(format!(
+                "the task was delivered {MAX_TASK_DELIVERIES} times, the most the queue allows, and the model could not take it the last time: {reason}"
+            )),
+            answered => {
+                spell.note_model_answered();
+                answered
+            }
+        };
         self.metrics
             .observe_predict(&task.endpoint_id, timer.elapsed());
-        self.finish(task, prediction, last_seen).await
+        self.finish(task, prediction, last_seen).await?;
+        Ok(Handled::Recorded)
     }
 
     /// Records the outcome over `last_seen` (the record as this run last saw it, if known).
@@ -252,7 +345,7 @@ impl Forwarder {
             .advance_task_record(&task.task_id, &record, last_seen)
             .await?
             .record;
-        if stored != record {
+        if !stored.same_state_as(&record) {
             // Another run of the task recorded its outcome first; that outcome stands and is
             // the one its callback reports.
             tracing::info!(status = ?stored.status, "the task's outcome was already recorded");
@@ -276,6 +369,17 @@ impl Forwarder {
     }
 }
 
+/// A failure the model did not answer, saying why in `message`.
+fn failure_without_answer(message: String) -> Prediction {
+    Prediction::Failure {
+        error: TaskError {
+            message,
+            detail: None,
+        },
+        status_code: None,
+    }
+}
+
 fn final_record(task: &TaskMessage, prediction: Prediction) -> TaskRecord {
     let base = TaskRecord {
         updated_at_ms: now_ms(),
@@ -295,6 +399,15 @@ fn final_record(task: &TaskMessage, prediction: Prediction) -> TaskRecord {
             status: TaskStatus::Failure,
             error: Some(error),
             status_code,
+            ..base
+        },
+        // `process` hands such a task back, or words its failure, before it gets here.
+        Prediction::Unavailable { reason } => TaskRecord {
+            status: TaskStatus::Failure,
+            error: Some(TaskError {
+                message: reason,
+                detail: None,
+            }),
             ..base
         },
     }
@@ -369,6 +482,11 @@ pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Resu
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
         readiness.set_ready();
+        tokio::spawn(outage::follow_model(
+            model.clone(),
+            readiness.clone(),
+            cancel.clone(),
+        ));
         tracing::info!(%addr, concurrency, "serving sync and streaming requests");
         serve::serve(
             listener,

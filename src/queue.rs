@@ -24,7 +24,7 @@ pub use lease::{Held, Puller, consume, keep_alive_while_held};
 pub use limits::QueueLimits;
 pub use permissions::{Permissions, Role, forwarder_of, permissions};
 pub use results::RecordAt;
-pub use tasks::{Backlog, MAX_TASK_ATTEMPTS, QueueSpec, TaskDelivery};
+pub use tasks::{Backlog, MAX_TASK_ATTEMPTS, MAX_TASK_DELIVERIES, QueueSpec, TaskDelivery};
 
 /// Boxed error from the NATS client; the variant of [`Error`] says which operation failed.
 pub type NatsError = Box<dyn std::error::Error + Send + Sync>;

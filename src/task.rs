@@ -211,6 +211,14 @@ pub struct TaskRecord {
     pub status_code: Option<u16>,
     /// Unix time of the last change in milliseconds.
     pub updated_at_ms: u64,
+    /// Deliveries a worker returned to the queue without running the task (its model was
+    /// unavailable, or it was stopping); they do not count against the task's attempts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub handed_back: u32,
+}
+
+fn is_zero(count: &u32) -> bool {
+    *count == 0
 }
 
 impl TaskRecord {
@@ -222,7 +230,19 @@ impl TaskRecord {
             error: None,
             status_code: None,
             updated_at_ms: now_ms(),
+            handed_back: 0,
         }
+    }
+
+    /// True when `other` records the same state, whatever hand-backs either counts (a writer
+    /// carries the count of the record it replaces over into its own).
+    pub fn same_state_as(&self, other: &TaskRecord) -> bool {
+        self.endpoint_id == other.endpoint_id
+            && self.status == other.status
+            && self.result == other.result
+            && self.error == other.error
+            && self.status_code == other.status_code
+            && self.updated_at_ms == other.updated_at_ms
     }
     pub fn started(endpoint_id: EndpointId) -> Self {
         TaskRecord {

@@ -288,3 +288,137 @@ async fn a_callback_whose_dispatcher_was_killed_mid_attempt_is_retried_within_se
     })
     .await;
 }
+
+/// kill -9 of one worker's model under a steady stream of tasks, restarted after about a second,
+/// then killed again and restarted after a longer outage. Its forwarder pauses (not ready), hands
+/// back what the model could not take without spending attempts, and resumes when the model
+/// answers again; the other worker takes the tasks meanwhile. Every task ends with the outcome
+/// its model answered — SUCCESS, or FAILURE with the model's 500 for the ones that fail — and
+/// none ran twice unless a run was cut off by a kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_model_pauses_its_worker_and_fails_no_task() {
+    const OUTAGE_TASKS: u64 = 1200;
+    const OUTAGE_RATE: u64 = 60;
+    let nats = Nats::start().await;
+    let receiver = Receiver::start().await;
+    let manifests = Manifests::with_example_bundle();
+    manifests.add(
+        "endpoint.yaml",
+        &endpoint_yaml("outage", "test-bundle", &receiver.url("/cb"), ""),
+    );
+    let gateway = Arc::new(Dev::static_gateway(manifests.path(), &nats.url).await);
+    let endpoint = gateway.endpoint_id("outage").await;
+    // Each model run is logged with the pid of the model process that ran it.
+    let runs = tempfile::NamedTempFile::new().unwrap();
+    let model_body = format!(
+        "with open({:?}, 'a') as log:\n    log.write(f\"{{os.getpid()}} {{args['x']}}\\n\")\ntime.sleep(0.05)\nif args['x'] % 50 == 7:\n    return 500, {{'error': 'sevens fail'}}\nreturn 200, args['x'] * 2",
+        runs.path().display().to_string()
+    );
+    let admin = format!("127.0.0.1:{}", support::free_port());
+    let worker = |model: &ModelProcess, admin: Option<&str>| {
+        let mut env = vec![
+            ("FERRY_NATS_URL", nats.url.as_str()),
+            ("FERRY_ENDPOINT_ID", endpoint.as_str()),
+            ("FERRY_MODEL_URL", model.url.as_str()),
+            ("FERRY_PREDICT_ROUTE", "/"),
+            ("FERRY_HEALTHCHECK_ROUTE", "/"),
+            ("FERRY_CONCURRENCY", "8"),
+        ];
+        env.extend(admin.map(|admin| ("FERRY_ADMIN_LISTEN", admin)));
+        Process::spawn(&["forwarder"], &env)
+    };
+    let mut flaky = ModelProcess::start(&model_body).await;
+    let steady = ModelProcess::start(&model_body).await;
+    let _flaky_worker = worker(&flaky, Some(&admin));
+    let _steady_worker = worker(&steady, None);
+    let readyz = format!("http://{admin}/readyz");
+    wait_for_readyz(&readyz, true).await;
+
+    let stream_for = Duration::from_secs(OUTAGE_TASKS / OUTAGE_RATE);
+    let submitting = {
+        let (gateway, endpoint) = (gateway.clone(), endpoint.clone());
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_micros(1_000_000 / OUTAGE_RATE));
+            let mut submissions = tokio::task::JoinSet::new();
+            for x in 0..OUTAGE_TASKS as usize {
+                ticks.tick().await;
+                spawn_submission(&mut submissions, &gateway, &endpoint, x);
+            }
+            submissions.join_all().await
+        })
+    };
+    let mut killed = Vec::new();
+    // A short outage a fifth of the way in, a longer one from two fifths on.
+    tokio::time::sleep(stream_for / 5).await;
+    killed.push(flaky.pid());
+    flaky.crash().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    flaky.restart().await;
+    tokio::time::sleep(stream_for / 5).await;
+    killed.push(flaky.pid());
+    flaky.crash().await;
+    wait_for_readyz(&readyz, false).await;
+    tokio::time::sleep(stream_for / 4).await;
+    flaky.restart().await;
+    wait_for_readyz(&readyz, true).await;
+    let resumed_pid = flaky.pid();
+
+    let mut accepted: HashMap<String, u64> = HashMap::new();
+    for (x, task_id) in submitting.await.expect("submissions") {
+        let task_id = task_id.unwrap_or_else(|| panic!("submission {x} refused"));
+        accepted.insert(task_id, x);
+    }
+    for (task_id, x) in &accepted {
+        let task = gateway.finished_task(task_id, SETTLE).await;
+        if x % 50 == 7 {
+            assert_eq!(task["status"], "FAILURE", "x = {x}: {task}");
+            assert_eq!(task["status_code"], 500, "x = {x}: {task}");
+            assert_eq!(
+                task["result"], "model answered 500 Internal Server Error",
+                "x = {x}: the model's reason: {task}"
+            );
+        } else {
+            assert_eq!(task["status"], "SUCCESS", "x = {x}: {task}");
+            assert_eq!(task["result"], json!({"result": x * 2}), "{task}");
+        }
+    }
+
+    // Runs per task: one, and more only when a run was cut off by a kill.
+    let log = std::fs::read_to_string(runs.path()).unwrap();
+    let mut runs_of: HashMap<u64, Vec<u32>> = HashMap::new();
+    for line in log.lines() {
+        let (pid, x) = line.split_once(' ').expect("pid and x");
+        runs_of
+            .entry(x.parse().unwrap())
+            .or_default()
+            .push(pid.parse().unwrap());
+    }
+    for x in accepted.values() {
+        let pids = runs_of.get(x).map(Vec::as_slice).unwrap_or_default();
+        let cut_off = pids.iter().filter(|pid| killed.contains(pid)).count();
+        assert!(
+            !pids.is_empty() && pids.len() - cut_off <= 1,
+            "task x = {x} ran on model processes {pids:?} (killed: {killed:?})"
+        );
+    }
+    let resumed_runs = runs_of
+        .values()
+        .flatten()
+        .filter(|pid| **pid == resumed_pid)
+        .count();
+    assert!(
+        resumed_runs > 0,
+        "the paused worker took tasks again once its model was back"
+    );
+}
+
+/// Polls a forwarder's `/readyz` until it reports `ready` (200) or not (503).
+async fn wait_for_readyz(url: &str, ready: bool) {
+    let http = support::http_client();
+    let what = format!("{url} ready = {ready}");
+    support::eventually(&what, SETTLE, || async {
+        let status = http.get(url).send().await.ok()?.status();
+        (status.is_success() == ready).then_some(())
+    })
+    .await;
+}

@@ -1,5 +1,8 @@
 //! Calls the model container: waits for its health check, POSTs a task's args to the predict
-//! route, and turns every way that can go wrong into a failure a client can read.
+//! route, and tells a model that answered (its result, or a failure a client can read) from a
+//! model that could not take the task: refused the connection, or dropped it before a whole
+//! answer. The second is an outage of the worker, not an outcome of the task. A prediction that
+//! timed out is the task's failure: the model had it and did not finish it in time.
 
 use std::time::Duration;
 
@@ -12,6 +15,14 @@ use crate::task::TaskError;
 /// Model response bodies kept in a failure's detail are cut to this many bytes.
 const DETAIL_LIMIT: usize = 4096;
 
+/// A health probe waits this long for an answer (the kubelet's default probe timeout).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connecting to the model takes a moment on one pod's loopback; longer means it is not there.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// First and longest pause between health probes while waiting for the model.
+const PROBE_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
 /// What the model made of a task.
 #[derive(Debug, PartialEq)]
 pub enum Prediction {
@@ -22,6 +33,10 @@ pub enum Prediction {
     Failure {
         error: TaskError,
         status_code: Option<u16>,
+    },
+    /// The model could not take the task: it gave no answer at all (why, in words).
+    Unavailable {
+        reason: String,
     },
 }
 
@@ -65,6 +80,7 @@ impl ModelClient {
         let http = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(1024)
+            .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .build()
             .map_err(Error::Client)?;
@@ -109,12 +125,8 @@ impl ModelClient {
         {
             Ok(response) => response,
             Err(error) => {
-                return futures::stream::once(futures::future::ready(failure(
-                    self.describe(&error),
-                    None,
-                    None,
-                )))
-                .boxed();
+                return futures::stream::once(futures::future::ready(self.unanswered(&error)))
+                    .boxed();
             }
         };
         let status = response.status();
@@ -152,17 +164,24 @@ impl ModelClient {
             .boxed()
     }
 
-    /// Returns once the health route answers 2xx; `false` when cancelled first.
+    /// True when the health route answers 2xx within the probe timeout.
+    pub async fn is_ready(&self) -> bool {
+        let probe = self
+            .http
+            .get(self.health_url.clone())
+            .timeout(PROBE_TIMEOUT)
+            .send()
+            .await;
+        probe.is_ok_and(|response| response.status().is_success())
+    }
+
+    /// Returns once the health route answers 2xx; `false` when cancelled first. Probes at once,
+    /// then with a doubling pause of at most [`PROBE_BACKOFF_MAX`].
     pub async fn wait_until_ready(&self, cancel: &CancellationToken) -> bool {
         let mut logged = tokio::time::Instant::now();
+        let mut pause = PROBE_BACKOFF_FIRST;
         loop {
-            let probe = self
-                .http
-                .get(self.health_url.clone())
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
-            if probe.is_ok_and(|response| response.status().is_success()) {
+            if self.is_ready().await {
                 return true;
             }
             if logged.elapsed() > Duration::from_secs(10) {
@@ -172,8 +191,9 @@ impl ModelClient {
             // The model offers no readiness notification: probe again shortly.
             tokio::select! {
                 _ = cancel.cancelled() => return false,
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
+            pause = (pause * 2).min(PROBE_BACKOFF_MAX);
         }
     }
 
@@ -187,12 +207,16 @@ impl ModelClient {
             .await;
         let response = match sent {
             Ok(response) => response,
-            Err(error) => return failure(self.describe(&error), None, None),
+            Err(error) => return self.unanswered(&error),
         };
         let status = response.status();
         let body = match response.bytes().await {
             Ok(body) => body,
-            Err(error) => return failure(self.describe(&error), Some(status.as_u16()), None),
+            Err(error) if error.is_timeout() => {
+                return failure(self.describe(&error), Some(status.as_u16()), None);
+            }
+            // Cut off mid-answer: no answer, as when the connection drops before one.
+            Err(error) => return self.unavailable(&error),
         };
         if !status.is_success() {
             return failure(
@@ -214,17 +238,35 @@ impl ModelClient {
         }
     }
 
+    /// A request that brought no answer: the model was unavailable (refused or dropped the
+    /// connection), or the task failed (it timed out, or the model redirected in a loop).
+    fn unanswered(&self, error: &reqwest::Error) -> Prediction {
+        // A connect that timed out is still a model that was not there.
+        let failed = !error.is_connect() && (error.is_timeout() || error.is_redirect());
+        if failed {
+            failure(self.describe(error), None, None)
+        } else {
+            self.unavailable(error)
+        }
+    }
+
+    fn unavailable(&self, error: &reqwest::Error) -> Prediction {
+        Prediction::Unavailable {
+            reason: self.describe(error),
+        }
+    }
+
     fn describe(&self, error: &reqwest::Error) -> String {
-        if error.is_timeout() {
+        if error.is_connect() {
+            format!("model unreachable at {}", self.predict_url)
+        } else if error.is_timeout() {
             format!(
                 "model did not answer within {} s",
                 self.timeout.as_secs_f64()
             )
-        } else if error.is_connect() {
-            format!("model unreachable at {}", self.predict_url)
         } else {
             format!(
-                "calling the model failed: {}",
+                "the model gave no answer: {}",
                 crate::telemetry::error_chain(error)
             )
         }
@@ -281,16 +323,94 @@ mod tests {
         assert!(message.contains("did not answer within 0.2 s"), "{message}");
     }
 
+    fn unavailable_reason(prediction: Prediction) -> String {
+        match prediction {
+            Prediction::Unavailable { reason } => reason,
+            other => panic!("expected the model unavailable, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
-    async fn a_model_that_is_not_listening_is_unreachable() {
+    async fn a_model_that_is_not_listening_is_unavailable_not_a_failure() {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port");
-        let message = failure_message(
+        let reason = unavailable_reason(
             client_for(addr, Duration::from_secs(2))
                 .predict(&Value::Null)
                 .await,
         );
-        assert!(message.contains("model unreachable"), "{message}");
+        assert!(reason.contains("model unreachable"), "{reason}");
+    }
+
+    /// Accepts connections on a free port and treats each with `answer`.
+    async fn model_that<F, Fut>(answer: F) -> std::net::SocketAddr
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("has an address");
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(answer(socket));
+            }
+        });
+        addr
+    }
+
+    async fn read_request(socket: &mut tokio::net::TcpStream) {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = [0u8; 4096];
+        let _ = socket.read(&mut buffer).await;
+    }
+
+    #[tokio::test]
+    async fn a_model_that_drops_the_connection_before_answering_is_unavailable() {
+        let addr = model_that(|mut socket| async move {
+            read_request(&mut socket).await;
+            // Closed with the request unanswered, as a killed model process leaves it.
+            drop(socket);
+        })
+        .await;
+        let reason = unavailable_reason(
+            client_for(addr, Duration::from_secs(5))
+                .predict(&Value::Null)
+                .await,
+        );
+        assert!(reason.contains("gave no answer"), "{reason}");
+    }
+
+    /// The prediction of a model that reads the request, writes `raw` and closes.
+    async fn prediction_of_model_writing(raw: &'static str) -> Prediction {
+        let addr = model_that(move |mut socket| async move {
+            use tokio::io::AsyncWriteExt;
+            read_request(&mut socket).await;
+            let _ = socket.write_all(raw.as_bytes()).await;
+        })
+        .await;
+        client_for(addr, Duration::from_secs(5))
+            .predict(&Value::Null)
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_model_cut_off_mid_answer_is_unavailable() {
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"par";
+        unavailable_reason(prediction_of_model_writing(head).await);
+    }
+
+    #[tokio::test]
+    async fn a_model_answering_500_is_a_failure_with_its_answer() {
+        let answer = "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\n\r\nboom";
+        let prediction = prediction_of_model_writing(answer).await;
+        let Prediction::Failure { error, status_code } = prediction else {
+            panic!("expected a failure, got {prediction:?}");
+        };
+        assert_eq!(status_code, Some(500));
+        assert_eq!(error.message, "model answered 500 Internal Server Error");
+        assert_eq!(error.detail.as_deref(), Some("boom"));
     }
 }

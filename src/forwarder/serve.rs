@@ -1,6 +1,10 @@
 //! Serving mode for sync and streaming endpoints: the forwarder answers the gateway's requests
 //! over HTTP instead of pulling a queue. Each worker takes at most its concurrency at once and
-//! answers 429 beyond that, so the gateway can try another worker.
+//! answers 429 beyond that, so the gateway can try another worker. A request the model cannot
+//! take (connection refused, or dropped before an answer) is answered 503 with `Retry-After`
+//! and sends no callback: the task has no outcome, and a retry may find a worker whose model
+//! is up. The worker reports itself not ready while its model fails its health route, so the
+//! Service stops sending it requests.
 //!
 //! Only the gateway is served: a request must carry the endpoint's serving token (401 without
 //! it), and a task must be for this worker's endpoint (403 otherwise), so the model beside the
@@ -110,6 +114,20 @@ fn busy() -> Response {
         .into_response()
 }
 
+/// Seconds a client is asked to wait before retrying a task the model could not take.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+fn model_unavailable(reason: &str) -> Response {
+    tracing::warn!(reason, "the model could not take a request");
+    let detail = format!("this worker's model is unavailable ({reason}); retry shortly");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECONDS)],
+        Json(json!({ "detail": detail })),
+    )
+        .into_response()
+}
+
 fn to_response(prediction: &Prediction) -> SyncResponse {
     match prediction {
         Prediction::Success {
@@ -117,6 +135,14 @@ fn to_response(prediction: &Prediction) -> SyncResponse {
             status_code,
         } => SyncResponse::success(result.clone(), *status_code),
         Prediction::Failure { error, status_code } => SyncResponse::failure(error, *status_code),
+        // Never sent: `predict` answers 503 instead.
+        Prediction::Unavailable { reason } => SyncResponse::failure(
+            &crate::task::TaskError {
+                message: reason.clone(),
+                detail: None,
+            },
+            None,
+        ),
     }
 }
 
@@ -125,6 +151,14 @@ fn to_event(prediction: &Prediction) -> SyncResponse {
         Prediction::Failure { error, status_code } => {
             SyncResponse::stream_failure(error, *status_code)
         }
+        // Mid-stream only (`stream` answers 503 before a stream starts): the stream ends here.
+        Prediction::Unavailable { reason } => SyncResponse::stream_failure(
+            &crate::task::TaskError {
+                message: reason.clone(),
+                detail: None,
+            },
+            None,
+        ),
         success => to_response(success),
     }
 }
@@ -142,6 +176,7 @@ async fn predict(State(server): State<Arc<Server>>, headers: HeaderMap, body: By
     let outcome = match prediction {
         Prediction::Success { result, .. } => TaskOutcome::Success { result },
         Prediction::Failure { error, .. } => TaskOutcome::Failure { error },
+        Prediction::Unavailable { reason } => return model_unavailable(&reason),
     };
     if let Some(job) = CallbackJob::for_task(&task, outcome)
         && let Err(error) = server.queue.publish_callback(&job).await
@@ -159,11 +194,16 @@ async fn stream(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byt
     let Ok(slot) = server.slots.clone().try_acquire_owned() else {
         return busy();
     };
-    let predictions = server.model.stream(&task.args).await;
+    let mut predictions = server.model.stream(&task.args).await.peekable();
+    if let Some(Prediction::Unavailable { reason }) =
+        std::pin::Pin::new(&mut predictions).peek().await
+    {
+        return model_unavailable(reason);
+    }
     // The slot is held until the stream ends; a failure ends it.
     let events = predictions.scan((slot, false), |(_, failed), prediction| {
         let event = (!*failed).then(|| {
-            *failed = matches!(prediction, Prediction::Failure { .. });
+            *failed = !matches!(prediction, Prediction::Success { .. });
             sse::Event::default().json_data(to_event(&prediction))
         });
         futures::future::ready(event)

@@ -62,8 +62,8 @@ impl WorkerClient {
     }
 
     /// Sends `body` to `path` of one worker after another until one takes it, presenting
-    /// `tokens` (the endpoint's serving tokens); `None` when no worker could be reached
-    /// (nothing was sent).
+    /// `tokens` (the endpoint's serving tokens); `None` when no worker could be reached or
+    /// every one reached said its model is unavailable (nothing ran).
     async fn send(
         &self,
         workers: &[String],
@@ -93,6 +93,10 @@ impl WorkerClient {
             }
             match request.send().await {
                 Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => busy = true,
+                // The worker's model could not take the task, so it did not run: try another.
+                Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                    tracing::warn!(%url, "worker's model unavailable")
+                }
                 Ok(response) => return Ok(Some(response)),
                 Err(error) if error.is_timeout() => {
                     let seconds = timeout.unwrap_or_default().as_secs_f64();
@@ -322,5 +326,50 @@ mod tests {
                 "chunked {chunked}: {refused:?}"
             );
         }
+    }
+
+    /// A worker answering `status`, counting the requests it gets.
+    async fn answering(status: StatusCode, requests: Arc<AtomicUsize>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("address");
+        let app = axum::Router::new().fallback(move || async move {
+            requests.fetch_add(1, Ordering::Relaxed);
+            (status, "{}")
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_worker_whose_model_is_unavailable_passes_the_task_to_another() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (down, up) = (Arc::default(), Arc::default());
+        let workers = [
+            answering(StatusCode::SERVICE_UNAVAILABLE, Arc::clone(&down)).await,
+            answering(StatusCode::OK, Arc::clone(&up)).await,
+        ];
+        let client = WorkerClient::new().expect("client");
+        for _ in 0..2 {
+            let answer = client
+                .send(&workers, "/predict", Bytes::new(), "token", None)
+                .await
+                .expect("sent")
+                .expect("a worker took it");
+            assert_eq!(answer.status(), StatusCode::OK);
+        }
+        assert_eq!(up.load(Ordering::Relaxed), 2, "the healthy worker ran both");
+        assert!(
+            down.load(Ordering::Relaxed) >= 1,
+            "the unavailable one was tried"
+        );
+
+        let only_down = &workers[..1];
+        let sent = client
+            .send(only_down, "/predict", Bytes::new(), "token", None)
+            .await
+            .expect("no error");
+        assert!(sent.is_none(), "no worker could take it: wait for one");
     }
 }

@@ -34,7 +34,7 @@ pub trait Held {
     }
 }
 
-async fn ack_with(message: &jetstream::Message, kind: AckKind) -> Result<(), Error> {
+pub(super) async fn ack_with(message: &jetstream::Message, kind: AckKind) -> Result<(), Error> {
     message
         .ack_with(kind)
         .await
@@ -69,7 +69,7 @@ pub struct Puller<H> {
     consumer: PullConsumer,
     consumer_name: &'static str,
     request: Option<Batch>,
-    wrap: fn(jetstream::Message) -> H,
+    wrap: Box<dyn Fn(jetstream::Message) -> H + Send + Sync>,
 }
 
 impl<H: Held + Sync> Puller<H> {
@@ -78,7 +78,7 @@ impl<H: Held + Sync> Puller<H> {
         js: &jetstream::Context,
         stream: &str,
         consumer_name: &'static str,
-        wrap: fn(jetstream::Message) -> H,
+        wrap: impl Fn(jetstream::Message) -> H + Send + Sync + 'static,
     ) -> Result<Self, Error> {
         let consumer = js
             .get_consumer_from_stream(consumer_name, stream)
@@ -91,7 +91,7 @@ impl<H: Held + Sync> Puller<H> {
             consumer,
             consumer_name,
             request: None,
-            wrap,
+            wrap: Box::new(wrap),
         })
     }
 

@@ -82,7 +82,12 @@ impl Queue {
                 assumed,
                 |current: Option<TaskRecord>| match current {
                     Some(current) if !current.status.may_become(record.status) => None,
-                    _ => Some(record.clone()),
+                    // The hand-backs counted so far still bound the task's attempts.
+                    Some(current) => Some(TaskRecord {
+                        handed_back: current.handed_back.max(record.handed_back),
+                        ..record.clone()
+                    }),
+                    None => Some(record.clone()),
                 },
             )
             .await?;
@@ -93,6 +98,23 @@ impl Queue {
                 key,
                 source: "the record vanished while being written".into(),
             })
+    }
+
+    /// Counts one more delivery of the task returned to the queue unrun, so it does not count
+    /// against the task's attempts; a task with a final outcome, or without a record, is left
+    /// alone. The count the record holds now, if any.
+    pub async fn count_hand_back(&self, task: &TaskId) -> Result<Option<u32>, Error> {
+        let key = names::record_key(task);
+        let stored = self
+            .compare_and_set(key, "task record", None, |current: Option<TaskRecord>| {
+                let current = current.filter(|record| !record.status.is_final())?;
+                Some(TaskRecord {
+                    handed_back: current.handed_back.saturating_add(1),
+                    ..current
+                })
+            })
+            .await?;
+        Ok(stored.map(|(record, _)| record.handed_back))
     }
 
     /// Writes the record only when the task has none yet: its revision, or `None` when it

@@ -1,10 +1,22 @@
 //! Per-endpoint task queues: the stream, its durable pull consumer, submission and delivery.
+//!
+//! **Attempts and deliveries.** JetStream counts every delivery of a message, including one a
+//! worker hands back unrun (its model was unavailable, or it was stopping). A task's attempts
+//! budget ([`MAX_TASK_ATTEMPTS`]) counts only deliveries that may have run: each hand-back is
+//! counted on the task's record before the negative acknowledgement, and the attempts a
+//! delivery has used are its delivery count less those hand-backs. Nothing is read on the fast
+//! path: a first delivery, and any delivery within the budget, runs without looking. A
+//! hand-back whose count could not be written is counted as an attempt — never the other way
+//! round. The consumer's `max_deliver` is a safety ceiling ([`MAX_TASK_DELIVERIES`]) far above
+//! the budget; the worker holding a task's last delivery records an outcome instead of handing
+//! it back, so no task is silently dropped by the server.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::DeleteStreamErrorKind;
 use async_nats::jetstream::{
-    self,
+    self, AckKind,
     consumer::{self, pull},
     message::PublishMessage,
     stream::{self, RetentionPolicy},
@@ -14,9 +26,14 @@ use super::{Error, Queue, names, results};
 use crate::crd::{EndpointId, ModelEndpoint};
 use crate::task::{TaskId, TaskMessage, TaskRecord};
 
-/// Deliveries of one task before a worker gives up on it and records a failure; bounds the
-/// damage of a task that crashes every worker that runs it.
+/// Deliveries of one task that may have run (not handed back unrun) before a worker gives up
+/// on it and records a failure; bounds the damage of a task that crashes every worker that
+/// runs it.
 pub const MAX_TASK_ATTEMPTS: i64 = 3;
+
+/// Deliveries of one task the server makes at most, hand-backs included: the consumer's
+/// `max_deliver`. The worker holding the last one records an outcome whatever happens.
+pub const MAX_TASK_DELIVERIES: i64 = 20;
 
 /// Window in which a repeated publish of the same task id is dropped by the server.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -63,11 +80,30 @@ pub struct Submission {
 /// A task handed to a worker; acknowledge it only once its outcome is recorded.
 pub struct TaskDelivery {
     message: jetstream::Message,
+    /// Where a hand-back is counted.
+    queue: Arc<Queue>,
 }
 
 impl super::Held for TaskDelivery {
     fn message(&self) -> &jetstream::Message {
         &self.message
+    }
+
+    /// Counts the hand-back on the task's record, then returns the task to the queue: the
+    /// delivery does not count against the task's attempts.
+    async fn hand_back(&self) -> Result<(), Error>
+    where
+        Self: Sync,
+    {
+        match self.task_id() {
+            Some(task_id) => {
+                if let Err(error) = self.queue.count_hand_back(&task_id).await {
+                    tracing::warn!(%error, %task_id, "counting a hand-back failed; it counts as an attempt");
+                }
+            }
+            None => tracing::warn!("a task message without a task id is handed back uncounted"),
+        }
+        super::lease::ack_with(&self.message, AckKind::Nak(None)).await
     }
 }
 
@@ -81,9 +117,26 @@ impl TaskDelivery {
         self.message.info().map(|info| info.delivered).unwrap_or(1)
     }
 
-    /// True when this delivery is past the last attempt the task is allowed.
-    pub fn attempts_exhausted(&self) -> bool {
-        self.attempt() > MAX_TASK_ATTEMPTS
+    /// The task's id without decoding the whole message: the message id it was published
+    /// under, else the decoded task's.
+    fn task_id(&self) -> Option<TaskId> {
+        let header = self.message.headers.as_ref().and_then(|headers| {
+            let id = headers.get(async_nats::header::NATS_MESSAGE_ID)?;
+            TaskId::parse(id.as_str())
+        });
+        header.or_else(|| self.task().ok().map(|task| task.task_id))
+    }
+
+    /// True when the task's earlier deliveries, less the `handed_back` ones that never ran,
+    /// used every attempt it is allowed.
+    pub fn attempts_exhausted(&self, handed_back: u32) -> bool {
+        attempts_used(self.attempt(), handed_back) >= MAX_TASK_ATTEMPTS
+    }
+
+    /// True when the server will not deliver the task again: whoever holds it records an
+    /// outcome rather than hand it back.
+    pub fn is_last_delivery(&self) -> bool {
+        self.attempt() >= MAX_TASK_DELIVERIES
     }
 
     /// Removes the task from the queue for good.
@@ -121,8 +174,8 @@ impl Queue {
             durable_name: Some(names::TASKS_CONSUMER.into()),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: spec.ack_wait,
-            // One delivery beyond the allowed attempts lets a worker record the failure.
-            max_deliver: MAX_TASK_ATTEMPTS + 1,
+            // Hand-backs do not spend attempts, so the server's bound is only a ceiling.
+            max_deliver: MAX_TASK_DELIVERIES,
             ..Default::default()
         };
         self.js
@@ -271,14 +324,100 @@ impl Queue {
     /// A puller of the endpoint's tasks.
     pub async fn tasks(&self, endpoint: &EndpointId) -> Result<super::Puller<TaskDelivery>, Error> {
         let stream = names::tasks_stream(endpoint);
-        let wrap = |message| TaskDelivery { message };
+        let queue = Arc::new(self.clone());
+        let wrap = move |message| TaskDelivery {
+            message,
+            queue: queue.clone(),
+        };
         super::Puller::open(&self.js, &stream, names::TASKS_CONSUMER, wrap).await
     }
 }
 
 type NatsErrorLike = super::NatsError;
 
+/// Attempts the deliveries before `delivery` used: those not handed back unrun.
+fn attempts_used(delivery: i64, handed_back: u32) -> i64 {
+    (delivery - 1 - i64::from(handed_back)).max(0)
+}
+
 fn is_stream_not_found(kind: DeleteStreamErrorKind) -> bool {
     matches!(kind, DeleteStreamErrorKind::JetStream(error)
         if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Held;
+    use crate::task::TaskStatus;
+
+    #[test]
+    fn deliveries_handed_back_unrun_spend_no_attempts() {
+        assert_eq!(attempts_used(1, 0), 0, "a first delivery has used none");
+        assert_eq!(attempts_used(4, 0), 3, "three runs that never finished");
+        assert_eq!(attempts_used(4, 3), 0, "three hand-backs");
+        assert_eq!(attempts_used(6, 2), 3, "three runs among five deliveries");
+        assert_eq!(
+            attempts_used(2, 5),
+            0,
+            "more counted than delivered is none used"
+        );
+    }
+
+    /// Hands a task back five times through the real server: each redelivery counts, the
+    /// record counts each hand-back, and the sixth delivery still has its whole budget.
+    #[tokio::test]
+    async fn a_task_handed_back_again_and_again_keeps_its_attempts() {
+        let (_nats, queue) = crate::dev::nats::start_with_queue().await;
+        let endpoint = EndpointId::for_resource("ml", "handback");
+        let spec = QueueSpec {
+            endpoint_id: endpoint.clone(),
+            task_expiry: Duration::from_secs(60),
+            ack_wait: Duration::from_secs(30),
+        };
+        queue.ensure_endpoint(&spec).await.expect("queue");
+        let task = TaskMessage {
+            task_id: TaskId::generate(),
+            endpoint_id: endpoint.clone(),
+            args: serde_json::json!({"x": 1}),
+            callback: None,
+            submitted_at_ms: crate::task::now_ms(),
+            record_revision: None,
+        };
+        let submitted = queue.submit(&task, None).await.expect("submitted");
+        let tasks = queue.tasks(&endpoint).await.expect("puller");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (seen, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
+        let stop = cancel.clone();
+        let consuming = crate::queue::consume(tasks, 1, &cancel, move |delivery: TaskDelivery| {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            async move {
+                let attempt = delivery.attempt();
+                if attempt <= 5 {
+                    delivery.hand_back().await.expect("handed back");
+                } else {
+                    delivery.ack().await.expect("acked");
+                    stop.cancel();
+                }
+                let _ = seen.send((attempt, delivery.is_last_delivery()));
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), consuming)
+            .await
+            .expect("six deliveries");
+        let mut attempts = Vec::new();
+        while let Ok((attempt, last)) = deliveries.try_recv() {
+            assert!(!last, "delivery {attempt} is not the server's last");
+            attempts.push(attempt);
+        }
+        assert_eq!(attempts, [1, 2, 3, 4, 5, 6]);
+        let record = queue
+            .task_record(&submitted.task_id)
+            .await
+            .expect("read")
+            .expect("a record");
+        assert_eq!(record.status, TaskStatus::Pending);
+        assert_eq!(record.handed_back, 5);
+        assert_eq!(attempts_used(6, record.handed_back), 0);
+    }
 }

@@ -613,18 +613,33 @@ pub fn python_bundle_yaml(name: &str, handler_body: &str) -> String {
 /// A model server process outside `ferry dev`, as the model container of a pod.
 pub struct ModelProcess {
     pub url: String,
-    _child: Child,
-    _dir: tempfile::TempDir,
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
 }
 
 impl ModelProcess {
     pub async fn start(handler_body: &str) -> ModelProcess {
         let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("model.py");
-        std::fs::write(&script, python_model_source(handler_body)).unwrap();
+        std::fs::write(
+            dir.path().join("model.py"),
+            python_model_source(handler_body),
+        )
+        .unwrap();
         let port = free_port();
+        let child = Self::spawn(dir.path(), port).await;
+        ModelProcess {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            port,
+            dir,
+        }
+    }
+
+    /// Starts the model script in `dir` on `port` and waits until it answers.
+    async fn spawn(dir: &Path, port: u16) -> Child {
         let child = Command::new("python3")
-            .arg(&script)
+            .arg(dir.join("model.py"))
             .env("PORT", port.to_string())
             .kill_on_drop(true)
             .spawn()
@@ -635,11 +650,22 @@ impl ModelProcess {
             http.get(&url).send().await.ok().map(drop)
         })
         .await;
-        ModelProcess {
-            url,
-            _child: child,
-            _dir: dir,
-        }
+        child
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("model still running")
+    }
+
+    /// kill -9, as a crashed or OOM-killed model container.
+    pub async fn crash(&mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+
+    /// Starts the model again on its port (after [`Self::crash`]), as a restarted container.
+    pub async fn restart(&mut self) {
+        self.child = Self::spawn(self.dir.path(), self.port).await;
     }
 }
 
