@@ -1,8 +1,10 @@
 //! `ferry bench`: measures a running gateway end to end. It serves its own callback receiver on
 //! loopback, submits tasks `{"x": i, "y": "bench"}` to an async endpoint running the example
 //! model (result `i + 5`), and reports throughput, submit→callback latency, lost, duplicate and
-//! wrong results. With `--wake-rounds` or `--burst` it measures autoscaling instead ([`scaling`]).
+//! wrong results. With `--wake-rounds` or `--burst` it measures autoscaling instead ([`scaling`]),
+//! with `--callback-backlog` a dispatcher's catch-up ([`catchup`]).
 
+mod catchup;
 pub mod model;
 mod scaling;
 
@@ -38,6 +40,9 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     if args.wake_rounds > 0 || args.burst > 0 {
         return scaling::run(args, cancel).await;
     }
+    if args.callback_backlog > 0 {
+        return catchup::run(args, cancel).await;
+    }
     let tasks = usize::try_from(args.tasks)?;
     let zeros = || (0..tasks).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
     let timings = Arc::new(Timings {
@@ -62,7 +67,7 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
             .into_future(),
     );
 
-    let hang_url = format!("http://{}/hang", serve_hanging_receiver().await?);
+    let hang_url = format!("http://{}/hang", HangingReceiver::start().await?.addr);
     let hanging = |index: usize| index % 100 < usize::from(args.hanging_percent);
 
     let http = reqwest::Client::builder()
@@ -146,17 +151,41 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
     ticks as f64 / 100.0
 }
 
-/// A receiver that accepts connections and never answers; returns its address.
-async fn serve_hanging_receiver() -> std::io::Result<std::net::SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
-    Ok(addr)
+/// A receiver that accepts connections and never answers, counting the requests it holds.
+struct HangingReceiver {
+    addr: std::net::SocketAddr,
+    /// Connections held now and at most.
+    held: Arc<(AtomicU64, AtomicU64)>,
+}
+
+impl HangingReceiver {
+    async fn start() -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let held: Arc<(AtomicU64, AtomicU64)> = Arc::default();
+        let counts = held.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counts = counts.clone();
+                tokio::spawn(async move {
+                    let now = counts.0.fetch_add(1, Ordering::Relaxed) + 1;
+                    counts.1.fetch_max(now, Ordering::Relaxed);
+                    // Read and drop whatever comes until the client gives up.
+                    let mut sink = [0u8; 4096];
+                    while matches!(
+                        tokio::io::AsyncReadExt::read(&mut socket, &mut sink).await,
+                        Ok(n) if n > 0
+                    ) {}
+                    counts.0.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        });
+        Ok(HangingReceiver { addr, held })
+    }
+
+    fn most_held(&self) -> u64 {
+        self.held.1.load(Ordering::Relaxed)
+    }
 }
 
 async fn receive(

@@ -29,21 +29,22 @@ use crate::admin::{self, Readiness};
 use crate::cli::DispatcherArgs;
 use crate::crd::EndpointId;
 use crate::metrics::EndpointLabel;
-use crate::queue::{self, CALLBACK_LEASE_RENEWAL, CallbackDelivery, Queue, QueueSettings};
+use crate::queue::{self, CALLBACK_LEASE_RENEWAL, CallbackDelivery, Held, Queue, QueueSettings};
 use crate::seal::KeyRing;
 use crate::task::{
     CallbackJob, CallbackState, CallbackTarget, DeadLetter, DeliveryAttempt, DeliveryState, now_ms,
 };
 use endpoints::{EndpointCache, EndpointDelivery};
-use limits::{Slot, Slots};
+use limits::{Busy, Slot, Slots};
 use schedule::Next;
 
 /// How long a job waits in line for a slot of its endpoint, and then of its destination,
 /// before it is deferred.
 const SLOT_WAIT: Duration = Duration::from_secs(1);
-/// How long a job first waits to be offered again when its endpoint or destination has no free slot; the
-/// wait doubles with each refusal up to [`BUSY_HOST_MAX_DELAY`], so jobs queued for a hanging
-/// receiver do not churn through the dispatcher.
+/// How long a job first waits to be offered again when its endpoint or destination is stuck
+/// (has returned no slot for a while); the wait doubles with each refusal up to
+/// [`BUSY_HOST_MAX_DELAY`], so jobs queued for a hanging receiver do not churn through the
+/// dispatcher. A job refused by a moving endpoint or destination comes back at its turn instead.
 const BUSY_HOST_DELAY: Duration = Duration::from_millis(500);
 const BUSY_HOST_MAX_DELAY: Duration = Duration::from_secs(30);
 
@@ -127,6 +128,9 @@ pub struct DispatcherSettings {
     pub per_endpoint_concurrency: usize,
     /// Timeouts for endpoints that set none.
     pub timeouts: Timeouts,
+    /// After a stop is asked for, how long attempts under way may still take; those still
+    /// waiting for an answer then are cut short, recorded and retried on their schedule.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Clone)]
@@ -140,6 +144,12 @@ pub struct Dispatcher {
     metrics: Arc<DispatcherMetrics>,
     /// Opens callback targets and endpoint secrets.
     ring: Arc<KeyRing>,
+    /// Cancelled when the dispatcher is asked to stop: jobs not yet attempted are handed back.
+    stopping: CancellationToken,
+    /// Cancelled [`DispatcherSettings::shutdown_grace`] after `stopping`: attempts still
+    /// waiting for an answer are cut short.
+    cutting_short: CancellationToken,
+    shutdown_grace: Duration,
 }
 
 impl Dispatcher {
@@ -171,6 +181,9 @@ impl Dispatcher {
                 (settings.concurrency / 2).max(settings.per_host_concurrency),
             )),
             metrics,
+            stopping: CancellationToken::new(),
+            cutting_short: CancellationToken::new(),
+            shutdown_grace: settings.shutdown_grace,
         }
     }
 
@@ -189,7 +202,18 @@ impl Dispatcher {
         let jobs = self.queue.callback_jobs().await?;
         readiness.set_ready();
         tracing::info!(concurrency = self.concurrency, "delivering callbacks");
-        queue::consume(jobs, self.concurrency, &cancel, |delivery| {
+        let (stopping, cutting_short, grace) = (
+            self.stopping.clone(),
+            self.cutting_short.clone(),
+            self.shutdown_grace,
+        );
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            stopping.cancel();
+            tokio::time::sleep(grace).await;
+            cutting_short.cancel();
+        });
+        queue::consume(jobs, self.concurrency, &self.stopping, |delivery| {
             let dispatcher = self.clone();
             async move { dispatcher.handle(delivery).await }
         })
@@ -239,16 +263,22 @@ impl Dispatcher {
         // neither learns the endpoint's credentials nor carries its signature.
         let target = job.open_target(&self.ring);
         let url = target.as_ref().map(|target| target.url.as_str());
-        let Some(_slots) = self.slots(job, url.ok()).await else {
-            self.metrics.deferred.inc();
-            let refusals = delivery.deliveries().saturating_sub(1).min(16);
-            return delivery
-                .defer(
-                    BUSY_HOST_DELAY
-                        .saturating_mul(1 << refusals)
-                        .min(BUSY_HOST_MAX_DELAY),
-                )
-                .await;
+        let slots = tokio::select! {
+            biased;
+            () = self.stopping.cancelled() => {
+                // Not started: another dispatcher takes it now rather than after the lease.
+                return delivery.hand_back().await;
+            }
+            slots = self.slots(job, url.ok()) => slots,
+        };
+        let _slots = match slots {
+            Ok(slots) => slots,
+            Err(busy) => {
+                self.metrics.deferred.inc();
+                return delivery
+                    .defer(come_back_after(busy, delivery.deliveries()))
+                    .await;
+            }
         };
         let endpoint = self.endpoints.get(&job.endpoint_id).await?;
         let attempt_number = job.prior_attempts + 1;
@@ -258,7 +288,15 @@ impl Dispatcher {
             (Ok(target), None) => Ok(target),
         };
         let (verdict, attempt) = match opened {
-            Ok(target) => self.deliver(job, target, &endpoint).await,
+            Ok(target) => {
+                let (at_ms, started) = (now_ms(), std::time::Instant::now());
+                tokio::select! {
+                    outcome = self.deliver(job, target, &endpoint) => outcome,
+                    () = self.cutting_short.cancelled() => {
+                        cut_short(at_ms, started.elapsed(), self.shutdown_grace)
+                    }
+                }
+            }
             Err(problem) => {
                 tracing::error!(%problem, "callback refused");
                 refused(problem)
@@ -348,6 +386,34 @@ impl Dispatcher {
     }
 }
 
+/// When a job refused a slot is offered again: at its turn while its endpoint and destination
+/// move, else after a wait that doubles with each delivery of the job.
+fn come_back_after(busy: Busy, deliveries: u32) -> Duration {
+    match busy {
+        Busy::Turn(after) => after,
+        Busy::Stuck => {
+            let refusals = deliveries.saturating_sub(1).min(16);
+            BUSY_HOST_DELAY.saturating_mul(1 << refusals)
+        }
+    }
+    .min(BUSY_HOST_MAX_DELAY)
+}
+
+/// An attempt the dispatcher stopped waiting for: the receiver may have it, so it is recorded
+/// and retried like a timeout (receivers deduplicate on `webhook-id`).
+fn cut_short(at_ms: u64, took: Duration, grace: Duration) -> (schedule::Verdict, DeliveryAttempt) {
+    let attempt = DeliveryAttempt {
+        at_ms,
+        status_code: None,
+        error: Some(format!(
+            "cut short: the dispatcher stopped and its {} s shutdown grace ran out",
+            grace.as_secs()
+        )),
+        duration_ms: took.as_millis() as u64,
+    };
+    (schedule::Verdict::Transient { retry_after: None }, attempt)
+}
+
 /// An attempt refused before anything was sent.
 fn refused(error: String) -> (schedule::Verdict, DeliveryAttempt) {
     let attempt = DeliveryAttempt {
@@ -361,7 +427,7 @@ fn refused(error: String) -> (schedule::Verdict, DeliveryAttempt) {
 
 impl Dispatcher {
     /// A slot of the job's endpoint and one of the destination of `url` (its opened target's),
-    /// or `None` when either keeps its share in flight. The destination is the address the attempt will connect to (the
+    /// or when to come back when either keeps its share in flight. The destination is the address the attempt will connect to (the
     /// guard's first vetted answer, the only one the delivery client is given), so many names
     /// for one receiver share its bound. A URL that does not resolve takes no destination slot:
     /// its attempt is refused without connecting.
@@ -369,7 +435,7 @@ impl Dispatcher {
         &self,
         job: &CallbackJob,
         url: Option<&str>,
-    ) -> Option<(Slot<EndpointId>, Option<Slot<SocketAddr>>)> {
+    ) -> Result<(Slot<EndpointId>, Option<Slot<SocketAddr>>), Busy> {
         let endpoint = self
             .endpoint_slots
             .acquire(&job.endpoint_id, SLOT_WAIT)
@@ -379,13 +445,13 @@ impl Dispatcher {
             None => None,
         };
         let Some(destination) = destination else {
-            return Some((endpoint, None));
+            return Ok((endpoint, None));
         };
         let destination = self
             .destination_slots
             .acquire(&destination, SLOT_WAIT)
             .await?;
-        Some((endpoint, Some(destination)))
+        Ok((endpoint, Some(destination)))
     }
 
     async fn destination(&self, url: &str) -> Option<SocketAddr> {

@@ -462,6 +462,11 @@ pub struct DeliveryArgs {
     /// Seconds one attempt may take in all, unless the endpoint sets its own.
     #[arg(long, env = "FERRY_CALLBACK_TIMEOUT_SECONDS", default_value = "15", value_parser = parse_seconds)]
     pub callback_timeout: Duration,
+    /// Seconds a stopping dispatcher lets attempts under way finish; those still waiting for
+    /// an answer then are recorded as cut short and retried. Keep it below the pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long = "shutdown-grace-seconds", env = "FERRY_DISPATCHER_SHUTDOWN_GRACE_SECONDS", default_value = "20", value_parser = parse_seconds)]
+    pub shutdown_grace: Duration,
 }
 
 impl DeliveryArgs {
@@ -474,6 +479,7 @@ impl DeliveryArgs {
                 connect: self.callback_connect_timeout,
                 total: self.callback_timeout,
             },
+            shutdown_grace: self.shutdown_grace,
         }
     }
 
@@ -664,6 +670,11 @@ pub struct BenchArgs {
     /// once and time each added worker.
     #[arg(long, env = "FERRY_BENCH_BURST", default_value = "0")]
     pub burst: usize,
+    /// Measure a dispatcher's catch-up instead: queue this many callbacks on a nats-server of
+    /// its own, then start `ferry dispatcher` and time the drain (`--hanging-percent` of them
+    /// go to a receiver that never answers).
+    #[arg(long, env = "FERRY_BENCH_CALLBACK_BACKLOG", default_value = "0")]
+    pub callback_backlog: u64,
     /// Seconds each task of a wake or burst measurement asks the model to take (`sleep`).
     #[arg(long, env = "FERRY_BENCH_TASK_SECONDS", default_value = "1.0")]
     pub task_seconds: f64,

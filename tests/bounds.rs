@@ -176,3 +176,142 @@ async fn a_tenant_with_many_names_for_hanging_receivers_holds_no_more_than_its_c
     let at_one = hanging.counts.lock().unwrap()[&IpAddr::from([127, 0, 0, 2])].1;
     assert_eq!(at_one, PER_DESTINATION);
 }
+
+/// A dispatcher started on a backlog (its predecessor gone while tasks finished): every callback
+/// to the fast receiver arrives, once, while the hanging receiver of the same endpoint holds no
+/// more than its destination cap, however many of its callbacks wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_drains_to_a_fast_receiver_while_a_hanging_one_holds_only_its_cap() {
+    const PER_DESTINATION: usize = 4;
+    const FAST: usize = 300;
+    const HANGING: usize = 40;
+    let fast = Receiver::start().await;
+    let hanging_ip = IpAddr::from([127, 0, 0, 2]);
+    let port = free_port();
+    let hanging = Hanging::start(&[hanging_ip], port).await;
+    let without_dispatcher = WithoutDispatcher::start(&fast.url("/cb")).await;
+    let (gateway, endpoint) = (&without_dispatcher.gateway, &without_dispatcher.endpoint);
+    // No dispatcher yet: the callbacks pile up in JetStream.
+    let hanging_url = format!("http://{hanging_ip}:{port}/cb");
+    // Every eighth task, up to HANGING of them, calls the hanging receiver back.
+    let to_hanging = |x: usize| x.is_multiple_of(8) && x / 8 < HANGING;
+    let mut tasks = Vec::new();
+    for x in 0..FAST + HANGING {
+        let mut body = json!({"args": {"x": x}});
+        if to_hanging(x) {
+            body["callback_url"] = json!(hanging_url);
+        }
+        tasks.push(gateway.submit(endpoint, body).await);
+    }
+    for task_id in &tasks {
+        gateway.finished_task(task_id, WAIT).await;
+    }
+    assert!(fast.received().is_empty(), "no dispatcher ran yet");
+
+    let _dispatcher = without_dispatcher.dispatcher(PER_DESTINATION);
+    let received = fast.wait_for(FAST, WAIT).await;
+    let mut by_task: HashMap<String, usize> = HashMap::new();
+    for callback in &received {
+        *by_task
+            .entry(callback.body["task_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(by_task.len(), FAST, "every fast callback arrived");
+    assert!(
+        by_task.values().all(|count| *count == 1),
+        "none twice: {:?}",
+        by_task.values().filter(|count| **count > 1).count()
+    );
+    eventually("the hanging receiver holds its cap", WAIT, || async {
+        (hanging.held() == PER_DESTINATION).then_some(())
+    })
+    .await;
+    assert_eq!(
+        hanging.most_at_one_address(),
+        PER_DESTINATION,
+        "the hanging receiver never held more than its cap"
+    );
+}
+
+/// The chart gives each of N dispatcher replicas its share of a total per-receiver cap: two
+/// dispatchers with a share of 3 each never hold more than the total of 6 requests at a slow
+/// receiver, and do hold that many when enough callbacks wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatchers_hold_no_more_than_the_total_cap_at_a_slow_receiver() {
+    const SHARE: usize = 3;
+    const REPLICAS: usize = 2;
+    let slow_ip = IpAddr::from([127, 0, 0, 2]);
+    let port = free_port();
+    let slow = Hanging::start(&[slow_ip], port).await;
+    let without_dispatcher = WithoutDispatcher::start(&format!("http://{slow_ip}:{port}/cb")).await;
+    let _dispatchers: Vec<Process> = (0..REPLICAS)
+        .map(|_| without_dispatcher.dispatcher(SHARE))
+        .collect();
+    for x in 0..40 {
+        without_dispatcher
+            .gateway
+            .submit(&without_dispatcher.endpoint, json!({"args": {"x": x}}))
+            .await;
+    }
+    eventually("both dispatchers hold their share", WAIT, || async {
+        (slow.held() == SHARE * REPLICAS).then_some(())
+    })
+    .await;
+    assert_eq!(
+        slow.most_at_one_address(),
+        SHARE * REPLICAS,
+        "the slow receiver never held more than the total cap"
+    );
+}
+
+/// A gateway and a worker on a nats-server of their own, with no dispatcher: callbacks wait
+/// in JetStream until a test starts one. Its endpoint's attempts may take 300 s.
+struct WithoutDispatcher {
+    nats: Nats,
+    gateway: Dev,
+    endpoint: String,
+    _manifests: Manifests,
+    _model: ModelProcess,
+    _worker: Process,
+}
+
+impl WithoutDispatcher {
+    async fn start(default_callback_url: &str) -> WithoutDispatcher {
+        let nats = Nats::start().await;
+        let manifests = Manifests::with_example_bundle();
+        let hang_long = "  callbacks:\n    attemptTimeoutSeconds: 300\n";
+        manifests.add(
+            "waiting.yaml",
+            &endpoint_yaml("waiting", "test-bundle", default_callback_url, hang_long),
+        );
+        let gateway = Dev::static_gateway(manifests.path(), &nats.url).await;
+        let endpoint = gateway.endpoint_id("waiting").await;
+        let model = ModelProcess::start("return 200, args['x']").await;
+        let worker = Process::forwarder(
+            &nats.url,
+            &endpoint,
+            &model.url,
+            &[("FERRY_CONCURRENCY", "16")],
+        );
+        WithoutDispatcher {
+            nats,
+            gateway,
+            endpoint,
+            _manifests: manifests,
+            _model: model,
+            _worker: worker,
+        }
+    }
+
+    /// A dispatcher process allowed `per_host` attempts at once to one receiver.
+    fn dispatcher(&self, per_host: usize) -> Process {
+        let per_host = per_host.to_string();
+        let flags = [
+            "--per-host-concurrency",
+            &per_host,
+            "--dispatch-concurrency",
+            "64",
+        ];
+        Process::dispatcher(&self.nats.url, &flags)
+    }
+}

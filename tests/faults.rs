@@ -253,27 +253,10 @@ async fn a_callback_whose_dispatcher_was_killed_mid_attempt_is_retried_within_se
     );
     let gateway = Dev::static_gateway(manifests.path(), &nats.url).await;
     let endpoint = gateway.endpoint_id("lease").await;
-    let dispatcher = || {
-        Process::spawn(
-            &["dispatcher"],
-            &[
-                ("FERRY_NATS_URL", &nats.url),
-                ("FERRY_CALLBACK_ALLOW_CIDRS", "127.0.0.0/8"),
-            ],
-        )
-    };
+    let dispatcher = || Process::dispatcher(&nats.url, &[]);
     let mut doomed = dispatcher();
     let model = ModelProcess::start("return 200, args['x'] * 10").await;
-    let _worker = Process::spawn(
-        &["forwarder"],
-        &[
-            ("FERRY_NATS_URL", &nats.url),
-            ("FERRY_ENDPOINT_ID", &endpoint),
-            ("FERRY_MODEL_URL", &model.url),
-            ("FERRY_PREDICT_ROUTE", "/"),
-            ("FERRY_HEALTHCHECK_ROUTE", "/"),
-        ],
-    );
+    let _worker = Process::forwarder(&nats.url, &endpoint, &model.url, &[]);
     let task_id = gateway.submit(&endpoint, json!({"args": {"x": 4}})).await;
     receiver.wait_for(1, SETTLE).await;
     doomed.signal("-KILL");
@@ -287,6 +270,98 @@ async fn a_callback_whose_dispatcher_was_killed_mid_attempt_is_retried_within_se
         (gateway.task(&task_id).await["callback"]["state"] == "DELIVERED").then_some(())
     })
     .await;
+}
+
+/// SIGTERM to a dispatcher with two attempts under way and two jobs waiting for a slot of
+/// their receiver: it hands the waiting jobs back at once, finishes the attempt that is
+/// answered within its shutdown grace, cuts the one that is not short, records both and exits.
+/// A replacement delivers the rest within seconds; the delivered callback is never POSTed
+/// again and every task's history keeps each of its attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_dispatcher_hands_back_waiting_jobs_and_records_what_it_attempted() {
+    const TASKS: usize = 10;
+    let nats = Nats::start().await;
+    let receiver = Receiver::start().await;
+    let manifests = Manifests::with_example_bundle();
+    let extra = "  callbacks:\n    attemptTimeoutSeconds: 300\n    retryScheduleSeconds: [1]\n";
+    manifests.add(
+        "endpoint.yaml",
+        &endpoint_yaml("handback", "test-bundle", &receiver.url("/cb"), extra),
+    );
+    let gateway = Dev::static_gateway(manifests.path(), &nats.url).await;
+    let endpoint = gateway.endpoint_id("handback").await;
+    let model = ModelProcess::start("return 200, args['x']").await;
+    let _worker = Process::forwarder(&nats.url, &endpoint, &model.url, &[]);
+    let mut tasks = Vec::new();
+    for x in 0..TASKS {
+        tasks.push(gateway.submit(&endpoint, json!({"args": {"x": x}})).await);
+    }
+    for task_id in &tasks {
+        gateway.finished_task(task_id, SETTLE).await;
+    }
+    // The first request is answered within the grace, the second not before the test ends.
+    let answer_after = |seconds| Answer {
+        status: StatusCode::OK,
+        retry_after: None,
+        delay: Duration::from_secs(seconds),
+    };
+    receiver.script(vec![answer_after(1), answer_after(600)]);
+    let flags = [
+        "--per-host-concurrency",
+        "2",
+        "--dispatch-concurrency",
+        "4",
+        "--shutdown-grace-seconds",
+        "3",
+    ];
+    let dispatcher = || Process::dispatcher(&nats.url, &flags);
+    let mut stopping = dispatcher();
+    let under_way = receiver.wait_for(2, SETTLE).await;
+    stopping.signal("-TERM");
+    let status = stopping.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "clean exit: {status}");
+    let task_of =
+        |received: &support::Received| received.body["task_id"].as_str().unwrap().to_owned();
+    let (finished, cut) = (task_of(&under_way[0]), task_of(&under_way[1]));
+    let callback = gateway.task(&finished).await["callback"].clone();
+    assert_eq!(
+        callback["state"], "DELIVERED",
+        "finished before exiting: {callback}"
+    );
+    let callback = gateway.task(&cut).await["callback"].clone();
+    assert_eq!(callback["state"], "PENDING", "{callback}");
+    let error = callback["attempts"][0]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("cut short"),
+        "the cut attempt is recorded: {callback}"
+    );
+
+    // Every task once, and the cut one again: well before the 15 s lease of a job that was
+    // not handed back would have run out.
+    let _replacement = dispatcher();
+    receiver.wait_for(TASKS + 1, Duration::from_secs(10)).await;
+    for task_id in &tasks {
+        support::eventually("callback DELIVERED", SETTLE, || async {
+            (gateway.task(task_id).await["callback"]["state"] == "DELIVERED").then_some(())
+        })
+        .await;
+    }
+    let mut posts: HashMap<String, usize> = HashMap::new();
+    for received in receiver.received() {
+        *posts.entry(task_of(&received)).or_default() += 1;
+    }
+    for task_id in &tasks {
+        let expected = if *task_id == cut { 2 } else { 1 };
+        assert_eq!(posts[task_id], expected, "POSTs of task {task_id}");
+        let attempts = gateway.task(task_id).await["callback"]["attempts"].clone();
+        assert_eq!(
+            attempts.as_array().map(Vec::len),
+            Some(expected),
+            "every attempt of task {task_id} is kept: {attempts}"
+        );
+    }
 }
 
 /// kill -9 of one worker's model under a steady stream of tasks, restarted after about a second,

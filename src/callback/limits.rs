@@ -5,6 +5,13 @@
 //!
 //! Each key gets its own limit, made on first use and dropped when its last slot is returned
 //! and nobody waits for one: memory follows the attempts in flight, not the keys ever seen.
+//!
+//! A job refused a slot is told when to come back. While its key keeps returning slots, it gets
+//! the next turn in a schedule spaced by how often the key returns one, so a backlog for a
+//! fast receiver comes back at the pace the receiver takes it, each job about once, instead of
+//! churning through the queue or waiting out long backoffs. A key that has returned no slot for
+//! [`STUCK_AFTER`] is stuck (a hanging receiver): its jobs are refused without a turn and back
+//! off on their own.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -12,6 +19,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// A key that has returned no slot for this long (or since it was first used) is stuck.
+pub const STUCK_AFTER: Duration = Duration::from_secs(1);
+/// How long a slot is assumed to be held before the key has returned any.
+const FIRST_HOLD_GUESS: Duration = STUCK_AFTER;
+/// Weight of the newest gap between two returned slots in the running estimate, as 1/n.
+const GAP_SMOOTHING: u32 = 8;
+
+/// Why no slot was given, and when to come back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Busy {
+    /// The key is moving: come back after this long, the job's turn.
+    Turn(Duration),
+    /// The key has returned no slot for [`STUCK_AFTER`]: back off.
+    Stuck,
+}
 
 /// Concurrent attempts allowed per key, and a bounded line of attempts waiting briefly for one
 /// of them: a fast receiver momentarily at its bound keeps its jobs flowing, while a hanging
@@ -25,6 +49,42 @@ pub struct Slots<K: Hash + Eq + Clone> {
 struct Limit {
     slots: Arc<Semaphore>,
     line: Arc<Semaphore>,
+    pace: Mutex<Pace>,
+}
+
+/// How fast a key returns its slots, and the turns given out to refused jobs.
+struct Pace {
+    /// When a slot was last returned, or the limit made.
+    last_return: Instant,
+    /// Running estimate of the time between two returned slots.
+    gap: Duration,
+    /// The latest turn given out.
+    next_turn: Instant,
+}
+
+impl Pace {
+    fn new(per_key: usize, now: Instant) -> Self {
+        Pace {
+            last_return: now,
+            gap: FIRST_HOLD_GUESS / u32::try_from(per_key.max(1)).unwrap_or(u32::MAX),
+            next_turn: now,
+        }
+    }
+
+    fn returned(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.last_return);
+        self.gap = (self.gap * (GAP_SMOOTHING - 1) + gap) / GAP_SMOOTHING;
+        self.last_return = now;
+    }
+
+    /// The next turn for a refused job, or `Stuck`.
+    fn turn(&mut self, now: Instant) -> Busy {
+        if now.saturating_duration_since(self.last_return) >= STUCK_AFTER {
+            return Busy::Stuck;
+        }
+        self.next_turn = self.next_turn.max(now) + self.gap;
+        Busy::Turn(self.next_turn - now)
+    }
 }
 
 /// A held slot; returned when dropped.
@@ -45,9 +105,9 @@ impl<K: Hash + Eq + Clone> Slots<K> {
         }
     }
 
-    /// A slot for `key`: at once, or within `wait` when its line is not full; `None` when the
-    /// key keeps its share in flight.
-    pub async fn acquire(&self, key: &K, wait: Duration) -> Option<Slot<K>> {
+    /// A slot for `key`: at once, or within `wait` when its line is not full; otherwise when
+    /// to come back, as the key keeps its share in flight.
+    pub async fn acquire(&self, key: &K, wait: Duration) -> Result<Slot<K>, Busy> {
         // The slot owns the only clone of the limit taken here: dropped unfilled, it forgets
         // the limit when nobody else uses it.
         let mut slot = Slot {
@@ -59,13 +119,20 @@ impl<K: Hash + Eq + Clone> Slots<K> {
         let semaphore = slot.limit.slots.clone();
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
             slot.permit = Some(permit);
-            return Some(slot);
+            return Ok(slot);
         }
-        let _in_line = slot.limit.line.clone().try_acquire_owned().ok()?;
-        let permit = tokio::time::timeout(wait, semaphore.acquire_owned()).await;
+        let waited = match slot.limit.line.clone().try_acquire_owned() {
+            Ok(_in_line) => tokio::time::timeout(wait, semaphore.acquire_owned()).await,
+            Err(_) => return Err(slot.limit.turn()),
+        };
         // The semaphore is never closed: an error cannot happen, and would mean "no slot".
-        slot.permit = Some(permit.ok()?.ok()?);
-        Some(slot)
+        match waited {
+            Ok(Ok(permit)) => {
+                slot.permit = Some(permit);
+                Ok(slot)
+            }
+            _ => Err(slot.limit.turn()),
+        }
     }
 
     fn limit(&self, key: &K) -> Arc<Limit> {
@@ -76,6 +143,7 @@ impl<K: Hash + Eq + Clone> Slots<K> {
                 Arc::new(Limit {
                     slots: Arc::new(Semaphore::new(self.per_key)),
                     line: Arc::new(Semaphore::new(self.line)),
+                    pace: Mutex::new(Pace::new(self.per_key, Instant::now())),
                 })
             })
             .clone()
@@ -88,9 +156,24 @@ impl<K: Hash + Eq + Clone> Slots<K> {
     }
 }
 
+impl Limit {
+    fn pace(&self) -> std::sync::MutexGuard<'_, Pace> {
+        // Every critical section is a few assignments: a poisoned pace is still whole.
+        self.pace
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn turn(&self) -> Busy {
+        self.pace().turn(Instant::now())
+    }
+}
+
 impl<K: Hash + Eq + Clone> Drop for Slot<K> {
     fn drop(&mut self) {
-        self.permit.take();
+        if self.permit.take().is_some() {
+            self.limit.pace().returned(Instant::now());
+        }
         let mut limits = lock(&self.limits);
         // Clones of a limit are only taken under this lock: when the map's and this one are
         // the last, nobody holds or awaits a slot of the key, and nobody can start to.
@@ -121,10 +204,10 @@ mod tests {
         for _ in 0..2 {
             held.push(slots.acquire(&"slow", now).await.expect("free slot"));
         }
-        assert!(slots.acquire(&"slow", now).await.is_none());
-        assert!(slots.acquire(&"fast", now).await.is_some());
+        assert!(slots.acquire(&"slow", now).await.is_err());
+        assert!(slots.acquire(&"fast", now).await.is_ok());
         drop(held);
-        assert!(slots.acquire(&"slow", now).await.is_some());
+        assert!(slots.acquire(&"slow", now).await.is_ok());
     }
 
     #[tokio::test]
@@ -139,17 +222,17 @@ mod tests {
         // Let the waiting job take its place in the line.
         tokio::task::yield_now().await;
         assert!(
-            slots.acquire(&"h", Duration::from_secs(5)).await.is_none(),
+            slots.acquire(&"h", Duration::from_secs(5)).await.is_err(),
             "the line (one long) is full"
         );
         drop(held);
         assert!(
-            waiting.await.expect("joined").is_some(),
+            waiting.await.expect("joined").is_ok(),
             "the waiting job got the slot"
         );
         let _held = slots.acquire(&"h", Duration::ZERO).await.expect("slot");
         assert!(
-            slots.acquire(&"h", Duration::from_secs(1)).await.is_none(),
+            slots.acquire(&"h", Duration::from_secs(1)).await.is_err(),
             "no slot within the wait"
         );
     }
@@ -159,12 +242,62 @@ mod tests {
         let slots = Slots::new(1, 1);
         let first = slots.acquire(&1, Duration::ZERO).await.expect("slot");
         let second = slots.acquire(&2, Duration::ZERO).await.expect("slot");
-        assert!(slots.acquire(&1, Duration::ZERO).await.is_none());
+        assert!(slots.acquire(&1, Duration::ZERO).await.is_err());
         assert_eq!(slots.keys(), 2);
         drop(first);
         assert_eq!(slots.keys(), 1);
         drop(second);
         assert_eq!(slots.keys(), 0);
-        assert!(slots.acquire(&1, Duration::ZERO).await.is_some());
+        assert!(slots.acquire(&1, Duration::ZERO).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn refused_jobs_get_turns_spaced_by_how_often_the_key_returns_slots() {
+        tokio::time::pause();
+        let slots = Slots::new(2, 0);
+        // One slot stays held, so the key's limit (and its pace) is kept; the other is
+        // returned every 10 ms for a while: the key's pace.
+        let _anchor = slots.acquire(&"fast", Duration::ZERO).await.expect("slot");
+        for _ in 0..64 {
+            let held = slots.acquire(&"fast", Duration::ZERO).await.expect("slot");
+            tokio::time::advance(Duration::from_millis(10)).await;
+            drop(held);
+        }
+        let _held = slots.acquire(&"fast", Duration::ZERO).await.expect("slot");
+        let turns: Vec<Duration> = futures::future::join_all(
+            (0..3).map(|_| async { slots.acquire(&"fast", Duration::ZERO).await.err() }),
+        )
+        .await
+        .into_iter()
+        .map(|busy| match busy {
+            Some(Busy::Turn(after)) => after,
+            other => panic!("a turn, not {other:?}"),
+        })
+        .collect();
+        let gap = turns[0];
+        assert!(
+            gap > Duration::from_millis(9) && gap < Duration::from_millis(11),
+            "{gap:?}"
+        );
+        assert_eq!(turns, vec![gap, gap * 2, gap * 3], "one turn after another");
+    }
+
+    #[tokio::test]
+    async fn a_key_that_returns_no_slot_is_stuck() {
+        tokio::time::pause();
+        let slots = Slots::new(1, 1);
+        let _held = slots
+            .acquire(&"hanging", Duration::ZERO)
+            .await
+            .expect("slot");
+        assert!(
+            matches!(
+                slots.acquire(&"hanging", Duration::ZERO).await.err(),
+                Some(Busy::Turn(_))
+            ),
+            "refused before it could be stuck: a turn"
+        );
+        let waited = slots.acquire(&"hanging", STUCK_AFTER).await.err();
+        assert_eq!(waited, Some(Busy::Stuck));
     }
 }

@@ -194,6 +194,40 @@ impl Process {
         Process { child }
     }
 
+    /// `ferry forwarder` for `endpoint` on the standalone server at `nats_url`, calling the
+    /// model at `model_url` on `/` (predict and health), with `extra` settings.
+    pub fn forwarder(
+        nats_url: &str,
+        endpoint: &str,
+        model_url: &str,
+        extra: &[(&str, &str)],
+    ) -> Process {
+        let mut envs = vec![
+            ("FERRY_NATS_URL", nats_url),
+            ("FERRY_ENDPOINT_ID", endpoint),
+            ("FERRY_MODEL_URL", model_url),
+            ("FERRY_PREDICT_ROUTE", "/"),
+            ("FERRY_HEALTHCHECK_ROUTE", "/"),
+        ];
+        envs.extend_from_slice(extra);
+        Process::spawn(&["forwarder"], &envs)
+    }
+
+    /// `ferry dispatcher` with `flags` on the standalone server at `nats_url`, allowed to call
+    /// receivers on loopback.
+    pub fn dispatcher(nats_url: &str, flags: &[&str]) -> Process {
+        let args: Vec<&str> = std::iter::once("dispatcher")
+            .chain(flags.iter().copied())
+            .collect();
+        Process::spawn(
+            &args,
+            &[
+                ("FERRY_NATS_URL", nats_url),
+                ("FERRY_CALLBACK_ALLOW_CIDRS", "127.0.0.0/8"),
+            ],
+        )
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().expect("process still running")
     }
