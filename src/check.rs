@@ -24,25 +24,30 @@ pub enum Error {
 }
 
 pub async fn run(role: Role) -> anyhow::Result<()> {
-    let (name, nats, queue_role) = match &role {
+    let (name, nats, connection) = match &role {
         Role::Gateway(args) => {
             crate::gateway::config(args)?;
-            ("gateway", &args.nats, QueueRole::Gateway)
+            let connection = args.nats.connection()?.for_role(QueueRole::Gateway);
+            ("gateway", &args.nats, connection)
         }
         Role::Forwarder(args) => {
-            crate::forwarder::config(args)?;
-            ("forwarder", &args.nats, QueueRole::Forwarder)
+            let (endpoint, _) = crate::forwarder::config(args)?;
+            // As the forwarder connects: its endpoint's own credentials may use no other inbox.
+            let connection = args.nats.connection()?.for_forwarder_of(&endpoint);
+            ("forwarder", &args.nats, connection)
         }
         Role::Dispatcher(args) => {
             crate::callback::clients(args)?;
             args.seal.key_ring()?;
-            ("dispatcher", &args.nats, QueueRole::Dispatcher)
+            let connection = args.nats.connection()?.for_role(QueueRole::Dispatcher);
+            ("dispatcher", &args.nats, connection)
         }
         Role::Operator(args) => {
             crate::controller::settings(args);
             crate::controller::forwarder_creds_issuing(&args.forwarder_creds)?;
             args.seal.key_ring()?;
-            ("operator", &args.nats, QueueRole::Operator)
+            let connection = args.nats.connection()?.for_role(QueueRole::Operator);
+            ("operator", &args.nats, connection)
         }
         Role::Dev(_) => return Err(Error::Role("dev").into()),
         Role::Crd => return Err(Error::Role("crd").into()),
@@ -51,7 +56,7 @@ pub async fn run(role: Role) -> anyhow::Result<()> {
         Role::BenchModel(_) => return Err(Error::Role("bench-model").into()),
     };
     check_env(name, std::env::vars().map(|(key, _)| key))?;
-    connect(nats, queue_role).await?;
+    connect(nats, &connection).await?;
     println!(
         "ferry {name}: configuration valid, NATS at {} reached",
         nats.url
@@ -86,12 +91,12 @@ fn check_env(role: &'static str, names: impl Iterator<Item = String>) -> Result<
 }
 
 /// Connects as the role would, which also checks that the server takes the retention.
-async fn connect(nats: &NatsArgs, role: QueueRole) -> anyhow::Result<()> {
+async fn connect(nats: &NatsArgs, connection: &crate::queue::Connection) -> anyhow::Result<()> {
     let settings = QueueSettings {
         result_retention: nats.result_retention,
         ..Default::default()
     };
-    Queue::connect(&nats.connection()?.for_role(role), settings, NATS_WAIT).await?;
+    Queue::connect(connection, settings, NATS_WAIT).await?;
     Ok(())
 }
 

@@ -32,11 +32,19 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
     let manifests = manifest::load(&args.manifests)?;
     let keys = ApiKeys::parse(&args.auth.api_keys, true)?;
     let ring = Arc::new(args.seal.key_ring_or_generate()?);
-    let (connection, _nats_server) = match &args.nats_url {
-        Some(url) => (args.nats_access.connection(url)?, None),
+    let (connection, forwarders, _nats_server) = match &args.nats_url {
+        Some(url) => (
+            args.nats_access.connection(url)?,
+            nats::ForwarderAccess::Shared,
+            None,
+        ),
         None => {
             let server = nats::start(&args.nats_server).await?;
-            (server.connection.clone(), Some(server))
+            (
+                server.connection.clone(),
+                server.forwarders.clone(),
+                Some(server),
+            )
         }
     };
     let loopback = ["127.0.0.0/8".parse()?, "::1/128".parse()?];
@@ -83,6 +91,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
             metrics: AutoscaleMetrics::register(&mut registry),
         },
         ring.clone(),
+        forwarders,
     ));
     load_manifests(&runtime, &manifests).await?;
 

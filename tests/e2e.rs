@@ -543,3 +543,154 @@ async fn the_gateway_closes_slow_and_idle_connections_and_idle_sockets_cannot_st
         );
     }
 }
+
+/// A model that turns on ferry: it finds every port its `ferry dev` and that process's other
+/// children listen on (as a compromised model would, from /proc), tries NATS without
+/// credentials, and posts a forged task for another endpoint to every HTTP port but the
+/// gateway's and its own, without a serving token and with a made-up one.
+const HOSTILE_MODEL: &str = r#"import socket, urllib.request, urllib.error
+def family():
+    parent = os.getppid()
+    pids = {parent}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                pids.add(int(entry))
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            pass
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                ports.add(int(fields[1].split(":")[1], 16))
+    return sorted(ports)
+def greeting(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.settimeout(0.5)
+        try:
+            return s.recv(4096)
+        except socket.timeout:
+            return b""
+def nats_without_credentials(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.settimeout(2)
+        s.recv(4096)
+        s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"protocol":1}\r\nPING\r\n')
+        answer = b""
+        try:
+            while b"\r\n" not in answer:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        except socket.timeout:
+            pass
+        return answer.decode(errors="replace").strip()
+def forge(port, token):
+    task = {"v": "1", "task_id": args["victim_task_id"], "endpoint_id": args["victim_endpoint_id"],
+            "args": {"stolen": True}, "submitted_at_ms": 0}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=json.dumps(task).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    if token:
+        request.add_header("ferry-serving-token", token)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
+    except OSError as error:
+        return 0, str(error)
+found = {"nats": [], "http": []}
+for port in family():
+    if port in (int(os.environ["PORT"]), args["gateway_port"]):
+        continue
+    hello = greeting(port)
+    if hello.startswith(b"INFO"):
+        found["nats"].append(nats_without_credentials(port))
+        continue
+    no_token, wrong_token = forge(port, None), forge(port, "forged-token")
+    found["http"].append({"port": port, "no_token": no_token, "wrong_token": wrong_token})
+return 200, found"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_model_reaches_neither_nats_nor_another_endpoints_worker() {
+    let sync_endpoint = |name: &str, bundle: &str| {
+        format!(
+            "apiVersion: ferry.dev/v1alpha1\nkind: ModelEndpoint\nmetadata:\n  name: {name}\nspec:\n  bundle: {bundle}\n  endpointType: sync\n  labels: {{team: t, product: p}}\n"
+        )
+    };
+    let manifests = Manifests::with_example_bundle();
+    manifests.add(
+        "hostile-bundle.yaml",
+        &python_bundle_yaml("hostile", HOSTILE_MODEL),
+    );
+    manifests.add(
+        "victim-bundle.yaml",
+        &python_bundle_yaml("victim", "return 200, {'victim': True}"),
+    );
+    manifests.add("hostile.yaml", &sync_endpoint("hostile", "hostile"));
+    manifests.add("victim.yaml", &sync_endpoint("victim", "victim"));
+    let dev = Dev::start(manifests.path(), None).await;
+    let hostile = dev.ready_endpoint("hostile").await;
+    let victim = dev.ready_endpoint("victim").await;
+    let gateway_port: u16 = dev.base.rsplit(':').next().unwrap().parse().unwrap();
+
+    let (status, answer) = dev
+        .post(
+            &format!("/v1/sync-tasks?model_endpoint_id={hostile}"),
+            &json!({"args": {
+                "gateway_port": gateway_port,
+                "victim_endpoint_id": victim,
+                "victim_task_id": format!("{victim}-0190f4a2-7c1e-7b3a-9f00-0123456789ab"),
+            }, "timeout_seconds": 60}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let found = &answer["result"]["result"];
+
+    let nats = found["nats"].as_array().expect("NATS answers");
+    assert_eq!(nats.len(), 1, "ferry dev's nats-server was found: {found}");
+    assert!(
+        nats[0]
+            .as_str()
+            .unwrap()
+            .contains("Authorization Violation"),
+        "NATS let a model in without credentials: {found}"
+    );
+    // Every other port is a worker's serving port (the hostile endpoint's and the victim's) or
+    // the victim's model, which is no ferry boundary in `ferry dev` (pods keep models apart).
+    let http = found["http"].as_array().expect("HTTP answers");
+    let mut refusing_workers = 0;
+    for port in http {
+        let answered = |attempt: &str| port[attempt][0].as_u64().unwrap_or_default();
+        let body = |attempt: &str| port[attempt][1].as_str().unwrap_or_default().to_owned();
+        if body("no_token").contains("victim") {
+            continue;
+        }
+        for attempt in ["no_token", "wrong_token"] {
+            assert_eq!(
+                answered(attempt),
+                401,
+                "a forged task {attempt} was not refused: {port}"
+            );
+            assert!(body(attempt).contains("serving token"), "{port}");
+        }
+        refusing_workers += 1;
+    }
+    assert!(
+        refusing_workers >= 2,
+        "both endpoints' workers were found and refused: {found}"
+    );
+}

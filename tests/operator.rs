@@ -322,3 +322,95 @@ async fn a_standby_replica_waits_and_takes_over_when_the_leader_dies() {
     let leader = metrics_of(&second_admin).await.expect("leader metrics");
     assert!(leader.contains("ferry_controller_leader 1"), "{leader}");
 }
+
+/// Runs `ferry nats-auth --out dir`.
+async fn nats_auth(dir: &std::path::Path) {
+    let output = tokio::process::Command::new(ferry_bin())
+        .args(["nats-auth", "--out"])
+        .arg(dir)
+        .output()
+        .await
+        .expect("ferry runs");
+    assert!(output.status.success(), "{output:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_pods_get_forwarder_credentials_a_server_with_nats_auth_accepts() {
+    let auth = tempfile::tempdir().expect("temp dir");
+    nats_auth(auth.path()).await;
+    let file = |name: &str| auth.path().join(name).display().to_string();
+    let nats = Nats::start_with(&["--config", &file("server.conf")]).await;
+    let api = KubeApiServer::start(&[]).await;
+    let admin = format!("127.0.0.1:{}", free_port());
+    let (creds, account, seed) = (
+        file("operator.creds"),
+        file("account.pub"),
+        file("account-signing.nk"),
+    );
+    let _operator = spawn_operator(
+        &api.kubeconfig(),
+        &nats,
+        &admin,
+        &[
+            ("FERRY_NATS_CREDS_FILE", &creds),
+            ("FERRY_NATS_ACCOUNT_FILE", &account),
+            ("FERRY_NATS_ACCOUNT_SIGNING_SEED_FILE", &seed),
+        ],
+    );
+    for document in manifest(&examples_dir().join("test-bundle.yaml")) {
+        api.create(BUNDLES, &document).await;
+    }
+    let endpoint = manifest(&examples_dir().join("demo-endpoint-callback.yaml")).remove(0);
+    api.create(ENDPOINTS, &endpoint).await;
+
+    let secret_path = "/api/v1/namespaces/default/secrets/demo-endpoint-callback-worker";
+    let secret = eventually(
+        "the worker Secret with NATS credentials",
+        TIMEOUT,
+        || async {
+            let secret = api.get(secret_path).await?;
+            secret["data"]["nats.creds"].is_string().then_some(secret)
+        },
+    )
+    .await;
+    let expires = &secret["metadata"]["annotations"]["ferry.dev/nats-creds-expires"];
+    assert!(expires.is_string(), "{secret}");
+    let deployment = eventually("the worker Deployment", TIMEOUT, || api.get(DEPLOYMENT)).await;
+    let pod = &deployment["spec"]["template"]["spec"];
+    let forwarder = &pod["containers"][1];
+    assert_eq!(
+        pod["volumes"][0]["secret"]["secretName"],
+        "demo-endpoint-callback-worker"
+    );
+    assert_eq!(pod["volumes"][0]["secret"]["items"][0]["key"], "nats.creds");
+    assert!(
+        pod["containers"][0].get("volumeMounts").is_none(),
+        "the model gets none"
+    );
+    let mount = forwarder["volumeMounts"][0]["mountPath"]
+        .as_str()
+        .expect("mount");
+
+    // The forwarder as rendered, with the Secret's key where the kubelet would put it: it
+    // connects to the server as its endpoint's own user.
+    use base64::Engine;
+    let key = secret["data"]["nats.creds"].as_str().expect("key");
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .expect("base64");
+    let local = tempfile::tempdir().expect("temp dir");
+    let local_creds = local.path().join("nats.creds");
+    std::fs::write(&local_creds, key).expect("write");
+    let env: Vec<(String, String)> = env_of(forwarder)
+        .into_iter()
+        .map(|(name, value)| match name.as_str() {
+            "FERRY_NATS_CREDS_FILE" => {
+                assert_eq!(value, format!("{mount}/nats.creds"));
+                (name, local_creds.display().to_string())
+            }
+            _ => (name, value),
+        })
+        .collect();
+    assert!(env.iter().any(|(name, _)| name == "FERRY_NATS_CREDS_FILE"));
+    check_config(forwarder, &env).await;
+}

@@ -10,7 +10,10 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::queue::{Connection, Credentials, Role};
+use std::sync::Arc;
+
+use crate::crd::EndpointId;
+use crate::queue::{Connection, Credentials, Queue, QueueSettings, Role};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -26,8 +29,10 @@ pub enum Error {
     },
     #[error("creating the JetStream store directory")]
     StoreDir(#[source] std::io::Error),
-    #[error("generating the server's authorization")]
+    #[error("generating the server's authorization or a forwarder's credentials")]
     Auth(#[from] crate::nats_auth::Error),
+    #[error("connecting an endpoint's forwarders with their own credentials")]
+    ForwarderQueue(#[source] crate::queue::Error),
     #[error(
         "`{program}` did not report a client port within {seconds} s (it needs JetStream: version 2.10 or newer)"
     )]
@@ -37,6 +42,8 @@ pub enum Error {
 pub struct NatsServer {
     /// How ferry's own roles connect to it.
     pub connection: Connection,
+    /// How the forwarders of local workers connect to it.
+    pub forwarders: ForwarderAccess,
     _child: Child,
     store: tempfile::TempDir,
 }
@@ -49,10 +56,62 @@ pub async fn start(program: &Path) -> Result<NatsServer, Error> {
     let mut server = start_with_config(program, &auth.server_config()?).await?;
     let creds = server.store.path().join("ferry.creds");
     crate::nats_auth::write_private(&creds, &auth.role_creds(Role::All)?)?;
+    server.forwarders = ForwarderAccess::Issued {
+        connection: Box::new(server.connection.clone()),
+        issuer: Arc::new(auth.forwarder_issuer()),
+        dir: server.store.path().to_owned(),
+    };
     server.connection = server
         .connection
         .with_credentials(Credentials::CredsFile(creds));
     Ok(server)
+}
+
+/// How local forwarders reach NATS.
+#[derive(Clone)]
+pub enum ForwarderAccess {
+    /// With `ferry dev`'s own connection (a server given by URL: dev cannot issue users).
+    Shared,
+    /// Each endpoint's forwarders with credentials issued for that endpoint alone, as the
+    /// operator issues them in a cluster, written beside the server's store (mode 0600).
+    Issued {
+        connection: Box<Connection>,
+        issuer: Arc<crate::nats_auth::ForwarderIssuer>,
+        dir: PathBuf,
+    },
+}
+
+/// Validity of a local forwarder's credentials: longer than any `ferry dev` session.
+const LOCAL_FORWARDER_VALIDITY: std::time::Duration = std::time::Duration::from_secs(366 * 86_400);
+
+impl ForwarderAccess {
+    /// The queue the forwarders of `endpoint` use: `shared` or a connection of their own.
+    pub async fn queue(
+        &self,
+        endpoint: &EndpointId,
+        shared: &Queue,
+        settings: QueueSettings,
+    ) -> Result<Queue, Error> {
+        let ForwarderAccess::Issued {
+            connection,
+            issuer,
+            dir,
+        } = self
+        else {
+            return Ok(shared.clone());
+        };
+        let creds = dir.join(format!("forwarder-{endpoint}.creds"));
+        let expires = jiff::Timestamp::now()
+            .checked_add(LOCAL_FORWARDER_VALIDITY)
+            .map_err(|_| crate::nats_auth::Error::ValidFor)?;
+        crate::nats_auth::write_private(&creds, &issuer.forwarder_creds(endpoint, expires)?)?;
+        let connection = Connection::clone(connection)
+            .with_credentials(Credentials::CredsFile(creds))
+            .for_forwarder_of(endpoint);
+        Queue::connect(&connection, settings, Duration::from_secs(5))
+            .await
+            .map_err(Error::ForwarderQueue)
+    }
 }
 
 /// Starts the server with `config` (nats-server configuration text: authorization, TLS, …)
@@ -125,6 +184,7 @@ pub async fn start_on_port(
     Ok(NatsServer {
         // The address the server reported: a plain host and port.
         connection: Connection::open(&url).map_err(|_| no_port())?,
+        forwarders: ForwarderAccess::Shared,
         _child: child,
         store,
     })

@@ -111,7 +111,10 @@ pub struct Pool {
     pub endpoint: Arc<ModelEndpoint>,
     pub bundle: Arc<ModelBundle>,
     pub catalog: Catalog,
+    /// Reads the endpoint's load.
     pub queue: Queue,
+    /// What its forwarders pull, record and queue callbacks with.
+    pub forwarder_queue: Queue,
     pub metrics: Arc<ForwarderMetrics>,
     pub scaling: Scaling,
     /// What the gateway presents to the endpoint's serving workers.
@@ -258,7 +261,7 @@ impl Pool {
             endpoint: self.endpoint.clone(),
             bundle: self.bundle.clone(),
             catalog: self.catalog.clone(),
-            queue: self.queue.clone(),
+            queue: self.forwarder_queue.clone(),
             metrics: self.metrics.clone(),
             serving_token: self.serving_token.clone(),
         };

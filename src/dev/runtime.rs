@@ -11,13 +11,14 @@ use kube::ResourceExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::nats::ForwarderAccess;
 use super::pool::Pool;
 pub use super::pool::Scaling;
 use crate::callback::policy::resolve_policy;
 use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::crd::{BundleId, EndpointId, ModelBundle, ModelEndpoint, namespace_of};
 use crate::forwarder::ForwarderMetrics;
-use crate::queue::Queue;
+use crate::queue::{Queue, QueueSettings};
 use crate::seal::KeyRing;
 
 type SecretData = BTreeMap<String, Vec<u8>>;
@@ -38,6 +39,8 @@ pub struct Runtime {
     scaling: Scaling,
     /// Seals callback policies; derives the serving tokens of local sync workers.
     ring: Arc<KeyRing>,
+    /// How each endpoint's forwarders reach NATS.
+    forwarders: ForwarderAccess,
     secrets: Mutex<HashMap<(String, String), SecretData>>,
     /// Serializes changes, so two API calls cannot start workers for one endpoint twice.
     runs: tokio::sync::Mutex<HashMap<EndpointId, Run>>,
@@ -51,6 +54,7 @@ impl Runtime {
         cancel: CancellationToken,
         scaling: Scaling,
         ring: Arc<KeyRing>,
+        forwarders: ForwarderAccess,
     ) -> Self {
         Runtime {
             queue,
@@ -59,6 +63,7 @@ impl Runtime {
             cancel,
             scaling,
             ring,
+            forwarders,
             secrets: Mutex::default(),
             runs: Default::default(),
         }
@@ -111,7 +116,13 @@ impl Runtime {
         if let Some(old) = runs.remove(&id) {
             stop(old).await;
         }
-        runs.insert(id, self.start(Arc::new(endpoint), bundle, started_from));
+        let forwarder_queue = self
+            .forwarders
+            .queue(&id, &self.queue, QueueSettings::default())
+            .await
+            .map_err(|error| WriteError::Unavailable(Box::new(error)))?;
+        let run = self.start(Arc::new(endpoint), bundle, forwarder_queue, started_from);
+        runs.insert(id, run);
         Ok(())
     }
 
@@ -148,6 +159,7 @@ impl Runtime {
         &self,
         endpoint: Arc<ModelEndpoint>,
         bundle: Arc<ModelBundle>,
+        forwarder_queue: Queue,
         started_from: String,
     ) -> Run {
         let stop = self.cancel.child_token();
@@ -157,6 +169,7 @@ impl Runtime {
             bundle,
             catalog: self.catalog.clone(),
             queue: self.queue.clone(),
+            forwarder_queue,
             metrics: self.metrics.clone(),
             scaling: self.scaling.clone(),
         };

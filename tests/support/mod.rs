@@ -71,8 +71,13 @@ pub struct Nats {
 
 impl Nats {
     pub async fn start() -> Nats {
+        Nats::start_with(&[]).await
+    }
+
+    /// A server started with these further arguments (e.g. `--config` with authorization).
+    pub async fn start_with(extra: &[&str]) -> Nats {
         let store = tempfile::tempdir().unwrap();
-        let (child, address) = spawn_nats_server(store.path(), "-1").await;
+        let (child, address) = spawn_nats_server(store.path(), "-1", extra).await;
         Nats {
             url: format!("nats://{address}"),
             child,
@@ -87,14 +92,14 @@ impl Nats {
         self.child.wait().await.unwrap();
         tokio::time::sleep(outage).await;
         let port = self.url.rsplit(':').next().unwrap().to_owned();
-        let (child, _) = spawn_nats_server(self.store.path(), &port).await;
+        let (child, _) = spawn_nats_server(self.store.path(), &port, &[]).await;
         self.child = child;
     }
 }
 
 /// A JetStream nats-server on 127.0.0.1 (`port` "-1" for a free one); the child and the
 /// `host:port` it listens on.
-async fn spawn_nats_server(store: &Path, port: &str) -> (Child, String) {
+async fn spawn_nats_server(store: &Path, port: &str, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new("nats-server")
         .args([
             "--jetstream",
@@ -105,6 +110,7 @@ async fn spawn_nats_server(store: &Path, port: &str) -> (Child, String) {
             "--store_dir",
         ])
         .arg(store)
+        .args(extra)
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()

@@ -176,12 +176,19 @@ readinessProbe:
 {{/* How a role reaches NATS (call with dict "root" $ "role" "<role>"): its own .creds file from
      nats.auth.existingSecret and the TLS files, as the --nats-* variables, the mounts and the
      volumes. Each pod mounts only its role's key of the auth Secret; the operator also the
-     account signing key it issues forwarders' credentials with. */}}
+     account's public key and signing key it issues forwarders' credentials with. */}}
 {{- define "ferry.natsAccessEnv" -}}
 {{- $nats := .root.Values.nats }}
 {{- if $nats.auth.existingSecret }}
 - name: FERRY_NATS_CREDS_FILE
   value: /etc/ferry/nats-auth/{{ .role }}.creds
+{{- if eq .role "operator" }}
+# The operator issues each endpoint's forwarders NATS credentials of their own with these.
+- name: FERRY_NATS_ACCOUNT_FILE
+  value: /etc/ferry/nats-auth/account.pub
+- name: FERRY_NATS_ACCOUNT_SIGNING_SEED_FILE
+  value: /etc/ferry/nats-auth/account-signing.nk
+{{- end }}
 {{- end }}
 {{- if $nats.tls.caSecret.name }}
 - name: FERRY_NATS_TLS_CA_FILE
@@ -223,6 +230,7 @@ readinessProbe:
       - {key: {{ .role }}.creds, path: {{ .role }}.creds}
       {{- if eq .role "operator" }}
       - {key: account-signing.nk, path: account-signing.nk}
+      - {key: account.pub, path: account.pub}
       {{- end }}
 {{- end }}
 {{- if $nats.tls.caSecret.name }}
@@ -241,4 +249,15 @@ readinessProbe:
       - {key: tls.crt, path: tls.crt}
       - {key: tls.key, path: tls.key}
 {{- end }}
+{{- end }}
+
+{{/* The operator's one rule on Secrets, exactly the calls it makes (never list or watch): get
+     by name of the Secrets an endpoint names (labels first, data only of one labelled
+     ferry.dev/callback-credentials=true), and get, create and patch of each endpoint's worker
+     Secret (serving token and forwarder NATS credentials: checked for ownership and read back,
+     server-side applied, garbage-collected through its owner reference). */}}
+{{- define "ferry.operatorSecretRule" -}}
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create, patch]
 {{- end }}
