@@ -4,7 +4,8 @@
 //! that never answers — then starts `ferry dispatcher` (this binary; it inherits the
 //! environment, so `FERRY_PER_HOST_CONCURRENCY` and the other dispatcher settings apply) and
 //! times the drain of the fast receiver's callbacks. Reports callbacks per second, duplicates,
-//! the most requests the hanging receiver held at once and the dispatcher's CPU per callback.
+//! the most requests the hanging receiver held at once, how often jobs were deferred and the
+//! dispatcher's CPU per callback.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -101,12 +102,17 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
         .into_iter()
         .collect::<anyhow::Result<Vec<()>>>()?;
 
+    let admin = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?
+    };
     let started_ns = seen.start.elapsed().as_nanos() as u64;
     let mut dispatcher = tokio::process::Command::new(std::env::current_exe()?)
         .arg("dispatcher")
         .env("FERRY_NATS_URL", server.connection.url())
         .env("FERRY_SEAL_KEY_FILE", &key_file)
         .env("FERRY_CALLBACK_ALLOW_CIDRS", "127.0.0.0/8")
+        .env("FERRY_ADMIN_LISTEN", admin.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -124,6 +130,7 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
         _ = cancel.cancelled() => anyhow::bail!("interrupted"),
     }
     let cpu = cpu_seconds(&pids) - cpu_before;
+    let deferred = deferred_jobs(admin).await;
     dispatcher.start_kill()?;
     stop_receiver.cancel();
 
@@ -146,10 +153,25 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
         "seconds_to_last_callback": last,
         "callbacks_per_second": if last > first { received as f64 / (last - first) } else { 0.0 },
         "hanging_receiver_most_held": hang.most_held(),
+        "deferred": deferred,
         "dispatcher_cpu_ms_per_callback": if received > 0 { cpu * 1000.0 / received as f64 } else { 0.0 },
     });
     println!("{report:#}");
     Ok(())
+}
+
+/// `ferry_dispatcher_deferred_total` from the dispatcher's /metrics: how often a job went back
+/// to JetStream for want of a slot.
+async fn deferred_jobs(admin: std::net::SocketAddr) -> Option<f64> {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("ferry_dispatcher_deferred_total "))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 async fn publish_job(

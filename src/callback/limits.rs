@@ -10,8 +10,8 @@
 //! the next turn in a schedule spaced by how often the key returns one, so a backlog for a
 //! fast receiver comes back at the pace the receiver takes it, each job about once, instead of
 //! churning through the queue or waiting out long backoffs. A key that has returned no slot for
-//! [`STUCK_AFTER`] is stuck (a hanging receiver): its jobs are refused without a turn and back
-//! off on their own.
+//! [`STUCK_AFTER`] is stuck (a hanging receiver): its jobs are refused at once, without a
+//! place in line or a turn, and back off on their own.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -77,9 +77,13 @@ impl Pace {
         self.last_return = now;
     }
 
+    fn is_stuck(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_return) >= STUCK_AFTER
+    }
+
     /// The next turn for a refused job, or `Stuck`.
     fn turn(&mut self, now: Instant) -> Busy {
-        if now.saturating_duration_since(self.last_return) >= STUCK_AFTER {
+        if self.is_stuck(now) {
             return Busy::Stuck;
         }
         self.next_turn = self.next_turn.max(now) + self.gap;
@@ -120,6 +124,10 @@ impl<K: Hash + Eq + Clone> Slots<K> {
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
             slot.permit = Some(permit);
             return Ok(slot);
+        }
+        if slot.limit.pace().is_stuck(Instant::now()) {
+            // Waiting in line for a stuck key would only hold the dispatcher's capacity.
+            return Err(Busy::Stuck);
         }
         let waited = match slot.limit.line.clone().try_acquire_owned() {
             Ok(_in_line) => tokio::time::timeout(wait, semaphore.acquire_owned()).await,
@@ -299,5 +307,13 @@ mod tests {
         );
         let waited = slots.acquire(&"hanging", STUCK_AFTER).await.err();
         assert_eq!(waited, Some(Busy::Stuck));
+        let asked = Instant::now();
+        let refused = slots.acquire(&"hanging", STUCK_AFTER).await.err();
+        assert_eq!(refused, Some(Busy::Stuck));
+        assert_eq!(
+            asked.elapsed(),
+            Duration::ZERO,
+            "no wait in line once stuck"
+        );
     }
 }
