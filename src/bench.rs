@@ -54,18 +54,12 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
         received: AtomicU64::new(0),
         done: tokio::sync::Notify::new(),
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let receiver_url = format!("http://{}:{port}/cb", args.callback_host);
     let receiver = Router::new()
         .route("/cb/{index}", post(receive))
         .with_state(timings.clone());
     let stop_receiver = cancel.child_token();
-    tokio::spawn(
-        axum::serve(listener, receiver)
-            .with_graceful_shutdown(stop_receiver.clone().cancelled_owned())
-            .into_future(),
-    );
+    let port = serve_receiver(receiver, &stop_receiver).await?.port();
+    let receiver_url = format!("http://{}:{port}/cb", args.callback_host);
 
     let hang_url = format!("http://{}/hang", HangingReceiver::start().await?.addr);
     let hanging = |index: usize| index % 100 < usize::from(args.hanging_percent);
@@ -137,6 +131,21 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
 }
 
 /// User plus system CPU seconds the processes have used so far (Linux `/proc`; 100 ticks/s).
+/// Serves `receiver` on a free port of 127.0.0.1 until `stop`; its address.
+async fn serve_receiver(
+    receiver: Router,
+    stop: &CancellationToken,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(
+        axum::serve(listener, receiver)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    Ok(addr)
+}
+
 fn cpu_seconds(pids: &[u32]) -> f64 {
     let ticks: u64 = pids
         .iter()

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{HangingReceiver, cpu_seconds};
+use super::{HangingReceiver, cpu_seconds, serve_receiver};
 use crate::cli::BenchArgs;
 use crate::crd::EndpointId;
 use crate::queue::{Queue, QueueSettings};
@@ -68,16 +68,13 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
         received: AtomicU64::new(0),
         done: tokio::sync::Notify::new(),
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let fast_url = format!("http://{}/cb", listener.local_addr()?);
     let receiver = Router::new()
         .route("/cb/{index}", post(receive))
         .with_state(seen.clone());
     let stop_receiver = cancel.child_token();
-    tokio::spawn(
-        axum::serve(listener, receiver)
-            .with_graceful_shutdown(stop_receiver.clone().cancelled_owned())
-            .into_future(),
+    let fast_url = format!(
+        "http://{}/cb",
+        serve_receiver(receiver, &stop_receiver).await?
     );
     let hang = HangingReceiver::start().await?;
     let hang_url = format!("http://{}/hang", hang.addr);
