@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{family::Family, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
 
 use kube::ResourceExt;
 
 use crate::crd::{EndpointId, ModelEndpoint, ModelEndpointSpec, namespace_of};
+use crate::queue::LoadReport;
 
 /// What the endpoint's load looks like now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -146,16 +146,6 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// A report older than this no longer counts: its gateway stopped reporting (idle or gone).
 const REPORT_TTL: Duration = Duration::from_secs(3);
-
-/// One gateway's sync and streaming requests for one endpoint, including those waiting for a
-/// worker: the most it held at once since its previous report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LoadReport {
-    pub endpoint: EndpointId,
-    /// The reporting gateway, so reports of several gateways add up.
-    pub source: String,
-    pub in_flight: u64,
-}
 
 /// The requests every gateway holds per endpoint, from their latest fresh reports.
 #[derive(Debug, Default)]

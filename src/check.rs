@@ -37,7 +37,7 @@ pub async fn run(role: Role) -> anyhow::Result<()> {
             ("forwarder", &args.nats, connection)
         }
         Role::Dispatcher(args) => {
-            crate::callback::clients(args)?;
+            crate::dispatcher::clients(args)?;
             args.seal.key_ring()?;
             let connection = args.nats.connection()?.for_role(QueueRole::Dispatcher);
             ("dispatcher", &args.nats, connection)

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::callback::{DispatcherSettings, Guard, Timeouts};
+use crate::callback::Guard;
 use crate::controller::build::WorkerNetworkPolicy;
+use crate::dispatcher::{DispatcherSettings, Timeouts};
 use crate::forwarder::env as forwarder_env;
 
 #[derive(Parser, Debug)]

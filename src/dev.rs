@@ -2,7 +2,6 @@
 //! starts (or joins) a JetStream server, runs each async endpoint's workers as local processes
 //! with in-process forwarders, and serves the gateway and the dispatcher in this process.
 
-pub(crate) mod nats;
 mod pool;
 mod runtime;
 mod workers;
@@ -17,13 +16,14 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Readiness;
 use crate::autoscale::AutoscaleMetrics;
 use crate::callback::policy::resolve_policy;
-use crate::callback::{Clients, Dispatcher, DispatcherMetrics};
 use crate::catalog::{Catalog, NamedSecret};
 use crate::cli::DevArgs;
 use crate::crd::namespace_of;
+use crate::dispatcher::{Clients, Dispatcher, DispatcherMetrics};
 use crate::forwarder::ForwarderMetrics;
 use crate::gateway::{self, ApiKeys, AppState, GatewayMetrics};
 use crate::manifest::{self, Manifests};
+use crate::nats_server;
 use crate::queue::{Queue, QueueSettings};
 use crate::seal::KeyRing;
 use runtime::Runtime;
@@ -35,11 +35,11 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
     let (connection, forwarders, _nats_server) = match &args.nats_url {
         Some(url) => (
             args.nats_access.connection(url)?,
-            nats::ForwarderAccess::Shared,
+            nats_server::ForwarderAccess::Shared,
             None,
         ),
         None => {
-            let server = nats::start(&args.nats_server).await?;
+            let server = nats_server::start(&args.nats_server).await?;
             (
                 server.connection.clone(),
                 server.forwarders.clone(),

@@ -11,12 +11,14 @@ mod cli;
 mod controller;
 mod crd;
 mod dev;
+mod dispatcher;
 mod forwarder;
 mod gateway;
 mod http_server;
 mod manifest;
 mod metrics;
 mod nats_auth;
+mod nats_server;
 mod queue;
 mod seal;
 mod task;
@@ -49,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
         Role::Dev(args) => dev::run(args, cancel).await,
         Role::Gateway(args) => gateway::run(args, cancel).await,
         Role::Forwarder(args) => forwarder::run(args, cancel).await,
-        Role::Dispatcher(args) => callback::run(args, cancel).await,
+        Role::Dispatcher(args) => dispatcher::run(args, cancel).await,
         Role::Operator(args) => controller::run(args, cancel).await,
         Role::Bench(args) => bench::run(args, cancel).await,
         Role::BenchModel(args) => bench::model::run(args, cancel).await,

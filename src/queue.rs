@@ -22,6 +22,7 @@ pub use callbacks::{CALLBACK_LEASE_RENEWAL, CallbackDelivery};
 pub use connect::{ClientCert, ConfigError, Connection, Credentials, Tls};
 pub use lease::{Held, Puller, consume, keep_alive_while_held};
 pub use limits::QueueLimits;
+pub use load::LoadReport;
 pub use permissions::{Permissions, Role, forwarder_of, permissions};
 pub use results::RecordAt;
 pub use tasks::{Backlog, MAX_TASK_ATTEMPTS, MAX_TASK_DELIVERIES, QueueSpec, TaskDelivery};

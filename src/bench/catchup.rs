@@ -44,7 +44,7 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     let hanging = |index: usize| index % 100 < usize::from(args.hanging_percent);
     let fast_jobs = (0..jobs).filter(|index| !hanging(*index)).count() as u64;
 
-    let server = crate::dev::nats::start_with_config(Path::new("nats-server"), "").await?;
+    let server = crate::nats_server::start_with_config(Path::new("nats-server"), "").await?;
     let queue = Queue::connect(
         &server.connection,
         QueueSettings::default(),

@@ -14,7 +14,7 @@ use super::reconcile::{error_policy, reconcile};
 use super::{Error, FINALIZER};
 use crate::controller::context::Context;
 use crate::crd::{ModelEndpoint, ModelEndpointStatus};
-use crate::dev::nats::{self, NatsServer};
+use crate::nats_server::{self, NatsServer};
 use crate::queue::{Queue, QueueSpec};
 
 mod autoscale;
@@ -29,7 +29,7 @@ const WORKER_SECRET: &str = "/api/v1/namespaces/ml/secrets/demo-worker";
 const SERVICE: &str = "/api/v1/namespaces/ml/services/demo";
 
 async fn start_nats() -> (NatsServer, Queue) {
-    nats::start_with_queue().await
+    nats_server::start_with_queue().await
 }
 
 /// A NATS URL nothing listens on.

@@ -16,13 +16,14 @@ use tokio_util::sync::CancellationToken;
 use super::workers::Worker;
 use crate::admin::Readiness;
 use crate::autoscale::{
-    AutoscaleMetrics, Concurrency, Decision, Load, LoadReport, NamedEndpoint, Scaler, WakeTimer,
+    AutoscaleMetrics, Concurrency, Decision, Load, NamedEndpoint, Scaler, WakeTimer,
 };
 use crate::catalog::Catalog;
 use crate::crd::{
     EndpointId, EndpointState, EndpointType, ModelBundle, ModelEndpoint, ModelEndpointStatus,
 };
 use crate::forwarder::ForwarderMetrics;
+use crate::queue::LoadReport;
 use crate::queue::Queue;
 
 /// How often the queue's state is read between arrivals.

@@ -11,8 +11,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::autoscale::{LoadReport, REPORT_EVERY};
+use crate::autoscale::REPORT_EVERY;
 use crate::crd::EndpointId;
+use crate::queue::LoadReport;
 use crate::queue::Queue;
 
 /// Reports prompted by growing demand come at most this often (per gateway).

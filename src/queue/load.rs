@@ -2,10 +2,20 @@
 //! a report is worth only its freshness) and autoscalers subscribe.
 
 use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
 
 use super::{Error, Queue, names};
-use crate::autoscale::LoadReport;
 use crate::crd::EndpointId;
+
+/// One gateway's sync and streaming requests for one endpoint, including those waiting for a
+/// worker: the most it held at once since its previous report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadReport {
+    pub endpoint: EndpointId,
+    /// The reporting gateway, so reports of several gateways add up.
+    pub source: String,
+    pub in_flight: u64,
+}
 
 impl Queue {
     pub async fn publish_load(&self, report: &LoadReport) -> Result<(), Error> {

@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 use super::super::autoscale::{self, Tracked};
 use super::super::fixtures::{ApiServer, endpoint, finalized};
 use super::{STATUS, start_nats, submit};
-use crate::autoscale::{AutoscaleMetrics, Concurrency, Load, LoadReport};
+use crate::autoscale::{AutoscaleMetrics, Concurrency, Load};
 use crate::controller::context::Context;
 use crate::crd::{EndpointType, ModelEndpoint, ModelEndpointStatus};
+use crate::queue::LoadReport;
 use crate::queue::QueueSpec;
 
 const SCALE: &str = "/apis/apps/v1/namespaces/ml/deployments/demo/scale";

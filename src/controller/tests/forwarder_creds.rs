@@ -88,7 +88,7 @@ async fn worker_secrets_get_forwarder_creds_a_real_server_accepts_kept_while_fre
     // A real server with the authorization the signing key belongs to takes them, as the
     // forwarder of this endpoint.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let nats = crate::dev::nats::start_with_config(
+    let nats = crate::nats_server::start_with_config(
         Path::new("nats-server"),
         &auth.server_config().expect("config"),
     )

@@ -6,7 +6,7 @@ use std::time::Duration;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
 use super::*;
-use crate::dev::nats::{NatsServer, start_with_config};
+use crate::nats_server::{NatsServer, start_with_config};
 use crate::queue::{Queue, QueueSettings};
 
 /// A throwaway CA with a server certificate for 127.0.0.1 and a client certificate, as PEM files.
@@ -212,8 +212,8 @@ async fn until(connected: &mut Connected, state: bool) {
 
 #[tokio::test]
 async fn a_replaced_creds_file_is_read_again_when_the_client_reconnects() {
-    use crate::dev::nats::start_on_port;
     use crate::nats_auth::{AuthSet, write_private};
+    use crate::nats_server::start_on_port;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let program = Path::new("nats-server");
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::crd::EndpointId;
-use crate::dev::nats::{NatsServer, start_with_config};
 use crate::nats_auth::{AuthSet, ForwarderIssuer, write_private};
+use crate::nats_server::{NatsServer, start_with_config};
 use crate::queue::{
     CallbackDelivery, Connection, Credentials, Error, Queue, QueueSettings, QueueSpec,
     TaskDelivery, consume,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::deliver::Timeouts;
 use super::schedule::RetrySchedule;
-use super::sign::SigningKey;
+use crate::callback::sign::SigningKey;
 use crate::crd::EndpointId;
 use crate::queue::{self, Queue};
 use crate::seal::KeyRing;

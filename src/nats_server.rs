@@ -1,4 +1,4 @@
-//! A throwaway JetStream server for `ferry dev`: `nats-server` from PATH on a random loopback
+//! A throwaway JetStream server for `ferry dev`, the benchmarks and the tests: `nats-server` from PATH on a random loopback
 //! port with its store in a temporary directory, stopped when dropped. It admits only ferry:
 //! its authorization is generated at start and the one user's credentials stay in the store
 //! directory (readable by this user only), so a model process started beside it cannot connect.

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::{StatusCode, header};
 
-use super::guard::{self, Guard, Refusal, VettingResolver};
 use super::schedule::Verdict;
-use super::sign::{self, SigningKey};
+use crate::callback::guard::{self, Guard, Refusal, VettingResolver};
+use crate::callback::sign::{self, SigningKey};
 use crate::task::{CallbackAuth, CallbackJob, DeliveryAttempt, now_ms};
 
 /// Standard Webhooks header carrying an id that stays the same across retries.

@@ -1,0 +1,509 @@
+//! The dispatcher role (the callback controller): takes callback jobs from the queue and POSTs them to
+//! their receivers — signed, with the receiver's credentials, only to vetted addresses — records
+//! every attempt on the task, queues retries on the endpoint's schedule and dead-letters what
+//! cannot be delivered. A job is acknowledged only after its outcome is recorded.
+
+mod deliver;
+mod endpoints;
+mod limits;
+mod schedule;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use deliver::{Clients, Timeouts};
+
+use crate::admin::{self, Readiness};
+use crate::callback::guard;
+use crate::cli::DispatcherArgs;
+use crate::crd::EndpointId;
+use crate::metrics::EndpointLabel;
+use crate::queue::{self, CALLBACK_LEASE_RENEWAL, CallbackDelivery, Held, Queue, QueueSettings};
+use crate::seal::KeyRing;
+use crate::task::{
+    CallbackJob, CallbackState, CallbackTarget, DeadLetter, DeliveryAttempt, DeliveryState, now_ms,
+};
+use endpoints::{EndpointCache, EndpointDelivery};
+use limits::{Busy, Slot, Slots};
+use schedule::Next;
+
+/// How long a job waits in line for a slot of its endpoint, and then of its destination,
+/// before it is deferred.
+const SLOT_WAIT: Duration = Duration::from_secs(1);
+/// How long a job first waits to be offered again when its endpoint or destination is stuck
+/// (has returned no slot for a while); the wait doubles with each refusal up to
+/// [`BUSY_HOST_MAX_DELAY`], so jobs queued for a hanging receiver do not churn through the
+/// dispatcher. A job refused by a moving endpoint or destination comes back at its turn instead.
+const BUSY_HOST_DELAY: Duration = Duration::from_millis(500);
+const BUSY_HOST_MAX_DELAY: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    #[prometheus(flatten)]
+    endpoint: EndpointLabel,
+    /// `delivered`, `retry` or `dead_lettered`.
+    outcome: &'static str,
+}
+
+pub struct DispatcherMetrics {
+    attempts: Family<AttemptLabels, Counter>,
+    dead_letters: Family<EndpointLabel, Counter>,
+    deferred: Counter,
+    attempt_seconds: Family<EndpointLabel, Histogram>,
+}
+
+impl DispatcherMetrics {
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let metrics = DispatcherMetrics {
+            attempts: Family::default(),
+            dead_letters: Family::default(),
+            deferred: Counter::default(),
+            attempt_seconds: Family::new_with_constructor(|| {
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    0.0005, 2.0, 16,
+                ))
+            }),
+        };
+        registry.register(
+            "ferry_dispatcher_attempts",
+            "Callback delivery attempts per endpoint, by outcome (delivered, retry, dead_lettered)",
+            metrics.attempts.clone(),
+        );
+        registry.register(
+            "ferry_dispatcher_dead_letters",
+            "Callbacks given up on, per endpoint",
+            metrics.dead_letters.clone(),
+        );
+        registry.register(
+            "ferry_dispatcher_deferred",
+            "Callback jobs put back for later because their endpoint or destination had no free slot",
+            metrics.deferred.clone(),
+        );
+        registry.register(
+            "ferry_dispatcher_attempt_duration_seconds",
+            "Time from sending a callback to its answer, per endpoint",
+            metrics.attempt_seconds.clone(),
+        );
+        Arc::new(metrics)
+    }
+
+    /// Counts and times one attempt; `next` is what follows it.
+    fn attempted(&self, endpoint: &EndpointId, took: Duration, next: &Next) {
+        let endpoint = EndpointLabel::of(endpoint);
+        self.attempt_seconds
+            .get_or_create(&endpoint)
+            .observe(took.as_secs_f64());
+        let outcome = match next {
+            Next::Done => "delivered",
+            Next::RetryIn(_) => "retry",
+            Next::GiveUp => "dead_lettered",
+        };
+        if matches!(next, Next::GiveUp) {
+            self.dead_letters.get_or_create(&endpoint).inc();
+        }
+        self.attempts
+            .get_or_create(&AttemptLabels { endpoint, outcome })
+            .inc();
+    }
+}
+
+/// How a dispatcher delivers, whatever the endpoint.
+pub struct DispatcherSettings {
+    /// Attempts in flight at once.
+    pub concurrency: usize,
+    /// Attempts in flight at once to one destination: the address and port connected to.
+    pub per_host_concurrency: usize,
+    /// Attempts in flight at once for one endpoint, whatever its destinations.
+    pub per_endpoint_concurrency: usize,
+    /// Timeouts for endpoints that set none.
+    pub timeouts: Timeouts,
+    /// After a stop is asked for, how long attempts under way may still take; those still
+    /// waiting for an answer then are cut short, recorded and retried on their schedule.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    queue: Queue,
+    concurrency: usize,
+    clients: Arc<Clients>,
+    endpoints: Arc<EndpointCache>,
+    endpoint_slots: Arc<Slots<EndpointId>>,
+    destination_slots: Arc<Slots<SocketAddr>>,
+    metrics: Arc<DispatcherMetrics>,
+    /// Opens callback targets and endpoint secrets.
+    ring: Arc<KeyRing>,
+    /// Cancelled when the dispatcher is asked to stop: jobs not yet attempted are handed back.
+    stopping: CancellationToken,
+    /// Cancelled [`DispatcherSettings::shutdown_grace`] after `stopping`: attempts still
+    /// waiting for an answer are cut short.
+    cutting_short: CancellationToken,
+    shutdown_grace: Duration,
+}
+
+impl Dispatcher {
+    pub fn new(
+        queue: Queue,
+        settings: DispatcherSettings,
+        clients: Clients,
+        metrics: Arc<DispatcherMetrics>,
+        ring: Arc<KeyRing>,
+    ) -> Self {
+        Dispatcher {
+            endpoints: Arc::new(EndpointCache::new(
+                queue.clone(),
+                settings.timeouts,
+                ring.clone(),
+            )),
+            ring,
+            queue,
+            concurrency: settings.concurrency,
+            clients: Arc::new(clients),
+            // Half the dispatcher's attempts may wait for one endpoint or destination: the
+            // other half always serves the rest.
+            endpoint_slots: Arc::new(Slots::new(
+                settings.per_endpoint_concurrency,
+                (settings.concurrency / 2).max(settings.per_endpoint_concurrency),
+            )),
+            destination_slots: Arc::new(Slots::new(
+                settings.per_host_concurrency,
+                (settings.concurrency / 2).max(settings.per_host_concurrency),
+            )),
+            metrics,
+            stopping: CancellationToken::new(),
+            cutting_short: CancellationToken::new(),
+            shutdown_grace: settings.shutdown_grace,
+        }
+    }
+
+    /// Delivers callbacks until `cancel`, then finishes the attempts under way.
+    pub async fn run(
+        self,
+        readiness: Readiness,
+        cancel: CancellationToken,
+    ) -> Result<(), queue::Error> {
+        let policy_changes = self.queue.callback_policy_changes().await?;
+        let endpoints = self.endpoints.clone();
+        tokio::spawn(policy_changes.for_each(move |endpoint| {
+            endpoints.forget(&endpoint);
+            futures::future::ready(())
+        }));
+        let jobs = self.queue.callback_jobs().await?;
+        readiness.set_ready();
+        tracing::info!(concurrency = self.concurrency, "delivering callbacks");
+        let (stopping, cutting_short, grace) = (
+            self.stopping.clone(),
+            self.cutting_short.clone(),
+            self.shutdown_grace,
+        );
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            stopping.cancel();
+            tokio::time::sleep(grace).await;
+            cutting_short.cancel();
+        });
+        queue::consume(jobs, self.concurrency, &self.stopping, |delivery| {
+            let dispatcher = self.clone();
+            async move { dispatcher.handle(delivery).await }
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn handle(&self, delivery: CallbackDelivery) {
+        let job = match delivery.job() {
+            Ok(job) => job,
+            Err(error) => {
+                tracing::error!(%error, "dropping an unreadable callback job");
+                let _ = delivery.ack().await;
+                return;
+            }
+        };
+        let span =
+            tracing::info_span!("callback", endpoint = %job.endpoint_id, task_id = %job.task_id);
+        let attempt = async {
+            let keep_alive = queue::keep_alive_while_held(&delivery, CALLBACK_LEASE_RENEWAL);
+            tokio::select! {
+                result = self.attempt(&delivery, &job) => result,
+                never = keep_alive => match never {},
+            }
+        };
+        if let Err(error) = attempt.instrument(span.clone()).await {
+            // Not acknowledged: the job comes back after the ack wait and is tried again.
+            span.in_scope(|| tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "recording a callback attempt failed"));
+        }
+    }
+
+    async fn attempt(
+        &self,
+        delivery: &CallbackDelivery,
+        job: &CallbackJob,
+    ) -> Result<(), queue::Error> {
+        // A job handed out again (its dispatcher stopped before acknowledging it, or it was
+        // deferred) is not POSTed again once the callback is delivered.
+        if delivery.deliveries() > 1
+            && let Some(state) = self.queue.callback_state(&job.task_id).await?
+            && state.state == DeliveryState::Delivered
+        {
+            tracing::debug!("callback already delivered; the repeated job is dropped");
+            return delivery.ack().await;
+        }
+        // Only a target the gateway sealed for this task is used: a forged or moved one
+        // neither learns the endpoint's credentials nor carries its signature.
+        let target = job.open_target(&self.ring);
+        let url = target.as_ref().map(|target| target.url.as_str());
+        let slots = tokio::select! {
+            biased;
+            () = self.stopping.cancelled() => {
+                // Not started: another dispatcher takes it now rather than after the lease.
+                return delivery.hand_back().await;
+            }
+            slots = self.slots(job, url.ok()) => slots,
+        };
+        let _slots = match slots {
+            Ok(slots) => slots,
+            Err(busy) => {
+                self.metrics.deferred.inc();
+                return delivery
+                    .defer(come_back_after(busy, delivery.deliveries()))
+                    .await;
+            }
+        };
+        let endpoint = self.endpoints.get(&job.endpoint_id).await?;
+        let attempt_number = job.prior_attempts + 1;
+        let opened = match (&target, &endpoint.unopened) {
+            (Err(error), _) => Err(format!("the callback's target does not open: {error}")),
+            (Ok(_), Some(problem)) => Err(problem.clone()),
+            (Ok(target), None) => Ok(target),
+        };
+        let (verdict, attempt) = match opened {
+            Ok(target) => {
+                let (at_ms, started) = (now_ms(), std::time::Instant::now());
+                tokio::select! {
+                    outcome = self.deliver(job, target, &endpoint) => outcome,
+                    () = self.cutting_short.cancelled() => {
+                        cut_short(at_ms, started.elapsed(), self.shutdown_grace)
+                    }
+                }
+            }
+            Err(problem) => {
+                tracing::error!(%problem, "callback refused");
+                refused(problem)
+            }
+        };
+        let next = endpoint
+            .schedule
+            .next(attempt_number, verdict, rand::random::<f64>());
+        let took = Duration::from_millis(attempt.duration_ms);
+        self.metrics.attempted(&job.endpoint_id, took, &next);
+        let reason = attempt.error.clone().or_else(|| {
+            attempt
+                .status_code
+                .map(|code| format!("receiver answered {code}"))
+        });
+        let first_attempt =
+            delivery.deliveries() == 1 && job.prior_attempts == 0 && job.redeliveries == 0;
+        let verdict = match next {
+            Next::Done => DeliveryState::Delivered,
+            Next::RetryIn(_) => DeliveryState::Pending,
+            Next::GiveUp => DeliveryState::DeadLettered,
+        };
+        self.queue
+            .update_callback_state(&job.task_id, first_attempt, |current| {
+                let state = current.unwrap_or_else(|| CallbackState {
+                    url: url.map(str::to_owned).unwrap_or_default(),
+                    ..Default::default()
+                });
+                Some(state.with_attempt(attempt.clone(), verdict))
+            })
+            .await?;
+        match next {
+            Next::Done => {}
+            Next::RetryIn(delay) => {
+                tracing::warn!(
+                    attempt = attempt_number,
+                    delay_s = delay.as_secs_f64(),
+                    "callback not delivered; retrying"
+                );
+                let retry = CallbackJob {
+                    prior_attempts: attempt_number,
+                    ..job.clone()
+                };
+                self.queue.schedule_callback(&retry, delay).await?;
+            }
+            Next::GiveUp => {
+                tracing::error!(
+                    attempts = attempt_number,
+                    url = url.unwrap_or_default(),
+                    "callback undeliverable; dead-lettered"
+                );
+                let reason = reason.unwrap_or_else(|| "undeliverable".into());
+                let letter = DeadLetter {
+                    job: job.clone(),
+                    dead_at_ms: now_ms(),
+                    reason,
+                };
+                self.queue.put_dead_letter(&letter).await?;
+            }
+        }
+        delivery.ack().await
+    }
+
+    /// One attempt at `target` with the endpoint's signature and credentials.
+    async fn deliver(
+        &self,
+        job: &CallbackJob,
+        target: &CallbackTarget,
+        endpoint: &EndpointDelivery,
+    ) -> (schedule::Verdict, DeliveryAttempt) {
+        let auth = target.auth.as_ref().or(endpoint.default_auth.as_ref());
+        match self.clients.client(endpoint.timeouts, auth) {
+            Ok(client) => {
+                let request = deliver::Request {
+                    client: &client,
+                    url: &target.url,
+                    guard: self.clients.guard(),
+                    keys: &endpoint.keys,
+                    auth,
+                    allowed_hosts: &endpoint.allowed_hosts,
+                    timeouts: endpoint.timeouts,
+                };
+                deliver::deliver_callback(request, job).await
+            }
+            Err(error) => refused(error.to_string()),
+        }
+    }
+}
+
+/// When a job refused a slot is offered again: at its turn while its endpoint and destination
+/// move, else after a wait that doubles with each delivery of the job.
+fn come_back_after(busy: Busy, deliveries: u32) -> Duration {
+    match busy {
+        Busy::Turn(after) => after,
+        Busy::Stuck => {
+            let refusals = deliveries.saturating_sub(1).min(16);
+            BUSY_HOST_DELAY.saturating_mul(1 << refusals)
+        }
+    }
+    .min(BUSY_HOST_MAX_DELAY)
+}
+
+/// An attempt the dispatcher stopped waiting for: the receiver may have it, so it is recorded
+/// and retried like a timeout (receivers deduplicate on `webhook-id`).
+fn cut_short(at_ms: u64, took: Duration, grace: Duration) -> (schedule::Verdict, DeliveryAttempt) {
+    let attempt = DeliveryAttempt {
+        at_ms,
+        status_code: None,
+        error: Some(format!(
+            "cut short: the dispatcher stopped and its {} s shutdown grace ran out",
+            grace.as_secs()
+        )),
+        duration_ms: took.as_millis() as u64,
+    };
+    (schedule::Verdict::Transient { retry_after: None }, attempt)
+}
+
+/// An attempt refused before anything was sent.
+fn refused(error: String) -> (schedule::Verdict, DeliveryAttempt) {
+    let attempt = DeliveryAttempt {
+        at_ms: now_ms(),
+        status_code: None,
+        error: Some(error),
+        duration_ms: 0,
+    };
+    (schedule::Verdict::Refused, attempt)
+}
+
+impl Dispatcher {
+    /// A slot of the job's endpoint and one of the destination of `url` (its opened target's),
+    /// or when to come back when either keeps its share in flight. The destination is the address the attempt will connect to (the
+    /// guard's first vetted answer, the only one the delivery client is given), so many names
+    /// for one receiver share its bound. A URL that does not resolve takes no destination slot:
+    /// its attempt is refused without connecting.
+    async fn slots(
+        &self,
+        job: &CallbackJob,
+        url: Option<&str>,
+    ) -> Result<(Slot<EndpointId>, Option<Slot<SocketAddr>>), Busy> {
+        let endpoint = self
+            .endpoint_slots
+            .acquire(&job.endpoint_id, SLOT_WAIT)
+            .await?;
+        let destination = match url {
+            Some(url) => self.destination(url).await,
+            None => None,
+        };
+        let Some(destination) = destination else {
+            return Ok((endpoint, None));
+        };
+        let destination = self
+            .destination_slots
+            .acquire(&destination, SLOT_WAIT)
+            .await?;
+        Ok((endpoint, Some(destination)))
+    }
+
+    async fn destination(&self, url: &str) -> Option<SocketAddr> {
+        let url = guard::check_syntax(url).ok()?;
+        let port = url.port_or_known_default()?;
+        match url.host()? {
+            url::Host::Ipv4(ip) => Some(SocketAddr::new(ip.into(), port)),
+            url::Host::Ipv6(ip) => Some(SocketAddr::new(ip.into(), port)),
+            url::Host::Domain(name) => {
+                let resolved = self.clients.guard().resolve(name, port).await.ok()?;
+                resolved.into_iter().next()
+            }
+        }
+    }
+}
+
+/// `ferry dispatcher`: the callback controller.
+/// The delivery clients the flags describe (SSRF guard, extra CAs), checked before anything
+/// connects (also by `--check-config`).
+pub fn clients(args: &DispatcherArgs) -> anyhow::Result<Clients> {
+    Ok(Clients::new(
+        args.delivery.guard.guard(&[])?,
+        args.delivery.extra_roots()?,
+    ))
+}
+
+pub async fn run(args: DispatcherArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    let ring = Arc::new(args.seal.key_ring()?);
+    let settings = QueueSettings {
+        result_retention: args.nats.result_retention,
+        ..Default::default()
+    };
+    let queue = Queue::connect(
+        &args
+            .nats
+            .connection()?
+            .for_role(crate::queue::Role::Dispatcher),
+        settings,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let mut registry = crate::metrics::registry();
+    let metrics = DispatcherMetrics::register(&mut registry);
+    let readiness = Readiness::default();
+    if let Some(addr) = args.admin_listen {
+        let router = admin::router(Arc::new(registry), readiness.clone());
+        tokio::spawn(admin::serve(
+            addr,
+            router,
+            args.http.limits(),
+            cancel.clone(),
+        ));
+    }
+    let clients = clients(&args)?;
+    let dispatcher = Dispatcher::new(queue, args.delivery.settings(), clients, metrics, ring);
+    dispatcher.run(readiness, cancel).await?;
+    Ok(())
+}
