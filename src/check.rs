@@ -43,8 +43,8 @@ pub async fn run(role: Role) -> anyhow::Result<()> {
             ("dispatcher", &args.nats, connection)
         }
         Role::Operator(args) => {
-            crate::controller::settings(args);
-            crate::controller::forwarder_creds_issuing(&args.forwarder_creds)?;
+            crate::operator::settings(args);
+            crate::operator::forwarder_creds_issuing(&args.forwarder_creds)?;
             args.seal.key_ring()?;
             let connection = args.nats.connection()?.for_role(QueueRole::Operator);
             ("operator", &args.nats, connection)

@@ -10,9 +10,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::callback::Guard;
-use crate::controller::build::WorkerNetworkPolicy;
 use crate::dispatcher::{DispatcherSettings, Timeouts};
 use crate::forwarder::env as forwarder_env;
+use crate::operator::build::WorkerNetworkPolicy;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -8,7 +8,6 @@ mod callback;
 mod catalog;
 mod check;
 mod cli;
-mod controller;
 mod crd;
 mod dev;
 mod dispatcher;
@@ -19,6 +18,7 @@ mod manifest;
 mod metrics;
 mod nats_auth;
 mod nats_server;
+mod operator;
 mod queue;
 mod seal;
 mod task;
@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
         Role::Gateway(args) => gateway::run(args, cancel).await,
         Role::Forwarder(args) => forwarder::run(args, cancel).await,
         Role::Dispatcher(args) => dispatcher::run(args, cancel).await,
-        Role::Operator(args) => controller::run(args, cancel).await,
+        Role::Operator(args) => operator::run(args, cancel).await,
         Role::Bench(args) => bench::run(args, cancel).await,
         Role::BenchModel(args) => bench::model::run(args, cancel).await,
         Role::NatsAuth(args) => {

@@ -18,8 +18,8 @@ use serde::de::DeserializeOwned;
 use super::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::admin::Readiness;
 use crate::callback::policy::CALLBACK_CREDENTIALS_LABEL;
-use crate::controller::build::MANAGED_BY_LABEL;
 use crate::crd::{EndpointType, ModelBundle, ModelEndpoint, namespace_of};
+use crate::operator::build::MANAGED_BY_LABEL;
 use crate::queue::{Queue, QueueSpec};
 
 /// Field manager of the gateway's server-side applies.
@@ -65,7 +65,7 @@ fn register_service(catalog: &Catalog, endpoint: &ModelEndpoint) {
     if endpoint.spec.endpoint_type != EndpointType::Async {
         catalog.set_workers(
             &endpoint.endpoint_id(),
-            vec![crate::controller::build::service_url(endpoint)],
+            vec![crate::operator::build::service_url(endpoint)],
         );
     }
 }

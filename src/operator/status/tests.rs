@@ -3,7 +3,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 
 use super::*;
-use crate::controller::fixtures::endpoint;
+use crate::operator::fixtures::endpoint;
 
 fn at(seconds: i64) -> Time {
     Time(Timestamp::from_second(seconds).expect("valid time"))

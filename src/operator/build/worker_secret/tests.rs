@@ -4,9 +4,9 @@ use k8s_openapi::api::core::v1::PodSpec;
 use serde_json::Value;
 
 use super::*;
-use crate::controller::build::{FORWARDER_CONTAINER, MODEL_CONTAINER, Settings, plan};
-use crate::controller::fixtures::{bundle, endpoint, settings};
 use crate::nats_auth::AuthSet;
+use crate::operator::build::{FORWARDER_CONTAINER, MODEL_CONTAINER, Settings, plan};
+use crate::operator::fixtures::{bundle, endpoint, settings};
 
 const DAY: Duration = Duration::from_secs(86_400);
 

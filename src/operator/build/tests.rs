@@ -3,7 +3,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Container;
 
 use super::*;
-use crate::controller::fixtures::{bundle, endpoint, settings};
+use crate::operator::fixtures::{bundle, endpoint, settings};
 
 fn containers(plan: &Plan) -> &[Container] {
     &plan

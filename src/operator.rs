@@ -5,11 +5,11 @@
 //! deletes the queue, which lives outside the cluster, when the endpoint is deleted.
 
 mod apply;
-mod autoscale;
 pub mod build;
 mod context;
 mod leader;
 mod reconcile;
+mod scaler;
 mod status;
 
 #[cfg(test)]
@@ -276,7 +276,7 @@ pub async fn run_controller(
     let children = watcher::Config::default().labels(&build::managed_selector());
     let controller = Controller::new(endpoints, watcher::Config::default());
     let store = controller.store();
-    let autoscaler = tokio::spawn(autoscale::run(
+    let autoscaler = tokio::spawn(scaler::run(
         context.clone(),
         store.clone(),
         autoscaler.scale_down_delay,

@@ -8,8 +8,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::autoscale::{Decision, Load};
-use crate::controller::build::MANAGED_BY;
 use crate::crd::{ModelEndpoint, namespace_of};
+use crate::operator::build::MANAGED_BY;
 
 /// Reasons of the autoscaler's Events.
 pub mod reason {
@@ -86,7 +86,7 @@ pub fn build_scale_status(decision: Decision, last_scale_time: Option<&Time>) ->
 mod tests {
     use super::*;
     use crate::autoscale::Reason;
-    use crate::controller::fixtures::endpoint;
+    use crate::operator::fixtures::endpoint;
 
     fn load(queued: u64, in_flight: u64) -> Load {
         Load { queued, in_flight }

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::super::{FORWARDER_CONTAINER, MODEL_CONTAINER, Plan, Settings, plan};
 use super::*;
-use crate::controller::fixtures::{bundle, endpoint, settings};
+use crate::operator::fixtures::{bundle, endpoint, settings};
 
 fn pod(plan: &Plan) -> &PodSpec {
     plan.deployment

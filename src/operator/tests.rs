@@ -12,14 +12,14 @@ use serde_json::{Value, json};
 use super::fixtures::{ApiServer, bundle, context, endpoint, finalized};
 use super::reconcile::{error_policy, reconcile};
 use super::{Error, FINALIZER};
-use crate::controller::context::Context;
 use crate::crd::{ModelEndpoint, ModelEndpointStatus};
 use crate::nats_server::{self, NatsServer};
+use crate::operator::context::Context;
 use crate::queue::{Queue, QueueSpec};
 
-mod autoscale;
 mod forwarder_creds;
 mod ownership;
+mod scaler;
 
 const ENDPOINT: &str = "/apis/ferry.dev/v1alpha1/namespaces/ml/modelendpoints/demo";
 const STATUS: &str = "/apis/ferry.dev/v1alpha1/namespaces/ml/modelendpoints/demo/status";

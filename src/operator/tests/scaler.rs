@@ -12,12 +12,12 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::super::autoscale::{self, Tracked};
 use super::super::fixtures::{ApiServer, endpoint, finalized};
+use super::super::scaler::{self, Tracked};
 use super::{STATUS, start_nats, submit};
 use crate::autoscale::{AutoscaleMetrics, Concurrency, Load};
-use crate::controller::context::Context;
 use crate::crd::{EndpointType, ModelEndpoint, ModelEndpointStatus};
+use crate::operator::context::Context;
 use crate::queue::LoadReport;
 use crate::queue::QueueSpec;
 
@@ -121,7 +121,7 @@ fn evaluate(
     let (ctx, metrics, endpoint) = (ctx.clone(), metrics.clone(), endpoint.clone());
     tokio::spawn(async move {
         let mut tracked = tracked;
-        autoscale::evaluate(&ctx, &metrics, &endpoint, &mut tracked, load).await;
+        scaler::evaluate(&ctx, &metrics, &endpoint, &mut tracked, load).await;
         tracked
     })
 }
@@ -140,7 +140,7 @@ async fn the_autoscaler_sets_the_scale_subresource_from_the_backlog() {
         let (queue, endpoint) = (queue.clone(), endpoint.clone());
         async move {
             let mut board = Concurrency::default();
-            autoscale::observe_load(&queue, &mut board, &endpoint, Instant::now())
+            scaler::observe_load(&queue, &mut board, &endpoint, Instant::now())
                 .await
                 .expect("the queue exists")
         }
@@ -235,7 +235,7 @@ async fn a_sync_endpoint_wakes_at_its_first_load_report_and_times_the_wake() {
         .expect("the subscription lives");
     let mut board = Concurrency::default();
     board.record(received, Instant::now());
-    let load = autoscale::observe_load(&queue, &mut board, &endpoint, Instant::now())
+    let load = scaler::observe_load(&queue, &mut board, &endpoint, Instant::now())
         .await
         .expect("sync endpoints always have a load");
     assert_eq!(
@@ -315,7 +315,7 @@ async fn the_loop_scales_a_sync_endpoint_when_a_gateway_reports_requests() {
         endpoint.clone()
     ))));
     let stop = CancellationToken::new();
-    let running = tokio::spawn(autoscale::run(
+    let running = tokio::spawn(scaler::run(
         ctx.clone(),
         store,
         Duration::from_secs(60),
