@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::callback::Guard;
 use crate::dispatcher::{DispatcherSettings, Timeouts};
-use crate::forwarder::env as forwarder_env;
 use crate::operator::build::WorkerNetworkPolicy;
+use crate::worker::env as forwarder_env;
 
 #[derive(Parser, Debug)]
 #[command(

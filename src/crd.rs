@@ -2,6 +2,8 @@
 //! serve it). Owns their schema, defaults, bounds, CEL rules, condition names and the stable ids
 //! the Launch API reports for them.
 
+pub mod names;
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -10,9 +12,6 @@ use kube::{CustomResource, KubeSchema, Resource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
-/// The API group of every ferry resource.
-pub const GROUP: &str = "ferry.dev";
 
 /// A container image that serves a model over HTTP, mirroring Launch's `runnable_image` bundle.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -32,6 +32,7 @@ use crate::queue::{
 use crate::task::{
     CallbackJob, TaskError, TaskMessage, TaskOutcome, TaskRecord, TaskStatus, now_ms,
 };
+use crate::worker::env;
 
 /// A task still running after this long is recorded as STARTED.
 const STARTED_AFTER: Duration = Duration::from_millis(20);
@@ -41,31 +42,6 @@ const REOPEN_RETRY: Duration = Duration::from_secs(1);
 /// (a model whose health route answers while it drops every task); doubles between them.
 const IDLE_PAUSE_FIRST: Duration = Duration::from_millis(500);
 const IDLE_PAUSE_MAX: Duration = Duration::from_secs(30);
-
-/// The forwarder's environment contract: the operator's pod builder sets exactly these.
-pub mod env {
-    pub const NATS_URL: &str = "FERRY_NATS_URL";
-    pub const NATS_CREDS_FILE: &str = "FERRY_NATS_CREDS_FILE";
-    pub const NATS_NKEY_SEED_FILE: &str = "FERRY_NATS_NKEY_SEED_FILE";
-    pub const NATS_USER: &str = "FERRY_NATS_USER";
-    pub const NATS_PASSWORD_FILE: &str = "FERRY_NATS_PASSWORD_FILE";
-    pub const NATS_TOKEN_FILE: &str = "FERRY_NATS_TOKEN_FILE";
-    pub const NATS_TLS_CA_FILE: &str = "FERRY_NATS_TLS_CA_FILE";
-    pub const NATS_TLS_CERT_FILE: &str = "FERRY_NATS_TLS_CERT_FILE";
-    pub const NATS_TLS_KEY_FILE: &str = "FERRY_NATS_TLS_KEY_FILE";
-    pub const NATS_TLS_REQUIRED: &str = "FERRY_NATS_TLS_REQUIRED";
-    pub const RESULT_RETENTION_SECONDS: &str = "FERRY_RESULT_RETENTION_SECONDS";
-    pub const ADMIN_LISTEN: &str = "FERRY_ADMIN_LISTEN";
-    pub const ENDPOINT_ID: &str = "FERRY_ENDPOINT_ID";
-    pub const MODEL_URL: &str = "FERRY_MODEL_URL";
-    pub const PREDICT_ROUTE: &str = "FERRY_PREDICT_ROUTE";
-    pub const HEALTHCHECK_ROUTE: &str = "FERRY_HEALTHCHECK_ROUTE";
-    pub const CONCURRENCY: &str = "FERRY_CONCURRENCY";
-    pub const PREDICT_TIMEOUT_SECONDS: &str = "FERRY_PREDICT_TIMEOUT_SECONDS";
-    pub const SERVE_LISTEN: &str = "FERRY_SERVE_LISTEN";
-    pub const STREAMING_PREDICT_ROUTE: &str = "FERRY_STREAMING_PREDICT_ROUTE";
-    pub const SERVING_TOKEN: &str = "FERRY_SERVING_TOKEN";
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -23,6 +23,7 @@ mod queue;
 mod seal;
 mod task;
 mod telemetry;
+mod worker;
 
 use clap::Parser;
 use kube::CustomResourceExt;

@@ -10,7 +10,8 @@ use kube::ResourceExt;
 use serde::Deserialize;
 
 use crate::callback::policy::{PolicyError, check_opted_in, secret_names};
-use crate::crd::{GROUP, ModelBundle, ModelEndpoint, namespace_of};
+use crate::crd::names::GROUP;
+use crate::crd::{ModelBundle, ModelEndpoint, namespace_of};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -9,10 +9,7 @@ use crate::seal::{Context, KeyRing, SealError, Sealed};
 use crate::task::{CallbackAuth, CallbackPolicy, CallbackSecrets};
 
 use super::sign::{KeyError, SigningKey};
-
-/// Label a Secret must carry, set to `"true"`, before ferry reads it as callback credentials or
-/// a signing secret: a spec naming any other Secret cannot make ferry send its contents away.
-pub const CALLBACK_CREDENTIALS_LABEL: &str = "ferry.dev/callback-credentials";
+use crate::crd::names::CALLBACK_CREDENTIALS_LABEL;
 
 /// Key of the signing secret in its Secret when the reference names none.
 pub const DEFAULT_SIGNING_KEY: &str = "signingSecret";

@@ -17,9 +17,8 @@ use serde::de::DeserializeOwned;
 
 use super::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::admin::Readiness;
-use crate::callback::policy::CALLBACK_CREDENTIALS_LABEL;
+use crate::crd::names::{CALLBACK_CREDENTIALS_LABEL, MANAGED_BY_LABEL, service_url};
 use crate::crd::{EndpointType, ModelBundle, ModelEndpoint, namespace_of};
-use crate::operator::build::MANAGED_BY_LABEL;
 use crate::queue::{Queue, QueueSpec};
 
 /// Field manager of the gateway's server-side applies.
@@ -63,10 +62,7 @@ pub async fn watch(client: Client, catalog: Catalog, readiness: Readiness) {
 /// Sync and streaming requests go to the endpoint's Service, which spreads them over its pods.
 fn register_service(catalog: &Catalog, endpoint: &ModelEndpoint) {
     if endpoint.spec.endpoint_type != EndpointType::Async {
-        catalog.set_workers(
-            &endpoint.endpoint_id(),
-            vec![crate::operator::build::service_url(endpoint)],
-        );
+        catalog.set_workers(&endpoint.endpoint_id(), vec![service_url(endpoint)]);
     }
 }
 

@@ -30,14 +30,7 @@ use super::{ModelClient, Prediction};
 use crate::crd::EndpointId;
 use crate::queue::Queue;
 use crate::task::{CallbackJob, SyncResponse, TaskMessage, TaskOutcome, Versioned};
-
-/// Path of sync predictions on a serving forwarder.
-pub const PREDICT_PATH: &str = "/predict";
-/// Path of streaming predictions on a serving forwarder.
-pub const STREAM_PATH: &str = "/stream";
-/// Header carrying the serving tokens the gateway holds for the endpoint, comma-separated (more
-/// than one while a key rotation is under way).
-pub const SERVING_TOKEN_HEADER: &str = "ferry-serving-token";
+use crate::worker::{PREDICT_PATH, SERVING_TOKEN_HEADER, STREAM_PATH};
 
 pub struct Server {
     /// The endpoint this worker serves; tasks of any other are refused.

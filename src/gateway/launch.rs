@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::catalog::NamedSecret;
+use crate::crd::names::API_VERSION;
 use crate::crd::{
     CallbackAuthKind, CallbackAuthRef, EndpointType, ModelBundle, ModelBundleSpec, ModelEndpoint,
     ModelEndpointSpec, PostInferenceHook, Quantity,
@@ -176,7 +177,7 @@ pub fn new_endpoint(
         }
     };
     let minimal = serde_json::json!({
-        "apiVersion": "ferry.dev/v1alpha1",
+        "apiVersion": API_VERSION,
         "kind": "ModelEndpoint",
         "metadata": {"name": create.name, "namespace": namespace},
         "spec": {"bundle": bundle, "labels": {}},

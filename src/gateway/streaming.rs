@@ -15,8 +15,8 @@ use futures::StreamExt;
 
 use super::{AppState, auth::Principal, error::AppError, routes, sync};
 use crate::crd::EndpointType;
-use crate::forwarder::serve::STREAM_PATH;
 use crate::task::{SyncResponse, TaskError};
+use crate::worker::STREAM_PATH;
 
 /// The most of a refusing worker's answer read for its reason.
 const REFUSAL_BYTES: usize = 64 * 1024;

@@ -19,8 +19,8 @@ use tokio::time::Instant;
 
 use super::{AppState, auth::Principal, error::AppError, routes};
 use crate::crd::{EndpointId, EndpointType, ModelEndpoint};
-use crate::forwarder::serve::{PREDICT_PATH, SERVING_TOKEN_HEADER};
 use crate::task::Versioned;
+use crate::worker::{PREDICT_PATH, SERVING_TOKEN_HEADER};
 
 /// Workers (or Service addresses) tried before a sync task is refused as busy.
 const MIN_ATTEMPTS: usize = 3;

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::build::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::crd::names::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::crd::{ModelEndpoint, ModelEndpointStatus};
 
 /// The field manager of everything the operator writes.

@@ -2,7 +2,6 @@
 //! container beside the `ferry forwarder` sidecar), a Service for sync and streaming endpoints,
 //! and the queue spec for async ones. Owns every child name, label and annotation.
 
-mod names;
 mod security;
 pub mod worker_secret;
 
@@ -23,17 +22,15 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
+use crate::crd::names::{
+    ENDPOINT_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_PORT, is_dns_label, is_label_key,
+    is_label_value, service_name, truncated_label,
+};
 use crate::crd::{EndpointType, ModelBundle, ModelEndpoint, namespace_of};
-use crate::forwarder::env as forwarder_env;
 use crate::queue::QueueSpec;
-use names::{is_dns_label, is_label_key, is_label_value, truncated_label};
+use crate::worker::env as forwarder_env;
 pub use security::WorkerNetworkPolicy;
 
-/// Label every child carries; the operator watches only objects with it.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "ferry-operator";
-/// Selects an endpoint's worker pods; stable for the endpoint's lifetime.
-pub const ENDPOINT_ID_LABEL: &str = "ferry.dev/endpoint-id";
 /// Hash of the worker pod template: it changes exactly when the pods must be replaced.
 pub const CONFIG_HASH_ANNOTATION: &str = "ferry.dev/config-hash";
 
@@ -47,8 +44,6 @@ const SERVE_PORT_NAME: &str = "serve";
 pub const FORWARDER_ADMIN_PORT: u16 = 9464;
 /// Port on which the forwarder of a sync or streaming endpoint takes the gateway's requests.
 pub const FORWARDER_SERVE_PORT: u16 = 9465;
-/// Port the Service of a sync or streaming endpoint exposes.
-pub const SERVICE_PORT: i32 = 80;
 /// Extended resource name of NVIDIA GPUs (device plugin).
 const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Time a stopping worker gets beyond the longest task, to record results and callbacks.
@@ -158,23 +153,9 @@ pub fn deployment_name(endpoint: &ModelEndpoint) -> String {
     endpoint.name_any()
 }
 
-/// Name of the Service of a sync or streaming endpoint.
-pub fn service_name(endpoint: &ModelEndpoint) -> String {
-    endpoint.name_any()
-}
-
 /// Name of the NetworkPolicy over the endpoint's workers.
 pub fn network_policy_name(endpoint: &ModelEndpoint) -> String {
     endpoint.name_any()
-}
-
-/// Where the gateway reaches the workers of a sync or streaming endpoint: its Service.
-pub fn service_url(endpoint: &ModelEndpoint) -> String {
-    let namespace = crate::crd::namespace_of(endpoint);
-    format!(
-        "http://{}.{namespace}.svc:{SERVICE_PORT}",
-        service_name(endpoint)
-    )
 }
 
 /// Label selector (`key=value`) matching every child the operator manages.

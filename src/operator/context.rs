@@ -131,12 +131,12 @@ impl Context {
     ) -> Self {
         let instance = crate::telemetry::host_name();
         let reporter = Reporter {
-            controller: super::build::MANAGED_BY.into(),
+            controller: crate::crd::names::MANAGED_BY.into(),
             instance: instance.clone(),
         };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
-            reporting_instance: instance.unwrap_or_else(|| super::build::MANAGED_BY.into()),
+            reporting_instance: instance.unwrap_or_else(|| crate::crd::names::MANAGED_BY.into()),
             client,
             queue,
             settings,

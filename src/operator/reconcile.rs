@@ -316,7 +316,7 @@ async fn resolve_callbacks(
 /// Removes what an earlier spec needed and this one does not (after an endpoint type change).
 async fn prune(endpoint: &ModelEndpoint, plan: &Plan, ctx: &Context) -> Result<(), Error> {
     if plan.service.is_none() {
-        let name = build::service_name(endpoint);
+        let name = crate::crd::names::service_name(endpoint);
         let uid = endpoint.uid().unwrap_or_default();
         let deleted =
             apply::delete_child::<Service>(&ctx.client, &namespace_of(endpoint), &name, &uid)

@@ -17,8 +17,8 @@ use kube::{Resource, ResourceExt};
 
 use super::BuildError;
 use crate::crd::{EndpointId, ModelEndpoint};
-use crate::forwarder::env as forwarder_env;
 use crate::nats_auth::ForwarderIssuer;
+use crate::worker::env as forwarder_env;
 
 /// Key of the serving token: what the gateway presents to the endpoint's serving forwarders.
 pub const SERVING_TOKEN_KEY: &str = "serving-token";

@@ -8,8 +8,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::autoscale::{Decision, Load};
+use crate::crd::names::MANAGED_BY;
 use crate::crd::{ModelEndpoint, namespace_of};
-use crate::operator::build::MANAGED_BY;
 
 /// Reasons of the autoscaler's Events.
 pub mod reason {
