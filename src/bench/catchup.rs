@@ -106,10 +106,10 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     let started_ns = seen.start.elapsed().as_nanos() as u64;
     let mut dispatcher = tokio::process::Command::new(std::env::current_exe()?)
         .arg("dispatcher")
-        .env("FERRY_NATS_URL", server.connection.url())
+        .env(crate::worker::env::NATS_URL, server.connection.url())
         .env("FERRY_SEAL_KEY_FILE", &key_file)
         .env("FERRY_CALLBACK_ALLOW_CIDRS", "127.0.0.0/8")
-        .env("FERRY_ADMIN_LISTEN", admin.to_string())
+        .env(crate::worker::env::ADMIN_LISTEN, admin.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
