@@ -2,14 +2,12 @@
 //! (kmock plus a shim) and a real nats-server, all on 127.0.0.1. It exercises the watch →
 //! reconcile → apply → status loop; it is not proof of a real API server's semantics.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::kube::{KubeApiServer, manifest};
+use crate::support::*;
 use async_nats::jetstream;
 use serde_json::{Value, json};
-use support::kube::{KubeApiServer, manifest};
-use support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const ENDPOINTS: &str = "/apis/ferry.dev/v1alpha1/namespaces/default/modelendpoints";

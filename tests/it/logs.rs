@@ -1,13 +1,11 @@
 //! What an operator sees in a role's log: the `ferry` binary with its stderr on a pipe, as in a
 //! pod, while NATS is not there yet and once it comes up.
 
-mod support;
-
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 

@@ -2,15 +2,13 @@
 //! dead letters and redelivery, a dispatcher restart, signatures checked by an independent
 //! implementation, Basic and mTLS credentials, and the SSRF guard.
 
-mod support;
-
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -1,6 +1,5 @@
 //! Real processes for end-to-end tests: a nats-server, `ferry` roles, model servers and an
 //! in-test callback receiver, all on 127.0.0.1 with ports chosen at run time.
-#![allow(dead_code)] // each test binary uses a different part of this kit
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -463,7 +462,6 @@ struct ReceiverState {
 pub struct Receiver {
     pub addr: SocketAddr,
     state: ReceiverState,
-    stop: tokio_util::sync::CancellationToken,
 }
 
 impl Receiver {
@@ -477,16 +475,11 @@ impl Receiver {
             .expect("receiver binds");
         let addr = listener.local_addr().unwrap();
         let state = ReceiverState::default();
-        let stop = tokio_util::sync::CancellationToken::new();
         let app = Router::new()
             .fallback(post(record))
             .with_state(state.clone());
-        tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .into_future(),
-        );
-        Receiver { addr, state, stop }
+        tokio::spawn(axum::serve(listener, app).into_future());
+        Receiver { addr, state }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -514,10 +507,6 @@ impl Receiver {
             (received.len() >= count).then_some(received)
         })
         .await
-    }
-
-    pub fn stop(&self) {
-        self.stop.cancel();
     }
 }
 
