@@ -2,6 +2,7 @@
 //! starts (or joins) a JetStream server, runs each async endpoint's workers as local processes
 //! with in-process forwarders, and serves the gateway and the dispatcher in this process.
 
+mod nats;
 mod pool;
 mod runtime;
 mod workers;
@@ -21,7 +22,6 @@ use crate::dispatcher::{Clients, DeliverySettings, Dispatcher, DispatcherMetrics
 use crate::forwarder::ForwarderMetrics;
 use crate::gateway::{self, ApiKeys, AppState, GatewayMetrics};
 use crate::manifest::Manifests;
-use crate::nats_server;
 use crate::queue::{Connection, Queue, QueueLimits, QueueSettings};
 use crate::seal::KeyRing;
 use runtime::Runtime;
@@ -67,9 +67,9 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     } = settings;
     let ring = Arc::new(ring);
     let (connection, forwarders, _nats_server) = match nats {
-        Nats::Connect(connection) => (connection, nats_server::ForwarderAccess::Shared, None),
+        Nats::Connect(connection) => (connection, nats::ForwarderAccess::Shared, None),
         Nats::Start(program) => {
-            let server = nats_server::start(&program).await?;
+            let server = nats::start(&program).await?;
             (
                 server.connection.clone(),
                 server.forwarders.clone(),

@@ -246,3 +246,8 @@ pub fn write_private(path: &Path, text: &str) -> Result<(), Error> {
         .and_then(|mut file| file.write_all(text.as_bytes()))
         .map_err(failed)
 }
+
+#[cfg(test)]
+mod permission_tests;
+#[cfg(test)]
+mod rotation_tests;
