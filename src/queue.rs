@@ -9,10 +9,12 @@ mod connect;
 mod lease;
 mod limits;
 mod load;
-mod names;
+pub mod names;
 mod permissions;
 mod results;
 mod tasks;
+#[cfg(test)]
+pub mod testing;
 
 use std::time::Duration;
 
@@ -23,6 +25,8 @@ pub use connect::{ClientCert, ConfigError, Connection, Credentials, Tls};
 pub use lease::{Held, Puller, consume, keep_alive_while_held};
 pub use limits::QueueLimits;
 pub use load::LoadReport;
+#[cfg(test)]
+pub use permissions::forwarder_inbox_prefix;
 pub use permissions::{Permissions, Role, forwarder_of, permissions};
 pub use results::RecordAt;
 pub use tasks::{Backlog, MAX_TASK_ATTEMPTS, MAX_TASK_DELIVERIES, QueueSpec, TaskDelivery};

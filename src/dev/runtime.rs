@@ -11,13 +11,13 @@ use kube::ResourceExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::nats::ForwarderAccess;
 use super::pool::Pool;
 pub use super::pool::Scaling;
 use crate::callback::policy::resolve_policy;
 use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::crd::{BundleId, EndpointId, ModelBundle, ModelEndpoint, namespace_of};
 use crate::forwarder::ForwarderMetrics;
-use crate::nats_server::ForwarderAccess;
 use crate::queue::{Queue, QueueSettings};
 use crate::seal::KeyRing;
 

@@ -14,7 +14,7 @@ use super::{ApiKeys, AppState, GatewayMetrics, WorkerClient, router};
 use crate::callback::Guard;
 use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::crd::{ModelBundle, ModelEndpoint};
-use crate::nats_server::{self, NatsServer};
+use crate::queue::testing::{self as nats, TestServer as NatsServer};
 
 mod isolation;
 mod team_limits;
@@ -53,7 +53,7 @@ struct Fixture {
 }
 
 async fn fixture(writable: bool) -> Fixture {
-    let (server, queue) = nats_server::start_with_queue().await;
+    let (server, queue) = nats::start_with_queue().await;
     let catalog = Catalog::default();
     let bundle: ModelBundle = serde_saphyr::from_str(
         "apiVersion: ferry.dev/v1alpha1\nkind: ModelBundle\nmetadata: {name: model, namespace: team-a}\nspec: {image: python:3.12}\n",

@@ -13,8 +13,8 @@ use super::fixtures::{ApiServer, bundle, context, endpoint, finalized};
 use super::reconcile::{error_policy, reconcile};
 use super::{Error, FINALIZER};
 use crate::crd::{ModelEndpoint, ModelEndpointStatus};
-use crate::nats_server::{self, NatsServer};
 use crate::operator::context::Context;
+use crate::queue::testing::{self as nats, TestServer as NatsServer};
 use crate::queue::{Queue, QueueSpec};
 
 mod forwarder_creds;
@@ -29,7 +29,7 @@ const WORKER_SECRET: &str = "/api/v1/namespaces/ml/secrets/demo-worker";
 const SERVICE: &str = "/api/v1/namespaces/ml/services/demo";
 
 async fn start_nats() -> (NatsServer, Queue) {
-    nats_server::start_with_queue().await
+    nats::start_with_queue().await
 }
 
 /// A NATS URL nothing listens on.

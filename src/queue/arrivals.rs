@@ -148,7 +148,7 @@ mod tests {
         use crate::task::{TaskId, TaskMessage};
         use futures::StreamExt;
 
-        let (_nats, queue) = crate::nats_server::start_with_queue().await;
+        let (_nats, queue) = crate::queue::testing::start_with_queue().await;
         let endpoint = EndpointId::for_resource("ml", "a");
         queue
             .ensure_endpoint(&QueueSpec {

@@ -519,7 +519,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_300_ms_retry_is_not_delivered_before_it_is_due() {
-        let (_nats, queue) = crate::nats_server::start_with_queue().await;
+        let (_nats, queue) = crate::queue::testing::start_with_queue().await;
         let job = job_of(
             &KeyRing::generate(),
             &EndpointId::for_resource("ml", "a"),
@@ -546,7 +546,7 @@ mod tests {
     /// What a forwarder of endpoint `x` may publish (its own subject), claiming endpoint `y`.
     #[tokio::test]
     async fn a_job_claiming_another_endpoint_than_its_subjects_is_refused() {
-        let (_nats, queue) = crate::nats_server::start_with_queue().await;
+        let (_nats, queue) = crate::queue::testing::start_with_queue().await;
         let x = EndpointId::for_resource("team-x", "a");
         let y = EndpointId::for_resource("team-y", "b");
         let ring = KeyRing::generate();

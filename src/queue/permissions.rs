@@ -219,6 +219,3 @@ fn endpoint_queues() -> Vec<String> {
     subjects.extend(consumer_create("*", names::TASKS_CONSUMER));
     subjects
 }
-
-#[cfg(test)]
-mod tests;

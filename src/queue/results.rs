@@ -307,7 +307,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stale_started_after_success_leaves_success_in_place() {
-        let (_nats, queue) = crate::nats_server::start_with_queue().await;
+        let (_nats, queue) = crate::queue::testing::start_with_queue().await;
         let endpoint = EndpointId::for_resource("ml", "a");
         let task = TaskId::generate(&endpoint);
         let started = TaskRecord::started(endpoint.clone());
@@ -345,7 +345,7 @@ mod tests {
 
     #[tokio::test]
     async fn racing_writers_of_a_callback_state_keep_every_attempt() {
-        let (_nats, queue) = crate::nats_server::start_with_queue().await;
+        let (_nats, queue) = crate::queue::testing::start_with_queue().await;
         let task = TaskId::generate(&EndpointId::for_resource("ml", "a"));
         let writers = (0..16u64).map(|at_ms| {
             let (queue, task) = (queue.clone(), task.clone());

@@ -368,7 +368,7 @@ mod tests {
     /// record counts each hand-back, and the sixth delivery still has its whole budget.
     #[tokio::test]
     async fn a_task_handed_back_again_and_again_keeps_its_attempts() {
-        let (_nats, queue) = crate::nats_server::start_with_queue().await;
+        let (_nats, queue) = crate::queue::testing::start_with_queue().await;
         let endpoint = EndpointId::for_resource("ml", "handback");
         let spec = QueueSpec {
             endpoint_id: endpoint.clone(),

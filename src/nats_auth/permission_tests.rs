@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::*;
 use crate::crd::EndpointId;
 use crate::nats_auth::{AuthSet, ForwarderIssuer, write_private};
-use crate::nats_server::{NatsServer, start_with_config};
+use crate::queue::testing::{TestServer as NatsServer, start_with_config};
 use crate::queue::{
     CallbackDelivery, Connection, Credentials, Error, Queue, QueueSettings, QueueSpec,
     TaskDelivery, consume,
 };
+use crate::queue::{Role, forwarder_inbox_prefix, names};
 use crate::task::{
     CallbackJob, CallbackPolicy, CallbackTarget, TaskId, TaskMessage, TaskOutcome, TaskRecord,
     TaskStatus,
@@ -29,12 +29,7 @@ impl Deployment {
     async fn start() -> Deployment {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let auth = AuthSet::generate();
-        let nats = start_with_config(
-            Path::new("nats-server"),
-            &auth.server_config().expect("config"),
-        )
-        .await
-        .expect("nats-server on PATH (scripts/setup installs it)");
+        let nats = start_with_config(&auth.server_config().expect("config")).await;
         let creds = tempfile::tempdir().expect("temp dir");
         for role in Role::ISSUED {
             let text = auth.role_creds(role).expect("creds");
