@@ -14,7 +14,7 @@ const PATIENCE: Duration = Duration::from_secs(25);
 
 /// `ferry dispatcher` pointed at a NATS URL where nothing listens yet.
 fn dispatcher(nats_url: &str, log_format: &str) -> (Child, Lines<BufReader<ChildStderr>>) {
-    let mut child = Command::new(ferry_bin())
+    let mut child = ferry_command()
         .args(["dispatcher", "--nats-url", nats_url])
         .env("FERRY_SEAL_KEY_FILE", seal_key_file())
         .env("FERRY_LOG_FORMAT", log_format)

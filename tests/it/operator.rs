@@ -57,7 +57,7 @@ async fn check_config(container: &Value, env: &[(String, String)]) {
         .map(|part| part.as_str().expect("string"))
         .collect();
     assert_eq!(command[0], "ferry");
-    let output = tokio::process::Command::new(ferry_bin())
+    let output = ferry_command()
         .args(&command[1..])
         .arg("--check-config")
         .env_clear()
@@ -323,7 +323,7 @@ async fn a_standby_replica_waits_and_takes_over_when_the_leader_dies() {
 
 /// Runs `ferry nats-auth --out dir`.
 async fn nats_auth(dir: &std::path::Path) {
-    let output = tokio::process::Command::new(ferry_bin())
+    let output = ferry_command()
         .args(["nats-auth", "--out"])
         .arg(dir)
         .output()

@@ -34,8 +34,17 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
-pub fn ferry_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_ferry")
+/// The `ferry` binary as a command that inherits no `FERRY_*` variable: each test states the
+/// configuration of the roles it starts, and a variable set for the tests themselves (such as
+/// `FERRY_LAUNCH_CLIENT_PYTHON`) is no role's setting (`--check-config` refuses unknown ones).
+pub fn ferry_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("FERRY_") {
+            command.env_remove(name);
+        }
+    }
+    command
 }
 
 pub fn examples_dir() -> PathBuf {
@@ -173,7 +182,7 @@ const SEALING_ROLES: [&str; 3] = ["gateway", "dispatcher", "operator"];
 
 impl Process {
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Process {
-        let mut command = Command::new(ferry_bin());
+        let mut command = ferry_command();
         if args
             .first()
             .is_some_and(|role| SEALING_ROLES.contains(role))
