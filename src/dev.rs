@@ -93,7 +93,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     let mut services = JoinSet::new();
 
     let metrics = DispatcherMetrics::register(&mut registry);
-    let dispatcher = Dispatcher::new(queue.clone(), delivery, clients, metrics, ring.clone());
+    let dispatcher = Dispatcher::new(queue.dispatcher(), delivery, clients, metrics, ring.clone());
     let dispatcher_cancel = cancel.child_token();
     services.spawn(async move {
         dispatcher
@@ -119,7 +119,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
 
     let demand = gateway::Demand::for_this_process();
     let reporter_cancel = cancel.clone();
-    let reporter = demand.clone().report(queue.clone(), reporter_cancel);
+    let reporter = demand.clone().report(queue.gateway(), reporter_cancel);
     services.spawn(async move {
         reporter.await;
         Ok(())
@@ -129,7 +129,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
         writer: Some(runtime.clone()),
         workers: gateway::WorkerClient::new()?,
         demand: demand.clone(),
-        queue,
+        queue: queue.gateway(),
         guard,
         keys: Arc::new(keys),
         // One machine, one user: no per-team limits.

@@ -25,7 +25,9 @@ use crate::admin::{self, Readiness};
 use crate::callback::guard;
 use crate::crd::EndpointId;
 use crate::metrics::EndpointLabel;
-use crate::queue::{self, CALLBACK_LEASE_RENEWAL, CallbackDelivery, Held, Queue, QueueSettings};
+use crate::queue::{
+    self, CALLBACK_LEASE_RENEWAL, CallbackDelivery, DispatcherQueue, Held, Queue, QueueSettings,
+};
 use crate::seal::KeyRing;
 use crate::task::{
     CallbackJob, CallbackState, CallbackTarget, DeadLetter, DeliveryAttempt, DeliveryState, now_ms,
@@ -131,7 +133,7 @@ pub struct DeliverySettings {
 
 #[derive(Clone)]
 pub struct Dispatcher {
-    queue: Queue,
+    queue: DispatcherQueue,
     concurrency: usize,
     clients: Arc<Clients>,
     endpoints: Arc<EndpointCache>,
@@ -150,7 +152,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(
-        queue: Queue,
+        queue: DispatcherQueue,
         settings: DeliverySettings,
         clients: Clients,
         metrics: Arc<DispatcherMetrics>,
@@ -485,7 +487,8 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
         settings.queue,
         Duration::from_secs(30),
     )
-    .await?;
+    .await?
+    .dispatcher();
     let mut registry = crate::metrics::registry();
     let metrics = DispatcherMetrics::register(&mut registry);
     let readiness = Readiness::default();

@@ -25,8 +25,8 @@ use crate::admin::{self, Readiness};
 use crate::crd::EndpointId;
 use crate::metrics::EndpointLabel;
 use crate::queue::{
-    self, Held, MAX_TASK_ATTEMPTS, MAX_TASK_DELIVERIES, Queue, QueueSettings, RecordAt,
-    TaskDelivery,
+    self, ForwarderQueue, Held, MAX_TASK_ATTEMPTS, MAX_TASK_DELIVERIES, Queue, QueueSettings,
+    RecordAt, TaskDelivery,
 };
 use crate::task::{
     CallbackJob, TaskError, TaskMessage, TaskOutcome, TaskRecord, TaskStatus, now_ms,
@@ -120,7 +120,7 @@ impl ForwarderMetrics {
 /// One worker's forwarder: which endpoint, which model, how many tasks at once.
 #[derive(Clone)]
 pub struct Forwarder {
-    pub queue: Queue,
+    pub queue: ForwarderQueue,
     pub endpoint_id: EndpointId,
     pub model: ModelClient,
     pub concurrency: usize,
@@ -144,7 +144,7 @@ impl Forwarder {
         let mut started = false;
         let mut idle_pause = Duration::ZERO;
         while self.model.wait_until_ready(&cancel).await {
-            let tasks = match self.queue.tasks(&self.endpoint_id).await {
+            let tasks = match self.queue.tasks().await {
                 Ok(tasks) => tasks,
                 // At start-up a queue that cannot be opened is a configuration to fix.
                 Err(error) if !started => return Err(error.into()),
@@ -432,7 +432,9 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
         serving,
         http,
     } = settings;
-    let queue = Queue::connect(&connection, queue_settings, Duration::from_secs(30)).await?;
+    let queue = Queue::connect(&connection, queue_settings, Duration::from_secs(30))
+        .await?
+        .forwarder(&endpoint_id);
     let mut registry = crate::metrics::registry();
     let metrics = ForwarderMetrics::register(&mut registry);
     let readiness = Readiness::default();

@@ -41,7 +41,7 @@ use crate::catalog::{Catalog, ResourceWriter, cluster};
 use crate::crd::namespace_of;
 use crate::http_server;
 use crate::manifest::{self, Manifests};
-use crate::queue::{Queue, QueueSettings};
+use crate::queue::{GatewayQueue, Queue, QueueSettings, QueueSpec};
 use crate::seal::KeyRing;
 
 #[derive(Clone)]
@@ -53,7 +53,7 @@ pub struct AppState {
     pub workers: sync::WorkerClient,
     /// The sync and streaming requests held, reported to the autoscalers.
     pub demand: Demand,
-    pub queue: Queue,
+    pub queue: GatewayQueue,
     pub guard: Guard,
     pub keys: Arc<ApiKeys>,
     /// Per-team request rate and task quota.
@@ -128,7 +128,7 @@ pub async fn serve(
 /// Ensures each async endpoint's queue and publishes every endpoint's callback policy, its
 /// Secrets resolved from the manifests; fails naming the first missing Secret or key.
 async fn prepare_endpoints(
-    queue: &Queue,
+    queue: &GatewayQueue,
     manifests: &Manifests,
     ring: &KeyRing,
 ) -> anyhow::Result<()> {
@@ -143,7 +143,13 @@ async fn prepare_endpoints(
                     endpoint.name_any()
                 )
             })?;
-        queue.prepare_endpoint(endpoint, &policy).await?;
+        queue
+            .prepare_endpoint(
+                &endpoint.endpoint_id(),
+                &policy,
+                QueueSpec::of(endpoint).as_ref(),
+            )
+            .await?;
     }
     Ok(())
 }
@@ -185,7 +191,8 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
         queue_settings,
         std::time::Duration::from_secs(30),
     )
-    .await?;
+    .await?
+    .gateway();
     let readiness = Readiness::default();
     let catalog = Catalog::default();
     let writer: Option<Arc<dyn ResourceWriter>> = if let Some(manifests) = manifests {

@@ -12,6 +12,7 @@ mod load;
 pub mod names;
 mod permissions;
 mod results;
+mod roles;
 mod tasks;
 #[cfg(test)]
 pub mod testing;
@@ -29,6 +30,7 @@ pub use load::LoadReport;
 pub use permissions::forwarder_inbox_prefix;
 pub use permissions::{Permissions, Role, forwarder_of, permissions};
 pub use results::RecordAt;
+pub use roles::{DispatcherQueue, ForwarderQueue, GatewayQueue, OperatorQueue};
 pub use tasks::{Backlog, MAX_TASK_ATTEMPTS, MAX_TASK_DELIVERIES, QueueSpec, TaskDelivery};
 
 /// Boxed error from the NATS client; the variant of [`Error`] says which operation failed.
@@ -62,6 +64,8 @@ pub enum Error {
         source: NatsError,
     },
     /// The endpoint's task queue holds as many tasks (or bytes) as it may.
+    #[error("endpoint {endpoint} is not this forwarder's")]
+    NotOwnEndpoint { endpoint: crate::crd::EndpointId },
     #[error("the task queue of endpoint {endpoint} is full")]
     Full { endpoint: crate::crd::EndpointId },
     #[error("publishing to {subject}")]
@@ -192,6 +196,19 @@ async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv
 }
 
 impl Queue {
+    /// Publishes `message` and waits for JetStream to acknowledge that it stored it: a
+    /// publish that returns `Ok` is durable (or a duplicate of one within the window).
+    async fn publish_acked(
+        &self,
+        subject: &str,
+        message: jetstream::message::PublishMessage,
+    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        self.js
+            .send_publish(subject.to_owned(), message)
+            .await?
+            .await
+    }
+
     /// A core NATS subscription: messages published from now on, none kept.
     async fn subscribe(&self, subject: String) -> Result<async_nats::Subscriber, Error> {
         self.js
@@ -205,17 +222,16 @@ impl Queue {
     }
 
     /// Everything the queue keeps for an endpoint: its callback policy (for the dispatcher) and,
-    /// for an async endpoint, its task stream and consumer. Safe to repeat.
-    pub async fn prepare_endpoint(
+    /// for an async endpoint (`tasks`), its task queue. Safe to repeat.
+    async fn prepare_endpoint(
         &self,
-        endpoint: &crate::crd::ModelEndpoint,
+        endpoint: &crate::crd::EndpointId,
         policy: &crate::task::CallbackPolicy,
+        tasks: Option<&QueueSpec>,
     ) -> Result<(), Error> {
-        self.put_callback_policy(&endpoint.endpoint_id(), policy)
-            .await?;
-        if endpoint.spec.endpoint_type == crate::crd::EndpointType::Async {
-            self.ensure_endpoint(&QueueSpec::for_endpoint(endpoint))
-                .await?;
+        self.put_callback_policy(endpoint, policy).await?;
+        if let Some(spec) = tasks {
+            self.ensure_task_queue(spec).await?;
         }
         Ok(())
     }

@@ -192,7 +192,7 @@ async fn publish_job(
         prior_attempts: 0,
         redeliveries: 0,
     };
-    Ok(queue.publish_callback(&job).await?)
+    Ok(queue.forwarder(endpoint).publish_callback(&job).await?)
 }
 
 async fn receive(State(seen): State<Arc<Seen>>, UrlPath(index): UrlPath<usize>) {

@@ -19,7 +19,7 @@ use super::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::admin::Readiness;
 use crate::crd::names::{CALLBACK_CREDENTIALS_LABEL, MANAGED_BY_LABEL, service_url};
 use crate::crd::{EndpointType, ModelBundle, ModelEndpoint, namespace_of};
-use crate::queue::{Queue, QueueSpec};
+use crate::queue::{GatewayQueue, QueueSpec};
 
 /// Field manager of the gateway's server-side applies.
 pub const FIELD_MANAGER: &str = "ferry-gateway";
@@ -124,7 +124,7 @@ fn valid<K: Resource<DynamicType = ()>>(object: DeserializeGuard<K>) -> Option<K
 pub struct ClusterWriter {
     pub client: Client,
     pub catalog: Catalog,
-    pub queue: Queue,
+    pub queue: GatewayQueue,
 }
 
 fn params() -> PatchParams {
@@ -234,7 +234,7 @@ impl ClusterWriter {
         if applied.spec.endpoint_type == EndpointType::Async {
             // The operator ensures the queue too; doing it here lets the first task in right away.
             self.queue
-                .ensure_endpoint(&QueueSpec::for_endpoint(&applied))
+                .open_task_queue(&QueueSpec::for_endpoint(&applied))
                 .await
                 .map_err(unavailable)?;
         }

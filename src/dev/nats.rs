@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::crd::EndpointId;
 use crate::nats_server::{self, NatsServer};
-use crate::queue::{Connection, Credentials, Queue, QueueSettings, Role};
+use crate::queue::{Connection, Credentials, ForwarderQueue, Queue, QueueSettings, Role};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -72,14 +72,14 @@ impl ForwarderAccess {
         endpoint: &EndpointId,
         shared: &Queue,
         settings: QueueSettings,
-    ) -> Result<Queue, Error> {
+    ) -> Result<ForwarderQueue, Error> {
         let ForwarderAccess::Issued {
             connection,
             issuer,
             dir,
         } = self
         else {
-            return Ok(shared.clone());
+            return Ok(shared.forwarder(endpoint));
         };
         let creds = dir.join(format!("forwarder-{endpoint}.creds"));
         let expires = jiff::Timestamp::now()
@@ -91,6 +91,7 @@ impl ForwarderAccess {
             .for_forwarder_of(endpoint);
         Queue::connect(&connection, settings, Duration::from_secs(5))
             .await
+            .map(|queue| queue.forwarder(endpoint))
             .map_err(Error::ForwarderQueue)
     }
 }

@@ -18,7 +18,7 @@ use crate::callback::policy::resolve_policy;
 use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::crd::{BundleId, EndpointId, ModelBundle, ModelEndpoint, namespace_of};
 use crate::forwarder::ForwarderMetrics;
-use crate::queue::{Queue, QueueSettings};
+use crate::queue::{ForwarderQueue, Queue, QueueSettings, QueueSpec};
 use crate::seal::KeyRing;
 
 type SecretData = BTreeMap<String, Vec<u8>>;
@@ -32,6 +32,7 @@ struct Run {
 }
 
 pub struct Runtime {
+    /// Every role's connection: `ferry dev` plays them all.
     queue: Queue,
     catalog: Catalog,
     metrics: Arc<ForwarderMetrics>,
@@ -94,7 +95,8 @@ impl Runtime {
         let policy = resolve_policy(&id, &endpoint.spec, secret, &self.ring)
             .map_err(|error| WriteError::Invalid(format!("{}: {error}", error.reason())))?;
         self.queue
-            .prepare_endpoint(&endpoint, &policy)
+            .operator()
+            .prepare_endpoint(&id, &policy, QueueSpec::of(&endpoint).as_ref())
             .await
             .map_err(|error| WriteError::Unavailable(Box::new(error)))?;
         let started_from = format!("{:?}{:?}", endpoint.spec, bundle.spec);
@@ -134,7 +136,8 @@ impl Runtime {
         }
         self.catalog.remove_endpoint(&id);
         self.queue
-            .delete_callback_policy(&id)
+            .operator()
+            .retire_endpoint(&id)
             .await
             .map_err(|error| WriteError::Unavailable(Box::new(error)))?;
         Ok(())
@@ -159,7 +162,7 @@ impl Runtime {
         &self,
         endpoint: Arc<ModelEndpoint>,
         bundle: Arc<ModelBundle>,
-        forwarder_queue: Queue,
+        forwarder_queue: ForwarderQueue,
         started_from: String,
     ) -> Run {
         let stop = self.cancel.child_token();
@@ -168,7 +171,7 @@ impl Runtime {
             endpoint,
             bundle,
             catalog: self.catalog.clone(),
-            queue: self.queue.clone(),
+            queue: self.queue.operator(),
             forwarder_queue,
             metrics: self.metrics.clone(),
             scaling: self.scaling.clone(),

@@ -67,7 +67,7 @@ async fn fixture(writable: bool) -> Fixture {
         writer: writable.then(|| recorder.clone() as Arc<dyn ResourceWriter>),
         workers: WorkerClient::new().expect("client"),
         demand: super::Demand::new("test".into()),
-        queue,
+        queue: queue.gateway(),
         guard: Guard::default(),
         keys: Arc::new(ApiKeys::parse(&[format!("{KEY_A}=team-a")], false).expect("keys")),
         limits: Arc::default(),
@@ -144,7 +144,7 @@ async fn ensure_queue(state: &AppState, id: &crate::crd::EndpointId) {
         task_expiry: std::time::Duration::from_secs(60),
         ack_wait: std::time::Duration::from_secs(30),
     };
-    state.queue.ensure_endpoint(&spec).await.expect("queue");
+    state.queue.open_task_queue(&spec).await.expect("queue");
 }
 
 /// Creates an endpoint of `kind` through the API and puts it in the catalog.
@@ -335,13 +335,21 @@ async fn a_task_polled_after_a_stale_started_still_answers_its_outcome() {
     let endpoint_id = endpoint.endpoint_id();
     fixture.state.catalog.put_endpoint(endpoint);
     let task = TaskId::generate(&endpoint_id);
-    let queue = &fixture.state.queue;
     let success = TaskRecord {
         status: TaskStatus::Success,
         result: Some(json!(7)),
         status_code: Some(200),
         ..TaskRecord::pending(endpoint_id.clone())
     };
+    // The endpoint's worker records the outcome, then a stale attempt of it.
+    let queue = crate::queue::Queue::connect(
+        &fixture._nats.connection,
+        Default::default(),
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .expect("connects")
+    .forwarder(&endpoint_id);
     queue
         .advance_task_record(&task, &success, None)
         .await
@@ -408,7 +416,8 @@ async fn a_full_task_queue_refuses_with_429_and_keeps_every_accepted_task() {
         std::time::Duration::from_secs(5),
     )
     .await
-    .expect("connects");
+    .expect("connects")
+    .gateway();
     let state = &fixture.state;
     let key = Some(KEY_A);
     let (status, answer, _) = send(
@@ -483,7 +492,8 @@ async fn a_full_task_queue_refuses_with_429_and_keeps_every_accepted_task() {
     .await
     .expect("connects");
     roomier
-        .ensure_endpoint(&crate::queue::QueueSpec {
+        .gateway()
+        .open_task_queue(&crate::queue::QueueSpec {
             endpoint_id: id.clone(),
             task_expiry: std::time::Duration::from_secs(60),
             ack_wait: std::time::Duration::from_secs(30),

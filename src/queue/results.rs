@@ -67,7 +67,7 @@ pub(super) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> R
 
 impl Queue {
     /// The task's record, or `None` for an unknown (or expired) task.
-    pub async fn task_record(&self, task: &TaskId) -> Result<Option<TaskRecord>, Error> {
+    pub(super) async fn task_record(&self, task: &TaskId) -> Result<Option<TaskRecord>, Error> {
         self.read(names::record_key(task), "task record").await
     }
 
@@ -77,7 +77,7 @@ impl Queue {
     /// writer last saw it, spares a read when it is still current.
     ///
     /// [`TaskStatus::may_become`]: crate::task::TaskStatus::may_become
-    pub async fn advance_task_record(
+    pub(super) async fn advance_task_record(
         &self,
         task: &TaskId,
         record: &TaskRecord,
@@ -113,7 +113,7 @@ impl Queue {
     /// Counts one more delivery of the task returned to the queue unrun, so it does not count
     /// against the task's attempts; a task with a final outcome, or without a record, is left
     /// alone. The count the record holds now, if any.
-    pub async fn count_hand_back(&self, task: &TaskId) -> Result<Option<u32>, Error> {
+    pub(super) async fn count_hand_back(&self, task: &TaskId) -> Result<Option<u32>, Error> {
         let key = names::record_key(task);
         let stored = self
             .compare_and_set(key, "task record", None, |current: Option<TaskRecord>| {
@@ -159,14 +159,17 @@ impl Queue {
         }
     }
 
-    pub async fn callback_state(&self, task: &TaskId) -> Result<Option<CallbackState>, Error> {
+    pub(super) async fn callback_state(
+        &self,
+        task: &TaskId,
+    ) -> Result<Option<CallbackState>, Error> {
         self.read(names::callback_key(task), "callback state").await
     }
 
     /// Changes the task's callback state with `change` (given the current state, if any) and
     /// returns the state written. `likely_first`: the caller expects no state yet (a first
     /// attempt), so the write is tried before any read; a wrong guess costs one more round.
-    pub async fn update_callback_state(
+    pub(super) async fn update_callback_state(
         &self,
         task: &TaskId,
         likely_first: bool,

@@ -39,7 +39,7 @@ pub(super) async fn team_endpoint(
     fixture
         .state
         .queue
-        .ensure_endpoint(&crate::queue::QueueSpec::for_endpoint(&endpoint))
+        .open_task_queue(&crate::queue::QueueSpec::for_endpoint(&endpoint))
         .await
         .expect("queue");
     fixture.state.catalog.put_endpoint(endpoint);
