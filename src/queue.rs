@@ -149,7 +149,7 @@ impl Default for QueueSettings {
 #[derive(Clone)]
 pub struct Queue {
     js: jetstream::Context,
-    results: kv::Store,
+    results: results::Results,
     /// Absent for a forwarder, which may not read them.
     dead_letters: Option<kv::Store>,
     policies: Option<kv::Store>,
@@ -159,7 +159,8 @@ pub struct Queue {
 
 impl Queue {
     /// Connects (retrying while the server starts, for up to `wait`) and ensures the shared
-    /// results bucket and callbacks streams exist; a forwarder only binds the results bucket.
+    /// results bucket and callbacks streams exist; a forwarder reaches its own keys of the
+    /// results bucket only.
     pub async fn connect(
         connection: &Connection,
         settings: QueueSettings,
@@ -168,11 +169,12 @@ impl Queue {
         let client = connect::connect_with_retry(connection, wait).await?;
         let js = jetstream::new(client);
         let (results, dead_letters, policies) = if connection.role().ensures_shared() {
-            let results = results::ensure_bucket(&js, &settings).await?;
+            let results =
+                results::Results::Bucket(Box::new(results::ensure_bucket(&js, &settings).await?));
             let buckets = callbacks::ensure(&js, &settings).await?;
             (results, Some(buckets.dead_letters), Some(buckets.policies))
         } else {
-            (results::bind_bucket(&js).await?, None, None)
+            (results::Results::own_keys(&js).await?, None, None)
         };
         Ok(Queue {
             js,

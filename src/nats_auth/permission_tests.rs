@@ -533,6 +533,8 @@ async fn an_endpoints_forwarder_reads_and_writes_only_that_endpoints_task_record
         format!("$JS.API.STREAM.MSG.GET.KV_{results}"),
         format!("$JS.API.CONSUMER.CREATE.KV_{results}.spy"),
         format!("$JS.API.STREAM.PURGE.KV_{results}"),
+        // The bucket's stream info lists its keys: every endpoint's task ids.
+        format!("$JS.API.STREAM.INFO.KV_{results}"),
     ] {
         intruder.publish(&subject).await;
     }
