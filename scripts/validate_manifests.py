@@ -116,6 +116,43 @@ def check_dispatcher_has_no_api_access(docs, errors):
                 errors.append(f"{doc['kind']}/{doc['metadata']['name']} grants the dispatcher API access")
 
 
+def check_replicated_roles_keep_serving(docs, errors):
+    """Each ferry Deployment of more than one replica has a PodDisruptionBudget selecting its
+    pods and a topology spread constraint (or pod anti-affinity), so a node drain never takes
+    every replica at once."""
+    budgets = [doc["spec"]["selector"].get("matchLabels", {}) for doc in docs
+               if doc.get("kind") == "PodDisruptionBudget"]
+    for doc in docs:
+        if doc.get("kind") != "Deployment" or doc["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") != "ferry":
+            continue
+        if doc["spec"].get("replicas", 1) <= 1:
+            continue
+        name = f"Deployment/{doc['metadata']['name']} ({doc['spec']['replicas']} replicas)"
+        labels = doc["spec"]["template"]["metadata"].get("labels", {})
+        if not any(selector and selector.items() <= labels.items() for selector in budgets):
+            errors.append(f"{name}: no PodDisruptionBudget selects its pods")
+        pod = doc["spec"]["template"]["spec"]
+        anti_affinity = pod.get("affinity", {}).get("podAntiAffinity")
+        if not pod.get("topologySpreadConstraints") and not anti_affinity:
+            errors.append(f"{name}: no topologySpreadConstraints or podAntiAffinity")
+
+
+# A role's own shutdown deadlines, which must end before Kubernetes kills the pod.
+SHUTDOWN_ENV = ("FERRY_GATEWAY_SHUTDOWN_DELAY_SECONDS", "FERRY_GATEWAY_REQUEST_GRACE_SECONDS",
+                "FERRY_DISPATCHER_SHUTDOWN_GRACE_SECONDS")
+
+
+def check_shutdown_fits_grace_period(doc, errors):
+    pod = doc["spec"]["template"]["spec"]
+    period = pod.get("terminationGracePeriodSeconds", 30)
+    for container in pod.get("containers", []):
+        deadlines = sum(int(env["value"]) for env in container.get("env", [])
+                        if env.get("name") in SHUTDOWN_ENV and "value" in env)
+        if deadlines and deadlines >= period:
+            errors.append(f"{doc['kind']}/{doc['metadata']['name']} container {container['name']}: "
+                          f"its shutdown takes {deadlines} s, not below terminationGracePeriodSeconds {period}")
+
+
 def check_argocd_health(doc, errors):
     import lupa.lua51
 
@@ -152,6 +189,7 @@ def main():
     for path in paths:
         docs = load_documents(path)
         check_dispatcher_has_no_api_access(docs, errors)
+        check_replicated_roles_keep_serving(docs, errors)
         for doc in docs:
             key = (doc.get("apiVersion"), doc.get("kind"))
             name = f"{path}: {key[1]}/{doc.get('metadata', {}).get('name')}"
@@ -173,6 +211,7 @@ def main():
                     errors.append(f"{name}: {error} (add it to SKIPPED_KINDS if it is another project's kind)")
             if key[1] in WORKLOAD_KINDS and doc["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "ferry":
                 check_workload(doc, errors)
+                check_shutdown_fits_grace_period(doc, errors)
             if key[1] == "ConfigMap" and ARGOCD_HEALTH_KEY in doc.get("data", {}):
                 check_argocd_health(doc, errors)
     for error in errors:

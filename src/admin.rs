@@ -18,32 +18,50 @@ use tokio_util::sync::CancellationToken;
 use crate::http_server::{self, Limits};
 use crate::metrics::Format;
 
-/// Set while the process (or one worker) can do its work; `/readyz` answers 503 otherwise.
+/// Set while the process (or one worker) can do its work; `/readyz` answers 503 otherwise, and
+/// for good once the process is stopping.
 #[derive(Clone)]
-pub struct Readiness(Arc<watch::Sender<bool>>);
+pub struct Readiness(Arc<watch::Sender<Status>>);
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Status {
+    ready: bool,
+    stopping: bool,
+}
+
+impl Status {
+    fn serves(self) -> bool {
+        self.ready && !self.stopping
+    }
+}
 
 impl Default for Readiness {
     fn default() -> Self {
-        Readiness(Arc::new(watch::Sender::new(false)))
+        Readiness(Arc::new(watch::Sender::new(Status::default())))
     }
 }
 
 impl Readiness {
     pub fn set_ready(&self) {
-        self.0.send_replace(true);
+        self.0.send_modify(|state| state.ready = true);
     }
     /// Ready no longer, until set ready again (a worker whose model is unavailable).
     pub fn set_not_ready(&self) {
-        self.0.send_replace(false);
+        self.0.send_modify(|state| state.ready = false);
+    }
+    /// Ready never again, whatever sets it ready later: the process is stopping and wants no
+    /// new traffic routed to it.
+    pub fn stop(&self) {
+        self.0.send_modify(|state| state.stopping = true);
     }
     pub fn is_ready(&self) -> bool {
-        *self.0.borrow()
+        self.0.borrow().serves()
     }
     /// Resolves once ready.
     pub async fn ready(&self) {
         let mut receiver = self.0.subscribe();
         // The sender lives in `self`, so the channel cannot close while we wait.
-        let _ = receiver.wait_for(|ready| *ready).await;
+        let _ = receiver.wait_for(|state| state.serves()).await;
     }
 }
 

@@ -66,6 +66,8 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
         http,
     } = settings;
     let ring = Arc::new(ring);
+    // One grace for every role of the process: the dispatcher's attempts, the gateway's requests.
+    let shutdown_grace = delivery.shutdown_grace;
     let (connection, forwarders, _nats_server) = match nats {
         Nats::Connect(connection) => (connection, nats::ForwarderAccess::Shared, None),
         Nats::Start(program) => {
@@ -150,6 +152,11 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
             registry,
             readiness,
             http,
+            // One machine, no load balancer to take it out of rotation: no delay.
+            gateway::Shutdown {
+                delay: Duration::ZERO,
+                grace: shutdown_grace,
+            },
             gateway_cancel,
         )
         .await

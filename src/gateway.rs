@@ -17,6 +17,7 @@ mod tests;
 mod views;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::{
     Router,
@@ -110,19 +111,57 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     v1.with_state(state)
 }
 
-/// Serves `router` (merged with probes and metrics) within `limits` until `cancel` fires, then
-/// drains requests.
+/// How a stopping gateway hands its traffic to the other replicas without dropping any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shutdown {
+    /// How long it reports not ready while still serving everything, so that load balancers
+    /// and Service endpoints stop sending it new requests before it stops accepting them.
+    pub delay: Duration,
+    /// Then, no longer accepting, how long the requests under way get to finish; those still
+    /// waiting for their answer are then answered 503 with `Retry-After`.
+    pub grace: Duration,
+}
+
+/// Serves `router` (merged with probes and metrics) within `limits`. Once `cancel` fires,
+/// `/readyz` answers 503 for good while it keeps serving for the shutdown delay, then it stops
+/// accepting and ends with the requests under way, within the shutdown grace.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     registry: Registry,
     readiness: Readiness,
     limits: http_server::Limits,
+    shutdown: Shutdown,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = router.merge(admin::router(Arc::new(registry), readiness));
+    let app = router.merge(admin::router(Arc::new(registry), readiness.clone()));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    http_server::serve(listener, app, limits, cancel).await
+    let stop_accepting = CancellationToken::new();
+    let serving = http_server::serve_with_grace(
+        listener,
+        app,
+        limits,
+        stop_accepting.clone(),
+        shutdown.grace,
+    );
+    let mut serving = std::pin::pin!(serving);
+    tokio::select! {
+        served = &mut serving => return served,
+        () = cancel.cancelled() => {}
+    }
+    readiness.stop();
+    tracing::info!(
+        delay_seconds = shutdown.delay.as_secs_f64(),
+        grace_seconds = shutdown.grace.as_secs_f64(),
+        "gateway stopping: not ready, still serving for the shutdown delay"
+    );
+    tokio::select! {
+        served = &mut serving => return served,
+        () = tokio::time::sleep(shutdown.delay) => {}
+    }
+    tracing::info!("gateway no longer accepting: finishing the requests under way");
+    stop_accepting.cancel();
+    serving.await
 }
 
 /// Ensures each async endpoint's queue and publishes every endpoint's callback policy, its
@@ -168,6 +207,7 @@ pub struct Settings {
     pub manifests: Option<manifest::Manifests>,
     pub max_body_bytes: usize,
     pub http: http_server::Limits,
+    pub shutdown: Shutdown,
 }
 
 /// `ferry gateway`: serves the endpoints of its manifests, preparing their queues and callback
@@ -184,15 +224,12 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
         manifests,
         max_body_bytes,
         http,
+        shutdown,
     } = settings;
     let ring = Arc::new(ring);
-    let queue = Queue::connect(
-        &connection,
-        queue_settings,
-        std::time::Duration::from_secs(30),
-    )
-    .await?
-    .gateway();
+    let queue = Queue::connect(&connection, queue_settings, Duration::from_secs(30))
+        .await?
+        .gateway();
     let readiness = Readiness::default();
     let catalog = Catalog::default();
     let writer: Option<Arc<dyn ResourceWriter>> = if let Some(manifests) = manifests {
@@ -238,6 +275,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
         registry,
         readiness,
         http,
+        shutdown,
         cancel,
     )
     .await?;

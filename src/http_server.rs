@@ -5,7 +5,8 @@
 //! `max_connections` are served at once — further ones wait in the listen backlog until a
 //! slot frees, so slots held by idle or slow clients are reclaimed by the timeouts, never
 //! taken from requests being served. Stops accepting on cancel and lets requests under way
-//! finish.
+//! finish — for as long as they take, or (see [`serve_with_grace`]) within a grace, after
+//! which those still waiting for their answer get a retryable 503 and the server returns.
 //!
 //! hyper's own `header_read_timeout` also runs while a keep-alive connection waits for its next
 //! request, so it cannot be paired with a longer idle time: each connection's [`Activity`]
@@ -53,6 +54,14 @@ impl Default for Limits {
     }
 }
 
+/// After the shutdown grace: how long the 503s and cut-off streams get to reach their clients
+/// before the remaining connections are dropped.
+const FLUSH_AFTER_GRACE: Duration = Duration::from_secs(1);
+
+/// What a request still waiting for its answer when the shutdown grace runs out is told.
+const GRACE_RAN_OUT: &str =
+    "the server is stopping and could not answer this request in time; send it again";
+
 /// Serves `router` on `listener` within `limits` until `cancel` fires, then waits for the
 /// requests under way.
 pub async fn serve(
@@ -61,6 +70,32 @@ pub async fn serve(
     limits: Limits,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_until(listener, router, limits, cancel, None).await
+}
+
+/// Serves like [`serve`], but once `cancel` fires the requests under way get `grace` to finish.
+/// Then each one still waiting for its answer is answered 503 with `Retry-After` and a
+/// `detail` ([`GRACE_RAN_OUT`]), a response already being sent (a stream) is cut off, and the
+/// server returns.
+pub async fn serve_with_grace(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    cancel: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<()> {
+    serve_until(listener, router, limits, cancel, Some(grace)).await
+}
+
+async fn serve_until(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    cancel: CancellationToken,
+    grace: Option<Duration>,
+) -> std::io::Result<()> {
+    // Fired when the grace runs out; only a server with a grace has one.
+    let ending = grace.map(|_| CancellationToken::new());
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut http = hyper::server::conn::http1::Builder::new();
     // The deadlines are kept per connection (see the module header); no timer inside hyper.
@@ -84,13 +119,45 @@ pub async fn serve(
             },
             () = cancel.cancelled() => break,
         };
-        let connection = serve_connection(stream, router.clone(), http.clone(), limits, slot);
+        let connection = serve_connection(
+            stream,
+            router.clone(),
+            ending.clone(),
+            http.clone(),
+            limits,
+            slot,
+        );
         connections.spawn(connection.with_cancel(cancel.clone()));
         while connections.try_join_next().is_some() {}
     }
     drop(listener);
-    while connections.join_next().await.is_some() {}
+    let (Some(grace), Some(ending)) = (grace, ending) else {
+        join_all(&mut connections).await;
+        return Ok(());
+    };
+    if tokio::time::timeout(grace, join_all(&mut connections))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = connections.len(),
+            grace_seconds = grace.as_secs_f64(),
+            "the shutdown grace ran out: ending the requests still under way"
+        );
+        ending.cancel();
+        if tokio::time::timeout(FLUSH_AFTER_GRACE, join_all(&mut connections))
+            .await
+            .is_err()
+        {
+            connections.abort_all();
+            join_all(&mut connections).await;
+        }
+    }
     Ok(())
+}
+
+async fn join_all(connections: &mut JoinSet<()>) {
+    while connections.join_next().await.is_some() {}
 }
 
 /// A failed accept: the peer gave up (go on), or the process is out of descriptors or memory
@@ -114,9 +181,11 @@ struct Connection {
     _slot: OwnedSemaphorePermit,
 }
 
+/// `ending` fires when the shutdown grace runs out (see [`Tracked`]).
 fn serve_connection(
     stream: TcpStream,
     router: Router,
+    ending: Option<CancellationToken>,
     http: hyper::server::conn::http1::Builder,
     limits: Limits,
     slot: OwnedSemaphorePermit,
@@ -130,6 +199,7 @@ fn serve_connection(
     let service = Tracked {
         router: TowerToHyperService::new(router),
         activity: activity.clone(),
+        ending,
     };
     Connection {
         http: http.serve_connection(io, service),
@@ -313,11 +383,13 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// The router, marking each request in flight until its response body is done.
+/// The router, marking each request in flight until its response body is done, and ending
+/// the request when the shutdown grace runs out (`ending`, if the server has a grace).
 #[derive(Clone)]
 struct Tracked {
     router: TowerToHyperService<Router>,
     activity: Arc<Activity>,
+    ending: Option<CancellationToken>,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response<Guarded>, Infallible>> + Send>>;
@@ -330,20 +402,64 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let in_flight = self.activity.begin_request();
         let answer = self.router.call(request);
+        let ending = self.ending.clone();
         Box::pin(async move {
-            let response = answer.await?;
+            let response = match &ending {
+                None => answer.await?,
+                Some(ending) => tokio::select! {
+                    answer = answer => answer?,
+                    () = ending.cancelled() => grace_ran_out(),
+                },
+            };
             Ok(response.map(|body| Guarded {
                 body,
+                ending: ending.map_or(Ending::Never, Ending::Watch),
                 _in_flight: in_flight,
             }))
         })
     }
 }
 
-/// A response body that keeps its request in flight until it is sent or dropped.
+/// The answer to a request the shutdown grace cut short: retryable, as nothing of an answer
+/// was sent yet.
+fn grace_ran_out() -> Response<Body> {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "1")],
+        axum::Json(serde_json::json!({ "detail": GRACE_RAN_OUT })),
+    )
+        .into_response()
+}
+
+/// A response body that keeps its request in flight until it is sent or dropped, and is cut
+/// off when the shutdown grace runs out while it waits for more to send.
 struct Guarded {
     body: Body,
+    ending: Ending,
     _in_flight: InFlight,
+}
+
+/// The shutdown grace, as a response body watches it.
+enum Ending {
+    /// The server has no grace.
+    Never,
+    /// Not waited on yet: most bodies are sent without ever waiting.
+    Watch(CancellationToken),
+    Waiting(Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>),
+}
+
+impl Ending {
+    /// Whether the grace ran out; registers `cx` to learn when it does.
+    fn poll_ended(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Ending::Watch(token) = self {
+            *self = Ending::Waiting(Box::pin(token.clone().cancelled_owned()));
+        }
+        match self {
+            Ending::Waiting(wait) => wait.as_mut().poll(cx).is_ready(),
+            Ending::Never | Ending::Watch(_) => false,
+        }
+    }
 }
 
 impl http_body::Body for Guarded {
@@ -354,7 +470,12 @@ impl http_body::Body for Guarded {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if frame.is_pending() && this.ending.poll_ended(cx) {
+            return Poll::Ready(Some(Err(axum::Error::new(GRACE_RAN_OUT))));
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

@@ -2,9 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
+use super::parse_seconds;
 use super::shared::{AuthArgs, GuardArgs, HttpArgs, NatsArgs, SealArgs, TaskQueueArgs};
-use crate::gateway::{ApiKeys, RateLimit, Settings, TeamLimits};
+use crate::gateway::{ApiKeys, RateLimit, Settings, Shutdown, TeamLimits};
 use crate::manifest;
 use crate::queue::Role;
 
@@ -34,6 +36,31 @@ pub struct GatewayArgs {
     pub team_limits: TeamLimitArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+}
+
+/// How a stopping gateway hands its traffic over.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ShutdownArgs {
+    /// Seconds a stopping gateway reports not ready (/readyz 503) while still serving every
+    /// request, so Service endpoints and load balancers stop routing to it first.
+    #[arg(long = "shutdown-delay-seconds", env = "FERRY_GATEWAY_SHUTDOWN_DELAY_SECONDS", default_value = "5", value_parser = parse_seconds)]
+    pub shutdown_delay: Duration,
+    /// Seconds it then lets requests under way finish, accepting no new connections; a request
+    /// still waiting for its answer then gets 503 with Retry-After (a stream is cut off). Keep
+    /// delay + grace below the pod's terminationGracePeriodSeconds.
+    #[arg(long = "request-grace-seconds", env = "FERRY_GATEWAY_REQUEST_GRACE_SECONDS", default_value = "20", value_parser = parse_seconds)]
+    pub request_grace: Duration,
+}
+
+impl ShutdownArgs {
+    pub fn shutdown(&self) -> Shutdown {
+        Shutdown {
+            delay: self.shutdown_delay,
+            grace: self.request_grace,
+        }
+    }
 }
 
 /// Per-team fairness at the gateway: each API key's team has its own budget.
@@ -89,6 +116,7 @@ impl GatewayArgs {
             manifests: self.manifests()?,
             max_body_bytes: self.max_body_bytes,
             http: self.http.limits(),
+            shutdown: self.shutdown.shutdown(),
         })
     }
 

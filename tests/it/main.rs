@@ -13,4 +13,5 @@ mod launch;
 mod logs;
 mod metrics;
 mod operator;
+mod rollout;
 mod support;

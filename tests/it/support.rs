@@ -300,19 +300,23 @@ impl Dev {
     /// `ferry gateway` serving the manifests in `dir` read-only (no cluster), on a free port,
     /// with the test's API key scoped to the `default` namespace.
     pub async fn static_gateway(dir: &Path, nats_url: &str) -> Dev {
+        Self::static_gateway_with(dir, nats_url, &[]).await
+    }
+
+    /// [`Self::static_gateway`] with `extra` settings.
+    pub async fn static_gateway_with(dir: &Path, nats_url: &str, extra: &[(&str, &str)]) -> Dev {
         let listen = format!("127.0.0.1:{}", free_port());
         let manifests = dir.display().to_string();
         let api_keys = format!("{API_KEY}=default");
-        let process = Process::spawn(
-            &["gateway"],
-            &[
-                ("FERRY_LISTEN", &listen),
-                ("FERRY_NATS_URL", nats_url),
-                ("FERRY_MANIFESTS", &manifests),
-                ("FERRY_API_KEYS", &api_keys),
-                ("FERRY_CALLBACK_ALLOW_CIDRS", "127.0.0.0/8"),
-            ],
-        );
+        let mut envs = vec![
+            ("FERRY_LISTEN", listen.as_str()),
+            ("FERRY_NATS_URL", nats_url),
+            ("FERRY_MANIFESTS", &manifests),
+            ("FERRY_API_KEYS", &api_keys),
+            ("FERRY_CALLBACK_ALLOW_CIDRS", "127.0.0.0/8"),
+        ];
+        envs.extend_from_slice(extra);
+        let process = Process::spawn(&["gateway"], &envs);
         let gateway = Dev {
             base: format!("http://{listen}"),
             process,
