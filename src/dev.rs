@@ -158,14 +158,14 @@ pub async fn prepare_endpoints(
     ring: &KeyRing,
 ) -> anyhow::Result<()> {
     for endpoint in &manifests.endpoints {
-        let namespace = namespace_of(endpoint);
+        let namespace = namespace_of(endpoint.endpoint());
         let secret = |name: &str| manifests.secret_data(&namespace, name);
-        let policy = resolve_policy(&endpoint.endpoint_id(), &endpoint.spec, secret, ring)
+        let policy = resolve_policy(&endpoint.endpoint_id(), endpoint.spec(), secret, ring)
             .map_err(|error| {
                 let reason = error.reason();
                 anyhow::anyhow!(
                     "ModelEndpoint {namespace}/{}: {reason}: {error}",
-                    endpoint.name_any()
+                    endpoint.endpoint().name_any()
                 )
             })?;
         queue.prepare_endpoint(endpoint, &policy).await?;
@@ -190,7 +190,11 @@ async fn load_manifests(runtime: &Runtime, manifests: &Manifests) -> anyhow::Res
         runtime.put_bundle(bundle.clone()).await?;
     }
     for endpoint in &manifests.endpoints {
-        let name = format!("{}/{}", namespace_of(endpoint), endpoint.name_any());
+        let name = format!(
+            "{}/{}",
+            namespace_of(endpoint.endpoint()),
+            endpoint.endpoint().name_any()
+        );
         runtime
             .apply(endpoint.clone())
             .await

@@ -192,8 +192,20 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
     let catalog = Catalog::default();
     let writer: Option<Arc<dyn ResourceWriter>> = if let Some(manifests) = manifests {
         crate::dev::prepare_endpoints(&queue, &manifests, &ring).await?;
-        catalog.replace_bundles(manifests.bundles.clone());
-        catalog.replace_endpoints(manifests.endpoints.clone());
+        catalog.replace_bundles(
+            manifests
+                .bundles
+                .iter()
+                .map(|b| b.bundle().clone())
+                .collect(),
+        );
+        catalog.replace_endpoints(
+            manifests
+                .endpoints
+                .iter()
+                .map(|e| e.endpoint().clone())
+                .collect(),
+        );
         readiness.set_ready();
         None
     } else {

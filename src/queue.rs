@@ -204,12 +204,12 @@ impl Queue {
     /// for an async endpoint, its task stream and consumer. Safe to repeat.
     pub async fn prepare_endpoint(
         &self,
-        endpoint: &crate::crd::ModelEndpoint,
+        endpoint: &crate::crd::validate::ValidatedEndpoint,
         policy: &crate::task::CallbackPolicy,
     ) -> Result<(), Error> {
         self.put_callback_policy(&endpoint.endpoint_id(), policy)
             .await?;
-        if endpoint.spec.endpoint_type == crate::crd::EndpointType::Async {
+        if endpoint.spec().endpoint_type == crate::crd::EndpointType::Async {
             self.ensure_endpoint(&QueueSpec::for_endpoint(endpoint))
                 .await?;
         }

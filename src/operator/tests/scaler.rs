@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::super::fixtures::{ApiServer, endpoint, finalized};
+use super::super::fixtures::{ApiServer, bundle, endpoint, finalized, validated};
 use super::super::scaler::{self, Tracked};
 use super::{STATUS, start_nats, submit};
 use crate::autoscale::{AutoscaleMetrics, Concurrency, Load};
@@ -133,7 +133,7 @@ async fn the_autoscaler_sets_the_scale_subresource_from_the_backlog() {
     let (registry, metrics) = metrics();
     let endpoint = scaled(EndpointType::Async, 0, 3, 2);
     queue
-        .ensure_endpoint(&QueueSpec::for_endpoint(&endpoint))
+        .ensure_endpoint(&QueueSpec::for_endpoint(&validated(&endpoint, &bundle())))
         .await
         .expect("queue");
     let observe = || {
