@@ -1,6 +1,6 @@
 """Scale benchmark of `ferry operator`: creates N ModelEndpoints (default 1,000) against the
-stand-in API server (tests/support/kube_apiserver.py, playing the Deployment controller too) and
-a real nats-server, all on 127.0.0.1, and reports the time until every endpoint is READY, the
+stand-in API server (tests/it/support/kube_apiserver.py, playing the Deployment controller too)
+and a real nats-server, all on 127.0.0.1, and reports the time until every endpoint is READY, the
 operator's peak RSS, and its reconcile counts and latencies from /metrics.
 
     cargo build --release
@@ -58,7 +58,7 @@ def start_nats(store: str) -> tuple[subprocess.Popen, str]:
 
 
 def start_api_server() -> tuple[subprocess.Popen, str]:
-    script = os.path.join(ROOT, "tests", "support", "kube_apiserver.py")
+    script = os.path.join(ROOT, "tests", "it", "support", "kube_apiserver.py")
     process = subprocess.Popen(
         [sys.executable, script, "--ready-deployments"], stdout=subprocess.PIPE, text=True
     )

@@ -17,7 +17,34 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::BenchArgs;
+/// What `ferry bench` measures and how.
+pub struct Settings {
+    /// Base URL of the gateway to measure.
+    pub gateway: url::Url,
+    /// Name of an async endpoint with the callback hook.
+    pub endpoint: String,
+    pub api_key: String,
+    pub tasks: u64,
+    /// Submissions per second; 0 submits as fast as the gateway accepts them.
+    pub rate: u64,
+    pub submit_concurrency: usize,
+    /// How long to wait for outstanding callbacks after the last submission.
+    pub drain_timeout: Duration,
+    /// Percent of tasks whose callbacks go to a receiver that never answers.
+    pub hanging_percent: u8,
+    /// Processes whose CPU time is summed and reported per task.
+    pub cpu_pids: Vec<u32>,
+    /// How callback URLs name the benchmark's receiver, which listens on 127.0.0.1.
+    pub callback_host: String,
+    /// Measure waking from zero workers this many times instead.
+    pub wake_rounds: usize,
+    /// Measure scaling out with this many tasks at once instead.
+    pub burst: usize,
+    /// Measure a dispatcher's catch-up of this many queued callbacks instead.
+    pub callback_backlog: u64,
+    /// Seconds each task of a wake or burst measurement asks the model to take.
+    pub task_seconds: f64,
+}
 
 /// Per task: nanoseconds from the start at submission, at first callback, and callbacks seen.
 struct Timings {
@@ -36,14 +63,14 @@ impl Timings {
     }
 }
 
-pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<()> {
-    if args.wake_rounds > 0 || args.burst > 0 {
-        return scaling::run(args, cancel).await;
+pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
+    if settings.wake_rounds > 0 || settings.burst > 0 {
+        return scaling::run(settings, cancel).await;
     }
-    if args.callback_backlog > 0 {
-        return catchup::run(args, cancel).await;
+    if settings.callback_backlog > 0 {
+        return catchup::run(settings, cancel).await;
     }
-    let tasks = usize::try_from(args.tasks)?;
+    let tasks = usize::try_from(settings.tasks)?;
     let zeros = || (0..tasks).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
     let timings = Arc::new(Timings {
         start: Instant::now(),
@@ -59,32 +86,32 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
         .with_state(timings.clone());
     let stop_receiver = cancel.child_token();
     let port = serve_receiver(receiver, &stop_receiver).await?.port();
-    let receiver_url = format!("http://{}:{port}/cb", args.callback_host);
+    let receiver_url = format!("http://{}:{port}/cb", settings.callback_host);
 
     let hang_url = format!("http://{}/hang", HangingReceiver::start().await?.addr);
-    let hanging = |index: usize| index % 100 < usize::from(args.hanging_percent);
+    let hanging = |index: usize| index % 100 < usize::from(settings.hanging_percent);
 
     let http = reqwest::Client::builder()
         .no_proxy()
-        .pool_max_idle_per_host(args.submit_concurrency)
+        .pool_max_idle_per_host(settings.submit_concurrency)
         .build()?;
-    let endpoint = find_endpoint(&http, &args).await?;
+    let endpoint = find_endpoint(&http, &settings).await?;
     let endpoint_id = endpoint["id"].as_str().unwrap_or_default();
-    let submit_url = args
+    let submit_url = settings
         .gateway
         .join(&format!("v1/async-tasks?model_endpoint_id={endpoint_id}"))?;
-    let pacing = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
+    let pacing = (settings.rate > 0).then(|| Duration::from_secs_f64(1.0 / settings.rate as f64));
     println!(
         "submitting {tasks} tasks to {} (rate: {}, concurrency: {})",
-        args.endpoint,
-        rate_text(args.rate),
-        args.submit_concurrency
+        settings.endpoint,
+        rate_text(settings.rate),
+        settings.submit_concurrency
     );
 
-    let cpu_before = cpu_seconds(&args.cpu_pids);
+    let cpu_before = cpu_seconds(&settings.cpu_pids);
     let accepted = AtomicU64::new(0);
     let submissions = futures::stream::iter(0..tasks).map(|index| {
-        let (http, url, timings, accepted, api_key) = (&http, &submit_url, &timings, &accepted, &args.api_key);
+        let (http, url, timings, accepted, api_key) = (&http, &submit_url, &timings, &accepted, &settings.api_key);
         let callback_url = if hanging(index) { format!("{hang_url}/{index}") } else { format!("{receiver_url}/{index}") };
         async move {
             if let Some(every) = pacing {
@@ -105,7 +132,7 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
         }
     });
     let submitting = submissions
-        .buffer_unordered(args.submit_concurrency)
+        .buffer_unordered(settings.submit_concurrency)
         .collect::<Vec<()>>();
     tokio::select! {
         _ = submitting => {}
@@ -118,12 +145,12 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
             timings.done.notified().await;
         }
     };
-    let _ = tokio::time::timeout(args.drain_timeout, drained).await;
+    let _ = tokio::time::timeout(settings.drain_timeout, drained).await;
     stop_receiver.cancel();
-    let cpu = cpu_seconds(&args.cpu_pids) - cpu_before;
+    let cpu = cpu_seconds(&settings.cpu_pids) - cpu_before;
     let measured: Vec<usize> = (0..tasks).filter(|index| !hanging(*index)).collect();
     let mut report = report(&timings, &measured, accepted, submit_seconds);
-    if !args.cpu_pids.is_empty() && accepted > 0 {
+    if !settings.cpu_pids.is_empty() && accepted > 0 {
         report["cpu_ms_per_task"] = json!(cpu * 1000.0 / accepted as f64);
     }
     println!("{report:#}");
@@ -217,12 +244,13 @@ async fn receive(
 }
 
 /// The Launch view of the endpoint `--endpoint` names.
-async fn find_endpoint(http: &reqwest::Client, args: &BenchArgs) -> anyhow::Result<Value> {
-    let mut url = args.gateway.join("v1/model-endpoints")?;
-    url.query_pairs_mut().append_pair("name", &args.endpoint);
+async fn find_endpoint(http: &reqwest::Client, settings: &Settings) -> anyhow::Result<Value> {
+    let mut url = settings.gateway.join("v1/model-endpoints")?;
+    url.query_pairs_mut()
+        .append_pair("name", &settings.endpoint);
     let listing: Value = http
         .get(url)
-        .basic_auth(&args.api_key, Some(""))
+        .basic_auth(&settings.api_key, Some(""))
         .send()
         .await?
         .error_for_status()?
@@ -232,8 +260,8 @@ async fn find_endpoint(http: &reqwest::Client, args: &BenchArgs) -> anyhow::Resu
     anyhow::ensure!(
         endpoint["id"].is_string(),
         "endpoint {} not found at {}",
-        args.endpoint,
-        args.gateway
+        settings.endpoint,
+        settings.gateway
     );
     Ok(endpoint)
 }

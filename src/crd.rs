@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{CustomResource, KubeSchema, Resource, ResourceExt};
+use kube::{CustomResource, CustomResourceExt, KubeSchema, Resource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -518,6 +518,19 @@ impl ModelBundle {
         BundleId::for_resource(&namespace_of(self), &self.name_any())
     }
 }
+
+/// Both CRDs as one multi-document YAML stream, as `crds/` holds it.
+pub fn yaml() -> Result<String, serde_saphyr::ser::Error> {
+    // Lists at their key's indentation, as kubectl prints them.
+    let options =
+        || serde_saphyr::ser_options! { compact_list_indent: true, folded_wrap_chars: usize::MAX };
+    let bundle = serde_saphyr::to_string_with_options(&ModelBundle::crd(), options())?;
+    let endpoint = serde_saphyr::to_string_with_options(&ModelEndpoint::crd(), options())?;
+    Ok(format!("---\n{bundle}---\n{endpoint}"))
+}
+
+#[cfg(test)]
+mod schema_tests;
 
 #[cfg(test)]
 mod tests {

@@ -2,6 +2,7 @@
 //! starts (or joins) a JetStream server, runs each async endpoint's workers as local processes
 //! with in-process forwarders, and serves the gateway and the dispatcher in this process.
 
+mod nats;
 mod pool;
 mod runtime;
 mod workers;
@@ -15,31 +16,60 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Readiness;
 use crate::autoscale::AutoscaleMetrics;
-use crate::callback::policy::resolve_policy;
 use crate::catalog::{Catalog, NamedSecret};
-use crate::cli::DevArgs;
 use crate::crd::namespace_of;
-use crate::dispatcher::{Clients, Dispatcher, DispatcherMetrics};
+use crate::dispatcher::{Clients, DeliverySettings, Dispatcher, DispatcherMetrics};
 use crate::forwarder::ForwarderMetrics;
 use crate::gateway::{self, ApiKeys, AppState, GatewayMetrics};
-use crate::manifest::{self, Manifests};
-use crate::nats_server;
-use crate::queue::{Queue, QueueSettings};
+use crate::manifest::Manifests;
+use crate::queue::{Connection, Queue, QueueLimits, QueueSettings};
 use crate::seal::KeyRing;
 use runtime::Runtime;
 
-pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()> {
-    let manifests = manifest::load(&args.manifests)?;
-    let keys = ApiKeys::parse(&args.auth.api_keys, true)?;
-    let ring = Arc::new(args.seal.key_ring_or_generate()?);
-    let (connection, forwarders, _nats_server) = match &args.nats_url {
-        Some(url) => (
-            args.nats_access.connection(url)?,
-            nats_server::ForwarderAccess::Shared,
-            None,
-        ),
-        None => {
-            let server = nats_server::start(&args.nats_server).await?;
+/// What `ferry dev` runs with: its flags and manifests, parsed and checked.
+pub struct Settings {
+    pub manifests: Manifests,
+    pub listen: std::net::SocketAddr,
+    pub nats: Nats,
+    pub keys: ApiKeys,
+    pub ring: KeyRing,
+    /// The guard (at submission and at delivery) and TLS roots of callbacks.
+    pub clients: Clients,
+    pub delivery: DeliverySettings,
+    pub task_limits: QueueLimits,
+    /// How long the load must ask for fewer workers before they are stopped.
+    pub scale_down_delay: Duration,
+    pub max_body_bytes: usize,
+    pub http: crate::http_server::Limits,
+}
+
+/// The NATS server `ferry dev` uses.
+pub enum Nats {
+    /// Start this nats-server program with a store of its own.
+    Start(std::path::PathBuf),
+    /// Use a running server.
+    Connect(Connection),
+}
+
+pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
+    let Settings {
+        manifests,
+        listen,
+        nats,
+        keys,
+        ring,
+        clients,
+        delivery,
+        task_limits,
+        scale_down_delay,
+        max_body_bytes,
+        http,
+    } = settings;
+    let ring = Arc::new(ring);
+    let (connection, forwarders, _nats_server) = match nats {
+        Nats::Connect(connection) => (connection, nats::ForwarderAccess::Shared, None),
+        Nats::Start(program) => {
+            let server = nats::start(&program).await?;
             (
                 server.connection.clone(),
                 server.forwarders.clone(),
@@ -47,12 +77,11 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
             )
         }
     };
-    let loopback = ["127.0.0.0/8".parse()?, "::1/128".parse()?];
-    let guard = args.delivery.guard.guard(&loopback)?;
+    let guard = clients.guard().clone();
     let queue = Queue::connect(
         &connection,
         QueueSettings {
-            task_limits: args.task_queue.limits(),
+            task_limits,
             ..Default::default()
         },
         Duration::from_secs(10),
@@ -63,15 +92,8 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
     let catalog = Catalog::default();
     let mut services = JoinSet::new();
 
-    let clients = Clients::new(guard.clone(), args.delivery.extra_roots()?);
     let metrics = DispatcherMetrics::register(&mut registry);
-    let dispatcher = Dispatcher::new(
-        queue.clone(),
-        args.delivery.settings(),
-        clients,
-        metrics,
-        ring.clone(),
-    );
+    let dispatcher = Dispatcher::new(queue.dispatcher(), delivery, clients, metrics, ring.clone());
     let dispatcher_cancel = cancel.child_token();
     services.spawn(async move {
         dispatcher
@@ -87,7 +109,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
         forwarder_metrics,
         cancel.clone(),
         runtime::Scaling {
-            scale_down_delay: args.scale_down_delay,
+            scale_down_delay,
             metrics: AutoscaleMetrics::register(&mut registry),
         },
         ring.clone(),
@@ -97,7 +119,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
 
     let demand = gateway::Demand::for_this_process();
     let reporter_cancel = cancel.clone();
-    let reporter = demand.clone().report(queue.clone(), reporter_cancel);
+    let reporter = demand.clone().report(queue.gateway(), reporter_cancel);
     services.spawn(async move {
         reporter.await;
         Ok(())
@@ -107,7 +129,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
         writer: Some(runtime.clone()),
         workers: gateway::WorkerClient::new()?,
         demand: demand.clone(),
-        queue,
+        queue: queue.gateway(),
         guard,
         keys: Arc::new(keys),
         // One machine, one user: no per-team limits.
@@ -115,25 +137,25 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
         metrics: GatewayMetrics::register(&mut registry),
         ring,
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", args.listen))?;
+        .map_err(|error| anyhow::anyhow!("cannot listen on {listen}: {error}"))?;
     let readiness = Readiness::default();
     readiness.set_ready();
     let gateway_cancel = cancel.clone();
     services.spawn(async move {
         gateway::serve(
             listener,
-            gateway::router(state, args.max_body_bytes),
+            gateway::router(state, max_body_bytes),
             registry,
             readiness,
-            args.http.limits(),
+            http,
             gateway_cancel,
         )
         .await
         .map_err(anyhow::Error::from)
     });
-    tracing::info!(listen = %args.listen, nats = %connection.url(), "ferry dev is up");
+    tracing::info!(%listen, nats = %connection.url(), "ferry dev is up");
 
     let outcome = tokio::select! {
         finished = services.join_next() => match finished {
@@ -148,29 +170,6 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> anyhow::Result<()>
     while services.join_next().await.is_some() {}
     tracing::info!("ferry dev stopped");
     outcome
-}
-
-/// Ensures each async endpoint's queue and publishes every endpoint's callback policy, its
-/// Secrets resolved from the manifests; fails naming the first missing Secret or key.
-pub async fn prepare_endpoints(
-    queue: &Queue,
-    manifests: &Manifests,
-    ring: &KeyRing,
-) -> anyhow::Result<()> {
-    for endpoint in &manifests.endpoints {
-        let namespace = namespace_of(endpoint.endpoint());
-        let secret = |name: &str| manifests.secret_data(&namespace, name);
-        let policy = resolve_policy(&endpoint.endpoint_id(), endpoint.spec(), secret, ring)
-            .map_err(|error| {
-                let reason = error.reason();
-                anyhow::anyhow!(
-                    "ModelEndpoint {namespace}/{}: {reason}: {error}",
-                    endpoint.endpoint().name_any()
-                )
-            })?;
-        queue.prepare_endpoint(endpoint, &policy).await?;
-    }
-    Ok(())
 }
 
 /// Hands the manifests' Secrets, bundles and endpoints to the runtime, in that order.

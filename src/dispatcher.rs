@@ -23,10 +23,11 @@ pub use deliver::{Clients, Timeouts};
 
 use crate::admin::{self, Readiness};
 use crate::callback::guard;
-use crate::cli::DispatcherArgs;
 use crate::crd::EndpointId;
 use crate::metrics::EndpointLabel;
-use crate::queue::{self, CALLBACK_LEASE_RENEWAL, CallbackDelivery, Held, Queue, QueueSettings};
+use crate::queue::{
+    self, CALLBACK_LEASE_RENEWAL, CallbackDelivery, DispatcherQueue, Held, Queue, QueueSettings,
+};
 use crate::seal::KeyRing;
 use crate::task::{
     CallbackJob, CallbackState, CallbackTarget, DeadLetter, DeliveryAttempt, DeliveryState, now_ms,
@@ -116,7 +117,7 @@ impl DispatcherMetrics {
 }
 
 /// How a dispatcher delivers, whatever the endpoint.
-pub struct DispatcherSettings {
+pub struct DeliverySettings {
     /// Attempts in flight at once.
     pub concurrency: usize,
     /// Attempts in flight at once to one destination: the address and port connected to.
@@ -132,7 +133,7 @@ pub struct DispatcherSettings {
 
 #[derive(Clone)]
 pub struct Dispatcher {
-    queue: Queue,
+    queue: DispatcherQueue,
     concurrency: usize,
     clients: Arc<Clients>,
     endpoints: Arc<EndpointCache>,
@@ -143,7 +144,7 @@ pub struct Dispatcher {
     ring: Arc<KeyRing>,
     /// Cancelled when the dispatcher is asked to stop: jobs not yet attempted are handed back.
     stopping: CancellationToken,
-    /// Cancelled [`DispatcherSettings::shutdown_grace`] after `stopping`: attempts still
+    /// Cancelled [`DeliverySettings::shutdown_grace`] after `stopping`: attempts still
     /// waiting for an answer are cut short.
     cutting_short: CancellationToken,
     shutdown_grace: Duration,
@@ -151,8 +152,8 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(
-        queue: Queue,
-        settings: DispatcherSettings,
+        queue: DispatcherQueue,
+        settings: DeliverySettings,
         clients: Clients,
         metrics: Arc<DispatcherMetrics>,
         ring: Arc<KeyRing>,
@@ -465,45 +466,43 @@ impl Dispatcher {
     }
 }
 
-/// `ferry dispatcher`: the callback controller.
-/// The delivery clients the flags describe (SSRF guard, extra CAs), checked before anything
-/// connects (also by `--check-config`).
-pub fn clients(args: &DispatcherArgs) -> anyhow::Result<Clients> {
-    Ok(Clients::new(
-        args.delivery.guard.guard(&[])?,
-        args.delivery.extra_roots()?,
-    ))
+/// What `ferry dispatcher` runs with: its flags, parsed and checked (also by `--check-config`).
+pub struct Settings {
+    /// How it reaches NATS, as the dispatcher's role.
+    pub connection: queue::Connection,
+    pub queue: QueueSettings,
+    pub ring: KeyRing,
+    pub delivery: DeliverySettings,
+    /// The guard and TLS roots callbacks are sent with.
+    pub clients: Clients,
+    /// Where /healthz, /readyz and /metrics are served, if anywhere.
+    pub admin_listen: Option<SocketAddr>,
+    pub http: crate::http_server::Limits,
 }
 
-pub async fn run(args: DispatcherArgs, cancel: CancellationToken) -> anyhow::Result<()> {
-    let ring = Arc::new(args.seal.key_ring()?);
-    let settings = QueueSettings {
-        result_retention: args.nats.result_retention,
-        ..Default::default()
-    };
+/// `ferry dispatcher`: the callback controller.
+pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
     let queue = Queue::connect(
-        &args
-            .nats
-            .connection()?
-            .for_role(crate::queue::Role::Dispatcher),
-        settings,
+        &settings.connection,
+        settings.queue,
         Duration::from_secs(30),
     )
-    .await?;
+    .await?
+    .dispatcher();
     let mut registry = crate::metrics::registry();
     let metrics = DispatcherMetrics::register(&mut registry);
     let readiness = Readiness::default();
-    if let Some(addr) = args.admin_listen {
+    if let Some(addr) = settings.admin_listen {
         let router = admin::router(Arc::new(registry), readiness.clone());
-        tokio::spawn(admin::serve(
-            addr,
-            router,
-            args.http.limits(),
-            cancel.clone(),
-        ));
+        tokio::spawn(admin::serve(addr, router, settings.http, cancel.clone()));
     }
-    let clients = clients(&args)?;
-    let dispatcher = Dispatcher::new(queue, args.delivery.settings(), clients, metrics, ring);
+    let dispatcher = Dispatcher::new(
+        queue,
+        settings.delivery,
+        settings.clients,
+        metrics,
+        Arc::new(settings.ring),
+    );
     dispatcher.run(readiness, cancel).await?;
     Ok(())
 }

@@ -22,17 +22,15 @@ use tracing::Instrument;
 pub use invoke::{ModelClient, Prediction};
 
 use crate::admin::{self, Readiness};
-use crate::cli::ForwarderArgs;
 use crate::crd::EndpointId;
 use crate::metrics::EndpointLabel;
 use crate::queue::{
-    self, Held, MAX_TASK_ATTEMPTS, MAX_TASK_DELIVERIES, Queue, QueueSettings, RecordAt,
-    TaskDelivery,
+    self, ForwarderQueue, Held, MAX_TASK_ATTEMPTS, MAX_TASK_DELIVERIES, Queue, QueueSettings,
+    RecordAt, TaskDelivery,
 };
 use crate::task::{
     CallbackJob, TaskError, TaskMessage, TaskOutcome, TaskRecord, TaskStatus, now_ms,
 };
-use crate::worker::env;
 
 /// A task still running after this long is recorded as STARTED.
 const STARTED_AFTER: Duration = Duration::from_millis(20);
@@ -45,13 +43,6 @@ const IDLE_PAUSE_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("endpoint id {0:?} is not an endpoint id (end_…)")]
-    EndpointId(String),
-    #[error(
-        "--serve-listen needs --serving-token / {}: the token the gateway presents",
-        env::SERVING_TOKEN
-    )]
-    NoServingToken,
     #[error(transparent)]
     Model(#[from] invoke::Error),
     #[error(transparent)]
@@ -129,7 +120,7 @@ impl ForwarderMetrics {
 /// One worker's forwarder: which endpoint, which model, how many tasks at once.
 #[derive(Clone)]
 pub struct Forwarder {
-    pub queue: Queue,
+    pub queue: ForwarderQueue,
     pub endpoint_id: EndpointId,
     pub model: ModelClient,
     pub concurrency: usize,
@@ -153,7 +144,7 @@ impl Forwarder {
         let mut started = false;
         let mut idle_pause = Duration::ZERO;
         while self.model.wait_until_ready(&cancel).await {
-            let tasks = match self.queue.tasks(&self.endpoint_id).await {
+            let tasks = match self.queue.tasks().await {
                 Ok(tasks) => tasks,
                 // At start-up a queue that cannot be opened is a configuration to fix.
                 Err(error) if !started => return Err(error.into()),
@@ -406,52 +397,56 @@ fn outcome_of(record: &TaskRecord) -> TaskOutcome {
     }
 }
 
-/// The endpoint and the model the flags name, checked before anything connects (also by
-/// `--check-config`).
-pub fn config(args: &ForwarderArgs) -> anyhow::Result<(EndpointId, ModelClient)> {
-    let endpoint_id = EndpointId::parse(&args.endpoint_id)
-        .ok_or_else(|| Error::EndpointId(args.endpoint_id.clone()))?;
-    let no_token = args.serving_token.as_deref().is_none_or(str::is_empty);
-    if args.serve_listen.is_some() && no_token {
-        return Err(Error::NoServingToken.into());
-    }
-    let model = ModelClient::new(
-        &args.model_url,
-        &args.predict_route,
-        &args.healthcheck_route,
-        args.predict_timeout,
-    )?
-    .with_streaming_route(args.streaming_predict_route.as_deref())?;
-    Ok((endpoint_id, model))
+/// What `ferry forwarder` runs with: its flags, parsed and checked (also by `--check-config`).
+pub struct Settings {
+    pub endpoint_id: EndpointId,
+    pub model: ModelClient,
+    /// How it reaches NATS, with its endpoint's credentials.
+    pub connection: queue::Connection,
+    pub queue: QueueSettings,
+    /// Tasks run at once.
+    pub concurrency: usize,
+    /// Where /healthz, /readyz and /metrics are served, if anywhere.
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Set for the worker of a sync or streaming endpoint: it serves the gateway's requests
+    /// instead of pulling queued tasks.
+    pub serving: Option<Serving>,
+    pub http: crate::http_server::Limits,
+}
+
+/// Where a serving forwarder listens and the token the gateway presents to it.
+pub struct Serving {
+    pub listen: std::net::SocketAddr,
+    pub token: String,
 }
 
 /// `ferry forwarder`: the sidecar in every worker pod.
-pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Result<()> {
-    let (endpoint_id, model) = config(&args)?;
-    let settings = QueueSettings {
-        result_retention: args.nats.result_retention,
-        ..Default::default()
-    };
-    let queue = Queue::connect(
-        &args.nats.connection()?.for_forwarder_of(&endpoint_id),
-        settings,
-        Duration::from_secs(30),
-    )
-    .await?;
+pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
+    let Settings {
+        endpoint_id,
+        model,
+        connection,
+        queue: queue_settings,
+        concurrency,
+        admin_listen,
+        serving,
+        http,
+    } = settings;
+    let queue = Queue::connect(&connection, queue_settings, Duration::from_secs(30))
+        .await?
+        .forwarder(&endpoint_id);
     let mut registry = crate::metrics::registry();
     let metrics = ForwarderMetrics::register(&mut registry);
     let readiness = Readiness::default();
-    if let Some(addr) = args.admin_listen {
+    if let Some(addr) = admin_listen {
         let router = admin::router(Arc::new(registry), readiness.clone());
-        tokio::spawn(admin::serve(
-            addr,
-            router,
-            args.http.limits(),
-            cancel.clone(),
-        ));
+        tokio::spawn(admin::serve(addr, router, http, cancel.clone()));
     }
-    let concurrency = args.concurrency.get() as usize;
-    if let Some(addr) = args.serve_listen {
+    if let Some(Serving {
+        listen: addr,
+        token,
+    }) = serving
+    {
         if !model.wait_until_ready(&cancel).await {
             return Ok(());
         }
@@ -468,12 +463,12 @@ pub async fn run(args: ForwarderArgs, cancel: CancellationToken) -> anyhow::Resu
             listener,
             Arc::new(serve::Server {
                 endpoint_id,
-                token: args.serving_token.unwrap_or_default(),
+                token,
                 model,
                 slots,
                 queue,
             }),
-            args.http.limits(),
+            http,
             cancel,
         )
         .await?;

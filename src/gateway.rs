@@ -33,12 +33,15 @@ pub use sync::WorkerClient;
 pub use team_limits::{RateLimit, TeamLimits};
 
 use crate::admin::{self, Readiness};
+use kube::ResourceExt;
+
 use crate::callback::Guard;
+use crate::callback::policy::resolve_policy;
 use crate::catalog::{Catalog, ResourceWriter, cluster};
-use crate::cli::GatewayArgs;
+use crate::crd::namespace_of;
 use crate::http_server;
-use crate::manifest;
-use crate::queue::{Queue, QueueSettings};
+use crate::manifest::{self, Manifests};
+use crate::queue::{GatewayQueue, Queue, QueueSettings, QueueSpec};
 use crate::seal::KeyRing;
 
 #[derive(Clone)]
@@ -50,7 +53,7 @@ pub struct AppState {
     pub workers: sync::WorkerClient,
     /// The sync and streaming requests held, reported to the autoscalers.
     pub demand: Demand,
-    pub queue: Queue,
+    pub queue: GatewayQueue,
     pub guard: Guard,
     pub keys: Arc<ApiKeys>,
     /// Per-team request rate and task quota.
@@ -122,76 +125,78 @@ pub async fn serve(
     http_server::serve(listener, app, limits, cancel).await
 }
 
-/// `ferry gateway`: serves the endpoints its manifests define, preparing their queues and
-/// callback policies at start.
-/// What the gateway's flags configure, checked before it connects anywhere (also by
-/// `--check-config`).
-pub struct Config {
-    keys: ApiKeys,
-    guard: Guard,
-    ring: KeyRing,
-    limits: TeamLimits,
-    /// The fixed set of endpoints from `--manifests`; the cluster's when absent.
-    manifests: Option<manifest::Manifests>,
-}
-
-pub fn config(args: &GatewayArgs) -> anyhow::Result<Config> {
-    let keys = ApiKeys::parse(&args.auth.api_keys, false)?;
-    if matches!(&keys, ApiKeys::Teams(teams) if teams.is_empty()) {
-        anyhow::bail!("no API keys configured: set --api-keys / FERRY_API_KEYS to KEY=TEAM pairs");
+/// Ensures each async endpoint's queue and publishes every endpoint's callback policy, its
+/// Secrets resolved from the manifests; fails naming the first missing Secret or key.
+async fn prepare_endpoints(
+    queue: &GatewayQueue,
+    manifests: &Manifests,
+    ring: &KeyRing,
+) -> anyhow::Result<()> {
+    for endpoint in &manifests.endpoints {
+        let namespace = namespace_of(endpoint.endpoint());
+        let secret = |name: &str| manifests.secret_data(&namespace, name);
+        let policy = resolve_policy(&endpoint.endpoint_id(), endpoint.spec(), secret, ring)
+            .map_err(|error| {
+                let reason = error.reason();
+                anyhow::anyhow!(
+                    "ModelEndpoint {namespace}/{}: {reason}: {error}",
+                    endpoint.endpoint().name_any()
+                )
+            })?;
+        queue
+            .prepare_endpoint(
+                &endpoint.endpoint_id(),
+                &policy,
+                QueueSpec::of(endpoint).as_ref(),
+            )
+            .await?;
     }
-    let manifests = if args.manifests.is_empty() {
-        None
-    } else {
-        let manifests = manifest::load(&args.manifests)?;
-        if manifests.endpoints.is_empty() {
-            anyhow::bail!(
-                "no ModelEndpoint found in {}: a gateway serving manifests serves their endpoints",
-                args.manifests
-                    .iter()
-                    .map(|path| path.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        Some(manifests)
-    };
-    Ok(Config {
-        keys,
-        guard: args.guard.guard(&[])?,
-        ring: args.seal.key_ring()?,
-        limits: args.team_limits.limits(),
-        manifests,
-    })
+    Ok(())
 }
 
-pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result<()> {
-    let Config {
+/// What `ferry gateway` runs with: its flags, parsed and checked (also by `--check-config`).
+pub struct Settings {
+    pub listen: std::net::SocketAddr,
+    /// How it reaches NATS, as the gateway's role.
+    pub connection: crate::queue::Connection,
+    pub queue: QueueSettings,
+    pub keys: ApiKeys,
+    pub guard: Guard,
+    pub ring: KeyRing,
+    pub limits: TeamLimits,
+    /// The fixed set of endpoints of `--manifests`; the cluster's when absent.
+    pub manifests: Option<manifest::Manifests>,
+    pub max_body_bytes: usize,
+    pub http: http_server::Limits,
+}
+
+/// `ferry gateway`: serves the endpoints of its manifests, preparing their queues and callback
+/// policies at start, or those of the cluster.
+pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
+    let Settings {
+        listen,
+        connection,
+        queue: queue_settings,
         keys,
         guard,
         ring,
         limits,
         manifests,
-    } = config(&args)?;
+        max_body_bytes,
+        http,
+    } = settings;
     let ring = Arc::new(ring);
-    let settings = QueueSettings {
-        result_retention: args.nats.result_retention,
-        task_limits: args.task_queue.limits(),
-        ..Default::default()
-    };
     let queue = Queue::connect(
-        &args
-            .nats
-            .connection()?
-            .for_role(crate::queue::Role::Gateway),
-        settings,
+        &connection,
+        queue_settings,
         std::time::Duration::from_secs(30),
     )
-    .await?;
+    .await?
+    .gateway();
     let readiness = Readiness::default();
     let catalog = Catalog::default();
     let writer: Option<Arc<dyn ResourceWriter>> = if let Some(manifests) = manifests {
-        crate::dev::prepare_endpoints(&queue, &manifests, &ring).await?;
+        prepare_endpoints(&queue, &manifests, &ring).await?;
         catalog.replace_bundles(
             manifests
                 .bundles
@@ -238,13 +243,13 @@ pub async fn run(args: GatewayArgs, cancel: CancellationToken) -> anyhow::Result
         metrics: GatewayMetrics::register(&mut registry),
         ring,
     };
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
     serve(
         listener,
-        router(state, args.max_body_bytes),
+        router(state, max_body_bytes),
         registry,
         readiness,
-        args.http.limits(),
+        http,
         cancel,
     )
     .await?;

@@ -265,6 +265,9 @@ fn name_of(value: &serde_json::Value) -> String {
 }
 
 #[cfg(test)]
+mod examples_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

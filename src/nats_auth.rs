@@ -6,7 +6,7 @@
 
 mod jwt;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nkeys::KeyPair;
 
@@ -39,24 +39,42 @@ pub enum Error {
     },
 }
 
-/// `ferry nats-auth`: a new authorization written to `--out`, or one forwarder's credentials
-/// issued from it and printed.
-pub fn run(args: &crate::cli::NatsAuthArgs) -> Result<(), Error> {
-    let Some(endpoint) = &args.forwarder_of else {
-        AuthSet::generate().write(&args.out)?;
-        println!("NATS authorization written to {}", args.out.display());
-        return Ok(());
-    };
-    let endpoint =
-        EndpointId::parse(endpoint).ok_or_else(|| Error::EndpointId(endpoint.clone()))?;
-    let issuer = ForwarderIssuer::from_files(
-        &args.out.join(ACCOUNT_FILE),
-        &args.out.join(ACCOUNT_SIGNING_SEED_FILE),
-    )?;
-    let expires = jiff::Timestamp::now()
-        .checked_add(args.valid_for)
-        .map_err(|_| Error::ValidFor)?;
-    print!("{}", issuer.forwarder_creds(&endpoint, expires)?);
+/// What `ferry nats-auth` does.
+pub enum Settings {
+    /// Write a new authorization into this directory.
+    Generate { out: PathBuf },
+    /// Print the credentials of one endpoint's forwarder, issued with the account signing key
+    /// an earlier run wrote to `out`, valid for `valid_for`.
+    IssueForwarder {
+        out: PathBuf,
+        endpoint: EndpointId,
+        valid_for: std::time::Duration,
+    },
+}
+
+/// `ferry nats-auth`: a new authorization written to its directory, or one forwarder's
+/// credentials issued from it and printed.
+pub fn run(settings: Settings) -> Result<(), Error> {
+    match settings {
+        Settings::Generate { out } => {
+            AuthSet::generate().write(&out)?;
+            println!("NATS authorization written to {}", out.display());
+        }
+        Settings::IssueForwarder {
+            out,
+            endpoint,
+            valid_for,
+        } => {
+            let issuer = ForwarderIssuer::from_files(
+                &out.join(ACCOUNT_FILE),
+                &out.join(ACCOUNT_SIGNING_SEED_FILE),
+            )?;
+            let expires = jiff::Timestamp::now()
+                .checked_add(valid_for)
+                .map_err(|_| Error::ValidFor)?;
+            print!("{}", issuer.forwarder_creds(&endpoint, expires)?);
+        }
+    }
     Ok(())
 }
 
@@ -228,3 +246,8 @@ pub fn write_private(path: &Path, text: &str) -> Result<(), Error> {
         .and_then(|mut file| file.write_all(text.as_bytes()))
         .map_err(failed)
 }
+
+#[cfg(test)]
+mod permission_tests;
+#[cfg(test)]
+mod rotation_tests;

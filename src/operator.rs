@@ -18,6 +18,7 @@ mod fixtures;
 mod tests;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -32,11 +33,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Readiness};
 use crate::autoscale::AutoscaleMetrics;
-use crate::cli::OperatorArgs;
 use crate::crd::{ModelBundle, ModelEndpoint};
 use crate::queue::{self, QueueSettings};
-use build::worker_secret::ForwarderCredsIssuing;
+use crate::seal::KeyRing;
+pub use build::worker_secret::ForwarderCredsIssuing;
 use context::{Context, Metrics, QueueConnection};
+pub use leader::LeaseChoice;
 use reconcile::{error_policy, reconcile};
 use status::reason;
 
@@ -157,40 +159,32 @@ impl Error {
     }
 }
 
-/// What shapes every worker pod, from the operator's flags.
-pub fn settings(args: &OperatorArgs) -> build::Settings {
-    build::Settings {
-        forwarder_image: args.forwarder_image.clone(),
-        nats_url: args.nats.url.clone(),
-        result_retention: args.nats.result_retention,
-        predict_timeout: args.predict_timeout,
-        gpu_node_label: args.gpu_node_label.clone(),
-        worker_network_policy: args.worker_network_policy.clone(),
-        forwarder_nats_creds: args.forwarder_creds.nats_account_file.is_some(),
-    }
-}
-
-/// How the operator issues forwarders' NATS credentials, from its flags; `None` without them.
-pub fn forwarder_creds_issuing(
-    args: &crate::cli::ForwarderCredsArgs,
-) -> Result<Option<ForwarderCredsIssuing>, crate::nats_auth::Error> {
-    let (Some(account), Some(seed)) = (
-        &args.nats_account_file,
-        &args.nats_account_signing_seed_file,
-    ) else {
-        return Ok(None);
-    };
-    Ok(Some(ForwarderCredsIssuing {
-        issuer: crate::nats_auth::ForwarderIssuer::from_files(account, seed)?,
-        validity: args.valid_for,
-    }))
+/// What `ferry operator` runs with: its flags, parsed and checked (also by `--check-config`).
+pub struct Settings {
+    /// How it reaches NATS, as the operator's role.
+    pub connection: queue::Connection,
+    pub queue: QueueSettings,
+    pub ring: KeyRing,
+    /// What shapes every worker pod.
+    pub workers: build::Settings,
+    /// How forwarders' NATS credentials are issued; none without the account's files.
+    pub forwarder_creds: Option<ForwarderCredsIssuing>,
+    /// Watch only this namespace; all namespaces when absent.
+    pub namespace: Option<String>,
+    /// Endpoints reconciled at once.
+    pub reconcile_concurrency: u16,
+    /// Time between reconciles of an unchanged endpoint.
+    pub resync: Duration,
+    /// How long the load must ask for fewer workers before an async endpoint is scaled in.
+    pub scale_down_delay: Duration,
+    pub lease: LeaseChoice,
+    pub admin_listen: std::net::SocketAddr,
+    pub http: crate::http_server::Limits,
 }
 
 /// `ferry operator`: serves probes and metrics, waits for the leader Lease, then reconciles
 /// until `cancel`.
-pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Result<()> {
-    let ring = Arc::new(args.seal.key_ring()?);
-    let forwarder_creds = forwarder_creds_issuing(&args.forwarder_creds)?;
+pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let mut registry = crate::metrics::registry();
     let metrics = Metrics::register(&mut registry);
@@ -198,41 +192,29 @@ pub async fn run(args: OperatorArgs, cancel: CancellationToken) -> anyhow::Resul
     let readiness = Readiness::default();
     let router = admin::router(Arc::new(registry), readiness.clone());
     let admin_server = tokio::spawn(admin::serve(
-        args.admin_listen,
+        settings.admin_listen,
         router,
-        args.http.limits(),
+        settings.http,
         cancel.clone(),
     ));
-
-    let queue_settings = QueueSettings {
-        result_retention: args.nats.result_retention,
-        task_limits: args.task_queue.limits(),
-        ..Default::default()
-    };
-    let settings = settings(&args);
     let context = Arc::new(
         Context::new(
             client.clone(),
-            QueueConnection::new(
-                args.nats
-                    .connection()?
-                    .for_role(crate::queue::Role::Operator),
-                queue_settings,
-            ),
-            settings,
-            ring,
-            args.resync,
+            QueueConnection::new(settings.connection, settings.queue),
+            settings.workers,
+            Arc::new(settings.ring),
+            settings.resync,
             metrics.clone(),
         )
-        .with_forwarder_creds(forwarder_creds),
+        .with_forwarder_creds(settings.forwarder_creds),
     );
-    let lease = leader::LeaseSettings::from_args(&args.lease, &client);
+    let lease = leader::LeaseSettings::resolve(settings.lease, &client);
     // A standby replica is healthy too: ready means started, not elected.
     readiness.set_ready();
-    let scope = args.namespace.clone();
-    let concurrency = args.reconcile_concurrency.get();
+    let scope = settings.namespace;
+    let concurrency = settings.reconcile_concurrency;
     let autoscaler = Autoscaler {
-        scale_down_delay: args.scale_down_delay,
+        scale_down_delay: settings.scale_down_delay,
         metrics: autoscale_metrics,
     };
     let outcome = leader::run_while_leader(client, lease, metrics, cancel.clone(), |stop| {

@@ -9,10 +9,13 @@ mod connect;
 mod lease;
 mod limits;
 mod load;
-mod names;
+pub mod names;
 mod permissions;
 mod results;
+mod roles;
 mod tasks;
+#[cfg(test)]
+pub mod testing;
 
 use std::time::Duration;
 
@@ -23,8 +26,11 @@ pub use connect::{ClientCert, ConfigError, Connection, Credentials, Tls};
 pub use lease::{Held, Puller, consume, keep_alive_while_held};
 pub use limits::QueueLimits;
 pub use load::LoadReport;
+#[cfg(test)]
+pub use permissions::forwarder_inbox_prefix;
 pub use permissions::{Permissions, Role, forwarder_of, permissions};
 pub use results::RecordAt;
+pub use roles::{DispatcherQueue, ForwarderQueue, GatewayQueue, OperatorQueue};
 pub use tasks::{Backlog, MAX_TASK_ATTEMPTS, MAX_TASK_DELIVERIES, QueueSpec, TaskDelivery};
 
 /// Boxed error from the NATS client; the variant of [`Error`] says which operation failed.
@@ -58,6 +64,8 @@ pub enum Error {
         source: NatsError,
     },
     /// The endpoint's task queue holds as many tasks (or bytes) as it may.
+    #[error("endpoint {endpoint} is not this forwarder's")]
+    NotOwnEndpoint { endpoint: crate::crd::EndpointId },
     #[error("the task queue of endpoint {endpoint} is full")]
     Full { endpoint: crate::crd::EndpointId },
     #[error("publishing to {subject}")]
@@ -141,7 +149,7 @@ impl Default for QueueSettings {
 #[derive(Clone)]
 pub struct Queue {
     js: jetstream::Context,
-    results: kv::Store,
+    results: results::Results,
     /// Absent for a forwarder, which may not read them.
     dead_letters: Option<kv::Store>,
     policies: Option<kv::Store>,
@@ -151,7 +159,8 @@ pub struct Queue {
 
 impl Queue {
     /// Connects (retrying while the server starts, for up to `wait`) and ensures the shared
-    /// results bucket and callbacks streams exist; a forwarder only binds the results bucket.
+    /// results bucket and callbacks streams exist; a forwarder reaches its own keys of the
+    /// results bucket only.
     pub async fn connect(
         connection: &Connection,
         settings: QueueSettings,
@@ -160,11 +169,12 @@ impl Queue {
         let client = connect::connect_with_retry(connection, wait).await?;
         let js = jetstream::new(client);
         let (results, dead_letters, policies) = if connection.role().ensures_shared() {
-            let results = results::ensure_bucket(&js, &settings).await?;
+            let results =
+                results::Results::Bucket(Box::new(results::ensure_bucket(&js, &settings).await?));
             let buckets = callbacks::ensure(&js, &settings).await?;
             (results, Some(buckets.dead_letters), Some(buckets.policies))
         } else {
-            (results::bind_bucket(&js).await?, None, None)
+            (results::Results::own_keys(&js).await?, None, None)
         };
         Ok(Queue {
             js,
@@ -188,6 +198,19 @@ async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv
 }
 
 impl Queue {
+    /// Publishes `message` and waits for JetStream to acknowledge that it stored it: a
+    /// publish that returns `Ok` is durable (or a duplicate of one within the window).
+    async fn publish_acked(
+        &self,
+        subject: &str,
+        message: jetstream::message::PublishMessage,
+    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        self.js
+            .send_publish(subject.to_owned(), message)
+            .await?
+            .await
+    }
+
     /// A core NATS subscription: messages published from now on, none kept.
     async fn subscribe(&self, subject: String) -> Result<async_nats::Subscriber, Error> {
         self.js
@@ -201,17 +224,16 @@ impl Queue {
     }
 
     /// Everything the queue keeps for an endpoint: its callback policy (for the dispatcher) and,
-    /// for an async endpoint, its task stream and consumer. Safe to repeat.
-    pub async fn prepare_endpoint(
+    /// for an async endpoint (`tasks`), its task queue. Safe to repeat.
+    async fn prepare_endpoint(
         &self,
-        endpoint: &crate::crd::validate::ValidatedEndpoint,
+        endpoint: &crate::crd::EndpointId,
         policy: &crate::task::CallbackPolicy,
+        tasks: Option<&QueueSpec>,
     ) -> Result<(), Error> {
-        self.put_callback_policy(&endpoint.endpoint_id(), policy)
-            .await?;
-        if endpoint.spec().endpoint_type == crate::crd::EndpointType::Async {
-            self.ensure_endpoint(&QueueSpec::for_endpoint(endpoint))
-                .await?;
+        self.put_callback_policy(endpoint, policy).await?;
+        if let Some(spec) = tasks {
+            self.ensure_task_queue(spec).await?;
         }
         Ok(())
     }

@@ -19,8 +19,8 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::Settings;
 use super::{HangingReceiver, cpu_seconds, serve_receiver};
-use crate::cli::BenchArgs;
 use crate::crd::EndpointId;
 use crate::queue::{Queue, QueueSettings};
 use crate::seal::KeyRing;
@@ -39,14 +39,15 @@ struct Seen {
     done: tokio::sync::Notify,
 }
 
-pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<()> {
-    let jobs = usize::try_from(args.callback_backlog)?;
-    let hanging = |index: usize| index % 100 < usize::from(args.hanging_percent);
+pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
+    let jobs = usize::try_from(settings.callback_backlog)?;
+    let hanging = |index: usize| index % 100 < usize::from(settings.hanging_percent);
     let fast_jobs = (0..jobs).filter(|index| !hanging(*index)).count() as u64;
 
-    let server = crate::nats_server::start_with_config(Path::new("nats-server"), "").await?;
+    let server = crate::nats_server::start(Path::new("nats-server"), "", None).await?;
+    let connection = crate::queue::Connection::open(server.url())?;
     let queue = Queue::connect(
-        &server.connection,
+        &connection,
         QueueSettings::default(),
         Duration::from_secs(10),
     )
@@ -106,7 +107,7 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     let started_ns = seen.start.elapsed().as_nanos() as u64;
     let mut dispatcher = tokio::process::Command::new(std::env::current_exe()?)
         .arg("dispatcher")
-        .env(crate::worker::env::NATS_URL, server.connection.url())
+        .env(crate::worker::env::NATS_URL, server.url())
         .env("FERRY_SEAL_KEY_FILE", &key_file)
         .env("FERRY_CALLBACK_ALLOW_CIDRS", "127.0.0.0/8")
         .env(crate::worker::env::ADMIN_LISTEN, admin.to_string())
@@ -123,7 +124,7 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
         }
     };
     tokio::select! {
-        _ = tokio::time::timeout(args.drain_timeout, drained) => {}
+        _ = tokio::time::timeout(settings.drain_timeout, drained) => {}
         _ = cancel.cancelled() => anyhow::bail!("interrupted"),
     }
     let cpu = cpu_seconds(&pids) - cpu_before;
@@ -191,7 +192,7 @@ async fn publish_job(
         prior_attempts: 0,
         redeliveries: 0,
     };
-    Ok(queue.publish_callback(&job).await?)
+    Ok(queue.forwarder(endpoint).publish_callback(&job).await?)
 }
 
 async fn receive(State(seen): State<Arc<Seen>>, UrlPath(index): UrlPath<usize>) {

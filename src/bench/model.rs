@@ -8,8 +8,6 @@ use axum::{Json, Router, http::StatusCode, routing::get};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::BenchModelArgs;
-
 #[derive(Deserialize)]
 struct Args {
     x: i64,
@@ -24,9 +22,9 @@ async fn predict(Json(args): Json<Args>) -> Result<Json<i64>, StatusCode> {
         .ok_or(StatusCode::BAD_REQUEST)
 }
 
-pub async fn run(args: BenchModelArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(port: u16, cancel: CancellationToken) -> anyhow::Result<()> {
     let app = Router::new().fallback(get(|| async { "{\"ready\": true}" }).post(predict));
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", args.port)).await?;
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
     axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await?;

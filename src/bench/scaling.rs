@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::BenchArgs;
+use super::Settings;
 
 /// How often worker counts and async results are read.
 const POLL_EVERY: Duration = Duration::from_millis(10);
@@ -20,27 +20,27 @@ const SETTLE_WITHIN: Duration = Duration::from_secs(600);
 
 struct Api {
     http: reqwest::Client,
-    args: BenchArgs,
+    settings: Settings,
 }
 
 impl Api {
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let url = self.args.gateway.join(path)?;
+        let url = self.settings.gateway.join(path)?;
         let response = self
             .http
             .get(url)
-            .basic_auth(&self.args.api_key, Some(""))
+            .basic_auth(&self.settings.api_key, Some(""))
             .send()
             .await?;
         Ok(response.error_for_status()?.json().await?)
     }
 
     async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let url = self.args.gateway.join(path)?;
+        let url = self.settings.gateway.join(path)?;
         let response = self
             .http
             .post(url)
-            .basic_auth(&self.args.api_key, Some(""))
+            .basic_auth(&self.settings.api_key, Some(""))
             .json(body)
             .send()
             .await?;
@@ -48,7 +48,7 @@ impl Api {
     }
 
     async fn endpoint(&self) -> anyhow::Result<Value> {
-        super::find_endpoint(&self.http, &self.args).await
+        super::find_endpoint(&self.http, &self.settings).await
     }
 
     async fn available_workers(&self) -> anyhow::Result<u64> {
@@ -75,7 +75,7 @@ impl Api {
 
     /// Runs one task to its result: through the queue (polling its status) or synchronously.
     async fn run_task(&self, id: &str, sync: bool, x: usize) -> anyhow::Result<()> {
-        let body = json!({"args": {"x": x, "y": "bench", "sleep": self.args.task_seconds}});
+        let body = json!({"args": {"x": x, "y": "bench", "sleep": self.settings.task_seconds}});
         if sync {
             let answer = self
                 .post(&format!("v1/sync-tasks?model_endpoint_id={id}"), &body)
@@ -127,10 +127,10 @@ impl Api {
     }
 }
 
-pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
     let api = Api {
         http: reqwest::Client::builder().no_proxy().build()?,
-        args,
+        settings,
     };
     let endpoint = api.endpoint().await?;
     let id = endpoint["id"].as_str().unwrap_or_default().to_owned();
@@ -142,12 +142,12 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
     );
     let measuring = async {
         let mut report =
-            json!({"endpoint": api.args.endpoint, "endpoint_type": endpoint["endpoint_type"]});
-        if api.args.wake_rounds > 0 {
+            json!({"endpoint": api.settings.endpoint, "endpoint_type": endpoint["endpoint_type"]});
+        if api.settings.wake_rounds > 0 {
             anyhow::ensure!(min == 0, "waking needs an endpoint with minWorkers: 0");
             report["wake"] = wake(&api, &id, sync).await?;
         }
-        if api.args.burst > 0 {
+        if api.settings.burst > 0 {
             report["burst"] = burst(&api, &id, sync, min, max).await?;
         }
         anyhow::Ok(report)
@@ -162,7 +162,7 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<(
 
 async fn wake(api: &Api, id: &str, sync: bool) -> anyhow::Result<Value> {
     let (mut to_worker, mut to_result) = (Vec::new(), Vec::new());
-    for round in 0..api.args.wake_rounds {
+    for round in 0..api.settings.wake_rounds {
         api.settle("to zero workers", |_, total| total == 0).await?;
         let start = Instant::now();
         let task = async {
@@ -179,7 +179,7 @@ async fn wake(api: &Api, id: &str, sync: bool) -> anyhow::Result<Value> {
         );
     }
     Ok(json!({
-        "rounds": api.args.wake_rounds,
+        "rounds": api.settings.wake_rounds,
         "submission_to_worker_available_s": summary(to_worker),
         "submission_to_result_s": summary(to_result),
     }))
@@ -190,7 +190,7 @@ async fn burst(api: &Api, id: &str, sync: bool, min: u64, max: u64) -> anyhow::R
         total == min && available == min
     })
     .await?;
-    let tasks = api.args.burst;
+    let tasks = api.settings.burst;
     let start = Instant::now();
     let all = async {
         let runs = (0..tasks).map(|x| api.run_task(id, sync, x));
@@ -211,7 +211,7 @@ async fn burst(api: &Api, id: &str, sync: bool, min: u64, max: u64) -> anyhow::R
     );
     Ok(json!({
         "tasks": tasks,
-        "task_seconds": api.args.task_seconds,
+        "task_seconds": api.settings.task_seconds,
         "workers_from": min,
         "seconds_until_available_worker_n": reached,
         "seconds_until_first_added_worker": reached.get(first_new),

@@ -20,7 +20,7 @@ use crate::admin::Readiness;
 use crate::crd::names::{CALLBACK_CREDENTIALS_LABEL, MANAGED_BY_LABEL, service_url};
 use crate::crd::validate::{ValidatedBundle, ValidatedEndpoint};
 use crate::crd::{EndpointType, ModelBundle, ModelEndpoint, namespace_of};
-use crate::queue::{Queue, QueueSpec};
+use crate::queue::{GatewayQueue, QueueSpec};
 
 /// Field manager of the gateway's server-side applies.
 pub const FIELD_MANAGER: &str = "ferry-gateway";
@@ -125,7 +125,7 @@ fn valid<K: Resource<DynamicType = ()>>(object: DeserializeGuard<K>) -> Option<K
 pub struct ClusterWriter {
     pub client: Client,
     pub catalog: Catalog,
-    pub queue: Queue,
+    pub queue: GatewayQueue,
 }
 
 fn params() -> PatchParams {
@@ -236,7 +236,7 @@ impl ClusterWriter {
         if validated.spec().endpoint_type == EndpointType::Async {
             // The operator ensures the queue too; doing it here lets the first task in right away.
             self.queue
-                .ensure_endpoint(&QueueSpec::for_endpoint(&validated))
+                .open_task_queue(&QueueSpec::for_endpoint(&validated))
                 .await
                 .map_err(unavailable)?;
         }

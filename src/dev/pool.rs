@@ -24,7 +24,7 @@ use crate::crd::{
 };
 use crate::forwarder::ForwarderMetrics;
 use crate::queue::LoadReport;
-use crate::queue::Queue;
+use crate::queue::{ForwarderQueue, OperatorQueue};
 
 /// How often the queue's state is read between arrivals.
 const EVALUATE_EVERY: Duration = Duration::from_secs(1);
@@ -113,9 +113,9 @@ pub struct Pool {
     pub bundle: Arc<ModelBundle>,
     pub catalog: Catalog,
     /// Reads the endpoint's load.
-    pub queue: Queue,
+    pub queue: OperatorQueue,
     /// What its forwarders pull, record and queue callbacks with.
-    pub forwarder_queue: Queue,
+    pub forwarder_queue: ForwarderQueue,
     pub metrics: Arc<ForwarderMetrics>,
     pub scaling: Scaling,
     /// What the gateway presents to the endpoint's serving workers.

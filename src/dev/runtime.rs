@@ -11,6 +11,7 @@ use kube::ResourceExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::nats::ForwarderAccess;
 use super::pool::Pool;
 pub use super::pool::Scaling;
 use crate::callback::policy::resolve_policy;
@@ -18,8 +19,7 @@ use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::crd::validate::{ValidatedBundle, ValidatedEndpoint, validate};
 use crate::crd::{EndpointId, ModelBundle, ModelEndpoint, namespace_of};
 use crate::forwarder::ForwarderMetrics;
-use crate::nats_server::ForwarderAccess;
-use crate::queue::{Queue, QueueSettings};
+use crate::queue::{ForwarderQueue, Queue, QueueSettings, QueueSpec};
 use crate::seal::KeyRing;
 
 type SecretData = BTreeMap<String, Vec<u8>>;
@@ -33,6 +33,7 @@ struct Run {
 }
 
 pub struct Runtime {
+    /// Every role's connection: `ferry dev` plays them all.
     queue: Queue,
     catalog: Catalog,
     metrics: Arc<ForwarderMetrics>,
@@ -89,7 +90,8 @@ impl Runtime {
         let policy = resolve_policy(&id, &endpoint.spec, secret, &self.ring)
             .map_err(|error| WriteError::Invalid(format!("{}: {error}", error.reason())))?;
         self.queue
-            .prepare_endpoint(&validated, &policy)
+            .operator()
+            .prepare_endpoint(&id, &policy, QueueSpec::of(&validated).as_ref())
             .await
             .map_err(|error| WriteError::Unavailable(Box::new(error)))?;
         let started_from = format!("{:?}{:?}", endpoint.spec, validated.bundle().spec);
@@ -135,7 +137,8 @@ impl Runtime {
         }
         self.catalog.remove_endpoint(&id);
         self.queue
-            .delete_callback_policy(&id)
+            .operator()
+            .retire_endpoint(&id)
             .await
             .map_err(|error| WriteError::Unavailable(Box::new(error)))?;
         Ok(())
@@ -163,7 +166,7 @@ impl Runtime {
         &self,
         endpoint: Arc<ModelEndpoint>,
         bundle: Arc<ModelBundle>,
-        forwarder_queue: Queue,
+        forwarder_queue: ForwarderQueue,
         started_from: String,
     ) -> Run {
         let stop = self.cancel.child_token();
@@ -172,7 +175,7 @@ impl Runtime {
             endpoint,
             bundle,
             catalog: self.catalog.clone(),
-            queue: self.queue.clone(),
+            queue: self.queue.operator(),
             forwarder_queue,
             metrics: self.metrics.clone(),
             scaling: self.scaling.clone(),

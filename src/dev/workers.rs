@@ -15,7 +15,7 @@ use crate::catalog::Catalog;
 use crate::crd::EndpointType;
 use crate::crd::{ModelBundle, ModelEndpoint};
 use crate::forwarder::{Forwarder, ForwarderMetrics, ModelClient, serve};
-use crate::queue::Queue;
+use crate::queue::ForwarderQueue;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -43,7 +43,7 @@ pub struct Worker {
     pub endpoint: Arc<ModelEndpoint>,
     pub bundle: Arc<ModelBundle>,
     pub catalog: Catalog,
-    pub queue: Queue,
+    pub queue: ForwarderQueue,
     pub metrics: Arc<ForwarderMetrics>,
     /// What the gateway presents to this worker when it serves (sync and streaming).
     pub serving_token: String,

@@ -9,7 +9,7 @@ use super::deliver::Timeouts;
 use super::schedule::RetrySchedule;
 use crate::callback::sign::SigningKey;
 use crate::crd::EndpointId;
-use crate::queue::{self, Queue};
+use crate::queue::{self, DispatcherQueue};
 use crate::seal::KeyRing;
 use crate::task::{CallbackAuth, CallbackPolicy};
 
@@ -71,14 +71,14 @@ impl EndpointDelivery {
 
 /// Endpoint settings read on first use and forgotten when their policy changes.
 pub struct EndpointCache {
-    queue: Queue,
+    queue: DispatcherQueue,
     defaults: Timeouts,
     ring: Arc<KeyRing>,
     entries: Mutex<HashMap<EndpointId, Arc<EndpointDelivery>>>,
 }
 
 impl EndpointCache {
-    pub fn new(queue: Queue, defaults: Timeouts, ring: Arc<KeyRing>) -> Self {
+    pub fn new(queue: DispatcherQueue, defaults: Timeouts, ring: Arc<KeyRing>) -> Self {
         EndpointCache {
             queue,
             defaults,

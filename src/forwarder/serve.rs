@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 
 use super::{ModelClient, Prediction};
 use crate::crd::EndpointId;
-use crate::queue::Queue;
+use crate::queue::ForwarderQueue;
 use crate::task::{CallbackJob, SyncResponse, TaskMessage, TaskOutcome, Versioned};
 use crate::worker::{PREDICT_PATH, SERVING_TOKEN_HEADER, STREAM_PATH};
 
@@ -40,7 +40,7 @@ pub struct Server {
     pub model: ModelClient,
     pub slots: Arc<Semaphore>,
     /// For the callbacks of sync endpoints with the callback hook.
-    pub queue: Queue,
+    pub queue: ForwarderQueue,
 }
 
 pub fn router(server: Arc<Server>) -> Router {

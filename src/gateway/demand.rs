@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::autoscale::REPORT_EVERY;
 use crate::crd::EndpointId;
+use crate::queue::GatewayQueue;
 use crate::queue::LoadReport;
-use crate::queue::Queue;
 
 /// Reports prompted by growing demand come at most this often (per gateway).
 const MIN_REPORT_GAP: Duration = Duration::from_millis(50);
@@ -71,7 +71,7 @@ impl Demand {
     }
 
     /// Publishes the reports until `stop`; a failed publish is logged and the next one follows.
-    pub async fn report(self, queue: Queue, stop: CancellationToken) {
+    pub async fn report(self, queue: GatewayQueue, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(REPORT_EVERY);
         loop {
             let grew = tokio::select! {

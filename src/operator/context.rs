@@ -16,14 +16,14 @@ use tokio::sync::OnceCell;
 
 use super::build::Settings;
 use super::build::worker_secret::ForwarderCredsIssuing;
-use crate::queue::{self, Queue, QueueSettings};
+use crate::queue::{self, OperatorQueue, Queue, QueueSettings};
 
 /// A queue connection made on first use, so the operator starts (and reports
 /// `QueueReady=False`) while NATS is unreachable, and connects once it is back.
 pub struct QueueConnection {
     connection: queue::Connection,
     settings: QueueSettings,
-    queue: OnceCell<Queue>,
+    queue: OnceCell<OperatorQueue>,
 }
 
 impl QueueConnection {
@@ -35,10 +35,12 @@ impl QueueConnection {
         }
     }
 
-    pub async fn get(&self) -> Result<&Queue, queue::Error> {
+    pub async fn get(&self) -> Result<&OperatorQueue, queue::Error> {
         self.queue
-            .get_or_try_init(|| {
+            .get_or_try_init(|| async {
                 Queue::connect(&self.connection, self.settings.clone(), Duration::ZERO)
+                    .await
+                    .map(|queue| queue.operator())
             })
             .await
     }

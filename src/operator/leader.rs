@@ -19,7 +19,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::context::Metrics;
-use crate::cli::LeaseArgs;
+
+/// The Lease as configured: what is not given is found at start.
+#[derive(Clone, Debug)]
+pub struct LeaseChoice {
+    pub name: String,
+    /// The client's default namespace when absent.
+    pub namespace: Option<String>,
+    /// The host name (the pod name) when absent.
+    pub identity: Option<String>,
+    pub duration: Duration,
+}
 
 #[derive(Clone, Debug)]
 pub struct LeaseSettings {
@@ -30,20 +40,18 @@ pub struct LeaseSettings {
 }
 
 impl LeaseSettings {
-    pub fn from_args(args: &LeaseArgs, client: &Client) -> Self {
-        let identity = args
+    pub fn resolve(lease: LeaseChoice, client: &Client) -> Self {
+        let identity = lease
             .identity
-            .clone()
             .or_else(crate::telemetry::host_name)
             .unwrap_or_else(|| format!("ferry-operator-{}", uuid::Uuid::now_v7()));
         LeaseSettings {
-            name: args.lease_name.clone(),
-            namespace: args
-                .lease_namespace
-                .clone()
+            name: lease.name,
+            namespace: lease
+                .namespace
                 .unwrap_or_else(|| client.default_namespace().to_owned()),
             identity,
-            duration: args.lease_duration.max(Duration::from_secs(3)),
+            duration: lease.duration.max(Duration::from_secs(3)),
         }
     }
 

@@ -291,9 +291,8 @@ async fn ensure_queue(
     policy: &CallbackPolicy,
 ) -> Result<Option<queue::Backlog>, queue::Error> {
     let queue = ctx.queue.get().await?;
-    queue.put_callback_policy(endpoint, policy).await?;
+    queue.prepare_endpoint(endpoint, policy, spec).await?;
     let Some(spec) = spec else { return Ok(None) };
-    queue.ensure_endpoint(spec).await?;
     queue.backlog_with_age(&spec.endpoint_id).await.map(Some)
 }
 
@@ -363,10 +362,9 @@ async fn prune(endpoint: &ModelEndpoint, plan: &Plan, ctx: &Context) -> Result<(
 
 /// Deletes the endpoint's queue and its callback policy (with the secrets sealed in it).
 async fn delete_queue_and_policy(ctx: &Context, endpoint: &EndpointId) -> Result<(), Error> {
-    delete_queue(ctx, endpoint).await?;
     let queue = ctx.queue.get().await.map_err(Error::DeleteQueue)?;
     queue
-        .delete_callback_policy(endpoint)
+        .retire_endpoint(endpoint)
         .await
         .map_err(Error::DeleteQueue)
 }
@@ -374,7 +372,7 @@ async fn delete_queue_and_policy(ctx: &Context, endpoint: &EndpointId) -> Result
 async fn delete_queue(ctx: &Context, endpoint: &EndpointId) -> Result<(), Error> {
     let queue = ctx.queue.get().await.map_err(Error::DeleteQueue)?;
     queue
-        .delete_endpoint(endpoint)
+        .close_task_queue(endpoint)
         .await
         .map_err(Error::DeleteQueue)
 }

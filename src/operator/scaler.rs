@@ -32,7 +32,7 @@ use crate::autoscale::{
     AutoscaleMetrics, Concurrency, Decision, Load, NamedEndpoint, Scaler, WakeTimer,
 };
 use crate::crd::{EndpointId, EndpointType, ModelEndpoint, namespace_of};
-use crate::queue::Queue;
+use crate::queue::OperatorQueue;
 pub use report::{build_scale_event, build_scale_status};
 
 const EVALUATE_EVERY: Duration = Duration::from_secs(1);
@@ -183,7 +183,7 @@ fn autoscaled(endpoint: &ModelEndpoint) -> bool {
 /// The endpoint's load now: its queue's backlog for an async endpoint (`None` while the queue
 /// does not exist yet), the requests the gateways hold for a sync or streaming one.
 pub async fn observe_load(
-    queue: &Queue,
+    queue: &OperatorQueue,
     board: &mut Concurrency,
     endpoint: &ModelEndpoint,
     now: Instant,

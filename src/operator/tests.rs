@@ -13,8 +13,8 @@ use super::fixtures::{ApiServer, bundle, context, endpoint, finalized, validated
 use super::reconcile::{error_policy, reconcile};
 use super::{Error, FINALIZER};
 use crate::crd::{ModelEndpoint, ModelEndpointStatus};
-use crate::nats_server::{self, NatsServer};
 use crate::operator::context::Context;
+use crate::queue::testing::{self as nats, TestServer as NatsServer};
 use crate::queue::{Queue, QueueSpec};
 
 mod forwarder_creds;
@@ -29,7 +29,7 @@ const WORKER_SECRET: &str = "/api/v1/namespaces/ml/secrets/demo-worker";
 const SERVICE: &str = "/api/v1/namespaces/ml/services/demo";
 
 async fn start_nats() -> (NatsServer, Queue) {
-    nats_server::start_with_queue().await
+    nats::start_with_queue().await
 }
 
 /// A NATS URL nothing listens on.
@@ -49,7 +49,11 @@ async fn submit(queue: &Queue, endpoint: &ModelEndpoint) {
         submitted_at_ms: 0,
         record_revision: None,
     };
-    queue.submit(&task, None).await.expect("submitted");
+    queue
+        .gateway()
+        .submit(&task, None)
+        .await
+        .expect("submitted");
 }
 
 type Reconcile = tokio::task::JoinHandle<Result<Action, Error>>;
@@ -209,6 +213,7 @@ async fn create_applies_the_workers_and_the_queue_and_reports_pending() {
     assert_eq!(action, Action::requeue(Duration::from_secs(60)));
     server.expect_silence().await;
     let backlog = queue
+        .operator()
         .backlog(&endpoint.endpoint_id())
         .await
         .expect("the queue exists");
@@ -287,7 +292,8 @@ async fn deleting_removes_the_queue_then_releases_the_finalizer() {
     let (nats, queue) = start_nats().await;
     let mut deleting = finalized(endpoint());
     queue
-        .ensure_endpoint(&QueueSpec::for_endpoint(&validated(&deleting, &bundle())))
+        .gateway()
+        .open_task_queue(&QueueSpec::for_endpoint(&validated(&deleting, &bundle())))
         .await
         .expect("queue");
     let policy = crate::task::CallbackPolicy {
@@ -295,7 +301,8 @@ async fn deleting_removes_the_queue_then_releases_the_finalizer() {
         ..Default::default()
     };
     queue
-        .put_callback_policy(&deleting.endpoint_id(), &policy)
+        .operator()
+        .prepare_endpoint(&deleting.endpoint_id(), &policy, None)
         .await
         .expect("policy");
     deleting.metadata.deletion_timestamp = Some(
@@ -307,11 +314,16 @@ async fn deleting_removes_the_queue_then_releases_the_finalizer() {
     let event = server.expect_event().await;
     assert_eq!(event["reason"], "QueueDeleted");
     assert!(
-        queue.backlog(&deleting.endpoint_id()).await.is_err(),
+        queue
+            .operator()
+            .backlog(&deleting.endpoint_id())
+            .await
+            .is_err(),
         "the stream is gone before the finalizer is released"
     );
     assert_eq!(
         queue
+            .dispatcher()
             .callback_policy(&deleting.endpoint_id())
             .await
             .expect("readable"),
@@ -540,6 +552,7 @@ async fn a_missing_secret_is_reported_and_the_policy_is_published_once_it_exists
         .expect("a missing Secret is not a reconcile error");
     assert_eq!(
         queue
+            .dispatcher()
             .callback_policy(&endpoint.endpoint_id())
             .await
             .expect("readable"),
@@ -561,6 +574,7 @@ async fn a_missing_secret_is_reported_and_the_policy_is_published_once_it_exists
     server.expect_event().await;
     finish(reconcile).await.expect("reconciled");
     let policy = queue
+        .dispatcher()
         .callback_policy(&endpoint.endpoint_id())
         .await
         .expect("readable")
@@ -579,16 +593,19 @@ async fn the_backlog_reports_the_age_of_the_oldest_task() {
     let (_nats, queue) = start_nats().await;
     let endpoint = finalized(endpoint());
     queue
-        .ensure_endpoint(&QueueSpec::for_endpoint(&validated(&endpoint, &bundle())))
+        .gateway()
+        .open_task_queue(&QueueSpec::for_endpoint(&validated(&endpoint, &bundle())))
         .await
         .expect("queue");
     let empty = queue
+        .operator()
         .backlog_with_age(&endpoint.endpoint_id())
         .await
         .expect("backlog");
     assert_eq!(empty.oldest_age_seconds, None);
     submit(&queue, &endpoint).await;
     let waiting = queue
+        .operator()
         .backlog_with_age(&endpoint.endpoint_id())
         .await
         .expect("backlog");

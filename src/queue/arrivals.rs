@@ -81,7 +81,9 @@ impl Queue {
     }
 
     /// The endpoint of every arrival notice from now on.
-    pub async fn all_task_arrivals(&self) -> Result<impl Stream<Item = EndpointId> + use<>, Error> {
+    pub(super) async fn all_task_arrivals(
+        &self,
+    ) -> Result<impl Stream<Item = EndpointId> + use<>, Error> {
         let subscriber = self
             .subscribe(names::ALL_ARRIVALS_SUBJECTS.to_owned())
             .await?;
@@ -91,7 +93,7 @@ impl Queue {
     }
 
     /// Fires on each arrival notice for the endpoint from now on.
-    pub async fn task_arrivals(
+    pub(super) async fn task_arrivals(
         &self,
         endpoint: &EndpointId,
     ) -> Result<impl Stream<Item = ()> + use<>, Error> {
@@ -148,10 +150,10 @@ mod tests {
         use crate::task::{TaskId, TaskMessage};
         use futures::StreamExt;
 
-        let (_nats, queue) = crate::nats_server::start_with_queue().await;
+        let (_nats, queue) = crate::queue::testing::start_with_queue().await;
         let endpoint = EndpointId::for_resource("ml", "a");
         queue
-            .ensure_endpoint(&QueueSpec {
+            .ensure_task_queue(&QueueSpec {
                 endpoint_id: endpoint.clone(),
                 task_expiry: Duration::from_secs(60),
                 ack_wait: Duration::from_secs(30),

@@ -158,14 +158,6 @@ impl CallbackDelivery {
             .unwrap_or(1)
     }
 
-    /// Done with this message: delivered, rescheduled as a new job, or dead-lettered.
-    pub async fn ack(&self) -> Result<(), Error> {
-        self.message
-            .ack()
-            .await
-            .map_err(|source| Error::Ack { source })
-    }
-
     /// Hands the message back unattempted, to be offered again after `delay`.
     pub async fn defer(&self, delay: Duration) -> Result<(), Error> {
         self.message
@@ -192,7 +184,7 @@ impl Queue {
 
     /// Queues a task's callback. Publishing it again for the same task within two minutes is a
     /// no-op, so a worker that repeats itself after a crash sends one callback.
-    pub async fn publish_callback(&self, job: &CallbackJob) -> Result<(), Error> {
+    pub(super) async fn publish_callback(&self, job: &CallbackJob) -> Result<(), Error> {
         let id = names::callback_message_id(&job.task_id, None);
         self.publish_job(
             names::callbacks_subject(&job.endpoint_id),
@@ -205,7 +197,11 @@ impl Queue {
 
     /// Queues a retry of `job` due after `delay`. Every delay, short or long, waits in the
     /// stream as a scheduled message, so it holds no consumer capacity and is never early.
-    pub async fn schedule_callback(&self, job: &CallbackJob, delay: Duration) -> Result<(), Error> {
+    pub(super) async fn schedule_callback(
+        &self,
+        job: &CallbackJob,
+        delay: Duration,
+    ) -> Result<(), Error> {
         let target = names::callbacks_subject(&job.endpoint_id);
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -218,7 +214,7 @@ impl Queue {
     }
 
     /// Queues a dead-lettered callback again, with a fresh retry schedule.
-    pub async fn redeliver_callback(&self, job: &CallbackJob) -> Result<(), Error> {
+    pub(super) async fn redeliver_callback(&self, job: &CallbackJob) -> Result<(), Error> {
         let id = names::callback_message_id(
             &job.task_id,
             Some(&format!("redeliver-{}", crate::task::now_ms())),
@@ -250,20 +246,17 @@ impl Queue {
         if let Some(id) = message_id {
             message = message.message_id(id);
         }
-        let publish = async {
-            self.js
-                .send_publish(subject.clone(), message)
-                .await?
-                .await?;
-            Ok::<_, async_nats::Error>(())
-        };
-        publish
-            .await
-            .map_err(|source| Error::Publish { subject, source })
+        match self.publish_acked(&subject, message).await {
+            Ok(_) => Ok(()),
+            Err(source) => Err(Error::Publish {
+                subject,
+                source: source.into(),
+            }),
+        }
     }
 
     /// A puller of callback jobs (of every endpoint) for the dispatcher.
-    pub async fn callback_jobs(&self) -> Result<super::Puller<CallbackDelivery>, Error> {
+    pub(super) async fn callback_jobs(&self) -> Result<super::Puller<CallbackDelivery>, Error> {
         let wrap = |message| CallbackDelivery { message };
         super::Puller::open(
             &self.js,
@@ -274,7 +267,7 @@ impl Queue {
         .await
     }
 
-    pub async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
+    pub(super) async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
         let key = names::dead_letter_key(&letter.job.endpoint_id, &letter.job.task_id);
         match self
             .dead_letters_bucket()?
@@ -289,7 +282,7 @@ impl Queue {
         }
     }
 
-    pub async fn dead_letter(
+    pub(super) async fn dead_letter(
         &self,
         endpoint: &EndpointId,
         task: &TaskId,
@@ -305,7 +298,7 @@ impl Queue {
         }
     }
 
-    pub async fn remove_dead_letter(
+    pub(super) async fn remove_dead_letter(
         &self,
         endpoint: &EndpointId,
         task: &TaskId,
@@ -322,7 +315,7 @@ impl Queue {
 
     /// The dead letters of `endpoints` (of every endpoint when `None`). The server filters by
     /// key, so another endpoint's letters are never read.
-    pub async fn dead_letters(
+    pub(super) async fn dead_letters(
         &self,
         endpoints: Option<&[EndpointId]>,
     ) -> Result<Vec<DeadLetter>, Error> {
@@ -377,7 +370,7 @@ impl Queue {
     }
 
     /// Publishes an endpoint's resolved callback policy for the dispatcher.
-    pub async fn put_callback_policy(
+    pub(super) async fn put_callback_policy(
         &self,
         endpoint: &EndpointId,
         policy: &CallbackPolicy,
@@ -396,7 +389,7 @@ impl Queue {
         }
     }
 
-    pub async fn callback_policy(
+    pub(super) async fn callback_policy(
         &self,
         endpoint: &EndpointId,
     ) -> Result<Option<CallbackPolicy>, Error> {
@@ -412,7 +405,7 @@ impl Queue {
     }
 
     /// Removes an endpoint's callback policy, and with it the endpoint's sealed secrets.
-    pub async fn delete_callback_policy(&self, endpoint: &EndpointId) -> Result<(), Error> {
+    pub(super) async fn delete_callback_policy(&self, endpoint: &EndpointId) -> Result<(), Error> {
         let key = endpoint.to_string();
         self.policies_bucket()?
             .purge(key.as_str())
@@ -424,7 +417,7 @@ impl Queue {
     }
 
     /// The endpoints whose callback policy changes from now on.
-    pub async fn callback_policy_changes(
+    pub(super) async fn callback_policy_changes(
         &self,
     ) -> Result<impl Stream<Item = EndpointId> + use<>, Error> {
         let watch = self
@@ -444,6 +437,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::Held;
     use crate::seal::KeyRing;
     use crate::task::{CallbackTarget, TaskId, TaskOutcome};
 
@@ -519,7 +513,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_300_ms_retry_is_not_delivered_before_it_is_due() {
-        let (_nats, queue) = crate::nats_server::start_with_queue().await;
+        let (_nats, queue) = crate::queue::testing::start_with_queue().await;
         let job = job_of(
             &KeyRing::generate(),
             &EndpointId::for_resource("ml", "a"),
@@ -546,7 +540,7 @@ mod tests {
     /// What a forwarder of endpoint `x` may publish (its own subject), claiming endpoint `y`.
     #[tokio::test]
     async fn a_job_claiming_another_endpoint_than_its_subjects_is_refused() {
-        let (_nats, queue) = crate::nats_server::start_with_queue().await;
+        let (_nats, queue) = crate::queue::testing::start_with_queue().await;
         let x = EndpointId::for_resource("team-x", "a");
         let y = EndpointId::for_resource("team-y", "b");
         let ring = KeyRing::generate();

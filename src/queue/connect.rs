@@ -126,7 +126,7 @@ impl Connection {
     /// Client options whose credentials are read from their files at every connection and
     /// reconnection, so a rotated file is used without a restart. They are read once now too,
     /// so a missing or malformed file fails at once.
-    pub(super) async fn options(&self) -> Result<ConnectOptions, NatsError> {
+    pub async fn options(&self) -> Result<ConnectOptions, NatsError> {
         let mut options = match &self.credentials {
             Credentials::None => ConnectOptions::new(),
             credentials => {
@@ -309,16 +309,6 @@ mod url_tests {
                 "{error}"
             );
         }
-    }
-
-    #[test]
-    fn a_creds_file_as_nats_auth_writes_it_parses() {
-        let auth = crate::nats_auth::AuthSet::generate();
-        let text = auth.role_creds(Role::Gateway).expect("creds");
-        let (jwt, seed) = parse_creds(&text).expect("parses");
-        assert_eq!(jwt.split('.').count(), 3, "{jwt}");
-        assert!(KeyPair::from_seed(seed).is_ok(), "{seed}");
-        assert_eq!(parse_creds("just text"), None);
     }
 
     #[test]

@@ -25,6 +25,14 @@ pub trait Held {
         ack_with(self.message(), AckKind::Progress)
     }
 
+    /// Done with it: the server removes it from the queue.
+    fn ack(&self) -> impl Future<Output = Result<(), Error>> + Send
+    where
+        Self: Sync,
+    {
+        ack_with(self.message(), AckKind::Ack)
+    }
+
     /// Returns it to the queue unstarted, to be handed out again at once.
     fn hand_back(&self) -> impl Future<Output = Result<(), Error>> + Send
     where

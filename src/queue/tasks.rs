@@ -58,6 +58,12 @@ impl QueueSpec {
             ack_wait: Duration::from_secs(spec.queue_message_timeout_seconds.into()),
         }
     }
+
+    /// The task queue the endpoint has: only an async endpoint has one.
+    pub fn of(endpoint: &ValidatedEndpoint) -> Option<Self> {
+        (endpoint.spec().endpoint_type == crate::crd::EndpointType::Async)
+            .then(|| Self::for_endpoint(endpoint))
+    }
 }
 
 /// Tasks of one endpoint that wait for a worker or are being worked on.
@@ -140,19 +146,11 @@ impl TaskDelivery {
     pub fn is_last_delivery(&self) -> bool {
         self.attempt() >= MAX_TASK_DELIVERIES
     }
-
-    /// Removes the task from the queue for good.
-    pub async fn ack(&self) -> Result<(), Error> {
-        self.message
-            .ack()
-            .await
-            .map_err(|source| Error::Ack { source })
-    }
 }
 
 impl Queue {
     /// Creates or updates the endpoint's stream and consumer; safe to call repeatedly.
-    pub async fn ensure_endpoint(&self, spec: &QueueSpec) -> Result<(), Error> {
+    pub(super) async fn ensure_task_queue(&self, spec: &QueueSpec) -> Result<(), Error> {
         let stream_name = names::tasks_stream(&spec.endpoint_id);
         let config = stream::Config {
             name: stream_name.clone(),
@@ -193,7 +191,7 @@ impl Queue {
 
     /// Deletes the endpoint's stream and with it its consumer and queued tasks; deleting a queue
     /// that does not exist succeeds.
-    pub async fn delete_endpoint(&self, endpoint: &EndpointId) -> Result<(), Error> {
+    pub(super) async fn delete_task_queue(&self, endpoint: &EndpointId) -> Result<(), Error> {
         let stream = names::tasks_stream(endpoint);
         match self.js.delete_stream(&stream).await {
             Ok(_) => Ok(()),
@@ -206,7 +204,7 @@ impl Queue {
     }
 
     /// How many of the endpoint's tasks are queued and how many are held by workers.
-    pub async fn backlog(&self, endpoint: &EndpointId) -> Result<Backlog, Error> {
+    pub(super) async fn backlog(&self, endpoint: &EndpointId) -> Result<Backlog, Error> {
         let stream = names::tasks_stream(endpoint);
         let info_error = |source: NatsErrorLike| Error::ConsumerInfo {
             stream: stream.clone(),
@@ -230,7 +228,7 @@ impl Queue {
 
     /// The backlog with the age of its oldest unfinished task (one more request: for status,
     /// not for the autoscaler's every-second reading).
-    pub async fn backlog_with_age(&self, endpoint: &EndpointId) -> Result<Backlog, Error> {
+    pub(super) async fn backlog_with_age(&self, endpoint: &EndpointId) -> Result<Backlog, Error> {
         let mut backlog = self.backlog(endpoint).await?;
         let stream = names::tasks_stream(endpoint);
         let info = self
@@ -252,7 +250,7 @@ impl Queue {
     }
 
     /// Queues a task. With an idempotency key, a repeat returns the first submission's task id.
-    pub async fn submit(
+    pub(super) async fn submit(
         &self,
         task: &TaskMessage,
         idempotency_key: Option<&str>,
@@ -310,8 +308,7 @@ impl Queue {
         let message = PublishMessage::build()
             .payload(results::encode(task))
             .message_id(task.task_id.as_str());
-        let publish = async { self.js.send_publish(subject.clone(), message).await?.await };
-        match publish.await {
+        match self.publish_acked(&subject, message).await {
             Ok(_) => Ok(()),
             Err(error) if super::limits::is_full(&error) => Err(Error::Full {
                 endpoint: task.endpoint_id.clone(),
@@ -324,7 +321,10 @@ impl Queue {
     }
 
     /// A puller of the endpoint's tasks.
-    pub async fn tasks(&self, endpoint: &EndpointId) -> Result<super::Puller<TaskDelivery>, Error> {
+    pub(super) async fn tasks(
+        &self,
+        endpoint: &EndpointId,
+    ) -> Result<super::Puller<TaskDelivery>, Error> {
         let stream = names::tasks_stream(endpoint);
         let queue = Arc::new(self.clone());
         let wrap = move |message| TaskDelivery {
@@ -370,14 +370,14 @@ mod tests {
     /// record counts each hand-back, and the sixth delivery still has its whole budget.
     #[tokio::test]
     async fn a_task_handed_back_again_and_again_keeps_its_attempts() {
-        let (_nats, queue) = crate::nats_server::start_with_queue().await;
+        let (_nats, queue) = crate::queue::testing::start_with_queue().await;
         let endpoint = EndpointId::for_resource("ml", "handback");
         let spec = QueueSpec {
             endpoint_id: endpoint.clone(),
             task_expiry: Duration::from_secs(60),
             ack_wait: Duration::from_secs(30),
         };
-        queue.ensure_endpoint(&spec).await.expect("queue");
+        queue.ensure_task_queue(&spec).await.expect("queue");
         let task = TaskMessage {
             task_id: TaskId::generate(&endpoint),
             endpoint_id: endpoint.clone(),

@@ -2,7 +2,6 @@
 //! by a real nats-server running the generated authorization, kept while fresh (no change to
 //! the Secret), renewed once a third of their validity is left.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,12 +87,8 @@ async fn worker_secrets_get_forwarder_creds_a_real_server_accepts_kept_while_fre
     // A real server with the authorization the signing key belongs to takes them, as the
     // forwarder of this endpoint.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let nats = crate::nats_server::start_with_config(
-        Path::new("nats-server"),
-        &auth.server_config().expect("config"),
-    )
-    .await
-    .expect("nats-server on PATH (scripts/setup installs it)");
+    let nats =
+        crate::queue::testing::start_with_config(&auth.server_config().expect("config")).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let creds_file = |name: &str, text: &str| {
         let path = dir.path().join(name);

@@ -156,6 +156,7 @@ async fn a_secret_without_the_opt_in_label_is_refused_unread_and_nothing_is_publ
     server.expect_silence().await;
     assert_eq!(
         queue
+            .dispatcher()
             .callback_policy(&endpoint.endpoint_id())
             .await
             .expect("readable"),

@@ -133,14 +133,15 @@ async fn the_autoscaler_sets_the_scale_subresource_from_the_backlog() {
     let (registry, metrics) = metrics();
     let endpoint = scaled(EndpointType::Async, 0, 3, 2);
     queue
-        .ensure_endpoint(&QueueSpec::for_endpoint(&validated(&endpoint, &bundle())))
+        .gateway()
+        .open_task_queue(&QueueSpec::for_endpoint(&validated(&endpoint, &bundle())))
         .await
         .expect("queue");
     let observe = || {
         let (queue, endpoint) = (queue.clone(), endpoint.clone());
         async move {
             let mut board = Concurrency::default();
-            scaler::observe_load(&queue, &mut board, &endpoint, Instant::now())
+            scaler::observe_load(&queue.operator(), &mut board, &endpoint, Instant::now())
                 .await
                 .expect("the queue exists")
         }
@@ -222,20 +223,29 @@ async fn a_sync_endpoint_wakes_at_its_first_load_report_and_times_the_wake() {
     endpoint.status = Some(idle_status());
 
     // A gateway's report, through NATS, onto the board.
-    let mut reports = queue.load_reports(None).await.expect("subscribed").boxed();
+    let mut reports = queue
+        .operator()
+        .load_reports(None)
+        .await
+        .expect("subscribed")
+        .boxed();
     let report = LoadReport {
         endpoint: endpoint.endpoint_id(),
         source: "gateway-1".into(),
         in_flight: 3,
     };
-    queue.publish_load(&report).await.expect("published");
+    queue
+        .gateway()
+        .publish_load(&report)
+        .await
+        .expect("published");
     let received = tokio::time::timeout(Duration::from_secs(5), reports.next())
         .await
         .expect("a report arrives")
         .expect("the subscription lives");
     let mut board = Concurrency::default();
     board.record(received, Instant::now());
-    let load = scaler::observe_load(&queue, &mut board, &endpoint, Instant::now())
+    let load = scaler::observe_load(&queue.operator(), &mut board, &endpoint, Instant::now())
         .await
         .expect("sync endpoints always have a load");
     assert_eq!(
@@ -332,6 +342,7 @@ async fn the_loop_scales_a_sync_endpoint_when_a_gateway_reports_requests() {
     server.expect_silence().await;
 
     queue
+        .gateway()
         .publish_load(&LoadReport {
             endpoint: endpoint.endpoint_id(),
             source: "gateway-1".into(),
@@ -350,8 +361,15 @@ async fn the_loop_scales_a_sync_endpoint_when_a_gateway_reports_requests() {
 
     // The endpoint is deleted: its series go with it.
     writer.apply_watcher_event(&watcher::Event::Delete(DeserializeGuard(Ok(endpoint))));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let text = exposition(&registry);
+    // The next round (every second) forgets it.
+    let mut text = exposition(&registry);
+    for _ in 0..100 {
+        if !text.contains(r#"endpoint="ml/demo""#) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = exposition(&registry);
+    }
     assert!(!text.contains(r#"endpoint="ml/demo""#), "{text}");
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), running)

@@ -29,7 +29,7 @@ fn letter(endpoint: &EndpointId) -> DeadLetter {
 
 #[tokio::test]
 async fn listing_an_endpoints_dead_letters_reads_no_other_endpoints() {
-    let (_nats, queue) = crate::nats_server::start_with_queue().await;
+    let (_nats, queue) = crate::queue::testing::start_with_queue().await;
     let ours = EndpointId::for_resource("team-a", "ours");
     let theirs = EndpointId::for_resource("team-b", "theirs");
     let (kept, removed) = (letter(&ours), letter(&ours));

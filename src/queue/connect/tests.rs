@@ -6,7 +6,7 @@ use std::time::Duration;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
 use super::*;
-use crate::nats_server::{NatsServer, start_with_config};
+use crate::queue::testing::{TestServer as NatsServer, start_with_config};
 use crate::queue::{Queue, QueueSettings};
 
 /// A throwaway CA with a server certificate for 127.0.0.1 and a client certificate, as PEM files.
@@ -66,9 +66,7 @@ async fn server(certs: &Certs, authorization: &str) -> NatsServer {
         certs.path("server-key.pem"),
         certs.path("ca.pem"),
     );
-    start_with_config(Path::new("nats-server"), &config)
-        .await
-        .expect("nats-server on PATH (scripts/setup installs it)")
+    start_with_config(&config).await
 }
 
 async fn connects(connection: &Connection) -> Result<Queue, Error> {
@@ -175,89 +173,4 @@ async fn a_missing_credentials_file_is_named_in_the_error() {
         .expect("source")
         .to_string();
     assert!(source.contains("/nonexistent/ferry-token"), "{source}");
-}
-
-/// Whether the client is connected, from its connection events.
-type Connected = tokio::sync::watch::Receiver<bool>;
-
-async fn connect_watching(connection: &Connection) -> (async_nats::Client, Connected) {
-    let (sender, receiver) = tokio::sync::watch::channel(false);
-    let options = connection
-        .options()
-        .await
-        .expect("options")
-        .event_callback(move |event| {
-            let sender = sender.clone();
-            async move {
-                match event {
-                    async_nats::Event::Connected => sender.send_replace(true),
-                    async_nats::Event::Disconnected => sender.send_replace(false),
-                    _ => false,
-                };
-            }
-        });
-    let client = options.connect(connection.url()).await.expect("connects");
-    (client, receiver)
-}
-
-async fn until(connected: &mut Connected, state: bool) {
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        connected.wait_for(|now| *now == state),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("the client never became connected={state}"))
-    .expect("client alive");
-}
-
-#[tokio::test]
-async fn a_replaced_creds_file_is_read_again_when_the_client_reconnects() {
-    use crate::nats_auth::{AuthSet, write_private};
-    use crate::nats_server::start_on_port;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let program = Path::new("nats-server");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
-    let (before, after) = (AuthSet::generate(), AuthSet::generate());
-    let dir = tempfile::tempdir().expect("temp dir");
-    let creds = dir.path().join("operator.creds");
-    let old_copy = dir.path().join("old.creds");
-    for path in [&creds, &old_copy] {
-        write_private(path, &before.role_creds(Role::Operator).expect("creds")).expect("write");
-    }
-    let config = |auth: &AuthSet| auth.server_config().expect("config");
-    let first = start_on_port(program, &config(&before), Some(port))
-        .await
-        .expect("nats-server");
-    let connection = first
-        .connection
-        .clone()
-        .with_credentials(Credentials::CredsFile(creds.clone()))
-        .for_role(Role::Operator);
-    let (client, mut connected) = connect_watching(&connection).await;
-    until(&mut connected, true).await;
-
-    // The credentials are rotated while the server is replaced by one that knows only the
-    // new ones (another operator and account altogether).
-    write_private(&creds, &after.role_creds(Role::Operator).expect("creds")).expect("rotate");
-    first.stop().await;
-    until(&mut connected, false).await;
-    let second = start_on_port(program, &config(&after), Some(port))
-        .await
-        .expect("nats-server");
-    until(&mut connected, true).await;
-    let info = client
-        .request("$JS.API.INFO", "".into())
-        .await
-        .expect("the reconnected client is the new user, allowed the JetStream API");
-    assert!(!info.payload.is_empty());
-
-    let stale = second
-        .connection
-        .clone()
-        .with_credentials(Credentials::CredsFile(old_copy))
-        .for_role(Role::Operator);
-    is_refused(connects(&stale).await, "with the replaced credentials");
 }

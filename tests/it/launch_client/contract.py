@@ -1,6 +1,6 @@
 """Drives ferry with the real Launch client, as the README and the seed snippet do.
 
-Run by `tests/launch.rs` with the Python of a venv holding the client (named by
+Run by `tests/it/launch.rs` with the Python of a venv holding the client (named by
 FERRY_LAUNCH_CLIENT_PYTHON). Reads FERRY_GATEWAY, LAUNCH_API_KEY and FERRY_RECEIVER from the
 environment and prints one JSON object: what each step observed, for the test to check.
 """

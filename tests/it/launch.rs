@@ -1,13 +1,11 @@
 //! Contract tests: the Launch client's call sequences replayed over HTTP against `ferry dev`,
 //! asserting every field the client reads.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -544,7 +542,7 @@ async fn the_real_launch_client_runs_the_seed_and_reads_failures() {
     let receiver = Receiver::start().await;
     let (_m, dev) = dev_with_bundles(&streaming_manifests()[..1]).await;
     let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/launch_client/contract.py");
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/launch_client/contract.py");
     let output = tokio::process::Command::new(python)
         .arg(script)
         .env("FERRY_GATEWAY", &dev.base)

@@ -3,13 +3,11 @@
 //! Secret for callback credentials), and the resources it watches are what it lists.
 //! A smoke test of the watch and apply paths, not proof of a real API server's semantics.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::kube::KubeApiServer;
+use crate::support::*;
 use serde_json::{Value, json};
-use support::kube::KubeApiServer;
-use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 const NAMESPACE: &str = "team-a";

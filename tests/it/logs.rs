@@ -1,13 +1,11 @@
 //! What an operator sees in a role's log: the `ferry` binary with its stderr on a pipe, as in a
 //! pod, while NATS is not there yet and once it comes up.
 
-mod support;
-
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 
@@ -16,7 +14,7 @@ const PATIENCE: Duration = Duration::from_secs(25);
 
 /// `ferry dispatcher` pointed at a NATS URL where nothing listens yet.
 fn dispatcher(nats_url: &str, log_format: &str) -> (Child, Lines<BufReader<ChildStderr>>) {
-    let mut child = Command::new(ferry_bin())
+    let mut child = ferry_command()
         .args(["dispatcher", "--nats-url", nats_url])
         .env("FERRY_SEAL_KEY_FILE", seal_key_file())
         .env("FERRY_LOG_FORMAT", log_format)

@@ -3,12 +3,10 @@
 //! classic one passes `promtool check metrics`, and every promised family is there with
 //! bounded labels.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, NatsArgs, Role};
-use crate::queue::{Queue, QueueSettings, Role as QueueRole};
+use super::{Cli, Role};
+use crate::queue::Queue;
 
 /// How long the check waits for the NATS server to answer.
 const NATS_WAIT: Duration = Duration::from_secs(10);
@@ -24,30 +24,23 @@ pub enum Error {
 }
 
 pub async fn run(role: Role) -> anyhow::Result<()> {
-    let (name, nats, connection) = match &role {
+    // The settings the role would start with, built the same way.
+    let (name, connection, queue) = match &role {
         Role::Gateway(args) => {
-            crate::gateway::config(args)?;
-            let connection = args.nats.connection()?.for_role(QueueRole::Gateway);
-            ("gateway", &args.nats, connection)
+            let settings = args.settings()?;
+            ("gateway", settings.connection, settings.queue)
         }
         Role::Forwarder(args) => {
-            let (endpoint, _) = crate::forwarder::config(args)?;
-            // As the forwarder connects: its endpoint's own credentials may use no other inbox.
-            let connection = args.nats.connection()?.for_forwarder_of(&endpoint);
-            ("forwarder", &args.nats, connection)
+            let settings = args.settings()?;
+            ("forwarder", settings.connection, settings.queue)
         }
         Role::Dispatcher(args) => {
-            crate::dispatcher::clients(args)?;
-            args.seal.key_ring()?;
-            let connection = args.nats.connection()?.for_role(QueueRole::Dispatcher);
-            ("dispatcher", &args.nats, connection)
+            let settings = args.settings()?;
+            ("dispatcher", settings.connection, settings.queue)
         }
         Role::Operator(args) => {
-            crate::operator::settings(args);
-            crate::operator::forwarder_creds_issuing(&args.forwarder_creds)?;
-            args.seal.key_ring()?;
-            let connection = args.nats.connection()?.for_role(QueueRole::Operator);
-            ("operator", &args.nats, connection)
+            let settings = args.settings()?;
+            ("operator", settings.connection, settings.queue)
         }
         Role::Dev(_) => return Err(Error::Role("dev").into()),
         Role::Crd => return Err(Error::Role("crd").into()),
@@ -56,10 +49,11 @@ pub async fn run(role: Role) -> anyhow::Result<()> {
         Role::BenchModel(_) => return Err(Error::Role("bench-model").into()),
     };
     check_env(name, std::env::vars().map(|(key, _)| key))?;
-    connect(nats, &connection).await?;
+    // Connects as the role would, which also checks that the server takes the retention.
+    Queue::connect(&connection, queue, NATS_WAIT).await?;
     println!(
         "ferry {name}: configuration valid, NATS at {} reached",
-        nats.url
+        connection.url()
     );
     Ok(())
 }
@@ -88,16 +82,6 @@ fn check_env(role: &'static str, names: impl Iterator<Item = String>) -> Result<
             names: unknown.join(", "),
         })
     }
-}
-
-/// Connects as the role would, which also checks that the server takes the retention.
-async fn connect(nats: &NatsArgs, connection: &crate::queue::Connection) -> anyhow::Result<()> {
-    let settings = QueueSettings {
-        result_retention: nats.result_retention,
-        ..Default::default()
-    };
-    Queue::connect(connection, settings, NATS_WAIT).await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,15 +1,13 @@
 //! Fairness and bounds end to end: one endpoint's callbacks to hanging receivers hold no more
 //! than their caps while another endpoint's callbacks keep flowing.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::json;
-use support::*;
 use tokio::io::AsyncReadExt;
 
 const WAIT: Duration = Duration::from_secs(60);

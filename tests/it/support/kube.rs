@@ -19,7 +19,8 @@ pub struct KubeApiServer {
 
 impl KubeApiServer {
     pub async fn start(extra_args: &[&str]) -> KubeApiServer {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/kube_apiserver.py");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/kube_apiserver.py");
         let mut child = Command::new("python3")
             .arg(script)
             .args(extra_args)

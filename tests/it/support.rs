@@ -1,6 +1,5 @@
 //! Real processes for end-to-end tests: a nats-server, `ferry` roles, model servers and an
 //! in-test callback receiver, all on 127.0.0.1 with ports chosen at run time.
-#![allow(dead_code)] // each test binary uses a different part of this kit
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,8 +34,17 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
-pub fn ferry_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_ferry")
+/// The `ferry` binary as a command that inherits no `FERRY_*` variable: each test states the
+/// configuration of the roles it starts, and a variable set for the tests themselves (such as
+/// `FERRY_LAUNCH_CLIENT_PYTHON`) is no role's setting (`--check-config` refuses unknown ones).
+pub fn ferry_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("FERRY_") {
+            command.env_remove(name);
+        }
+    }
+    command
 }
 
 pub fn examples_dir() -> PathBuf {
@@ -174,7 +182,7 @@ const SEALING_ROLES: [&str; 3] = ["gateway", "dispatcher", "operator"];
 
 impl Process {
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Process {
-        let mut command = Command::new(ferry_bin());
+        let mut command = ferry_command();
         if args
             .first()
             .is_some_and(|role| SEALING_ROLES.contains(role))
@@ -463,7 +471,6 @@ struct ReceiverState {
 pub struct Receiver {
     pub addr: SocketAddr,
     state: ReceiverState,
-    stop: tokio_util::sync::CancellationToken,
 }
 
 impl Receiver {
@@ -477,16 +484,11 @@ impl Receiver {
             .expect("receiver binds");
         let addr = listener.local_addr().unwrap();
         let state = ReceiverState::default();
-        let stop = tokio_util::sync::CancellationToken::new();
         let app = Router::new()
             .fallback(post(record))
             .with_state(state.clone());
-        tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .into_future(),
-        );
-        Receiver { addr, state, stop }
+        tokio::spawn(axum::serve(listener, app).into_future());
+        Receiver { addr, state }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -514,10 +516,6 @@ impl Receiver {
             (received.len() >= count).then_some(received)
         })
         .await
-    }
-
-    pub fn stop(&self) {
-        self.stop.cancel();
     }
 }
 

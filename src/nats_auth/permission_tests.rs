@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::*;
 use crate::crd::EndpointId;
 use crate::nats_auth::{AuthSet, ForwarderIssuer, write_private};
-use crate::nats_server::{NatsServer, start_with_config};
+use crate::queue::testing::{TestServer as NatsServer, start_with_config};
 use crate::queue::{
-    CallbackDelivery, Connection, Credentials, Error, Queue, QueueSettings, QueueSpec,
-    TaskDelivery, consume,
+    CallbackDelivery, Connection, Credentials, Error, ForwarderQueue, Held, OperatorQueue, Queue,
+    QueueSettings, QueueSpec, TaskDelivery, consume,
 };
+use crate::queue::{Role, forwarder_inbox_prefix, names};
 use crate::task::{
     CallbackJob, CallbackPolicy, CallbackTarget, TaskId, TaskMessage, TaskOutcome, TaskRecord,
     TaskStatus,
@@ -29,12 +29,7 @@ impl Deployment {
     async fn start() -> Deployment {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let auth = AuthSet::generate();
-        let nats = start_with_config(
-            Path::new("nats-server"),
-            &auth.server_config().expect("config"),
-        )
-        .await
-        .expect("nats-server on PATH (scripts/setup installs it)");
+        let nats = start_with_config(&auth.server_config().expect("config")).await;
         let creds = tempfile::tempdir().expect("temp dir");
         for role in Role::ISSUED {
             let text = auth.role_creds(role).expect("creds");
@@ -64,7 +59,7 @@ impl Deployment {
 
     /// The queue of the forwarder of `endpoint`, connected with a day's credentials of its
     /// own, and the credentials file.
-    async fn forwarder_of(&self, endpoint: &EndpointId) -> (Queue, PathBuf) {
+    async fn forwarder_of(&self, endpoint: &EndpointId) -> (ForwarderQueue, PathBuf) {
         let in_a_day = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
         let creds = self.forwarder_creds_of(endpoint, in_a_day);
         let connection = Connection::open(self.nats.connection.url())
@@ -74,7 +69,7 @@ impl Deployment {
         let queue = Queue::connect(&connection, QueueSettings::default(), Duration::ZERO)
             .await
             .expect("its own credentials connect");
-        (queue, creds)
+        (queue.forwarder(endpoint), creds)
     }
 
     fn creds(&self, role: Role) -> PathBuf {
@@ -89,12 +84,11 @@ impl Deployment {
     }
 
     /// The operator's queue after it prepared `endpoint` with a signing secret in its policy.
-    async fn endpoint_with_secrets(&self, endpoint: &EndpointId) -> (Queue, CallbackPolicy) {
-        let operator = self.queue(Role::Operator).await;
-        operator
-            .ensure_endpoint(&queue_spec(endpoint))
-            .await
-            .expect("queue ensured");
+    async fn endpoint_with_secrets(
+        &self,
+        endpoint: &EndpointId,
+    ) -> (OperatorQueue, CallbackPolicy) {
+        let operator = self.queue(Role::Operator).await.operator();
         let secrets = crate::task::CallbackSecrets {
             signing_secrets: vec!["whsec_c2VjcmV0".into()],
             default_auth: None,
@@ -106,9 +100,9 @@ impl Deployment {
             ..Default::default()
         };
         operator
-            .put_callback_policy(endpoint, &policy)
+            .prepare_endpoint(endpoint, &policy, Some(&queue_spec(endpoint)))
             .await
-            .expect("policy");
+            .expect("queue and policy");
         (operator, policy)
     }
 
@@ -206,14 +200,14 @@ async fn every_role_does_its_work_with_its_own_credentials_and_none_without() {
     let endpoint = EndpointId::for_resource("ml", "mine");
     let (_operator, policy) = deployment.endpoint_with_secrets(&endpoint).await;
 
-    let gateway = deployment.queue(Role::Gateway).await;
+    let gateway = deployment.queue(Role::Gateway).await.gateway();
     let submitted = gateway
         .submit(&task(&endpoint), None)
         .await
         .expect("submitted");
 
-    let forwarder = deployment.queue(Role::Forwarder).await;
-    let tasks = forwarder.tasks(&endpoint).await.expect("puller");
+    let forwarder = deployment.queue(Role::Forwarder).await.forwarder(&endpoint);
+    let tasks = forwarder.tasks().await.expect("puller");
     let worker = forwarder.clone();
     let ran = first(tasks, move |delivery: TaskDelivery| {
         let queue = worker.clone();
@@ -243,7 +237,7 @@ async fn every_role_does_its_work_with_its_own_credentials_and_none_without() {
         .expect("record");
     assert_eq!(record.status, TaskStatus::Success);
 
-    let dispatcher = deployment.queue(Role::Dispatcher).await;
+    let dispatcher = deployment.queue(Role::Dispatcher).await.dispatcher();
     assert_eq!(
         dispatcher
             .callback_policy(&endpoint)
@@ -264,13 +258,6 @@ async fn every_role_does_its_work_with_its_own_credentials_and_none_without() {
         .update_callback_state(&ran, true, |state| Some(state.unwrap_or_default()))
         .await
         .expect("callback state written");
-    assert!(
-        matches!(
-            forwarder.callback_policy(&endpoint).await,
-            Err(Error::NotHeld { .. })
-        ),
-        "a forwarder binds no policies bucket"
-    );
 }
 
 /// A raw client holding a forwarder's credentials, reporting the server's refusals.
@@ -386,8 +373,9 @@ async fn forwarder_credentials_reach_no_secret_no_stream_admin_and_no_other_repl
     ] {
         intruder.subscribe(subject).await;
     }
+    let dispatcher = deployment.queue(Role::Dispatcher).await.dispatcher();
     assert_eq!(
-        operator.callback_policy(&endpoint).await.expect("read"),
+        dispatcher.callback_policy(&endpoint).await.expect("read"),
         Some(policy),
         "the policy stands"
     );
@@ -404,7 +392,7 @@ async fn an_endpoints_forwarder_credentials_reach_only_that_endpoint_and_expire(
     );
     let (operator, _) = deployment.endpoint_with_secrets(&mine).await;
     deployment.endpoint_with_secrets(&theirs).await;
-    let gateway = deployment.queue(Role::Gateway).await;
+    let gateway = deployment.queue(Role::Gateway).await.gateway();
     for endpoint in [&mine, &theirs] {
         gateway
             .submit(&task(endpoint), None)
@@ -416,7 +404,7 @@ async fn an_endpoints_forwarder_credentials_reach_only_that_endpoint_and_expire(
     // Its own endpoint's work: pull, record, queue the callback, acknowledge.
     let worker = forwarder.clone();
     let ran = first(
-        forwarder.tasks(&mine).await.expect("puller"),
+        forwarder.tasks().await.expect("puller"),
         move |delivery: TaskDelivery| {
             let queue = worker.clone();
             tokio::spawn(async move {
@@ -479,7 +467,7 @@ async fn an_endpoints_forwarder_reads_and_writes_only_that_endpoints_task_record
     );
     deployment.endpoint_with_secrets(&mine).await;
     deployment.endpoint_with_secrets(&theirs).await;
-    let gateway = deployment.queue(Role::Gateway).await;
+    let gateway = deployment.queue(Role::Gateway).await.gateway();
     let submit = |endpoint: &EndpointId, idempotency_key| {
         let (gateway, task) = (gateway.clone(), task(endpoint));
         async move {
@@ -545,6 +533,8 @@ async fn an_endpoints_forwarder_reads_and_writes_only_that_endpoints_task_record
         format!("$JS.API.STREAM.MSG.GET.KV_{results}"),
         format!("$JS.API.CONSUMER.CREATE.KV_{results}.spy"),
         format!("$JS.API.STREAM.PURGE.KV_{results}"),
+        // The bucket's stream info lists its keys: every endpoint's task ids.
+        format!("$JS.API.STREAM.INFO.KV_{results}"),
     ] {
         intruder.publish(&subject).await;
     }

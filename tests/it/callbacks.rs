@@ -2,15 +2,13 @@
 //! dead letters and redelivery, a dispatcher restart, signatures checked by an independent
 //! implementation, Basic and mTLS credentials, and the SSRF guard.
 
-mod support;
-
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -123,7 +121,10 @@ async fn a_hanging_receiver_times_out_and_is_retried() {
     let callback = callback_state(&dev, &task, "DELIVERED").await;
     let first = &callback["attempts"][0];
     assert_eq!(first["error"], "timed out", "{callback}");
-    assert!(first["duration_ms"].as_u64().unwrap() < 3_000);
+    assert!(
+        first["duration_ms"].as_u64().unwrap() < 5_000,
+        "the attempt was cut at its timeout, not waited out with the receiver: {callback}"
+    );
     assert_eq!(callback["attempts"][1]["status_code"], 200);
 }
 

@@ -1,13 +1,11 @@
 //! End to end: real nats-server, real `ferry` processes, real model processes and a callback
 //! receiver, all on 127.0.0.1.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use support::*;
 
 const TASK_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -2,15 +2,15 @@
 //! checked afterwards — it has one final outcome, its callbacks report that same outcome, and
 //! nothing accepted is lost.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{
+    self, Answer, Dev, Manifests, ModelProcess, Nats, Process, Receiver, endpoint_yaml,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Answer, Dev, Manifests, ModelProcess, Nats, Process, Receiver, endpoint_yaml};
 
 const TASKS: usize = 1800;
 /// Submissions per second: steady load, as a service would see it.

@@ -2,13 +2,11 @@
 //! scales to `maxWorkers` and back after the scale-down delay, and scaling in during work loses
 //! nothing and runs nothing twice.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -2,14 +2,12 @@
 //! (kmock plus a shim) and a real nats-server, all on 127.0.0.1. It exercises the watch →
 //! reconcile → apply → status loop; it is not proof of a real API server's semantics.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::kube::{KubeApiServer, manifest};
+use crate::support::*;
 use async_nats::jetstream;
 use serde_json::{Value, json};
-use support::kube::{KubeApiServer, manifest};
-use support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const ENDPOINTS: &str = "/apis/ferry.dev/v1alpha1/namespaces/default/modelendpoints";
@@ -59,7 +57,7 @@ async fn check_config(container: &Value, env: &[(String, String)]) {
         .map(|part| part.as_str().expect("string"))
         .collect();
     assert_eq!(command[0], "ferry");
-    let output = tokio::process::Command::new(ferry_bin())
+    let output = ferry_command()
         .args(&command[1..])
         .arg("--check-config")
         .env_clear()
@@ -325,7 +323,7 @@ async fn a_standby_replica_waits_and_takes_over_when_the_leader_dies() {
 
 /// Runs `ferry nats-auth --out dir`.
 async fn nats_auth(dir: &std::path::Path) {
-    let output = tokio::process::Command::new(ferry_bin())
+    let output = ferry_command()
         .args(["nats-auth", "--out"])
         .arg(dir)
         .output()

@@ -1,0 +1,95 @@
+//! `ferry forwarder`'s flags and the settings they make.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use super::parse_seconds;
+use super::shared::{HttpArgs, NatsArgs};
+use crate::crd::EndpointId;
+use crate::forwarder::{ModelClient, Serving, Settings};
+use crate::worker::env as forwarder_env;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("endpoint id {0:?} is not an endpoint id (end_…)")]
+    EndpointId(String),
+    #[error(
+        "--serve-listen needs --serving-token / {}: the token the gateway presents",
+        forwarder_env::SERVING_TOKEN
+    )]
+    NoServingToken,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ForwarderArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Id of the endpoint whose tasks this worker runs.
+    #[arg(long, env = forwarder_env::ENDPOINT_ID)]
+    pub endpoint_id: String,
+    /// Base URL of the model container.
+    #[arg(long, env = forwarder_env::MODEL_URL, default_value = "http://127.0.0.1:5005")]
+    pub model_url: url::Url,
+    /// Path that takes a task's args and answers with its result.
+    #[arg(long, env = forwarder_env::PREDICT_ROUTE, default_value = "/predict")]
+    pub predict_route: String,
+    /// Path that answers 200 once the model is ready.
+    #[arg(long, env = forwarder_env::HEALTHCHECK_ROUTE, default_value = "/readyz")]
+    pub healthcheck_route: String,
+    /// Tasks run at once.
+    #[arg(long, env = forwarder_env::CONCURRENCY, default_value = "1")]
+    pub concurrency: NonZeroU32,
+    /// Longest a model may take on one task, in seconds.
+    #[arg(long, env = forwarder_env::PREDICT_TIMEOUT_SECONDS, default_value = "600", value_parser = parse_seconds)]
+    pub predict_timeout: Duration,
+    /// Address for /healthz, /readyz and /metrics; none when absent.
+    #[arg(long, env = forwarder_env::ADMIN_LISTEN)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Serve sync and streaming requests on this address instead of pulling queued tasks
+    /// (the worker of a sync or streaming endpoint).
+    #[arg(long, env = forwarder_env::SERVE_LISTEN)]
+    pub serve_listen: Option<SocketAddr>,
+    /// Path of the model's streaming predictions (server-sent events), if it has one.
+    #[arg(long, env = forwarder_env::STREAMING_PREDICT_ROUTE)]
+    pub streaming_predict_route: Option<String>,
+    /// The token the gateway presents to this endpoint's serving workers; requests without it
+    /// are refused. Required with --serve-listen; set by the operator from the worker Secret.
+    #[arg(long, env = forwarder_env::SERVING_TOKEN, hide_env_values = true)]
+    pub serving_token: Option<String>,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+impl ForwarderArgs {
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let endpoint_id = EndpointId::parse(&self.endpoint_id)
+            .ok_or_else(|| Error::EndpointId(self.endpoint_id.clone()))?;
+        let serving = match (self.serve_listen, &self.serving_token) {
+            (None, _) => None,
+            (Some(listen), Some(token)) if !token.is_empty() => Some(Serving {
+                listen,
+                token: token.clone(),
+            }),
+            (Some(_), _) => return Err(Error::NoServingToken.into()),
+        };
+        let model = ModelClient::new(
+            &self.model_url,
+            &self.predict_route,
+            &self.healthcheck_route,
+            self.predict_timeout,
+        )?
+        .with_streaming_route(self.streaming_predict_route.as_deref())?;
+        Ok(Settings {
+            // As the forwarder connects: its endpoint's own credentials may use no other inbox.
+            connection: self.nats.connection()?.for_forwarder_of(&endpoint_id),
+            queue: self.nats.queue_settings(None),
+            endpoint_id,
+            model,
+            concurrency: self.concurrency.get() as usize,
+            admin_listen: self.admin_listen,
+            serving,
+            http: self.http.limits(),
+        })
+    }
+}

@@ -1,0 +1,268 @@
+//! What each role may do with the queue: one handle per role over the one connection, carrying
+//! exactly the operations of that role — the same split as its NATS permissions
+//! (`permissions`), so a role cannot even call what its credentials would refuse. `ferry dev`,
+//! which plays every role, takes every handle from one [`Queue`].
+
+use std::time::Duration;
+
+use futures::Stream;
+
+use super::{
+    Backlog, CallbackDelivery, Error, LoadReport, Puller, Queue, QueueSpec, RecordAt, TaskDelivery,
+    tasks::Submission,
+};
+use crate::crd::EndpointId;
+use crate::task::{
+    CallbackJob, CallbackPolicy, CallbackState, DeadLetter, TaskId, TaskMessage, TaskRecord,
+};
+
+impl Queue {
+    pub fn gateway(&self) -> GatewayQueue {
+        GatewayQueue(self.clone())
+    }
+
+    pub fn dispatcher(&self) -> DispatcherQueue {
+        DispatcherQueue(self.clone())
+    }
+
+    pub fn operator(&self) -> OperatorQueue {
+        OperatorQueue(self.clone())
+    }
+
+    /// The handle of the forwarders of `endpoint`, which reach that endpoint alone.
+    pub fn forwarder(&self, endpoint: &EndpointId) -> ForwarderQueue {
+        ForwarderQueue {
+            queue: self.clone(),
+            endpoint: endpoint.clone(),
+        }
+    }
+}
+
+/// The gateway: submits tasks, reads their records and callback states, redelivers dead
+/// letters, reports the sync load, and opens a new async endpoint's task queue at once.
+#[derive(Clone)]
+pub struct GatewayQueue(Queue);
+
+impl GatewayQueue {
+    pub async fn submit(
+        &self,
+        task: &TaskMessage,
+        idempotency_key: Option<&str>,
+    ) -> Result<Submission, Error> {
+        self.0.submit(task, idempotency_key).await
+    }
+
+    pub async fn task_record(&self, task: &TaskId) -> Result<Option<TaskRecord>, Error> {
+        self.0.task_record(task).await
+    }
+
+    pub async fn backlog(&self, endpoint: &EndpointId) -> Result<Backlog, Error> {
+        self.0.backlog(endpoint).await
+    }
+
+    pub async fn callback_state(&self, task: &TaskId) -> Result<Option<CallbackState>, Error> {
+        self.0.callback_state(task).await
+    }
+
+    pub async fn update_callback_state(
+        &self,
+        task: &TaskId,
+        likely_first: bool,
+        change: impl Fn(Option<CallbackState>) -> Option<CallbackState>,
+    ) -> Result<Option<CallbackState>, Error> {
+        self.0
+            .update_callback_state(task, likely_first, change)
+            .await
+    }
+
+    pub async fn dead_letter(
+        &self,
+        endpoint: &EndpointId,
+        task: &TaskId,
+    ) -> Result<Option<DeadLetter>, Error> {
+        self.0.dead_letter(endpoint, task).await
+    }
+
+    pub async fn dead_letters(
+        &self,
+        endpoints: Option<&[EndpointId]>,
+    ) -> Result<Vec<DeadLetter>, Error> {
+        self.0.dead_letters(endpoints).await
+    }
+
+    pub async fn remove_dead_letter(
+        &self,
+        endpoint: &EndpointId,
+        task: &TaskId,
+    ) -> Result<(), Error> {
+        self.0.remove_dead_letter(endpoint, task).await
+    }
+
+    pub async fn redeliver_callback(&self, job: &CallbackJob) -> Result<(), Error> {
+        self.0.redeliver_callback(job).await
+    }
+
+    pub async fn publish_load(&self, report: &LoadReport) -> Result<(), Error> {
+        self.0.publish_load(report).await
+    }
+
+    /// Opens an async endpoint's task queue before the operator does, so the first task a
+    /// client submits right after creating the endpoint is taken.
+    pub async fn open_task_queue(&self, spec: &QueueSpec) -> Result<(), Error> {
+        self.0.ensure_task_queue(spec).await
+    }
+
+    /// Prepares the endpoints of a gateway that serves manifests, where no operator runs.
+    pub async fn prepare_endpoint(
+        &self,
+        endpoint: &EndpointId,
+        policy: &CallbackPolicy,
+        tasks: Option<&QueueSpec>,
+    ) -> Result<(), Error> {
+        self.0.prepare_endpoint(endpoint, policy, tasks).await
+    }
+}
+
+/// A forwarder: takes its endpoint's tasks, records their outcomes and queues their callbacks
+/// — for its own endpoint only.
+#[derive(Clone)]
+pub struct ForwarderQueue {
+    queue: Queue,
+    endpoint: EndpointId,
+}
+
+impl ForwarderQueue {
+    /// A puller of the endpoint's tasks.
+    pub async fn tasks(&self) -> Result<Puller<TaskDelivery>, Error> {
+        self.queue.tasks(&self.endpoint).await
+    }
+
+    pub async fn task_record(&self, task: &TaskId) -> Result<Option<TaskRecord>, Error> {
+        self.queue.task_record(task).await
+    }
+
+    pub async fn advance_task_record(
+        &self,
+        task: &TaskId,
+        record: &TaskRecord,
+        last_seen: Option<RecordAt>,
+    ) -> Result<RecordAt, Error> {
+        self.queue
+            .advance_task_record(task, record, last_seen)
+            .await
+    }
+
+    /// Queues the callback of one of this endpoint's tasks.
+    pub async fn publish_callback(&self, job: &CallbackJob) -> Result<(), Error> {
+        if job.endpoint_id != self.endpoint {
+            return Err(Error::NotOwnEndpoint {
+                endpoint: job.endpoint_id.clone(),
+            });
+        }
+        self.queue.publish_callback(job).await
+    }
+}
+
+/// The dispatcher: takes callback jobs, reads endpoints' callback policies, records delivery
+/// states, reschedules and dead-letters.
+#[derive(Clone)]
+pub struct DispatcherQueue(Queue);
+
+impl DispatcherQueue {
+    pub async fn callback_jobs(&self) -> Result<Puller<CallbackDelivery>, Error> {
+        self.0.callback_jobs().await
+    }
+
+    pub async fn schedule_callback(&self, job: &CallbackJob, delay: Duration) -> Result<(), Error> {
+        self.0.schedule_callback(job, delay).await
+    }
+
+    pub async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
+        self.0.put_dead_letter(letter).await
+    }
+
+    pub async fn callback_policy(
+        &self,
+        endpoint: &EndpointId,
+    ) -> Result<Option<CallbackPolicy>, Error> {
+        self.0.callback_policy(endpoint).await
+    }
+
+    pub async fn callback_policy_changes(
+        &self,
+    ) -> Result<impl Stream<Item = EndpointId> + use<>, Error> {
+        self.0.callback_policy_changes().await
+    }
+
+    pub async fn callback_state(&self, task: &TaskId) -> Result<Option<CallbackState>, Error> {
+        self.0.callback_state(task).await
+    }
+
+    pub async fn update_callback_state(
+        &self,
+        task: &TaskId,
+        likely_first: bool,
+        change: impl Fn(Option<CallbackState>) -> Option<CallbackState>,
+    ) -> Result<Option<CallbackState>, Error> {
+        self.0
+            .update_callback_state(task, likely_first, change)
+            .await
+    }
+}
+
+/// The operator (and `ferry dev` in its place): prepares and retires endpoints' queues and
+/// policies, and watches their load to scale them.
+#[derive(Clone)]
+pub struct OperatorQueue(Queue);
+
+impl OperatorQueue {
+    /// Everything the queue keeps for an endpoint: its callback policy (for the dispatcher)
+    /// and, for an async endpoint (`tasks`), its task queue. Safe to repeat.
+    pub async fn prepare_endpoint(
+        &self,
+        endpoint: &EndpointId,
+        policy: &CallbackPolicy,
+        tasks: Option<&QueueSpec>,
+    ) -> Result<(), Error> {
+        self.0.prepare_endpoint(endpoint, policy, tasks).await
+    }
+
+    /// Removes the endpoint's task queue, with the tasks still in it; removing one that does
+    /// not exist succeeds.
+    pub async fn close_task_queue(&self, endpoint: &EndpointId) -> Result<(), Error> {
+        self.0.delete_task_queue(endpoint).await
+    }
+
+    /// Removes everything the queue keeps for a deleted endpoint: its task queue and its
+    /// callback policy (with the secrets sealed in it).
+    pub async fn retire_endpoint(&self, endpoint: &EndpointId) -> Result<(), Error> {
+        self.0.delete_task_queue(endpoint).await?;
+        self.0.delete_callback_policy(endpoint).await
+    }
+
+    pub async fn backlog(&self, endpoint: &EndpointId) -> Result<Backlog, Error> {
+        self.0.backlog(endpoint).await
+    }
+
+    pub async fn backlog_with_age(&self, endpoint: &EndpointId) -> Result<Backlog, Error> {
+        self.0.backlog_with_age(endpoint).await
+    }
+
+    pub async fn all_task_arrivals(&self) -> Result<impl Stream<Item = EndpointId> + use<>, Error> {
+        self.0.all_task_arrivals().await
+    }
+
+    pub async fn task_arrivals(
+        &self,
+        endpoint: &EndpointId,
+    ) -> Result<impl Stream<Item = ()> + use<>, Error> {
+        self.0.task_arrivals(endpoint).await
+    }
+
+    pub async fn load_reports(
+        &self,
+        endpoint: Option<&EndpointId>,
+    ) -> Result<impl Stream<Item = LoadReport> + use<>, Error> {
+        self.0.load_reports(endpoint).await
+    }
+}

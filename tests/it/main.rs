@@ -1,0 +1,16 @@
+//! ferry's integration tests: one binary, one module per area, one `support` kit. Every test
+//! starts real processes (nats-server, the `ferry` binary's roles, model servers, callback
+//! receivers, a stand-in Kubernetes API server) on 127.0.0.1 with ports chosen at run time.
+//! Run one area with `cargo nextest run --test it -E 'test(/^callbacks::/)'`.
+
+mod autoscale;
+mod bounds;
+mod callbacks;
+mod e2e;
+mod faults;
+mod gateway_cluster;
+mod launch;
+mod logs;
+mod metrics;
+mod operator;
+mod support;
