@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use tokio::sync::watch;
 
+use crate::crd::validate::{ValidatedBundle, ValidatedEndpoint};
 use crate::crd::{
     BundleId, EndpointId, ModelBundle, ModelEndpoint, ModelEndpointStatus, namespace_of,
 };
@@ -239,7 +240,7 @@ pub trait ResourceWriter: Send + Sync {
     /// Creates or replaces an endpoint, storing `secrets` first.
     fn apply_endpoint(
         &self,
-        endpoint: ModelEndpoint,
+        endpoint: ValidatedEndpoint,
         secrets: Vec<NamedSecret>,
     ) -> futures::future::BoxFuture<'_, Result<(), WriteError>>;
     fn delete_endpoint(
@@ -249,6 +250,6 @@ pub trait ResourceWriter: Send + Sync {
     /// Creates or replaces a bundle.
     fn apply_bundle(
         &self,
-        bundle: ModelBundle,
+        bundle: ValidatedBundle,
     ) -> futures::future::BoxFuture<'_, Result<(), WriteError>>;
 }

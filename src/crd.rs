@@ -1,8 +1,11 @@
 //! The `ferry.dev/v1alpha1` resources: `ModelBundle` (what to run) and `ModelEndpoint` (how to
-//! serve it). Owns their schema, defaults, bounds, CEL rules, condition names and the stable ids
-//! the Launch API reports for them.
+//! serve it). Owns their schema and defaults, condition names and the stable ids the Launch API
+//! reports for them; below it, their names (`names`), the constants of their bounds and CEL
+//! rules (`rules`) and the one validation step (`validate`).
 
 pub mod names;
+pub mod rules;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,7 +37,7 @@ use sha2::{Digest, Sha256};
 #[serde(rename_all = "camelCase")]
 pub struct ModelBundleSpec {
     /// Container image (repository and tag) that runs the model server.
-    #[x_kube(validation = Rule::new("self != ''").message("image must not be empty"))]
+    #[x_kube(validation = rules::IMAGE_NOT_EMPTY)]
     pub image: String,
     /// Command that starts the model server; the image's entrypoint when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -47,23 +50,26 @@ pub struct ModelBundleSpec {
     pub env: BTreeMap<String, String>,
     /// Port the model server listens on; it also receives it in the `PORT` environment variable.
     #[serde(default = "default_port")]
-    #[schemars(range(min = 1, max = 65535))]
+    #[schemars(range(min = rules::PORT.min, max = rules::PORT.max))]
     pub port: u16,
     /// HTTP path that takes a task's `args` as a JSON POST body and answers with the result JSON.
     #[serde(default = "default_predict_route")]
-    #[schemars(regex(pattern = r"^/"))]
+    #[schemars(regex(pattern = rules::PREDICT_ROUTE.regex))]
     pub predict_route: String,
     /// HTTP path that answers 200 once the model is ready to serve.
     #[serde(default = "default_healthcheck_route")]
-    #[schemars(regex(pattern = r"^/"))]
+    #[schemars(regex(pattern = rules::HEALTHCHECK_ROUTE.regex))]
     pub healthcheck_route: String,
     /// Seconds to wait after start before the first readiness check.
     #[serde(default)]
-    #[schemars(range(max = 3600))]
+    #[schemars(range(
+        min = rules::READINESS_INITIAL_DELAY_SECONDS.min,
+        max = rules::READINESS_INITIAL_DELAY_SECONDS.max
+    ))]
     pub readiness_initial_delay_seconds: u32,
     /// HTTP path for streaming predictions (server-sent events), when the model supports them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^/"))]
+    #[schemars(regex(pattern = rules::STREAMING_PREDICT_ROUTE.regex))]
     pub streaming_predict_route: Option<String>,
     /// Lets the model container run as the user its image names, root included, for images
     /// that cannot run as any other user. Off by default: the container must run as a non-root
@@ -127,7 +133,7 @@ impl JsonSchema for Quantity {
         schemars::json_schema!({
             "description": "A resource quantity: an integer or a string such as \"500m\" or \"8Gi\".",
             "x-kubernetes-int-or-string": true,
-            "pattern": r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+            "pattern": rules::QUANTITY_REGEX
         })
     }
 }
@@ -209,13 +215,13 @@ fn default_queue_message_timeout_seconds() -> u32 {
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("self.minWorkers <= self.maxWorkers").message("minWorkers must not exceed maxWorkers"))]
-#[x_kube(validation = Rule::new("(self.gpus > 0) == has(self.gpuType)").message("gpus and gpuType must be set together"))]
-#[x_kube(validation = Rule::new("!has(self.defaultCallbackUrl) || self.postInferenceHooks.exists(h, h == 'callback')").message("defaultCallbackUrl needs the callback post-inference hook"))]
+#[x_kube(validation = rules::MIN_WITHIN_MAX)]
+#[x_kube(validation = rules::GPUS_WITH_GPU_TYPE)]
+#[x_kube(validation = rules::DEFAULT_URL_NEEDS_HOOK)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelEndpointSpec {
     /// Name of the ModelBundle (in the same namespace) that the workers run.
-    #[x_kube(validation = Rule::new("self != ''").message("bundle must not be empty"))]
+    #[x_kube(validation = rules::BUNDLE_NOT_EMPTY)]
     pub bundle: String,
     /// How the endpoint is called: `async` (queued tasks), `sync` or `streaming`.
     #[serde(default)]
@@ -231,36 +237,39 @@ pub struct ModelEndpointSpec {
     pub storage: Quantity,
     /// GPUs per worker; needs `gpuType` when above zero.
     #[serde(default)]
-    #[schemars(range(max = 16))]
+    #[schemars(range(min = rules::GPUS.min, max = rules::GPUS.max))]
     pub gpus: u32,
     /// GPU model the workers are scheduled on, such as `nvidia-ampere-a10`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_type: Option<String>,
     /// Fewest workers kept running; 0 lets an idle endpoint scale to zero.
     #[serde(default = "default_one")]
-    #[schemars(range(max = 1000))]
+    #[schemars(range(min = rules::MIN_WORKERS.min, max = rules::MIN_WORKERS.max))]
     pub min_workers: u32,
     /// Most workers ever running.
     #[serde(default = "default_one")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = rules::MAX_WORKERS.min, max = rules::MAX_WORKERS.max))]
     pub max_workers: u32,
     /// Target number of queued or running tasks per worker when autoscaling.
     #[serde(default = "default_per_worker")]
-    #[schemars(range(min = 1, max = 10000))]
+    #[schemars(range(min = rules::PER_WORKER.min, max = rules::PER_WORKER.max))]
     pub per_worker: u32,
     /// Tasks a single worker runs at once.
     #[serde(default = "default_one")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(
+        min = rules::CONCURRENT_REQUESTS_PER_WORKER.min,
+        max = rules::CONCURRENT_REQUESTS_PER_WORKER.max
+    ))]
     pub concurrent_requests_per_worker: u32,
     /// Labels of the endpoint; `team` and `product` are required.
-    #[x_kube(validation = Rule::new("'team' in self && 'product' in self").message("labels must include team and product"))]
+    #[x_kube(validation = rules::TEAM_AND_PRODUCT_LABELS)]
     pub labels: BTreeMap<String, String>,
     /// Steps run after inference; `callback` posts each result to a callback URL.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub post_inference_hooks: Vec<PostInferenceHook>,
     /// Callback URL used when a task names none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
+    #[schemars(regex(pattern = rules::DEFAULT_CALLBACK_URL.regex))]
     pub default_callback_url: Option<String>,
     /// Credentials presented to callback receivers when a task brings none, from a Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -270,11 +279,17 @@ pub struct ModelEndpointSpec {
     pub callbacks: Option<CallbackPolicySpec>,
     /// Seconds a queued task waits for a worker before it expires.
     #[serde(default = "default_task_expires_seconds")]
-    #[schemars(range(min = 10, max = 2_592_000))]
+    #[schemars(range(
+        min = rules::TASK_EXPIRES_SECONDS.min,
+        max = rules::TASK_EXPIRES_SECONDS.max
+    ))]
     pub task_expires_seconds: u32,
     /// Seconds a worker may hold a task without a sign of life before it is handed to another.
     #[serde(default = "default_queue_message_timeout_seconds")]
-    #[schemars(range(min = 1, max = 43_200))]
+    #[schemars(range(
+        min = rules::QUEUE_MESSAGE_TIMEOUT_SECONDS.min,
+        max = rules::QUEUE_MESSAGE_TIMEOUT_SECONDS.max
+    ))]
     pub queue_message_timeout_seconds: u32,
 }
 
@@ -354,15 +369,24 @@ pub struct CallbackPolicySpec {
     /// Seconds to wait before each retry; the length bounds the attempts. Default: 5, 300, 1800,
     /// 7200, 18000, 36000, 36000 (about 28 hours), each varied by up to ±20 %.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 50), inner(range(min = 1, max = 259_200)))]
+    #[schemars(
+        length(min = rules::RETRY_SCHEDULE_LENGTH.min, max = rules::RETRY_SCHEDULE_LENGTH.max),
+        inner(range(min = rules::RETRY_DELAY_SECONDS.min, max = rules::RETRY_DELAY_SECONDS.max))
+    )]
     pub retry_schedule_seconds: Option<Vec<u32>>,
     /// Seconds one attempt may take in all, from connecting to the end of the answer (default 15).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 300))]
+    #[schemars(range(
+        min = rules::ATTEMPT_TIMEOUT_SECONDS.min,
+        max = rules::ATTEMPT_TIMEOUT_SECONDS.max
+    ))]
     pub attempt_timeout_seconds: Option<u32>,
     /// Seconds to establish the connection (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 60))]
+    #[schemars(range(
+        min = rules::CONNECT_TIMEOUT_SECONDS.min,
+        max = rules::CONNECT_TIMEOUT_SECONDS.max
+    ))]
     pub connect_timeout_seconds: Option<u32>,
     /// Hosts callbacks may go to, exactly or as `*.example.com`; any public host when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

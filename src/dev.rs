@@ -196,7 +196,11 @@ async fn load_manifests(runtime: &Runtime, manifests: &Manifests) -> anyhow::Res
         runtime.put_bundle(bundle.clone()).await?;
     }
     for endpoint in &manifests.endpoints {
-        let name = format!("{}/{}", namespace_of(endpoint), endpoint.name_any());
+        let name = format!(
+            "{}/{}",
+            namespace_of(endpoint.endpoint()),
+            endpoint.endpoint().name_any()
+        );
         runtime
             .apply(endpoint.clone())
             .await

@@ -172,14 +172,14 @@ async fn prepare_endpoints(
     ring: &KeyRing,
 ) -> anyhow::Result<()> {
     for endpoint in &manifests.endpoints {
-        let namespace = namespace_of(endpoint);
+        let namespace = namespace_of(endpoint.endpoint());
         let secret = |name: &str| manifests.secret_data(&namespace, name);
-        let policy = resolve_policy(&endpoint.endpoint_id(), &endpoint.spec, secret, ring)
+        let policy = resolve_policy(&endpoint.endpoint_id(), endpoint.spec(), secret, ring)
             .map_err(|error| {
                 let reason = error.reason();
                 anyhow::anyhow!(
                     "ModelEndpoint {namespace}/{}: {reason}: {error}",
-                    endpoint.name_any()
+                    endpoint.endpoint().name_any()
                 )
             })?;
         queue
@@ -234,8 +234,20 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     let catalog = Catalog::default();
     let writer: Option<Arc<dyn ResourceWriter>> = if let Some(manifests) = manifests {
         prepare_endpoints(&queue, &manifests, &ring).await?;
-        catalog.replace_bundles(manifests.bundles.clone());
-        catalog.replace_endpoints(manifests.endpoints.clone());
+        catalog.replace_bundles(
+            manifests
+                .bundles
+                .iter()
+                .map(|b| b.bundle().clone())
+                .collect(),
+        );
+        catalog.replace_endpoints(
+            manifests
+                .endpoints
+                .iter()
+                .map(|e| e.endpoint().clone())
+                .collect(),
+        );
         readiness.set_ready();
         None
     } else {

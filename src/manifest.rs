@@ -1,5 +1,6 @@
 //! Reads ModelBundle/ModelEndpoint manifests from YAML files, as `kubectl apply -f` would take
-//! them, and checks them with the same schema defaults and CEL rules the API server applies.
+//! them: with the schema's defaults, through the validation step every entry point uses (the
+//! rules the API server applies, and those it cannot).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use serde::Deserialize;
 
 use crate::callback::policy::{PolicyError, check_opted_in, secret_names};
 use crate::crd::names::GROUP;
+use crate::crd::validate::{ValidatedBundle, ValidatedEndpoint, validate, validate_bundle};
 use crate::crd::{ModelBundle, ModelEndpoint, namespace_of};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,11 +61,11 @@ pub enum Error {
     },
 }
 
-/// The resources a set of manifests declares.
+/// The resources a set of manifests declares, each endpoint with its bundle.
 #[derive(Debug, Default, Clone)]
 pub struct Manifests {
-    pub bundles: Vec<ModelBundle>,
-    pub endpoints: Vec<ModelEndpoint>,
+    pub bundles: Vec<ValidatedBundle>,
+    pub endpoints: Vec<ValidatedEndpoint>,
     /// Secrets the endpoints refer to (signing secrets, callback credentials).
     pub secrets: Vec<Secret>,
 }
@@ -105,9 +107,12 @@ impl Manifests {
 
     pub fn bundle_for(&self, endpoint: &ModelEndpoint) -> Option<&ModelBundle> {
         let namespace = namespace_of(endpoint);
-        self.bundles.iter().find(|bundle| {
-            bundle.name_any() == endpoint.spec.bundle && namespace_of(*bundle) == namespace
-        })
+        self.bundles
+            .iter()
+            .map(ValidatedBundle::bundle)
+            .find(|bundle| {
+                bundle.name_any() == endpoint.spec.bundle && namespace_of(*bundle) == namespace
+            })
     }
 }
 
@@ -124,30 +129,49 @@ struct TypeMeta {
 /// name); documents of other kinds are skipped. Every endpoint must find its bundle.
 pub fn load(paths: &[PathBuf]) -> Result<Manifests, Error> {
     let mut manifests = Manifests::default();
+    let mut endpoints = Vec::new();
     for file in yaml_files(paths)? {
         let text = std::fs::read_to_string(&file).map_err(|source| Error::Read {
             path: file.clone(),
             source,
         })?;
-        parse_into(&mut manifests, &file, &text)?;
+        parse_into(&mut manifests, &mut endpoints, &file, &text)?;
     }
-    for endpoint in &manifests.endpoints {
-        if manifests.bundle_for(endpoint).is_none() {
+    for (path, endpoint) in endpoints {
+        let validated = manifests.validate_endpoint(&path, &endpoint)?;
+        manifests.endpoints.push(validated);
+    }
+    Ok(manifests)
+}
+
+impl Manifests {
+    /// Checks an endpoint read from `path` with its bundle, and that its Secrets opt in.
+    fn validate_endpoint(
+        &self,
+        path: &Path,
+        endpoint: &ModelEndpoint,
+    ) -> Result<ValidatedEndpoint, Error> {
+        let Some(bundle) = self.bundle_for(endpoint) else {
             return Err(Error::MissingBundle {
                 namespace: namespace_of(endpoint),
                 endpoint: endpoint.name_any(),
                 bundle: endpoint.spec.bundle.clone(),
             });
-        }
-        manifests
-            .check_secrets_opt_in(endpoint)
+        };
+        let validated = validate(endpoint, bundle).map_err(|invalid| Error::Invalid {
+            path: path.into(),
+            kind: "ModelEndpoint",
+            name: endpoint.name_any(),
+            message: invalid.to_string(),
+        })?;
+        self.check_secrets_opt_in(endpoint)
             .map_err(|source| Error::SecretNotOptedIn {
                 namespace: namespace_of(endpoint),
                 endpoint: endpoint.name_any(),
                 source,
             })?;
+        Ok(validated)
     }
-    Ok(manifests)
 }
 
 fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
@@ -178,7 +202,14 @@ fn is_yaml(path: &Path) -> bool {
     )
 }
 
-fn parse_into(manifests: &mut Manifests, path: &Path, text: &str) -> Result<(), Error> {
+/// Reads the documents of one file: Secrets and valid bundles into `manifests`, endpoints into
+/// `endpoints` (checked once every bundle is read).
+fn parse_into(
+    manifests: &mut Manifests,
+    endpoints: &mut Vec<(PathBuf, ModelEndpoint)>,
+    path: &Path,
+    text: &str,
+) -> Result<(), Error> {
     // Each document goes through JSON, as the API server sees it; empty documents are skipped.
     let documents: Vec<serde_json::Value> =
         serde_saphyr::from_multiple(text).map_err(|source| Error::Yaml {
@@ -211,18 +242,14 @@ fn parse_into(manifests: &mut Manifests, path: &Path, text: &str) -> Result<(), 
             "ModelBundle" => {
                 let bundle = ModelBundle::deserialize(&value)
                     .map_err(|e| invalid("ModelBundle", e.to_string()))?;
-                bundle
-                    .validate_cel()
-                    .map_err(|e| invalid("ModelBundle", e.to_string()))?;
-                manifests.bundles.push(bundle);
+                let validated =
+                    validate_bundle(&bundle).map_err(|e| invalid("ModelBundle", e.to_string()))?;
+                manifests.bundles.push(validated);
             }
             "ModelEndpoint" => {
                 let endpoint = ModelEndpoint::deserialize(&value)
                     .map_err(|e| invalid("ModelEndpoint", e.to_string()))?;
-                endpoint
-                    .validate_cel()
-                    .map_err(|e| invalid("ModelEndpoint", e.to_string()))?;
-                manifests.endpoints.push(endpoint);
+                endpoints.push((path.into(), endpoint));
             }
             _ => {}
         }
@@ -261,7 +288,11 @@ mod tests {
         write(dir.path(), "notes.txt", "not yaml: [");
         let manifests = load(&[dir.path().into()]).expect("loads");
         assert_eq!((manifests.bundles.len(), manifests.endpoints.len()), (1, 1));
-        assert!(manifests.bundle_for(&manifests.endpoints[0]).is_some());
+        assert!(
+            manifests
+                .bundle_for(manifests.endpoints[0].endpoint())
+                .is_some()
+        );
         let data = manifests
             .secret_data("default", "s")
             .expect("secret loaded");
@@ -328,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn cel_violations_name_the_resource_and_rule() {
+    fn rule_violations_name_the_file_the_resource_and_the_rule() {
         let dir = tempfile::tempdir().expect("temp dir");
         write(dir.path(), "b.yaml", BUNDLE);
         write(
@@ -340,7 +371,35 @@ mod tests {
             .expect_err("labels rule")
             .to_string();
         assert!(
-            error.contains("ModelEndpoint e is invalid") && error.contains("team and product"),
+            error.contains("e.yaml: ModelEndpoint e is invalid")
+                && error.contains("team and product"),
+            "{error}"
+        );
+
+        // A bound the schema holds and serde does not.
+        write(
+            dir.path(),
+            "e.yaml",
+            &ENDPOINT.replace("spec: {", "spec: {maxWorkers: 0, "),
+        );
+        let error = load(&[dir.path().into()]).expect_err("a bound").to_string();
+        assert!(
+            error.ends_with("maxWorkers must be between 1 and 1000, not 0"),
+            "{error}"
+        );
+
+        // A rule no schema can hold: the model's port is the forwarder's.
+        write(dir.path(), "e.yaml", ENDPOINT);
+        write(
+            dir.path(),
+            "b.yaml",
+            &BUNDLE.replace("spec: {", "spec: {port: 9464, "),
+        );
+        let error = load(&[dir.path().into()])
+            .expect_err("a port clash")
+            .to_string();
+        assert!(
+            error.contains("b.yaml: ModelBundle b is invalid: port 9464"),
             "{error}"
         );
     }

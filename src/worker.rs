@@ -1,6 +1,7 @@
 //! The contract of a worker pod's forwarder, shared by the operator that builds the pod, the
 //! gateway that calls it and the forwarder itself: the environment it reads (the operator sets
-//! exactly these), the paths it serves and the header that carries the serving token.
+//! exactly these), the ports and paths it serves and the header that carries the serving token;
+//! and what the model beside it is given: its port, in `PORT`.
 
 pub mod env {
     pub const NATS_URL: &str = "FERRY_NATS_URL";
@@ -25,6 +26,13 @@ pub mod env {
     pub const STREAMING_PREDICT_ROUTE: &str = "FERRY_STREAMING_PREDICT_ROUTE";
     pub const SERVING_TOKEN: &str = "FERRY_SERVING_TOKEN";
 }
+
+/// Port of the forwarder's `/healthz`, `/readyz` and `/metrics` inside the pod.
+pub const FORWARDER_ADMIN_PORT: u16 = 9464;
+/// Port on which the forwarder of a sync or streaming endpoint takes the gateway's requests.
+pub const FORWARDER_SERVE_PORT: u16 = 9465;
+/// Variable that tells the model the port to listen on, in a pod and in `ferry dev` alike.
+pub const MODEL_PORT_ENV: &str = "PORT";
 
 /// Path of sync predictions on a serving forwarder.
 pub const PREDICT_PATH: &str = "/predict";

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use super::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::admin::Readiness;
 use crate::crd::names::{CALLBACK_CREDENTIALS_LABEL, MANAGED_BY_LABEL, service_url};
+use crate::crd::validate::{ValidatedBundle, ValidatedEndpoint};
 use crate::crd::{EndpointType, ModelBundle, ModelEndpoint, namespace_of};
 use crate::queue::{GatewayQueue, QueueSpec};
 
@@ -214,13 +215,14 @@ impl ClusterWriter {
 
     async fn apply(
         &self,
-        endpoint: ModelEndpoint,
+        validated: ValidatedEndpoint,
         secrets: Vec<NamedSecret>,
     ) -> Result<(), WriteError> {
         for secret in secrets {
             self.apply_secret(secret).await?;
         }
-        let namespace = namespace_of(&endpoint);
+        let endpoint = validated.endpoint();
+        let namespace = namespace_of(endpoint);
         let api: Api<ModelEndpoint> = Api::namespaced(self.client.clone(), &namespace);
         let object = ModelEndpoint {
             metadata: applied_meta(&endpoint.metadata),
@@ -231,10 +233,10 @@ impl ClusterWriter {
             .patch(&endpoint.name_any(), &params(), &Patch::Apply(&object))
             .await
             .map_err(unavailable)?;
-        if applied.spec.endpoint_type == EndpointType::Async {
+        if validated.spec().endpoint_type == EndpointType::Async {
             // The operator ensures the queue too; doing it here lets the first task in right away.
             self.queue
-                .open_task_queue(&QueueSpec::for_endpoint(&applied))
+                .open_task_queue(&QueueSpec::for_endpoint(&validated))
                 .await
                 .map_err(unavailable)?;
         }
@@ -274,7 +276,7 @@ impl ClusterWriter {
 impl ResourceWriter for ClusterWriter {
     fn apply_endpoint(
         &self,
-        endpoint: ModelEndpoint,
+        endpoint: ValidatedEndpoint,
         secrets: Vec<NamedSecret>,
     ) -> BoxFuture<'_, Result<(), WriteError>> {
         Box::pin(self.apply(endpoint, secrets))
@@ -287,7 +289,7 @@ impl ResourceWriter for ClusterWriter {
         Box::pin(self.delete(endpoint))
     }
 
-    fn apply_bundle(&self, bundle: ModelBundle) -> BoxFuture<'_, Result<(), WriteError>> {
-        Box::pin(self.put_bundle(bundle))
+    fn apply_bundle(&self, bundle: ValidatedBundle) -> BoxFuture<'_, Result<(), WriteError>> {
+        Box::pin(self.put_bundle(bundle.into_bundle()))
     }
 }

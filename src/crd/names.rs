@@ -94,4 +94,22 @@ mod tests {
         assert_eq!(ModelEndpoint::api_version(&()), API_VERSION);
         assert_eq!(ModelBundle::api_version(&()), API_VERSION);
     }
+
+    #[test]
+    fn label_rules_follow_kubernetes() {
+        assert!(is_label_value("MY_TEAM"));
+        assert!(is_label_value(""));
+        assert!(!is_label_value("-x"));
+        assert!(!is_label_value(&"x".repeat(64)));
+        assert!(is_label_key("team"));
+        assert!(is_label_key("example.com/team"));
+        assert!(!is_label_key("Example.com/team"));
+        assert!(!is_label_key("/team"));
+        assert!(is_dns_label("demo-2"));
+        assert!(!is_dns_label("demo.v2"));
+        assert_eq!(
+            truncated_label(&format!("{}-y", "x".repeat(62))),
+            "x".repeat(62)
+        );
+    }
 }

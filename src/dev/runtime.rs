@@ -1,7 +1,7 @@
 //! The dev runtime: what the operator and the cluster do, on one machine. It owns the endpoints,
-//! bundles and Secrets of a `ferry dev` session — from manifests at start and from the API
-//! after — prepares each endpoint's queue and callback policy, and runs its local workers,
-//! restarting them when the endpoint or its bundle changes.
+//! bundles and Secrets of a `ferry dev` session — validated, from manifests at start and from
+//! the API after — prepares each endpoint's queue and callback policy, and runs its local
+//! workers, restarting them when the endpoint or its bundle changes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,8 @@ use super::pool::Pool;
 pub use super::pool::Scaling;
 use crate::callback::policy::resolve_policy;
 use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
-use crate::crd::{BundleId, EndpointId, ModelBundle, ModelEndpoint, namespace_of};
+use crate::crd::validate::{ValidatedBundle, ValidatedEndpoint, validate};
+use crate::crd::{EndpointId, ModelBundle, ModelEndpoint, namespace_of};
 use crate::forwarder::ForwarderMetrics;
 use crate::queue::{ForwarderQueue, Queue, QueueSettings, QueueSpec};
 use crate::seal::KeyRing;
@@ -77,15 +78,9 @@ impl Runtime {
 
     /// Prepares the endpoint's queue and callback policy, publishes it, and (re)starts its
     /// workers when its spec or its bundle changed.
-    pub async fn apply(&self, endpoint: ModelEndpoint) -> Result<(), WriteError> {
-        let namespace = namespace_of(&endpoint);
-        let bundle_id = BundleId::for_resource(&namespace, &endpoint.spec.bundle);
-        let bundle = self.catalog.bundle(&bundle_id).ok_or_else(|| {
-            WriteError::Invalid(format!(
-                "model bundle {} not found in namespace {namespace}",
-                endpoint.spec.bundle
-            ))
-        })?;
+    pub async fn apply(&self, validated: ValidatedEndpoint) -> Result<(), WriteError> {
+        let endpoint = validated.endpoint();
+        let namespace = namespace_of(endpoint);
         let id = endpoint.endpoint_id();
         let secret = |name: &str| {
             self.lock_secrets()
@@ -96,10 +91,10 @@ impl Runtime {
             .map_err(|error| WriteError::Invalid(format!("{}: {error}", error.reason())))?;
         self.queue
             .operator()
-            .prepare_endpoint(&id, &policy, QueueSpec::of(&endpoint).as_ref())
+            .prepare_endpoint(&id, &policy, QueueSpec::of(&validated).as_ref())
             .await
             .map_err(|error| WriteError::Unavailable(Box::new(error)))?;
-        let started_from = format!("{:?}{:?}", endpoint.spec, bundle.spec);
+        let started_from = format!("{:?}{:?}", endpoint.spec, validated.bundle().spec);
         let mut runs = self.runs.lock().await;
         let keep = runs
             .get(&id)
@@ -123,7 +118,13 @@ impl Runtime {
             .queue(&id, &self.queue, QueueSettings::default())
             .await
             .map_err(|error| WriteError::Unavailable(Box::new(error)))?;
-        let run = self.start(Arc::new(endpoint), bundle, forwarder_queue, started_from);
+        let (endpoint, bundle) = validated.into_parts();
+        let run = self.start(
+            Arc::new(endpoint),
+            Arc::new(bundle),
+            forwarder_queue,
+            started_from,
+        );
         runs.insert(id, run);
         Ok(())
     }
@@ -144,16 +145,19 @@ impl Runtime {
     }
 
     /// Stores the bundle and restarts the endpoints that run it.
-    pub async fn put_bundle(&self, bundle: ModelBundle) -> Result<(), WriteError> {
+    pub async fn put_bundle(&self, bundle: ValidatedBundle) -> Result<(), WriteError> {
+        let bundle = bundle.into_bundle();
         let namespace = namespace_of(&bundle);
         let name = bundle.name_any();
-        self.catalog.put_bundle(bundle);
+        self.catalog.put_bundle(bundle.clone());
         let users = self.catalog.find_endpoints(Some(&namespace), None);
         for endpoint in users
             .into_iter()
             .filter(|endpoint| endpoint.spec.bundle == name)
         {
-            self.apply(endpoint.as_ref().clone()).await?;
+            let validated = validate(&endpoint, &bundle)
+                .map_err(|invalid| WriteError::Invalid(invalid.to_string()))?;
+            self.apply(validated).await?;
         }
         Ok(())
     }
@@ -207,7 +211,7 @@ async fn stop(run: Run) {
 impl ResourceWriter for Runtime {
     fn apply_endpoint(
         &self,
-        endpoint: ModelEndpoint,
+        endpoint: ValidatedEndpoint,
         secrets: Vec<NamedSecret>,
     ) -> BoxFuture<'_, Result<(), WriteError>> {
         Box::pin(async move {
@@ -225,7 +229,7 @@ impl ResourceWriter for Runtime {
         Box::pin(async move { self.delete(&endpoint).await })
     }
 
-    fn apply_bundle(&self, bundle: ModelBundle) -> BoxFuture<'_, Result<(), WriteError>> {
+    fn apply_bundle(&self, bundle: ValidatedBundle) -> BoxFuture<'_, Result<(), WriteError>> {
         Box::pin(self.put_bundle(bundle))
     }
 }

@@ -153,7 +153,7 @@ impl Worker {
             .args(args)
             .args(&spec.args)
             .envs(&spec.env)
-            .env("PORT", port.to_string())
+            .env(crate::worker::MODEL_PORT_ENV, port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

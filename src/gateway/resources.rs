@@ -9,11 +9,11 @@ use axum::{
     body::Bytes,
     extract::{Path, Query, State, rejection::BytesRejection},
 };
-use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use super::{AppState, auth::Principal, error::AppError, launch, routes, views};
 use crate::catalog::ResourceWriter;
+use crate::crd::{BundleId, ModelBundle, ModelEndpoint, namespace_of};
 
 /// Namespace a caller's new resources go to: its team's, or `default` for an open dev gateway.
 fn namespace_for(principal: &Principal) -> String {
@@ -48,12 +48,12 @@ pub async fn create_endpoint(
         )));
     }
     let bundle = routes::visible_bundle(&state, &principal, &request.model_bundle_id)?;
-    if crate::crd::namespace_of(bundle.as_ref()) != namespace {
+    if namespace_of(bundle.as_ref()) != namespace {
         return Err(AppError::BadRequest(
             "the bundle must be in the endpoint's namespace".into(),
         ));
     }
-    let (endpoint, secrets) = launch::new_endpoint(&namespace, request, &bundle.name_any())?;
+    let (endpoint, secrets) = launch::new_endpoint(&namespace, request, &bundle)?;
     let id = endpoint.endpoint_id();
     writer.apply_endpoint(endpoint, secrets).await?;
     tracing::info!(endpoint = %id, "endpoint created");
@@ -73,15 +73,32 @@ pub async fn update_endpoint(
     let writer = writer(&state)?;
     let current = routes::visible_endpoint(&state, &principal, &id)?;
     let bundle = match &request.model_bundle_id {
-        Some(bundle_id) => Some(routes::visible_bundle(&state, &principal, bundle_id)?.name_any()),
-        None => None,
+        Some(bundle_id) => routes::visible_bundle(&state, &principal, bundle_id)?,
+        None => current_bundle(&state, &current)?,
     };
-    let (endpoint, secrets) = launch::update_endpoint(&current, request, bundle.as_deref())?;
+    let (endpoint, secrets) = launch::update_endpoint(&current, request, &bundle)?;
     writer.apply_endpoint(endpoint, secrets).await?;
     tracing::info!(endpoint = %id, "endpoint updated");
     Ok(Json(
         json!({ "endpoint_creation_task_id": uuid::Uuid::now_v7().to_string() }),
     ))
+}
+
+/// The bundle an endpoint runs, which an update naming no other is checked with.
+fn current_bundle(
+    state: &AppState,
+    endpoint: &ModelEndpoint,
+) -> Result<Arc<ModelBundle>, AppError> {
+    let namespace = namespace_of(endpoint);
+    let name = &endpoint.spec.bundle;
+    state
+        .catalog
+        .bundle(&BundleId::for_resource(&namespace, name))
+        .ok_or_else(|| {
+            AppError::BadRequest(format!(
+                "model bundle {name} not found in namespace {namespace}"
+            ))
+        })
 }
 
 pub async fn delete_endpoint(
@@ -104,7 +121,7 @@ pub async fn create_bundle(
     let request: launch::CreateBundle = routes::parse_body(body, "model bundle request")?;
     let writer = writer(&state)?;
     let bundle = launch::new_bundle(&namespace_for(&principal), request)?;
-    let id = bundle.bundle_id();
+    let id = bundle.bundle().bundle_id();
     writer.apply_bundle(bundle).await?;
     Ok(Json(json!({ "model_bundle_id": id })))
 }

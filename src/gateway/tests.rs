@@ -13,6 +13,7 @@ use tower::ServiceExt;
 use super::{ApiKeys, AppState, GatewayMetrics, WorkerClient, router};
 use crate::callback::Guard;
 use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
+use crate::crd::validate::{ValidatedBundle, ValidatedEndpoint};
 use crate::crd::{ModelBundle, ModelEndpoint};
 use crate::queue::testing::{self as nats, TestServer as NatsServer};
 
@@ -31,16 +32,17 @@ struct Recorder {
 impl ResourceWriter for Recorder {
     fn apply_endpoint(
         &self,
-        endpoint: ModelEndpoint,
+        endpoint: ValidatedEndpoint,
         _: Vec<NamedSecret>,
     ) -> BoxFuture<'_, Result<(), WriteError>> {
+        let (endpoint, _) = endpoint.into_parts();
         self.endpoints.lock().expect("lock").push(endpoint);
         Box::pin(async { Ok(()) })
     }
     fn delete_endpoint(&self, _: Arc<ModelEndpoint>) -> BoxFuture<'_, Result<(), WriteError>> {
         Box::pin(async { Ok(()) })
     }
-    fn apply_bundle(&self, _: ModelBundle) -> BoxFuture<'_, Result<(), WriteError>> {
+    fn apply_bundle(&self, _: ValidatedBundle) -> BoxFuture<'_, Result<(), WriteError>> {
         Box::pin(async { Ok(()) })
     }
 }

@@ -1,6 +1,6 @@
-//! Pure construction of what an endpoint needs: the worker Deployment (the bundle's model
-//! container beside the `ferry forwarder` sidecar), a Service for sync and streaming endpoints,
-//! and the queue spec for async ones. Owns every child name, label and annotation.
+//! Pure construction of what a validated endpoint needs: the worker Deployment (the bundle's
+//! model container beside the `ferry forwarder` sidecar), a Service for sync and streaming
+//! endpoints, and the queue spec for async ones. Owns every child name, label and annotation.
 
 mod security;
 pub mod worker_secret;
@@ -23,12 +23,13 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use crate::crd::names::{
-    ENDPOINT_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_PORT, is_dns_label, is_label_key,
-    is_label_value, service_name, truncated_label,
+    ENDPOINT_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_PORT, service_name, truncated_label,
 };
-use crate::crd::{EndpointType, ModelBundle, ModelEndpoint, namespace_of};
+use crate::crd::validate::{ValidatedEndpoint, reason};
+use crate::crd::{EndpointType, ModelEndpoint, namespace_of};
 use crate::queue::QueueSpec;
 use crate::worker::env as forwarder_env;
+use crate::worker::{FORWARDER_ADMIN_PORT, FORWARDER_SERVE_PORT, MODEL_PORT_ENV};
 pub use security::WorkerNetworkPolicy;
 
 /// Hash of the worker pod template: it changes exactly when the pods must be replaced.
@@ -40,15 +41,10 @@ pub const FORWARDER_CONTAINER: &str = "forwarder";
 const HTTP_PORT_NAME: &str = "http";
 const ADMIN_PORT_NAME: &str = "admin";
 const SERVE_PORT_NAME: &str = "serve";
-/// Port of the forwarder's `/healthz`, `/readyz` and `/metrics` inside the pod.
-pub const FORWARDER_ADMIN_PORT: u16 = 9464;
-/// Port on which the forwarder of a sync or streaming endpoint takes the gateway's requests.
-pub const FORWARDER_SERVE_PORT: u16 = 9465;
 /// Extended resource name of NVIDIA GPUs (device plugin).
 const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Time a stopping worker gets beyond the longest task, to record results and callbacks.
 const DRAIN_MARGIN: Duration = Duration::from_secs(30);
-const MODEL_ENV_PORT: &str = "PORT";
 
 /// Operator-wide settings that shape every worker pod.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,55 +76,33 @@ pub struct Plan {
     pub network_policy: Option<NetworkPolicy>,
 }
 
+/// What the spec cannot answer: the rules of a spec are the validation step's
+/// (`crd::validate`), which made the builders' input.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum BuildError {
     #[error("the endpoint has no uid yet to own its workers")]
     NoUid,
-    #[error("label {key}={value:?} is not a valid Kubernetes label")]
-    InvalidLabel { key: String, value: String },
-    #[error("the bundle's port {port} is the forwarder's admin port")]
-    PortClash { port: u16 },
-    #[error("the bundle's env sets {name}, which ferry sets from the bundle's port")]
-    ReservedEnv { name: String },
-    #[error(
-        "the endpoint name {name:?} cannot name a Service (a DNS label of at most 63 characters)"
-    )]
-    ServiceName { name: String },
-    #[error(
-        "defaultCallbackAuth is basic and defaultCallbackUrl is plain http: use https or set \
-         callbacks.allowBasicAuthOverHttp"
-    )]
-    BasicAuthOverHttp,
 }
 
 impl BuildError {
     /// Bounded reason for conditions, Events and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            BuildError::BasicAuthOverHttp => "BasicAuthOverHttp",
-            _ => "InvalidSpec",
+            BuildError::NoUid => reason::INVALID_SPEC,
         }
     }
 }
 
-/// The desired children of `endpoint` running `bundle`.
-pub fn plan(
-    endpoint: &ModelEndpoint,
-    bundle: &ModelBundle,
-    settings: &Settings,
-) -> Result<Plan, BuildError> {
-    let owner = endpoint
-        .controller_owner_ref(&())
-        .ok_or(BuildError::NoUid)?;
-    if endpoint.spec.default_basic_auth_over_http() {
-        return Err(BuildError::BasicAuthOverHttp);
-    }
-    let labels = build_labels(endpoint)?;
-    let deployment = build_deployment(endpoint, bundle, settings, &labels, &owner)?;
+/// The desired children of `validated`.
+pub fn plan(validated: &ValidatedEndpoint, settings: &Settings) -> Result<Plan, BuildError> {
+    let endpoint = validated.endpoint();
+    let owner = owner_of(validated)?;
+    let labels = build_labels(endpoint);
+    let deployment = build_deployment(validated, settings, &labels, &owner);
     let (service, queue) = match endpoint.spec.endpoint_type {
-        EndpointType::Async => (None, Some(QueueSpec::for_endpoint(endpoint))),
+        EndpointType::Async => (None, Some(QueueSpec::for_endpoint(validated))),
         EndpointType::Sync | EndpointType::Streaming => {
-            (Some(build_service(endpoint, &labels, &owner)?), None)
+            (Some(build_service(endpoint, &labels, &owner)), None)
         }
     };
     let network_policy = settings.worker_network_policy.as_ref().map(|peers| {
@@ -167,16 +141,17 @@ fn selector_labels(endpoint: &ModelEndpoint) -> BTreeMap<String, String> {
     BTreeMap::from([(ENDPOINT_ID_LABEL.into(), endpoint.endpoint_id().to_string())])
 }
 
-/// The endpoint's own labels, then the standard ones (which win on a clash).
-fn build_labels(endpoint: &ModelEndpoint) -> Result<BTreeMap<String, String>, BuildError> {
-    for (key, value) in &endpoint.spec.labels {
-        if !is_label_key(key) || !is_label_value(value) {
-            return Err(BuildError::InvalidLabel {
-                key: key.clone(),
-                value: value.clone(),
-            });
-        }
-    }
+/// The reference that makes a child the endpoint's.
+fn owner_of(validated: &ValidatedEndpoint) -> Result<OwnerReference, BuildError> {
+    validated
+        .endpoint()
+        .controller_owner_ref(&())
+        .ok_or(BuildError::NoUid)
+}
+
+/// The endpoint's own labels (valid ones: the validation step checked them), then the standard
+/// ones (which win on a clash).
+fn build_labels(endpoint: &ModelEndpoint) -> BTreeMap<String, String> {
     let mut labels = endpoint.spec.labels.clone();
     labels.extend([
         ("app.kubernetes.io/name".into(), "ferry-worker".into()),
@@ -193,7 +168,7 @@ fn build_labels(endpoint: &ModelEndpoint) -> Result<BTreeMap<String, String>, Bu
         ),
     ]);
     labels.extend(selector_labels(endpoint));
-    Ok(labels)
+    labels
 }
 
 fn child_meta(
@@ -212,13 +187,13 @@ fn child_meta(
 }
 
 fn build_deployment(
-    endpoint: &ModelEndpoint,
-    bundle: &ModelBundle,
+    validated: &ValidatedEndpoint,
     settings: &Settings,
     labels: &BTreeMap<String, String>,
     owner: &OwnerReference,
-) -> Result<Deployment, BuildError> {
-    let mut template = build_pod_template(endpoint, bundle, settings, labels)?;
+) -> Deployment {
+    let endpoint = validated.endpoint();
+    let mut template = build_pod_template(validated, settings, labels);
     let hash = config_hash(&template);
     template
         .metadata
@@ -229,7 +204,7 @@ fn build_deployment(
     )]));
     let mut meta = child_meta(endpoint, deployment_name(endpoint), labels, owner);
     meta.annotations = Some(BTreeMap::from([(CONFIG_HASH_ANNOTATION.into(), hash)]));
-    Ok(Deployment {
+    Deployment {
         metadata: meta,
         spec: Some(DeploymentSpec {
             // The autoscaler owns the count, through the scale subresource: applying one here
@@ -252,25 +227,26 @@ fn build_deployment(
             ..Default::default()
         }),
         status: None,
-    })
+    }
 }
 
 fn build_pod_template(
-    endpoint: &ModelEndpoint,
-    bundle: &ModelBundle,
+    validated: &ValidatedEndpoint,
     settings: &Settings,
     labels: &BTreeMap<String, String>,
-) -> Result<PodTemplateSpec, BuildError> {
+) -> PodTemplateSpec {
+    let endpoint = validated.endpoint();
+    let bundle = validated.bundle();
     let spec = &endpoint.spec;
     let gpu = (spec.gpus > 0).then_some(spec.gpu_type.as_ref()).flatten();
     // The forwarder pulls the queue of an async endpoint and serves the gateway's requests for
     // a sync or streaming one.
     let containers = vec![
-        build_model_container(endpoint, bundle)?,
-        build_forwarder_container(endpoint, bundle, settings),
+        build_model_container(validated),
+        build_forwarder_container(validated, settings),
     ];
     let drain = settings.predict_timeout + DRAIN_MARGIN;
-    Ok(PodTemplateSpec {
+    PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels.clone()),
             ..Default::default()
@@ -300,32 +276,21 @@ fn build_pod_template(
             }),
             ..Default::default()
         }),
-    })
+    }
 }
 
-fn build_model_container(
-    endpoint: &ModelEndpoint,
-    bundle: &ModelBundle,
-) -> Result<Container, BuildError> {
-    let spec = &endpoint.spec;
+fn build_model_container(validated: &ValidatedEndpoint) -> Container {
+    let spec = validated.spec();
+    let bundle = validated.bundle();
     let model = &bundle.spec;
-    if [FORWARDER_ADMIN_PORT, FORWARDER_SERVE_PORT].contains(&model.port) {
-        return Err(BuildError::PortClash { port: model.port });
-    }
-    if let Some(port) = model.env.get(MODEL_ENV_PORT)
-        && *port != model.port.to_string()
-    {
-        return Err(BuildError::ReservedEnv {
-            name: MODEL_ENV_PORT.into(),
-        });
-    }
+    // The validation step let a bundle set the port's variable only to the port itself.
     let mut env: Vec<EnvVar> = model
         .env
         .iter()
-        .filter(|(name, _)| *name != MODEL_ENV_PORT)
+        .filter(|(name, _)| *name != MODEL_PORT_ENV)
         .map(|(name, value)| env_var(name, value.clone()))
         .collect();
-    env.push(env_var(MODEL_ENV_PORT, model.port.to_string()));
+    env.push(env_var(MODEL_PORT_ENV, model.port.to_string()));
     let mut requests = BTreeMap::from([
         ("cpu".to_string(), Quantity(spec.cpus.0.clone())),
         ("memory".to_string(), Quantity(spec.memory.0.clone())),
@@ -349,7 +314,7 @@ fn build_model_container(
     }
     let health = http_get(&model.healthcheck_route, HTTP_PORT_NAME);
     let delay = i32::try_from(model.readiness_initial_delay_seconds).unwrap_or(i32::MAX);
-    Ok(Container {
+    Container {
         name: MODEL_CONTAINER.into(),
         image: Some(model.image.clone()),
         command: non_empty(&model.command),
@@ -382,15 +347,12 @@ fn build_model_container(
         }),
         security_context: Some(security::build_model_security_context(bundle)),
         ..Default::default()
-    })
+    }
 }
 
-fn build_forwarder_container(
-    endpoint: &ModelEndpoint,
-    bundle: &ModelBundle,
-    settings: &Settings,
-) -> Container {
-    let model = &bundle.spec;
+fn build_forwarder_container(validated: &ValidatedEndpoint, settings: &Settings) -> Container {
+    let endpoint = validated.endpoint();
+    let model = &validated.bundle().spec;
     let mut env = vec![
         env_var(forwarder_env::NATS_URL, settings.nats_url.clone()),
         env_var(
@@ -479,17 +441,15 @@ fn build_forwarder_container(
     }
 }
 
+/// The Service of a sync or streaming endpoint, whose name the validation step found a DNS
+/// label.
 fn build_service(
     endpoint: &ModelEndpoint,
     labels: &BTreeMap<String, String>,
     owner: &OwnerReference,
-) -> Result<Service, BuildError> {
-    let name = service_name(endpoint);
-    if !is_dns_label(&name) {
-        return Err(BuildError::ServiceName { name });
-    }
-    Ok(Service {
-        metadata: child_meta(endpoint, name, labels, owner),
+) -> Service {
+    Service {
+        metadata: child_meta(endpoint, service_name(endpoint), labels, owner),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(selector_labels(endpoint)),
@@ -505,7 +465,7 @@ fn build_service(
             ..Default::default()
         }),
         status: None,
-    })
+    }
 }
 
 /// Hex SHA-256 (first 16 bytes) of the pod template's JSON; BTreeMaps keep it deterministic.

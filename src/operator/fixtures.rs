@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::build::Settings;
 use super::context::{Context, Metrics, QueueConnection};
+use crate::crd::validate::{ValidatedEndpoint, validate};
 use crate::crd::{ModelBundle, ModelEndpoint};
 use crate::queue::QueueSettings;
 
@@ -51,6 +52,11 @@ spec:
 "#,
     )
     .expect("fixture parses")
+}
+
+/// `endpoint` running `bundle`, both of which the test means to be valid.
+pub fn validated(endpoint: &ModelEndpoint, bundle: &ModelBundle) -> ValidatedEndpoint {
+    validate(endpoint, bundle).expect("a valid fixture")
 }
 
 pub fn settings() -> Settings {

@@ -1,6 +1,6 @@
-//! One reconcile of one ModelEndpoint: resolve the bundle → build (pure) → apply children →
-//! ensure the queue → compute the status (pure) → one status patch and, on a change a user
-//! should see, one Event. Deletion runs the finalizer's cleanup: the queue goes first.
+//! One reconcile of one ModelEndpoint: resolve the bundle → validate → build (pure) → apply
+//! children → ensure the queue → compute the status (pure) → one status patch and, on a change
+//! a user should see, one Event. Deletion runs the finalizer's cleanup: the queue goes first.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,9 +20,10 @@ use tracing::Instrument;
 use super::apply::{Applied, Ownership};
 use super::build::{self, Plan};
 use super::context::{self, Context};
-use super::status::{self, Observed, QueueState, reason};
+use super::status::{self, Blocked, Observed, QueueState, reason};
 use super::{Error, FINALIZER, Guarded, apply};
 use crate::callback::policy::{PolicyError, check_opted_in, resolve_policy, secret_names};
+use crate::crd::validate::{ValidatedEndpoint, validate};
 use crate::crd::{EndpointId, ModelBundle, ModelEndpoint, ModelEndpointStatus, namespace_of};
 use crate::queue;
 use crate::task::CallbackPolicy;
@@ -86,7 +87,7 @@ async fn reconcile_endpoint(endpoint: &ModelEndpoint, ctx: &Context) -> Result<A
     .map_err(|error| Error::Finalizer(Box::new(error)))
 }
 
-/// Resolve → build → apply → status, for an endpoint that is not being deleted.
+/// Resolve → validate → build → apply → status, for an endpoint that is not being deleted.
 async fn apply_endpoint(endpoint: &ModelEndpoint, ctx: &Context) -> Result<Action, Error> {
     let namespace = namespace_of(endpoint);
     let bundle_name = &endpoint.spec.bundle;
@@ -96,17 +97,11 @@ async fn apply_endpoint(endpoint: &ModelEndpoint, ctx: &Context) -> Result<Actio
             name: bundle_name.clone(),
             source,
         })?;
-    let (observed, queue_error) = match bundle {
-        None => {
-            let message = format!("ModelBundle {bundle_name} not found in namespace {namespace}");
-            (Observed::blocked(reason::BUNDLE_NOT_FOUND, message), None)
-        }
-        Some(bundle) => match build::plan(endpoint, &bundle, &ctx.settings) {
+    let (observed, queue_error) = match plan_endpoint(endpoint, bundle.as_ref(), &ctx.settings) {
+        Err(blocked) => (Observed::blocked(blocked.reason, blocked.message), None),
+        Ok((validated, plan)) => match resolve_callbacks(endpoint, ctx).await? {
             Err(error) => (Observed::blocked(error.reason(), error.to_string()), None),
-            Ok(plan) => match resolve_callbacks(endpoint, ctx).await? {
-                Err(error) => (Observed::blocked(error.reason(), error.to_string()), None),
-                Ok(policy) => apply_plan(endpoint, &plan, &policy, ctx).await?,
-            },
+            Ok(policy) => apply_plan(&validated, &plan, &policy, ctx).await?,
         },
     };
     let status = status::compute(endpoint, &observed, Time(Timestamp::now()));
@@ -123,17 +118,47 @@ async fn apply_endpoint(endpoint: &ModelEndpoint, ctx: &Context) -> Result<Actio
     }
 }
 
+/// Validate → build, with the bundle the endpoint names: its plan, or why it is blocked (a
+/// missing bundle, a spec that breaks a rule).
+fn plan_endpoint(
+    endpoint: &ModelEndpoint,
+    bundle: Option<&ModelBundle>,
+    settings: &build::Settings,
+) -> Result<(ValidatedEndpoint, Plan), Blocked> {
+    let Some(bundle) = bundle else {
+        let message = format!(
+            "ModelBundle {} not found in namespace {}",
+            endpoint.spec.bundle,
+            namespace_of(endpoint)
+        );
+        return Err(Blocked {
+            reason: reason::BUNDLE_NOT_FOUND,
+            message,
+        });
+    };
+    let validated = validate(endpoint, bundle).map_err(|invalid| Blocked {
+        reason: invalid.reason(),
+        message: invalid.to_string(),
+    })?;
+    let plan = build::plan(&validated, settings).map_err(|error| Blocked {
+        reason: error.reason(),
+        message: error.to_string(),
+    })?;
+    Ok((validated, plan))
+}
+
 /// Applies the children and ensures the queue. A queue failure is reported in status before it
 /// is returned, so it comes back as the second value.
 async fn apply_plan(
-    endpoint: &ModelEndpoint,
+    validated: &ValidatedEndpoint,
     plan: &Plan,
     policy: &CallbackPolicy,
     ctx: &Context,
 ) -> Result<(Observed, Option<queue::Error>), Error> {
+    let endpoint = validated.endpoint();
     let uid = endpoint.uid().unwrap_or_default();
     // The worker Secret first, so new pods find it.
-    if let Some(clash) = apply_worker_secret(endpoint, ctx, &uid).await? {
+    if let Some(clash) = apply_worker_secret(validated, ctx, &uid).await? {
         return Ok((clash, None));
     }
     let name = plan.deployment.name_any();
@@ -184,14 +209,15 @@ async fn apply_plan(
 /// the forwarders' NATS credentials — those stored are kept while fresh, so an ordinary
 /// reconcile leaves the Secret as it is. Answers the clash when its name is taken.
 async fn apply_worker_secret(
-    endpoint: &ModelEndpoint,
+    validated: &ValidatedEndpoint,
     ctx: &Context,
     uid: &str,
 ) -> Result<Option<Observed>, Error> {
+    let endpoint = validated.endpoint();
     let token = ctx.ring.serving_token(&endpoint.endpoint_id());
     let Some(issuing) = &ctx.forwarder_creds else {
         // The plan was built, so the endpoint has what its Secret needs too.
-        let secret = build::worker_secret::build_worker_secret(endpoint, &token, None).ok();
+        let secret = build::worker_secret::build_worker_secret(validated, &token, None).ok();
         return apply_optional(ctx, secret.as_ref(), uid, |name, source| {
             Error::ApplySecret { name, source }
         })
@@ -213,7 +239,7 @@ async fn apply_worker_secret(
     let creds = issuing
         .compute_forwarder_creds(&endpoint.endpoint_id(), stored, Timestamp::now())
         .map_err(Error::IssueForwarderCreds)?;
-    let Ok(secret) = build::worker_secret::build_worker_secret(endpoint, &token, Some(&creds))
+    let Ok(secret) = build::worker_secret::build_worker_secret(validated, &token, Some(&creds))
     else {
         return Ok(None);
     };

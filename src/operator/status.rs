@@ -12,7 +12,9 @@ use crate::queue::Backlog;
 pub mod reason {
     pub const READY: &str = "Ready";
     pub const BUNDLE_NOT_FOUND: &str = "BundleNotFound";
-    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// A spec that does not parse or breaks a rule of the validation step, whose reasons these
+    /// are.
+    pub use crate::crd::validate::reason::INVALID_SPEC;
     pub const APPLY_REJECTED: &str = "ApplyRejected";
     /// An object named like one of the endpoint's children exists and is not ferry's.
     pub const NAME_CLASH: &str = "NameClash";

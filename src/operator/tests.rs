@@ -9,7 +9,7 @@ use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
-use super::fixtures::{ApiServer, bundle, context, endpoint, finalized};
+use super::fixtures::{ApiServer, bundle, context, endpoint, finalized, validated};
 use super::reconcile::{error_policy, reconcile};
 use super::{Error, FINALIZER};
 use crate::crd::{ModelEndpoint, ModelEndpointStatus};
@@ -293,7 +293,7 @@ async fn deleting_removes_the_queue_then_releases_the_finalizer() {
     let mut deleting = finalized(endpoint());
     queue
         .gateway()
-        .open_task_queue(&QueueSpec::for_endpoint(&deleting))
+        .open_task_queue(&QueueSpec::for_endpoint(&validated(&deleting, &bundle())))
         .await
         .expect("queue");
     let policy = crate::task::CallbackPolicy {
@@ -384,6 +384,40 @@ async fn a_missing_bundle_is_reported_and_heals_when_it_appears() {
     assert_eq!(condition(&status, "Ready")["reason"], "RolloutPending");
     server.expect_event().await;
     finish(reconcile).await.expect("reconciled");
+}
+
+#[tokio::test]
+async fn a_spec_that_breaks_a_rule_is_reported_and_nothing_is_applied() {
+    let (ctx, mut server) = context(&unreachable_nats());
+    let mut endpoint = finalized(endpoint());
+    endpoint
+        .spec
+        .labels
+        .insert("team".into(), "my team!".into());
+    let reconcile = start_reconcile(endpoint, &ctx);
+    serve_bundle(&mut server).await;
+    // No worker Secret, Deployment or queue comes first: the status patch is next.
+    let status = serve_status_apply(&mut server).await;
+    assert_eq!(status["state"], "UPDATE_FAILED");
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&json!("False"), &json!("InvalidSpec"))
+    );
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("label team=\"my team!\" is not a valid Kubernetes")),
+        "{ready}"
+    );
+    let event = server.expect_event().await;
+    assert_eq!(
+        (&event["type"], &event["reason"]),
+        (&json!("Warning"), &json!("InvalidSpec"))
+    );
+    finish(reconcile)
+        .await
+        .expect("a spec that breaks a rule is not a reconcile error");
 }
 
 #[tokio::test]
@@ -560,7 +594,7 @@ async fn the_backlog_reports_the_age_of_the_oldest_task() {
     let endpoint = finalized(endpoint());
     queue
         .gateway()
-        .open_task_queue(&QueueSpec::for_endpoint(&endpoint))
+        .open_task_queue(&QueueSpec::for_endpoint(&validated(&endpoint, &bundle())))
         .await
         .expect("queue");
     let empty = queue

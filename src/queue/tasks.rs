@@ -23,7 +23,8 @@ use async_nats::jetstream::{
 };
 
 use super::{Error, Queue, names, results};
-use crate::crd::{EndpointId, ModelEndpoint};
+use crate::crd::EndpointId;
+use crate::crd::validate::ValidatedEndpoint;
 use crate::task::{TaskId, TaskMessage, TaskRecord};
 
 /// Deliveries of one task that may have run (not handed back unrun) before a worker gives up
@@ -49,17 +50,18 @@ pub struct QueueSpec {
 }
 
 impl QueueSpec {
-    pub fn for_endpoint(endpoint: &ModelEndpoint) -> Self {
+    pub fn for_endpoint(endpoint: &ValidatedEndpoint) -> Self {
+        let spec = endpoint.spec();
         QueueSpec {
             endpoint_id: endpoint.endpoint_id(),
-            task_expiry: Duration::from_secs(endpoint.spec.task_expires_seconds.into()),
-            ack_wait: Duration::from_secs(endpoint.spec.queue_message_timeout_seconds.into()),
+            task_expiry: Duration::from_secs(spec.task_expires_seconds.into()),
+            ack_wait: Duration::from_secs(spec.queue_message_timeout_seconds.into()),
         }
     }
 
     /// The task queue the endpoint has: only an async endpoint has one.
-    pub fn of(endpoint: &ModelEndpoint) -> Option<Self> {
-        (endpoint.spec.endpoint_type == crate::crd::EndpointType::Async)
+    pub fn of(endpoint: &ValidatedEndpoint) -> Option<Self> {
+        (endpoint.spec().endpoint_type == crate::crd::EndpointType::Async)
             .then(|| Self::for_endpoint(endpoint))
     }
 }

@@ -121,7 +121,10 @@ async fn a_hanging_receiver_times_out_and_is_retried() {
     let callback = callback_state(&dev, &task, "DELIVERED").await;
     let first = &callback["attempts"][0];
     assert_eq!(first["error"], "timed out", "{callback}");
-    assert!(first["duration_ms"].as_u64().unwrap() < 3_000);
+    assert!(
+        first["duration_ms"].as_u64().unwrap() < 5_000,
+        "the attempt was cut at its timeout, not waited out with the receiver: {callback}"
+    );
     assert_eq!(callback["attempts"][1]["status_code"], 200);
 }
 

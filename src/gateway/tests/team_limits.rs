@@ -36,12 +36,7 @@ pub(super) async fn team_endpoint(
     let mut endpoint = fixture.recorder.endpoints.lock().expect("lock").remove(0);
     endpoint.metadata.namespace = Some(team.to_owned());
     let id = endpoint.endpoint_id();
-    fixture
-        .state
-        .queue
-        .open_task_queue(&crate::queue::QueueSpec::for_endpoint(&endpoint))
-        .await
-        .expect("queue");
+    super::ensure_queue(&fixture.state, &id).await;
     fixture.state.catalog.put_endpoint(endpoint);
     id
 }

@@ -3,7 +3,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Container;
 
 use super::*;
-use crate::operator::fixtures::{bundle, endpoint, settings};
+use crate::crd::ModelBundle;
+use crate::operator::fixtures::{bundle, endpoint, settings, validated};
 
 fn containers(plan: &Plan) -> &[Container] {
     &plan
@@ -57,7 +58,7 @@ fn pod_spec(plan: &Plan) -> &PodSpec {
 #[test]
 fn async_endpoint_runs_the_bundle_beside_a_forwarder() {
     let endpoint = endpoint();
-    let plan = plan(&endpoint, &bundle(), &settings()).expect("plan");
+    let plan = plan(&validated(&endpoint, &bundle()), &settings()).expect("plan");
     let model = container(&plan, MODEL_CONTAINER);
     assert_eq!(model.image.as_deref(), Some("registry.local/model:1"));
     assert_eq!(
@@ -104,7 +105,7 @@ fn async_endpoint_runs_the_bundle_beside_a_forwarder() {
 
 #[test]
 fn resources_come_from_cpus_memory_and_storage() {
-    let plan = plan(&endpoint(), &bundle(), &settings()).expect("plan");
+    let plan = plan(&validated(&endpoint(), &bundle()), &settings()).expect("plan");
     let resources = container(&plan, MODEL_CONTAINER)
         .resources
         .clone()
@@ -124,7 +125,7 @@ fn gpus_set_limits_a_node_selector_and_a_toleration() {
     let mut endpoint = endpoint();
     endpoint.spec.gpus = 2;
     endpoint.spec.gpu_type = Some("nvidia-ampere-a10".into());
-    let plan = plan(&endpoint, &bundle(), &settings()).expect("plan");
+    let plan = plan(&validated(&endpoint, &bundle()), &settings()).expect("plan");
     let resources = container(&plan, MODEL_CONTAINER)
         .resources
         .clone()
@@ -147,7 +148,7 @@ fn gpus_set_limits_a_node_selector_and_a_toleration() {
 
 #[test]
 fn probes_use_the_healthcheck_route_and_initial_delay() {
-    let plan = plan(&endpoint(), &bundle(), &settings()).expect("plan");
+    let plan = plan(&validated(&endpoint(), &bundle()), &settings()).expect("plan");
     let model = container(&plan, MODEL_CONTAINER);
     let readiness = model.readiness_probe.as_ref().expect("readiness");
     let get = readiness.http_get.as_ref().expect("http");
@@ -165,7 +166,7 @@ fn probes_use_the_healthcheck_route_and_initial_delay() {
 #[test]
 fn pods_carry_endpoint_and_standard_labels_and_drain_before_stopping() {
     let endpoint = endpoint();
-    let plan = plan(&endpoint, &bundle(), &settings()).expect("plan");
+    let plan = plan(&validated(&endpoint, &bundle()), &settings()).expect("plan");
     let deployment = &plan.deployment;
     let labels = deployment.metadata.labels.clone().expect("labels");
     assert_eq!(labels["team"], "ml");
@@ -199,29 +200,29 @@ fn pods_carry_endpoint_and_standard_labels_and_drain_before_stopping() {
 #[test]
 fn a_spec_change_changes_the_config_hash_but_scaling_does_not() {
     let endpoint = endpoint();
-    let original = hash_of(&plan(&endpoint, &bundle(), &settings()).expect("plan"));
+    let original = hash_of(&plan(&validated(&endpoint, &bundle()), &settings()).expect("plan"));
 
     let mut bigger = endpoint.clone();
     bigger.spec.cpus = "4".into();
     assert_ne!(
         original,
-        hash_of(&plan(&bigger, &bundle(), &settings()).expect("plan"))
+        hash_of(&plan(&validated(&bigger, &bundle()), &settings()).expect("plan"))
     );
 
     let mut new_image = bundle();
     new_image.spec.image = "registry.local/model:2".into();
     assert_ne!(
         original,
-        hash_of(&plan(&endpoint, &new_image, &settings()).expect("plan"))
+        hash_of(&plan(&validated(&endpoint, &new_image), &settings()).expect("plan"))
     );
 
     let mut scaled = endpoint.clone();
-    scaled.spec.min_workers = 5;
+    scaled.spec.min_workers = 3;
     scaled.spec.endpoint_type = EndpointType::Sync;
-    let scaled_plan = plan(&scaled, &bundle(), &settings()).expect("plan");
+    let scaled_plan = plan(&validated(&scaled, &bundle()), &settings()).expect("plan");
     let mut sync = endpoint.clone();
     sync.spec.endpoint_type = EndpointType::Sync;
-    let sync_hash = hash_of(&plan(&sync, &bundle(), &settings()).expect("plan"));
+    let sync_hash = hash_of(&plan(&validated(&sync, &bundle()), &settings()).expect("plan"));
     assert_eq!(
         sync_hash,
         hash_of(&scaled_plan),
@@ -240,7 +241,7 @@ fn sync_endpoints_get_a_service_to_a_serving_forwarder_and_no_queue() {
     endpoint.spec.endpoint_type = EndpointType::Sync;
     let mut streaming_bundle = bundle();
     streaming_bundle.spec.streaming_predict_route = Some("/stream".into());
-    let plan = plan(&endpoint, &streaming_bundle, &settings()).expect("plan");
+    let plan = plan(&validated(&endpoint, &streaming_bundle), &settings()).expect("plan");
     assert_eq!(plan.queue, None);
     let forwarder = containers(&plan)
         .iter()
@@ -272,62 +273,12 @@ fn sync_endpoints_get_a_service_to_a_serving_forwarder_and_no_queue() {
 }
 
 #[test]
-fn invalid_specs_are_refused_with_a_reason() {
-    let mut bad_label = endpoint();
-    bad_label
-        .spec
-        .labels
-        .insert("team".into(), "my team!".into());
-    let error = plan(&bad_label, &bundle(), &settings()).expect_err("bad label");
-    assert!(matches!(error, BuildError::InvalidLabel { .. }), "{error}");
-    assert_eq!(error.reason(), "InvalidSpec");
-
-    let mut clash = bundle();
-    clash.spec.port = FORWARDER_ADMIN_PORT;
-    assert_eq!(
-        plan(&endpoint(), &clash, &settings()),
-        Err(BuildError::PortClash {
-            port: FORWARDER_ADMIN_PORT
-        })
-    );
-
-    let mut port_env = bundle();
-    port_env.spec.env.insert("PORT".into(), "80".into());
-    assert!(matches!(
-        plan(&endpoint(), &port_env, &settings()),
-        Err(BuildError::ReservedEnv { .. })
-    ));
-
-    let mut dotted = endpoint();
-    dotted.metadata.name = Some("demo.v2".into());
-    dotted.spec.endpoint_type = EndpointType::Streaming;
-    assert!(matches!(
-        plan(&dotted, &bundle(), &settings()),
-        Err(BuildError::ServiceName { .. })
-    ));
-
+fn an_endpoint_without_a_uid_cannot_own_its_workers() {
     let mut unsaved = endpoint();
     unsaved.metadata.uid = None;
-    assert_eq!(
-        plan(&unsaved, &bundle(), &settings()),
-        Err(BuildError::NoUid)
-    );
-}
-
-#[test]
-fn label_rules_follow_kubernetes() {
-    assert!(is_label_value("MY_TEAM"));
-    assert!(is_label_value(""));
-    assert!(!is_label_value("-x"));
-    assert!(!is_label_value(&"x".repeat(64)));
-    assert!(is_label_key("team"));
-    assert!(is_label_key("example.com/team"));
-    assert!(!is_label_key("Example.com/team"));
-    assert!(!is_label_key("/team"));
-    assert_eq!(
-        truncated_label(&format!("{}-y", "x".repeat(62))),
-        "x".repeat(62)
-    );
+    let refused = plan(&validated(&unsaved, &bundle()), &settings()).expect_err("no uid");
+    assert_eq!(refused, BuildError::NoUid);
+    assert_eq!(refused.reason(), "InvalidSpec");
 }
 
 /// The example as `kubectl apply` gives it to the operator (namespace and uid set by the API).
@@ -346,12 +297,12 @@ fn example<T: serde::de::DeserializeOwned>(file: &str, uid: &str) -> T {
 fn example_workers_are_probed_on_the_model_port_and_health_route_of_the_pod_address() {
     let bundle: ModelBundle = example("test-bundle.yaml", "uid-bundle");
     let endpoint: ModelEndpoint = example("demo-endpoint-callback.yaml", "uid-endpoint");
-    let plan = plan(&endpoint, &bundle, &settings()).expect("plan");
+    let plan = plan(&validated(&endpoint, &bundle), &settings()).expect("plan");
     let model = container(&plan, MODEL_CONTAINER);
     let port = &model.ports.as_ref().expect("ports")[0];
     assert_eq!(port.container_port, i32::from(bundle.spec.port));
     assert_eq!(
-        env_of(model)[MODEL_ENV_PORT],
+        env_of(model)[MODEL_PORT_ENV],
         bundle.spec.port.to_string(),
         "the model listens where it is probed"
     );
@@ -392,36 +343,4 @@ fn example_workers_are_probed_on_the_model_port_and_health_route_of_the_pod_addr
         command.contains("\"0.0.0.0\""),
         "the example model listens on all interfaces: {command}"
     );
-}
-
-#[test]
-fn a_default_basic_callback_over_plain_http_blocks_the_endpoint_unless_allowed() {
-    use crate::crd::{CallbackAuthKind, CallbackAuthRef, CallbackPolicySpec};
-    let mut endpoint = endpoint();
-    endpoint.spec.default_callback_url = Some("HTTP://hooks.example.com/cb".into());
-    endpoint.spec.default_callback_auth = Some(CallbackAuthRef {
-        kind: CallbackAuthKind::Basic,
-        secret_name: "hook-credentials".into(),
-    });
-    let refused = plan(&endpoint, &bundle(), &settings()).expect_err("refused");
-    assert_eq!(refused, BuildError::BasicAuthOverHttp);
-    assert_eq!(refused.reason(), "BasicAuthOverHttp");
-    assert!(refused.to_string().contains("allowBasicAuthOverHttp"));
-
-    let mut over_https = endpoint.clone();
-    over_https.spec.default_callback_url = Some("https://hooks.example.com/cb".into());
-    assert!(plan(&over_https, &bundle(), &settings()).is_ok());
-
-    let mut allowed = endpoint.clone();
-    allowed.spec.callbacks = Some(CallbackPolicySpec {
-        allow_basic_auth_over_http: true,
-        ..CallbackPolicySpec::default()
-    });
-    assert!(plan(&allowed, &bundle(), &settings()).is_ok());
-
-    let mut mtls = endpoint;
-    if let Some(auth) = mtls.spec.default_callback_auth.as_mut() {
-        auth.kind = CallbackAuthKind::Mtls;
-    }
-    assert!(plan(&mtls, &bundle(), &settings()).is_ok());
 }

@@ -13,9 +13,10 @@ use k8s_openapi::api::core::v1::{
     EnvVar, EnvVarSource, KeyToPath, Secret, SecretKeySelector, SecretVolumeSource, Volume,
     VolumeMount,
 };
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 
 use super::BuildError;
+use crate::crd::validate::ValidatedEndpoint;
 use crate::crd::{EndpointId, ModelEndpoint};
 use crate::nats_auth::ForwarderIssuer;
 use crate::worker::env as forwarder_env;
@@ -113,14 +114,13 @@ pub fn worker_secret_name(endpoint: &ModelEndpoint) -> String {
 /// The worker Secret of `endpoint` holding `serving_token` and, when issued, the forwarder's
 /// NATS credentials.
 pub fn build_worker_secret(
-    endpoint: &ModelEndpoint,
+    validated: &ValidatedEndpoint,
     serving_token: &str,
     nats_creds: Option<&ForwarderCreds>,
 ) -> Result<Secret, BuildError> {
-    let owner = endpoint
-        .controller_owner_ref(&())
-        .ok_or(BuildError::NoUid)?;
-    let labels = super::build_labels(endpoint)?;
+    let endpoint = validated.endpoint();
+    let owner = super::owner_of(validated)?;
+    let labels = super::build_labels(endpoint);
     let mut data = BTreeMap::from([(
         SERVING_TOKEN_KEY.to_owned(),
         ByteString(serving_token.as_bytes().to_vec()),

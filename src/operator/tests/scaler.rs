@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::super::fixtures::{ApiServer, endpoint, finalized};
+use super::super::fixtures::{ApiServer, bundle, endpoint, finalized, validated};
 use super::super::scaler::{self, Tracked};
 use super::{STATUS, start_nats, submit};
 use crate::autoscale::{AutoscaleMetrics, Concurrency, Load};
@@ -134,7 +134,7 @@ async fn the_autoscaler_sets_the_scale_subresource_from_the_backlog() {
     let endpoint = scaled(EndpointType::Async, 0, 3, 2);
     queue
         .gateway()
-        .open_task_queue(&QueueSpec::for_endpoint(&endpoint))
+        .open_task_queue(&QueueSpec::for_endpoint(&validated(&endpoint, &bundle())))
         .await
         .expect("queue");
     let observe = || {
@@ -361,8 +361,15 @@ async fn the_loop_scales_a_sync_endpoint_when_a_gateway_reports_requests() {
 
     // The endpoint is deleted: its series go with it.
     writer.apply_watcher_event(&watcher::Event::Delete(DeserializeGuard(Ok(endpoint))));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let text = exposition(&registry);
+    // The next round (every second) forgets it.
+    let mut text = exposition(&registry);
+    for _ in 0..100 {
+        if !text.contains(r#"endpoint="ml/demo""#) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = exposition(&registry);
+    }
     assert!(!text.contains(r#"endpoint="ml/demo""#), "{text}");
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), running)

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::super::{FORWARDER_CONTAINER, MODEL_CONTAINER, Plan, Settings, plan};
 use super::*;
-use crate::operator::fixtures::{bundle, endpoint, settings};
+use crate::operator::fixtures::{bundle, endpoint, settings, validated};
 
 fn pod(plan: &Plan) -> &PodSpec {
     plan.deployment
@@ -43,7 +43,7 @@ fn confined() -> Settings {
 
 #[test]
 fn worker_pods_are_hardened_by_default() {
-    let plan = plan(&endpoint(), &bundle(), &settings()).expect("plan");
+    let plan = plan(&validated(&endpoint(), &bundle()), &settings()).expect("plan");
     let pod = pod(&plan);
     assert_eq!(pod.automount_service_account_token, Some(false));
     let context = pod.security_context.as_ref().expect("pod security context");
@@ -69,7 +69,7 @@ fn worker_pods_are_hardened_by_default() {
 fn a_bundle_that_needs_root_lifts_only_the_non_root_rule_of_its_model() {
     let mut bundle = bundle();
     bundle.spec.run_as_root = true;
-    let plan = plan(&endpoint(), &bundle, &settings()).expect("plan");
+    let plan = plan(&validated(&endpoint(), &bundle), &settings()).expect("plan");
     let model = container_context(&plan, MODEL_CONTAINER);
     assert_eq!(model.run_as_non_root, Some(false));
     assert_eq!(model.allow_privilege_escalation, Some(false));
@@ -99,14 +99,14 @@ fn run_as_root_comes_from_the_bundle_manifest_and_defaults_off() {
 
 #[test]
 fn no_network_policy_unless_configured() {
-    let plan = plan(&endpoint(), &bundle(), &settings()).expect("plan");
+    let plan = plan(&validated(&endpoint(), &bundle()), &settings()).expect("plan");
     assert_eq!(plan.network_policy, None);
 }
 
 #[test]
 fn an_async_endpoints_policy_admits_nothing_and_reaches_only_nats_and_dns() {
     let endpoint = endpoint();
-    let plan = plan(&endpoint, &bundle(), &confined()).expect("plan");
+    let plan = plan(&validated(&endpoint, &bundle()), &confined()).expect("plan");
     let policy = plan.network_policy.expect("a policy");
     assert_eq!(policy.name_any(), "demo");
     let owner = &policy.metadata.owner_references.as_ref().expect("owned")[0];
@@ -145,7 +145,7 @@ fn an_async_endpoints_policy_admits_nothing_and_reaches_only_nats_and_dns() {
 fn a_sync_endpoints_policy_admits_the_gateway_to_the_serving_port_only() {
     let mut endpoint = endpoint();
     endpoint.spec.endpoint_type = EndpointType::Sync;
-    let plan = plan(&endpoint, &bundle(), &confined()).expect("plan");
+    let plan = plan(&validated(&endpoint, &bundle()), &confined()).expect("plan");
     let ingress = plan
         .network_policy
         .and_then(|p| p.spec)
@@ -172,7 +172,7 @@ fn empty_peer_lists_never_become_allow_all_rules() {
         }),
         ..settings()
     };
-    let spec = plan(&endpoint, &bundle(), &settings)
+    let spec = plan(&validated(&endpoint, &bundle()), &settings)
         .expect("plan")
         .network_policy
         .and_then(|p| p.spec)

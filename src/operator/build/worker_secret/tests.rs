@@ -1,12 +1,13 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use k8s_openapi::api::core::v1::PodSpec;
+use kube::Resource;
 use serde_json::Value;
 
 use super::*;
 use crate::nats_auth::AuthSet;
 use crate::operator::build::{FORWARDER_CONTAINER, MODEL_CONTAINER, Settings, plan};
-use crate::operator::fixtures::{bundle, endpoint, settings};
+use crate::operator::fixtures::{bundle, endpoint, settings, validated};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -32,7 +33,8 @@ fn claims(creds: &str) -> Value {
 fn the_worker_secret_is_owned_by_its_endpoint_and_holds_the_token() {
     let endpoint = endpoint();
     let owner = endpoint.controller_owner_ref(&()).expect("uid");
-    let secret = build_worker_secret(&endpoint, "tok", None).expect("builds");
+    let secret =
+        build_worker_secret(&validated(&endpoint, &bundle()), "tok", None).expect("builds");
     assert_eq!(secret.metadata.name.as_deref(), Some("demo-worker"));
     assert_eq!(secret.metadata.owner_references, Some(vec![owner]));
     assert_eq!(secret.metadata.annotations, None);
@@ -72,7 +74,8 @@ fn issued_creds_are_the_endpoints_alone_expire_and_round_trip_through_the_secret
         serde_json::to_string(&crate::queue::forwarder_of(&id).subscribe).expect("json")
     );
 
-    let secret = build_worker_secret(&endpoint, "tok", Some(&creds)).expect("builds");
+    let secret =
+        build_worker_secret(&validated(&endpoint, &bundle()), "tok", Some(&creds)).expect("builds");
     let annotations = secret.metadata.annotations.clone().expect("annotations");
     assert_eq!(
         annotations[NATS_CREDS_EXPIRES_ANNOTATION],
@@ -123,7 +126,7 @@ fn creds_another_signing_key_issued_are_replaced() {
 }
 
 fn pod(settings: &Settings) -> PodSpec {
-    let plan = plan(&endpoint(), &bundle(), settings).expect("plan");
+    let plan = plan(&validated(&endpoint(), &bundle()), settings).expect("plan");
     plan.deployment
         .spec
         .and_then(|spec| spec.template.spec)
