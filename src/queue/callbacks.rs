@@ -14,12 +14,10 @@ use async_nats::jetstream::{
 };
 use futures::{Stream, StreamExt};
 
+use super::results::KV_OPERATION;
 use super::{Error, Queue, QueueSettings, limits, names, results};
 use crate::crd::EndpointId;
 use crate::task::{CallbackJob, CallbackPolicy, DeadLetter, TaskId};
-
-/// The header JetStream KV puts on the marker a deleted or purged key leaves.
-const KV_OPERATION: &str = "KV-Operation";
 
 /// Window in which a repeated callback job for the same task is dropped by the server.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);

@@ -65,8 +65,8 @@ pub(super) struct OwnKeys {
 
 /// The header a publish carries to be stored only over the key's revision it names.
 const EXPECTED_REVISION: &str = "Nats-Expected-Last-Subject-Sequence";
-/// The header that marks a key's deletion or purge (a tombstone), as the key-value API writes.
-const KV_OPERATION: &str = "KV-Operation";
+/// The header JetStream KV puts on the marker a deleted or purged key leaves (a tombstone).
+pub(super) const KV_OPERATION: &str = "KV-Operation";
 
 impl Results {
     /// The results bucket's keys, as a forwarder reaches them (no request is made).
