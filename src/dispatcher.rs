@@ -1,7 +1,8 @@
-//! The dispatcher role (the callback controller): takes callback jobs from the queue and POSTs them to
-//! their receivers — signed, with the receiver's credentials, only to vetted addresses — records
-//! every attempt on the task, queues retries on the endpoint's schedule and dead-letters what
-//! cannot be delivered. A job is acknowledged only after its outcome is recorded.
+//! The dispatcher role (the callback controller): takes callback jobs from the queue and POSTs
+//! them to their receivers — signed, with the receiver's credentials, only to vetted addresses —
+//! records every attempt on the task, queues retries on the endpoint's schedule and
+//! dead-letters what cannot be delivered. A job is acknowledged only after its outcome is
+//! recorded.
 
 mod deliver;
 mod endpoints;

@@ -1,6 +1,6 @@
 //! One reconcile of one ModelEndpoint: resolve the bundle → validate → build (pure) → apply
-//! children → ensure the queue → compute the status (pure) → one status patch and, on a change
-//! a user should see, one Event. Deletion runs the finalizer's cleanup: the queue goes first.
+//! children → ensure the queue → compute the status (pure) → one status patch and, on a
+//! change a user should see, one Event. Deletion runs the finalizer's cleanup: the queue goes first.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
