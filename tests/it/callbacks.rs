@@ -435,17 +435,20 @@ async fn without_a_client_certificate_the_mtls_receiver_refuses() {
     let certs = tempfile::tempdir().unwrap();
     make_certificates(certs.path());
     let port = free_port();
-    let _receiver = tokio::process::Command::new("python3")
+    let mut receiver = tokio::process::Command::new("python3")
         .args([
             "-c",
             TLS_RECEIVER_PY,
             &certs.path().display().to_string(),
             &port.to_string(),
         ])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    // Listening before the callback goes out: a refusal can only come from the handshake.
+    let mut lines = BufReader::new(receiver.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("ready"));
     let ca = certs.path().join("ca.crt").display().to_string();
     let url = format!("https://127.0.0.1:{port}/cb");
     let spec = "  callbacks:\n    retryScheduleSeconds: [60]\n";
@@ -464,6 +467,11 @@ async fn without_a_client_certificate_the_mtls_receiver_refuses() {
         callback["attempts"][0]["status_code"].is_null(),
         "{callback}"
     );
+    // The receiver ended the TLS handshake for want of a client certificate.
+    let error = callback["attempts"][0]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains("CertificateRequired"), "{callback}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
