@@ -330,6 +330,8 @@ fn classify_error(error: &reqwest::Error) -> Failure {
 
 #[cfg(test)]
 mod hostile;
+#[cfg(test)]
+mod ssrf;
 
 #[cfg(test)]
 mod tests {

@@ -128,10 +128,19 @@ fn socket_buffers() -> u64 {
 }
 
 async fn attempt_against(url: &str, total: Duration) -> (Verdict, DeliveryAttempt) {
+    let loopback = "127.0.0.0/8".parse().expect("range");
+    attempt_with(Guard::new(vec![loopback], HashMap::new()), url, total).await
+}
+
+/// One delivery attempt of a job to `url` by a dispatcher with `guard`.
+pub(super) async fn attempt_with(
+    guard: Guard,
+    url: &str,
+    total: Duration,
+) -> (Verdict, DeliveryAttempt) {
     // main installs the provider in the binary; a test installs it itself.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let loopback = "127.0.0.0/8".parse().expect("range");
-    let clients = Clients::new(Guard::new(vec![loopback], HashMap::new()), Vec::new());
+    let clients = Clients::new(guard, Vec::new());
     let timeouts = Timeouts {
         connect: Duration::from_secs(5),
         total,
