@@ -226,4 +226,25 @@ mod tests {
         assert_eq!(retry_delay(1, 0.2), Duration::from_millis(1200));
         assert_eq!(retry_delay(1, 5.0), Duration::from_millis(1200));
     }
+
+    /// However the jitter falls, each retry waits longer than the one before until the delays
+    /// reach the cap (from the 9th: 256 s, then 300 s, each ±20 %), where they stay within it.
+    #[test]
+    fn each_retry_waits_longer_whatever_the_jitter() {
+        for failures in 1..=8 {
+            let longest_now = retry_delay(failures, 0.2);
+            let shortest_next = retry_delay(failures + 1, -0.2);
+            assert!(
+                shortest_next > longest_now,
+                "after {failures} failures: {shortest_next:?} <= {longest_now:?}"
+            );
+        }
+        for jitter in [-0.2, 0.0, 0.2] {
+            let capped = retry_delay(40, jitter);
+            assert!(
+                capped >= Duration::from_secs(240) && capped <= Duration::from_secs(360),
+                "{capped:?}"
+            );
+        }
+    }
 }
