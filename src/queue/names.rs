@@ -5,6 +5,16 @@ use sha2::{Digest, Sha256};
 use crate::crd::EndpointId;
 use crate::task::TaskId;
 
+/// The stream that holds a key-value bucket, as JetStream names it.
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// The subject a key (or, with a trailing `>`, a key prefix) of a bucket is written on.
+pub fn kv_subject(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}.{key}")
+}
+
 pub const RESULTS_BUCKET: &str = "ferry-results";
 pub const CALLBACKS_STREAM: &str = "ferry-callbacks";
 pub const CALLBACKS_CONSUMER: &str = "dispatcher";

@@ -8,7 +8,7 @@
 //! acknowledges, a KV write is a publish to `$KV.<bucket>.<key>` and a KV read a direct get on
 //! `$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>`.
 
-use super::names;
+use super::names::{self, kv_stream, kv_subject};
 use crate::crd::EndpointId;
 
 /// A kind of ferry process, as NATS sees it.
@@ -61,10 +61,6 @@ pub struct Permissions {
 }
 
 /// The API subjects of a stream's messages and config read by a bound client.
-fn kv_stream(bucket: &str) -> String {
-    format!("KV_{bucket}")
-}
-
 /// Create, update and read the shared streams, buckets and the dispatcher's consumer: what
 /// [`super::Queue::connect`] does for every role but the forwarder.
 fn ensure_shared() -> Vec<String> {
@@ -99,10 +95,11 @@ fn consumer_create(stream: &str, consumer: &str) -> [String; 3] {
 /// Reading and writing keys below `key_prefix` (`>` for all) of `bucket`.
 fn kv_keys(bucket: &str, key_prefix: &str) -> [String; 2] {
     [
-        format!("$KV.{bucket}.{key_prefix}"),
+        kv_subject(bucket, key_prefix),
         format!(
-            "$JS.API.DIRECT.GET.{}.$KV.{bucket}.{key_prefix}",
-            kv_stream(bucket)
+            "$JS.API.DIRECT.GET.{}.{}",
+            kv_stream(bucket),
+            kv_subject(bucket, key_prefix)
         ),
     ]
 }

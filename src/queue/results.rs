@@ -72,7 +72,7 @@ impl Results {
     /// The results bucket's keys, as a forwarder reaches them (no request is made).
     pub(super) async fn own_keys(js: &jetstream::Context) -> Result<Self, Error> {
         let stream = js
-            .get_stream_no_info(format!("KV_{}", names::RESULTS_BUCKET))
+            .get_stream_no_info(names::kv_stream(names::RESULTS_BUCKET))
             .await
             .map_err(|source| Error::EnsureBucket {
                 bucket: names::RESULTS_BUCKET.into(),
@@ -103,7 +103,7 @@ impl Results {
                 (value, entry.revision)
             })),
             Results::OwnKeys(own) => {
-                let subject = format!("$KV.{}.{key}", names::RESULTS_BUCKET);
+                let subject = names::kv_subject(names::RESULTS_BUCKET, key);
                 match own.stream.direct_get_last_for_subject(subject).await {
                     Ok(message) => {
                         let tombstone = message.headers.get(KV_OPERATION).is_some();
@@ -150,7 +150,7 @@ impl Results {
                     EXPECTED_REVISION,
                     revision.unwrap_or(0).to_string().as_str(),
                 );
-                let subject = format!("$KV.{}.{key}", names::RESULTS_BUCKET);
+                let subject = names::kv_subject(names::RESULTS_BUCKET, key);
                 let stored = async {
                     own.js
                         .publish_with_headers(subject, headers, value)
