@@ -5,20 +5,8 @@
 use std::time::Duration;
 
 use super::{AuthSet, write_private};
-use crate::queue::testing::start_on_port;
-use crate::queue::{Connection, Credentials, Error, Queue, QueueSettings, Role};
-
-async fn connects(connection: &Connection) -> Result<Queue, Error> {
-    Queue::connect(connection, QueueSettings::default(), Duration::ZERO).await
-}
-
-fn is_refused(outcome: Result<Queue, Error>, why: &str) {
-    match outcome {
-        Ok(_) => panic!("connected {why}"),
-        Err(Error::Connect { .. }) => {}
-        Err(other) => panic!("{why}: failed after connecting: {other}"),
-    }
-}
+use crate::queue::testing::{connects, is_refused, start_on_port};
+use crate::queue::{Connection, Credentials, Role};
 
 type Connected = tokio::sync::watch::Receiver<bool>;
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Connection, Queue, QueueSettings};
+use super::{Connection, Error, Queue, QueueSettings};
 use crate::nats_server::{self, NatsServer};
 
 pub struct TestServer {
@@ -46,4 +46,18 @@ pub async fn start_with_queue() -> (TestServer, Queue) {
     .await
     .expect("connects");
     (server, queue)
+}
+
+/// Connects once, without waiting for the server.
+pub async fn connects(connection: &Connection) -> Result<Queue, Error> {
+    Queue::connect(connection, QueueSettings::default(), Duration::ZERO).await
+}
+
+/// Panics unless `outcome` is a refused connection (`why` says what was tried).
+pub fn is_refused(outcome: Result<Queue, Error>, why: &str) {
+    match outcome {
+        Ok(_) => panic!("connected {why}"),
+        Err(Error::Connect { .. }) => {}
+        Err(other) => panic!("{why}: failed after connecting: {other}"),
+    }
 }

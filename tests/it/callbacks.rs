@@ -380,8 +380,11 @@ print("ready", flush=True)
 server.serve_forever()
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mtls_presents_the_client_certificate_from_the_secret() {
+type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+/// Certificates in a temporary directory and the TLS receiver on a free port, listening: the
+/// directory, the port, the process and its output lines (one per callback).
+async fn start_tls_receiver() -> (tempfile::TempDir, u16, tokio::process::Child, Lines) {
     let certs = tempfile::tempdir().unwrap();
     make_certificates(certs.path());
     let port = free_port();
@@ -398,6 +401,12 @@ async fn mtls_presents_the_client_certificate_from_the_secret() {
         .unwrap();
     let mut lines = BufReader::new(receiver.stdout.take().unwrap()).lines();
     assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("ready"));
+    (certs, port, receiver, lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_presents_the_client_certificate_from_the_secret() {
+    let (certs, port, _receiver, mut lines) = start_tls_receiver().await;
 
     let read = |name: &str| std::fs::read_to_string(certs.path().join(name)).unwrap();
     let secret = secret_yaml(
@@ -432,23 +441,8 @@ async fn mtls_presents_the_client_certificate_from_the_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_client_certificate_the_mtls_receiver_refuses() {
-    let certs = tempfile::tempdir().unwrap();
-    make_certificates(certs.path());
-    let port = free_port();
-    let mut receiver = tokio::process::Command::new("python3")
-        .args([
-            "-c",
-            TLS_RECEIVER_PY,
-            &certs.path().display().to_string(),
-            &port.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
     // Listening before the callback goes out: a refusal can only come from the handshake.
-    let mut lines = BufReader::new(receiver.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("ready"));
+    let (certs, port, _receiver, _lines) = start_tls_receiver().await;
     let ca = certs.path().join("ca.crt").display().to_string();
     let url = format!("https://127.0.0.1:{port}/cb");
     let spec = "  callbacks:\n    retryScheduleSeconds: [60]\n";

@@ -6,7 +6,7 @@ use std::time::Duration;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
 use super::*;
-use crate::queue::testing::{TestServer as NatsServer, start_with_config};
+use crate::queue::testing::{TestServer as NatsServer, connects, is_refused, start_with_config};
 use crate::queue::{Queue, QueueSettings};
 
 /// A throwaway CA with a server certificate for 127.0.0.1 and a client certificate, as PEM files.
@@ -67,18 +67,6 @@ async fn server(certs: &Certs, authorization: &str) -> NatsServer {
         certs.path("ca.pem"),
     );
     start_with_config(&config).await
-}
-
-async fn connects(connection: &Connection) -> Result<Queue, Error> {
-    Queue::connect(connection, QueueSettings::default(), Duration::ZERO).await
-}
-
-fn is_refused(outcome: Result<Queue, Error>, why: &str) {
-    match outcome {
-        Ok(_) => panic!("connected {why}"),
-        Err(Error::Connect { .. }) => {}
-        Err(other) => panic!("{why}: failed after connecting: {other}"),
-    }
 }
 
 #[tokio::test]
