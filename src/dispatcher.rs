@@ -221,8 +221,13 @@ impl Dispatcher {
     }
 
     async fn handle(&self, delivery: CallbackDelivery) {
-        let job = match delivery.job() {
+        let job = match delivery.job().await {
             Ok(job) => job,
+            Err(error) if !error.is_unreadable() => {
+                tracing::warn!(%error, "loading the callback job failed; retrying shortly");
+                let _ = delivery.defer(BUSY_HOST_DELAY).await;
+                return;
+            }
             Err(error) => {
                 tracing::error!(%error, "dropping an unreadable callback job");
                 let _ = delivery.ack().await;

@@ -188,12 +188,17 @@ impl Forwarder {
         keep_alive_every: Duration,
         spell: &outage::Spell,
     ) {
-        let task = match delivery.task() {
+        let task = match delivery.task().await {
             Ok(task) => task,
-            Err(error) => {
+            Err(error) if error.is_unreadable() => {
                 // Without a readable task there is no id to record a result under.
                 tracing::error!(%error, "dropping an unreadable task message");
                 let _ = delivery.ack().await;
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "loading the task failed; handing it back");
+                let _ = delivery.hand_back().await;
                 return;
             }
         };

@@ -1,7 +1,8 @@
 //! The only module that speaks to NATS. It owns every subject, stream, consumer and bucket name:
 //! per async endpoint a work-queue stream with one durable pull consumer (the task queue), one
 //! shared results bucket (task records, callback delivery state, idempotency keys), and one shared
-//! callbacks stream consumed by the dispatcher, with a dead-letter stream beside it.
+//! callbacks stream consumed by the dispatcher, with a dead-letter stream beside it; per
+//! endpoint an object bucket of args and results too large for a message (`objects`).
 
 mod arrivals;
 mod callbacks;
@@ -10,6 +11,7 @@ mod lease;
 mod limits;
 mod load;
 pub mod names;
+mod objects;
 mod permissions;
 mod results;
 mod roles;
@@ -116,12 +118,35 @@ pub enum Error {
     /// may publish only its own endpoint's jobs, so the subject is what vouches for the job.
     #[error("a callback job for endpoint {claimed} arrived on subject {subject}")]
     ForeignCallbackJob { claimed: String, subject: String },
+    #[error("storing payload {object}")]
+    StorePayload {
+        object: String,
+        #[source]
+        source: NatsError,
+    },
+    #[error("loading payload {object}")]
+    LoadPayload {
+        object: String,
+        #[source]
+        source: NatsError,
+    },
     #[error("decoding {what}")]
     Decode {
         what: &'static str,
         #[source]
         source: serde_json::Error,
     },
+}
+
+impl Error {
+    /// True when a message can never be read (it is not ours, or names another endpoint); a
+    /// payload that could not be loaded this time is not such a message.
+    pub fn is_unreadable(&self) -> bool {
+        matches!(
+            self,
+            Error::Decode { .. } | Error::ForeignCallbackJob { .. }
+        )
+    }
 }
 
 /// Settings shared by every process that opens the queue.
@@ -232,6 +257,8 @@ impl Queue {
         tasks: Option<&QueueSpec>,
     ) -> Result<(), Error> {
         self.put_callback_policy(endpoint, policy).await?;
+        self.ensure_payloads(endpoint, tasks.map(|spec| spec.task_expiry))
+            .await?;
         if let Some(spec) = tasks {
             self.ensure_task_queue(spec).await?;
         }

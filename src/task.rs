@@ -92,15 +92,38 @@ impl From<TaskId> for String {
 pub enum Versioned<T> {
     #[serde(rename = "1")]
     V1(T),
+    /// Version 1 with its large payload (a task's args or result) kept apart, in its endpoint's
+    /// payload bucket: the queue puts the payload back before any role sees the message.
+    #[serde(rename = "1+stored")]
+    V1Stored { payload: StoredPayload, message: T },
 }
 
 impl<T> Versioned<T> {
+    /// The message; a stored payload stays out of it (only the queue reads such messages).
     pub fn into_inner(self) -> T {
         match self {
-            Versioned::V1(inner) => inner,
+            Versioned::V1(inner) | Versioned::V1Stored { message: inner, .. } => inner,
+        }
+    }
+
+    /// The message, as [`Versioned::into_inner`] gives it.
+    pub fn message(&self) -> &T {
+        match self {
+            Versioned::V1(inner) | Versioned::V1Stored { message: inner, .. } => inner,
         }
     }
 }
+
+/// Where a message's payload is kept when it is too large to travel in the message: an object
+/// of the bucket of the endpoint the message belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPayload {
+    pub object: String,
+    pub bytes: u64,
+}
+
+/// The largest model answer ferry keeps as a task's result: the documented body size.
+pub const MAX_RESULT_BYTES: usize = 10 * 1024 * 1024;
 
 /// Credentials presented to a callback receiver, in Launch's `callback_auth` shape.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::task::TaskError;
+use crate::task::{MAX_RESULT_BYTES, TaskError};
 
 /// Model response bodies kept in a failure's detail are cut to this many bytes.
 const DETAIL_LIMIT: usize = 4096;
@@ -210,8 +210,14 @@ impl ModelClient {
             Err(error) => return self.unanswered(&error),
         };
         let status = response.status();
-        let body = match response.bytes().await {
-            Ok(body) => body,
+        let body = match read_bounded(response, MAX_RESULT_BYTES).await {
+            Ok(Some(body)) => body,
+            Ok(None) => {
+                let message = format!(
+                    "model answered {status} with more than {MAX_RESULT_BYTES} bytes, the largest result ferry keeps"
+                );
+                return failure(message, Some(status.as_u16()), None);
+            }
             Err(error) if error.is_timeout() => {
                 return failure(self.describe(&error), Some(status.as_u16()), None);
             }
@@ -271,6 +277,26 @@ impl ModelClient {
             )
         }
     }
+}
+
+/// The response body, or `None` once it exceeds `limit` bytes (read no further: the task fails
+/// for its answer, whatever the rest of it holds).
+async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let announced = response.content_length().unwrap_or_default();
+    if announced > limit as u64 {
+        return Ok(None);
+    }
+    let mut body = Vec::with_capacity(announced as usize);
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 fn failure(message: String, status_code: Option<u16>, detail: Option<String>) -> Prediction {

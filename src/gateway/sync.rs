@@ -34,9 +34,9 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// one idling at zero to start a worker.
 const WORKER_WAIT: Duration = Duration::from_secs(120);
 
-/// Largest sync answer the gateway passes on: the documented body size. It holds a whole
-/// answer in memory, so a model answering more gets a 502 instead of exhausting the gateway.
-const MAX_ANSWER_BYTES: usize = 10 * 1024 * 1024;
+/// Largest sync answer the gateway passes on: the largest result. It holds a whole answer in
+/// memory, so a model answering more gets a 502 instead of exhausting the gateway.
+const MAX_ANSWER_BYTES: usize = crate::task::MAX_RESULT_BYTES;
 
 /// Between tries while waiting for a worker, unless the catalog reports a change sooner.
 const RETRY_UNREACHABLE: Duration = Duration::from_millis(250);

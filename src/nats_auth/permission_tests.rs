@@ -212,7 +212,7 @@ async fn every_role_does_its_work_with_its_own_credentials_and_none_without() {
     let ran = first(tasks, move |delivery: TaskDelivery| {
         let queue = worker.clone();
         tokio::spawn(async move {
-            let task = delivery.task().expect("decodes");
+            let task = delivery.task().await.expect("decodes");
             let done = TaskRecord {
                 status: TaskStatus::Success,
                 result: Some(serde_json::json!(2)),
@@ -249,7 +249,7 @@ async fn every_role_does_its_work_with_its_own_credentials_and_none_without() {
     let job = first(jobs, |delivery: CallbackDelivery| {
         tokio::spawn(async move {
             delivery.ack().await.expect("acked");
-            delivery.job().expect("decodes")
+            delivery.job().await.expect("decodes")
         })
     })
     .await;
@@ -408,7 +408,7 @@ async fn an_endpoints_forwarder_credentials_reach_only_that_endpoint_and_expire(
         move |delivery: TaskDelivery| {
             let queue = worker.clone();
             tokio::spawn(async move {
-                let task = delivery.task().expect("decodes");
+                let task = delivery.task().await.expect("decodes");
                 let job = callback_job(&task);
                 queue.publish_callback(&job).await.expect("callback queued");
                 delivery.ack().await.expect("acked");
@@ -544,4 +544,92 @@ async fn an_endpoints_forwarder_reads_and_writes_only_that_endpoints_task_record
         .expect("read")
         .expect("their record stands");
     assert_eq!(their_record.status, TaskStatus::Pending);
+}
+
+/// Args and results above NATS' 1 MiB default `max_payload` travel through the endpoint's
+/// payload bucket: each role reads them whole with its own credentials, and an endpoint's
+/// forwarder reaches no other endpoint's bucket.
+#[tokio::test]
+async fn an_endpoints_forwarder_stores_and_loads_only_that_endpoints_large_payloads() {
+    let deployment = Deployment::start().await;
+    let url = deployment.nats.connection.url();
+    let (mine, theirs) = (
+        EndpointId::for_resource("ml", "mine"),
+        EndpointId::for_resource("ml", "theirs"),
+    );
+    deployment.endpoint_with_secrets(&mine).await;
+    deployment.endpoint_with_secrets(&theirs).await;
+    let large = serde_json::json!({ "blob": "x".repeat(2 << 20) });
+    let gateway = deployment.queue(Role::Gateway).await.gateway();
+    for endpoint in [&mine, &theirs] {
+        let task = TaskMessage {
+            args: large.clone(),
+            ..task(endpoint)
+        };
+        gateway.submit(&task, None).await.expect("submitted");
+    }
+    let (forwarder, creds) = deployment.forwarder_of(&mine).await;
+    let worker = forwarder.clone();
+    let (ran, args) = first(
+        forwarder.tasks().await.expect("puller"),
+        move |delivery: TaskDelivery| {
+            let queue = worker.clone();
+            tokio::spawn(async move {
+                let task = delivery.task().await.expect("loads its args");
+                let done = TaskRecord {
+                    status: TaskStatus::Success,
+                    result: Some(task.args.clone()),
+                    ..TaskRecord::pending(task.endpoint_id.clone())
+                };
+                queue
+                    .advance_task_record(&task.task_id, &done, None)
+                    .await
+                    .expect("recorded");
+                let job = CallbackJob {
+                    outcome: TaskOutcome::Success {
+                        result: task.args.clone(),
+                    },
+                    ..callback_job(&task)
+                };
+                queue.publish_callback(&job).await.expect("callback queued");
+                delivery.ack().await.expect("acked");
+                (task.task_id, task.args)
+            })
+        },
+    )
+    .await;
+    assert_eq!(ran.endpoint(), &mine);
+    assert_eq!(args, large, "the args arrive whole");
+    let record = gateway.task_record(&ran).await.expect("read");
+    assert_eq!(record.and_then(|record| record.result), Some(large.clone()));
+    let dispatcher = deployment.queue(Role::Dispatcher).await.dispatcher();
+    let job = first(
+        dispatcher.callback_jobs().await.expect("puller"),
+        |delivery: CallbackDelivery| {
+            tokio::spawn(async move {
+                delivery.ack().await.expect("acked");
+                delivery.job().await.expect("loads its result")
+            })
+        },
+    )
+    .await;
+    assert_eq!(job.outcome, TaskOutcome::Success { result: large });
+
+    // Their bucket is out of reach: its info, object metadata, chunks and a reading consumer.
+    let mut intruder = Intruder::connect(url, &creds, &forwarder_inbox_prefix(&mine)).await;
+    let bucket = names::payloads_bucket(&theirs);
+    let stream = names::object_stream(&bucket);
+    for subject in [
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}.$O.{bucket}.M.eA"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.STREAM.PURGE.{stream}"),
+        format!("$O.{bucket}.C.spy"),
+    ] {
+        intruder.publish(&subject).await;
+    }
+    let their_store = async_nats::jetstream::new(intruder.client.clone())
+        .get_object_store(&bucket)
+        .await;
+    assert!(their_store.is_err(), "their bucket does not open");
 }

@@ -17,7 +17,7 @@ use futures::{Stream, StreamExt};
 use super::results::KV_OPERATION;
 use super::{Error, Queue, QueueSettings, limits, names, results};
 use crate::crd::EndpointId;
-use crate::task::{CallbackJob, CallbackPolicy, DeadLetter, TaskId};
+use crate::task::{CallbackJob, CallbackPolicy, DeadLetter, TaskId, Versioned};
 
 /// Window in which a repeated callback job for the same task is dropped by the server.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -132,6 +132,8 @@ fn check_subject(job: &CallbackJob, subject: &str) -> Result<(), Error> {
 /// A callback job handed to the dispatcher.
 pub struct CallbackDelivery {
     message: jetstream::Message,
+    /// Where a result stored apart is loaded from.
+    queue: std::sync::Arc<Queue>,
 }
 
 impl super::Held for CallbackDelivery {
@@ -141,11 +143,17 @@ impl super::Held for CallbackDelivery {
 }
 
 impl CallbackDelivery {
-    /// The job, if the subject it arrived on is its own endpoint's.
-    pub fn job(&self) -> Result<CallbackJob, Error> {
-        let job: CallbackJob = results::decode("callback job", &self.message.payload)?;
-        check_subject(&job, &self.message.subject)?;
-        Ok(job)
+    /// The job, if the subject it arrived on is its own endpoint's, with its result loaded
+    /// when it was stored apart.
+    pub async fn job(&self) -> Result<CallbackJob, Error> {
+        let versioned = serde_json::from_slice::<Versioned<CallbackJob>>(&self.message.payload)
+            .map_err(|source| Error::Decode {
+                what: "callback job",
+                source,
+            })?;
+        // The subject vouches for the endpoint before its payload bucket is read.
+        check_subject(versioned.message(), &self.message.subject)?;
+        self.queue.resolve(None, versioned).await
     }
 
     /// How many times the server has handed out this message, counting this time.
@@ -239,7 +247,7 @@ impl Queue {
         headers: HeaderMap,
     ) -> Result<(), Error> {
         let mut message = PublishMessage::build()
-            .payload(results::encode(job))
+            .payload(self.encode_carrier(None, job).await?)
             .headers(headers);
         if let Some(id) = message_id {
             message = message.message_id(id);
@@ -255,7 +263,11 @@ impl Queue {
 
     /// A puller of callback jobs (of every endpoint) for the dispatcher.
     pub(super) async fn callback_jobs(&self) -> Result<super::Puller<CallbackDelivery>, Error> {
-        let wrap = |message| CallbackDelivery { message };
+        let queue = std::sync::Arc::new(self.clone());
+        let wrap = move |message| CallbackDelivery {
+            message,
+            queue: queue.clone(),
+        };
         super::Puller::open(
             &self.js,
             names::CALLBACKS_STREAM,
@@ -267,11 +279,8 @@ impl Queue {
 
     pub(super) async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
         let key = names::dead_letter_key(&letter.job.endpoint_id, &letter.job.task_id);
-        match self
-            .dead_letters_bucket()?
-            .put(key.as_str(), results::encode(letter))
-            .await
-        {
+        let value = self.encode_carrier(None, letter).await?;
+        match self.dead_letters_bucket()?.put(key.as_str(), value).await {
             Ok(_) => Ok(()),
             Err(source) => Err(Error::Write {
                 key,
@@ -287,7 +296,10 @@ impl Queue {
     ) -> Result<Option<DeadLetter>, Error> {
         let key = names::dead_letter_key(endpoint, task);
         match self.dead_letters_bucket()?.get(key.as_str()).await {
-            Ok(Some(bytes)) => results::decode("dead letter", &bytes).map(Some),
+            Ok(Some(bytes)) => self
+                .decode_carrier(None, "dead letter", &bytes)
+                .await
+                .map(Some),
             Ok(None) => Ok(None),
             Err(source) => Err(Error::Read {
                 key,
@@ -361,7 +373,8 @@ impl Queue {
                 .as_ref()
                 .is_some_and(|headers| headers.get(KV_OPERATION).is_some());
             if !removed {
-                letters.push(results::decode("dead letter", &message.payload)?);
+                let payload = &message.payload;
+                letters.push(self.decode_carrier(None, "dead letter", payload).await?);
             }
         }
         Ok(letters)
@@ -500,7 +513,7 @@ mod tests {
                     async move {
                         let arrived = std::time::Instant::now();
                         let _ = delivery.ack().await;
-                        let _ = read.send((arrived, delivery.job()));
+                        let _ = read.send((arrived, delivery.job().await));
                     }
                 })
                 .await

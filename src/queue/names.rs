@@ -77,6 +77,29 @@ pub fn retry_subject(task: &TaskId) -> String {
 
 pub const RETRY_SUBJECTS: &str = "ferry.retry.>";
 
+/// The object bucket of an endpoint's payloads too large for one message (task args and
+/// results): one bucket per endpoint, so a forwarder's permissions can name its own.
+pub fn payloads_bucket(endpoint: &EndpointId) -> String {
+    format!("ferry-payloads-{endpoint}")
+}
+
+/// The stream that holds an object bucket, as JetStream names it.
+pub fn object_stream(bucket: &str) -> String {
+    format!("OBJ_{bucket}")
+}
+
+/// Every subject of an object bucket: its chunks (`C.<nuid>`) and metadata (`M.<name>`).
+pub fn object_subjects(bucket: &str) -> String {
+    format!("$O.{bucket}.>")
+}
+
+/// A task's stored payload: `part` (`input` or `result`) of the task, named by its content
+/// too, so two runs of one task that answered differently never overwrite each other.
+pub fn payload_object(task: &TaskId, part: &str, digest: &[u8]) -> String {
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{}/{part}-{hex}", task.within_endpoint())
+}
+
 /// Message ids of callback jobs: the forwarder's first job per task is deduplicated; retries and
 /// redeliveries carry ids of their own.
 pub fn callback_message_id(task: &TaskId, suffix: Option<&str>) -> String {

@@ -6,7 +6,9 @@
 //! JetStream's API is subjects too: `$JS.API.STREAM.INFO.<stream>` binds a stream,
 //! `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>` pulls, `$JS.ACK.<stream>.<consumer>.…`
 //! acknowledges, a KV write is a publish to `$KV.<bucket>.<key>` and a KV read a direct get on
-//! `$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>`.
+//! `$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>`. An object bucket's objects are
+//! written on `$O.<bucket>.…`, found by a direct get of their metadata and read through an
+//! ordered consumer the client creates on the bucket's stream.
 
 use super::names::{self, kv_stream, kv_subject};
 use crate::crd::EndpointId;
@@ -114,6 +116,34 @@ fn kv_watch(bucket: &str) -> [String; 3] {
     ]
 }
 
+/// Storing and loading the objects of `bucket`, and nothing of any other bucket.
+fn object_bucket(bucket: &str) -> Vec<String> {
+    let stream = names::object_stream(bucket);
+    vec![
+        names::object_subjects(bucket),
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}.>"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.FC.{stream}.>"),
+    ]
+}
+
+/// Storing and loading the objects of every endpoint's payload bucket, for the gateway and the
+/// dispatcher. A stream's name is one subject token, so `OBJ_ferry-payloads-…` cannot be named
+/// by a pattern: the consumers that read objects may be created on any stream (both roles read
+/// every task's record anyway); object metadata is read only below `$O.`. Not for the shared
+/// forwarder user: a forwarder reaches payloads with its endpoint's own credentials only.
+fn all_object_buckets() -> Vec<String> {
+    vec![
+        names::object_subjects("*"),
+        "$JS.API.STREAM.INFO.*".to_owned(),
+        "$JS.API.DIRECT.GET.*.$O.>".to_owned(),
+        "$JS.API.CONSUMER.CREATE.*".to_owned(),
+        "$JS.FC.*.>".to_owned(),
+    ]
+}
+
 /// Pulling from and acknowledging on a durable consumer of a stream (`*`: every stream).
 fn pull(stream: &str, consumer: &str) -> [String; 3] {
     [
@@ -136,6 +166,7 @@ pub fn permissions(role: Role) -> Permissions {
             // Endpoints a gateway serves from manifests: their policies and queues.
             publish.extend(kv_keys(names::POLICIES_BUCKET, ">"));
             publish.extend(endpoint_queues());
+            publish.extend(all_object_buckets());
             publish.extend([
                 names::tasks_subject_pattern(all_endpoints),
                 names::ALL_ARRIVALS_SUBJECTS.to_owned(),
@@ -155,6 +186,7 @@ pub fn permissions(role: Role) -> Permissions {
         Role::Dispatcher => {
             publish.extend(ensure_shared());
             publish.extend(pull(names::CALLBACKS_STREAM, names::CALLBACKS_CONSUMER));
+            publish.extend(all_object_buckets());
             publish.extend(kv_keys(names::RESULTS_BUCKET, names::CALLBACK_KEYS));
             publish.extend(kv_keys(names::DEAD_LETTERS_BUCKET, ">"));
             publish.extend(kv_keys(names::POLICIES_BUCKET, ">"));
@@ -183,15 +215,16 @@ pub fn forwarder_inbox_prefix(endpoint: &EndpointId) -> String {
 
 /// A forwarder of one endpoint: the forwarder's work narrowed to that endpoint's task consumer,
 /// task records (reads and writes of `task.<endpoint>.…` keys; nothing of another endpoint's
-/// records, callback states or idempotency keys), callback jobs and reply inbox. Not the
-/// results bucket's stream info: it lists the bucket's keys, every endpoint's task ids among
-/// them.
+/// records, callback states or idempotency keys), payload bucket, callback jobs and reply
+/// inbox. Not the results bucket's stream info: it lists the bucket's keys, every endpoint's
+/// task ids among them.
 pub fn forwarder_of(endpoint: &EndpointId) -> Permissions {
     let mut publish = pull(&names::tasks_stream(endpoint), names::TASKS_CONSUMER).to_vec();
     publish.extend(kv_keys(
         names::RESULTS_BUCKET,
         &names::record_keys_of(endpoint),
     ));
+    publish.extend(object_bucket(&names::payloads_bucket(endpoint)));
     publish.push(names::callbacks_subject(endpoint));
     Permissions {
         publish,

@@ -16,6 +16,7 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
 
+use super::objects::Carrier;
 use super::{Error, NatsError, Queue, QueueSettings, names};
 use crate::task::{CallbackState, TaskId, TaskRecord, Versioned};
 
@@ -181,7 +182,8 @@ pub(super) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> R
 impl Queue {
     /// The task's record, or `None` for an unknown (or expired) task.
     pub(super) async fn task_record(&self, task: &TaskId) -> Result<Option<TaskRecord>, Error> {
-        self.read(names::record_key(task), "task record").await
+        self.read(task, names::record_key(task), "task record")
+            .await
     }
 
     /// Moves the task's record to `record` when the rule of [`TaskStatus::may_become`] allows
@@ -200,6 +202,7 @@ impl Queue {
         let key = names::record_key(task);
         let stored = self
             .compare_and_set(
+                task,
                 key.clone(),
                 "task record",
                 assumed,
@@ -229,13 +232,19 @@ impl Queue {
     pub(super) async fn count_hand_back(&self, task: &TaskId) -> Result<Option<u32>, Error> {
         let key = names::record_key(task);
         let stored = self
-            .compare_and_set(key, "task record", None, |current: Option<TaskRecord>| {
-                let current = current.filter(|record| !record.status.is_final())?;
-                Some(TaskRecord {
-                    handed_back: current.handed_back.saturating_add(1),
-                    ..current
-                })
-            })
+            .compare_and_set(
+                task,
+                key,
+                "task record",
+                None,
+                |current: Option<TaskRecord>| {
+                    let current = current.filter(|record| !record.status.is_final())?;
+                    Some(TaskRecord {
+                        handed_back: current.handed_back.saturating_add(1),
+                        ..current
+                    })
+                },
+            )
             .await?;
         Ok(stored.map(|(record, _)| record.handed_back))
     }
@@ -284,7 +293,8 @@ impl Queue {
         &self,
         task: &TaskId,
     ) -> Result<Option<CallbackState>, Error> {
-        self.read(names::callback_key(task), "callback state").await
+        self.read(task, names::callback_key(task), "callback state")
+            .await
     }
 
     /// Changes the task's callback state with `change` (given the current state, if any) and
@@ -299,7 +309,7 @@ impl Queue {
         let key = names::callback_key(task);
         let assumed = likely_first.then_some((None, None));
         let stored = self
-            .compare_and_set(key, "callback state", assumed, change)
+            .compare_and_set(task, key, "callback state", assumed, change)
             .await?;
         Ok(stored.map(|(state, _)| state))
     }
@@ -308,8 +318,9 @@ impl Queue {
     /// as a compare-and-set on the entry's revision: when another writer got there first, it
     /// reads again and decides again. `assumed` (value and revision) stands in for the first
     /// read. Returns the value the key holds afterwards with its revision.
-    async fn compare_and_set<T: Serialize + DeserializeOwned + Clone>(
+    async fn compare_and_set<T: Carrier>(
         &self,
+        task: &TaskId,
         key: String,
         what: &'static str,
         mut assumed: Option<(Option<T>, Option<u64>)>,
@@ -318,12 +329,13 @@ impl Queue {
         for _ in 0..MAX_CONFLICTS {
             let (current, revision) = match assumed.take() {
                 Some(assumed) => assumed,
-                None => self.current(&key, what).await?,
+                None => self.current(task, &key, what).await?,
             };
             let Some(next) = change(current.clone()) else {
                 return Ok(current.zip(revision));
             };
-            let written = self.results.write(&key, encode(&next), revision).await;
+            let value = self.encode_carrier(Some(task), &next).await?;
+            let written = self.results.write(&key, value, revision).await;
             match written {
                 Ok(revision) => return Ok(Some((next, revision))),
                 Err(None) => continue,
@@ -337,8 +349,9 @@ impl Queue {
     }
 
     /// The key's value (`None` when absent or deleted) and the revision a write must replace.
-    async fn current<T: DeserializeOwned>(
+    async fn current<T: Carrier>(
         &self,
+        task: &TaskId,
         key: &str,
         what: &'static str,
     ) -> Result<(Option<T>, Option<u64>), Error> {
@@ -351,20 +364,27 @@ impl Queue {
                 source,
             })?;
         Ok(match entry {
-            Some((Some(value), revision)) => (Some(decode::<T>(what, &value)?), Some(revision)),
+            Some((Some(value), revision)) => {
+                let value = self.decode_carrier(Some(task), what, &value).await?;
+                (Some(value), Some(revision))
+            }
             // A deleted or purged key: its tombstone's revision is the one to replace.
             Some((None, revision)) => (None, Some(revision)),
             None => (None, None),
         })
     }
 
-    async fn read<T: DeserializeOwned>(
+    async fn read<T: Carrier>(
         &self,
+        task: &TaskId,
         key: String,
         what: &'static str,
     ) -> Result<Option<T>, Error> {
         match self.results.entry(key.as_str()).await {
-            Ok(Some((Some(value), _))) => decode(what, &value).map(Some),
+            Ok(Some((Some(value), _))) => self
+                .decode_carrier(Some(task), what, &value)
+                .await
+                .map(Some),
             Ok(_) => Ok(None),
             Err(source) => Err(Error::Read { key, source }),
         }

@@ -109,6 +109,8 @@ impl GatewayQueue {
     /// Opens an async endpoint's task queue before the operator does, so the first task a
     /// client submits right after creating the endpoint is taken.
     pub async fn open_task_queue(&self, spec: &QueueSpec) -> Result<(), Error> {
+        let expiry = Some(spec.task_expiry);
+        self.0.ensure_payloads(&spec.endpoint_id, expiry).await?;
         self.0.ensure_task_queue(spec).await
     }
 
@@ -233,10 +235,11 @@ impl OperatorQueue {
         self.0.delete_task_queue(endpoint).await
     }
 
-    /// Removes everything the queue keeps for a deleted endpoint: its task queue and its
-    /// callback policy (with the secrets sealed in it).
+    /// Removes everything the queue keeps for a deleted endpoint: its task queue, its stored
+    /// payloads and its callback policy (with the secrets sealed in it).
     pub async fn retire_endpoint(&self, endpoint: &EndpointId) -> Result<(), Error> {
         self.0.delete_task_queue(endpoint).await?;
+        self.0.delete_payloads(endpoint).await?;
         self.0.delete_callback_policy(endpoint).await
     }
 

@@ -116,8 +116,12 @@ impl super::Held for TaskDelivery {
 }
 
 impl TaskDelivery {
-    pub fn task(&self) -> Result<TaskMessage, Error> {
-        results::decode("task message", &self.message.payload)
+    /// The task, its args loaded when they were stored apart (see `queue::objects`).
+    pub async fn task(&self) -> Result<TaskMessage, Error> {
+        let payload = &self.message.payload;
+        self.queue
+            .decode_carrier(None, "task message", payload)
+            .await
     }
 
     /// How many times this task has been delivered, counting this one.
@@ -132,7 +136,9 @@ impl TaskDelivery {
             let id = headers.get(async_nats::header::NATS_MESSAGE_ID)?;
             TaskId::parse(id.as_str())
         });
-        header.or_else(|| self.task().ok().map(|task| task.task_id))
+        // A stored message decodes without its args: enough for the id.
+        let decoded = || results::decode::<TaskMessage>("task message", &self.message.payload);
+        header.or_else(|| decoded().ok().map(|task| task.task_id))
     }
 
     /// True when the task's earlier deliveries, less the `handed_back` ones that never ran,
@@ -192,7 +198,11 @@ impl Queue {
     /// Deletes the endpoint's stream and with it its consumer and queued tasks; deleting a queue
     /// that does not exist succeeds.
     pub(super) async fn delete_task_queue(&self, endpoint: &EndpointId) -> Result<(), Error> {
-        let stream = names::tasks_stream(endpoint);
+        self.delete_stream(names::tasks_stream(endpoint)).await
+    }
+
+    /// Deletes a stream; deleting one that does not exist succeeds.
+    pub(super) async fn delete_stream(&self, stream: String) -> Result<(), Error> {
         match self.js.delete_stream(&stream).await {
             Ok(_) => Ok(()),
             Err(error) if is_stream_not_found(error.kind()) => Ok(()),
@@ -306,7 +316,7 @@ impl Queue {
     async fn publish_task(&self, task: &TaskMessage) -> Result<(), Error> {
         let subject = names::tasks_subject(&task.endpoint_id);
         let message = PublishMessage::build()
-            .payload(results::encode(task))
+            .payload(self.encode_carrier(None, task).await?)
             .message_id(task.task_id.as_str());
         match self.publish_acked(&subject, message).await {
             Ok(_) => Ok(()),
