@@ -13,5 +13,6 @@ mod launch;
 mod logs;
 mod metrics;
 mod operator;
+mod payloads;
 mod rollout;
 mod support;

@@ -488,8 +488,10 @@ impl Receiver {
             .expect("receiver binds");
         let addr = listener.local_addr().unwrap();
         let state = ReceiverState::default();
+        // Callbacks carry results of up to 10 MiB.
         let app = Router::new()
             .fallback(post(record))
+            .layer(axum::extract::DefaultBodyLimit::max(16 << 20))
             .with_state(state.clone());
         tokio::spawn(axum::serve(listener, app).into_future());
         Receiver { addr, state }
