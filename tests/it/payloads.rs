@@ -134,7 +134,10 @@ async fn args_and_results_up_to_10_mib_work_through_a_default_nats_server() {
     let path = format!("/v1/sync-tasks?model_endpoint_id={}", setup.sync_endpoint);
     let (status, answer) = setup
         .dev
-        .post(&path, &json!({ "args": { "tag": "sync-2mb", "blob": blob } }))
+        .post(
+            &path,
+            &json!({ "args": { "tag": "sync-2mb", "blob": blob } }),
+        )
         .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
