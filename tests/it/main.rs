@@ -14,4 +14,5 @@ mod logs;
 mod metrics;
 mod operator;
 mod rollout;
+mod static_gateways;
 mod support;
