@@ -14,5 +14,7 @@ mod logs;
 mod metrics;
 mod operator;
 mod payloads;
+mod rolling;
 mod rollout;
+mod static_gateways;
 mod support;
