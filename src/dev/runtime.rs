@@ -19,6 +19,7 @@ use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::crd::validate::{ValidatedBundle, ValidatedEndpoint, validate};
 use crate::crd::{EndpointId, ModelBundle, ModelEndpoint, namespace_of};
 use crate::forwarder::ForwarderMetrics;
+use crate::process_group::ProcessGroup;
 use crate::queue::{ForwarderQueue, Queue, QueueSettings, QueueSpec};
 use crate::seal::KeyRing;
 
@@ -43,6 +44,8 @@ pub struct Runtime {
     ring: Arc<KeyRing>,
     /// How each endpoint's forwarders reach NATS.
     forwarders: ForwarderAccess,
+    /// The group model processes start in.
+    children: Arc<ProcessGroup>,
     secrets: Mutex<HashMap<(String, String), SecretData>>,
     /// Serializes changes, so two API calls cannot start workers for one endpoint twice.
     runs: tokio::sync::Mutex<HashMap<EndpointId, Run>>,
@@ -57,6 +60,7 @@ impl Runtime {
         scaling: Scaling,
         ring: Arc<KeyRing>,
         forwarders: ForwarderAccess,
+        children: Arc<ProcessGroup>,
     ) -> Self {
         Runtime {
             queue,
@@ -66,6 +70,7 @@ impl Runtime {
             scaling,
             ring,
             forwarders,
+            children,
             secrets: Mutex::default(),
             runs: Default::default(),
         }
@@ -179,6 +184,7 @@ impl Runtime {
             forwarder_queue,
             metrics: self.metrics.clone(),
             scaling: self.scaling.clone(),
+            children: self.children.clone(),
         };
         let workers = tokio::spawn(pool.run(stop.clone()));
         Run {

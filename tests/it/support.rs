@@ -139,8 +139,10 @@ async fn spawn_nats_server(store: &Path, port: &str, extra: &[&str]) -> (Child, 
     (child, address)
 }
 
-/// A running `ferry` process; asked to stop (SIGTERM) when dropped, so that `ferry dev` stops
-/// the nats-server and model processes it started, and killed if it does not within seconds.
+/// A running `ferry` process, leader of a process group of its own; asked to stop (SIGTERM)
+/// when dropped, so that `ferry dev` stops the nats-server and model processes it started, and
+/// its whole group killed if it does not within seconds (`ferry dev`'s own children die with it
+/// in any case).
 pub struct Process {
     pub child: Child,
 }
@@ -158,7 +160,42 @@ impl Drop for Process {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        // kill_on_drop finishes it.
+        eprintln!("pid {pid} did not stop within 5 s of SIGTERM: killing its process group");
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status();
+    }
+}
+
+/// The pids of `pid`'s children whose command name is `name`, from /proc.
+pub fn children_named(pid: u32, name: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+        let (Some((head, rest)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
+            continue;
+        };
+        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if &head[open + 1..] == name && ppid == Some(pid) {
+            found.push(child);
+        }
+    }
+    found
+}
+
+/// True once `pid` has exited: no such process, or a zombie (dead, its status uncollected).
+pub fn has_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }
 
@@ -196,6 +233,7 @@ impl Process {
                 "RUST_LOG",
                 std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .expect("ferry binary starts");
