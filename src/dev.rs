@@ -118,8 +118,10 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
             metrics: AutoscaleMetrics::register(&mut registry),
         },
         ring.clone(),
-        forwarders,
-        children.clone(),
+        runtime::WorkerStarts {
+            forwarders,
+            children: children.clone(),
+        },
     ));
     load_manifests(&runtime, &manifests).await?;
 

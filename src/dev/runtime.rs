@@ -33,6 +33,13 @@ struct Run {
     workers: JoinHandle<()>,
 }
 
+/// How local workers start: their forwarders' access to NATS, their model processes' group.
+pub struct WorkerStarts {
+    pub forwarders: ForwarderAccess,
+    /// The group model processes start in: they die with `ferry dev`.
+    pub children: Arc<ProcessGroup>,
+}
+
 pub struct Runtime {
     /// Every role's connection: `ferry dev` plays them all.
     queue: Queue,
@@ -42,10 +49,7 @@ pub struct Runtime {
     scaling: Scaling,
     /// Seals callback policies; derives the serving tokens of local sync workers.
     ring: Arc<KeyRing>,
-    /// How each endpoint's forwarders reach NATS.
-    forwarders: ForwarderAccess,
-    /// The group model processes start in.
-    children: Arc<ProcessGroup>,
+    starts: WorkerStarts,
     secrets: Mutex<HashMap<(String, String), SecretData>>,
     /// Serializes changes, so two API calls cannot start workers for one endpoint twice.
     runs: tokio::sync::Mutex<HashMap<EndpointId, Run>>,
@@ -59,8 +63,7 @@ impl Runtime {
         cancel: CancellationToken,
         scaling: Scaling,
         ring: Arc<KeyRing>,
-        forwarders: ForwarderAccess,
-        children: Arc<ProcessGroup>,
+        starts: WorkerStarts,
     ) -> Self {
         Runtime {
             queue,
@@ -69,8 +72,7 @@ impl Runtime {
             cancel,
             scaling,
             ring,
-            forwarders,
-            children,
+            starts,
             secrets: Mutex::default(),
             runs: Default::default(),
         }
@@ -119,6 +121,7 @@ impl Runtime {
             stop(old).await;
         }
         let forwarder_queue = self
+            .starts
             .forwarders
             .queue(&id, &self.queue, QueueSettings::default())
             .await
@@ -184,7 +187,7 @@ impl Runtime {
             forwarder_queue,
             metrics: self.metrics.clone(),
             scaling: self.scaling.clone(),
-            children: self.children.clone(),
+            children: self.starts.children.clone(),
         };
         let workers = tokio::spawn(pool.run(stop.clone()));
         Run {

@@ -187,7 +187,11 @@ async fn stream(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byt
     let Ok(slot) = server.slots.clone().try_acquire_owned() else {
         return busy();
     };
-    let mut predictions = server.model.stream(&task.task_id, &task.args).await.peekable();
+    let mut predictions = server
+        .model
+        .stream(&task.task_id, &task.args)
+        .await
+        .peekable();
     if let Some(Prediction::Unavailable { reason }) =
         std::pin::Pin::new(&mut predictions).peek().await
     {

@@ -456,7 +456,11 @@ async fn sigterm_lets_a_worker_finish_its_task_and_take_no_other_before_exiting(
             "queued after SIGTERM: run once, by the other worker"
         );
     }
-    assert_eq!(receiver.received().len(), 1 + later.len(), "one callback each");
+    assert_eq!(
+        receiver.received().len(),
+        1 + later.len(),
+        "one callback each"
+    );
 }
 
 /// A task message for `endpoint` as the gateway sends it to a serving worker.

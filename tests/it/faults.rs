@@ -238,10 +238,16 @@ async fn a_stopping_worker_hands_back_what_it_did_not_start() {
     }
     nats.wait_quiet(deadline).await;
     for (x, task_id) in tasks.iter().enumerate() {
-        let ran_on = if x == 0 { model.pid() } else { next_model.pid() };
+        let ran_on = if x == 0 {
+            model.pid()
+        } else {
+            next_model.pid()
+        };
         assert_eq!(runs.runs_of(task_id), vec![ran_on], "task {x} ran once");
         let callbacks = receiver.received();
-        let calls = callbacks.iter().filter(|c| c.body["task_id"] == task_id.as_str());
+        let calls = callbacks
+            .iter()
+            .filter(|c| c.body["task_id"] == task_id.as_str());
         assert_eq!(calls.count(), 1, "task {x} was called back once");
     }
 }

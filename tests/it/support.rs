@@ -105,26 +105,14 @@ impl Nats {
             "http://127.0.0.1:{}/jsz?consumers=true&config=true",
             self.monitor
         );
-        eventually("no queued, held or unacknowledged work", timeout, || async {
-            let jsz: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-            let accounts = jsz["account_details"].as_array()?;
-            let streams = accounts
-                .iter()
-                .flat_map(|account| account["stream_detail"].as_array().cloned().unwrap_or_default());
-            for stream in streams {
-                // Key-value buckets keep their entries; only work queues empty.
-                let work_queue = stream["config"]["retention"] == "workqueue";
-                if work_queue && stream["state"]["messages"] != 0 {
-                    return None;
-                }
-                for consumer in stream["consumer_detail"].as_array().into_iter().flatten() {
-                    if consumer["num_pending"] != 0 || consumer["num_ack_pending"] != 0 {
-                        return None;
-                    }
-                }
-            }
-            Some(())
-        })
+        eventually(
+            "no queued, held or unacknowledged work",
+            timeout,
+            || async {
+                let jsz: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                is_quiet(&jsz).then_some(())
+            },
+        )
         .await;
     }
 
@@ -138,6 +126,26 @@ impl Nats {
         let (child, _) = spawn_nats_server(self.store.path(), &port, self.monitor, &[]).await;
         self.child = child;
     }
+}
+
+/// True when the server's JetStream report (`/jsz` with consumers and configs) shows every
+/// work queue empty and no consumer with messages pending or unacknowledged.
+fn is_quiet(jsz: &Value) -> bool {
+    let Some(accounts) = jsz["account_details"].as_array() else {
+        return false;
+    };
+    let mut streams = accounts.iter().flat_map(|account| {
+        let streams = account["stream_detail"].as_array();
+        streams.into_iter().flatten()
+    });
+    streams.all(|stream| {
+        // Key-value buckets keep their entries; only work queues empty.
+        let work_queue = stream["config"]["retention"] == "workqueue";
+        let mut consumers = stream["consumer_detail"].as_array().into_iter().flatten();
+        !(work_queue && stream["state"]["messages"] != 0)
+            && consumers
+                .all(|consumer| consumer["num_pending"] == 0 && consumer["num_ack_pending"] == 0)
+    })
 }
 
 /// A JetStream nats-server on 127.0.0.1 (`port` "-1" for a free one) monitored on `monitor`;
