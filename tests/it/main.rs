@@ -15,4 +15,5 @@ mod logs;
 mod metrics;
 mod operator;
 mod rollout;
+mod static_gateways;
 mod support;
