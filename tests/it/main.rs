@@ -13,5 +13,6 @@ mod launch;
 mod logs;
 mod metrics;
 mod operator;
+mod outage;
 mod rollout;
 mod support;
