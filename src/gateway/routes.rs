@@ -166,7 +166,9 @@ pub async fn submit_async_task(
         .submit(&task, idempotency_key)
         .await
         .map_err(AppError::from_submission)?;
-    if !submission.duplicate {
+    if submission.duplicate {
+        state.metrics.task_repeated(&task.endpoint_id);
+    } else {
         state.metrics.task_submitted(&task.endpoint_id);
     }
     Ok(Json(json!({ "task_id": submission.task_id })))

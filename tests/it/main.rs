@@ -15,4 +15,5 @@ mod metrics;
 mod operator;
 mod outage;
 mod rollout;
+mod static_gateways;
 mod support;
