@@ -6,6 +6,7 @@
 mod autoscale;
 mod bounds;
 mod callbacks;
+mod dev;
 mod e2e;
 mod faults;
 mod gateway_cluster;
@@ -14,6 +15,7 @@ mod logs;
 mod metrics;
 mod operator;
 mod outage;
+mod rolling;
 mod rollout;
 mod static_gateways;
 mod support;

@@ -5,12 +5,11 @@
 //! answer names a task that runs exactly once when resubmitted as the answer says.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::{
-    self, API_KEY, Dev, Manifests, ModelProcess, Nats, Process, Receiver, endpoint_yaml,
+    self, API_KEY, Dev, Manifests, ModelProcess, Nats, Process, Receiver, RunLog, endpoint_yaml,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -57,9 +56,8 @@ async fn no_submission_answered_with_an_error_runs_across_nats_restarts() {
     );
     let endpoint = gateway.endpoint_id("outage").await;
     let _dispatcher = Process::dispatcher(&nats.url, &[]);
-    let runs = tempfile::tempdir().unwrap();
-    let log = runs.path().join("runs.log");
-    let model = ModelProcess::start(&counting_model(&log)).await;
+    let runs = RunLog::new();
+    let model = ModelProcess::start(&runs.recording("return 200, args['x'] * 2")).await;
     let _worker = Process::forwarder(
         &nats.url,
         &endpoint,
@@ -154,21 +152,28 @@ async fn no_submission_answered_with_an_error_runs_across_nats_restarts() {
     // Once nothing is queued or held: no refused submission ran, and each unconfirmed one ran
     // once, after the last crash. An accepted task runs at least once; one whose worker was
     // running it as the server died runs again (at-least-once delivery), so more is allowed.
-    wait_until_queue_empty(&nats.url, &endpoint).await;
-    let runs = runs_by_x(&log);
+    nats.wait_quiet(SETTLE).await;
+    let mut runs_by_task: HashMap<String, usize> = HashMap::new();
+    for (_, task_id) in runs.runs() {
+        *runs_by_task.entry(task_id).or_default() += 1;
+    }
     let mut wrong = Vec::new();
     let mut again = 0;
     for (x, answer) in &answers {
-        let ran = runs.get(x).copied().unwrap_or(0);
-        let (what, right) = match answer {
-            Answer::Accepted(_) => ("accepted", ran >= 1),
-            Answer::Unconfirmed(_) => ("unconfirmed, then resubmitted", ran == 1),
-            Answer::Refused { .. } => ("refused", ran == 0),
+        let (task_id, what, right): (&str, _, fn(usize) -> bool) = match answer {
+            Answer::Accepted(id) => (id, "accepted", |ran| ran >= 1),
+            Answer::Unconfirmed(id) => (id, "unconfirmed, then resubmitted", |ran| ran == 1),
+            Answer::Refused { .. } => continue,
         };
-        again += usize::from(ran > 1 && matches!(answer, Answer::Accepted(_)));
-        if !right {
+        let ran = runs_by_task.remove(task_id).unwrap_or(0);
+        again += usize::from(ran > 1);
+        if !right(ran) {
             wrong.push(format!("x = {x} ({what}) ran {ran} times"));
         }
+    }
+    // The runs left belong to tasks no client was given: refused submissions that ran.
+    for (task_id, ran) in runs_by_task {
+        wrong.push(format!("task {task_id}, refused, ran {ran} times"));
     }
     eprintln!("{again} accepted tasks ran again after a crash");
     assert!(
@@ -242,40 +247,4 @@ async fn submit(gateway: &Dev, endpoint: &str, x: u64, key: Option<&str>) -> Ans
         (StatusCode::SERVICE_UNAVAILABLE, None) => Answer::Refused { retry_after },
         (status, _) => panic!("submission of x = {x} answered {status}: {body}"),
     }
-}
-
-/// A model that appends each `x` it is asked for to `log`, one line per invocation.
-fn counting_model(log: &Path) -> String {
-    format!(
-        "with open({:?}, 'a') as runs:\n    runs.write('%d\\n' % args['x'])\nreturn 200, args['x'] * 2",
-        log.display().to_string()
-    )
-}
-
-fn runs_by_x(log: &PathBuf) -> HashMap<u64, u64> {
-    let mut runs = HashMap::new();
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    for line in text.lines() {
-        *runs.entry(line.parse::<u64>().expect("a run")).or_default() += 1;
-    }
-    runs
-}
-
-/// Waits until the endpoint's task queue holds nothing, waiting or handed to a worker.
-async fn wait_until_queue_empty(nats_url: &str, endpoint: &str) {
-    let client = async_nats::connect(nats_url).await.expect("connects");
-    let js = async_nats::jetstream::new(client);
-    let stream = format!("ferry-tasks-{endpoint}");
-    support::eventually("the task queue empty", SETTLE, || async {
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-            .get_stream(&stream)
-            .await
-            .ok()?
-            .get_consumer("workers")
-            .await
-            .ok()?;
-        let info = consumer.info().await.ok()?;
-        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-    })
-    .await;
 }
