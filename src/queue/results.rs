@@ -349,7 +349,7 @@ impl Queue {
     }
 
     /// The key's value (`None` when absent or deleted) and the revision a write must replace.
-    async fn current<T: Carrier>(
+    pub(super) async fn current<T: Carrier>(
         &self,
         task: &TaskId,
         key: &str,
