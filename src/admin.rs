@@ -57,6 +57,10 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.0.borrow().serves()
     }
+    /// A receiver that sees every later change of readiness.
+    pub fn watch(&self) -> watch::Receiver<impl Sized + use<>> {
+        self.0.subscribe()
+    }
     /// Resolves once ready.
     pub async fn ready(&self) {
         let mut receiver = self.0.subscribe();

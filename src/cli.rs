@@ -10,6 +10,7 @@ mod forwarder;
 mod gateway;
 mod nats_auth;
 mod operator;
+mod serving_token;
 mod shared;
 
 use std::time::Duration;
@@ -24,6 +25,7 @@ use forwarder::ForwarderArgs;
 use gateway::GatewayArgs;
 use nats_auth::NatsAuthArgs;
 use operator::OperatorArgs;
+use serving_token::ServingTokenArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -73,6 +75,9 @@ pub enum Role {
     Operator(OperatorArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
+    /// Print the token gateways present to an endpoint's serving workers (sync and streaming
+    /// workers run outside a cluster need it as --serving-token).
+    ServingToken(ServingTokenArgs),
     /// Generate NATS authorization: the server's configuration, a `.creds` file per role with
     /// that role's subject permissions, and the account signing seed.
     NatsAuth(NatsAuthArgs),
@@ -94,6 +99,7 @@ impl Role {
             Role::Bench(args) => crate::bench::run(args.settings(), cancel).await,
             Role::BenchModel(args) => crate::bench::model::run(args.port, cancel).await,
             Role::NatsAuth(args) => Ok(crate::nats_auth::run(args.settings()?)?),
+            Role::ServingToken(args) => args.run(),
             Role::Crd => {
                 print!("{}", crate::crd::yaml()?);
                 Ok(())

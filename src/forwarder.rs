@@ -8,6 +8,7 @@
 
 mod invoke;
 mod outage;
+mod presence;
 pub mod serve;
 
 use std::sync::Arc;
@@ -418,6 +419,8 @@ pub struct Settings {
 pub struct Serving {
     pub listen: std::net::SocketAddr,
     pub token: String,
+    /// The base URL gateways reach it at, announced to those serving fixed manifests.
+    pub advertise_url: Option<String>,
 }
 
 /// `ferry forwarder`: the sidecar in every worker pod.
@@ -442,9 +445,19 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
         let router = admin::router(Arc::new(registry), readiness.clone());
         tokio::spawn(admin::serve(addr, router, http, cancel.clone()));
     }
+    tokio::spawn(presence::announce(
+        queue.clone(),
+        endpoint_id.clone(),
+        serving
+            .as_ref()
+            .and_then(|serving| serving.advertise_url.clone()),
+        readiness.clone(),
+        cancel.clone(),
+    ));
     if let Some(Serving {
         listen: addr,
         token,
+        ..
     }) = serving
     {
         if !model.wait_until_ready(&cancel).await {

@@ -8,6 +8,7 @@ mod launch;
 mod metrics;
 mod redeliver;
 mod resources;
+mod roster;
 mod routes;
 mod streaming;
 mod sync;
@@ -34,12 +35,13 @@ pub use sync::WorkerClient;
 pub use team_limits::{RateLimit, TeamLimits};
 
 use crate::admin::{self, Readiness};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use crate::callback::Guard;
 use crate::callback::policy::resolve_policy;
 use crate::catalog::{Catalog, ResourceWriter, cluster};
-use crate::crd::namespace_of;
+use crate::crd::{ModelEndpoint, namespace_of};
 use crate::http_server;
 use crate::manifest::{self, Manifests};
 use crate::queue::{GatewayQueue, Queue, QueueSettings, QueueSpec};
@@ -193,6 +195,33 @@ async fn prepare_endpoints(
     Ok(())
 }
 
+/// The manifests' endpoints, each stamped with when a gateway first served it (unless its
+/// manifest says), so every gateway of the same manifests reports one creation time.
+async fn endpoints_first_served(
+    queue: &GatewayQueue,
+    manifests: &Manifests,
+) -> anyhow::Result<Vec<ModelEndpoint>> {
+    let ids: Vec<_> = manifests
+        .endpoints
+        .iter()
+        .map(|e| e.endpoint_id())
+        .collect();
+    let times = queue.first_served(&ids).await?;
+    Ok(manifests
+        .endpoints
+        .iter()
+        .zip(times)
+        .map(|(endpoint, first_served)| {
+            let mut endpoint = endpoint.endpoint().clone();
+            endpoint
+                .metadata
+                .creation_timestamp
+                .get_or_insert(Time(first_served));
+            endpoint
+        })
+        .collect())
+}
+
 /// What `ferry gateway` runs with: its flags, parsed and checked (also by `--check-config`).
 pub struct Settings {
     pub listen: std::net::SocketAddr,
@@ -241,13 +270,12 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
                 .map(|b| b.bundle().clone())
                 .collect(),
         );
-        catalog.replace_endpoints(
-            manifests
-                .endpoints
-                .iter()
-                .map(|e| e.endpoint().clone())
-                .collect(),
-        );
+        catalog.replace_endpoints(endpoints_first_served(&queue, &manifests).await?);
+        tokio::spawn(roster::follow(
+            queue.clone(),
+            catalog.clone(),
+            cancel.clone(),
+        ));
         readiness.set_ready();
         None
     } else {

@@ -11,6 +11,7 @@ mod limits;
 mod load;
 pub mod names;
 mod permissions;
+mod presence;
 mod results;
 mod roles;
 mod tasks;
@@ -29,6 +30,7 @@ pub use load::LoadReport;
 #[cfg(test)]
 pub use permissions::forwarder_inbox_prefix;
 pub use permissions::{Permissions, Role, forwarder_of, permissions};
+pub use presence::{PRESENCE_EVERY, PRESENCE_EXPIRY, WorkerPresence};
 pub use results::RecordAt;
 pub use roles::{DispatcherQueue, ForwarderQueue, GatewayQueue, OperatorQueue};
 pub use tasks::{Backlog, MAX_TASK_ATTEMPTS, MAX_TASK_DELIVERIES, QueueSpec, TaskDelivery};

@@ -45,6 +45,7 @@ pub async fn run(role: Role) -> anyhow::Result<()> {
         Role::Dev(_) => return Err(Error::Role("dev").into()),
         Role::Crd => return Err(Error::Role("crd").into()),
         Role::NatsAuth(_) => return Err(Error::Role("nats-auth").into()),
+        Role::ServingToken(_) => return Err(Error::Role("serving-token").into()),
         Role::Bench(_) => return Err(Error::Role("bench").into()),
         Role::BenchModel(_) => return Err(Error::Role("bench-model").into()),
     };

@@ -57,11 +57,24 @@ pub struct ForwarderArgs {
     /// are refused. Required with --serve-listen; set by the operator from the worker Secret.
     #[arg(long, env = forwarder_env::SERVING_TOKEN, hide_env_values = true)]
     pub serving_token: Option<String>,
+    /// Base URL gateways reach this serving worker at, announced to gateways that serve fixed
+    /// manifests (in a cluster they use the endpoint's Service). Defaults to
+    /// `http://<--serve-listen>` when that names an address other than 0.0.0.0 or [::].
+    #[arg(long, env = "FERRY_ADVERTISE_URL")]
+    pub advertise_url: Option<url::Url>,
     #[command(flatten)]
     pub http: HttpArgs,
 }
 
 impl ForwarderArgs {
+    fn advertise_url(&self, listen: SocketAddr) -> Option<String> {
+        match &self.advertise_url {
+            Some(url) => Some(url.as_str().trim_end_matches('/').to_owned()),
+            None if listen.ip().is_unspecified() => None,
+            None => Some(format!("http://{listen}")),
+        }
+    }
+
     pub fn settings(&self) -> anyhow::Result<Settings> {
         let endpoint_id = EndpointId::parse(&self.endpoint_id)
             .ok_or_else(|| Error::EndpointId(self.endpoint_id.clone()))?;
@@ -70,6 +83,7 @@ impl ForwarderArgs {
             (Some(listen), Some(token)) if !token.is_empty() => Some(Serving {
                 listen,
                 token: token.clone(),
+                advertise_url: self.advertise_url(listen),
             }),
             (Some(_), _) => return Err(Error::NoServingToken.into()),
         };

@@ -1,5 +1,6 @@
 //! The gateway's metrics: its HTTP requests by route template and status class, with their
-//! latency, and the async tasks it accepts per endpoint.
+//! latency, and the async tasks it accepts per endpoint (distinct tasks and idempotent repeats
+//! apart, so each sums across replicas).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,6 +36,7 @@ struct RequestLabels {
 
 pub struct GatewayMetrics {
     tasks_submitted: Family<EndpointLabel, Counter>,
+    task_repeats: Family<EndpointLabel, Counter>,
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<RouteLabels, Histogram>,
 }
@@ -43,6 +45,7 @@ impl GatewayMetrics {
     pub fn register(registry: &mut Registry) -> Arc<Self> {
         let metrics = GatewayMetrics {
             tasks_submitted: Family::default(),
+            task_repeats: Family::default(),
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(|| {
                 Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -54,6 +57,11 @@ impl GatewayMetrics {
             "ferry_gateway_tasks_submitted",
             "Async tasks accepted, per endpoint (a repeated idempotent submission is not counted)",
             metrics.tasks_submitted.clone(),
+        );
+        registry.register(
+            "ferry_gateway_task_repeats",
+            "Async submissions answered with an earlier task of the same Idempotency-Key, per endpoint",
+            metrics.task_repeats.clone(),
         );
         registry.register(
             "ferry_gateway_http_requests",
@@ -70,6 +78,12 @@ impl GatewayMetrics {
 
     pub fn task_submitted(&self, endpoint: &EndpointId) {
         self.tasks_submitted
+            .get_or_create(&EndpointLabel::of(endpoint))
+            .inc();
+    }
+
+    pub fn task_repeated(&self, endpoint: &EndpointId) {
+        self.task_repeats
             .get_or_create(&EndpointLabel::of(endpoint))
             .inc();
     }

@@ -162,7 +162,9 @@ pub async fn submit_async_task(
         .get(IDEMPOTENCY_KEY)
         .and_then(|value| value.to_str().ok());
     let submission = state.queue.submit(&task, idempotency_key).await?;
-    if !submission.duplicate {
+    if submission.duplicate {
+        state.metrics.task_repeated(&task.endpoint_id);
+    } else {
         state.metrics.task_submitted(&task.endpoint_id);
     }
     Ok(Json(json!({ "task_id": submission.task_id })))

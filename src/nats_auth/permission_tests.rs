@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::crd::EndpointId;
@@ -11,7 +12,7 @@ use crate::nats_auth::{AuthSet, ForwarderIssuer, write_private};
 use crate::queue::testing::{TestServer as NatsServer, start_with_config};
 use crate::queue::{
     CallbackDelivery, Connection, Credentials, Error, ForwarderQueue, Held, OperatorQueue, Queue,
-    QueueSettings, QueueSpec, TaskDelivery, consume,
+    QueueSettings, QueueSpec, TaskDelivery, WorkerPresence, consume,
 };
 use crate::queue::{Role, forwarder_inbox_prefix, names};
 use crate::task::{
@@ -205,6 +206,12 @@ async fn every_role_does_its_work_with_its_own_credentials_and_none_without() {
         .submit(&task(&endpoint), None)
         .await
         .expect("submitted");
+    let first_served = gateway
+        .first_served(std::slice::from_ref(&endpoint))
+        .await
+        .expect("first served recorded");
+    let again = gateway.first_served(std::slice::from_ref(&endpoint)).await;
+    assert_eq!(again.expect("read back"), first_served);
 
     let forwarder = deployment.queue(Role::Forwarder).await.forwarder(&endpoint);
     let tasks = forwarder.tasks().await.expect("puller");
@@ -401,6 +408,29 @@ async fn an_endpoints_forwarder_credentials_reach_only_that_endpoint_and_expire(
     }
     let (forwarder, creds) = deployment.forwarder_of(&mine).await;
 
+    // It announces itself to gateways.
+    let mut presences = Box::pin(gateway.worker_presences().await.expect("subscribed"));
+    let presence = WorkerPresence {
+        endpoint: mine.clone(),
+        worker: "w-1".into(),
+        ready: true,
+        serving_url: Some("http://127.0.0.1:1".into()),
+        leaving: false,
+    };
+    let heard = async {
+        loop {
+            // Announced again until heard, as a worker does: the gateway's subscription may
+            // reach the server after the first announcement.
+            forwarder.announce(&presence).await.expect("announced");
+            tokio::select! {
+                heard = presences.next() => return heard,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    };
+    let heard = tokio::time::timeout(Duration::from_secs(10), heard).await;
+    assert_eq!(heard.expect("heard in time"), Some(presence));
+
     // Its own endpoint's work: pull, record, queue the callback, acknowledge.
     let worker = forwarder.clone();
     let ran = first(
@@ -428,6 +458,7 @@ async fn an_endpoints_forwarder_credentials_reach_only_that_endpoint_and_expire(
         format!("$JS.ACK.{their_tasks}.workers.1.1.1.0.0"),
         names::callbacks_subject(&theirs),
         "ferry.callbacks.>".to_owned(),
+        names::workers_subject(&theirs),
     ] {
         intruder.publish(&subject).await;
     }

@@ -20,6 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::Metrics;
 
+/// How long a stopping leader lets the reconciles under way finish before it hands the Lease
+/// back anyway: below the chart's 30 s `terminationGracePeriodSeconds`, so the release is
+/// never cut off by SIGKILL. A reconcile cut short is redone by the next leader.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
 /// The Lease as configured: what is not given is found at start.
 #[derive(Clone, Debug)]
 pub struct LeaseChoice {
@@ -284,8 +289,12 @@ where
         }
     };
     stop.cancel();
-    if !worker.is_finished() {
-        let _ = worker.await;
+    if !finish_within(worker, STOP_GRACE).await {
+        tracing::warn!(
+            lease,
+            grace_seconds = STOP_GRACE.as_secs(),
+            "reconciles still under way when the stop grace ran out; cut short"
+        );
     }
     metrics.leader.set(0);
     match &outcome {
@@ -299,9 +308,36 @@ where
     outcome
 }
 
+/// Waits up to `grace` for `work` to finish, then aborts it; whether it finished.
+async fn finish_within(mut work: tokio::task::JoinHandle<()>, grace: Duration) -> bool {
+    match tokio::time::timeout(grace, &mut work).await {
+        Ok(_) => true,
+        Err(_) => {
+            work.abort();
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn work_that_outlasts_the_stop_grace_is_cut_short() {
+        let finishing = tokio::spawn(tokio::time::sleep(STOP_GRACE / 2));
+        assert!(finish_within(finishing, STOP_GRACE).await);
+
+        let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
+        let stuck = tokio::spawn(async move {
+            let _dropped_when_aborted = dropped_tx;
+            std::future::pending::<()>().await;
+        });
+        let started = Instant::now();
+        assert!(!finish_within(stuck, STOP_GRACE).await);
+        assert_eq!(started.elapsed(), STOP_GRACE);
+        assert!(dropped_rx.await.is_err(), "the stuck work was aborted");
+    }
 
     fn held_by(holder: &str, transitions: i32) -> LeaseSpec {
         LeaseSpec {

@@ -57,6 +57,17 @@ pub fn load_subject(endpoint: &EndpointId) -> String {
 
 pub const ALL_LOAD_SUBJECTS: &str = "ferry.load.*";
 
+/// Where an endpoint's workers announce themselves to gateways serving fixed manifests.
+pub fn workers_subject(endpoint: &EndpointId) -> String {
+    format!("ferry.workers.{endpoint}")
+}
+
+pub const ALL_WORKERS_SUBJECTS: &str = "ferry.workers.*";
+
+/// When each endpoint was first served by a gateway of fixed manifests, so every such gateway
+/// reports one creation time, across restarts.
+pub const ENDPOINTS_BUCKET: &str = "ferry-endpoints";
+
 pub fn callbacks_subject(endpoint: &EndpointId) -> String {
     format!("ferry.callbacks.{endpoint}")
 }

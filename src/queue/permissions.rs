@@ -104,6 +104,17 @@ fn kv_keys(bucket: &str, key_prefix: &str) -> [String; 2] {
     ]
 }
 
+/// Creating, binding, reading and writing a bucket only this role uses.
+fn kv_bucket(bucket: &str) -> Vec<String> {
+    let stream = kv_stream(bucket);
+    let mut subjects: Vec<String> = ["CREATE", "UPDATE", "INFO"]
+        .iter()
+        .map(|verb| format!("$JS.API.STREAM.{verb}.{stream}"))
+        .collect();
+    subjects.extend(kv_keys(bucket, ">"));
+    subjects
+}
+
 /// Listing or watching a bucket: an ordered consumer the client creates and deletes.
 fn kv_watch(bucket: &str) -> [String; 3] {
     let stream = kv_stream(bucket);
@@ -142,6 +153,9 @@ pub fn permissions(role: Role) -> Permissions {
                 names::ALL_LOAD_SUBJECTS.to_owned(),
                 names::CALLBACKS_SUBJECTS.to_owned(),
             ]);
+            // Serving fixed manifests: when each endpoint was first served, and its workers.
+            publish.extend(kv_bucket(names::ENDPOINTS_BUCKET));
+            subscribe.push(names::ALL_WORKERS_SUBJECTS.to_owned());
         }
         Role::Operator => {
             publish.extend(ensure_shared());
@@ -166,6 +180,7 @@ pub fn permissions(role: Role) -> Permissions {
             publish.extend(pull(all_endpoints, names::TASKS_CONSUMER));
             publish.extend(kv_keys(names::RESULTS_BUCKET, names::RECORD_KEYS));
             publish.push(names::CALLBACKS_SUBJECTS.to_owned());
+            publish.push(names::ALL_WORKERS_SUBJECTS.to_owned());
         }
         Role::All => {
             publish.push(">".to_owned());
@@ -193,6 +208,7 @@ pub fn forwarder_of(endpoint: &EndpointId) -> Permissions {
         &names::record_keys_of(endpoint),
     ));
     publish.push(names::callbacks_subject(endpoint));
+    publish.push(names::workers_subject(endpoint));
     Permissions {
         publish,
         subscribe: vec![format!("{}.>", forwarder_inbox_prefix(endpoint))],

@@ -9,7 +9,7 @@ use futures::Stream;
 
 use super::{
     Backlog, CallbackDelivery, Error, LoadReport, Puller, Queue, QueueSpec, RecordAt, TaskDelivery,
-    tasks::Submission,
+    WorkerPresence, tasks::Submission,
 };
 use crate::crd::EndpointId;
 use crate::task::{
@@ -108,6 +108,21 @@ impl GatewayQueue {
 
     /// Opens an async endpoint's task queue before the operator does, so the first task a
     /// client submits right after creating the endpoint is taken.
+    /// Announcements of every endpoint's workers (for gateways serving fixed manifests).
+    pub async fn worker_presences(
+        &self,
+    ) -> Result<impl Stream<Item = WorkerPresence> + use<>, Error> {
+        self.0.worker_presences().await
+    }
+
+    /// When each of `endpoints` was first served by a gateway of fixed manifests.
+    pub async fn first_served(
+        &self,
+        endpoints: &[EndpointId],
+    ) -> Result<Vec<jiff::Timestamp>, Error> {
+        self.0.first_served(endpoints).await
+    }
+
     pub async fn open_task_queue(&self, spec: &QueueSpec) -> Result<(), Error> {
         self.0.ensure_task_queue(spec).await
     }
@@ -160,6 +175,16 @@ impl ForwarderQueue {
             });
         }
         self.queue.publish_callback(job).await
+    }
+
+    /// Announces one of this endpoint's workers to gateways serving fixed manifests.
+    pub async fn announce(&self, presence: &WorkerPresence) -> Result<(), Error> {
+        if presence.endpoint != self.endpoint {
+            return Err(Error::NotOwnEndpoint {
+                endpoint: presence.endpoint.clone(),
+            });
+        }
+        self.queue.announce_worker(presence).await
     }
 }
 

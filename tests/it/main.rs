@@ -13,5 +13,7 @@ mod launch;
 mod logs;
 mod metrics;
 mod operator;
+mod rolling;
 mod rollout;
+mod static_gateways;
 mod support;

@@ -21,9 +21,26 @@ async fn a_running_dev_serves_both_formats_and_promtool_accepts_the_classic_one(
     manifests.add("endpoint.yaml", &endpoint);
     let dev = Dev::start(manifests.path(), None).await;
     let id = dev.ready_endpoint("scraped").await;
-    let task = dev
-        .submit(&id, json!({"args": {"x": 2, "y": "hello"}}))
-        .await;
+    // Submitted twice under one Idempotency-Key: one task, counted once, and one repeat.
+    let submit = || async {
+        let answer = dev
+            .http
+            .post(format!(
+                "{}/v1/async-tasks?model_endpoint_id={id}",
+                dev.base
+            ))
+            .basic_auth(API_KEY, Some(""))
+            .header("Idempotency-Key", "scraped-1")
+            .json(&json!({"args": {"x": 2, "y": "hello"}}))
+            .send()
+            .await
+            .expect("submits");
+        assert_eq!(answer.status().as_u16(), 200);
+        let answer: serde_json::Value = answer.json().await.expect("json");
+        answer["task_id"].as_str().expect("task id").to_owned()
+    };
+    let task = submit().await;
+    assert_eq!(submit().await, task, "the repeat names the first task");
     dev.finished_task(&task, WAIT).await;
     receiver.wait_for(1, WAIT).await;
 
@@ -43,10 +60,11 @@ async fn a_running_dev_serves_both_formats_and_promtool_accepts_the_classic_one(
     let named = format!(r#"endpoint="default/scraped",endpoint_id="{id}""#);
     let expected = [
         format!(r#"ferry_gateway_tasks_submitted_total{{endpoint_id="{id}"}} 1"#),
+        format!(r#"ferry_gateway_task_repeats_total{{endpoint_id="{id}"}} 1"#),
         format!(r#"ferry_forwarder_tasks_total{{endpoint_id="{id}",outcome="success"}} 1"#),
         format!(r#"ferry_forwarder_predict_duration_seconds_count{{endpoint_id="{id}"}} 1"#),
         format!(r#"ferry_dispatcher_attempt_duration_seconds_count{{endpoint_id="{id}"}} 1"#),
-        r#"ferry_gateway_http_requests_total{method="POST",route="/v1/async-tasks",status="2xx"} 1"#
+        r#"ferry_gateway_http_requests_total{method="POST",route="/v1/async-tasks",status="2xx"} 2"#
             .to_owned(),
         format!("ferry_queue_backlog_tasks{{{named}}} 0"),
         format!("ferry_queue_oldest_task_age_seconds{{{named}}} "),
