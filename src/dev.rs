@@ -22,6 +22,7 @@ use crate::dispatcher::{Clients, DeliverySettings, Dispatcher, DispatcherMetrics
 use crate::forwarder::ForwarderMetrics;
 use crate::gateway::{self, ApiKeys, AppState, GatewayMetrics};
 use crate::manifest::Manifests;
+use crate::process_group::ProcessGroup;
 use crate::queue::{Connection, Queue, QueueLimits, QueueSettings};
 use crate::seal::KeyRing;
 use runtime::Runtime;
@@ -68,10 +69,12 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     let ring = Arc::new(ring);
     // One grace for every role of the process: the dispatcher's attempts, the gateway's requests.
     let shutdown_grace = delivery.shutdown_grace;
+    // Every process `ferry dev` starts dies with it, even when it is killed; dropped last.
+    let children = Arc::new(ProcessGroup::start()?);
     let (connection, forwarders, _nats_server) = match nats {
         Nats::Connect(connection) => (connection, nats::ForwarderAccess::Shared, None),
         Nats::Start(program) => {
-            let server = nats::start(&program).await?;
+            let server = nats::start(&program, &children).await?;
             (
                 server.connection.clone(),
                 server.forwarders.clone(),
@@ -115,7 +118,10 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
             metrics: AutoscaleMetrics::register(&mut registry),
         },
         ring.clone(),
-        forwarders,
+        runtime::WorkerStarts {
+            forwarders,
+            children: children.clone(),
+        },
     ));
     load_manifests(&runtime, &manifests).await?;
 
@@ -176,6 +182,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     runtime.stop_all().await;
     while services.join_next().await.is_some() {}
     tracing::info!("ferry dev stopped");
+    drop(children);
     outcome
 }
 

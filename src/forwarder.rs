@@ -267,7 +267,7 @@ impl Forwarder {
             revision,
         });
         let timer = std::time::Instant::now();
-        let predict = self.model.predict(&task.args);
+        let predict = self.model.predict(&task.task_id, &task.args);
         let mut predict = std::pin::pin!(predict);
         // A task the model answers at once goes straight to its outcome; one that takes longer
         // is recorded as STARTED while the model works.

@@ -18,6 +18,7 @@ mod metrics;
 mod nats_auth;
 mod nats_server;
 mod operator;
+mod process_group;
 mod queue;
 mod seal;
 mod task;

@@ -10,6 +10,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::process_group::ProcessGroup;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
@@ -61,6 +63,16 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// besides the loopback address, the port (a random one when `None`: a test restarts a server
 /// where its clients reconnect) and the temporary store.
 pub async fn start(program: &Path, config: &str, port: Option<u16>) -> Result<NatsServer, Error> {
+    start_in(program, config, port, None).await
+}
+
+/// [`start`], the server a member of `group` when one is given (it then dies with its starter).
+pub async fn start_in(
+    program: &Path,
+    config: &str,
+    port: Option<u16>,
+    group: Option<&ProcessGroup>,
+) -> Result<NatsServer, Error> {
     let port = port.map_or_else(|| "-1".to_owned(), |port| port.to_string());
     let store = tempfile::Builder::new()
         .prefix("ferry-nats-")
@@ -68,7 +80,11 @@ pub async fn start(program: &Path, config: &str, port: Option<u16>) -> Result<Na
         .map_err(Error::StoreDir)?;
     let config_file = store.path().join("nats.conf");
     std::fs::write(&config_file, config).map_err(Error::StoreDir)?;
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    if let Some(group) = group {
+        group.enroll(&mut command);
+    }
+    let mut child = command
         .args(["--jetstream", "--addr", "127.0.0.1", "--port", &port])
         .arg("--config")
         .arg(&config_file)

@@ -1,7 +1,7 @@
 //! The contract of a worker pod's forwarder, shared by the operator that builds the pod, the
 //! gateway that calls it and the forwarder itself: the environment it reads (the operator sets
 //! exactly these), the ports and paths it serves and the header that carries the serving token;
-//! and what the model beside it is given: its port, in `PORT`.
+//! and what the model beside it is given: its port, in `PORT`, and each task's id in a header.
 
 pub mod env {
     pub const NATS_URL: &str = "FERRY_NATS_URL";
@@ -41,3 +41,6 @@ pub const STREAM_PATH: &str = "/stream";
 /// Header carrying the serving tokens the gateway holds for the endpoint, comma-separated (more
 /// than one while a key rotation is under way).
 pub const SERVING_TOKEN_HEADER: &str = "ferry-serving-token";
+/// Header of every prediction request to the model: the task's id, the same on each delivery of
+/// the task, so a model can tell a task delivered again (after a worker stopped) from a new one.
+pub const TASK_ID_HEADER: &str = "ferry-task-id";

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::crd::EndpointId;
 use crate::nats_server::{self, NatsServer};
+use crate::process_group::ProcessGroup;
 use crate::queue::{Connection, Credentials, ForwarderQueue, Queue, QueueSettings, Role};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +32,10 @@ pub struct LocalNats {
     _server: NatsServer,
 }
 
-pub async fn start(program: &Path) -> Result<LocalNats, Error> {
+/// Starts the server as a member of `group`, so that it dies with `ferry dev`.
+pub async fn start(program: &Path, group: &ProcessGroup) -> Result<LocalNats, Error> {
     let auth = crate::nats_auth::AuthSet::generate();
-    let server = nats_server::start(program, &auth.server_config()?, None).await?;
+    let server = nats_server::start_in(program, &auth.server_config()?, None, Some(group)).await?;
     let creds = server.store_dir().join("ferry.creds");
     crate::nats_auth::write_private(&creds, &auth.role_creds(Role::All)?)?;
     let open = Connection::open(server.url())?;
@@ -103,7 +105,8 @@ mod tests {
     #[tokio::test]
     async fn the_dev_server_admits_ferry_and_refuses_a_process_without_its_credentials() {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let nats = start(Path::new("nats-server"))
+        let group = ProcessGroup::start().expect("sh starts");
+        let nats = start(Path::new("nats-server"), &group)
             .await
             .expect("nats-server on PATH (scripts/setup installs it)");
         let settings = QueueSettings::default();

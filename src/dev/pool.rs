@@ -23,6 +23,7 @@ use crate::crd::{
     EndpointId, EndpointState, EndpointType, ModelBundle, ModelEndpoint, ModelEndpointStatus,
 };
 use crate::forwarder::ForwarderMetrics;
+use crate::process_group::ProcessGroup;
 use crate::queue::LoadReport;
 use crate::queue::{ForwarderQueue, OperatorQueue};
 
@@ -120,6 +121,8 @@ pub struct Pool {
     pub scaling: Scaling,
     /// What the gateway presents to the endpoint's serving workers.
     pub serving_token: String,
+    /// The group model processes start in.
+    pub children: Arc<ProcessGroup>,
 }
 
 impl Pool {
@@ -265,6 +268,7 @@ impl Pool {
             queue: self.forwarder_queue.clone(),
             metrics: self.metrics.clone(),
             serving_token: self.serving_token.clone(),
+            children: self.children.clone(),
         };
         let ready = Readiness::default();
         let worker_stop = stop.child_token();

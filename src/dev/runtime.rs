@@ -19,6 +19,7 @@ use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::crd::validate::{ValidatedBundle, ValidatedEndpoint, validate};
 use crate::crd::{EndpointId, ModelBundle, ModelEndpoint, namespace_of};
 use crate::forwarder::ForwarderMetrics;
+use crate::process_group::ProcessGroup;
 use crate::queue::{ForwarderQueue, Queue, QueueSettings, QueueSpec};
 use crate::seal::KeyRing;
 
@@ -32,6 +33,13 @@ struct Run {
     workers: JoinHandle<()>,
 }
 
+/// How local workers start: their forwarders' access to NATS, their model processes' group.
+pub struct WorkerStarts {
+    pub forwarders: ForwarderAccess,
+    /// The group model processes start in: they die with `ferry dev`.
+    pub children: Arc<ProcessGroup>,
+}
+
 pub struct Runtime {
     /// Every role's connection: `ferry dev` plays them all.
     queue: Queue,
@@ -41,8 +49,7 @@ pub struct Runtime {
     scaling: Scaling,
     /// Seals callback policies; derives the serving tokens of local sync workers.
     ring: Arc<KeyRing>,
-    /// How each endpoint's forwarders reach NATS.
-    forwarders: ForwarderAccess,
+    starts: WorkerStarts,
     secrets: Mutex<HashMap<(String, String), SecretData>>,
     /// Serializes changes, so two API calls cannot start workers for one endpoint twice.
     runs: tokio::sync::Mutex<HashMap<EndpointId, Run>>,
@@ -56,7 +63,7 @@ impl Runtime {
         cancel: CancellationToken,
         scaling: Scaling,
         ring: Arc<KeyRing>,
-        forwarders: ForwarderAccess,
+        starts: WorkerStarts,
     ) -> Self {
         Runtime {
             queue,
@@ -65,7 +72,7 @@ impl Runtime {
             cancel,
             scaling,
             ring,
-            forwarders,
+            starts,
             secrets: Mutex::default(),
             runs: Default::default(),
         }
@@ -114,6 +121,7 @@ impl Runtime {
             stop(old).await;
         }
         let forwarder_queue = self
+            .starts
             .forwarders
             .queue(&id, &self.queue, QueueSettings::default())
             .await
@@ -179,6 +187,7 @@ impl Runtime {
             forwarder_queue,
             metrics: self.metrics.clone(),
             scaling: self.scaling.clone(),
+            children: self.starts.children.clone(),
         };
         let workers = tokio::spawn(pool.run(stop.clone()));
         Run {

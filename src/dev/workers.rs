@@ -15,6 +15,7 @@ use crate::catalog::Catalog;
 use crate::crd::EndpointType;
 use crate::crd::{ModelBundle, ModelEndpoint};
 use crate::forwarder::{Forwarder, ForwarderMetrics, ModelClient, serve};
+use crate::process_group::ProcessGroup;
 use crate::queue::ForwarderQueue;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -47,6 +48,8 @@ pub struct Worker {
     pub metrics: Arc<ForwarderMetrics>,
     /// What the gateway presents to this worker when it serves (sync and streaming).
     pub serving_token: String,
+    /// The group the model process starts in: it dies with `ferry dev`.
+    pub children: Arc<ProcessGroup>,
 }
 
 impl Worker {
@@ -149,7 +152,9 @@ impl Worker {
         let (program, args) = spec.command.split_first().ok_or_else(|| Error::NoCommand {
             bundle: bundle.clone(),
         })?;
-        let mut child = Command::new(program)
+        let mut command = Command::new(program);
+        self.children.enroll(&mut command);
+        let mut child = command
             .args(args)
             .args(&spec.args)
             .envs(&spec.env)

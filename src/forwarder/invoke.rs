@@ -10,7 +10,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::task::TaskError;
+use crate::task::{TaskError, TaskId};
+use crate::worker::TASK_ID_HEADER;
 
 /// Model response bodies kept in a failure's detail are cut to this many bytes.
 const DETAIL_LIMIT: usize = 4096;
@@ -109,15 +110,21 @@ impl ModelClient {
 
     /// The model's answers as they come: each server-sent event of the streaming route, or the
     /// predict route's one answer when the model has no streaming route.
-    pub async fn stream(&self, args: &Value) -> futures::stream::BoxStream<'static, Prediction> {
+    pub async fn stream(
+        &self,
+        task_id: &TaskId,
+        args: &Value,
+    ) -> futures::stream::BoxStream<'static, Prediction> {
         use eventsource_stream::Eventsource;
         use futures::StreamExt;
         let Some(url) = &self.streaming_url else {
-            return futures::stream::once(futures::future::ready(self.predict(args).await)).boxed();
+            let answer = self.predict(task_id, args).await;
+            return futures::stream::once(futures::future::ready(answer)).boxed();
         };
         let response = match self
             .http
             .post(url.clone())
+            .header(TASK_ID_HEADER, task_id.as_str())
             .json(args)
             .timeout(self.timeout)
             .send()
@@ -197,10 +204,11 @@ impl ModelClient {
         }
     }
 
-    pub async fn predict(&self, args: &Value) -> Prediction {
+    pub async fn predict(&self, task_id: &TaskId, args: &Value) -> Prediction {
         let sent = self
             .http
             .post(self.predict_url.clone())
+            .header(TASK_ID_HEADER, task_id.as_str())
             .json(args)
             .timeout(self.timeout)
             .send()
@@ -295,6 +303,10 @@ mod tests {
         ModelClient::new(&base, "/predict", "/readyz", timeout).expect("client builds")
     }
 
+    fn any_task() -> TaskId {
+        TaskId::generate(&crate::crd::EndpointId::for_resource("default", "model"))
+    }
+
     fn failure_message(prediction: Prediction) -> String {
         match prediction {
             Prediction::Failure { error, .. } => error.message,
@@ -317,7 +329,7 @@ mod tests {
         });
         let message = failure_message(
             client_for(addr, Duration::from_millis(200))
-                .predict(&Value::Null)
+                .predict(&any_task(), &Value::Null)
                 .await,
         );
         assert!(message.contains("did not answer within 0.2 s"), "{message}");
@@ -337,7 +349,7 @@ mod tests {
             .expect("free port");
         let reason = unavailable_reason(
             client_for(addr, Duration::from_secs(2))
-                .predict(&Value::Null)
+                .predict(&any_task(), &Value::Null)
                 .await,
         );
         assert!(reason.contains("model unreachable"), "{reason}");
@@ -377,7 +389,7 @@ mod tests {
         .await;
         let reason = unavailable_reason(
             client_for(addr, Duration::from_secs(5))
-                .predict(&Value::Null)
+                .predict(&any_task(), &Value::Null)
                 .await,
         );
         assert!(reason.contains("gave no answer"), "{reason}");
@@ -392,7 +404,7 @@ mod tests {
         })
         .await;
         client_for(addr, Duration::from_secs(5))
-            .predict(&Value::Null)
+            .predict(&any_task(), &Value::Null)
             .await
     }
 

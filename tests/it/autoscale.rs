@@ -23,21 +23,29 @@ async fn workers(dev: &Dev, name: &str) -> (i64, i64, String) {
     )
 }
 
-/// `ferry dev` with a 2 s scale-down delay, serving `endpoint` (named `name`) of the `slow`
-/// bundle: a model that sleeps `args.sleep` seconds and answers `args.x * 10`.
-async fn start_slow(name: &str, endpoint: &str) -> (Manifests, Dev, String) {
+/// The `slow` model: sleeps `args.sleep` seconds and answers `args.x * 10`.
+const SLOW_MODEL: &str = "time.sleep(args.get('sleep', 0))\nreturn 200, args['x'] * 10";
+
+/// `ferry dev` with a 2 s scale-down delay (on the server at `nats_url`, else its own), serving
+/// `endpoint` (named `name`) of the `slow` bundle running `model`.
+async fn start_slow_on(
+    name: &str,
+    endpoint: &str,
+    model: &str,
+    nats_url: Option<&str>,
+) -> (Manifests, Dev, String) {
     let manifests = Manifests::with_example_bundle();
-    manifests.add(
-        "slow.yaml",
-        &python_bundle_yaml(
-            "slow",
-            "time.sleep(args.get('sleep', 0))\nreturn 200, args['x'] * 10",
-        ),
-    );
+    manifests.add("slow.yaml", &python_bundle_yaml("slow", model));
     manifests.add("endpoint.yaml", endpoint);
-    let dev = Dev::start_with(manifests.path(), None, &["--scale-down-delay-seconds", "2"]).await;
+    let flags = ["--scale-down-delay-seconds", "2"];
+    let dev = Dev::start_with(manifests.path(), nats_url, &flags).await;
     let endpoint = dev.endpoint_id(name).await;
     (manifests, dev, endpoint)
+}
+
+/// [`start_slow_on`] its own server, running [`SLOW_MODEL`].
+async fn start_slow(name: &str, endpoint: &str) -> (Manifests, Dev, String) {
+    start_slow_on(name, endpoint, SLOW_MODEL, None).await
 }
 
 /// An async endpoint `scaled` calling back to `receiver`.
@@ -72,9 +80,13 @@ async fn an_endpoint_at_zero_wakes_on_its_first_task_and_returns_to_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_scales_to_max_and_scaling_in_loses_and_repeats_nothing() {
+    let nats = Nats::start().await;
     let receiver = Receiver::start().await;
+    let runs = RunLog::new();
     let spec = "  minWorkers: 1\n  maxWorkers: 3\n  perWorker: 1\n";
-    let (_m, dev, endpoint) = start(&receiver, spec).await;
+    let endpoint = endpoint_yaml("scaled", "slow", &receiver.url("/cb"), spec);
+    let model = runs.recording(SLOW_MODEL);
+    let (_m, dev, endpoint) = start_slow_on("scaled", &endpoint, &model, Some(&nats.url)).await;
     dev.ready_endpoint("scaled").await;
 
     let burst = Instant::now();
@@ -104,7 +116,7 @@ async fn a_burst_scales_to_max_and_scaling_in_loses_and_repeats_nothing() {
     .await;
 
     let callbacks = receiver.wait_for(tasks.len(), WAIT).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    nats.wait_quiet(WAIT).await;
     let mut per_task: HashMap<String, Vec<Value>> = HashMap::new();
     for callback in receiver.received() {
         per_task
@@ -114,12 +126,14 @@ async fn a_burst_scales_to_max_and_scaling_in_loses_and_repeats_nothing() {
     }
     assert_eq!(callbacks.len(), tasks.len());
     for (index, task) in tasks.iter().enumerate() {
+        assert_eq!(runs.runs_of(task).len(), 1, "task {index} ran once");
         assert_eq!(
             per_task[task],
             vec![json!(index as u64 * 10)],
-            "task {index} ran once with its own result"
+            "task {index} was called back once with its own result"
         );
     }
+    assert_eq!(runs.runs().len(), tasks.len(), "no other run");
 }
 
 /// A sync endpoint `served`.

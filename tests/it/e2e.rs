@@ -226,9 +226,19 @@ async fn bad_requests_get_4xx_with_a_detail() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resubmitting_with_an_idempotency_key_returns_the_same_task() {
+async fn resubmitting_with_an_idempotency_key_returns_the_same_task_and_runs_it_once() {
+    let nats = Nats::start().await;
     let receiver = Receiver::start().await;
-    let (_manifests, dev, endpoint) = seed_setup(&receiver).await;
+    let runs = RunLog::new();
+    let manifests = Manifests::with_example_bundle();
+    let model = runs.recording("return 200, args['x'] + len(args['y'])");
+    manifests.add("recorded.yaml", &python_bundle_yaml("recorded", &model));
+    manifests.add(
+        "endpoint.yaml",
+        &endpoint_yaml("recorded", "recorded", &receiver.url("/cb"), ""),
+    );
+    let dev = Dev::start(manifests.path(), Some(&nats.url)).await;
+    let endpoint = dev.ready_endpoint("recorded").await;
     let submit = |key: &'static str| {
         dev.http
             .post(format!(
@@ -250,13 +260,16 @@ async fn resubmitting_with_an_idempotency_key_returns_the_same_task() {
     assert_ne!(first, other);
 
     receiver.wait_for(2, TASK_TIMEOUT).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let runs = receiver
-        .received()
-        .iter()
-        .filter(|c| c.body["task_id"] == first)
-        .count();
-    assert_eq!(runs, 1, "the repeated submission ran once");
+    nats.wait_quiet(TASK_TIMEOUT).await;
+    for task in [&first, &other] {
+        let task = task.as_str().unwrap();
+        assert_eq!(runs.runs_of(task).len(), 1, "task {task} ran once");
+        let callbacks = receiver.received();
+        let calls = callbacks.iter().filter(|c| c.body["task_id"] == task);
+        assert_eq!(calls.count(), 1, "task {task} was called back once");
+        assert_eq!(dev.task(task).await["status"], "SUCCESS");
+    }
+    assert_eq!(runs.runs().len(), 2, "no other run: {:?}", runs.runs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,62 +341,68 @@ async fn a_receiver_answering_5xx_is_retried_until_it_accepts() {
     assert_eq!(attempts, vec![json!(503), json!(200)]);
 }
 
-/// The endpoint of the worker tests: no local workers (standalone forwarders take its tasks),
-/// a short lease so a dead worker's task is handed out again quickly.
-async fn standalone_worker_setup(receiver: &Receiver, nats: &Nats) -> (Manifests, Dev, String) {
-    let manifests = Manifests::with_example_bundle();
-    manifests.add(
-        "slow.yaml",
-        &python_bundle_yaml(
-            "slow",
-            "time.sleep(args['sleep'])\nreturn 200, args['x'] * 10",
-        ),
-    );
-    let extra = "  minWorkers: 0\n  queueMessageTimeoutSeconds: 2\n";
-    manifests.add(
-        "endpoint.yaml",
-        &endpoint_yaml("slow-endpoint", "slow", &receiver.url("/cb"), extra),
-    );
-    let dev = Dev::start(manifests.path(), Some(&nats.url)).await;
-    let endpoint = dev.endpoint_id("slow-endpoint").await;
-    (manifests, dev, endpoint)
+/// The model of the worker tests: sleeps `args.sleep` seconds, answers `args.x * 10`, and logs
+/// each run in `runs`.
+fn slow_model(runs: &RunLog) -> String {
+    runs.recording("time.sleep(args['sleep'])\nreturn 200, args['x'] * 10")
 }
 
-fn forwarder(nats: &Nats, endpoint: &str, model: &ModelProcess) -> Process {
-    Process::spawn(
-        &["forwarder"],
-        &[
-            ("FERRY_NATS_URL", &nats.url),
-            ("FERRY_ENDPOINT_ID", endpoint),
-            ("FERRY_MODEL_URL", &model.url),
-        ],
-    )
+/// The worker tests' world: a static gateway (no `ferry dev`, so no local worker can take a
+/// task: the test's forwarders are the only workers) and a dispatcher on `nats`, serving an
+/// endpoint with a short lease, so a dead worker's task is handed out again quickly.
+async fn standalone_worker_setup(
+    receiver: &Receiver,
+    nats: &Nats,
+) -> (Manifests, Dev, Process, String) {
+    let manifests = Manifests::with_example_bundle();
+    let extra = "  queueMessageTimeoutSeconds: 2\n";
+    manifests.add(
+        "endpoint.yaml",
+        &endpoint_yaml("slow-endpoint", "test-bundle", &receiver.url("/cb"), extra),
+    );
+    let gateway = Dev::static_gateway(manifests.path(), &nats.url).await;
+    let dispatcher = Process::dispatcher(&nats.url, &[]);
+    let endpoint = gateway.endpoint_id("slow-endpoint").await;
+    (manifests, gateway, dispatcher, endpoint)
+}
+
+/// A worker: a forwarder for `endpoint` beside a model process of its own.
+async fn worker(nats: &Nats, endpoint: &str, runs: &RunLog) -> (ModelProcess, Process) {
+    let model = ModelProcess::start(&slow_model(runs)).await;
+    let forwarder = Process::forwarder(&nats.url, endpoint, &model.url, &[]);
+    (model, forwarder)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_task_has_its_task_redelivered_and_completed_once() {
     let nats = Nats::start().await;
     let receiver = Receiver::start().await;
-    let (_manifests, dev, endpoint) = standalone_worker_setup(&receiver, &nats).await;
-    let model = ModelProcess::start("time.sleep(args['sleep'])\nreturn 200, args['x'] * 10").await;
+    let runs = RunLog::new();
+    let (_manifests, gateway, _dispatcher, endpoint) =
+        standalone_worker_setup(&receiver, &nats).await;
 
-    let mut doomed = forwarder(&nats, &endpoint, &model);
-    let task_id = dev
+    let (doomed_model, mut doomed) = worker(&nats, &endpoint, &runs).await;
+    let task_id = gateway
         .submit(&endpoint, json!({"args": {"x": 4, "sleep": 1.5}}))
         .await;
     eventually("task started", TASK_TIMEOUT, || async {
-        (dev.task(&task_id).await["status"] == "STARTED").then_some(())
+        (gateway.task(&task_id).await["status"] == "STARTED").then_some(())
     })
     .await;
     doomed.signal("-KILL");
     doomed.wait_exit(Duration::from_secs(5)).await;
 
-    let _survivor = forwarder(&nats, &endpoint, &model);
-    let task = dev.finished_task(&task_id, TASK_TIMEOUT).await;
+    let (survivor_model, _survivor) = worker(&nats, &endpoint, &runs).await;
+    let task = gateway.finished_task(&task_id, TASK_TIMEOUT).await;
     assert_eq!(task["status"], "SUCCESS");
     assert_eq!(task["result"], json!({"result": 40}));
     receiver.wait_for(1, TASK_TIMEOUT).await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // past another lease: no second run appears
+    nats.wait_quiet(TASK_TIMEOUT).await;
+    assert_eq!(
+        runs.runs_of(&task_id),
+        vec![doomed_model.pid(), survivor_model.pid()],
+        "cut off by the kill, then delivered again to the other worker and run there once"
+    );
     let callbacks = receiver.received();
     assert_eq!(
         callbacks.len(),
@@ -394,27 +413,54 @@ async fn a_worker_killed_mid_task_has_its_task_redelivered_and_completed_once() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_lets_a_worker_finish_its_task_before_exiting() {
+async fn sigterm_lets_a_worker_finish_its_task_and_take_no_other_before_exiting() {
     let nats = Nats::start().await;
     let receiver = Receiver::start().await;
-    let (_manifests, dev, endpoint) = standalone_worker_setup(&receiver, &nats).await;
-    let model = ModelProcess::start("time.sleep(args['sleep'])\nreturn 200, args['x'] * 10").await;
+    let runs = RunLog::new();
+    let (_manifests, gateway, _dispatcher, endpoint) =
+        standalone_worker_setup(&receiver, &nats).await;
 
-    let mut worker = forwarder(&nats, &endpoint, &model);
-    let task_id = dev
+    let (stopping_model, mut stopping) = worker(&nats, &endpoint, &runs).await;
+    let held = gateway
         .submit(&endpoint, json!({"args": {"x": 5, "sleep": 3}}))
         .await;
     eventually("task started", TASK_TIMEOUT, || async {
-        (dev.task(&task_id).await["status"] == "STARTED").then_some(())
+        (gateway.task(&held).await["status"] == "STARTED").then_some(())
     })
     .await;
-    worker.signal("-TERM");
-    let status = worker.wait_exit(Duration::from_secs(15)).await;
+    stopping.signal("-TERM");
+    // Queued while the stopping worker still runs its task: it must leave them alone.
+    let mut later = Vec::new();
+    for x in 0..3 {
+        let body = json!({"args": {"x": x, "sleep": 0}});
+        later.push(gateway.submit(&endpoint, body).await);
+    }
+    let status = stopping.wait_exit(Duration::from_secs(15)).await;
     assert!(status.success(), "clean exit: {status}");
-    // Finished by the worker that held it, before it exited: no other worker is running.
-    let task = dev.task(&task_id).await;
-    assert_eq!(task["status"], "SUCCESS", "{task}");
+    let task = gateway.task(&held).await;
+    assert_eq!(task["status"], "SUCCESS", "finished before exiting: {task}");
     assert_eq!(task["result"], json!({"result": 50}));
+
+    let (next_model, _next) = worker(&nats, &endpoint, &runs).await;
+    for (x, task_id) in later.iter().enumerate() {
+        let task = gateway.finished_task(task_id, TASK_TIMEOUT).await;
+        assert_eq!(task["result"], json!({"result": x * 10}), "{task}");
+    }
+    receiver.wait_for(1 + later.len(), TASK_TIMEOUT).await;
+    nats.wait_quiet(TASK_TIMEOUT).await;
+    assert_eq!(runs.runs_of(&held), vec![stopping_model.pid()]);
+    for task_id in &later {
+        assert_eq!(
+            runs.runs_of(task_id),
+            vec![next_model.pid()],
+            "queued after SIGTERM: run once, by the other worker"
+        );
+    }
+    assert_eq!(
+        receiver.received().len(),
+        1 + later.len(),
+        "one callback each"
+    );
 }
 
 /// A task message for `endpoint` as the gateway sends it to a serving worker.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::{
-    self, Answer, Dev, Manifests, ModelProcess, Nats, Process, Receiver, endpoint_yaml,
+    self, Answer, Dev, Manifests, ModelProcess, Nats, Process, Receiver, RunLog, endpoint_yaml,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -179,7 +179,8 @@ fn spawn_submission(
 
 /// SIGTERM to a worker holding one task and a prefetched one: it finishes the first, hands the
 /// second back at once, and exits; another worker runs it long before the ack wait would have
-/// released it. The gateway is static, so no local worker can take a task in between.
+/// released it. The gateway is static, so no local worker can take a task in between; each
+/// task runs once, the first on the stopping worker's model, the rest on the other's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_worker_hands_back_what_it_did_not_start() {
     let nats = Nats::start().await;
@@ -193,7 +194,10 @@ async fn a_stopping_worker_hands_back_what_it_did_not_start() {
     );
     let gateway = Dev::static_gateway(manifests.path(), &nats.url).await;
     let endpoint = gateway.endpoint_id("drain").await;
-    let model = ModelProcess::start("time.sleep(args['sleep'])\nreturn 200, args['x'] * 10").await;
+    let _dispatcher = Process::dispatcher(&nats.url, &[]);
+    let runs = RunLog::new();
+    let model_body = runs.recording("time.sleep(args['sleep'])\nreturn 200, args['x'] * 10");
+    let model = ModelProcess::start(&model_body).await;
     let worker = |model_url: &str| {
         Process::spawn(
             &["forwarder"],
@@ -225,11 +229,26 @@ async fn a_stopping_worker_hands_back_what_it_did_not_start() {
         "finished before exiting"
     );
 
-    let _next = worker(&model.url);
+    let next_model = ModelProcess::start(&model_body).await;
+    let _next = worker(&next_model.url);
     let deadline = Duration::from_secs(ack_wait_seconds / 4);
     for (x, task_id) in tasks.iter().enumerate() {
         let task = gateway.finished_task(task_id, deadline).await;
         assert_eq!(task["result"], json!({"result": x * 10}), "{task}");
+    }
+    nats.wait_quiet(deadline).await;
+    for (x, task_id) in tasks.iter().enumerate() {
+        let ran_on = if x == 0 {
+            model.pid()
+        } else {
+            next_model.pid()
+        };
+        assert_eq!(runs.runs_of(task_id), vec![ran_on], "task {x} ran once");
+        let callbacks = receiver.received();
+        let calls = callbacks
+            .iter()
+            .filter(|c| c.body["task_id"] == task_id.as_str());
+        assert_eq!(calls.count(), 1, "task {x} was called back once");
     }
 }
 

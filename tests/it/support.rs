@@ -70,11 +70,13 @@ where
     }
 }
 
-/// A JetStream server with a temporary store.
+/// A JetStream server with a temporary store, and its monitoring port (the tests' view of its
+/// streams and consumers).
 pub struct Nats {
     pub url: String,
     child: Child,
     store: tempfile::TempDir,
+    monitor: u16,
 }
 
 impl Nats {
@@ -85,12 +87,33 @@ impl Nats {
     /// A server started with these further arguments (e.g. `--config` with authorization).
     pub async fn start_with(extra: &[&str]) -> Nats {
         let store = tempfile::tempdir().unwrap();
-        let (child, address) = spawn_nats_server(store.path(), "-1", extra).await;
+        let monitor = free_port();
+        let (child, address) = spawn_nats_server(store.path(), "-1", monitor, extra).await;
         Nats {
             url: format!("nats://{address}"),
             child,
             store,
+            monitor,
         }
+    }
+
+    /// Waits until nothing is left to do: every work queue (tasks, callback jobs) is empty and
+    /// no consumer has a message pending or unacknowledged, so nothing can be delivered again.
+    pub async fn wait_quiet(&self, timeout: Duration) {
+        let http = http_client();
+        let url = format!(
+            "http://127.0.0.1:{}/jsz?consumers=true&config=true",
+            self.monitor
+        );
+        eventually(
+            "no queued, held or unacknowledged work",
+            timeout,
+            || async {
+                let jsz: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                is_quiet(&jsz).then_some(())
+            },
+        )
+        .await;
     }
 
     /// Kills the server with SIGKILL and starts it again on the same port and store, after
@@ -100,14 +123,39 @@ impl Nats {
         self.child.wait().await.unwrap();
         tokio::time::sleep(outage).await;
         let port = self.url.rsplit(':').next().unwrap().to_owned();
-        let (child, _) = spawn_nats_server(self.store.path(), &port, &[]).await;
+        let (child, _) = spawn_nats_server(self.store.path(), &port, self.monitor, &[]).await;
         self.child = child;
     }
 }
 
-/// A JetStream nats-server on 127.0.0.1 (`port` "-1" for a free one); the child and the
-/// `host:port` it listens on.
-async fn spawn_nats_server(store: &Path, port: &str, extra: &[&str]) -> (Child, String) {
+/// True when the server's JetStream report (`/jsz` with consumers and configs) shows every
+/// work queue empty and no consumer with messages pending or unacknowledged.
+fn is_quiet(jsz: &Value) -> bool {
+    let Some(accounts) = jsz["account_details"].as_array() else {
+        return false;
+    };
+    let mut streams = accounts.iter().flat_map(|account| {
+        let streams = account["stream_detail"].as_array();
+        streams.into_iter().flatten()
+    });
+    streams.all(|stream| {
+        // Key-value buckets keep their entries; only work queues empty.
+        let work_queue = stream["config"]["retention"] == "workqueue";
+        let mut consumers = stream["consumer_detail"].as_array().into_iter().flatten();
+        !(work_queue && stream["state"]["messages"] != 0)
+            && consumers
+                .all(|consumer| consumer["num_pending"] == 0 && consumer["num_ack_pending"] == 0)
+    })
+}
+
+/// A JetStream nats-server on 127.0.0.1 (`port` "-1" for a free one) monitored on `monitor`;
+/// the child and the `host:port` it listens on.
+async fn spawn_nats_server(
+    store: &Path,
+    port: &str,
+    monitor: u16,
+    extra: &[&str],
+) -> (Child, String) {
     let mut child = Command::new("nats-server")
         .args([
             "--jetstream",
@@ -115,6 +163,8 @@ async fn spawn_nats_server(store: &Path, port: &str, extra: &[&str]) -> (Child, 
             "127.0.0.1",
             "--port",
             port,
+            "--http_port",
+            &monitor.to_string(),
             "--store_dir",
         ])
         .arg(store)
@@ -139,8 +189,10 @@ async fn spawn_nats_server(store: &Path, port: &str, extra: &[&str]) -> (Child, 
     (child, address)
 }
 
-/// A running `ferry` process; asked to stop (SIGTERM) when dropped, so that `ferry dev` stops
-/// the nats-server and model processes it started, and killed if it does not within seconds.
+/// A running `ferry` process, leader of a process group of its own; asked to stop (SIGTERM)
+/// when dropped, so that `ferry dev` stops the nats-server and model processes it started, and
+/// its whole group killed if it does not within seconds (`ferry dev`'s own children die with it
+/// in any case).
 pub struct Process {
     pub child: Child,
 }
@@ -158,7 +210,42 @@ impl Drop for Process {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        // kill_on_drop finishes it.
+        eprintln!("pid {pid} did not stop within 5 s of SIGTERM: killing its process group");
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status();
+    }
+}
+
+/// The pids of `pid`'s children whose command name is `name`, from /proc.
+pub fn children_named(pid: u32, name: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+        let (Some((head, rest)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
+            continue;
+        };
+        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if &head[open + 1..] == name && ppid == Some(pid) {
+            found.push(child);
+        }
+    }
+    found
+}
+
+/// True once `pid` has exited: no such process, or a zombie (dead, its status uncollected).
+pub fn has_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }
 
@@ -196,6 +283,7 @@ impl Process {
                 "RUST_LOG",
                 std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .expect("ferry binary starts");
@@ -596,7 +684,8 @@ pub fn endpoint_yaml(
 }
 
 /// Python source of a model server whose POST handler runs `handler_body` (with `args` bound
-/// to the request JSON, returning `(status, body)`); GET answers 200 (ready). Listens on $PORT.
+/// to the request JSON and `task_id` to the task's id the forwarder sends, returning
+/// `(status, body)`); GET answers 200 (ready). Listens on $PORT.
 pub fn python_model_source(handler_body: &str) -> String {
     let handler: String = handler_body
         .lines()
@@ -606,7 +695,7 @@ pub fn python_model_source(handler_body: &str) -> String {
         r#"import json, os, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-def handle(args):
+def handle(args, task_id):
 {handler}
 class Model(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -622,7 +711,7 @@ class Model(BaseHTTPRequestHandler):
         self.reply(200, {{"ready": True}})
     def do_POST(self):
         args = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        self.reply(*handle(args))
+        self.reply(*handle(args, self.headers.get("ferry-task-id")))
     def log_message(self, *a):
         pass
 
@@ -644,6 +733,48 @@ pub fn python_bundle_yaml(name: &str, handler_body: &str) -> String {
     format!(
         "apiVersion: ferry.dev/v1alpha1\nkind: ModelBundle\nmetadata:\n  name: {name}\nspec:\n  image: python:3.12-slim\n  command:\n    - python3\n    - -u\n    - -c\n    - |\n{source}"
     )
+}
+
+/// Every model run of a test, one line each (`pid task_id`), appended by the models as a run
+/// begins: what "ran once" and "ran again elsewhere" are counted from.
+pub struct RunLog {
+    file: tempfile::NamedTempFile,
+}
+
+impl RunLog {
+    pub fn new() -> RunLog {
+        RunLog {
+            file: tempfile::NamedTempFile::new().unwrap(),
+        }
+    }
+
+    /// `handler_body` (of [`python_model_source`]) logging each run here first.
+    pub fn recording(&self, handler_body: &str) -> String {
+        format!(
+            "with open({:?}, 'a') as runs:\n    runs.write(f\"{{os.getpid()}} {{task_id}}\\n\")\n{handler_body}",
+            self.file.path().display().to_string()
+        )
+    }
+
+    /// Every run so far: the model process's pid and the task's id.
+    pub fn runs(&self) -> Vec<(u32, String)> {
+        std::fs::read_to_string(self.file.path())
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let (pid, task) = line.split_once(' ').expect("pid and task id");
+                (pid.parse().unwrap(), task.to_owned())
+            })
+            .collect()
+    }
+
+    /// The pids of the model processes that ran `task_id`, in order.
+    pub fn runs_of(&self, task_id: &str) -> Vec<u32> {
+        let runs = self.runs().into_iter();
+        runs.filter(|(_, task)| task == task_id)
+            .map(|(pid, _)| pid)
+            .collect()
+    }
 }
 
 /// A model server process outside `ferry dev`, as the model container of a pod.
