@@ -203,17 +203,36 @@ impl Drop for Process {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status();
+        // The wait blocks this thread; the test's other tasks (a callback receiver the process
+        // may be talking to as it stops) must go on meanwhile, on another thread.
+        let stopped = match tokio::runtime::Handle::try_current() {
+            Ok(runtime)
+                if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                tokio::task::block_in_place(|| self.wait_stopped())
+            }
+            _ => self.wait_stopped(),
+        };
+        if !stopped {
+            eprintln!("pid {pid} did not stop within 5 s of SIGTERM: killing its process group");
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+        }
+    }
+}
+
+impl Process {
+    /// Waits up to 5 s for the process to exit; false if it is still running.
+    fn wait_stopped(&mut self) -> bool {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while std::time::Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("pid {pid} did not stop within 5 s of SIGTERM: killing its process group");
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pid}")])
-            .status();
+        false
     }
 }
 
@@ -386,7 +405,8 @@ impl Dev {
     }
 
     /// `ferry gateway` serving the manifests in `dir` read-only (no cluster), on a free port,
-    /// with the test's API key scoped to the `default` namespace.
+    /// with the test's API key scoped to the `default` namespace, and no shutdown delay (no
+    /// load balancer has to take it out of rotation: it stops at once when dropped).
     pub async fn static_gateway(dir: &Path, nats_url: &str) -> Dev {
         Self::static_gateway_with(dir, nats_url, &[]).await
     }
@@ -402,7 +422,9 @@ impl Dev {
             ("FERRY_MANIFESTS", &manifests),
             ("FERRY_API_KEYS", &api_keys),
             ("FERRY_CALLBACK_ALLOW_CIDRS", "127.0.0.0/8"),
+            ("FERRY_GATEWAY_SHUTDOWN_DELAY_SECONDS", "0"),
         ];
+        // Later settings win: a test's own come last.
         envs.extend_from_slice(extra);
         let process = Process::spawn(&["gateway"], &envs);
         let gateway = Dev {
