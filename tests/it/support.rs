@@ -105,15 +105,19 @@ impl Nats {
             "http://127.0.0.1:{}/jsz?consumers=true&config=true",
             self.monitor
         );
-        eventually(
-            "no queued, held or unacknowledged work",
-            timeout,
-            || async {
-                let jsz: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-                is_quiet(&jsz).then_some(())
-            },
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let jsz = match http.get(&url).send().await {
+                Ok(response) => response.json().await.unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            };
+            let Err(busy) = quiet(&jsz) else { return };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not quiet after {timeout:?}: {busy}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Kills the server with SIGKILL and starts it again on the same port and store, after
@@ -128,24 +132,32 @@ impl Nats {
     }
 }
 
-/// True when the server's JetStream report (`/jsz` with consumers and configs) shows every
-/// work queue empty and no consumer with messages pending or unacknowledged.
-fn is_quiet(jsz: &Value) -> bool {
-    let Some(accounts) = jsz["account_details"].as_array() else {
-        return false;
-    };
-    let mut streams = accounts.iter().flat_map(|account| {
+/// Whether the server's JetStream report (`/jsz` with consumers and configs) shows every work
+/// queue empty and no consumer with messages pending or unacknowledged; if not, what is busy.
+fn quiet(jsz: &Value) -> Result<(), String> {
+    let accounts = jsz["account_details"].as_array().ok_or("no report")?;
+    let streams = accounts.iter().flat_map(|account| {
         let streams = account["stream_detail"].as_array();
         streams.into_iter().flatten()
     });
-    streams.all(|stream| {
+    for stream in streams {
+        let name = &stream["name"];
         // Key-value buckets keep their entries; only work queues empty.
-        let work_queue = stream["config"]["retention"] == "workqueue";
-        let mut consumers = stream["consumer_detail"].as_array().into_iter().flatten();
-        !(work_queue && stream["state"]["messages"] != 0)
-            && consumers
-                .all(|consumer| consumer["num_pending"] == 0 && consumer["num_ack_pending"] == 0)
-    })
+        let messages = &stream["state"]["messages"];
+        if stream["config"]["retention"] == "workqueue" && *messages != 0 {
+            return Err(format!("stream {name} holds {messages} messages: {stream}"));
+        }
+        for consumer in stream["consumer_detail"].as_array().into_iter().flatten() {
+            let (pending, unacked) = (&consumer["num_pending"], &consumer["num_ack_pending"]);
+            if *pending != 0 || *unacked != 0 {
+                let consumer = &consumer["name"];
+                return Err(format!(
+                    "consumer {consumer} of {name}: {pending} pending, {unacked} unacknowledged"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A JetStream nats-server on 127.0.0.1 (`port` "-1" for a free one) monitored on `monitor`;
