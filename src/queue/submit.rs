@@ -320,7 +320,86 @@ fn retry_delay(retry: u32) -> Duration {
 mod tests {
     use super::*;
     use crate::crd::EndpointId;
-    use crate::queue::{QueueLimits, QueueSettings, testing};
+    use crate::queue::{Held, QueueLimits, QueueSettings, TaskDelivery, testing};
+
+    fn task_of(endpoint: &EndpointId) -> TaskMessage {
+        TaskMessage {
+            task_id: TaskId::generate(endpoint),
+            endpoint_id: endpoint.clone(),
+            args: serde_json::json!({"x": 1}),
+            callback: None,
+            submitted_at_ms: now_ms(),
+            record_revision: None,
+        }
+    }
+
+    /// A task whose record was written but whose publish may not have reached the server is
+    /// queued by a resubmission under its id, and only once however often it is resubmitted;
+    /// a task id with no record is an ordinary key.
+    #[tokio::test]
+    async fn a_resubmission_under_a_task_id_queues_that_task_once() {
+        let (_nats, queue) = testing::start_with_queue().await;
+        let endpoint = EndpointId::for_resource("ml", "resubmit");
+        let spec = crate::queue::QueueSpec {
+            endpoint_id: endpoint.clone(),
+            task_expiry: Duration::from_secs(600),
+            ack_wait: Duration::from_secs(30),
+        };
+        queue.ensure_task_queue(&spec).await.expect("queue");
+        // As an unconfirmed submission leaves it: a PENDING record, no task in the queue.
+        let unconfirmed = task_of(&endpoint);
+        let record = TaskRecord::pending(endpoint.clone());
+        let id = unconfirmed.task_id.to_string();
+        queue
+            .create_task_record(&unconfirmed.task_id, &record)
+            .await
+            .expect("record");
+        assert_eq!(queue.backlog(&endpoint).await.expect("backlog").queued, 0);
+        for _ in 0..3 {
+            let again = queue
+                .submit(&task_of(&endpoint), Some(&id))
+                .await
+                .expect("resubmitted");
+            assert_eq!(again.task_id, unconfirmed.task_id, "the same task");
+            assert!(again.duplicate);
+        }
+        assert_eq!(
+            queue.backlog(&endpoint).await.expect("backlog").queued,
+            1,
+            "queued once"
+        );
+        // Taken and acknowledged (gone from the work queue), it is still not queued again.
+        let tasks = queue.tasks(&endpoint).await.expect("puller");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let stop = cancel.clone();
+        let taking = crate::queue::consume(tasks, 1, &cancel, move |delivery: TaskDelivery| {
+            let stop = stop.clone();
+            async move {
+                delivery.ack().await.expect("acked");
+                stop.cancel();
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), taking)
+            .await
+            .expect("taken");
+        queue
+            .submit(&task_of(&endpoint), Some(&id))
+            .await
+            .expect("resubmitted");
+        let backlog = queue.backlog(&endpoint).await.expect("backlog");
+        assert_eq!(
+            (backlog.queued, backlog.in_flight),
+            (0, 0),
+            "not queued again"
+        );
+        // A task id of this endpoint that no submission made is a key like any other.
+        let stranger = TaskId::generate(&endpoint).to_string();
+        let fresh = task_of(&endpoint);
+        let submitted = queue.submit(&fresh, Some(&stranger)).await.expect("new");
+        assert_eq!(submitted.task_id, fresh.task_id);
+        assert!(!submitted.duplicate);
+        assert_eq!(queue.backlog(&endpoint).await.expect("backlog").queued, 1);
+    }
 
     /// Kills the server under a connected queue: a submission then waits its patience for the
     /// connection and is refused with nothing handed over, neither record nor task.
@@ -338,14 +417,7 @@ mod tests {
             .await
             .expect("connects");
         let endpoint = EndpointId::for_resource("ml", "down");
-        let task = TaskMessage {
-            task_id: TaskId::generate(&endpoint),
-            endpoint_id: endpoint.clone(),
-            args: serde_json::json!({"x": 1}),
-            callback: None,
-            submitted_at_ms: now_ms(),
-            record_revision: None,
-        };
+        let task = task_of(&endpoint);
         server.stop().await;
         let down = Instant::now() + Duration::from_secs(10);
         while queue.link.is_up() {
