@@ -8,12 +8,14 @@ mod callbacks;
 mod connect;
 mod lease;
 mod limits;
+mod link;
 mod load;
 pub mod names;
 mod permissions;
 mod presence;
 mod results;
 mod roles;
+mod submit;
 mod tasks;
 #[cfg(test)]
 pub mod testing;
@@ -70,6 +72,18 @@ pub enum Error {
     NotOwnEndpoint { endpoint: crate::crd::EndpointId },
     #[error("the task queue of endpoint {endpoint} is full")]
     Full { endpoint: crate::crd::EndpointId },
+    /// Nothing was handed to the server: the connection stayed down for the submission's
+    /// patience.
+    #[error("no connection to NATS within {patience:?}")]
+    Unreachable { patience: Duration },
+    /// The task was handed over, but the server did not acknowledge it within the
+    /// submission's patience: it may be queued, under its id.
+    #[error("the task queue did not confirm task {task_id}")]
+    Unconfirmed {
+        task_id: crate::task::TaskId,
+        #[source]
+        source: NatsError,
+    },
     #[error("publishing to {subject}")]
     Publish {
         subject: String,
@@ -157,6 +171,9 @@ pub struct Queue {
     policies: Option<kv::Store>,
     settings: QueueSettings,
     notices: std::sync::Arc<arrivals::Notices>,
+    link: link::Link,
+    /// Submissions answered as unconfirmed whose tasks are still being queued.
+    settling: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Queue {
@@ -168,7 +185,9 @@ impl Queue {
         settings: QueueSettings,
         wait: Duration,
     ) -> Result<Self, Error> {
-        let client = connect::connect_with_retry(connection, wait).await?;
+        let (events, events_seen) = tokio::sync::watch::channel(true);
+        let client = connect::connect_with_retry(connection, wait, events).await?;
+        let link = link::Link::new(client.clone(), events_seen);
         let js = jetstream::new(client);
         let (results, dead_letters, policies) = if connection.role().ensures_shared() {
             let results =
@@ -185,6 +204,8 @@ impl Queue {
             policies,
             settings,
             notices: Default::default(),
+            link,
+            settling: std::sync::Arc::new(tokio::sync::Semaphore::new(submit::MAX_SETTLING)),
         })
     }
 }

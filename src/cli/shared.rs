@@ -199,6 +199,10 @@ pub struct TaskQueueArgs {
     /// storage per endpoint up front).
     #[arg(long, env = "FERRY_TASK_QUEUE_MAX_BYTES")]
     pub task_queue_max_bytes: Option<std::num::NonZeroU64>,
+    /// Seconds a task submission waits for NATS to take the task (through a reconnection)
+    /// before it is answered 503.
+    #[arg(long, env = "FERRY_SUBMIT_PATIENCE_SECONDS", default_value = "10", value_parser = parse_positive_seconds)]
+    pub submit_patience: Duration,
 }
 
 impl TaskQueueArgs {
@@ -207,6 +211,7 @@ impl TaskQueueArgs {
         QueueLimits {
             max_tasks: clamp(self.task_queue_max_tasks),
             max_bytes: self.task_queue_max_bytes.map(clamp),
+            submit_patience: self.submit_patience,
         }
     }
 }

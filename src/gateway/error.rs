@@ -27,6 +27,16 @@ pub enum AppError {
     NotAllowed(String),
     #[error("the task queue is unavailable")]
     Queue(#[source] queue::Error),
+    /// A submission whose task certainly was not queued: nothing of it reached the queue.
+    #[error("the task was not queued")]
+    NotQueued(#[source] queue::Error),
+    /// A submission whose task may have been queued; resubmitting under its id settles it.
+    #[error("the task queue did not confirm task {task_id}")]
+    Unconfirmed {
+        task_id: crate::task::TaskId,
+        #[source]
+        source: queue::Error,
+    },
     #[error("storing the change failed")]
     Store(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A worker did not answer in time.
@@ -58,12 +68,27 @@ impl AppError {
             AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::NotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            AppError::Queue(_) | AppError::Store(_) | AppError::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            AppError::Queue(_)
+            | AppError::NotQueued(_)
+            | AppError::Unconfirmed { .. }
+            | AppError::Store(_)
+            | AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             AppError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             AppError::Busy(_) | AppError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// The answer to a task submission that failed: certainly not queued, unconfirmed (with
+    /// the task's id), or a full queue.
+    pub fn from_submission(error: queue::Error) -> Self {
+        match error {
+            queue::Error::Unconfirmed { ref task_id, .. } => AppError::Unconfirmed {
+                task_id: task_id.clone(),
+                source: error,
+            },
+            queue::Error::Full { .. } => AppError::from(error),
+            error => AppError::NotQueued(error),
         }
     }
 
@@ -80,6 +105,7 @@ impl AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let mut body = serde_json::Map::new();
         let detail = match &self {
             AppError::Unprocessable(problems) => problems.clone(),
             AppError::Queue(error) => {
@@ -90,10 +116,25 @@ impl IntoResponse for AppError {
                 tracing::error!(error = %error, "storing a change failed");
                 Value::from("storing the change failed; retry shortly")
             }
+            AppError::NotQueued(error) => {
+                tracing::warn!(error = %error, source = ?std::error::Error::source(error), "a task was not queued");
+                Value::from("the task queue is unavailable; the task was not queued, retry shortly")
+            }
+            AppError::Unconfirmed { task_id, source } => {
+                tracing::warn!(%task_id, error = %source, source = ?std::error::Error::source(source), "a task's queueing was not confirmed");
+                body.insert("task_id".into(), Value::from(task_id.to_string()));
+                Value::from(unconfirmed_detail(task_id))
+            }
             other => Value::from(other.to_string()),
         };
-        let mut response = (status, Json(json!({ "detail": detail }))).into_response();
-        if let AppError::TooMany { retry_after, .. } = &self {
+        body.insert("detail".into(), detail);
+        let mut response = (status, Json(Value::Object(body))).into_response();
+        let retry_after = match &self {
+            AppError::TooMany { retry_after, .. } => Some(*retry_after),
+            AppError::NotQueued(_) | AppError::Unconfirmed { .. } => Some(SUBMIT_RETRY_AFTER),
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
             // Whole seconds, rounded up: a client that waits this long finds room.
             let seconds = retry_after
                 .as_secs()
@@ -111,6 +152,18 @@ impl IntoResponse for AppError {
         response
     }
 }
+
+/// What a client whose task may have been queued is told to do.
+fn unconfirmed_detail(task_id: &crate::task::TaskId) -> String {
+    format!(
+        "the task queue did not confirm task {task_id} in time; it may still run. Resubmit the same \
+         request with the header `{}: {task_id}` to get it confirmed: it runs once",
+        super::routes::IDEMPOTENCY_KEY
+    )
+}
+
+/// When a client whose submission met an unavailable task queue should try again.
+const SUBMIT_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// When a client of a full task queue should try again: workers drain it meanwhile.
 const FULL_QUEUE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);

@@ -20,8 +20,8 @@ use crate::crd::{
 };
 use crate::task::{CallbackAuth, CallbackTarget, TaskId, TaskMessage, now_ms};
 
-/// Header with which a client makes a submission safe to repeat.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Header with which a client makes a submission safe to repeat (looked up in any case).
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 #[derive(Deserialize)]
 pub struct ModelNameQuery {
@@ -161,7 +161,11 @@ pub async fn submit_async_task(
     let idempotency_key = headers
         .get(IDEMPOTENCY_KEY)
         .and_then(|value| value.to_str().ok());
-    let submission = state.queue.submit(&task, idempotency_key).await?;
+    let submission = state
+        .queue
+        .submit(&task, idempotency_key)
+        .await
+        .map_err(AppError::from_submission)?;
     if submission.duplicate {
         state.metrics.task_repeated(&task.endpoint_id);
     } else {

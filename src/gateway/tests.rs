@@ -408,7 +408,7 @@ async fn a_full_task_queue_refuses_with_429_and_keeps_every_accepted_task() {
     let tiny = crate::queue::QueueSettings {
         task_limits: crate::queue::QueueLimits {
             max_tasks: 2,
-            max_bytes: None,
+            ..Default::default()
         },
         ..Default::default()
     };
@@ -482,7 +482,7 @@ async fn a_full_task_queue_refuses_with_429_and_keeps_every_accepted_task() {
     let roomier = crate::queue::QueueSettings {
         task_limits: crate::queue::QueueLimits {
             max_tasks: 3,
-            max_bytes: None,
+            ..Default::default()
         },
         ..Default::default()
     };

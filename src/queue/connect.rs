@@ -248,10 +248,12 @@ fn read_error(path: &std::path::Path, error: std::io::Error) -> NatsError {
 /// Connects (retrying while the server starts, for up to `wait`). Says at the first failed
 /// attempt that it is waiting (an operator watching a starting pod sees why it is not ready
 /// yet), and once connected after waiting that the wait is over. A refused authorization is
-/// not retried: waiting would not change it.
+/// not retried: waiting would not change it. The connection's later ups and downs are reported
+/// to `events`.
 pub(super) async fn connect_with_retry(
     connection: &Connection,
     wait: Duration,
+    events: tokio::sync::watch::Sender<bool>,
 ) -> Result<async_nats::Client, Error> {
     let url = connection.url();
     let deadline = tokio::time::Instant::now() + wait;
@@ -262,6 +264,7 @@ pub(super) async fn connect_with_retry(
     };
     loop {
         let options = connection.options().await.map_err(failed)?;
+        let options = super::link::report_events(options, events.clone());
         // No notification exists for "the server came up": retry briefly until the deadline.
         match options.connect(url).await {
             Ok(client) => {

@@ -16,6 +16,9 @@ pub struct QueueLimits {
     pub max_tasks: i64,
     /// Bytes of queued tasks per endpoint; `None` for no bound beyond the server's.
     pub max_bytes: Option<i64>,
+    /// How long a submission waits for the server to take its task (through a reconnection)
+    /// before it is answered with an error.
+    pub submit_patience: std::time::Duration,
 }
 
 impl Default for QueueLimits {
@@ -23,6 +26,7 @@ impl Default for QueueLimits {
         QueueLimits {
             max_tasks: 100_000,
             max_bytes: None,
+            submit_patience: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -337,7 +337,7 @@ impl Queue {
     }
 
     /// The key's value (`None` when absent or deleted) and the revision a write must replace.
-    async fn current<T: DeserializeOwned>(
+    pub(super) async fn current<T: DeserializeOwned>(
         &self,
         key: &str,
         what: &'static str,

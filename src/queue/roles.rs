@@ -9,7 +9,7 @@ use futures::Stream;
 
 use super::{
     Backlog, CallbackDelivery, Error, LoadReport, Puller, Queue, QueueSpec, RecordAt, TaskDelivery,
-    WorkerPresence, tasks::Submission,
+    WorkerPresence, submit::Submission,
 };
 use crate::crd::EndpointId;
 use crate::task::{

@@ -18,14 +18,13 @@ use async_nats::jetstream::context::DeleteStreamErrorKind;
 use async_nats::jetstream::{
     self, AckKind,
     consumer::{self, pull},
-    message::PublishMessage,
     stream::{self, RetentionPolicy},
 };
 
 use super::{Error, Queue, names, results};
 use crate::crd::EndpointId;
 use crate::crd::validate::ValidatedEndpoint;
-use crate::task::{TaskId, TaskMessage, TaskRecord};
+use crate::task::{TaskId, TaskMessage};
 
 /// Deliveries of one task that may have run (not handed back unrun) before a worker gives up
 /// on it and records a failure; bounds the damage of a task that crashes every worker that
@@ -36,8 +35,9 @@ pub const MAX_TASK_ATTEMPTS: i64 = 3;
 /// `max_deliver`. The worker holding the last one records an outcome whatever happens.
 pub const MAX_TASK_DELIVERIES: i64 = 20;
 
-/// Window in which a repeated publish of the same task id is dropped by the server.
-const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Window in which a repeated publish of the same task id is dropped by the server (or the
+/// task expiry, if shorter).
+pub(super) const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// The queue an async endpoint needs, derived from its spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,14 +75,6 @@ pub struct Backlog {
     pub in_flight: u64,
     /// Seconds since the oldest unfinished task was submitted, when asked for and any wait.
     pub oldest_age_seconds: Option<i64>,
-}
-
-/// The outcome of a submission.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Submission {
-    pub task_id: TaskId,
-    /// True when an earlier submission with the same idempotency key was found.
-    pub duplicate: bool,
 }
 
 /// A task handed to a worker; acknowledge it only once its outcome is recorded.
@@ -247,77 +239,6 @@ impl Queue {
                 Some((now - state.first_timestamp.unix_timestamp()).max(0));
         }
         Ok(backlog)
-    }
-
-    /// Queues a task. With an idempotency key, a repeat returns the first submission's task id.
-    pub(super) async fn submit(
-        &self,
-        task: &TaskMessage,
-        idempotency_key: Option<&str>,
-    ) -> Result<Submission, Error> {
-        let mut task_id = task.task_id.clone();
-        let mut duplicate = false;
-        if let Some(client_key) = idempotency_key {
-            let key = names::idempotency_key(&task.endpoint_id, client_key);
-            let claimed = self.create(key.clone(), task_id.to_string().into()).await?;
-            if !claimed {
-                duplicate = true;
-                task_id = self.claimed_task_id(key).await?;
-                if self.task_record(&task_id).await?.is_some() {
-                    return Ok(Submission { task_id, duplicate });
-                }
-                // The first submission stopped between claiming the key and queueing the task:
-                // finish it now under the claimed id.
-            }
-        }
-        // The record first, so the task can carry its revision, and a task in the queue
-        // always has a record.
-        let record = TaskRecord::pending(task.endpoint_id.clone());
-        let record_revision = self.create_task_record(&task_id, &record).await?;
-        let task = TaskMessage {
-            task_id: task_id.clone(),
-            record_revision,
-            ..task.clone()
-        };
-        if let Err(error) = self.publish_task(&task).await {
-            if let (Error::Full { .. }, Some(revision)) = (&error, record_revision) {
-                // Refused, so never queued: a repeat with the same idempotency key finds no
-                // record and queues the task under the claimed id.
-                self.forget_task_record(&task_id, revision).await;
-            }
-            return Err(error);
-        }
-        self.announce_arrival(&task.endpoint_id).await;
-        Ok(Submission { task_id, duplicate })
-    }
-
-    async fn claimed_task_id(&self, key: String) -> Result<TaskId, Error> {
-        let bytes = self.read_raw(key.clone()).await?;
-        let text = bytes
-            .as_deref()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default();
-        TaskId::parse(&text).ok_or_else(|| Error::Read {
-            key,
-            source: "idempotency key holds no task id".into(),
-        })
-    }
-
-    async fn publish_task(&self, task: &TaskMessage) -> Result<(), Error> {
-        let subject = names::tasks_subject(&task.endpoint_id);
-        let message = PublishMessage::build()
-            .payload(results::encode(task))
-            .message_id(task.task_id.as_str());
-        match self.publish_acked(&subject, message).await {
-            Ok(_) => Ok(()),
-            Err(error) if super::limits::is_full(&error) => Err(Error::Full {
-                endpoint: task.endpoint_id.clone(),
-            }),
-            Err(error) => Err(Error::Publish {
-                subject,
-                source: error.into(),
-            }),
-        }
     }
 
     /// A puller of the endpoint's tasks.

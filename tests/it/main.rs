@@ -14,6 +14,7 @@ mod launch;
 mod logs;
 mod metrics;
 mod operator;
+mod outage;
 mod rolling;
 mod rollout;
 mod static_gateways;

@@ -288,7 +288,10 @@ async fn rolling_every_role_under_load_loses_repeats_and_fails_nothing() {
     assert!(async_seen.failures.is_empty(), "{:?}", async_seen.failures);
     assert!(sync_seen.failures.is_empty(), "{:?}", sync_seen.failures);
     let (accepted, answered) = (async_seen.accepted.len(), sync_seen.answered.len());
-    assert!(accepted > 100 && answered > 50, "the load ran: {accepted}, {answered}");
+    assert!(
+        accepted > 100 && answered > 50,
+        "the load ran: {accepted}, {answered}"
+    );
 
     // Every accepted task finishes, called back once, having run once.
     let tasks: BTreeSet<String> = async_seen.accepted.values().cloned().collect();
