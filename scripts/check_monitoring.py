@@ -161,6 +161,7 @@ def check_rendering(promtool_path, path, tests_path, work):
 
 def main():
     promtool_path, tests_path, defaults, *others = sys.argv[1:]
+    others = [path for path in others if os.path.abspath(path) != os.path.abspath(defaults)]
     errors = []
     with tempfile.TemporaryDirectory() as work:
         default_errors, found = check_rendering(promtool_path, defaults, tests_path, work)
