@@ -262,16 +262,27 @@ impl Dispatcher {
         // neither learns the endpoint's credentials nor carries its signature.
         let target = job.open_target(&self.ring);
         let url = target.as_ref().map(|target| target.url.as_str());
-        let slots = tokio::select! {
+        let reserve = async {
+            // The attempt's one lookup: its address is the destination bound and the
+            // connection alike.
+            let destination = match url {
+                Ok(url) => Some(deliver::resolve_destination(self.clients.guard(), url).await),
+                Err(_) => None,
+            };
+            let vetted = destination.as_ref().and_then(|found| found.as_ref().ok());
+            let slots = self.slots(job, vetted.map(|vetted| vetted.addr)).await;
+            slots.map(|slots| (slots, destination))
+        };
+        let reserved = tokio::select! {
             biased;
             () = self.stopping.cancelled() => {
                 // Not started: another dispatcher takes it now rather than after the lease.
                 return delivery.hand_back().await;
             }
-            slots = self.slots(job, url.ok()) => slots,
+            reserved = reserve => reserved,
         };
-        let _slots = match slots {
-            Ok(slots) => slots,
+        let (_slots, destination) = match reserved {
+            Ok(reserved) => reserved,
             Err(busy) => {
                 self.metrics.deferred.inc();
                 return delivery
@@ -286,20 +297,22 @@ impl Dispatcher {
             (Ok(_), Some(problem)) => Err(problem.clone()),
             (Ok(target), None) => Ok(target),
         };
-        let (verdict, attempt) = match opened {
-            Ok(target) => {
+        let (verdict, attempt) = match (opened, destination) {
+            (Ok(target), Some(destination)) => {
                 let (at_ms, started) = (now_ms(), std::time::Instant::now());
                 tokio::select! {
-                    outcome = self.deliver(job, target, &endpoint) => outcome,
+                    outcome = self.deliver(job, target, &destination, &endpoint) => outcome,
                     () = self.cutting_short.cancelled() => {
                         cut_short(at_ms, started.elapsed(), self.shutdown_grace)
                     }
                 }
             }
-            Err(problem) => {
+            (Err(problem), _) => {
                 tracing::error!(%problem, "callback refused");
                 refused(problem)
             }
+            // An opened target always has a URL, so a looked-up destination.
+            (Ok(_), None) => refused("the callback's target has no URL".into()),
         };
         let next = endpoint
             .schedule
@@ -359,29 +372,25 @@ impl Dispatcher {
         delivery.ack().await
     }
 
-    /// One attempt at `target` with the endpoint's signature and credentials.
+    /// One attempt at `target`, at the `destination` its lookup found, with the endpoint's
+    /// signature and credentials.
     async fn deliver(
         &self,
         job: &CallbackJob,
         target: &CallbackTarget,
+        destination: &Result<deliver::Destination, guard::Refusal>,
         endpoint: &EndpointDelivery,
     ) -> (schedule::Verdict, DeliveryAttempt) {
-        let auth = target.auth.as_ref().or(endpoint.default_auth.as_ref());
-        match self.clients.client(endpoint.timeouts, auth) {
-            Ok(client) => {
-                let request = deliver::Request {
-                    client: &client,
-                    url: &target.url,
-                    guard: self.clients.guard(),
-                    keys: &endpoint.keys,
-                    auth,
-                    allowed_hosts: &endpoint.allowed_hosts,
-                    timeouts: endpoint.timeouts,
-                };
-                deliver::deliver_callback(request, job).await
-            }
-            Err(error) => refused(error.to_string()),
-        }
+        let request = deliver::Request {
+            clients: &self.clients,
+            url: &target.url,
+            destination,
+            keys: &endpoint.keys,
+            auth: target.auth.as_ref().or(endpoint.default_auth.as_ref()),
+            allowed_hosts: &endpoint.allowed_hosts,
+            timeouts: endpoint.timeouts,
+        };
+        deliver::deliver_callback(request, job).await
     }
 }
 
@@ -425,24 +434,19 @@ fn refused(error: String) -> (schedule::Verdict, DeliveryAttempt) {
 }
 
 impl Dispatcher {
-    /// A slot of the job's endpoint and one of the destination of `url` (its opened target's),
-    /// or when to come back when either keeps its share in flight. The destination is the address the attempt will connect to (the
-    /// guard's first vetted answer, the only one the delivery client is given), so many names
-    /// for one receiver share its bound. A URL that does not resolve takes no destination slot:
-    /// its attempt is refused without connecting.
+    /// A slot of the job's endpoint and one of its `destination` (the address the attempt will
+    /// connect to), or when to come back when either keeps its share in flight. Many names for
+    /// one receiver share its bound. A URL without a vetted destination takes no destination
+    /// slot: its attempt is refused without connecting.
     async fn slots(
         &self,
         job: &CallbackJob,
-        url: Option<&str>,
+        destination: Option<SocketAddr>,
     ) -> Result<(Slot<EndpointId>, Option<Slot<SocketAddr>>), Busy> {
         let endpoint = self
             .endpoint_slots
             .acquire(&job.endpoint_id, SLOT_WAIT)
             .await?;
-        let destination = match url {
-            Some(url) => self.destination(url).await,
-            None => None,
-        };
         let Some(destination) = destination else {
             return Ok((endpoint, None));
         };
@@ -451,19 +455,6 @@ impl Dispatcher {
             .acquire(&destination, SLOT_WAIT)
             .await?;
         Ok((endpoint, Some(destination)))
-    }
-
-    async fn destination(&self, url: &str) -> Option<SocketAddr> {
-        let url = guard::check_syntax(url).ok()?;
-        let port = url.port_or_known_default()?;
-        match url.host()? {
-            url::Host::Ipv4(ip) => Some(SocketAddr::new(ip.into(), port)),
-            url::Host::Ipv6(ip) => Some(SocketAddr::new(ip.into(), port)),
-            url::Host::Domain(name) => {
-                let resolved = self.clients.guard().resolve(name, port).await.ok()?;
-                resolved.into_iter().next()
-            }
-        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! The SSRF guard: callback URLs may not reach loopback, private, link-local, unique-local,
 //! CGNAT, multicast, cloud-metadata or other internal addresses ([`ranges`]), written as IPv4 or
-//! inside any IPv6 form, unless the operator allows those ranges. Names
-//! are resolved by ferry, every address is vetted, and the connection goes to a vetted address
-//! (reqwest uses [`VettingResolver`], so a second DNS answer cannot rebind it). A failed lookup
+//! inside any IPv6 form, unless the operator allows those ranges. Names are resolved by ferry,
+//! every address is vetted, and the connection goes to a vetted address: the dispatcher looks a
+//! name up once per attempt and connects to the address vetted then, so a second DNS answer
+//! cannot rebind it ([`VettingResolver`] vets any other lookup a client makes). A failed lookup
 //! refuses the URL, and so does one that takes longer than the guard's lookup timeout. The
 //! gateway checks on submission, the dispatcher on every attempt; lookups are shared for a few
 //! seconds ([`cache`]), their answers vetted on every use. A refusal names the rule a URL
@@ -51,7 +52,7 @@ impl Refusal {
 pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where names are looked up.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 enum Lookup {
     /// The system resolver.
     #[default]
@@ -59,6 +60,9 @@ enum Lookup {
     /// A resolver that never answers.
     #[cfg(test)]
     Stalled,
+    /// A name server whose answers change from one query to the next; none is kept.
+    #[cfg(test)]
+    Scripted(Arc<testing::Script>),
 }
 
 /// Which addresses callbacks may reach beyond the public internet.
@@ -98,6 +102,16 @@ impl Guard {
             ..Guard::default()
         }
         .with_lookup_timeout(timeout)
+    }
+
+    /// A guard with `allowed` ranges open that looks every name up in `script`.
+    #[cfg(test)]
+    pub fn scripted(allowed: Vec<IpNet>, script: Arc<testing::Script>) -> Self {
+        Guard {
+            allowed,
+            lookup: Lookup::Scripted(script),
+            ..Guard::default()
+        }
     }
 
     fn lookup_timeout(&self) -> Duration {
@@ -148,11 +162,15 @@ impl Guard {
 
     /// The addresses DNS gives for `host`, from a recent lookup when there is one.
     async fn look_up(&self, host: &str) -> Option<Vec<IpAddr>> {
+        #[cfg(test)]
+        if let Lookup::Scripted(script) = &self.lookup {
+            return Some(script.answer());
+        }
         let now = std::time::Instant::now();
         if let Some(ips) = self.recent.get(host, now) {
             return Some(ips);
         }
-        let ips: Vec<IpAddr> = match self.lookup {
+        let ips: Vec<IpAddr> = match &self.lookup {
             Lookup::System => tokio::net::lookup_host((host, 0))
                 .await
                 .ok()?
@@ -160,6 +178,8 @@ impl Guard {
                 .collect(),
             #[cfg(test)]
             Lookup::Stalled => std::future::pending().await,
+            #[cfg(test)]
+            Lookup::Scripted(_) => unreachable!("answered above"),
         };
         if !ips.is_empty() {
             self.recent.put(host, ips.clone(), now);
@@ -231,8 +251,8 @@ pub fn forbidden_kind(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
-/// reqwest's resolver for callbacks: only vetted addresses ever reach the connector, and only
-/// the first of them — the destination whose concurrency bound the dispatcher holds.
+/// reqwest's resolver for callback clients, for any name not pinned to an address already
+/// vetted: only vetted addresses reach the connector, and only the first of them.
 pub struct VettingResolver(pub Guard);
 
 impl reqwest::dns::Resolve for VettingResolver {
@@ -243,6 +263,51 @@ impl reqwest::dns::Resolve for VettingResolver {
             let addrs = guard.resolve(&host, 0).await?;
             Ok(Box::new(addrs.into_iter().take(1)) as reqwest::dns::Addrs)
         })
+    }
+}
+
+#[cfg(test)]
+pub mod testing {
+    //! A name server for tests whose answers change from one query to the next.
+
+    use std::collections::VecDeque;
+    use std::net::IpAddr;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Answers each query with the next of its answers (the last one repeats), and counts them.
+    #[derive(Debug)]
+    pub struct Script {
+        answers: Mutex<VecDeque<Vec<IpAddr>>>,
+        queries: AtomicUsize,
+    }
+
+    impl Script {
+        pub fn new(answers: &[&[&str]]) -> Self {
+            let answers = answers
+                .iter()
+                .map(|ips| ips.iter().map(|ip| ip.parse().expect("ip")).collect())
+                .collect();
+            Script {
+                answers: Mutex::new(answers),
+                queries: AtomicUsize::new(0),
+            }
+        }
+
+        /// Queries answered so far.
+        pub fn queries(&self) -> usize {
+            self.queries.load(Ordering::SeqCst)
+        }
+
+        pub(super) fn answer(&self) -> Vec<IpAddr> {
+            self.queries.fetch_add(1, Ordering::SeqCst);
+            let mut answers = self.answers.lock().expect("not poisoned");
+            match answers.len() {
+                0 => Vec::new(),
+                1 => answers[0].clone(),
+                _ => answers.pop_front().unwrap_or_default(),
+            }
+        }
     }
 }
 

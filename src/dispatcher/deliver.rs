@@ -1,11 +1,12 @@
 //! One delivery attempt: POST the callback body with its Standard Webhooks headers and the
-//! receiver's credentials, through a client that only connects to vetted addresses, and classify
-//! the answer. A receiver is not trusted: one deadline covers the whole exchange (lookup,
+//! receiver's credentials to the one address the attempt's lookup vetted ([`Destination`]),
+//! and classify the answer. A receiver is not trusted: one deadline covers the whole exchange (lookup,
 //! connect, headers, body), the response head is bounded, and no more than
 //! [`RESPONSE_BODY_LIMIT`] bytes of the body are read.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,8 +56,52 @@ pub enum ClientError {
     Build(#[source] reqwest::Error),
 }
 
-/// HTTP clients for callbacks, one per distinct timeouts and client certificate: no redirects,
-/// no proxies from the environment, DNS through the SSRF guard.
+/// Where one attempt connects: the address vetted for the URL's host by the attempt's one
+/// lookup. The attempt's client is given this address alone, so the address vetted is the
+/// address reached — a second DNS answer cannot rebind the name — and the destination whose
+/// concurrency bound the dispatcher holds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Destination {
+    /// The URL's host when it is a name (a literal address is not looked up).
+    name: Option<String>,
+    pub addr: SocketAddr,
+}
+
+/// Looks up where `url` leads, once, and vets it: the first vetted address, or why the URL is
+/// refused (any forbidden answer refuses the name).
+pub async fn resolve_destination(guard: &Guard, url: &str) -> Result<Destination, Refusal> {
+    let url = guard::check_syntax(url)?;
+    // http and https have known ports.
+    let port = url.port_or_known_default().unwrap_or(443);
+    let literal = |ip: IpAddr| {
+        guard.check_ip(ip)?;
+        Ok(Destination {
+            name: None,
+            addr: SocketAddr::new(ip, port),
+        })
+    };
+    match url.host().ok_or(Refusal::NoHost)? {
+        url::Host::Ipv4(ip) => literal(ip.into()),
+        url::Host::Ipv6(ip) => literal(ip.into()),
+        url::Host::Domain(name) => {
+            let vetted = guard.resolve(name, port).await?;
+            let addr = vetted
+                .first()
+                .copied()
+                .ok_or_else(|| Refusal::Unresolvable {
+                    host: name.to_owned(),
+                })?;
+            Ok(Destination {
+                name: Some(name.to_owned()),
+                addr,
+            })
+        }
+    }
+}
+
+/// HTTP clients for callbacks, one per distinct timeouts, client certificate and destination:
+/// no redirects, no proxies from the environment, a name pinned to its vetted address (any
+/// other name through the SSRF guard).
 pub struct Clients {
     guard: Guard,
     extra_roots: Vec<reqwest::Certificate>,
@@ -80,13 +125,19 @@ impl Clients {
         &self,
         timeouts: Timeouts,
         auth: Option<&CallbackAuth>,
+        destination: &Destination,
     ) -> Result<reqwest::Client, ClientError> {
         let identity = match auth {
             Some(CallbackAuth::Mtls { cert, key }) => Some((cert.as_str(), key.as_str())),
             _ => None,
         };
+        // A literal address needs no pin: one client serves them all.
+        let pin = destination
+            .name
+            .as_deref()
+            .map(|name| (name, destination.addr));
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (timeouts, identity).hash(&mut hasher);
+        (timeouts, identity, pin).hash(&mut hasher);
         let fingerprint = hasher.finish();
         let mut cache = self
             .cache
@@ -95,7 +146,7 @@ impl Clients {
         if let Some(client) = cache.get(&fingerprint) {
             return Ok(client.clone());
         }
-        let client = self.build(timeouts, identity)?;
+        let client = self.build(timeouts, identity, pin)?;
         if cache.len() >= MAX_CLIENTS {
             cache.clear();
         }
@@ -107,6 +158,7 @@ impl Clients {
         &self,
         timeouts: Timeouts,
         identity: Option<(&str, &str)>,
+        pin: Option<(&str, SocketAddr)>,
     ) -> Result<reqwest::Client, ClientError> {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -116,6 +168,9 @@ impl Clients {
             .http1_max_headers(RESPONSE_HEADER_LIMIT)
             .tcp_nodelay(true)
             .pool_max_idle_per_host(64);
+        if let Some((name, addr)) = pin {
+            builder = builder.resolve(name, addr);
+        }
         if !self.extra_roots.is_empty() {
             builder = builder.tls_certs_merge(self.extra_roots.iter().cloned());
         }
@@ -131,10 +186,11 @@ impl Clients {
 
 /// What one attempt sends besides the job itself.
 pub struct Request<'a> {
-    pub client: &'a reqwest::Client,
+    pub clients: &'a Clients,
     /// The job's target URL, opened from its seal.
     pub url: &'a str,
-    pub guard: &'a Guard,
+    /// Where the URL led when the dispatcher looked it up for this attempt.
+    pub destination: &'a Result<Destination, Refusal>,
     pub keys: &'a [SigningKey],
     pub auth: Option<&'a CallbackAuth>,
     pub allowed_hosts: &'a [String],
@@ -163,6 +219,7 @@ pub async fn deliver_callback(
         Err(Failure::Refused(refusal)) => {
             (Verdict::Refused, None, Some(format!("refused: {refusal}")))
         }
+        Err(Failure::Unusable(text)) => (Verdict::Refused, None, Some(text)),
         Err(Failure::Transport(text)) => {
             (Verdict::Transient { retry_after: None }, None, Some(text))
         }
@@ -179,7 +236,20 @@ pub async fn deliver_callback(
 
 enum Failure {
     Refused(Refusal),
+    /// The endpoint's client settings cannot make a client.
+    Unusable(String),
     Transport(String),
+}
+
+impl Failure {
+    /// A slow DNS answer is retried like any other failed connection; other refusals stand.
+    fn of_refusal(refusal: &Refusal) -> Failure {
+        if refusal.is_transient() {
+            Failure::Transport(refusal.to_string())
+        } else {
+            Failure::Refused(refusal.clone())
+        }
+    }
 }
 
 /// What a receiver answered; its body only matters as far as it was read.
@@ -249,14 +319,14 @@ async fn attempt(
             host: host.to_owned(),
         }));
     }
-    if let Ok(ip) = host.parse() {
-        // The resolver never sees literal addresses: vet them here.
-        request.guard.check_ip(ip).map_err(Failure::Refused)?;
-    }
+    let destination = request.destination.as_ref().map_err(Failure::of_refusal)?;
+    let client = request
+        .clients
+        .client(request.timeouts, request.auth, destination)
+        .map_err(|error| Failure::Unusable(error.to_string()))?;
     let body = job.body().to_string();
     let timestamp = at_ms / 1000;
-    let mut builder = request
-        .client
+    let mut builder = client
         .post(url)
         .header(header::CONTENT_TYPE, "application/json")
         .header(WEBHOOK_ID, job.task_id.as_str())
@@ -307,11 +377,7 @@ fn classify_error(error: &reqwest::Error) -> Failure {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
         if let Some(refusal) = cause.downcast_ref::<Refusal>() {
-            // A slow DNS answer is retried like any other failed connection.
-            if refusal.is_transient() {
-                return Failure::Transport(refusal.to_string());
-            }
-            return Failure::Refused(refusal.clone());
+            return Failure::of_refusal(refusal);
         }
         source = cause.source();
     }

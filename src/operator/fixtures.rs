@@ -1,5 +1,6 @@
 //! Test fixtures: sample objects, and a scripted API server behind a real `kube::Client`
-//! (`tower_test::mock::pair`) that asserts each request's method, path and body in order.
+//! (`tower_test::mock::pair`) that asserts each request's method, path, query and body in
+//! order, and that the operator sends nothing more once it is idle.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,14 +80,116 @@ pub fn finalized(mut endpoint: ModelEndpoint) -> ModelEndpoint {
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
+/// The query of the operator's server-side applies that take over fields from other managers.
+pub const APPLY_FORCED: &str = "fieldManager=ferry-operator&force=true";
+/// The query of the operator's server-side applies of children it found absent.
+pub const APPLY: &str = "fieldManager=ferry-operator";
+
+/// One request the script expects: method, path, query and JSON body, all compared. Fields
+/// whose values differ from run to run (times, generated names) are named one by one as
+/// volatile: they must be present, and their values are not compared.
+pub struct Expected {
+    method: Method,
+    path: String,
+    query: String,
+    body: Value,
+    volatile: Vec<&'static str>,
+}
+
+impl Expected {
+    pub fn new(method: Method, path: &str, body: Value) -> Self {
+        Expected {
+            method,
+            path: path.to_owned(),
+            query: String::new(),
+            body,
+            volatile: Vec::new(),
+        }
+    }
+
+    /// A read: no query, no body.
+    pub fn get(path: &str) -> Self {
+        Expected::new(Method::GET, path, Value::Null)
+    }
+
+    /// The query, as `key=value&…` in any order.
+    pub fn query(self, query: &str) -> Self {
+        Expected {
+            query: query.to_owned(),
+            ..self
+        }
+    }
+
+    /// Fields of the body, as JSON pointers, whose values are not compared.
+    pub fn volatile(mut self, pointers: &[&'static str]) -> Self {
+        self.volatile.extend_from_slice(pointers);
+        self
+    }
+
+    /// An Event the operator publishes about the endpoint `demo`: its action (`Reconcile`,
+    /// `Scale`), type, reason and note.
+    pub fn event(action: &str, type_: &str, reason: &str, note: &str) -> Self {
+        let body = json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"namespace": "ml"},
+            "action": action, "type": type_, "reason": reason, "note": note,
+            "regarding": {"apiVersion": "ferry.dev/v1alpha1", "kind": "ModelEndpoint",
+                "name": "demo", "namespace": "ml", "uid": "uid-demo"},
+            "reportingController": "ferry-operator", "reportingInstance": "ferry-operator",
+        });
+        Expected::new(Method::POST, EVENTS, body).volatile(&["/eventTime", "/metadata/name"])
+    }
+
+    /// Panics unless `request` is the one expected.
+    fn check(&self, method: &Method, path: &str, query: &str, body: &Value) {
+        let seen = format!("{method} {path}?{query} {body}");
+        assert_eq!(
+            (method, path),
+            (&self.method, self.path.as_str()),
+            "unexpected request: {seen}"
+        );
+        assert_eq!(
+            query_pairs(query),
+            query_pairs(&self.query),
+            "query of {seen}"
+        );
+        let (mut body, mut expected) = (body.clone(), self.body.clone());
+        for pointer in &self.volatile {
+            assert!(
+                remove(&mut body, pointer).is_some(),
+                "volatile field {pointer} absent: {seen}"
+            );
+            remove(&mut expected, pointer);
+        }
+        assert_eq!(body, expected, "body of {method} {path}");
+    }
+}
+
+/// Where the operator publishes Events of objects in the namespace `ml`.
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ml/events";
+
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    let mut pairs: Vec<_> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// Removes the member at `pointer` (which names an object member) from `value`.
+fn remove(value: &mut Value, pointer: &str) -> Option<Value> {
+    let (parent, key) = pointer.rsplit_once('/')?;
+    let key = key.replace("~1", "/").replace("~0", "~");
+    value.pointer_mut(parent)?.as_object_mut()?.remove(&key)
+}
+
 /// The scripted API server: each `expect` takes the next request the operator sent.
 pub struct ApiServer {
     handle: Handle,
 }
 
-/// One request the operator sent.
+/// One request the operator sent, as expected, awaiting its answer.
 pub struct Seen {
-    pub query: String,
     pub body: Value,
     respond: tower_test::mock::SendResponse<Response<Body>>,
 }
@@ -122,15 +225,21 @@ impl Seen {
 }
 
 impl ApiServer {
-    /// The next request, which must have this method and path.
-    pub async fn expect(&mut self, method: Method, path: &str) -> Seen {
+    /// The next request, which must be `expected`.
+    pub async fn expect(&mut self, expected: Expected) -> Seen {
+        // Only a guard against a hang: a request that never comes fails here.
         let next = tokio::time::timeout(Duration::from_secs(10), self.handle.next_request());
         let (request, respond) = next
             .await
-            .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no request came; expected {} {}",
+                    expected.method, expected.path
+                )
+            })
             .expect("client dropped");
-        let method_seen = request.method().clone();
-        let path_seen = request.uri().path().to_owned();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
         let query = request.uri().query().unwrap_or_default().to_owned();
         let bytes = http_body_util::BodyExt::collect(request.into_body())
             .await
@@ -141,34 +250,32 @@ impl ApiServer {
         } else {
             serde_json::from_slice(&bytes).expect("json body")
         };
-        assert_eq!(
-            (&method_seen, path_seen.as_str()),
-            (&method, path),
-            "unexpected request (query {query}, body {body})"
-        );
-        Seen {
-            query,
-            body,
-            respond,
-        }
+        expected.check(&method, &path, &query, &body);
+        Seen { body, respond }
     }
 
-    /// Answers any Event the operator publishes next and returns its body.
-    pub async fn expect_event(&mut self) -> Value {
-        let seen = self
-            .expect(Method::POST, "/apis/events.k8s.io/v1/namespaces/ml/events")
-            .await;
+    /// Expects the request and answers it with its own body; returns that body.
+    pub async fn expect_echoed(&mut self, expected: Expected) -> Value {
+        let seen = self.expect(expected).await;
         let body = seen.body.clone();
         seen.echo();
         body
     }
 
-    /// Asserts that the operator sends nothing more.
-    pub async fn expect_silence(&mut self) {
-        let next = tokio::time::timeout(Duration::from_millis(200), self.handle.next_request());
-        if let Ok(Some((request, _))) = next.await {
-            panic!("unexpected request {} {}", request.method(), request.uri());
-        }
+    /// Drives `work` (a reconcile, an evaluation, a loop told to stop) to its end and fails if
+    /// it sends a request on the way. Every request waits for its answer, so a request sent
+    /// arrives here before `work` can end: when `work` ends first, the operator is idle.
+    pub async fn idle_after<T>(&mut self, work: impl Future<Output = T>) -> T {
+        // Only a guard against a hang, not a window: work that neither ends nor asks fails.
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            tokio::select! {
+                output = work => output,
+                Some((request, _)) = self.handle.next_request() => {
+                    panic!("unexpected request {} {}", request.method(), request.uri())
+                }
+            }
+        });
+        ended.await.expect("the work ends")
     }
 }
 

@@ -75,6 +75,8 @@ const PULL_RETRY: Duration = Duration::from_millis(500);
 /// stopping holder knows exactly what is still on its way to it.
 pub struct Puller<H> {
     consumer: PullConsumer,
+    /// The connection acknowledgements go out on: flushed before a stopping consumer returns.
+    client: async_nats::Client,
     consumer_name: &'static str,
     request: Option<Batch>,
     wrap: Box<dyn Fn(jetstream::Message) -> H + Send + Sync>,
@@ -97,6 +99,7 @@ impl<H: Held + Sync> Puller<H> {
             })?;
         Ok(Puller {
             consumer,
+            client: js.client(),
             consumer_name,
             request: None,
             wrap: Box::new(wrap),
@@ -205,6 +208,7 @@ pub async fn consume<H, F, Fut>(
             None => {}
         }
     }
+    let client = puller.client.clone();
     let handed_back = puller.stop().await;
     tracing::info!(
         in_flight = running.len(),
@@ -212,4 +216,11 @@ pub async fn consume<H, F, Fut>(
         "stopped taking work; finishing what was started, the rest handed back"
     );
     while running.join_next().await.is_some() {}
+    // Acknowledgements are sent without waiting for the server; ones still buffered when the
+    // process exits would be lost, and their messages handed out again after the ack wait.
+    match tokio::time::timeout(PULL_EXPIRY, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "sending the last acknowledgements failed"),
+        Err(_) => tracing::warn!("sending the last acknowledgements timed out"),
+    }
 }

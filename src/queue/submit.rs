@@ -101,6 +101,8 @@ impl Queue {
             record_revision,
             ..task.clone()
         };
+        // The record's writes may have used the patience up: the task still gets one wait.
+        let deadline = deadline.max(Instant::now() + ACK_WAIT);
         match self.publish_confirmed(&task, deadline).await {
             Ok(()) => {}
             Err(error @ Error::Unconfirmed { .. }) => {
@@ -203,7 +205,7 @@ impl Queue {
         let mut unknown: Option<NatsError> = None;
         let mut refused: Option<NatsError> = None;
         let mut retry = 0;
-        while self.link.up_by(deadline).await {
+        while Instant::now() < deadline && self.link.up_by(deadline).await {
             let message = PublishMessage::build()
                 .payload(results::encode(task))
                 .message_id(task.task_id.as_str());
@@ -282,6 +284,11 @@ impl Queue {
             let settled = async {
                 let window = queue.duplicate_window(&task.task_id).await?;
                 let settle_by = submitted + window.saturating_sub(WINDOW_MARGIN);
+                if Instant::now() >= settle_by {
+                    return Err(Error::Unreachable {
+                        patience: settle_by - submitted,
+                    });
+                }
                 queue.publish_confirmed(&task, settle_by).await
             };
             match settled.await {

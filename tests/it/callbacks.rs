@@ -113,7 +113,9 @@ async fn a_hanging_receiver_times_out_and_is_retried() {
     receiver.script(vec![Answer {
         status: StatusCode::OK,
         retry_after: None,
-        delay: Duration::from_secs(5),
+        // Longer than the test may take: only an attempt cut at its timeout lets a second one
+        // deliver.
+        delay: Duration::from_secs(3600),
     }]);
     let spec = "  callbacks:\n    retryScheduleSeconds: [1]\n    attemptTimeoutSeconds: 1\n";
     let (_m, dev, endpoint) = start(&receiver.url("/cb"), spec, &[], &[]).await;
@@ -121,10 +123,6 @@ async fn a_hanging_receiver_times_out_and_is_retried() {
     let callback = callback_state(&dev, &task, "DELIVERED").await;
     let first = &callback["attempts"][0];
     assert_eq!(first["error"], "timed out", "{callback}");
-    assert!(
-        first["duration_ms"].as_u64().unwrap() < 5_000,
-        "the attempt was cut at its timeout, not waited out with the receiver: {callback}"
-    );
     assert_eq!(callback["attempts"][1]["status_code"], 200);
 }
 

@@ -42,9 +42,11 @@ async fn a_crashed_nats_server_loses_no_accepted_task_and_no_outcome_changes() {
     );
     // Every third task takes long enough to be recorded as STARTED first.
     let model_body = "if args['x'] % 3 == 0:\n    time.sleep(0.3)\nif args['x'] % 7 == 0:\n    return 500, {'error': 'sevens fail'}\nreturn 200, args['x'] * 2";
+    let runs = RunLog::new();
+    let model_body = runs.recording(model_body);
     let mut workers = Vec::new();
     for _ in 0..2 {
-        let model = ModelProcess::start(model_body).await;
+        let model = ModelProcess::start(&model_body).await;
         let forwarder = Process::spawn(
             &["forwarder"],
             &[
@@ -71,7 +73,7 @@ async fn a_crashed_nats_server_loses_no_accepted_task_and_no_outcome_changes() {
         ticks.tick().await;
         spawn_submission(&mut submissions, &dev, &endpoint, x);
     }
-    let _nats = crash.await.expect("crash and restart");
+    let nats = crash.await.expect("crash and restart");
     let mut accepted: HashMap<String, u64> = HashMap::new();
     let mut refused = 0;
     while let Some(result) = submissions.join_next().await {
@@ -156,6 +158,20 @@ async fn a_crashed_nats_server_loses_no_accepted_task_and_no_outcome_changes() {
     for (task_id, status) in &finals {
         assert_eq!(dev.task(task_id).await["status"], *status, "task {task_id}");
     }
+    // Every accepted task reached the model (a run whose outcome the outage cut off may have
+    // been repeated).
+    let mut runs_of: HashMap<String, usize> = HashMap::new();
+    for (_, task_id) in runs.runs() {
+        *runs_of.entry(task_id).or_default() += 1;
+    }
+    for task_id in accepted.keys() {
+        assert!(runs_of.contains_key(task_id), "task {task_id} never ran");
+    }
+    let repeated = runs_of.values().filter(|runs| **runs > 1).count();
+    eprintln!("{repeated} of {} tasks ran more than once", accepted.len());
+    // The processes stop while their server still runs, as they would in a cluster.
+    drop((workers, _dispatcher, dev));
+    drop(nats);
 }
 
 fn spawn_submission(

@@ -248,11 +248,17 @@ async fn an_endpoint_without_its_bundle_reports_it_and_heals() {
     assert!(api.get(DEPLOYMENT).await.is_some());
 }
 
+/// The operator replicas' Lease.
+const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases/ferry-operator";
+
 async fn lease_holder(api: &KubeApiServer) -> Option<String> {
-    let lease = api
-        .get("/apis/coordination.k8s.io/v1/namespaces/default/leases/ferry-operator")
-        .await?;
+    let lease = api.get(LEASE).await?;
     lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
+}
+
+async fn lease_renewed_at(api: &KubeApiServer) -> Option<jiff::Timestamp> {
+    let lease = api.get(LEASE).await?;
+    lease["spec"]["renewTime"].as_str()?.parse().ok()
 }
 
 async fn metrics_of(admin: &str) -> Option<String> {
@@ -297,12 +303,19 @@ async fn a_standby_replica_waits_and_takes_over_when_the_leader_dies() {
             .then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(
-        lease_holder(&api).await.as_deref(),
-        Some("first"),
-        "a renewed Lease stays"
-    );
+    // The leader renews past a whole lease duration from here: a standby that did not wait
+    // for expiry would have taken the Lease by then.
+    let watched_from = lease_renewed_at(&api).await.expect("a renewed Lease");
+    eventually("renewals past a lease duration", TIMEOUT, || async {
+        assert_eq!(
+            lease_holder(&api).await.as_deref(),
+            Some("first"),
+            "a renewed Lease stays"
+        );
+        let renewed = lease_renewed_at(&api).await?;
+        (renewed.duration_since(watched_from) > jiff::SignedDuration::from_secs(3)).then_some(())
+    })
+    .await;
     let standby = metrics_of(&second_admin).await.expect("standby metrics");
     assert!(
         standby.contains("ferry_controller_reconciles_total 0"),

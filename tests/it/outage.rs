@@ -22,7 +22,8 @@ const SHORT_OUTAGE: Duration = Duration::from_secs(2);
 const LONG_OUTAGE: Duration = Duration::from_secs(9);
 const SETTLE: Duration = Duration::from_secs(120);
 /// Submissions sent at once just before each crash.
-const BURST: usize = 200;
+const BURST: usize = 300;
+const BURST_HEAD_START: Duration = Duration::from_millis(40);
 
 /// What the gateway answered to one submission.
 enum Answer {
@@ -83,6 +84,8 @@ async fn no_submission_answered_with_an_error_runs_across_nats_restarts() {
         for _ in 0..BURST {
             submitter.submit_next();
         }
+        // The burst reaches the gateway and is under way when the server dies.
+        tokio::time::sleep(BURST_HEAD_START).await;
         nats.crash_and_restart(outage).await;
         tokio::time::sleep(Duration::from_secs(4)).await;
     }

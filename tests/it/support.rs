@@ -106,15 +106,19 @@ impl Nats {
             "http://127.0.0.1:{}/jsz?consumers=true&config=true",
             self.monitor
         );
-        eventually(
-            "no queued, held or unacknowledged work",
-            timeout,
-            || async {
-                let jsz: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-                is_quiet(&jsz).then_some(())
-            },
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let jsz = match http.get(&url).send().await {
+                Ok(response) => response.json().await.unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            };
+            let Err(busy) = quiet(&jsz) else { return };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not quiet after {timeout:?}: {busy}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Kills the server with SIGKILL and starts it again on the same port and store, after
@@ -129,24 +133,32 @@ impl Nats {
     }
 }
 
-/// True when the server's JetStream report (`/jsz` with consumers and configs) shows every
-/// work queue empty and no consumer with messages pending or unacknowledged.
-fn is_quiet(jsz: &Value) -> bool {
-    let Some(accounts) = jsz["account_details"].as_array() else {
-        return false;
-    };
-    let mut streams = accounts.iter().flat_map(|account| {
+/// Whether the server's JetStream report (`/jsz` with consumers and configs) shows every work
+/// queue empty and no consumer with messages pending or unacknowledged; if not, what is busy.
+fn quiet(jsz: &Value) -> Result<(), String> {
+    let accounts = jsz["account_details"].as_array().ok_or("no report")?;
+    let streams = accounts.iter().flat_map(|account| {
         let streams = account["stream_detail"].as_array();
         streams.into_iter().flatten()
     });
-    streams.all(|stream| {
+    for stream in streams {
+        let name = &stream["name"];
         // Key-value buckets keep their entries; only work queues empty.
-        let work_queue = stream["config"]["retention"] == "workqueue";
-        let mut consumers = stream["consumer_detail"].as_array().into_iter().flatten();
-        !(work_queue && stream["state"]["messages"] != 0)
-            && consumers
-                .all(|consumer| consumer["num_pending"] == 0 && consumer["num_ack_pending"] == 0)
-    })
+        let messages = &stream["state"]["messages"];
+        if stream["config"]["retention"] == "workqueue" && *messages != 0 {
+            return Err(format!("stream {name} holds {messages} messages: {stream}"));
+        }
+        for consumer in stream["consumer_detail"].as_array().into_iter().flatten() {
+            let (pending, unacked) = (&consumer["num_pending"], &consumer["num_ack_pending"]);
+            if *pending != 0 || *unacked != 0 {
+                let consumer = &consumer["name"];
+                return Err(format!(
+                    "consumer {consumer} of {name}: {pending} pending, {unacked} unacknowledged"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A JetStream nats-server on 127.0.0.1 (`port` "-1" for a free one) monitored on `monitor`;
@@ -204,17 +216,36 @@ impl Drop for Process {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status();
+        // The wait blocks this thread; the test's other tasks (a callback receiver the process
+        // may be talking to as it stops) must go on meanwhile, on another thread.
+        let stopped = match tokio::runtime::Handle::try_current() {
+            Ok(runtime)
+                if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                tokio::task::block_in_place(|| self.wait_stopped())
+            }
+            _ => self.wait_stopped(),
+        };
+        if !stopped {
+            eprintln!("pid {pid} did not stop within 5 s of SIGTERM: killing its process group");
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+        }
+    }
+}
+
+impl Process {
+    /// Waits up to 5 s for the process to exit; false if it is still running.
+    fn wait_stopped(&mut self) -> bool {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while std::time::Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("pid {pid} did not stop within 5 s of SIGTERM: killing its process group");
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pid}")])
-            .status();
+        false
     }
 }
 
@@ -387,7 +418,8 @@ impl Dev {
     }
 
     /// `ferry gateway` serving the manifests in `dir` read-only (no cluster), on a free port,
-    /// with the test's API key scoped to the `default` namespace.
+    /// with the test's API key scoped to the `default` namespace, and no shutdown delay (no
+    /// load balancer has to take it out of rotation: it stops at once when dropped).
     pub async fn static_gateway(dir: &Path, nats_url: &str) -> Dev {
         Self::static_gateway_with(dir, nats_url, &[]).await
     }
@@ -403,7 +435,9 @@ impl Dev {
             ("FERRY_MANIFESTS", &manifests),
             ("FERRY_API_KEYS", &api_keys),
             ("FERRY_CALLBACK_ALLOW_CIDRS", "127.0.0.0/8"),
+            ("FERRY_GATEWAY_SHUTDOWN_DELAY_SECONDS", "0"),
         ];
+        // Later settings win: a test's own come last.
         envs.extend_from_slice(extra);
         let process = Process::spawn(&["gateway"], &envs);
         let gateway = Dev {

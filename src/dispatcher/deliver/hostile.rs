@@ -145,7 +145,8 @@ pub(super) async fn attempt_with(
         connect: Duration::from_secs(5),
         total,
     };
-    let client = clients.client(timeouts, None).expect("client");
+    // As the dispatcher does: one lookup, before the attempt.
+    let destination = resolve_destination(clients.guard(), url).await;
     let endpoint_id = EndpointId::for_resource("tenant", "hostile");
     let task_id = TaskId::generate(&endpoint_id);
     let target = CallbackTarget {
@@ -167,9 +168,9 @@ pub(super) async fn attempt_with(
         redeliveries: 0,
     };
     let request = Request {
-        client: &client,
+        clients: &clients,
         url,
-        guard: clients.guard(),
+        destination: &destination,
         keys: &[],
         auth: None,
         allowed_hosts: &[],

@@ -1,5 +1,6 @@
 //! The dispatcher's own SSRF check, at delivery: whatever a name led to when the task was
-//! submitted, an address the guard forbids is never connected to. The receiver is real and on
+//! submitted, an address the guard forbids is never connected to, and an attempt connects
+//! only to the address its one lookup vetted, however the name's answers change. The receiver is real and on
 //! loopback, and counts the connections it is offered; the public address in these tests is
 //! only ever an answer to vet, never a destination.
 
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 
 use super::hostile::attempt_with;
 use super::*;
+use crate::callback::guard::testing;
 
 const NAME: &str = "callbacks.test";
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -22,6 +24,25 @@ const DEADLINE: Duration = Duration::from_secs(10);
 async fn counting_receiver() -> (u16, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("address").port();
+    (port, serve_counting(listener))
+}
+
+/// Two counting receivers on one port: at 127.0.0.2, which the tests' guards allow as they
+/// would a public address, and at 127.0.0.1, which stays internal.
+async fn allowed_and_internal_receivers() -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    for _ in 0..20 {
+        let allowed = TcpListener::bind("127.0.0.2:0").await.expect("bind");
+        let port = allowed.local_addr().expect("address").port();
+        // The same port may be taken at 127.0.0.1: then another pair.
+        if let Ok(internal) = TcpListener::bind(("127.0.0.1", port)).await {
+            return (port, serve_counting(allowed), serve_counting(internal));
+        }
+    }
+    panic!("no port free at both addresses")
+}
+
+/// Answers every request on `listener` 200 and counts its connections.
+fn serve_counting(listener: TcpListener) -> Arc<AtomicUsize> {
     let accepted = Arc::new(AtomicUsize::new(0));
     let counter = accepted.clone();
     tokio::spawn(async move {
@@ -41,7 +62,7 @@ async fn counting_receiver() -> (u16, Arc<AtomicUsize>) {
             });
         }
     });
-    (port, accepted)
+    accepted
 }
 
 /// A guard that resolves [`NAME`] to `answers`, with `allowed` internal ranges open.
@@ -99,4 +120,28 @@ async fn a_literal_internal_address_is_refused_at_delivery() {
         assert_eq!(verdict, Verdict::Refused, "{url}: {attempt:?}");
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 0, "no connection was made");
+}
+
+#[tokio::test]
+async fn an_attempt_connects_only_to_the_address_its_one_lookup_vetted() {
+    let (port, allowed, internal) = allowed_and_internal_receivers().await;
+    let url = format!("http://{NAME}:{port}/cb");
+    // A name server that answers the allowed address, then the internal one from the next
+    // query on: a second lookup within the attempt would lead inside.
+    let script = Arc::new(testing::Script::new(&[&["127.0.0.2"], &["127.0.0.1"]]));
+    let open = vec!["127.0.0.2/32".parse().expect("range")];
+    let rebinding = Guard::scripted(open, script.clone());
+
+    let (verdict, attempt) = attempt_with(rebinding.clone(), &url, DEADLINE).await;
+    assert_eq!(verdict, Verdict::Delivered, "{attempt:?}");
+    assert_eq!(script.queries(), 1, "one lookup for the attempt");
+    assert_eq!(allowed.load(Ordering::SeqCst), 1, "the address vetted");
+    assert_eq!(internal.load(Ordering::SeqCst), 0);
+
+    // The next attempt's lookup leads inside: refused, nothing connected.
+    let (verdict, attempt) = attempt_with(rebinding, &url, DEADLINE).await;
+    assert_eq!(verdict, Verdict::Refused, "{attempt:?}");
+    assert_eq!(script.queries(), 2);
+    assert_eq!(allowed.load(Ordering::SeqCst), 1);
+    assert_eq!(internal.load(Ordering::SeqCst), 0, "no connection inside");
 }

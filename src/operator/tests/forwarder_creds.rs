@@ -9,11 +9,16 @@ use http::Method;
 use serde_json::{Value, json};
 
 use super::super::build::worker_secret::{
-    ForwarderCredsIssuing, NATS_CREDS_EXPIRES_ANNOTATION, NATS_CREDS_KEY,
+    ForwarderCredsIssuing, NATS_CREDS_EXPIRES_ANNOTATION, NATS_CREDS_ISSUER_ANNOTATION,
+    NATS_CREDS_KEY,
 };
 use super::super::context::Context;
-use super::super::fixtures::{ApiServer, context, endpoint, finalized};
-use super::{DEPLOYMENT, WORKER_SECRET, finish, serve_bundle, start_reconcile};
+use super::super::fixtures::{
+    APPLY, APPLY_FORCED, ApiServer, Expected, context, endpoint, finalized,
+};
+use super::{
+    DEPLOYMENT, WORKER_SECRET, finish, planned_worker_secret, serve_bundle, start_reconcile,
+};
 use crate::nats_auth::{AuthSet, write_private};
 use crate::queue::{Connection, Credentials, Queue, QueueSettings, Role};
 
@@ -31,28 +36,53 @@ fn issuing_context(auth: &AuthSet) -> (Arc<Context>, ApiServer) {
     (Arc::new(ctx), server)
 }
 
+/// Issued credentials and their expiry: new with every issue.
+const ISSUED: [&str; 2] = [
+    "/data/nats.creds",
+    "/metadata/annotations/ferry.dev~1nats-creds-expires",
+];
+
 /// Reconciles up to the apply of the worker Secret, which answers `stored` to the read (none:
-/// absent), and returns the applied Secret. The reconcile stops at the Deployment's check.
+/// absent) and must be `expected` (the plain worker Secret with issued credentials when
+/// `None`), and returns the applied Secret. The reconcile stops at the Deployment's check.
 async fn reconcile_worker_secret(
     ctx: &Arc<Context>,
     server: &mut ApiServer,
     stored: Option<&Value>,
+    expected: Option<&Value>,
 ) -> Value {
-    let reconcile = start_reconcile(finalized(endpoint()), ctx);
+    let endpoint = finalized(endpoint());
+    let reconcile = start_reconcile(endpoint.clone(), ctx);
     serve_bundle(server).await;
-    let read = server.expect(Method::GET, WORKER_SECRET).await;
+    let read = server.expect(Expected::get(WORKER_SECRET)).await;
     match stored {
         Some(stored) => read.ok(stored),
         None => read.not_found("secrets", "demo-worker"),
     }
-    let apply = server.expect(Method::PATCH, WORKER_SECRET).await;
-    assert!(apply.query.contains("fieldManager=ferry-operator"));
-    let applied = apply.body.clone();
-    apply.echo();
-    let check = server.expect(Method::GET, DEPLOYMENT).await;
+    let query = if stored.is_some() {
+        APPLY_FORCED
+    } else {
+        APPLY
+    };
+    let apply = match expected {
+        Some(expected) => Expected::new(Method::PATCH, WORKER_SECRET, expected.clone()),
+        None => {
+            let mut issued = planned_worker_secret(ctx, &endpoint);
+            let issuer = ctx
+                .forwarder_creds
+                .as_ref()
+                .expect("issuing")
+                .issuer
+                .signing_key();
+            issued["metadata"]["annotations"] = json!({NATS_CREDS_ISSUER_ANNOTATION: issuer});
+            Expected::new(Method::PATCH, WORKER_SECRET, issued).volatile(&ISSUED)
+        }
+    };
+    let applied = server.expect_echoed(apply.query(query)).await;
+    let check = server.expect(Expected::get(DEPLOYMENT)).await;
     check.reply(http::StatusCode::INTERNAL_SERVER_ERROR, &json!({}));
     assert!(
-        finish(reconcile).await.is_err(),
+        finish(server, reconcile).await.is_err(),
         "stopped at the Deployment"
     );
     applied
@@ -71,7 +101,7 @@ fn creds_of(secret: &Value) -> String {
 async fn worker_secrets_get_forwarder_creds_a_real_server_accepts_kept_while_fresh() {
     let auth = AuthSet::generate();
     let (ctx, mut server) = issuing_context(&auth);
-    let first = reconcile_worker_secret(&ctx, &mut server, None).await;
+    let first = reconcile_worker_secret(&ctx, &mut server, None, None).await;
     assert!(first["data"]["serving-token"].is_string());
     let expires = first["metadata"]["annotations"][NATS_CREDS_EXPIRES_ANNOTATION]
         .as_str()
@@ -121,8 +151,7 @@ async fn worker_secrets_get_forwarder_creds_a_real_server_accepts_kept_while_fre
     );
 
     // The next reconcile reads them back and applies the Secret unchanged.
-    let second = reconcile_worker_secret(&ctx, &mut server, Some(&first)).await;
-    assert_eq!(second, first, "fresh credentials are kept");
+    reconcile_worker_secret(&ctx, &mut server, Some(&first), Some(&first)).await;
 
     // With less than a third of their validity left, new ones replace them.
     let mut due = first.clone();
@@ -130,7 +159,7 @@ async fn worker_secrets_get_forwarder_creds_a_real_server_accepts_kept_while_fre
         .checked_add(VALIDITY / 3 - Duration::from_secs(60))
         .expect("time");
     due["metadata"]["annotations"][NATS_CREDS_EXPIRES_ANNOTATION] = json!(soon.to_string());
-    let renewed = reconcile_worker_secret(&ctx, &mut server, Some(&due)).await;
+    let renewed = reconcile_worker_secret(&ctx, &mut server, Some(&due), None).await;
     assert_ne!(creds_of(&renewed), creds_of(&first));
     assert_ne!(
         renewed["metadata"]["annotations"],

@@ -5,10 +5,11 @@
 use http::Method;
 use serde_json::{Value, json};
 
-use super::super::fixtures::{ApiServer, endpoint, finalized};
+use super::super::fixtures::{ApiServer, Expected, endpoint, finalized};
 use super::{
-    DEPLOYMENT, SERVICE, WORKER_SECRET, condition, finish, serve_bundle, serve_deployment_apply,
-    serve_status_apply, serve_worker_secret_apply, start_nats, start_reconcile, unreachable_nats,
+    DEPLOYMENT, SERVICE, WORKER_SECRET, blocked_status, finish, pending_status, serve_bundle,
+    serve_deployment_apply, serve_status_and_event, serve_worker_secret_apply, start_nats,
+    start_reconcile, unreachable_nats,
 };
 use crate::crd::{CallbackPolicySpec, EndpointType, SecretKeySelector};
 
@@ -23,24 +24,13 @@ fn foreign(api_version: &str, kind: &str) -> Value {
     })
 }
 
-/// Serves the status apply and the Event of a `NameClash`, and checks both name `kind`.
-async fn expect_clash_reported(server: &mut ApiServer, kind: &str) {
-    let status = serve_status_apply(server).await;
-    let ready = condition(&status, "Ready");
-    assert_eq!(
-        (&ready["status"], &ready["reason"]),
-        (&json!("False"), &json!("NameClash"))
+/// Serves the status apply and the Event of a `NameClash` over the `kind` named `name`.
+async fn expect_clash_reported(server: &mut ApiServer, kind: &str, name: &str) {
+    let message = format!(
+        "a {kind} named {name} already exists and is not this endpoint's; ferry leaves it \
+        alone: rename the endpoint or remove the {kind}"
     );
-    let message = ready["message"].as_str().expect("message");
-    assert!(
-        message.contains(&format!("a {kind} named demo")),
-        "{message}"
-    );
-    let event = server.expect_event().await;
-    assert_eq!(
-        (&event["type"], &event["reason"]),
-        (&json!("Warning"), &json!("NameClash"))
-    );
+    serve_status_and_event(server, blocked_status("NameClash", &message)).await;
 }
 
 /// Reconciles an endpoint of `endpoint_type` whose child at `path` is someone else's `kind`
@@ -50,20 +40,22 @@ async fn clash_on(endpoint_type: EndpointType, path: &str, api_version: &str, ki
     let (ctx, mut server) = super::super::fixtures::context(&unreachable_nats());
     let mut endpoint = finalized(endpoint());
     endpoint.spec.endpoint_type = endpoint_type;
-    let reconcile = start_reconcile(endpoint, &ctx);
+    let reconcile = start_reconcile(endpoint.clone(), &ctx);
     serve_bundle(&mut server).await;
     match path {
         WORKER_SECRET => {}
-        DEPLOYMENT => serve_worker_secret_apply(&mut server).await,
+        DEPLOYMENT => serve_worker_secret_apply(&mut server, &ctx, &endpoint).await,
         _ => {
-            serve_deployment_apply(&mut server, None).await;
+            serve_deployment_apply(&mut server, &ctx, &endpoint, None).await;
         }
     }
-    let check = server.expect(Method::GET, path).await;
+    let check = server.expect(Expected::get(path)).await;
     check.ok(&foreign(api_version, kind));
-    expect_clash_reported(&mut server, kind).await;
-    finish(reconcile).await.expect("a clash is not an error");
-    server.expect_silence().await;
+    let name = path.rsplit('/').next().expect("the child's name");
+    expect_clash_reported(&mut server, kind, name).await;
+    finish(&mut server, reconcile)
+        .await
+        .expect("a clash is not an error");
 }
 
 #[tokio::test]
@@ -85,39 +77,40 @@ async fn a_service_ferry_does_not_own_is_not_applied_for_a_sync_endpoint() {
 async fn pruning_leaves_a_service_ferry_does_not_own() {
     let (nats, _queue) = start_nats().await;
     let (ctx, mut server) = super::super::fixtures::context(&nats.connection);
-    let reconcile = start_reconcile(finalized(endpoint()), &ctx);
+    let endpoint = finalized(endpoint());
+    let reconcile = start_reconcile(endpoint.clone(), &ctx);
     serve_bundle(&mut server).await;
-    serve_deployment_apply(&mut server, None).await;
+    serve_deployment_apply(&mut server, &ctx, &endpoint, None).await;
     server
-        .expect(Method::GET, SERVICE)
+        .expect(Expected::get(SERVICE))
         .await
         .ok(&foreign("v1", "Service"));
     // No DELETE: the status comes next.
-    let status = serve_status_apply(&mut server).await;
-    assert_eq!(condition(&status, "Ready")["reason"], "RolloutPending");
-    server.expect_event().await;
-    finish(reconcile).await.expect("reconciled");
-    server.expect_silence().await;
+    serve_status_and_event(&mut server, pending_status()).await;
+    finish(&mut server, reconcile).await.expect("reconciled");
 }
 
 #[tokio::test]
 async fn pruning_deletes_the_endpoints_own_service_only_by_its_uid() {
     let (nats, _queue) = start_nats().await;
     let (ctx, mut server) = super::super::fixtures::context(&nats.connection);
-    let reconcile = start_reconcile(finalized(endpoint()), &ctx);
+    let endpoint = finalized(endpoint());
+    let reconcile = start_reconcile(endpoint.clone(), &ctx);
     serve_bundle(&mut server).await;
-    serve_deployment_apply(&mut server, None).await;
+    serve_deployment_apply(&mut server, &ctx, &endpoint, None).await;
     let mut ours = foreign("v1", "Service");
     ours["metadata"]["uid"] = json!("uid-service");
     ours["metadata"]["ownerReferences"] = json!([{"apiVersion": "ferry.dev/v1alpha1",
         "kind": "ModelEndpoint", "name": "demo", "uid": "uid-demo", "controller": true}]);
-    server.expect(Method::GET, SERVICE).await.ok(&ours);
-    let delete = server.expect(Method::DELETE, SERVICE).await;
-    assert_eq!(delete.body["preconditions"]["uid"], "uid-service");
+    server.expect(Expected::get(SERVICE)).await.ok(&ours);
+    let by_uid =
+        json!({"preconditions": {"uid": "uid-service"}, "propagationPolicy": "Background"});
+    let delete = server
+        .expect(Expected::new(Method::DELETE, SERVICE, by_uid))
+        .await;
     delete.ok(&ours);
-    serve_status_apply(&mut server).await;
-    server.expect_event().await;
-    finish(reconcile).await.expect("reconciled");
+    serve_status_and_event(&mut server, pending_status()).await;
+    finish(&mut server, reconcile).await.expect("reconciled");
 }
 
 #[tokio::test]
@@ -135,25 +128,16 @@ async fn a_secret_without_the_opt_in_label_is_refused_unread_and_nothing_is_publ
     let reconcile = start_reconcile(endpoint.clone(), &ctx);
     serve_bundle(&mut server).await;
     // The metadata read; a Secret of another purpose, labelled otherwise.
-    let check = server.expect(Method::GET, SECRET).await;
+    let check = server.expect(Expected::get(SECRET)).await;
     check.ok(&json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "hooks", "namespace": "ml", "labels": {"ferry.dev/callback-credentials": "false"}}}));
     // No second read of its data, no Deployment: the status comes next.
-    let status = serve_status_apply(&mut server).await;
-    let ready = condition(&status, "Ready");
-    assert_eq!(
-        (&ready["status"], &ready["reason"]),
-        (&json!("False"), &json!("SecretNotOptedIn"))
-    );
-    assert!(
-        ready["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("ferry.dev/callback-credentials=\"true\"")),
-        "{ready}"
-    );
-    server.expect_event().await;
-    finish(reconcile).await.expect("a refusal is not an error");
-    server.expect_silence().await;
+    let refused = "Secret hooks is not labelled ferry.dev/callback-credentials=\"true\"; ferry \
+        uses only Secrets that opt in as callback credentials";
+    serve_status_and_event(&mut server, blocked_status("SecretNotOptedIn", refused)).await;
+    finish(&mut server, reconcile)
+        .await
+        .expect("a refusal is not an error");
     assert_eq!(
         queue
             .dispatcher()

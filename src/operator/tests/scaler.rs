@@ -9,10 +9,10 @@ use http::Method;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::{reflector, watcher};
 use prometheus_client::registry::Registry;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::super::fixtures::{ApiServer, bundle, endpoint, finalized, validated};
+use super::super::fixtures::{ApiServer, Expected, bundle, endpoint, finalized, validated};
 use super::super::scaler::{self, Tracked};
 use super::{STATUS, start_nats, submit};
 use crate::autoscale::{AutoscaleMetrics, Concurrency, Load};
@@ -22,7 +22,6 @@ use crate::queue::LoadReport;
 use crate::queue::QueueSpec;
 
 const SCALE: &str = "/apis/apps/v1/namespaces/ml/deployments/demo/scale";
-const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ml/events";
 
 fn metrics() -> (Registry, Arc<AutoscaleMetrics>) {
     let mut registry = Registry::default();
@@ -56,58 +55,65 @@ fn idle_status() -> ModelEndpointStatus {
     }
 }
 
-/// Serves the autoscaler's apply of the scale subresource; returns the replicas it set.
-async fn serve_scale(server: &mut ApiServer) -> Value {
-    let seen = server.expect(Method::PATCH, SCALE).await;
-    assert!(
-        seen.query.contains("fieldManager=ferry-autoscaler"),
-        "{}",
-        seen.query
-    );
-    assert!(seen.query.contains("force=true"), "{}", seen.query);
-    assert_eq!(
-        (&seen.body["apiVersion"], &seen.body["kind"]),
-        (&json!("autoscaling/v1"), &json!("Scale"))
-    );
-    let replicas = seen.body["spec"]["replicas"].clone();
-    seen.ok(&json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+/// The query of the autoscaler's server-side applies.
+const APPLY_SCALE: &str = "fieldManager=ferry-autoscaler&force=true";
+
+/// Serves the autoscaler's apply of `replicas` to the scale subresource.
+async fn serve_scale(server: &mut ApiServer, replicas: u32) {
+    let scale =
+        json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "spec": {"replicas": replicas}});
+    let expected = Expected::new(Method::PATCH, SCALE, scale).query(APPLY_SCALE);
+    server
+        .expect(expected)
+        .await
+        .ok(&json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
         "metadata": {"name": "demo", "namespace": "ml"}, "spec": {"replicas": replicas}}));
-    replicas
 }
 
-/// Serves the Event the autoscaler creates; returns it.
-async fn serve_event(server: &mut ApiServer) -> Value {
-    let seen = server.expect(Method::POST, EVENTS).await;
-    let event = seen.body.clone();
-    seen.echo();
-    assert_eq!(event["type"], "Normal");
-    assert_eq!(event["action"], "Scale");
-    assert_eq!(event["regarding"]["name"], "demo");
-    assert_eq!(event["reportingController"], "ferry-operator");
-    event
+/// Serves the Event the autoscaler creates for a change.
+async fn serve_event(server: &mut ApiServer, reason: &str, note: &str) {
+    let expected = Expected::event("Scale", "Normal", reason, note);
+    server.expect_echoed(expected).await;
 }
 
-/// Serves the autoscaler's status apply; returns the status it carried.
-async fn serve_scale_status(server: &mut ApiServer, endpoint: &ModelEndpoint) -> Value {
-    let seen = server.expect(Method::PATCH, STATUS).await;
-    assert!(
-        seen.query.contains("fieldManager=ferry-autoscaler"),
-        "{}",
-        seen.query
-    );
-    assert!(seen.query.contains("force=true"), "{}", seen.query);
-    assert_eq!(seen.body["kind"], "ModelEndpoint");
-    let status = seen.body["status"].clone();
-    let keys: Vec<&String> = status.as_object().expect("status").keys().collect();
-    assert!(
-        keys.iter()
-            .all(|k| ["lastScaleTime", "scaleReason"].contains(&k.as_str())),
-        "only the autoscaler's fields: {status}"
-    );
+/// Serves the autoscaler's status apply, which carries only its own fields: the reason, and
+/// the time of the change when the count changed.
+async fn serve_scale_status(
+    server: &mut ApiServer,
+    endpoint: &ModelEndpoint,
+    reason: &str,
+    changed: bool,
+) {
+    let mut status = json!({"scaleReason": reason});
+    let mut expected_volatile: &[&str] = &[];
+    if changed {
+        status["lastScaleTime"] = json!("the time of the change");
+        expected_volatile = &["/status/lastScaleTime"];
+    }
+    let body =
+        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "ModelEndpoint", "status": status});
+    let expected = Expected::new(Method::PATCH, STATUS, body)
+        .query(APPLY_SCALE)
+        .volatile(expected_volatile);
+    let seen = server.expect(expected).await;
     let mut stored = serde_json::to_value(endpoint).expect("json");
-    stored["status"] = status.clone();
+    stored["status"] = seen.body["status"].clone();
     seen.ok(&stored);
-    status
+}
+
+/// Waits until the registry's exposition satisfies `holds` (the loop runs every second).
+async fn exposition_until(registry: &Registry, holds: impl Fn(&str) -> bool) -> String {
+    for _ in 0..100 {
+        let text = exposition(registry);
+        if holds(&text) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the exposition never came to hold: {}",
+        exposition(registry)
+    )
 }
 
 /// Evaluates `endpoint` at `load` in the background, as the loop does.
@@ -156,10 +162,9 @@ async fn the_autoscaler_sets_the_scale_subresource_from_the_backlog() {
         Tracked::new(Duration::from_secs(60)),
         load,
     );
-    assert_eq!(serve_scale(&mut server).await, 0);
-    let status = serve_scale_status(&mut server, &endpoint).await;
-    assert_eq!(status, json!({"scaleReason": "Idle"}));
-    let tracked = running.await.expect("evaluated");
+    serve_scale(&mut server, 0).await;
+    serve_scale_status(&mut server, &endpoint, "Idle", false).await;
+    let tracked = server.idle_after(running).await.expect("evaluated");
     assert_eq!(tracked.applied(), Some(0));
 
     // Five queued tasks at two per worker want three workers.
@@ -175,21 +180,16 @@ async fn the_autoscaler_sets_the_scale_subresource_from_the_backlog() {
         }
     );
     let running = evaluate(&ctx, &metrics, &endpoint, tracked, load);
-    assert_eq!(serve_scale(&mut server).await, 3);
-    let event = serve_event(&mut server).await;
-    assert_eq!(event["reason"], "ScaledUp");
-    assert_eq!(event["note"], "0 → 3 workers: Load (5 queued, 0 in flight)");
-    let status = serve_scale_status(&mut server, &endpoint).await;
-    assert_eq!(status["scaleReason"], "Load");
-    assert!(status["lastScaleTime"].is_string(), "{status}");
-    let tracked = running.await.expect("evaluated");
+    serve_scale(&mut server, 3).await;
+    let note = "0 → 3 workers: Load (5 queued, 0 in flight)";
+    serve_event(&mut server, "ScaledUp", note).await;
+    serve_scale_status(&mut server, &endpoint, "Load", true).await;
+    let tracked = server.idle_after(running).await.expect("evaluated");
 
     // Unchanged load: nothing to set, nothing to tell.
-    let tracked = evaluate(&ctx, &metrics, &endpoint, tracked, load)
-        .await
-        .expect("evaluated");
+    let running = evaluate(&ctx, &metrics, &endpoint, tracked, load);
+    let tracked = server.idle_after(running).await.expect("evaluated");
     assert_eq!(tracked.applied(), Some(3));
-    server.expect_silence().await;
     let text = exposition(&registry);
     assert!(
         text.contains(&format!(
@@ -264,13 +264,11 @@ async fn a_sync_endpoint_wakes_at_its_first_load_report_and_times_the_wake() {
         Tracked::new(Duration::ZERO),
         load,
     );
-    assert_eq!(serve_scale(&mut server).await, 2);
-    let event = serve_event(&mut server).await;
-    assert_eq!(event["reason"], "ScaledUp");
-    assert_eq!(event["note"], "0 → 2 workers: Load (0 queued, 3 in flight)");
-    let status = serve_scale_status(&mut server, &endpoint).await;
-    assert_eq!(status["scaleReason"], "Load");
-    let tracked = running.await.expect("evaluated");
+    serve_scale(&mut server, 2).await;
+    let note = "0 → 2 workers: Load (0 queued, 3 in flight)";
+    serve_event(&mut server, "ScaledUp", note).await;
+    serve_scale_status(&mut server, &endpoint, "Load", true).await;
+    let tracked = server.idle_after(running).await.expect("evaluated");
 
     // The first worker is ready: the wake is timed, once.
     endpoint.status = Some(ModelEndpointStatus {
@@ -278,10 +276,8 @@ async fn a_sync_endpoint_wakes_at_its_first_load_report_and_times_the_wake() {
         ready_replicas: Some(1),
         ..Default::default()
     });
-    let tracked = evaluate(&ctx, &metrics, &endpoint, tracked, load)
-        .await
-        .expect("evaluated");
-    server.expect_silence().await;
+    let running = evaluate(&ctx, &metrics, &endpoint, tracked, load);
+    let tracked = server.idle_after(running).await.expect("evaluated");
     let text = exposition(&registry);
     assert!(
         text.contains("ferry_autoscaler_wake_seconds_count 1"),
@@ -299,13 +295,11 @@ async fn a_sync_endpoint_wakes_at_its_first_load_report_and_times_the_wake() {
 
     // The requests are gone: back to zero.
     let running = evaluate(&ctx, &metrics, &endpoint, tracked, Load::default());
-    assert_eq!(serve_scale(&mut server).await, 0);
-    let event = serve_event(&mut server).await;
-    assert_eq!(event["reason"], "ScaledToZero");
-    assert_eq!(event["note"], "2 → 0 workers: Idle (0 queued, 0 in flight)");
-    let status = serve_scale_status(&mut server, &endpoint).await;
-    assert_eq!(status["scaleReason"], "Idle");
-    running.await.expect("evaluated");
+    serve_scale(&mut server, 0).await;
+    let note = "2 → 0 workers: Idle (0 queued, 0 in flight)";
+    serve_event(&mut server, "ScaledToZero", note).await;
+    serve_scale_status(&mut server, &endpoint, "Idle", true).await;
+    server.idle_after(running).await.expect("evaluated");
     let text = exposition(&registry);
     assert!(
         text.contains("ferry_autoscaler_wake_seconds_count 1"),
@@ -333,13 +327,10 @@ async fn the_loop_scales_a_sync_endpoint_when_a_gateway_reports_requests() {
         stop.clone(),
     ));
 
-    // The first round finds it idle and says so; it subscribed to reports before.
-    assert_eq!(serve_scale(&mut server).await, 0);
-    assert_eq!(
-        serve_scale_status(&mut server, &endpoint).await,
-        json!({"scaleReason": "Idle"})
-    );
-    server.expect_silence().await;
+    // The first round finds it idle and says so; it subscribed to reports before. Whatever
+    // else a round sent before the report's changes would fail the next expectation.
+    serve_scale(&mut server, 0).await;
+    serve_scale_status(&mut server, &endpoint, "Idle", false).await;
 
     queue
         .gateway()
@@ -350,31 +341,34 @@ async fn the_loop_scales_a_sync_endpoint_when_a_gateway_reports_requests() {
         })
         .await
         .expect("published");
-    assert_eq!(serve_scale(&mut server).await, 2);
-    let event = serve_event(&mut server).await;
-    assert_eq!(event["reason"], "ScaledUp");
-    assert_eq!(event["note"], "0 → 2 workers: Load (0 queued, 3 in flight)");
-    assert_eq!(
-        serve_scale_status(&mut server, &endpoint).await["scaleReason"],
-        "Load"
-    );
+    serve_scale(&mut server, 2).await;
+    let note = "0 → 2 workers: Load (0 queued, 3 in flight)";
+    serve_event(&mut server, "ScaledUp", note).await;
+    serve_scale_status(&mut server, &endpoint, "Load", true).await;
 
-    // The endpoint is deleted: its series go with it.
+    // The workers are ready: a later round sees them (the gauge says so) and, the count
+    // holding, sends nothing — a request would hold the loop until answered.
+    let ready = ModelEndpointStatus {
+        desired_replicas: Some(2),
+        ready_replicas: Some(2),
+        ..Default::default()
+    };
+    endpoint.status = Some(ready);
+    writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(
+        endpoint.clone()
+    ))));
+    let ready_gauge = format!(
+        r#"ferry_autoscaler_ready_workers{{endpoint="ml/demo",endpoint_id="{id}"}} 2"#,
+        id = endpoint.endpoint_id()
+    );
+    exposition_until(&registry, |text| text.contains(&ready_gauge)).await;
+
+    // The endpoint is deleted: its series go with it at the next round.
     writer.apply_watcher_event(&watcher::Event::Delete(DeserializeGuard(Ok(endpoint))));
-    // The next round (every second) forgets it.
-    let mut text = exposition(&registry);
-    for _ in 0..100 {
-        if !text.contains(r#"endpoint="ml/demo""#) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        text = exposition(&registry);
-    }
-    assert!(!text.contains(r#"endpoint="ml/demo""#), "{text}");
+    exposition_until(&registry, |text| !text.contains(r#"endpoint="ml/demo""#)).await;
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(5), running)
+    server
+        .idle_after(running)
         .await
-        .expect("the loop stops")
-        .expect("no panic");
-    server.expect_silence().await;
+        .expect("the loop stops without a panic");
 }
