@@ -335,6 +335,8 @@ class Model(BaseHTTPRequestHandler):
                 self.wfile.flush()
             self.close_connection = True
             return
+        if args.get("started"):
+            open(args["started"], "w").close()
         time.sleep(args.get("sleep", 0))
         data = json.dumps(args["x"] + len(args["y"])).encode()
         self.send_response(200); self.send_header("Content-Type", "application/json")
@@ -386,10 +388,17 @@ async fn sync_predictions_answer_in_launch_shape_and_refuse_when_saturated() {
     );
 
     // One worker taking one task at a time: while it works, a second request is refused.
-    let slow = json!({"args": {"x": 1, "y": "", "sleep": 2}});
+    let started = tempfile::tempdir().unwrap();
+    let marker = started.path().join("started");
+    let slow = json!({"args": {"x": 1, "y": "", "sleep": 2, "started": marker}});
     let busy = dev.post(&path, &slow);
     let second = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        eventually(
+            "the first request runs",
+            Duration::from_secs(30),
+            || async { marker.exists().then_some(()) },
+        )
+        .await;
         dev.post(&path, &json!({"args": {"x": 1, "y": ""}})).await
     };
     let ((first_status, _), (second_status, second_body)) = tokio::join!(busy, second);

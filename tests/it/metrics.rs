@@ -1,7 +1,7 @@
 //! `/metrics` of a running `ferry dev` after a task went through it (gateway, forwarder,
 //! dispatcher, autoscaler in one process): the format follows the scraper's `Accept`, the
-//! classic one passes `promtool check metrics`, and every promised family is there with
-//! bounded labels.
+//! classic one passes `promtool check metrics`, every promised family is there with bounded
+//! labels, and the chart's alerts and dashboard read only series it exports.
 
 use std::time::Duration;
 
@@ -83,6 +83,12 @@ async fn a_running_dev_serves_both_formats_and_promtool_accepts_the_classic_one(
             "{series} missing from\n{classic}"
         );
     }
+    // The chart's alerts and dashboard read only series ferry exports; the controller's are the
+    // operator's, checked against its scrape in operator.rs.
+    let scraped = monitoring::assert_monitoring_reads_exported(&classic, |name| {
+        !monitoring::is_controller_series(name)
+    });
+    assert!(scraped.len() > 10, "{scraped:?}");
     // Task ids and callback URLs never become labels; requests are known by route template.
     assert!(!classic.contains(&task), "{classic}");
     assert!(!classic.contains("/cb"), "{classic}");

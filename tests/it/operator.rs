@@ -182,6 +182,11 @@ async fn applying_the_examples_yields_workers_a_stream_and_status() {
     );
     assert!(metrics.contains("ferry_controller_leader 1"), "{metrics}");
     promtool_check(&metrics);
+    // The controller's series that the chart's alerts and dashboard read (metrics.rs checks
+    // the rest against `ferry dev`).
+    let scraped =
+        monitoring::assert_monitoring_reads_exported(&metrics, monitoring::is_controller_series);
+    assert!(scraped.len() >= 3, "{scraped:?}");
     let desired = r#"ferry_autoscaler_desired_workers{endpoint="default/demo-endpoint-callback",endpoint_id="end_"#;
     assert!(
         metrics

@@ -16,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub mod kube;
+pub mod monitoring;
 
 pub const API_KEY: &str = "test-key-0123456789abcdef";
 const STARTUP: Duration = Duration::from_secs(30);
