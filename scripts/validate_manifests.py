@@ -29,6 +29,7 @@ SKIPPED_KINDS = {
     ("kustomize.toolkit.fluxcd.io/v1", "Kustomization"): "Flux",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "Prometheus Operator",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "Prometheus Operator",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "Prometheus Operator",
 }
 WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
 ARGOCD_HEALTH_KEY = "resource.customizations.health.ferry.dev_ModelEndpoint"
