@@ -166,6 +166,9 @@ pub async fn serve(
     serving.await
 }
 
+/// Header with which a client makes a submission safe to repeat (looked up in any case).
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
 /// Ensures each async endpoint's queue and publishes every endpoint's callback policy, its
 /// Secrets resolved from the manifests; fails naming the first missing Secret or key.
 async fn prepare_endpoints(

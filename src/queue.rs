@@ -7,6 +7,7 @@
 mod arrivals;
 mod callbacks;
 mod connect;
+mod envelope;
 mod lease;
 mod limits;
 mod link;

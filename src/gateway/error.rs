@@ -158,7 +158,7 @@ fn unconfirmed_detail(task_id: &crate::task::TaskId) -> String {
     format!(
         "the task queue did not confirm task {task_id} in time; it may still run. Resubmit the same \
          request with the header `{}: {task_id}` to get it confirmed: it runs once",
-        super::routes::IDEMPOTENCY_KEY
+        super::IDEMPOTENCY_KEY
     )
 }
 

@@ -12,16 +12,13 @@ use kube::ResourceExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, auth::Principal, error::AppError, team_limits, views};
+use super::{AppState, IDEMPOTENCY_KEY, auth::Principal, error::AppError, team_limits, views};
 use crate::callback::Guard;
 use crate::crd::{
     BundleId, CallbackAuthKind, EndpointId, EndpointType, ModelBundle, ModelEndpoint,
     PostInferenceHook,
 };
 use crate::task::{CallbackAuth, CallbackTarget, TaskId, TaskMessage, now_ms};
-
-/// Header with which a client makes a submission safe to repeat (looked up in any case).
-pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 #[derive(Deserialize)]
 pub struct ModelNameQuery {

@@ -469,7 +469,7 @@ async fn a_full_task_queue_refuses_with_429_and_keeps_every_accepted_task() {
             .uri(&uri)
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::AUTHORIZATION, format!("Bearer {KEY_A}"))
-            .header(super::routes::IDEMPOTENCY_KEY, "again")
+            .header(super::IDEMPOTENCY_KEY, "again")
             .body(Body::from(r#"{"args": {"x": 9}}"#))
             .expect("request")
     };

@@ -15,7 +15,7 @@ use async_nats::jetstream::{
 use futures::{Stream, StreamExt};
 
 use super::results::KV_OPERATION;
-use super::{Error, Queue, QueueSettings, limits, names, results};
+use super::{Error, Queue, QueueSettings, envelope, limits, names};
 use crate::crd::EndpointId;
 use crate::task::{CallbackJob, CallbackPolicy, DeadLetter, TaskId, Versioned};
 
@@ -389,7 +389,7 @@ impl Queue {
         let key = endpoint.to_string();
         match self
             .policies_bucket()?
-            .put(key.as_str(), results::encode(policy))
+            .put(key.as_str(), envelope::encode(policy))
             .await
         {
             Ok(_) => Ok(()),
@@ -406,7 +406,7 @@ impl Queue {
     ) -> Result<Option<CallbackPolicy>, Error> {
         let key = endpoint.to_string();
         match self.policies_bucket()?.get(key.as_str()).await {
-            Ok(Some(bytes)) => results::decode("callback policy", &bytes).map(Some),
+            Ok(Some(bytes)) => envelope::decode("callback policy", &bytes).map(Some),
             Ok(None) => Ok(None),
             Err(source) => Err(Error::Read {
                 key,

@@ -24,7 +24,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use super::{Error, Queue, names, results};
+use super::{Error, Queue, envelope, names};
 use crate::crd::EndpointId;
 use crate::task::{
     CallbackJob, CallbackState, DeadLetter, StoredPayload, TaskId, TaskMessage, TaskOutcome,
@@ -183,7 +183,7 @@ impl Queue {
         task: Option<&TaskId>,
         value: &T,
     ) -> Result<Bytes, Error> {
-        let whole = results::encode(value);
+        let whole = envelope::encode(value);
         if whole.len() <= INLINE_LIMIT {
             return Ok(whole);
         }
@@ -192,7 +192,7 @@ impl Queue {
             return Ok(whole);
         };
         let payload = self.store_payload(task, T::PART, &payload).await?;
-        // Our own plain structs serialize to JSON without fail (see `results::encode`).
+        // Our own plain structs serialize to JSON without fail (see `envelope::encode`).
         let stored = serde_json::to_vec(&Versioned::V1Stored { payload, message });
         Ok(Bytes::from(stored.unwrap_or_default()))
     }
@@ -321,7 +321,7 @@ mod tests {
             message: task.clone(),
         })
         .expect("encodes");
-        let decoded: TaskMessage = results::decode("task message", &bytes).expect("decodes");
+        let decoded: TaskMessage = envelope::decode("task message", &bytes).expect("decodes");
         assert_eq!(decoded.task_id, task.task_id);
     }
 
@@ -383,7 +383,7 @@ mod tests {
             .expect("whole");
         assert_eq!(
             small,
-            results::encode(&failure),
+            envelope::encode(&failure),
             "a small record travels whole"
         );
     }

@@ -14,11 +14,11 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use serde::{Serialize, de::DeserializeOwned};
 
+use super::envelope::encode;
 use super::objects::Carrier;
 use super::{Error, NatsError, Queue, QueueSettings, names};
-use crate::task::{CallbackState, TaskId, TaskRecord, Versioned};
+use crate::task::{CallbackState, TaskId, TaskRecord};
 
 /// A task record with the revision of the bucket entry that holds it.
 #[derive(Clone, Debug, PartialEq)]
@@ -166,17 +166,6 @@ impl Results {
             }
         }
     }
-}
-
-pub(super) fn encode<T: Serialize + Clone>(value: &T) -> Bytes {
-    // Serializing our own plain structs to JSON cannot fail: no maps with non-string keys.
-    Bytes::from(serde_json::to_vec(&Versioned::V1(value.clone())).unwrap_or_default())
-}
-
-pub(super) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice::<Versioned<T>>(bytes)
-        .map(Versioned::into_inner)
-        .map_err(|source| Error::Decode { what, source })
 }
 
 impl Queue {

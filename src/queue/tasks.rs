@@ -21,7 +21,7 @@ use async_nats::jetstream::{
     stream::{self, RetentionPolicy},
 };
 
-use super::{Error, Queue, names, results};
+use super::{Error, Queue, envelope, names};
 use crate::crd::EndpointId;
 use crate::crd::validate::ValidatedEndpoint;
 use crate::task::{TaskId, TaskMessage};
@@ -129,7 +129,7 @@ impl TaskDelivery {
             TaskId::parse(id.as_str())
         });
         // A stored message decodes without its args: enough for the id.
-        let decoded = || results::decode::<TaskMessage>("task message", &self.message.payload);
+        let decoded = || envelope::decode::<TaskMessage>("task message", &self.message.payload);
         header.or_else(|| decoded().ok().map(|task| task.task_id))
     }
 
