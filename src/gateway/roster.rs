@@ -111,11 +111,22 @@ fn status_of(endpoint: &ModelEndpoint, (workers, ready): (usize, usize)) -> Mode
             status: status.to_owned(),
             reason: reason.to_owned(),
             message,
-            last_transition_time: Time(jiff::Timestamp::now()),
+            last_transition_time: since_unchanged(endpoint, status)
+                .unwrap_or_else(|| Time(jiff::Timestamp::now())),
             observed_generation: endpoint.metadata.generation,
         }],
         ..Default::default()
     }
+}
+
+/// When the endpoint's Ready condition last changed, if `status` is what it already says: a
+/// condition's transition time is when it turned, not when it was last computed.
+fn since_unchanged(endpoint: &ModelEndpoint, status: &str) -> Option<Time> {
+    let previous = endpoint.status.as_ref()?.conditions.iter();
+    previous
+        .filter(|c| c.type_ == condition::READY && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .next()
 }
 
 /// Keeps the catalog's workers and statuses of its endpoints to what their workers announce,
@@ -221,6 +232,13 @@ mod tests {
         assert_eq!(
             (ready.state, ready.replicas, ready.ready_replicas),
             (Some(EndpointState::Ready), Some(3), Some(2))
+        );
+        let mut again = spec.clone();
+        again.status = Some(short.clone());
+        assert_eq!(
+            status_of(&again, (2, 1)).conditions[0].last_transition_time,
+            short.conditions[0].last_transition_time,
+            "unchanged, the condition keeps its transition time"
         );
         spec.spec.min_workers = 0;
         assert_eq!(status_of(&spec, (0, 0)).state, Some(EndpointState::Ready));

@@ -84,6 +84,17 @@ impl Deployment {
             .for_role(role)
     }
 
+    /// Two prepared endpoints, `mine` and `theirs`, with the operator's queue.
+    async fn two_endpoints(&self) -> (EndpointId, EndpointId, OperatorQueue) {
+        let (mine, theirs) = (
+            EndpointId::for_resource("ml", "mine"),
+            EndpointId::for_resource("ml", "theirs"),
+        );
+        let (operator, _) = self.endpoint_with_secrets(&mine).await;
+        self.endpoint_with_secrets(&theirs).await;
+        (mine, theirs, operator)
+    }
+
     /// The operator's queue after it prepared `endpoint` with a signing secret in its policy.
     async fn endpoint_with_secrets(
         &self,
@@ -393,12 +404,7 @@ async fn forwarder_credentials_reach_no_secret_no_stream_admin_and_no_other_repl
 async fn an_endpoints_forwarder_credentials_reach_only_that_endpoint_and_expire() {
     let deployment = Deployment::start().await;
     let url = deployment.nats.connection.url();
-    let (mine, theirs) = (
-        EndpointId::for_resource("ml", "mine"),
-        EndpointId::for_resource("ml", "theirs"),
-    );
-    let (operator, _) = deployment.endpoint_with_secrets(&mine).await;
-    deployment.endpoint_with_secrets(&theirs).await;
+    let (mine, theirs, operator) = deployment.two_endpoints().await;
     let gateway = deployment.queue(Role::Gateway).await.gateway();
     for endpoint in [&mine, &theirs] {
         gateway
@@ -492,12 +498,7 @@ async fn an_endpoints_forwarder_credentials_reach_only_that_endpoint_and_expire(
 async fn an_endpoints_forwarder_reads_and_writes_only_that_endpoints_task_records() {
     let deployment = Deployment::start().await;
     let url = deployment.nats.connection.url();
-    let (mine, theirs) = (
-        EndpointId::for_resource("ml", "mine"),
-        EndpointId::for_resource("ml", "theirs"),
-    );
-    deployment.endpoint_with_secrets(&mine).await;
-    deployment.endpoint_with_secrets(&theirs).await;
+    let (mine, theirs, _) = deployment.two_endpoints().await;
     let gateway = deployment.queue(Role::Gateway).await.gateway();
     let submit = |endpoint: &EndpointId, idempotency_key| {
         let (gateway, task) = (gateway.clone(), task(endpoint));
@@ -584,12 +585,7 @@ async fn an_endpoints_forwarder_reads_and_writes_only_that_endpoints_task_record
 async fn an_endpoints_forwarder_stores_and_loads_only_that_endpoints_large_payloads() {
     let deployment = Deployment::start().await;
     let url = deployment.nats.connection.url();
-    let (mine, theirs) = (
-        EndpointId::for_resource("ml", "mine"),
-        EndpointId::for_resource("ml", "theirs"),
-    );
-    deployment.endpoint_with_secrets(&mine).await;
-    deployment.endpoint_with_secrets(&theirs).await;
+    let (mine, theirs, _) = deployment.two_endpoints().await;
     let large = serde_json::json!({ "blob": "x".repeat(2 << 20) });
     let gateway = deployment.queue(Role::Gateway).await.gateway();
     for endpoint in [&mine, &theirs] {

@@ -192,13 +192,7 @@ async fn rolling_every_role_under_load_loses_repeats_and_fails_nothing() {
             &[("FERRY_CONCURRENCY", "4")],
         )
     };
-    let token = ferry_command()
-        .args(["serving-token", "--endpoint-id", &served])
-        .env("FERRY_SEAL_KEY_FILE", seal_key_file())
-        .output()
-        .await
-        .expect("ferry serving-token runs");
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let token = serving_token(&served).await;
     let serving_worker = || {
         let listen = format!("127.0.0.1:{}", free_port());
         Process::forwarder(

@@ -36,18 +36,6 @@ async fn availability(gateway: &Dev, name: &str) -> (String, i64) {
     )
 }
 
-/// What `ferry serving-token` prints for `endpoint` with the test's key ring.
-async fn serving_token(endpoint: &str) -> String {
-    let output = ferry_command()
-        .args(["serving-token", "--endpoint-id", endpoint])
-        .env("FERRY_SEAL_KEY_FILE", seal_key_file())
-        .output()
-        .await
-        .expect("ferry serving-token runs");
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_of_fixed_manifests_share_workers_status_and_creation_time_and_route_sync_requests()
  {

@@ -296,6 +296,18 @@ pub fn seal_key_file() -> &'static Path {
     .path()
 }
 
+/// What `ferry serving-token` prints for `endpoint` with the test's key ring.
+pub async fn serving_token(endpoint: &str) -> String {
+    let output = ferry_command()
+        .args(["serving-token", "--endpoint-id", endpoint])
+        .env("FERRY_SEAL_KEY_FILE", seal_key_file())
+        .output()
+        .await
+        .expect("ferry serving-token runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
 /// Roles that hold the key ring.
 const SEALING_ROLES: [&str; 3] = ["gateway", "dispatcher", "operator"];
 
