@@ -19,7 +19,7 @@ use crate::autoscale::AutoscaleMetrics;
 use crate::catalog::{Catalog, NamedSecret};
 use crate::crd::namespace_of;
 use crate::dispatcher::{Clients, DeliverySettings, Dispatcher, DispatcherMetrics};
-use crate::forwarder::ForwarderMetrics;
+use crate::forwarder::{ForwarderMetrics, InputFetcher};
 use crate::gateway::{self, ApiKeys, AppState, GatewayMetrics};
 use crate::manifest::Manifests;
 use crate::process_group::ProcessGroup;
@@ -121,6 +121,8 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
         runtime::WorkerStarts {
             forwarders,
             children: children.clone(),
+            // One machine: a model may read its own files anyway.
+            inputs: InputFetcher::new(guard.clone(), true)?,
         },
     ));
     load_manifests(&runtime, &manifests).await?;

@@ -6,6 +6,7 @@
 //! model that cannot take tasks pauses the worker instead (see [`outage`]) and the task goes
 //! back to the queue without spending an attempt (see [`crate::queue::TaskDelivery`]).
 
+mod input;
 mod invoke;
 mod outage;
 mod presence;
@@ -20,6 +21,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use input::InputFetcher;
 pub use invoke::{ModelClient, Prediction};
 
 use crate::admin::{self, Readiness};
@@ -272,7 +274,7 @@ impl Forwarder {
             revision,
         });
         let timer = std::time::Instant::now();
-        let predict = self.model.predict(&task.task_id, &task.args);
+        let predict = self.model.predict_task(task);
         let mut predict = std::pin::pin!(predict);
         // A task the model answers at once goes straight to its outcome; one that takes longer
         // is recorded as STARTED while the model works.

@@ -74,12 +74,20 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             get(routes::list_bundles).post(resources::create_v1_bundle),
         )
         .route("/v1/model-bundles/latest", get(routes::latest_bundle))
+        .route(
+            "/v1/model-bundles/clone-with-changes",
+            post(resources::clone_bundle),
+        )
         .route("/v1/model-bundles/{id}", get(routes::get_bundle))
         .route(
             "/v2/model-bundles",
             get(resources::list_v2_bundles).post(resources::create_bundle),
         )
         .route("/v2/model-bundles/latest", get(resources::latest_v2_bundle))
+        .route(
+            "/v2/model-bundles/clone-with-changes",
+            post(resources::clone_bundle),
+        )
         .route("/v2/model-bundles/{id}", get(resources::get_v2_bundle))
         .route(
             "/v1/model-endpoints",

@@ -218,6 +218,9 @@ pub struct TaskMessage {
     pub endpoint_id: EndpointId,
     /// The JSON body POSTed to the model's predict route.
     pub args: Value,
+    /// Launch's `url`: where the worker fetches the model's input, sent in place of `args`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_url: Option<String>,
     /// Set when the endpoint has the callback hook and a URL resolved at submission.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<Sealed<CallbackTarget>>,

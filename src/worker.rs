@@ -44,3 +44,6 @@ pub const SERVING_TOKEN_HEADER: &str = "ferry-serving-token";
 /// Header of every prediction request to the model: the task's id, the same on each delivery of
 /// the task, so a model can tell a task delivered again (after a worker stopped) from a new one.
 pub const TASK_ID_HEADER: &str = "ferry-task-id";
+/// Header of a prediction request whose body is a task's input fetched from a URL (Launch's
+/// `url` of a task request) rather than its args: the URL it came from.
+pub const INPUT_URL_HEADER: &str = "ferry-input-url";

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use super::parse_seconds;
 use super::shared::{HttpArgs, NatsArgs};
+use crate::callback::Guard;
 use crate::crd::EndpointId;
-use crate::forwarder::{ModelClient, Serving, Settings};
+use crate::forwarder::{InputFetcher, ModelClient, Serving, Settings};
 use crate::worker::env as forwarder_env;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,9 @@ pub struct ForwarderArgs {
     /// `http://<--serve-listen>` when that names an address other than 0.0.0.0 or [::].
     #[arg(long, env = "FERRY_ADVERTISE_URL")]
     pub advertise_url: Option<url::Url>,
+    /// Internal address ranges (CIDRs) task inputs given by URL may come from; none by default.
+    #[arg(long, env = "FERRY_INPUT_ALLOW_CIDRS", value_delimiter = ',')]
+    pub input_allow_cidrs: Vec<ipnet::IpNet>,
     #[command(flatten)]
     pub http: HttpArgs,
 }
@@ -93,7 +97,11 @@ impl ForwarderArgs {
             &self.healthcheck_route,
             self.predict_timeout,
         )?
-        .with_streaming_route(self.streaming_predict_route.as_deref())?;
+        .with_streaming_route(self.streaming_predict_route.as_deref())?
+        .with_inputs(InputFetcher::new(
+            Guard::new(self.input_allow_cidrs.clone(), Default::default()),
+            false,
+        )?);
         Ok(Settings {
             // As the forwarder connects: its endpoint's own credentials may use no other inbox.
             connection: self.nats.connection()?.for_forwarder_of(&endpoint_id),

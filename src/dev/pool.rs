@@ -22,7 +22,7 @@ use crate::catalog::Catalog;
 use crate::crd::{
     EndpointId, EndpointState, EndpointType, ModelBundle, ModelEndpoint, ModelEndpointStatus,
 };
-use crate::forwarder::ForwarderMetrics;
+use crate::forwarder::{ForwarderMetrics, InputFetcher};
 use crate::process_group::ProcessGroup;
 use crate::queue::LoadReport;
 use crate::queue::{ForwarderQueue, OperatorQueue};
@@ -123,6 +123,7 @@ pub struct Pool {
     pub serving_token: String,
     /// The group model processes start in.
     pub children: Arc<ProcessGroup>,
+    pub inputs: InputFetcher,
 }
 
 impl Pool {
@@ -269,6 +270,7 @@ impl Pool {
             metrics: self.metrics.clone(),
             serving_token: self.serving_token.clone(),
             children: self.children.clone(),
+            inputs: self.inputs.clone(),
         };
         let ready = Readiness::default();
         let worker_stop = stop.child_token();

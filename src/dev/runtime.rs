@@ -18,7 +18,7 @@ use crate::callback::policy::resolve_policy;
 use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::crd::validate::{ValidatedBundle, ValidatedEndpoint, validate};
 use crate::crd::{EndpointId, ModelBundle, ModelEndpoint, namespace_of};
-use crate::forwarder::ForwarderMetrics;
+use crate::forwarder::{ForwarderMetrics, InputFetcher};
 use crate::process_group::ProcessGroup;
 use crate::queue::{ForwarderQueue, Queue, QueueSettings, QueueSpec};
 use crate::seal::KeyRing;
@@ -38,6 +38,8 @@ pub struct WorkerStarts {
     pub forwarders: ForwarderAccess,
     /// The group model processes start in: they die with `ferry dev`.
     pub children: Arc<ProcessGroup>,
+    /// Fetches the inputs of tasks given by URL (loopback and files allowed, as in `ferry dev`).
+    pub inputs: InputFetcher,
 }
 
 pub struct Runtime {
@@ -188,6 +190,7 @@ impl Runtime {
             metrics: self.metrics.clone(),
             scaling: self.scaling.clone(),
             children: self.starts.children.clone(),
+            inputs: self.starts.inputs.clone(),
         };
         let workers = tokio::spawn(pool.run(stop.clone()));
         Run {

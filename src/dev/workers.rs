@@ -14,7 +14,7 @@ use crate::admin::Readiness;
 use crate::catalog::Catalog;
 use crate::crd::EndpointType;
 use crate::crd::{ModelBundle, ModelEndpoint};
-use crate::forwarder::{Forwarder, ForwarderMetrics, ModelClient, serve};
+use crate::forwarder::{Forwarder, ForwarderMetrics, InputFetcher, ModelClient, serve};
 use crate::process_group::ProcessGroup;
 use crate::queue::ForwarderQueue;
 
@@ -50,6 +50,8 @@ pub struct Worker {
     pub serving_token: String,
     /// The group the model process starts in: it dies with `ferry dev`.
     pub children: Arc<ProcessGroup>,
+    /// Fetches the inputs of tasks given by URL.
+    pub inputs: InputFetcher,
 }
 
 impl Worker {
@@ -83,7 +85,8 @@ impl Worker {
             &spec.healthcheck_route,
             Duration::from_secs(600),
         )?
-        .with_streaming_route(spec.streaming_predict_route.as_deref())?;
+        .with_streaming_route(spec.streaming_predict_route.as_deref())?
+        .with_inputs(self.inputs.clone());
         let stop_forwarder = cancel.child_token();
         let forwarding = self.forward(model, readiness.clone(), stop_forwarder.clone());
         let mut forwarding = std::pin::pin!(forwarding);

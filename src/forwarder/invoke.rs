@@ -10,8 +10,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::task::{MAX_RESULT_BYTES, TaskError, TaskId};
-use crate::worker::TASK_ID_HEADER;
+use super::input::{Fetched, InputFetcher};
+use crate::task::{MAX_RESULT_BYTES, TaskError, TaskId, TaskMessage};
+use crate::worker::{INPUT_URL_HEADER, TASK_ID_HEADER};
 
 /// Model response bodies kept in a failure's detail are cut to this many bytes.
 const DETAIL_LIMIT: usize = 4096;
@@ -41,9 +42,23 @@ pub enum Prediction {
     },
 }
 
+/// What a prediction request carries: the task's args as JSON, or the input its URL held.
+pub enum ModelInput<'a> {
+    Args(&'a Value),
+    Fetched { url: &'a str, input: Fetched },
+}
+
+impl<'a> From<&'a Value> for ModelInput<'a> {
+    fn from(args: &'a Value) -> Self {
+        ModelInput::Args(args)
+    }
+}
+
 #[derive(Clone)]
 pub struct ModelClient {
     http: reqwest::Client,
+    /// Fetches the inputs of tasks given by URL; such tasks fail without one.
+    inputs: Option<InputFetcher>,
     predict_url: Url,
     health_url: Url,
     /// Where streaming predictions come from, when the model offers them.
@@ -87,6 +102,7 @@ impl ModelClient {
             .map_err(Error::Client)?;
         Ok(ModelClient {
             http,
+            inputs: None,
             predict_url: join(predict_route)?,
             health_url: join(healthcheck_route)?,
             streaming_url: None,
@@ -108,28 +124,84 @@ impl ModelClient {
         Ok(self)
     }
 
+    /// The same client, fetching the inputs of tasks given by URL with `inputs`.
+    pub fn with_inputs(mut self, inputs: InputFetcher) -> Self {
+        self.inputs = Some(inputs);
+        self
+    }
+
+    /// The task's input as the model gets it: its args, or what its URL holds (a fetch that
+    /// fails is the task's failure: the model never saw it).
+    async fn input_of<'a>(&self, task: &'a TaskMessage) -> Result<ModelInput<'a>, Prediction> {
+        let Some(url) = task.input_url.as_deref() else {
+            return Ok(ModelInput::Args(&task.args));
+        };
+        let Some(inputs) = &self.inputs else {
+            let message = format!("input url {url:?}: this worker fetches no inputs by URL");
+            return Err(failure(message, None, None));
+        };
+        match inputs.fetch(url).await {
+            Ok(input) => Ok(ModelInput::Fetched { url, input }),
+            // The reason is the traceback too: where Launch's clients look for why.
+            Err(error) => Err(failure(error.to_string(), None, Some(error.to_string()))),
+        }
+    }
+
+    /// The model's answer to `task`, its input fetched first when given by URL.
+    pub async fn predict_task(&self, task: &TaskMessage) -> Prediction {
+        match self.input_of(task).await {
+            Ok(input) => self.predict(&task.task_id, input).await,
+            Err(failed) => failed,
+        }
+    }
+
+    /// The model's answers to `task` as they come, its input fetched first when given by URL.
+    pub async fn stream_task(
+        &self,
+        task: &TaskMessage,
+    ) -> futures::stream::BoxStream<'static, Prediction> {
+        use futures::StreamExt;
+        match self.input_of(task).await {
+            Ok(input) => self.stream(&task.task_id, input).await,
+            Err(failed) => futures::stream::once(futures::future::ready(failed)).boxed(),
+        }
+    }
+
+    /// A POST of `input` to `url`, carrying the task's id.
+    fn request(
+        &self,
+        url: &Url,
+        task_id: &TaskId,
+        input: ModelInput<'_>,
+    ) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .post(url.clone())
+            .header(TASK_ID_HEADER, task_id.as_str())
+            .timeout(self.timeout);
+        match input {
+            ModelInput::Args(args) => request.json(args),
+            ModelInput::Fetched { url, input } => request
+                .header(INPUT_URL_HEADER, url)
+                .header(reqwest::header::CONTENT_TYPE, input.content_type)
+                .body(input.bytes),
+        }
+    }
+
     /// The model's answers as they come: each server-sent event of the streaming route, or the
     /// predict route's one answer when the model has no streaming route.
     pub async fn stream(
         &self,
         task_id: &TaskId,
-        args: &Value,
+        input: ModelInput<'_>,
     ) -> futures::stream::BoxStream<'static, Prediction> {
         use eventsource_stream::Eventsource;
         use futures::StreamExt;
         let Some(url) = &self.streaming_url else {
-            let answer = self.predict(task_id, args).await;
+            let answer = self.predict(task_id, input).await;
             return futures::stream::once(futures::future::ready(answer)).boxed();
         };
-        let response = match self
-            .http
-            .post(url.clone())
-            .header(TASK_ID_HEADER, task_id.as_str())
-            .json(args)
-            .timeout(self.timeout)
-            .send()
-            .await
-        {
+        let response = match self.request(url, task_id, input).send().await {
             Ok(response) => response,
             Err(error) => {
                 return futures::stream::once(futures::future::ready(self.unanswered(&error)))
@@ -204,13 +276,13 @@ impl ModelClient {
         }
     }
 
-    pub async fn predict(&self, task_id: &TaskId, args: &Value) -> Prediction {
+    pub async fn predict<'a>(
+        &self,
+        task_id: &TaskId,
+        input: impl Into<ModelInput<'a>>,
+    ) -> Prediction {
         let sent = self
-            .http
-            .post(self.predict_url.clone())
-            .header(TASK_ID_HEADER, task_id.as_str())
-            .json(args)
-            .timeout(self.timeout)
+            .request(&self.predict_url, task_id, input.into())
             .send()
             .await;
         let response = match sent {
@@ -289,7 +361,7 @@ impl ModelClient {
 
 /// The response body, or `None` once it exceeds `limit` bytes (read no further: the task fails
 /// for its answer, whatever the rest of it holds).
-async fn read_bounded(
+pub(super) async fn read_bounded(
     mut response: reqwest::Response,
     limit: usize,
 ) -> Result<Option<Vec<u8>>, reqwest::Error> {

@@ -164,7 +164,7 @@ async fn predict(State(server): State<Arc<Server>>, headers: HeaderMap, body: By
     let Ok(_slot) = server.slots.clone().try_acquire_owned() else {
         return busy();
     };
-    let prediction = server.model.predict(&task.task_id, &task.args).await;
+    let prediction = server.model.predict_task(&task).await;
     let response = to_response(&prediction);
     let outcome = match prediction {
         Prediction::Success { result, .. } => TaskOutcome::Success { result },
@@ -187,11 +187,7 @@ async fn stream(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byt
     let Ok(slot) = server.slots.clone().try_acquire_owned() else {
         return busy();
     };
-    let mut predictions = server
-        .model
-        .stream(&task.task_id, &task.args)
-        .await
-        .peekable();
+    let mut predictions = server.model.stream_task(&task).await.peekable();
     if let Some(Prediction::Unavailable { reason }) =
         std::pin::Pin::new(&mut predictions).peek().await
     {

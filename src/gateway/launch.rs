@@ -395,6 +395,52 @@ pub fn new_bundle(namespace: &str, create: CreateBundle) -> Result<ValidatedBund
     Ok(validate_bundle(&ModelBundle { metadata, spec })?)
 }
 
+/// `POST /v2/model-bundles/clone-with-changes` (and its `/v1` twin).
+#[derive(Deserialize, Clone, Debug)]
+pub struct CloneBundle {
+    pub original_model_bundle_id: String,
+    #[serde(default)]
+    pub new_app_config: Option<Value>,
+}
+
+/// Longest name a clone keeps of its original's, leaving room for `-clone-` and the suffix.
+const CLONE_NAME_PREFIX_MAX: usize = 63 - "-clone-".len() - 8;
+
+/// A copy of `original` under a name of its own (`<name>-clone-<suffix>`): a bundle's id
+/// follows from its name, so a clone sharing its original's name would replace it. A runnable
+/// image has no app_config, so a new one is refused rather than dropped unseen.
+pub fn cloned_bundle(
+    original: &ModelBundle,
+    request: &CloneBundle,
+    suffix: &str,
+) -> Result<ValidatedBundle, Invalid> {
+    if request
+        .new_app_config
+        .as_ref()
+        .is_some_and(|config| !config.is_null())
+    {
+        return Err(invalid(
+            "new_app_config: runnable_image bundles have no app_config; set the image's env instead",
+        ));
+    }
+    let name = original.name_any();
+    let mut prefix: String = name.chars().take(CLONE_NAME_PREFIX_MAX).collect();
+    while prefix.ends_with('-') {
+        prefix.pop();
+    }
+    let metadata = ObjectMeta {
+        name: Some(format!("{prefix}-clone-{suffix}")),
+        namespace: original.metadata.namespace.clone(),
+        ..Default::default()
+    };
+    let clone = ModelBundle {
+        metadata,
+        spec: original.spec.clone(),
+    };
+    check_dns_label("name", &clone.name_any())?;
+    Ok(validate_bundle(&clone)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -606,5 +652,31 @@ mod tests {
             new_bundle("ns", relative).expect_err("a relative route").0,
             "healthcheck_route \"readyz\" is not an HTTP path starting with /"
         );
+    }
+
+    #[test]
+    fn a_clone_copies_its_original_under_a_name_of_its_own() {
+        let original = bundle(&"b".repeat(63));
+        let request = CloneBundle {
+            original_model_bundle_id: original.bundle_id().to_string(),
+            new_app_config: None,
+        };
+        let clone = cloned_bundle(&original, &request, "0a1b2c3d").expect("valid");
+        let clone = clone.bundle();
+        assert_eq!(clone.spec, original.spec);
+        assert_eq!(clone.metadata.namespace.as_deref(), Some("ns"));
+        let name = clone.name_any();
+        assert!(
+            name.ends_with("-clone-0a1b2c3d") && name.len() == 63,
+            "{name}"
+        );
+        assert_ne!(clone.bundle_id(), original.bundle_id());
+        let with_config = CloneBundle {
+            new_app_config: Some(json!({"threshold": 0.5})),
+            ..request
+        };
+        let refused =
+            cloned_bundle(&original, &with_config, "0a1b2c3d").expect_err("no app_config");
+        assert!(refused.0.contains("app_config"), "{}", refused.0);
     }
 }

@@ -126,6 +126,23 @@ pub async fn create_bundle(
     Ok(Json(json!({ "model_bundle_id": id })))
 }
 
+/// `POST /v{1,2}/model-bundles/clone-with-changes`: the clone's id, as a create answers.
+pub async fn clone_bundle(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, AppError> {
+    let request: launch::CloneBundle = routes::parse_body(body, "model bundle clone request")?;
+    let writer = writer(&state)?;
+    let original = routes::visible_bundle(&state, &principal, &request.original_model_bundle_id)?;
+    let suffix = &uuid::Uuid::now_v7().simple().to_string()[24..];
+    let clone = launch::cloned_bundle(&original, &request, suffix)?;
+    let id = clone.bundle().bundle_id();
+    writer.apply_bundle(clone).await?;
+    tracing::info!(bundle = %id, original = %request.original_model_bundle_id, "bundle cloned");
+    Ok(Json(json!({ "model_bundle_id": id })))
+}
+
 /// `POST /v1/model-bundles` takes cloudpickled Python bundles, which ferry does not run.
 pub async fn create_v1_bundle() -> AppError {
     AppError::BadRequest(

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppState, IDEMPOTENCY_KEY, auth::Principal, error::AppError, team_limits, views};
-use crate::callback::Guard;
+use crate::callback::{Guard, guard};
 use crate::crd::{
     BundleId, CallbackAuthKind, EndpointId, EndpointType, ModelBundle, ModelEndpoint,
     PostInferenceHook,
@@ -179,6 +179,9 @@ pub(super) async fn task_from_request(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(TaskMessage, Option<f64>), AppError> {
     let request = parse_task_request(body)?;
+    if let Some(url) = &request.url {
+        vet_input_url(&state.guard, url).await?;
+    }
     let callback = resolve_callback(
         &state.guard,
         endpoint,
@@ -196,6 +199,7 @@ pub(super) async fn task_from_request(
         task_id,
         endpoint_id,
         args: request.args.unwrap_or(Value::Null),
+        input_url: request.url,
         callback,
         submitted_at_ms: now_ms(),
         record_revision: None,
@@ -224,11 +228,59 @@ pub async fn get_async_task(
     Ok(Json(views::task(&task_id, &record, callback.as_ref())))
 }
 
-pub async fn not_found() -> (StatusCode, Json<Value>) {
+/// Parts of Launch's API ferry does not serve, by path prefix, and why.
+const UNSERVED: &[(&str, &str)] = &[
     (
-        StatusCode::NOT_FOUND,
-        Json(json!({ "detail": "Not Found" })),
-    )
+        "/v1/llm/fine-tunes",
+        "fine-tunes are not served by ferry: it runs models, it does not train them",
+    ),
+    (
+        "/v1/llm/",
+        "LLM endpoints are not served by ferry: serve an LLM server's image as a runnable_image bundle",
+    ),
+    (
+        "/v2/chat/",
+        "LLM completions are not served by ferry: serve an LLM server's image as a runnable_image bundle",
+    ),
+    (
+        "/v2/completions",
+        "LLM completions are not served by ferry: serve an LLM server's image as a runnable_image bundle",
+    ),
+    (
+        "/v2/batch-completions",
+        "LLM batch completions are not served by ferry",
+    ),
+    (
+        "/v1/batch-jobs",
+        "batch jobs are not served by ferry yet: submit async tasks instead",
+    ),
+    (
+        "/v1/docker-image-batch-job",
+        "batch jobs are not served by ferry yet: submit async tasks instead",
+    ),
+    (
+        "/v1/files",
+        "files are not served by ferry: give task inputs as args or by url",
+    ),
+    (
+        "/v1/triggers",
+        "triggers (scheduled batch jobs) are not served by ferry",
+    ),
+    (
+        "/v1/model-endpoints-",
+        "the model endpoints' schema documents are not served by ferry",
+    ),
+];
+
+/// An unknown path: 404 with a `detail`, naming why when it is a part of Launch's API that
+/// ferry does not serve.
+pub async fn not_found(uri: axum::http::Uri) -> (StatusCode, Json<Value>) {
+    let path = uri.path();
+    let detail = UNSERVED
+        .iter()
+        .find(|(prefix, _)| path.starts_with(prefix))
+        .map_or("Not Found", |(_, why)| why);
+    (StatusCode::NOT_FOUND, Json(json!({ "detail": detail })))
 }
 
 /// A known route asked with a method it does not serve: 405 with a `detail` like every error.
@@ -291,12 +343,13 @@ fn non_object_kind(body: &[u8]) -> Option<&'static str> {
 
 fn parse_task_request(body: Result<Bytes, BytesRejection>) -> Result<TaskRequest, AppError> {
     let request: TaskRequest = parse_body(body, "task request")?;
-    if request.args.is_none() {
-        let message = match request.url {
-            Some(_) => "ferry takes task inputs as args; input files by url are not supported",
-            None => "args is required",
-        };
-        return Err(AppError::invalid_body(&["args"], message));
+    match (&request.args, &request.url) {
+        (None, None) => return Err(AppError::invalid_body(&["args"], "args or url is required")),
+        (Some(_), Some(_)) => {
+            let message = "give the task's input as args or by url, not both";
+            return Err(AppError::invalid_body(&["url"], message));
+        }
+        _ => {}
     }
     if request.return_pickled == Some(true) {
         return Err(AppError::invalid_body(
@@ -311,6 +364,34 @@ fn parse_task_request(body: Result<Bytes, BytesRejection>) -> Result<TaskRequest
         return Err(AppError::BadRequest(message.into()));
     }
     Ok(request)
+}
+
+/// Schemes of the URLs a worker fetches task inputs from.
+const INPUT_URL_SCHEMES: &[&str] = &["http", "https", "s3", "gs", "az", "file"];
+
+/// Refuses an input URL no worker would fetch: an unknown scheme, or an http(s) URL the SSRF
+/// guard refuses (the worker vets it again when it fetches).
+async fn vet_input_url(guard: &Guard, url: &str) -> Result<(), AppError> {
+    let scheme = url::Url::parse(url).map(|parsed| parsed.scheme().to_owned());
+    match scheme {
+        Ok(scheme) if scheme == "http" || scheme == "https" => {
+            match guard.vet_url(url, &[]).await {
+                Ok(_) => Ok(()),
+                Err(refusal) if refusal.is_transient() => Err(AppError::Unavailable(format!(
+                    "url {url:?}: {refusal}; try again"
+                ))),
+                Err(guard::Refusal::Forbidden { kind }) => Err(AppError::BadRequest(format!(
+                    "url {url:?} resolves to a {kind} address, which task inputs may not come from"
+                ))),
+                Err(refusal) => Err(AppError::BadRequest(format!("url {url:?} {refusal}"))),
+            }
+        }
+        Ok(scheme) if INPUT_URL_SCHEMES.contains(&scheme.as_str()) => Ok(()),
+        _ => Err(AppError::invalid_body(
+            &["url"],
+            format!("url {url:?} is not an http, https, s3, gs, az or file URL"),
+        )),
+    }
 }
 
 /// The callback a finished task sends: only with the callback hook, to the task's URL or else

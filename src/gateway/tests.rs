@@ -247,6 +247,40 @@ async fn errors_map_to_status_codes_with_a_detail() {
         (status, body["detail"].clone()),
         (StatusCode::NOT_FOUND, json!("Not Found"))
     );
+    for (method, path) in [
+        ("POST", "/v1/llm/completions-sync"),
+        ("GET", "/v1/llm/fine-tunes"),
+        ("POST", "/v2/chat/completions"),
+        ("POST", "/v1/batch-jobs"),
+        ("GET", "/v1/files"),
+        (
+            "POST",
+            "/v1/model-endpoints/end_00000000000000000000/restart",
+        ),
+    ] {
+        let (status, body, _) = send(state, method, path, key, "{}").await;
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert!(!detail.is_empty(), "{path}: {body}");
+    }
+    let (status, body, _) = send(state, "GET", "/v1/llm/model-endpoints", key, "").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("LLM endpoints are not served"),
+        "{status} {body}"
+    );
+    let (status, body, _) = send(
+        state,
+        "GET",
+        "/v2/model-bundles/clone-with-changes",
+        key,
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    assert!(body["detail"].is_string(), "{body}");
     let (status, body, _) = send(state, "DELETE", "/v1/async-tasks", key, "").await;
     assert_eq!(
         (status, body["detail"].clone()),
@@ -304,6 +338,37 @@ async fn creates_are_validated_before_anything_is_written() {
         "the key's team namespace"
     );
     assert_eq!(written[0].spec.bundle, "model");
+}
+
+#[tokio::test]
+async fn clone_with_changes_copies_a_bundle_under_a_new_id() {
+    let fixture = fixture(true).await;
+    let original = crate::crd::BundleId::for_resource("team-a", "model").to_string();
+    let clone = |path: &'static str, body: Value| {
+        let state = fixture.state.clone();
+        async move { send(&state, "POST", path, Some(KEY_A), &body.to_string()).await }
+    };
+    for path in [
+        "/v2/model-bundles/clone-with-changes",
+        "/v1/model-bundles/clone-with-changes",
+    ] {
+        let (status, body, _) = clone(path, json!({"original_model_bundle_id": original})).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let id = body["model_bundle_id"].as_str().unwrap_or_default();
+        assert!(id.starts_with("bun_") && id != original, "{body}");
+    }
+    let (status, body, _) = clone(
+        "/v2/model-bundles/clone-with-changes",
+        json!({"original_model_bundle_id": "bun_00000000000000000000"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body, _) = clone(
+        "/v2/model-bundles/clone-with-changes",
+        json!({"original_model_bundle_id": original, "new_app_config": {"a": 1}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
 
 #[tokio::test]

@@ -142,6 +142,7 @@ fn task(endpoint: &EndpointId) -> TaskMessage {
         task_id: TaskId::generate(endpoint),
         endpoint_id: endpoint.clone(),
         args: serde_json::json!({"x": 1}),
+        input_url: None,
         callback: None,
         submitted_at_ms: 0,
         record_revision: None,
@@ -591,6 +592,7 @@ async fn an_endpoints_forwarder_stores_and_loads_only_that_endpoints_large_paylo
     for endpoint in [&mine, &theirs] {
         let task = TaskMessage {
             args: large.clone(),
+            input_url: None,
             ..task(endpoint)
         };
         gateway.submit(&task, None).await.expect("submitted");

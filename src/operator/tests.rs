@@ -49,6 +49,7 @@ async fn submit(queue: &Queue, endpoint: &ModelEndpoint) {
         task_id: crate::task::TaskId::generate(&endpoint.endpoint_id()),
         endpoint_id: endpoint.endpoint_id(),
         args: json!({}),
+        input_url: None,
         callback: None,
         submitted_at_ms: 0,
         record_revision: None,

@@ -167,6 +167,7 @@ mod tests {
                 task_id: TaskId::generate(&endpoint),
                 endpoint_id: endpoint.clone(),
                 args: serde_json::json!({}),
+                input_url: None,
                 callback: None,
                 submitted_at_ms: 0,
                 record_revision: None,

@@ -336,6 +336,7 @@ mod tests {
             task_id: TaskId::generate(endpoint),
             endpoint_id: endpoint.clone(),
             args: serde_json::json!({"x": 1}),
+            input_url: None,
             callback: None,
             submitted_at_ms: now_ms(),
             record_revision: None,

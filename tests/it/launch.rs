@@ -27,6 +27,23 @@ async fn dev_with_bundles(extra: &[(&str, String)]) -> (Manifests, Dev) {
     (manifests, dev)
 }
 
+/// `ferry dev` with a Python model bundle `name` (answering with `handler_body`) and an async
+/// endpoint of the same name without callbacks, created through the API; its id once ready.
+async fn dev_with_endpoint(name: &str, handler_body: &str) -> (Manifests, Dev, String) {
+    let yaml = python_bundle_yaml(name, handler_body);
+    let (manifests, dev) = dev_with_bundles(&[(&format!("{name}.yaml"), yaml)]).await;
+    let (_, bundle) = dev
+        .get(&format!("/v1/model-bundles/latest?model_name={name}"))
+        .await;
+    let mut body = seed_create_body(bundle["id"].as_str().unwrap(), "http://127.0.0.1:9/");
+    body["name"] = json!(name);
+    body["post_inference_hooks"] = json!([]);
+    body.as_object_mut().unwrap().remove("default_callback_url");
+    dev.post("/v1/model-endpoints", &body).await;
+    let endpoint = dev.ready_endpoint(name).await;
+    (manifests, dev, endpoint)
+}
+
 async fn listed(dev: &Dev, name: &str) -> Vec<Value> {
     let (status, listing) = dev.get(&format!("/v1/model-endpoints?name={name}")).await;
     assert_eq!(status, StatusCode::OK);
@@ -283,15 +300,8 @@ async fn an_empty_dev_serves_bundles_and_endpoints_created_through_the_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_a_failed_task_reports_failure() {
-    let failing = python_bundle_yaml("failing", "return 500, {'detail': 'model crashed'}");
-    let (_m, dev) = dev_with_bundles(&[("failing.yaml", failing)]).await;
-    let (_, bundle) = dev.get("/v1/model-bundles/latest?model_name=failing").await;
-    let mut body = seed_create_body(bundle["id"].as_str().unwrap(), "http://127.0.0.1:9/");
-    body["name"] = json!("failing");
-    body["post_inference_hooks"] = json!([]);
-    body.as_object_mut().unwrap().remove("default_callback_url");
-    dev.post("/v1/model-endpoints", &body).await;
-    let endpoint = dev.ready_endpoint("failing").await;
+    let (_m, dev, endpoint) =
+        dev_with_endpoint("failing", "return 500, {'detail': 'model crashed'}").await;
     let task = dev
         .finished_task(&dev.submit(&endpoint, json!({"args": {}})).await, WAIT)
         .await;
@@ -535,7 +545,7 @@ async fn a_sync_endpoint_with_the_callback_hook_also_calls_back() {
 }
 
 /// The real Launch client against `ferry dev`: the seed snippet on its create path and then its
-/// update path, turning callbacks off, and a failed stream. The client comes from a venv named
+/// update path, turning callbacks off, an input by URL, a bundle cloned, and a failed stream. The client comes from a venv named
 /// by `FERRY_LAUNCH_CLIENT_PYTHON` (its repository carries no licence, so nothing of it lives
 /// here); without one this test says so and checks nothing, while the replayed call sequences
 /// above keep covering the same behaviour.
@@ -580,6 +590,16 @@ async fn the_real_launch_client_runs_the_seed_and_reads_failures() {
     assert_eq!(removed["default_callback_url"], Value::Null, "{removed}");
     assert_eq!(removed["task"]["result"], 9, "{removed}");
 
+    let by_url = &observed["input_by_url"];
+    assert_eq!(
+        (&by_url["status"], &by_url["result"]),
+        (&json!("SUCCESS"), &json!(7)),
+        "{by_url}"
+    );
+    let clone = &observed["clone"];
+    assert_ne!(clone["clone"], clone["original"], "{clone}");
+    assert_eq!(clone["image"][0], clone["image"][1], "{clone}");
+
     let stream = observed["failed_stream"]
         .as_array()
         .expect("a list of responses");
@@ -606,4 +626,81 @@ async fn the_real_launch_client_runs_the_seed_and_reads_failures() {
         callbacks.iter().all(|c| &c.body["task_id"] != silenced),
         "a callback after the hook was removed"
     );
+}
+
+/// A server on 127.0.0.1 answering every request with `status` and `body`; its base URL.
+async fn serve_input(status: &'static str, body: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_by_url_reach_the_model_in_place_of_args() {
+    let (_m, dev, endpoint) =
+        dev_with_endpoint("doubler", "return 200, {'doubled': args['n'] * 2}").await;
+
+    let served = serve_input("200 OK", r#"{"n": 21}"#).await;
+    let task = dev
+        .submit(&endpoint, json!({"url": format!("{served}/input.json")}))
+        .await;
+    let task = dev.finished_task(&task, WAIT).await;
+    assert_eq!(task["result"]["result"], json!({"doubled": 42}), "{task}");
+
+    // A local file through the object store, as ferry dev reads file:// locations.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("input.json");
+    std::fs::write(&file, r#"{"n": 4}"#).unwrap();
+    let url = url::Url::from_file_path(&file).unwrap().to_string();
+    let task = dev.submit(&endpoint, json!({"url": url})).await;
+    let task = dev.finished_task(&task, WAIT).await;
+    assert_eq!(task["result"]["result"], json!({"doubled": 8}), "{task}");
+
+    // A fetch that fails is the task's failure, naming the URL and why.
+    let missing = serve_input("404 Not Found", "{}").await;
+    let task = dev
+        .submit(&endpoint, json!({"url": format!("{missing}/gone.json")}))
+        .await;
+    let task = dev.finished_task(&task, WAIT).await;
+    assert_eq!(task["status"], "FAILURE", "{task}");
+    let traceback = task["traceback"].as_str().unwrap_or_default();
+    assert!(
+        traceback.contains("gone.json") && traceback.contains("404"),
+        "{task}"
+    );
+
+    // The SSRF guard refuses internal sources at submission, and both inputs at once.
+    let path = format!("/v1/async-tasks?model_endpoint_id={endpoint}");
+    let (status, answer) = dev
+        .post(
+            &path,
+            &json!({"url": "http://169.254.169.254/latest/meta-data/"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cloud metadata"),
+        "{answer}"
+    );
+    let (status, answer) = dev
+        .post(&path, &json!({"url": served, "args": {"n": 1}}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
 }

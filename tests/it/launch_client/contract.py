@@ -5,9 +5,11 @@ FERRY_LAUNCH_CLIENT_PYTHON). Reads FERRY_GATEWAY, LAUNCH_API_KEY and FERRY_RECEI
 environment and prints one JSON object: what each step observed, for the test to check.
 """
 
+import http.server
 import json
 import os
 import sys
+import threading
 
 import requests
 from launch import EndpointRequest, LaunchClient, PostInferenceHooks
@@ -76,12 +78,53 @@ def failed_stream(client):
     ]
 
 
+def input_by_url(client):
+    """A task whose input the worker fetches from a URL (here a server on 127.0.0.1)."""
+
+    class Input(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            data = json.dumps({"x": 5, "y": "hi"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Input)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = client.get_model_endpoint("demo-endpoint-callback")
+        url = f"http://127.0.0.1:{server.server_address[1]}/input.json"
+        future = endpoint.predict(request=EndpointRequest(url=url))
+        response = future.get(timeout=WAIT)
+        return {"status": response.status, "result": response.result}
+    finally:
+        server.shutdown()
+
+
+def clone(client):
+    """A copy of the seed's bundle under a new id."""
+    original = client.get_latest_model_bundle_v2("test-bundle")
+    cloned = client.clone_model_bundle_with_changes_v2(original_model_bundle_id=original.id)
+    copy = client.get_model_bundle_v2(cloned.model_bundle_id)
+    return {
+        "original": original.id,
+        "clone": cloned.model_bundle_id,
+        "image": [original.flavor.repository, copy.flavor.repository],
+    }
+
+
 def main():
     client = LaunchClient(api_key=os.environ["LAUNCH_API_KEY"], endpoint=GATEWAY)
     observed = {
         "first_run": seed(client),
         "second_run": seed(client),
         "hooks_removed": remove_hooks(client),
+        "input_by_url": input_by_url(client),
+        "clone": clone(client),
         "failed_stream": failed_stream(client),
     }
     json.dump(observed, sys.stdout, default=str)
