@@ -43,6 +43,9 @@ export async function api(method, path, { query = {}, body } = {}) {
     headers,
     body: body === undefined ? undefined : JSON.stringify(body),
     cache: "no-store",
+    // The key travels in the header alone; without ambient credentials the browser also never
+    // answers a 401 with its own sign-in prompt.
+    credentials: "omit",
   });
   const text = await response.text();
   let parsed = null;

@@ -75,9 +75,8 @@ export function endpointPage(main, page, id) {
     summary.set("backlog", backlogText(stats));
     summary.set("oldest", seconds(stats?.oldest_task_age_seconds));
     const last = stats?.callbacks_last_hour;
-    summary.set("callbacks", last
-      ? `${percent(last.success_rate)} of attempts delivered; ${last.delivered} delivered, ${last.retried} retried, ${last.dead_lettered} dead-lettered`
-      : "—");
+    summary.set("callbacks", !last ? "—" : last.success_rate === null ? "no attempts"
+      : `${percent(last.success_rate)} of attempts delivered: ${last.delivered} delivered, ${last.retried} retried, ${last.dead_lettered} dead-lettered`);
     await tasks.refresh();
   });
 }

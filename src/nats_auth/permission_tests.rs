@@ -11,8 +11,9 @@ use crate::crd::EndpointId;
 use crate::nats_auth::{AuthSet, ForwarderIssuer, write_private};
 use crate::queue::testing::{TestServer as NatsServer, start_with_config};
 use crate::queue::{
-    AttemptOutcome, CallbackDelivery, Connection, Credentials, Error, ForwarderQueue, Held, OperatorQueue, Queue,
-    OutcomeTally, QueueSettings, QueueSpec, TaskDelivery, WorkerPresence, consume,
+    AttemptOutcome, CallbackDelivery, Connection, Credentials, Error, ForwarderQueue, Held,
+    OperatorQueue, OutcomeTally, Queue, QueueSettings, QueueSpec, TaskDelivery, WorkerPresence,
+    consume,
 };
 use crate::queue::{Role, forwarder_inbox_prefix, names};
 use crate::task::{
@@ -289,7 +290,10 @@ async fn every_role_does_its_work_with_its_own_credentials_and_none_without() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(tally.delivered, 1, "the dispatcher counted, the gateway read");
+    assert_eq!(
+        tally.delivered, 1,
+        "the dispatcher counted, the gateway read"
+    );
 }
 
 /// A raw client holding a forwarder's credentials, reporting the server's refusals.

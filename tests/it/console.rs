@@ -58,7 +58,7 @@ impl Browser {
         let profile = tempfile::tempdir().unwrap();
         let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| (*f).to_owned()).collect();
         args.push(format!("--user-data-dir={}", profile.path().display()));
-        args.push("--window-size=1280,900".into());
+        args.push("--window-size=1280,1000".into());
         let mut capabilities = serde_json::Map::new();
         capabilities.insert("goog:chromeOptions".into(), json!({ "args": args }));
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -83,14 +83,24 @@ impl Browser {
             .unwrap_or_else(|error| panic!("no {css} on the page: {error}"))
     }
 
-    /// Waits until the element `css` shows text containing `text`.
+    /// Waits until the element `css` shows text containing `text`; on timeout, saves the page
+    /// as `failed.png` and tells what the element showed instead.
     async fn wait_text(&self, css: &str, text: &str) -> String {
-        eventually(&format!("{css} showing {text:?}"), WAIT, || async {
-            let element = self.client.find(Locator::Css(css)).await.ok()?;
-            let shown = element.text().await.ok()?;
-            shown.contains(text).then_some(shown)
-        })
-        .await
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut shown = None;
+        loop {
+            if let Ok(element) = self.client.find(Locator::Css(css)).await {
+                shown = element.text().await.ok();
+            }
+            if let Some(shown) = shown.as_ref().filter(|shown| shown.contains(text)) {
+                return shown.clone();
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.screenshot("failed").await;
+                panic!("after {WAIT:?}, {css} shows {shown:?}, not {text:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn fill(&self, css: &str, value: &str) {
@@ -186,7 +196,7 @@ async fn signs_in_submits_and_redelivers_a_dead_letter_in_a_browser() {
     browser.screenshot("endpoints").await;
     browser.client.set_window_size(390, 844).await.unwrap();
     browser.screenshot("endpoints-phone").await;
-    browser.client.set_window_size(1280, 900).await.unwrap();
+    browser.client.set_window_size(1280, 1000).await.unwrap();
 
     // A test task on the example endpoint, watched until it succeeds.
     browser.click_link("demo-endpoint-callback").await;
@@ -243,10 +253,7 @@ async fn signs_in_submits_and_redelivers_a_dead_letter_in_a_browser() {
     assert_eq!(callbacks[0].body["result"], 3);
     browser.screenshot("task").await;
 
-    // The endpoint's dead-letter page, and the tally of its attempts: two refused, one delivered.
-    browser.click_link("Dead letters").await;
-    browser.wait_text("main h1", "Dead letters").await;
-    browser.screenshot("dead-letters").await;
+    // The tally of `hooks`' attempts: two refused, one delivered.
     let hooks = dev.endpoint_id("hooks").await;
     let expected =
         json!({"delivered": 1, "retried": 1, "dead_lettered": 1, "success_rate": 1.0 / 3.0});
@@ -255,4 +262,55 @@ async fn signs_in_submits_and_redelivers_a_dead_letter_in_a_browser() {
         (stats["callbacks_last_hour"] == expected).then_some(())
     })
     .await;
+
+    // One dead letter on each endpoint (their receivers answer 410 Gone); "redeliver all since"
+    // on the dead letters page of `hooks` redelivers its letter and not the other endpoint's.
+    let example = dev.endpoint_id("demo-endpoint-callback").await;
+    let gone = Receiver::start().await;
+    gone.answer_first_with(&[axum::http::StatusCode::GONE]);
+    late.answer_first_with(&[axum::http::StatusCode::GONE]);
+    let args = json!({"args": {"x": 1, "y": "abc"}});
+    let other_letter = dev
+        .submit(
+            &example,
+            json!({"args": args["args"], "callback_url": gone.url("/gone")}),
+        )
+        .await;
+    let letter = dev.submit(&hooks, args).await;
+    for task in [&other_letter, &letter] {
+        eventually("a dead letter", WAIT, || async {
+            (dev.task(task).await["callback"]["state"] == "DEAD_LETTERED").then_some(())
+        })
+        .await;
+    }
+    browser
+        .client
+        .goto(&format!(
+            "{}/console/#/dead-letters?endpoint={hooks}",
+            dev.base
+        ))
+        .await
+        .unwrap();
+    browser.wait_text("main h1", "Dead letters").await;
+    // A date field's typing order depends on the locale: the value is set as a form would hold it.
+    browser
+        .client
+        .execute(
+            "document.getElementById('redeliver-since').value = arguments[0]",
+            vec![json!("2020-01-01T00:00")],
+        )
+        .await
+        .unwrap();
+    browser.click("main form button[type=submit]").await;
+    browser
+        .wait_text("main [role=status]", "1 callback queued for redelivery")
+        .await;
+    browser.screenshot("dead-letters").await;
+    let callbacks = late.wait_for(3, WAIT).await;
+    assert_eq!(callbacks[2].headers["webhook-id"], letter.as_str());
+    assert_eq!(
+        dev.task(&other_letter).await["callback"]["state"],
+        "DEAD_LETTERED",
+        "another endpoint's letter stays"
+    );
 }
