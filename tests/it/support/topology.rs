@@ -85,17 +85,9 @@ impl NatsNodes {
     /// The index of the server leading the stream whose name starts with `prefix`, as the
     /// first server reports it (the first server when unknown or not clustered).
     pub async fn leader_of(&self, prefix: &str) -> usize {
-        let url = format!(
-            "http://127.0.0.1:{}/jsz?streams=true",
-            self.nodes[0].monitor
-        );
-        let jsz: Value = match http_client().get(url).send().await {
-            Ok(response) => response.json().await.unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        };
-        let streams = jsz["account_details"].as_array().into_iter().flatten();
-        let mut details = streams.flat_map(|a| a["stream_detail"].as_array().into_iter().flatten());
-        let leader = details
+        let streams = self.streams(0, "streams=true").await;
+        let leader = streams
+            .iter()
             .find(|s| s["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
             .and_then(|s| s["cluster"]["leader"].as_str().map(str::to_owned));
         leader
@@ -105,42 +97,48 @@ impl NatsNodes {
 
     /// The streams (buckets are streams too) whose replicas are not `replicas`, with theirs.
     pub async fn streams_not_at(&self, replicas: u64) -> Vec<String> {
-        let url = format!(
-            "http://127.0.0.1:{}/jsz?streams=true&config=true",
-            self.nodes[0].monitor
-        );
-        let jsz: Value = match http_client().get(url).send().await {
+        let streams = self.streams(0, "streams=true&config=true").await;
+        let replicas_of = |stream: &Value| stream["config"]["num_replicas"].clone();
+        streams
+            .iter()
+            .filter(|stream| replicas_of(stream) != replicas)
+            .map(|stream| format!("{} at {}", stream["name"], replicas_of(stream)))
+            .collect()
+    }
+
+    /// Server `node`'s JetStream report (`/jsz?<query>`); null when it does not answer.
+    async fn report(&self, node: usize, query: &str) -> Value {
+        let url = format!("http://127.0.0.1:{}/jsz?{query}", self.nodes[node].monitor);
+        match http_client().get(url).send().await {
             Ok(response) => response.json().await.unwrap_or(Value::Null),
             Err(_) => Value::Null,
-        };
-        let accounts = jsz["account_details"].as_array().into_iter().flatten();
-        let streams = accounts.flat_map(|a| a["stream_detail"].as_array().into_iter().flatten());
-        streams
-            .filter(|stream| stream["config"]["num_replicas"] != replicas)
-            .map(|stream| format!("{} at {}", stream["name"], stream["config"]["num_replicas"]))
-            .collect()
+        }
+    }
+
+    /// The streams of server `node`'s report.
+    async fn streams(&self, node: usize, query: &str) -> Vec<Value> {
+        let jsz = self.report(node, query).await;
+        let accounts = jsz["account_details"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let streams = accounts.iter().flat_map(|a| a["stream_detail"].as_array());
+        streams.flatten().cloned().collect()
     }
 
     /// Waits until nothing is left to do anywhere: on a cluster, each server reports the
     /// streams it leads (a follower's view of a consumer may lag behind).
     pub async fn wait_quiet(&self, timeout: Duration) {
-        let http = http_client();
         let leader_only = if self.nodes.len() > 1 {
             "&leader_only=true"
         } else {
             ""
         };
+        let query = format!("consumers=true&config=true{leader_only}");
         let deadline = tokio::time::Instant::now() + timeout;
         'poll: loop {
-            for node in &self.nodes {
-                let url = format!(
-                    "http://127.0.0.1:{}/jsz?consumers=true&config=true{leader_only}",
-                    node.monitor
-                );
-                let jsz = match http.get(&url).send().await {
-                    Ok(response) => response.json().await.unwrap_or(Value::Null),
-                    Err(_) => Value::Null,
-                };
+            for node in 0..self.nodes.len() {
+                let jsz = self.report(node, &query).await;
                 if let Err(busy) = super::quiet(&jsz) {
                     assert!(
                         tokio::time::Instant::now() < deadline,
