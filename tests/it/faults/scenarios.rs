@@ -105,10 +105,13 @@ impl Fault {
     }
 
     /// The endpoint's queue ack wait: short, so a task whose worker died comes back quickly,
-    /// except where the test is that nothing needs it.
-    fn ack_wait_seconds(self) -> u64 {
+    /// except where the test is that nothing needs it: a drained worker hands its tasks back,
+    /// and on a cluster a worker outlasts the election of a new leader for a killed node's
+    /// streams (a few seconds without acknowledgements) and records what it ran.
+    fn ack_wait_seconds(self, cluster: bool) -> u64 {
         match self {
             Fault::ForwarderDrain => 120,
+            Fault::NatsKill if cluster => 30,
             _ => 3,
         }
     }
@@ -118,7 +121,7 @@ impl Fault {
 pub async fn run(fault: Fault, cluster: bool) -> Row {
     let endpoint_spec = format!(
         "  queueMessageTimeoutSeconds: {}\n  callbacks:\n    retryScheduleSeconds: [1, 1, 2, 2, 4, 4, 8, 8]\n",
-        fault.ack_wait_seconds()
+        fault.ack_wait_seconds(cluster)
     );
     let plan = Plan {
         cluster,
