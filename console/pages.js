@@ -230,8 +230,8 @@ export function deadLettersPage(main, page, endpointId) {
   const redeliverAll = h("form", { class: "controls" },
     h("label", { for: "redeliver-since" }, "Redeliver all dead-lettered since"), since,
     h("button", { type: "submit" }, "Redeliver all"));
-  const table = liveTable("Dead-lettered callbacks, newest first",
-    ["Task", "Callback URL", "Dead-lettered", "Attempts", "Last error", "Action"]);
+  const table = liveTable("Dead-lettered callbacks of the endpoint",
+    ["Task", "Callback URL", "Dead-lettered", "Attempts", "Reason", "Action"]);
   const more = h("button", { type: "button", hidden: true }, "More");
   const missing = h("p", { hidden: true }, "This gateway does not list dead letters.");
   const empty = h("p", { hidden: true }, "No dead letters.");
@@ -275,10 +275,11 @@ export function deadLettersPage(main, page, endpointId) {
       const answer = await api("GET", "/v1/callbacks/dead-letters", { query: { model_endpoint_id: endpointId, limit } });
       more.hidden = !answer.next_page_token || limit >= 200;
       table.update(answer.dead_letters, (letter) => letter.task_id, (letter) => {
-        const last = letter.attempts.at(-1);
+        const last = letter.attempts?.at(-1);
+        const reason = letter.reason ?? (last ? last.error ?? `answered ${last.status_code}` : "—");
         return [
-          taskLink(letter.task_id), h("code", {}, letter.url), time(letter.dead_lettered_at), letter.attempts.length,
-          last ? last.error ?? `answered ${last.status_code}` : "—", redeliverOne(letter.task_id),
+          taskLink(letter.task_id), letter.url ? h("code", {}, letter.url) : "—", time(letter.dead_lettered_at),
+          letter.attempts?.length ?? "—", reason, redeliverOne(letter.task_id),
         ];
       });
       empty.hidden = answer.dead_letters.length > 0;
