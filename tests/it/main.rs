@@ -20,3 +20,4 @@ mod rolling;
 mod rollout;
 mod static_gateways;
 mod support;
+mod tasks;
