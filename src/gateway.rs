@@ -2,6 +2,7 @@
 //! auth, a body size limit, probes and metrics.
 
 mod auth;
+mod console;
 mod demand;
 mod error;
 mod launch;
@@ -10,6 +11,7 @@ mod redeliver;
 mod resources;
 mod roster;
 mod routes;
+mod stats;
 mod streaming;
 mod sync;
 mod tasks;
@@ -92,6 +94,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 .put(resources::update_endpoint)
                 .delete(resources::delete_endpoint),
         )
+        .route("/v1/model-endpoints/{id}/stats", get(stats::endpoint_stats))
         .route(
             "/v1/async-tasks",
             get(tasks::list_async_tasks).post(routes::submit_async_task),
@@ -114,6 +117,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/v1/callbacks/dead-letters",
             get(redeliver::list_dead_letters),
         )
+        .merge(console::routes())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
