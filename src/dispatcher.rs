@@ -27,7 +27,8 @@ use crate::callback::guard;
 use crate::crd::EndpointId;
 use crate::metrics::EndpointLabel;
 use crate::queue::{
-    self, CALLBACK_LEASE_RENEWAL, CallbackDelivery, DispatcherQueue, Held, Queue, QueueSettings,
+    self, AttemptOutcome, CALLBACK_LEASE_RENEWAL, CallbackDelivery, DispatcherQueue, Held, Queue,
+    QueueSettings,
 };
 use crate::seal::KeyRing;
 use crate::task::{
@@ -114,6 +115,15 @@ impl DispatcherMetrics {
         self.attempts
             .get_or_create(&AttemptLabels { endpoint, outcome })
             .inc();
+    }
+}
+
+/// What the last hour's tally calls an attempt that `next` follows.
+fn attempt_outcome(next: &Next) -> AttemptOutcome {
+    match next {
+        Next::Done => AttemptOutcome::Delivered,
+        Next::RetryIn(_) => AttemptOutcome::Retry,
+        Next::GiveUp => AttemptOutcome::DeadLettered,
     }
 }
 
@@ -324,6 +334,9 @@ impl Dispatcher {
             .next(attempt_number, verdict, rand::random::<f64>());
         let took = Duration::from_millis(attempt.duration_ms);
         self.metrics.attempted(&job.endpoint_id, took, &next);
+        self.queue
+            .count_attempt(&job.endpoint_id, attempt_outcome(&next))
+            .await;
         let reason = attempt.error.clone().or_else(|| {
             attempt
                 .status_code

@@ -2,6 +2,7 @@
 //! auth, a body size limit, probes and metrics.
 
 mod auth;
+mod console;
 mod demand;
 mod error;
 mod launch;
@@ -10,6 +11,7 @@ mod redeliver;
 mod resources;
 mod roster;
 mod routes;
+mod stats;
 mod streaming;
 mod sync;
 mod team_limits;
@@ -91,6 +93,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 .put(resources::update_endpoint)
                 .delete(resources::delete_endpoint),
         )
+        .route("/v1/model-endpoints/{id}/stats", get(stats::endpoint_stats))
         .route("/v1/async-tasks", post(routes::submit_async_task))
         .route("/v1/sync-tasks", post(sync::submit_sync_task))
         .route(
@@ -103,6 +106,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             post(redeliver::redeliver_task),
         )
         .route("/v1/callbacks/redeliver", post(redeliver::redeliver_since))
+        .merge(console::routes())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

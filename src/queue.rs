@@ -14,6 +14,7 @@ mod link;
 mod load;
 pub mod names;
 mod objects;
+mod outcomes;
 mod permissions;
 mod presence;
 mod results;
@@ -32,6 +33,7 @@ pub use connect::{ClientCert, ConfigError, Connection, Credentials, Tls};
 pub use lease::{Held, Puller, consume, keep_alive_while_held};
 pub use limits::QueueLimits;
 pub use load::LoadReport;
+pub use outcomes::{AttemptOutcome, OutcomeTally};
 #[cfg(test)]
 pub use permissions::forwarder_inbox_prefix;
 pub use permissions::{Permissions, Role, forwarder_of, permissions};
@@ -219,6 +221,7 @@ impl Queue {
             let results =
                 results::Results::Bucket(Box::new(results::ensure_bucket(&js, &settings).await?));
             let buckets = callbacks::ensure(&js, &settings).await?;
+            outcomes::ensure(&js, &settings).await?;
             (results, Some(buckets.dead_letters), Some(buckets.policies))
         } else {
             (results::Results::own_keys(&js).await?, None, None)

@@ -38,6 +38,8 @@ pub async fn redeliver_task(
 #[derive(Deserialize)]
 pub struct SinceQuery {
     since: Option<String>,
+    /// Only this endpoint's letters (the console's "redeliver all since" of one endpoint).
+    model_endpoint_id: Option<String>,
 }
 
 pub async fn redeliver_since(
@@ -56,9 +58,14 @@ pub async fn redeliver_since(
                 ))
             })?,
     };
-    let endpoints = principal
-        .scope()
-        .map(|_| visible_endpoints(&state, &principal));
+    let endpoints = match query.model_endpoint_id.as_deref() {
+        Some(id) => Some(vec![
+            super::routes::visible_endpoint(&state, &principal, id)?.endpoint_id(),
+        ]),
+        None => principal
+            .scope()
+            .map(|_| visible_endpoints(&state, &principal)),
+    };
     let mut redelivered = 0;
     for letter in state.queue.dead_letters(endpoints.as_deref()).await? {
         if letter.dead_at_ms >= since_ms {

@@ -11,8 +11,9 @@ use crate::crd::EndpointId;
 use crate::nats_auth::{AuthSet, ForwarderIssuer, write_private};
 use crate::queue::testing::{TestServer as NatsServer, start_with_config};
 use crate::queue::{
-    CallbackDelivery, Connection, Credentials, Error, ForwarderQueue, Held, OperatorQueue, Queue,
-    QueueSettings, QueueSpec, TaskDelivery, WorkerPresence, consume,
+    AttemptOutcome, CallbackDelivery, Connection, Credentials, Error, ForwarderQueue, Held,
+    OperatorQueue, OutcomeTally, Queue, QueueSettings, QueueSpec, TaskDelivery, WorkerPresence,
+    consume,
 };
 use crate::queue::{Role, forwarder_inbox_prefix, names};
 use crate::task::{
@@ -276,6 +277,23 @@ async fn every_role_does_its_work_with_its_own_credentials_and_none_without() {
         .update_callback_state(&ran, true, |state| Some(state.unwrap_or_default()))
         .await
         .expect("callback state written");
+
+    // The dispatcher's attempt counts reach the gateway's figures (a count is not waited for).
+    dispatcher
+        .count_attempt(&endpoint, AttemptOutcome::Delivered)
+        .await;
+    let mut tally = OutcomeTally::default();
+    for _ in 0..500 {
+        tally = gateway.attempt_tally(&endpoint).await.expect("tally read");
+        if tally.delivered == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        tally.delivered, 1,
+        "the dispatcher counted, the gateway read"
+    );
 }
 
 /// A raw client holding a forwarder's credentials, reporting the server's refusals.
@@ -377,6 +395,8 @@ async fn forwarder_credentials_reach_no_secret_no_stream_admin_and_no_other_repl
             names::CALLBACKS_STREAM
         ),
         format!("ferry.retry.{}", TaskId::generate(&endpoint)),
+        // Forging the callback figures.
+        names::callback_outcome_subject(&endpoint.to_string(), "delivered"),
         // Submitting tasks.
         names::tasks_subject(&endpoint),
     ] {

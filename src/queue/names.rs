@@ -81,6 +81,15 @@ pub fn endpoint_of_callbacks_subject(subject: &str) -> Option<EndpointId> {
         .and_then(EndpointId::parse)
 }
 
+/// The last hour of callback attempt outcomes (`outcomes`).
+pub const CALLBACK_OUTCOMES_STREAM: &str = "ferry-callback-outcomes";
+
+/// Where an attempt at a callback of `endpoint` that ended in `outcome` is counted (either may
+/// be a wildcard).
+pub fn callback_outcome_subject(endpoint: &str, outcome: &str) -> String {
+    format!("ferry.callback-outcomes.{endpoint}.{outcome}")
+}
+
 /// Where a delayed retry waits (as a scheduled message) until it is due.
 pub fn retry_subject(task: &TaskId) -> String {
     format!("ferry.retry.{task}")

@@ -72,6 +72,7 @@ fn ensure_shared() -> Vec<String> {
         kv_stream(names::DEAD_LETTERS_BUCKET),
         kv_stream(names::POLICIES_BUCKET),
         names::CALLBACKS_STREAM.to_owned(),
+        names::CALLBACK_OUTCOMES_STREAM.to_owned(),
     ];
     for stream in streams {
         for verb in ["CREATE", "UPDATE", "INFO"] {
@@ -207,6 +208,7 @@ pub fn permissions(role: Role) -> Permissions {
             publish.extend(kv_watch(names::POLICIES_BUCKET));
             publish.push(names::CALLBACKS_SUBJECTS.to_owned());
             publish.push(names::RETRY_SUBJECTS.to_owned());
+            publish.push(names::callback_outcome_subject("*", "*"));
         }
         Role::Forwarder => {
             publish.extend(pull(all_endpoints, names::TASKS_CONSUMER));

@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures::Stream;
 
 use super::{
-    Backlog, CallbackDelivery, Error, LoadReport, Puller, Queue, QueueSpec, RecordAt, TaskDelivery,
-    WorkerPresence, submit::Submission,
+    AttemptOutcome, Backlog, CallbackDelivery, Error, LoadReport, OutcomeTally, Puller, Queue,
+    QueueSpec, RecordAt, TaskDelivery, WorkerPresence, submit::Submission,
 };
 use crate::crd::EndpointId;
 use crate::task::{
@@ -58,6 +58,16 @@ impl GatewayQueue {
 
     pub async fn backlog(&self, endpoint: &EndpointId) -> Result<Backlog, Error> {
         self.0.backlog(endpoint).await
+    }
+
+    /// The backlog with the age of its oldest task, and the last hour's callback attempts: what
+    /// the console shows of an endpoint.
+    pub async fn backlog_with_age(&self, endpoint: &EndpointId) -> Result<Backlog, Error> {
+        self.0.backlog_with_age(endpoint).await
+    }
+
+    pub async fn attempt_tally(&self, endpoint: &EndpointId) -> Result<OutcomeTally, Error> {
+        self.0.attempt_tally(endpoint).await
     }
 
     pub async fn callback_state(&self, task: &TaskId) -> Result<Option<CallbackState>, Error> {
@@ -206,6 +216,11 @@ impl DispatcherQueue {
 
     pub async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
         self.0.put_dead_letter(letter).await
+    }
+
+    /// Counts an attempt's outcome in the last hour's tally (not waited for).
+    pub async fn count_attempt(&self, endpoint: &EndpointId, outcome: AttemptOutcome) {
+        self.0.count_attempt(endpoint, outcome).await
     }
 
     pub async fn callback_policy(

@@ -6,6 +6,7 @@
 mod autoscale;
 mod bounds;
 mod callbacks;
+mod console;
 mod dev;
 mod e2e;
 mod faults;

@@ -25,6 +25,14 @@ async fn another_teams_tasks_and_endpoints_answer_404() {
     let task_uri = format!("/v1/async-tasks/{task}");
     let (status, answer, _) = send(state, "GET", &task_uri, KEY_A, &Value::Null).await;
     assert_eq!(status, StatusCode::OK, "its own team reads it: {answer}");
+    let stats_uri = format!("/v1/model-endpoints/{a}/stats");
+    let (status, answer, _) = send(state, "GET", &stats_uri, KEY_A, &Value::Null).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "its own team reads its figures: {answer}"
+    );
+    assert_eq!(answer["backlog"]["queued"], 1, "{answer}");
 
     let attempts = [
         ("GET", task_uri.clone()),
@@ -32,6 +40,11 @@ async fn another_teams_tasks_and_endpoints_answer_404() {
         ("POST", submit_uri(&a)),
         ("POST", format!("/v1/sync-tasks?model_endpoint_id={a}")),
         ("GET", format!("/v1/model-endpoints/{a}")),
+        ("GET", stats_uri),
+        (
+            "POST",
+            format!("/v1/callbacks/redeliver?model_endpoint_id={a}"),
+        ),
         ("PUT", format!("/v1/model-endpoints/{a}")),
         ("DELETE", format!("/v1/model-endpoints/{a}")),
     ];
