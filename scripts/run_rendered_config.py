@@ -12,7 +12,9 @@ references with the pod's namespace and a name; files mounted from volumes with 
 content (real ones from `ferry nats-auth` for the keys of its Secret: each role's .creds,
 account-signing.nk). NATS is a nats-server started here on 127.0.0.1 — one open, and one with
 the `ferry nats-auth` server.conf for containers given a .creds file, so their credentials must
-be accepted — and listen addresses are moved to 127.0.0.1. Every FILE must hold at least one
+be accepted — and listen addresses are moved to 127.0.0.1. That server is one node, so it holds
+one replica of each stream: a replica count the chart renders is checked to be one the flag
+takes (1 to 5), then given as 1. Every FILE must hold at least one
 ferry container.
 """
 
@@ -36,6 +38,7 @@ SEAL_KEY_VOLUME = "seal-key"
 SEAL_KEY_FILE = base64.b64encode(os.urandom(32)) + b"\n"
 NATS_URL_VARIABLE = "FERRY_NATS_URL"
 NATS_CREDS_VARIABLE = "FERRY_NATS_CREDS_FILE"
+NATS_REPLICAS_VARIABLE = "FERRY_NATS_REPLICAS"
 
 
 def load_documents(path):
@@ -112,6 +115,10 @@ def container_env(container, resolver, nats_url):
     for name, value in env.items():
         if name == NATS_URL_VARIABLE:
             env[name] = nats_url
+        elif name == NATS_REPLICAS_VARIABLE:
+            if value not in {"1", "2", "3", "4", "5"}:
+                raise SystemExit(f"{name}={value!r}: not a replica count from 1 to 5")
+            env[name] = "1"
         elif name.endswith("_LISTEN"):
             env[name] = local_address(value)
         else:

@@ -23,7 +23,7 @@ use crate::forwarder::ForwarderMetrics;
 use crate::gateway::{self, ApiKeys, AppState, GatewayMetrics};
 use crate::manifest::Manifests;
 use crate::process_group::ProcessGroup;
-use crate::queue::{Connection, Queue, QueueLimits, QueueSettings};
+use crate::queue::{Connection, Queue, QueueSettings};
 use crate::seal::KeyRing;
 use runtime::Runtime;
 
@@ -37,7 +37,8 @@ pub struct Settings {
     /// The guard (at submission and at delivery) and TLS roots of callbacks.
     pub clients: Clients,
     pub delivery: DeliverySettings,
-    pub task_limits: QueueLimits,
+    /// Task queue bounds and replicas (result retention is the default).
+    pub queue: QueueSettings,
     /// How long the load must ask for fewer workers before they are stopped.
     pub scale_down_delay: Duration,
     pub max_body_bytes: usize,
@@ -61,7 +62,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
         ring,
         clients,
         delivery,
-        task_limits,
+        queue: queue_settings,
         scale_down_delay,
         max_body_bytes,
         http,
@@ -83,15 +84,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
         }
     };
     let guard = clients.guard().clone();
-    let queue = Queue::connect(
-        &connection,
-        QueueSettings {
-            task_limits,
-            ..Default::default()
-        },
-        Duration::from_secs(10),
-    )
-    .await?;
+    let queue = Queue::connect(&connection, queue_settings, Duration::from_secs(10)).await?;
 
     let mut registry = crate::metrics::registry();
     let catalog = Catalog::default();

@@ -1,5 +1,6 @@
-//! The worker sidecar: pulls an endpoint's tasks, calls the model container, records `STARTED`
-//! then `SUCCESS`/`FAILURE`, queues the callback, and only then acknowledges the task, so a
+//! The worker sidecar: pulls an endpoint's tasks, records `STARTED` (a compare-and-set over the
+//! queued record: a task cancelled while queued is acknowledged unrun), calls the model
+//! container, records `SUCCESS`/`FAILURE`, queues the callback, and only then acknowledges the task, so a
 //! worker that dies mid-task loses nothing (the task is delivered again). On shutdown it stops
 //! pulling and finishes what it holds. A task ends `FAILURE` only when the model answered it
 //! (4xx/5xx, a body that is not JSON, a prediction that timed out) or its attempts ran out; a
@@ -33,8 +34,6 @@ use crate::task::{
     CallbackJob, TaskError, TaskMessage, TaskOutcome, TaskRecord, TaskStatus, now_ms,
 };
 
-/// A task still running after this long is recorded as STARTED.
-const STARTED_AFTER: Duration = Duration::from_millis(20);
 /// Pause before opening the queue again after it failed while resuming.
 const REOPEN_RETRY: Duration = Duration::from_secs(1);
 /// First and longest wait before resuming after a pause in which the model answered nothing
@@ -271,24 +270,25 @@ impl Forwarder {
             record: TaskRecord::pending(task.endpoint_id.clone()),
             revision,
         });
+        // STARTED before the model runs: this compare-and-set decides between this run and a
+        // cancellation of the queued task.
+        let started = TaskRecord::started(task.endpoint_id.clone());
+        let started = self
+            .queue
+            .advance_task_record(&task.task_id, &started, pending)
+            .await?;
+        if started.record.status.is_final() {
+            // Cancelled while queued, or finished by an earlier run: it does not run (again).
+            self.send_callback(task, outcome_of(&started.record))
+                .await?;
+            return Ok(Handled::Recorded);
+        }
         let timer = std::time::Instant::now();
-        let predict = self.model.predict(&task.task_id, &task.args);
-        let mut predict = std::pin::pin!(predict);
-        // A task the model answers at once goes straight to its outcome; one that takes longer
-        // is recorded as STARTED while the model works.
-        let (prediction, last_seen) = tokio::select! {
-            prediction = &mut predict => (prediction, pending),
-            _ = tokio::time::sleep(STARTED_AFTER) => {
-                let started = TaskRecord::started(task.endpoint_id.clone());
-                let (recorded, prediction) = tokio::join!(
-                    self.queue.advance_task_record(&task.task_id, &started, pending),
-                    &mut predict
-                );
-                (prediction, Some(recorded?))
-            }
-        };
+        let prediction = self.model.predict(&task.task_id, &task.args).await;
         let prediction = match prediction {
             Prediction::Unavailable { reason } if !delivery.is_last_delivery() => {
+                // Queued again unrun: PENDING again, so it may still be cancelled.
+                self.queue.unstart_task(&task.task_id, &started).await?;
                 return Ok(Handled::ModelUnavailable(reason));
             }
             Prediction::Unavailable { reason } => failure_without_answer(format!(
@@ -301,7 +301,7 @@ impl Forwarder {
         };
         self.metrics
             .observe_predict(&task.endpoint_id, timer.elapsed());
-        self.finish(task, prediction, last_seen).await?;
+        self.finish(task, prediction, Some(started)).await?;
         Ok(Handled::Recorded)
     }
 
@@ -354,8 +354,10 @@ fn failure_without_answer(message: String) -> Prediction {
 }
 
 fn final_record(task: &TaskMessage, prediction: Prediction) -> TaskRecord {
+    let now = now_ms();
     let base = TaskRecord {
-        updated_at_ms: now_ms(),
+        updated_at_ms: now,
+        finished_at_ms: Some(now),
         ..TaskRecord::pending(task.endpoint_id.clone())
     };
     match prediction {
@@ -391,6 +393,7 @@ fn outcome_of(record: &TaskRecord) -> TaskOutcome {
         (TaskStatus::Success, result, _) => TaskOutcome::Success {
             result: result.clone().unwrap_or_default(),
         },
+        (TaskStatus::Cancelled, _, _) => TaskOutcome::Cancelled,
         (_, _, Some(error)) => TaskOutcome::Failure {
             error: error.clone(),
         },

@@ -14,6 +14,7 @@ mod routes;
 mod stats;
 mod streaming;
 mod sync;
+mod tasks;
 mod team_limits;
 #[cfg(test)]
 mod tests;
@@ -94,18 +95,28 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 .delete(resources::delete_endpoint),
         )
         .route("/v1/model-endpoints/{id}/stats", get(stats::endpoint_stats))
-        .route("/v1/async-tasks", post(routes::submit_async_task))
+        .route(
+            "/v1/async-tasks",
+            get(tasks::list_async_tasks).post(routes::submit_async_task),
+        )
         .route("/v1/sync-tasks", post(sync::submit_sync_task))
         .route(
             "/v1/streaming-tasks",
             post(streaming::submit_streaming_task),
         )
-        .route("/v1/async-tasks/{task_id}", get(routes::get_async_task))
+        .route(
+            "/v1/async-tasks/{task_id}",
+            get(routes::get_async_task).delete(tasks::cancel_async_task),
+        )
         .route(
             "/v1/async-tasks/{task_id}/callback/redeliver",
             post(redeliver::redeliver_task),
         )
         .route("/v1/callbacks/redeliver", post(redeliver::redeliver_since))
+        .route(
+            "/v1/callbacks/dead-letters",
+            get(redeliver::list_dead_letters),
+        )
         .merge(console::routes())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

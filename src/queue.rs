@@ -8,6 +8,7 @@ mod arrivals;
 mod callbacks;
 mod connect;
 mod envelope;
+mod index;
 mod lease;
 mod limits;
 mod link;
@@ -28,8 +29,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 
-pub use callbacks::{CALLBACK_LEASE_RENEWAL, CallbackDelivery};
+pub use callbacks::{CALLBACK_LEASE_RENEWAL, CallbackDelivery, LetterPage, LetterQuery};
 pub use connect::{ClientCert, ConfigError, Connection, Credentials, Tls};
+pub use index::{TaskPage, TaskQuery};
 pub use lease::{Held, Puller, consume, keep_alive_while_held};
 pub use limits::QueueLimits;
 pub use load::LoadReport;

@@ -41,6 +41,12 @@ impl TaskId {
         Some(Self::of(&endpoint, unique))
     }
 
+    /// The task of `endpoint` that `unique` (as [`TaskId::within_endpoint`] gives it) names.
+    pub fn within(endpoint: &EndpointId, unique: &str) -> Option<Self> {
+        let unique = uuid::Uuid::parse_str(unique).ok()?;
+        Some(Self::of(endpoint, unique))
+    }
+
     fn of(endpoint: &EndpointId, unique: uuid::Uuid) -> Self {
         TaskId {
             id: format!("{endpoint}{TASK_ID_SEPARATOR}{}", unique.hyphenated()),
@@ -55,6 +61,13 @@ impl TaskId {
     /// The endpoint the task was submitted to.
     pub fn endpoint(&self) -> &EndpointId {
         &self.endpoint
+    }
+
+    /// When the task was submitted, in Unix milliseconds: the UUIDv7's timestamp.
+    pub fn created_at_ms(&self) -> Option<u64> {
+        let unique = uuid::Uuid::parse_str(self.within_endpoint()).ok()?;
+        let (seconds, nanos) = unique.get_timestamp()?.to_unix();
+        Some(seconds * 1000 + u64::from(nanos) / 1_000_000)
     }
 
     /// What tells the task from the endpoint's other tasks: the id without its endpoint.
@@ -229,7 +242,8 @@ pub struct TaskMessage {
     pub record_revision: Option<u64>,
 }
 
-/// Launch's task status values.
+/// Launch's task status values, and ferry's `CANCELLED`: a queued task cancelled before any
+/// worker started it (Launch's client stops polling on it with "Unrecognized status").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TaskStatus {
@@ -237,25 +251,54 @@ pub enum TaskStatus {
     Started,
     Success,
     Failure,
+    Cancelled,
 }
 
 impl TaskStatus {
+    pub const ALL: [TaskStatus; 5] = [
+        TaskStatus::Pending,
+        TaskStatus::Started,
+        TaskStatus::Success,
+        TaskStatus::Failure,
+        TaskStatus::Cancelled,
+    ];
+
     pub fn is_final(self) -> bool {
-        matches!(self, TaskStatus::Success | TaskStatus::Failure)
+        self.stage() == 2
+    }
+
+    /// The wire name: `PENDING`, `STARTED`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "PENDING",
+            TaskStatus::Started => "STARTED",
+            TaskStatus::Success => "SUCCESS",
+            TaskStatus::Failure => "FAILURE",
+            TaskStatus::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// Reads a wire name, in any case.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str().eq_ignore_ascii_case(text))
     }
 
     /// Whether a record in this status may be replaced by one in `next`. Records move only
-    /// forward (PENDING → STARTED → SUCCESS | FAILURE), and the first final outcome is the task's
-    /// outcome: a redelivered attempt's late STARTED, or a second run's result, never replaces it.
+    /// forward (PENDING → STARTED → SUCCESS | FAILURE, or PENDING → CANCELLED), and the first
+    /// final outcome is the task's outcome: a redelivered attempt's late STARTED, or a second
+    /// run's result, never replaces it, and a started task is never cancelled.
     pub fn may_become(self, next: TaskStatus) -> bool {
-        !self.is_final() && next.stage() >= self.stage()
+        let cancels_a_started_task = self == TaskStatus::Started && next == TaskStatus::Cancelled;
+        !self.is_final() && next.stage() >= self.stage() && !cancels_a_started_task
     }
 
     fn stage(self) -> u8 {
         match self {
             TaskStatus::Pending => 0,
             TaskStatus::Started => 1,
-            TaskStatus::Success | TaskStatus::Failure => 2,
+            TaskStatus::Success | TaskStatus::Failure | TaskStatus::Cancelled => 2,
         }
     }
 }
@@ -288,6 +331,16 @@ pub struct TaskRecord {
     /// unavailable, or it was stopping); they do not count against the task's attempts.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub handed_back: u32,
+    /// Unix time in milliseconds a worker started the task (the run that stands).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    /// Unix time in milliseconds the task reached its final status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// The task's callback target while it is PENDING, so that a cancellation, which never
+    /// sees the queued message, can send the callback at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<Sealed<CallbackTarget>>,
 }
 
 fn is_zero(count: &u32) -> bool {
@@ -304,11 +357,14 @@ impl TaskRecord {
             status_code: None,
             updated_at_ms: now_ms(),
             handed_back: 0,
+            started_at_ms: None,
+            finished_at_ms: None,
+            callback: None,
         }
     }
 
-    /// True when `other` records the same state, whatever hand-backs either counts (a writer
-    /// carries the count of the record it replaces over into its own).
+    /// True when `other` records the same state, whatever hand-backs and start time either
+    /// holds (a writer carries those of the record it replaces over into its own).
     pub fn same_state_as(&self, other: &TaskRecord) -> bool {
         self.endpoint_id == other.endpoint_id
             && self.status == other.status
@@ -317,9 +373,23 @@ impl TaskRecord {
             && self.status_code == other.status_code
             && self.updated_at_ms == other.updated_at_ms
     }
+
     pub fn started(endpoint_id: EndpointId) -> Self {
+        let now = now_ms();
         TaskRecord {
             status: TaskStatus::Started,
+            started_at_ms: Some(now),
+            updated_at_ms: now,
+            ..TaskRecord::pending(endpoint_id)
+        }
+    }
+
+    /// The record of a task cancelled before it started, at `now_ms`.
+    pub fn cancelled(endpoint_id: EndpointId, now_ms: u64) -> Self {
+        TaskRecord {
+            status: TaskStatus::Cancelled,
+            updated_at_ms: now_ms,
+            finished_at_ms: Some(now_ms),
             ..TaskRecord::pending(endpoint_id)
         }
     }
@@ -329,8 +399,14 @@ impl TaskRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TaskOutcome {
-    Success { result: Value },
-    Failure { error: TaskError },
+    Success {
+        result: Value,
+    },
+    Failure {
+        error: TaskError,
+    },
+    /// Cancelled while queued: it never ran.
+    Cancelled,
 }
 
 /// A callback to deliver, as the dispatcher receives it.
@@ -379,6 +455,19 @@ impl CallbackJob {
             prior_attempts: 0,
             redeliveries: 0,
         })
+    }
+
+    /// The callback of a task cancelled while queued, to the target its record kept.
+    pub fn for_cancelled(task_id: &TaskId, target: Sealed<CallbackTarget>) -> Self {
+        CallbackJob {
+            task_id: task_id.clone(),
+            endpoint_id: task_id.endpoint().clone(),
+            target,
+            outcome: TaskOutcome::Cancelled,
+            submitted_at_ms: task_id.created_at_ms().unwrap_or_default(),
+            prior_attempts: 0,
+            redeliveries: 0,
+        }
     }
 
     /// The JSON body POSTed to the receiver: `{"task_id", "status", "result"}` or
@@ -549,6 +638,30 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_body_says_so_and_carries_no_result() {
+        let body = job(TaskOutcome::Cancelled).body();
+        assert_eq!(body["status"], "CANCELLED");
+        assert!(body.get("result").is_none() && body.get("error").is_none());
+    }
+
+    #[test]
+    fn statuses_read_their_wire_names_and_a_task_id_its_creation_time() {
+        for status in TaskStatus::ALL {
+            let wire = serde_json::to_value(status).expect("serializes");
+            assert_eq!(wire, status.as_str());
+            assert_eq!(
+                TaskStatus::parse(&status.as_str().to_lowercase()),
+                Some(status)
+            );
+        }
+        assert_eq!(TaskStatus::parse("DONE"), None);
+        let before = now_ms();
+        let id = TaskId::generate(&EndpointId::for_resource("ml", "demo"));
+        let created = id.created_at_ms().expect("a UUIDv7 time");
+        assert!(before <= created && created <= now_ms(), "{created}");
+    }
+
+    #[test]
     fn failure_body_carries_the_error() {
         let error = TaskError {
             message: "model answered 500".into(),
@@ -632,8 +745,14 @@ mod tests {
             (Started, Started),
             (Started, Success),
             (Started, Failure),
+            (Pending, Cancelled),
         ];
         let refused = [
+            (Started, Cancelled),
+            (Cancelled, Started),
+            (Cancelled, Success),
+            (Cancelled, Cancelled),
+            (Success, Cancelled),
             (Started, Pending),
             (Success, Pending),
             (Success, Started),

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use super::dispatcher::DeliveryArgs;
 use super::parse_seconds;
-use super::shared::{AuthArgs, HttpArgs, NatsAccessArgs, SealArgs, TaskQueueArgs};
+use super::shared::{AuthArgs, HttpArgs, NatsAccessArgs, ReplicasArgs, SealArgs, TaskQueueArgs};
 use crate::dev::{Nats, Settings};
 use crate::gateway::ApiKeys;
 use crate::manifest;
+use crate::queue::QueueSettings;
 use crate::worker::env as forwarder_env;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -29,6 +30,8 @@ pub struct DevArgs {
     /// Credentials and TLS for the server given by --nats-url.
     #[command(flatten)]
     pub nats_access: NatsAccessArgs,
+    #[command(flatten)]
+    pub replicas: ReplicasArgs,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "FERRY_MAX_BODY_BYTES", default_value = "10485760")]
     pub max_body_bytes: usize,
@@ -63,7 +66,10 @@ impl DevArgs {
             ring: self.seal.key_ring_or_generate()?,
             clients: self.delivery.clients(&loopback)?,
             delivery: self.delivery.settings(),
-            task_limits: self.task_queue.limits(),
+            queue: self.replicas.apply(QueueSettings {
+                task_limits: self.task_queue.limits(),
+                ..Default::default()
+            }),
             scale_down_delay: self.scale_down_delay,
             max_body_bytes: self.max_body_bytes,
             http: self.http.limits(),

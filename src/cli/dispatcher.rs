@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::parse_seconds;
-use super::shared::{GuardArgs, HttpArgs, NatsArgs, SealArgs};
+use super::shared::{GuardArgs, HttpArgs, NatsArgs, ReplicasArgs, SealArgs};
 use crate::dispatcher::{Clients, DeliverySettings, Settings, Timeouts};
 use crate::queue::Role;
 use crate::worker::env as forwarder_env;
@@ -15,6 +15,8 @@ use crate::worker::env as forwarder_env;
 pub struct DispatcherArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
+    #[command(flatten)]
+    pub replicas: ReplicasArgs,
     #[command(flatten)]
     pub delivery: DeliveryArgs,
     #[command(flatten)]
@@ -95,7 +97,7 @@ impl DispatcherArgs {
     pub fn settings(&self) -> anyhow::Result<Settings> {
         Ok(Settings {
             connection: self.nats.connection()?.for_role(Role::Dispatcher),
-            queue: self.nats.queue_settings(None),
+            queue: self.replicas.apply(self.nats.queue_settings(None)),
             ring: self.seal.key_ring()?,
             delivery: self.delivery.settings(),
             clients: self.delivery.clients(&[])?,

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::parse_seconds;
-use super::shared::{AuthArgs, GuardArgs, HttpArgs, NatsArgs, SealArgs, TaskQueueArgs};
+use super::shared::{
+    AuthArgs, GuardArgs, HttpArgs, NatsArgs, ReplicasArgs, SealArgs, TaskQueueArgs,
+};
 use crate::gateway::{ApiKeys, RateLimit, Settings, Shutdown, TeamLimits};
 use crate::manifest;
 use crate::queue::Role;
@@ -17,6 +19,8 @@ pub struct GatewayArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub nats: NatsArgs,
+    #[command(flatten)]
+    pub replicas: ReplicasArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
     #[command(flatten)]
@@ -108,7 +112,9 @@ impl GatewayArgs {
         Ok(Settings {
             listen: self.listen,
             connection: self.nats.connection()?.for_role(Role::Gateway),
-            queue: self.nats.queue_settings(Some(&self.task_queue)),
+            queue: self
+                .replicas
+                .apply(self.nats.queue_settings(Some(&self.task_queue))),
             keys,
             guard: self.guard.guard(&[])?,
             ring: self.seal.key_ring()?,

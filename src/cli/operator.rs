@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::shared::{HttpArgs, NatsArgs, SealArgs, TaskQueueArgs};
+use super::shared::{HttpArgs, NatsArgs, ReplicasArgs, SealArgs, TaskQueueArgs};
 use super::{parse_positive_seconds, parse_seconds};
 use crate::nats_auth::ForwarderIssuer;
 use crate::operator::build::{Settings as WorkerSettings, WorkerNetworkPolicy};
@@ -16,6 +16,8 @@ use crate::worker::env as forwarder_env;
 pub struct OperatorArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
+    #[command(flatten)]
+    pub replicas: ReplicasArgs,
     #[command(flatten)]
     pub seal: SealArgs,
     /// Image of the `ferry forwarder` sidecar in every worker pod: the operator's own image.
@@ -110,7 +112,9 @@ impl OperatorArgs {
     pub fn settings(&self) -> anyhow::Result<Settings> {
         Ok(Settings {
             connection: self.nats.connection()?.for_role(Role::Operator),
-            queue: self.nats.queue_settings(Some(&self.task_queue)),
+            queue: self
+                .replicas
+                .apply(self.nats.queue_settings(Some(&self.task_queue))),
             ring: self.seal.key_ring()?,
             workers: WorkerSettings {
                 forwarder_image: self.forwarder_image.clone(),

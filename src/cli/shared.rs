@@ -44,6 +44,28 @@ impl NatsArgs {
     }
 }
 
+/// How many copies JetStream keeps of what ferry stores, for the roles that create streams and
+/// buckets (gateway, operator, dispatcher, `ferry dev`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReplicasArgs {
+    /// Replicas of every stream and bucket ferry creates: 1 on a single server, 3 on a
+    /// JetStream cluster of three or more servers (a queue then survives the loss of a node).
+    /// Existing ones are brought to this count.
+    #[arg(long = "nats-replicas", env = "FERRY_NATS_REPLICAS", default_value = "1",
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: u8,
+}
+
+impl ReplicasArgs {
+    /// `settings` with these replicas.
+    pub fn apply(&self, settings: QueueSettings) -> QueueSettings {
+        QueueSettings {
+            replicas: usize::from(self.nats_replicas),
+            ..settings
+        }
+    }
+}
+
 /// Credentials and TLS towards NATS, the same for every role. Secrets come from files (mounted
 /// Secrets), never from the URL or a flag's value.
 #[derive(clap::Args, Debug, Clone, Default)]

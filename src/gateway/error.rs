@@ -25,6 +25,9 @@ pub enum AppError {
     PayloadTooLarge,
     #[error("{0}")]
     NotAllowed(String),
+    /// The resource is not in a state that allows the request (a task past PENDING).
+    #[error("{0}")]
+    Conflict(String),
     #[error("the task queue is unavailable")]
     Queue(#[source] queue::Error),
     /// A submission whose task certainly was not queued: nothing of it reached the queue.
@@ -68,6 +71,7 @@ impl AppError {
             AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::NotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Queue(_)
             | AppError::NotQueued(_)
             | AppError::Unconfirmed { .. }

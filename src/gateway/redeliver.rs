@@ -1,6 +1,7 @@
-//! Redelivery of dead-lettered callbacks: one task's, or every one given up on since a time.
-//! A caller reaches only its team's endpoints' letters; the listing asks the server for those
-//! endpoints' keys alone, so another team's letters are never read.
+//! Dead-lettered callbacks: listing an endpoint's, a page at a time, and redelivering one
+//! task's, or every one given up on since a time. A caller reaches only its team's endpoints'
+//! letters; a listing asks the server for those endpoints' keys alone, so another team's
+//! letters are never read.
 
 use axum::{
     Json,
@@ -9,8 +10,10 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, auth::Principal, error::AppError};
+use super::tasks::{listed_endpoint, page_bounds, parse_time};
+use super::{AppState, auth::Principal, error::AppError, views};
 use crate::crd::EndpointId;
+use crate::queue::LetterQuery;
 use crate::task::{CallbackState, DeadLetter, TaskId};
 
 pub async fn redeliver_task(
@@ -47,17 +50,7 @@ pub async fn redeliver_since(
     principal: Principal,
     Query(query): Query<SinceQuery>,
 ) -> Result<Json<Value>, AppError> {
-    let since_ms = match query.since.as_deref() {
-        None => 0,
-        Some(text) => text
-            .parse::<jiff::Timestamp>()
-            .map(|at| at.as_millisecond().max(0) as u64)
-            .map_err(|_| {
-                AppError::BadRequest(format!(
-                    "since {text:?} is not an RFC 3339 time such as 2026-01-31T12:00:00Z"
-                ))
-            })?,
-    };
+    let since_ms = parse_time("since", query.since.as_deref())?.unwrap_or(0);
     let endpoints = match query.model_endpoint_id.as_deref() {
         Some(id) => Some(vec![
             super::routes::visible_endpoint(&state, &principal, id)?.endpoint_id(),
@@ -74,6 +67,50 @@ pub async fn redeliver_since(
         }
     }
     Ok(Json(json!({ "redelivered": redelivered })))
+}
+
+#[derive(Deserialize)]
+pub struct ListLettersQuery {
+    model_endpoint_id: Option<String>,
+    since: Option<String>,
+    limit: Option<String>,
+    page_token: Option<String>,
+}
+
+/// `GET /v1/callbacks/dead-letters`: an endpoint's dead letters, oldest first, each with the
+/// attempts its task's callback state keeps.
+pub async fn list_dead_letters(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<ListLettersQuery>,
+) -> Result<Json<Value>, AppError> {
+    let endpoint = listed_endpoint(&state, &principal, query.model_endpoint_id.as_deref())?;
+    let (limit, from) = page_bounds(query.limit.as_deref(), query.page_token.as_deref())?;
+    let letter_query = LetterQuery {
+        since_ms: parse_time("since", query.since.as_deref())?,
+        limit,
+        from,
+    };
+    let page = state
+        .queue
+        .dead_letter_page(&endpoint.endpoint_id(), &letter_query)
+        .await?;
+    let callbacks = futures::future::try_join_all(
+        page.letters
+            .iter()
+            .map(|letter| state.queue.callback_state(&letter.job.task_id)),
+    )
+    .await?;
+    let letters: Vec<Value> = page
+        .letters
+        .iter()
+        .zip(&callbacks)
+        .map(|(letter, callback)| views::dead_letter(letter, callback.as_ref()))
+        .collect();
+    let next = page.next.map(|sequence| sequence.to_string());
+    Ok(Json(
+        json!({ "dead_letters": letters, "next_page_token": next }),
+    ))
 }
 
 /// The endpoints whose dead letters the caller may redeliver: its team's.

@@ -208,20 +208,31 @@ pub async fn get_async_task(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AppError> {
+    let task_id = visible_task(&state, &principal, &id)?;
     let not_found = || AppError::NotFound(format!("task {id} not found"));
-    let task_id = TaskId::parse(&id).ok_or_else(not_found)?;
-    // The id names the task's endpoint: another team's task is not found without a read.
-    let endpoint = state.catalog.endpoint(task_id.endpoint());
-    let visible = endpoint.is_some_and(|endpoint| in_scope(&principal, &endpoint));
-    if !visible && principal.scope().is_some() {
-        return Err(not_found());
-    }
     let (record, callback) = tokio::try_join!(
         state.queue.task_record(&task_id),
         state.queue.callback_state(&task_id)
     )?;
     let record = record.ok_or_else(not_found)?;
     Ok(Json(views::task(&task_id, &record, callback.as_ref())))
+}
+
+/// The task `id` names, if the caller may see it. The id names the task's endpoint: another
+/// team's task is not found without a read.
+pub(super) fn visible_task(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<TaskId, AppError> {
+    let visible = |task_id: &TaskId| {
+        let endpoint = state.catalog.endpoint(task_id.endpoint());
+        principal.scope().is_none()
+            || endpoint.is_some_and(|endpoint| in_scope(principal, &endpoint))
+    };
+    TaskId::parse(id)
+        .filter(visible)
+        .ok_or_else(|| AppError::NotFound(format!("task {id} not found")))
 }
 
 pub async fn not_found() -> (StatusCode, Json<Value>) {

@@ -5,7 +5,7 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use crate::crd::{EndpointState, ModelBundle, ModelEndpoint, condition};
-use crate::task::{CallbackState, TaskId, TaskRecord, TaskStatus};
+use crate::task::{CallbackState, DeadLetter, TaskId, TaskRecord, TaskStatus};
 
 pub fn bundle(bundle: &ModelBundle) -> Value {
     let (repository, tag) = split_image(&bundle.spec.image);
@@ -110,7 +110,8 @@ pub fn endpoint(endpoint: &ModelEndpoint) -> Value {
     })
 }
 
-/// `GET /v1/async-tasks/{id}`: Launch's shape, plus a `callback` section when one was sent.
+/// `GET /v1/async-tasks/{id}`: Launch's shape, plus a `callback` section when one was sent,
+/// then ferry's additions: the endpoint and the task's times (RFC 3339 UTC, or null).
 pub fn task(id: &TaskId, record: &TaskRecord, callback: Option<&CallbackState>) -> Value {
     let (result, traceback) = match record.status {
         TaskStatus::Success => (json!({ "result": record.result }), Value::Null),
@@ -121,7 +122,9 @@ pub fn task(id: &TaskId, record: &TaskRecord, callback: Option<&CallbackState>) 
                 json!(error.and_then(|e| e.detail.as_deref())),
             )
         }
-        TaskStatus::Pending | TaskStatus::Started => (Value::Null, Value::Null),
+        TaskStatus::Pending | TaskStatus::Started | TaskStatus::Cancelled => {
+            (Value::Null, Value::Null)
+        }
     };
     let mut view = json!({
         "task_id": id,
@@ -130,10 +133,35 @@ pub fn task(id: &TaskId, record: &TaskRecord, callback: Option<&CallbackState>) 
         "traceback": traceback,
         "status_code": record.status_code,
     });
-    if let (Some(callback), Value::Object(fields)) = (callback, &mut view) {
-        fields.insert("callback".into(), json!(callback));
+    if let Value::Object(fields) = &mut view {
+        if let Some(callback) = callback {
+            fields.insert("callback".into(), json!(callback));
+        }
+        fields.insert("model_endpoint_id".into(), json!(id.endpoint()));
+        fields.insert("created_at".into(), time_ms(id.created_at_ms()));
+        fields.insert("started_at".into(), time_ms(record.started_at_ms));
+        fields.insert("finished_at".into(), time_ms(record.finished_at_ms));
     }
     view
+}
+
+/// A dead-lettered callback with the attempts its task's callback state keeps.
+pub fn dead_letter(letter: &DeadLetter, callback: Option<&CallbackState>) -> Value {
+    json!({
+        "task_id": letter.job.task_id,
+        "model_endpoint_id": letter.job.endpoint_id,
+        "url": callback.map(|callback| callback.url.as_str()),
+        "dead_lettered_at": time_ms(Some(letter.dead_at_ms)),
+        "reason": letter.reason,
+        "attempts": callback.map(|callback| callback.attempts.as_slice()).unwrap_or_default(),
+    })
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time, or null.
+pub fn time_ms(ms: Option<u64>) -> Value {
+    ms.and_then(|ms| i64::try_from(ms).ok())
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map_or(Value::Null, |at| Value::from(at.to_string()))
 }
 
 fn created_at(time: Option<&Time>) -> Value {
@@ -192,6 +220,26 @@ mod tests {
         assert_eq!(view["result"], json!({"result": 7}));
         assert_eq!(view["status_code"], 200);
         assert!(view.get("callback").is_none());
+        assert_eq!(view["model_endpoint_id"], endpoint().to_string());
+        assert!(view["started_at"].is_null());
+    }
+
+    #[test]
+    fn times_read_as_rfc3339_utc_and_creation_comes_from_the_id() {
+        assert_eq!(time_ms(Some(1_764_000_000_123)), "2025-11-24T16:00:00.123Z");
+        assert!(time_ms(None).is_null());
+        let id = TaskId::generate(&endpoint());
+        let finished = TaskRecord {
+            started_at_ms: Some(1_764_000_000_000),
+            finished_at_ms: Some(1_764_000_001_000),
+            ..record(TaskStatus::Cancelled)
+        };
+        let view = task(&id, &finished, None);
+        assert_eq!(view["status"], "CANCELLED");
+        assert!(view["result"].is_null() && view["traceback"].is_null());
+        assert_eq!(view["created_at"], time_ms(id.created_at_ms()));
+        assert_eq!(view["started_at"], "2025-11-24T16:00:00Z");
+        assert_eq!(view["finished_at"], "2025-11-24T16:00:01Z");
     }
 
     #[test]

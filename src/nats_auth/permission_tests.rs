@@ -15,7 +15,7 @@ use crate::queue::{
     OperatorQueue, OutcomeTally, Queue, QueueSettings, QueueSpec, TaskDelivery, WorkerPresence,
     consume,
 };
-use crate::queue::{Role, forwarder_inbox_prefix, names};
+use crate::queue::{LetterQuery, Role, TaskQuery, forwarder_inbox_prefix, names};
 use crate::task::{
     CallbackJob, CallbackPolicy, CallbackTarget, TaskId, TaskMessage, TaskOutcome, TaskRecord,
     TaskStatus,
@@ -218,6 +218,34 @@ async fn every_role_does_its_work_with_its_own_credentials_and_none_without() {
         .submit(&task(&endpoint), None)
         .await
         .expect("submitted");
+    // Listing and cancelling with the gateway's credentials: the index is appended at
+    // submission and read back by sequence.
+    let doomed = gateway
+        .submit(&task(&endpoint), None)
+        .await
+        .expect("submitted");
+    let (cancelled, by_this_call) = gateway
+        .cancel_task(&doomed.task_id)
+        .await
+        .expect("cancelled")
+        .expect("a record");
+    assert!(by_this_call && cancelled.status == TaskStatus::Cancelled);
+    let everything = TaskQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    let listed = gateway
+        .task_page(&endpoint, &everything)
+        .await
+        .expect("listed");
+    let listed: Vec<_> = listed.tasks.into_iter().map(|task| task.task_id).collect();
+    assert_eq!(listed, [doomed.task_id.clone(), submitted.task_id.clone()]);
+    let letters = LetterQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    let letters = gateway.dead_letter_page(&endpoint, &letters).await;
+    assert_eq!(letters.expect("dead letters listed").letters, []);
     let first_served = gateway
         .first_served(std::slice::from_ref(&endpoint))
         .await

@@ -590,3 +590,6 @@ mod tests {
 
 #[cfg(test)]
 mod dead_letter_tests;
+mod letters;
+
+pub use letters::{LetterPage, LetterQuery};

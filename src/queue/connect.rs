@@ -96,6 +96,12 @@ impl Connection {
         &self.url
     }
 
+    /// Each server of the list: the client tries them all, at start and on every reconnection,
+    /// so one stopped member of a cluster does not keep a role from its queue.
+    pub fn servers(&self) -> Vec<&str> {
+        self.url.split(',').map(str::trim).collect()
+    }
+
     /// The same server with other credentials.
     pub fn with_credentials(self, credentials: Credentials) -> Self {
         Connection {
@@ -266,7 +272,7 @@ pub(super) async fn connect_with_retry(
         let options = connection.options().await.map_err(failed)?;
         let options = super::link::report_events(options, events.clone());
         // No notification exists for "the server came up": retry briefly until the deadline.
-        match options.connect(url).await {
+        match options.connect(connection.servers()).await {
             Ok(client) => {
                 if waited {
                     tracing::info!(url, "connected to NATS");
@@ -323,5 +329,14 @@ mod url_tests {
         ] {
             assert_eq!(Connection::open(url).expect(url).url(), url);
         }
+    }
+
+    #[test]
+    fn a_server_list_names_each_server() {
+        let connection = Connection::open("nats://a:1, nats://b:2,nats://c:3").unwrap();
+        assert_eq!(
+            connection.servers(),
+            ["nats://a:1", "nats://b:2", "nats://c:3"]
+        );
     }
 }

@@ -35,6 +35,19 @@ pub fn tasks_subject_pattern(endpoint: &str) -> String {
     format!("ferry.tasks.{endpoint}")
 }
 
+/// The stream of an endpoint's task ids in the order they were queued: what a newest-first
+/// listing reads backwards by sequence.
+pub fn index_stream(endpoint: &EndpointId) -> String {
+    format!("ferry-index-{endpoint}")
+}
+
+pub fn index_subject(endpoint: &EndpointId) -> String {
+    format!("ferry.index.{endpoint}")
+}
+
+/// Every endpoint's index subject.
+pub const ALL_INDEX_SUBJECTS: &str = "ferry.index.*";
+
 /// Where submitters announce that an endpoint has new tasks.
 pub fn arrivals_subject(endpoint: &EndpointId) -> String {
     format!("ferry.arrivals.{endpoint}")

@@ -91,7 +91,7 @@ impl Carrier for CallbackJob {
     fn take_payload(&mut self) -> Option<Value> {
         match &mut self.outcome {
             TaskOutcome::Success { result } => Some(result.take()),
-            TaskOutcome::Failure { .. } => None,
+            TaskOutcome::Failure { .. } | TaskOutcome::Cancelled => None,
         }
     }
 

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use super::envelope::encode;
 use super::objects::Carrier;
 use super::{Error, NatsError, Queue, QueueSettings, names};
-use crate::task::{CallbackState, TaskId, TaskRecord};
+use crate::task::{CallbackState, TaskId, TaskRecord, TaskStatus, now_ms};
 
 /// A task record with the revision of the bucket entry that holds it.
 #[derive(Clone, Debug, PartialEq)]
@@ -197,9 +197,11 @@ impl Queue {
                 assumed,
                 |current: Option<TaskRecord>| match current {
                     Some(current) if !current.status.may_become(record.status) => None,
-                    // The hand-backs counted so far still bound the task's attempts.
+                    // The hand-backs counted so far still bound the task's attempts, and an
+                    // outcome keeps the start of the run it ends.
                     Some(current) => Some(TaskRecord {
                         handed_back: current.handed_back.max(record.handed_back),
+                        started_at_ms: record.started_at_ms.or(current.started_at_ms),
                         ..record.clone()
                     }),
                     None => Some(record.clone()),
@@ -213,6 +215,61 @@ impl Queue {
                 key,
                 source: "the record vanished while being written".into(),
             })
+    }
+
+    /// Cancels the task if it is still PENDING: the compare-and-set on its record decides
+    /// between this and a worker starting it. The record the task has afterwards, and whether
+    /// this call cancelled it; `None` for an unknown task.
+    pub(super) async fn cancel_task(
+        &self,
+        task: &TaskId,
+    ) -> Result<Option<(TaskRecord, bool)>, Error> {
+        let cancelled_now = std::sync::atomic::AtomicBool::new(false);
+        let stored = self
+            .compare_and_set(
+                task,
+                names::record_key(task),
+                "task record",
+                None,
+                |current: Option<TaskRecord>| {
+                    let pending = current.filter(|record| record.status == TaskStatus::Pending);
+                    // Each round decides afresh: the last one's decision is what was stored.
+                    cancelled_now.store(pending.is_some(), std::sync::atomic::Ordering::Relaxed);
+                    pending.map(|pending| TaskRecord {
+                        handed_back: pending.handed_back,
+                        callback: pending.callback,
+                        ..TaskRecord::cancelled(pending.endpoint_id, now_ms())
+                    })
+                },
+            )
+            .await?;
+        let cancelled_now = cancelled_now.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(stored.map(|(record, _)| (record, cancelled_now)))
+    }
+
+    /// Puts a task this worker recorded as STARTED (`started`) back to PENDING, as it hands
+    /// the task back unrun; a record another writer changed since is left as it is.
+    pub(super) async fn unstart_task(
+        &self,
+        task: &TaskId,
+        started: &RecordAt,
+    ) -> Result<(), Error> {
+        let key = names::record_key(task);
+        let pending = TaskRecord {
+            status: TaskStatus::Pending,
+            started_at_ms: None,
+            updated_at_ms: now_ms(),
+            ..started.record.clone()
+        };
+        let value = self.encode_carrier(Some(task), &pending).await?;
+        match self
+            .results
+            .write(&key, value, Some(started.revision))
+            .await
+        {
+            Ok(_) | Err(None) => Ok(()),
+            Err(Some(source)) => Err(Error::Write { key, source }),
+        }
     }
 
     /// Counts one more delivery of the task returned to the queue unrun, so it does not count
@@ -428,12 +485,19 @@ mod tests {
             .await
             .expect("started");
         assert_eq!(first.record, started, "the first write creates the record");
-        let done = success(&endpoint);
+        let finished = success(&endpoint);
         let outcome = queue
-            .advance_task_record(&task, &done, Some(first.clone()))
+            .advance_task_record(&task, &finished, Some(first.clone()))
             .await
             .expect("done");
-        assert_eq!(outcome.record, done, "written over the record it last saw");
+        let done = TaskRecord {
+            started_at_ms: started.started_at_ms,
+            ..finished
+        };
+        assert_eq!(
+            outcome.record, done,
+            "written over the record it last saw, keeping the run's start"
+        );
         // Another run still believes the record is its STARTED one, and writes again.
         let stale = queue
             .advance_task_record(&task, &started, Some(first.clone()))

@@ -8,8 +8,9 @@ use std::time::Duration;
 use futures::Stream;
 
 use super::{
-    AttemptOutcome, Backlog, CallbackDelivery, Error, LoadReport, OutcomeTally, Puller, Queue,
-    QueueSpec, RecordAt, TaskDelivery, WorkerPresence, submit::Submission,
+    AttemptOutcome, Backlog, CallbackDelivery, Error, LetterPage, LetterQuery, LoadReport,
+    OutcomeTally, Puller, Queue, QueueSpec, RecordAt, TaskDelivery, TaskPage, TaskQuery,
+    WorkerPresence, submit::Submission,
 };
 use crate::crd::EndpointId;
 use crate::task::{
@@ -60,6 +61,26 @@ impl GatewayQueue {
         self.0.backlog(endpoint).await
     }
 
+    /// A page of the endpoint's tasks, newest first.
+    pub async fn task_page(
+        &self,
+        endpoint: &EndpointId,
+        query: &TaskQuery,
+    ) -> Result<TaskPage, Error> {
+        self.0.task_page(endpoint, query).await
+    }
+
+    /// Cancels a PENDING task: the record it has afterwards and whether this call cancelled
+    /// it; `None` for an unknown task.
+    pub async fn cancel_task(&self, task: &TaskId) -> Result<Option<(TaskRecord, bool)>, Error> {
+        self.0.cancel_task(task).await
+    }
+
+    /// Queues the callback of a task cancelled while queued.
+    pub async fn publish_callback(&self, job: &CallbackJob) -> Result<(), Error> {
+        self.0.publish_callback(job).await
+    }
+
     /// The backlog with the age of its oldest task, and the last hour's callback attempts: what
     /// the console shows of an endpoint.
     pub async fn backlog_with_age(&self, endpoint: &EndpointId) -> Result<Backlog, Error> {
@@ -98,6 +119,15 @@ impl GatewayQueue {
         endpoints: Option<&[EndpointId]>,
     ) -> Result<Vec<DeadLetter>, Error> {
         self.0.dead_letters(endpoints).await
+    }
+
+    /// A page of the endpoint's dead letters, oldest first.
+    pub async fn dead_letter_page(
+        &self,
+        endpoint: &EndpointId,
+        query: &LetterQuery,
+    ) -> Result<LetterPage, Error> {
+        self.0.dead_letter_page(endpoint, query).await
     }
 
     pub async fn remove_dead_letter(
@@ -177,6 +207,12 @@ impl ForwarderQueue {
         self.queue
             .advance_task_record(task, record, last_seen)
             .await
+    }
+
+    /// Puts a task this worker recorded as STARTED back to PENDING as it hands the task back
+    /// unrun (so it may still be cancelled); a record changed since is left alone.
+    pub async fn unstart_task(&self, task: &TaskId, started: &RecordAt) -> Result<(), Error> {
+        self.queue.unstart_task(task, started).await
     }
 
     /// Queues the callback of one of this endpoint's tasks.
@@ -279,6 +315,7 @@ impl OperatorQueue {
     /// payloads and its callback policy (with the secrets sealed in it).
     pub async fn retire_endpoint(&self, endpoint: &EndpointId) -> Result<(), Error> {
         self.0.delete_task_queue(endpoint).await?;
+        self.0.delete_index(endpoint).await?;
         self.0.delete_payloads(endpoint).await?;
         self.0.delete_callback_policy(endpoint).await
     }

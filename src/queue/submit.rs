@@ -90,8 +90,11 @@ impl Queue {
             Some(revision) => (Some(revision), None),
             None => {
                 // The record first, so the task can carry its revision, and a task in the queue
-                // always has a record.
-                let record = TaskRecord::pending(task.endpoint_id.clone());
+                // always has a record. It keeps the callback for a cancellation to send.
+                let record = TaskRecord {
+                    callback: task.callback.clone(),
+                    ..TaskRecord::pending(task.endpoint_id.clone())
+                };
                 let created = self.create_task_record(&task_id, &record).await?;
                 (created, created)
             }
@@ -103,7 +106,17 @@ impl Queue {
         };
         // The record's writes may have used the patience up: the task still gets one wait.
         let deadline = deadline.max(Instant::now() + ACK_WAIT);
-        match self.publish_confirmed(&task, deadline).await {
+        // A new task joins its endpoint's index alongside its publish: a listing skips an
+        // entry whose task was refused (it has no record).
+        let indexing = async {
+            if created.is_some()
+                && let Err(error) = self.append_to_index(&task_id).await
+            {
+                tracing::warn!(%error, task_id = %task_id, "indexing a task failed; listings will not show it");
+            }
+        };
+        let (published, ()) = tokio::join!(self.publish_confirmed(&task, deadline), indexing);
+        match published {
             Ok(()) => {}
             Err(error @ Error::Unconfirmed { .. }) => {
                 self.settle_later(task, started);

@@ -179,12 +179,12 @@ impl Queue {
         self.js
             .create_consumer_on_stream(consumer, stream_name.as_str())
             .await
-            .map(drop)
             .map_err(|source| Error::EnsureConsumer {
                 stream: stream_name,
                 consumer: names::TASKS_CONSUMER.into(),
                 source: source.into(),
-            })
+            })?;
+        self.ensure_index(&spec.endpoint_id).await
     }
 
     /// Deletes the endpoint's stream and with it its consumer and queued tasks; deleting a queue

@@ -21,3 +21,4 @@ mod rolling;
 mod rollout;
 mod static_gateways;
 mod support;
+mod tasks;

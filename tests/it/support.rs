@@ -17,6 +17,7 @@ use tokio::process::{Child, Command};
 
 pub mod kube;
 pub mod monitoring;
+pub mod topology;
 
 pub const API_KEY: &str = "test-key-0123456789abcdef";
 const STARTUP: Duration = Duration::from_secs(30);
@@ -78,6 +79,8 @@ pub struct Nats {
     child: Child,
     store: tempfile::TempDir,
     monitor: u16,
+    /// The further arguments it was started with, and is restarted with.
+    extra: Vec<String>,
 }
 
 impl Nats {
@@ -95,6 +98,7 @@ impl Nats {
             child,
             store,
             monitor,
+            extra: extra.iter().map(|arg| (*arg).to_owned()).collect(),
         }
     }
 
@@ -128,7 +132,8 @@ impl Nats {
         self.child.wait().await.unwrap();
         tokio::time::sleep(outage).await;
         let port = self.url.rsplit(':').next().unwrap().to_owned();
-        let (child, _) = spawn_nats_server(self.store.path(), &port, self.monitor, &[]).await;
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let (child, _) = spawn_nats_server(self.store.path(), &port, self.monitor, &extra).await;
         self.child = child;
     }
 }
@@ -578,6 +583,8 @@ pub struct Received {
     pub body: Value,
     /// The body exactly as sent (what a signature covers).
     pub raw: Bytes,
+    /// What the receiver answered.
+    pub answered: StatusCode,
 }
 
 /// How the receiver answers one request.
@@ -604,6 +611,8 @@ struct ReceiverState {
     received: Arc<Mutex<Vec<Received>>>,
     /// Answers to give, in order, before answering 200.
     script: Arc<Mutex<Vec<Answer>>>,
+    /// Answering every request 503, as a load balancer does for a receiver that is down.
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A callback receiver on 127.0.0.1 that records what it gets.
@@ -646,6 +655,12 @@ impl Receiver {
         *self.state.script.lock().unwrap() = answers;
     }
 
+    /// While `down`, every request is answered 503 (and recorded as such).
+    pub fn set_down(&self, down: bool) {
+        let flag = &self.state.down;
+        flag.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
     }
@@ -668,21 +683,24 @@ async fn record(
 ) -> axum::response::Response {
     let parsed = serde_json::from_slice(&body)
         .unwrap_or_else(|_| json!({ "unparsable": String::from_utf8_lossy(&body) }));
-    let seen = Received {
-        path: uri.path().to_owned(),
-        headers,
-        body: parsed,
-        raw: body,
-    };
-    state.received.lock().unwrap().push(seen);
     let answer = {
         let mut script = state.script.lock().unwrap();
-        if script.is_empty() {
+        if state.down.load(std::sync::atomic::Ordering::SeqCst) {
+            Answer::from(StatusCode::SERVICE_UNAVAILABLE)
+        } else if script.is_empty() {
             Answer::from(StatusCode::OK)
         } else {
             script.remove(0)
         }
     };
+    let seen = Received {
+        path: uri.path().to_owned(),
+        headers,
+        body: parsed,
+        raw: body,
+        answered: answer.status,
+    };
+    state.received.lock().unwrap().push(seen);
     tokio::time::sleep(answer.delay).await;
     let mut response = axum::response::IntoResponse::into_response(answer.status);
     if let Some(seconds) = answer.retry_after {
@@ -784,8 +802,8 @@ pub fn python_bundle_yaml(name: &str, handler_body: &str) -> String {
     )
 }
 
-/// Every model run of a test, one line each (`pid task_id`), appended by the models as a run
-/// begins: what "ran once" and "ran again elsewhere" are counted from.
+/// Every model run of a test, one line each (`pid task_id unix_seconds`), appended by the models
+/// as a run begins: what "ran once" and "ran again elsewhere" are counted from.
 pub struct RunLog {
     file: tempfile::NamedTempFile,
 }
@@ -800,19 +818,31 @@ impl RunLog {
     /// `handler_body` (of [`python_model_source`]) logging each run here first.
     pub fn recording(&self, handler_body: &str) -> String {
         format!(
-            "with open({:?}, 'a') as runs:\n    runs.write(f\"{{os.getpid()}} {{task_id}}\\n\")\n{handler_body}",
+            "with open({:?}, 'a') as runs:\n    runs.write(f\"{{os.getpid()}} {{task_id}} {{time.time()}}\\n\")\n{handler_body}",
             self.file.path().display().to_string()
         )
     }
 
     /// Every run so far: the model process's pid and the task's id.
     pub fn runs(&self) -> Vec<(u32, String)> {
+        let runs = self.timed_runs().into_iter();
+        runs.map(|run| (run.pid, run.task_id)).collect()
+    }
+
+    /// Every run so far, with the time it began.
+    pub fn timed_runs(&self) -> Vec<Run> {
         std::fs::read_to_string(self.file.path())
             .unwrap()
             .lines()
             .map(|line| {
-                let (pid, task) = line.split_once(' ').expect("pid and task id");
-                (pid.parse().unwrap(), task.to_owned())
+                let mut fields = line.split(' ');
+                let mut field = || fields.next().expect("pid, task id and time");
+                let (pid, task_id, began) = (field(), field(), field());
+                Run {
+                    pid: pid.parse().unwrap(),
+                    task_id: task_id.to_owned(),
+                    began: std::time::UNIX_EPOCH + Duration::from_secs_f64(began.parse().unwrap()),
+                }
             })
             .collect()
     }
@@ -824,6 +854,15 @@ impl RunLog {
             .map(|(pid, _)| pid)
             .collect()
     }
+}
+
+/// One model run of a [`RunLog`].
+#[derive(Clone, Debug)]
+pub struct Run {
+    /// The model process that ran it.
+    pub pid: u32,
+    pub task_id: String,
+    pub began: std::time::SystemTime,
 }
 
 /// A model server process outside `ferry dev`, as the model container of a pod.

@@ -54,6 +54,8 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
   value: {{ include "ferry.natsUrl" . | quote }}
 - name: FERRY_RESULT_RETENTION_SECONDS
   value: {{ .Values.resultRetentionSeconds | int64 | quote }}
+- name: FERRY_NATS_REPLICAS
+  value: {{ .Values.nats.replicas | int64 | quote }}
 - name: FERRY_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
 {{- with .Values.logLevel }}
