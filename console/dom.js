@@ -84,6 +84,10 @@ export function facts(labels) {
   }));
   return {
     element: list,
-    set(name, ...content) { values[name].replaceChildren(...content.map((c) => (c instanceof Node ? c : String(c)))); },
+    // Only a changed value is replaced, so a focused link in it stays focused.
+    set(name, ...content) {
+      const next = h("dd", {}, ...content);
+      if (next.innerHTML !== values[name].innerHTML) values[name].replaceChildren(...next.childNodes);
+    },
   };
 }

@@ -10,6 +10,7 @@ mod forwarder;
 mod gateway;
 mod nats_auth;
 mod operator;
+mod ops;
 mod serving_token;
 mod shared;
 
@@ -25,6 +26,7 @@ use forwarder::ForwarderArgs;
 use gateway::GatewayArgs;
 use nats_auth::NatsAuthArgs;
 use operator::OperatorArgs;
+use ops::{CallbacksArgs, CompletionsArgs, TasksArgs};
 use serving_token::ServingTokenArgs;
 
 #[derive(Parser, Debug)]
@@ -85,6 +87,13 @@ pub enum Role {
     Bench(BenchArgs),
     /// Serve the benchmark's instant model (x + len(y)) on 0.0.0.0:$PORT.
     BenchModel(BenchModelArgs),
+    /// Show, list and cancel tasks on a gateway (API key from FERRY_API_KEY).
+    Tasks(TasksArgs),
+    /// List dead-lettered callbacks and redeliver them on a gateway (API key from
+    /// FERRY_API_KEY).
+    Callbacks(CallbacksArgs),
+    /// Print shell completions for bash, zsh or fish.
+    Completions(CompletionsArgs),
 }
 
 impl Role {
@@ -100,6 +109,14 @@ impl Role {
             Role::BenchModel(args) => crate::bench::model::run(args.port, cancel).await,
             Role::NatsAuth(args) => Ok(crate::nats_auth::run(args.settings()?)?),
             Role::ServingToken(args) => args.run(),
+            Role::Tasks(args) => Ok(crate::api_client::run(args.settings()?).await?),
+            Role::Callbacks(args) => Ok(crate::api_client::run(args.settings()?).await?),
+            Role::Completions(args) => {
+                use clap::CommandFactory;
+                let mut command = Cli::command();
+                clap_complete::generate(args.shell, &mut command, "ferry", &mut std::io::stdout());
+                Ok(())
+            }
             Role::Crd => {
                 print!("{}", crate::crd::yaml()?);
                 Ok(())
@@ -134,7 +151,14 @@ mod tests {
         let mut cli = Cli::command();
         cli.build();
         let mut flags = Vec::new();
-        for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
+        // Every command, subcommands of subcommands (`ferry tasks list`) included.
+        let mut commands = vec![&cli];
+        let mut next = 0;
+        while let Some(command) = commands.get(next).copied() {
+            commands.extend(command.get_subcommands());
+            next += 1;
+        }
+        for command in commands {
             for arg in command.get_arguments() {
                 let Some(long) = arg.get_long() else { continue };
                 if matches!(long, "help" | "version") {

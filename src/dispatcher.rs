@@ -38,7 +38,7 @@ use endpoints::{EndpointCache, EndpointDelivery};
 use limits::{Busy, Slot, Slots};
 use schedule::Next;
 
-/// How long a job waits in line for a slot of its endpoint, and then of its destination,
+/// How long a job waits in line for a slot of its destination, and then of its endpoint,
 /// before it is deferred.
 const SLOT_WAIT: Duration = Duration::from_secs(1);
 /// How long a job first waits to be offered again when its endpoint or destination is stuck
@@ -452,27 +452,21 @@ fn refused(error: String) -> (schedule::Verdict, DeliveryAttempt) {
 }
 
 impl Dispatcher {
-    /// A slot of the job's endpoint and one of its `destination` (the address the attempt will
-    /// connect to), or when to come back when either keeps its share in flight. Many names for
-    /// one receiver share its bound. A URL without a vetted destination takes no destination
-    /// slot: its attempt is refused without connecting.
+    /// A slot of the job's `destination` (the address the attempt will connect to) and one of
+    /// its endpoint ([`limits::reserve`]). Many names for one receiver share its bound. A URL
+    /// without a vetted destination takes no destination slot: its attempt is refused without
+    /// connecting.
     async fn slots(
         &self,
         job: &CallbackJob,
         destination: Option<SocketAddr>,
-    ) -> Result<(Slot<EndpointId>, Option<Slot<SocketAddr>>), Busy> {
-        let endpoint = self
-            .endpoint_slots
-            .acquire(&job.endpoint_id, SLOT_WAIT)
-            .await?;
-        let Some(destination) = destination else {
-            return Ok((endpoint, None));
-        };
-        let destination = self
-            .destination_slots
-            .acquire(&destination, SLOT_WAIT)
-            .await?;
-        Ok((endpoint, Some(destination)))
+    ) -> Result<(Option<Slot<SocketAddr>>, Slot<EndpointId>), Busy> {
+        limits::reserve(
+            (&self.endpoint_slots, &job.endpoint_id),
+            (&self.destination_slots, destination.as_ref()),
+            SLOT_WAIT,
+        )
+        .await
     }
 }
 

@@ -2,6 +2,7 @@
 //! starts the chosen role.
 
 mod admin;
+mod api_client;
 mod autoscale;
 mod bench;
 mod callback;

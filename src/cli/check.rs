@@ -48,6 +48,9 @@ pub async fn run(role: Role) -> anyhow::Result<()> {
         Role::ServingToken(_) => return Err(Error::Role("serving-token").into()),
         Role::Bench(_) => return Err(Error::Role("bench").into()),
         Role::BenchModel(_) => return Err(Error::Role("bench-model").into()),
+        Role::Tasks(_) => return Err(Error::Role("tasks").into()),
+        Role::Callbacks(_) => return Err(Error::Role("callbacks").into()),
+        Role::Completions(_) => return Err(Error::Role("completions").into()),
     };
     check_env(name, std::env::vars().map(|(key, _)| key))?;
     // Connects as the role would, which also checks that the server takes the retention.

@@ -191,6 +191,29 @@ impl<K: Hash + Eq + Clone> Drop for Slot<K> {
     }
 }
 
+/// A slot of `destination`, when the attempt has one, then a slot of `endpoint`; or when to
+/// come back when either keeps its share in flight. The destination comes first: a job waiting
+/// for a receiver at its bound (a hanging one) holds none of its endpoint's share, so the
+/// endpoint's other receivers keep all of it. The job then waits for its endpoint only while
+/// the endpoint moves (a stuck one refuses at once), so the destination slot it holds meanwhile
+/// is soon used or returned.
+pub async fn reserve<E, D>(
+    (endpoints, endpoint): (&Slots<E>, &E),
+    (destinations, destination): (&Slots<D>, Option<&D>),
+    wait: Duration,
+) -> Result<(Option<Slot<D>>, Slot<E>), Busy>
+where
+    E: Hash + Eq + Clone,
+    D: Hash + Eq + Clone,
+{
+    let destination = match destination {
+        Some(destination) => Some(destinations.acquire(destination, wait).await?),
+        None => None,
+    };
+    let endpoint = endpoints.acquire(endpoint, wait).await?;
+    Ok((destination, endpoint))
+}
+
 fn lock<K>(
     limits: &Mutex<HashMap<K, Arc<Limit>>>,
 ) -> std::sync::MutexGuard<'_, HashMap<K, Arc<Limit>>> {
@@ -288,6 +311,50 @@ mod tests {
             "{gap:?}"
         );
         assert_eq!(turns, vec![gap, gap * 2, gap * 3], "one turn after another");
+    }
+
+    #[tokio::test]
+    async fn a_job_waiting_for_its_receiver_holds_none_of_its_endpoints_share() {
+        tokio::time::pause();
+        let endpoints = Slots::new(2, 4);
+        let destinations = Arc::new(Slots::new(1, 4));
+        // One attempt hangs at its receiver: one of the endpoint's two slots.
+        let _hanging = reserve(
+            (&endpoints, &"tenant"),
+            (&destinations, Some(&"hanging")),
+            Duration::ZERO,
+        )
+        .await
+        .expect("free slots");
+        let endpoints = Arc::new(endpoints);
+        // The next job for that receiver waits in its line...
+        let waiting = {
+            let (endpoints, destinations) = (endpoints.clone(), destinations.clone());
+            tokio::spawn(async move {
+                let reserved = reserve(
+                    (&endpoints, &"tenant"),
+                    (&destinations, Some(&"hanging")),
+                    STUCK_AFTER,
+                )
+                .await;
+                reserved.err()
+            })
+        };
+        tokio::task::yield_now().await;
+        // ...while a job of the same endpoint for another receiver takes the endpoint's other
+        // slot at once.
+        let fast = reserve(
+            (&endpoints, &"tenant"),
+            (&destinations, Some(&"fast")),
+            Duration::ZERO,
+        )
+        .await;
+        assert!(fast.is_ok(), "{:?}", fast.err());
+        assert_eq!(
+            waiting.await.expect("joined"),
+            Some(Busy::Stuck),
+            "the waiting job gets no slot of the hanging receiver"
+        );
     }
 
     #[tokio::test]

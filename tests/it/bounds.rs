@@ -175,60 +175,182 @@ async fn a_tenant_with_many_names_for_hanging_receivers_holds_no_more_than_its_c
     assert_eq!(at_one, PER_DESTINATION);
 }
 
-/// A dispatcher started on a backlog (its predecessor gone while tasks finished): every callback
-/// to the fast receiver arrives, once, while the hanging receiver of the same endpoint holds no
-/// more than its destination cap, however many of its callbacks wait.
+/// A dispatcher started on a backlog (its predecessor gone while tasks finished), with one
+/// endpoint's callbacks split between a fast receiver and one that holds every request: every
+/// fast callback arrives, once, while the holding receiver never has more than its destination
+/// cap and the endpoint never more than its cap in flight; once the holding receiver answers,
+/// its callbacks arrive too, once each, every task with one recorded attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_drains_to_a_fast_receiver_while_a_hanging_one_holds_only_its_cap() {
     const PER_DESTINATION: usize = 4;
+    const PER_ENDPOINT: usize = 6;
     const FAST: usize = 300;
     const HANGING: usize = 40;
-    let fast = Receiver::start().await;
-    let hanging_ip = IpAddr::from([127, 0, 0, 2]);
-    let port = free_port();
-    let hanging = Hanging::start(&[hanging_ip], port).await;
-    let without_dispatcher = WithoutDispatcher::start(&fast.url("/cb")).await;
+    let endpoint_in_flight = InFlight::default();
+    let fast = Gated::start(true, &endpoint_in_flight).await;
+    let hanging = Gated::start(false, &endpoint_in_flight).await;
+    let without_dispatcher = WithoutDispatcher::start(&fast.url).await;
     let (gateway, endpoint) = (&without_dispatcher.gateway, &without_dispatcher.endpoint);
     // No dispatcher yet: the callbacks pile up in JetStream.
-    let hanging_url = format!("http://{hanging_ip}:{port}/cb");
     // Every eighth task, up to HANGING of them, calls the hanging receiver back.
     let to_hanging = |x: usize| x.is_multiple_of(8) && x / 8 < HANGING;
     let mut tasks = Vec::new();
     for x in 0..FAST + HANGING {
         let mut body = json!({"args": {"x": x}});
         if to_hanging(x) {
-            body["callback_url"] = json!(hanging_url);
+            body["callback_url"] = json!(hanging.url);
         }
         tasks.push(gateway.submit(endpoint, body).await);
     }
     for task_id in &tasks {
         gateway.finished_task(task_id, WAIT).await;
     }
-    assert!(fast.received().is_empty(), "no dispatcher ran yet");
+    assert!(fast.answered().is_empty(), "no dispatcher ran yet");
 
-    let _dispatcher = without_dispatcher.dispatcher(PER_DESTINATION);
-    let received = fast.wait_for(FAST, WAIT).await;
-    let mut by_task: HashMap<String, usize> = HashMap::new();
-    for callback in &received {
-        *by_task
-            .entry(callback.body["task_id"].as_str().unwrap().to_owned())
-            .or_default() += 1;
-    }
-    assert_eq!(by_task.len(), FAST, "every fast callback arrived");
+    let _dispatcher = without_dispatcher.dispatcher(PER_DESTINATION, PER_ENDPOINT);
+    let answered = fast.wait_for(FAST).await;
     assert!(
-        by_task.values().all(|count| *count == 1),
+        answered.values().all(|count| *count == 1),
         "none twice: {:?}",
-        by_task.values().filter(|count| **count > 1).count()
+        answered.values().filter(|count| **count > 1).count()
     );
     eventually("the hanging receiver holds its cap", WAIT, || async {
-        (hanging.held() == PER_DESTINATION).then_some(())
+        (hanging.requests.now() == PER_DESTINATION).then_some(())
     })
     .await;
     assert_eq!(
-        hanging.most_at_one_address(),
+        hanging.requests.most(),
         PER_DESTINATION,
         "the hanging receiver never held more than its cap"
     );
+    assert!(
+        endpoint_in_flight.most() <= PER_ENDPOINT,
+        "the endpoint had {} callbacks in flight, more than its cap",
+        endpoint_in_flight.most()
+    );
+
+    // The receiver answers at last: the callbacks that waited for it arrive, once each.
+    hanging.open();
+    let answered = hanging.wait_for(HANGING).await;
+    assert!(answered.values().all(|count| *count == 1), "{answered:?}");
+    assert!(endpoint_in_flight.most() <= PER_ENDPOINT);
+    for task_id in &tasks {
+        let callback = eventually("the callback recorded as delivered", WAIT, || async {
+            let callback = gateway.task(task_id).await["callback"].clone();
+            (callback["state"] == "DELIVERED").then_some(callback)
+        })
+        .await;
+        let attempts = callback["attempts"].as_array().expect("attempts");
+        assert_eq!(
+            attempts.len(),
+            1,
+            "one attempt, none for waiting: {callback}"
+        );
+    }
+}
+
+/// Requests in flight at some receivers, now and at most.
+#[derive(Clone, Default)]
+struct InFlight(Arc<Mutex<(usize, usize)>>);
+
+impl InFlight {
+    fn change(&self, opened: bool) {
+        let mut counts = self.0.lock().unwrap();
+        let (now, most) = &mut *counts;
+        if opened {
+            *now += 1;
+            *most = (*most).max(*now);
+        } else {
+            *now -= 1;
+        }
+    }
+
+    fn now(&self) -> usize {
+        self.0.lock().unwrap().0
+    }
+
+    fn most(&self) -> usize {
+        self.0.lock().unwrap().1
+    }
+}
+
+/// Counts a request in flight until dropped (answered, or dropped by the dispatcher).
+struct Holding(Vec<InFlight>);
+
+impl Holding {
+    fn enter(counts: &[&InFlight]) -> Holding {
+        counts.iter().for_each(|count| count.change(true));
+        Holding(counts.iter().map(|count| (*count).clone()).collect())
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0.iter().for_each(|count| count.change(false));
+    }
+}
+
+/// A callback receiver on 127.0.0.1 that holds every request until it is open, then answers
+/// 200. It counts its requests in flight, also in a count shared by the endpoint's receivers,
+/// and the callbacks it answered per task.
+#[derive(Clone)]
+struct Gated {
+    url: String,
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+    requests: InFlight,
+    endpoint: InFlight,
+    answered: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Gated {
+    async fn start(open: bool, endpoint: &InFlight) -> Gated {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("receiver binds");
+        let gated = Gated {
+            url: format!("http://{}/cb", listener.local_addr().unwrap()),
+            open: Arc::new(tokio::sync::watch::Sender::new(open)),
+            requests: InFlight::default(),
+            endpoint: endpoint.clone(),
+            answered: Arc::default(),
+        };
+        let app = axum::Router::new()
+            .fallback(axum::routing::post(hold_then_answer))
+            .with_state(gated.clone());
+        tokio::spawn(axum::serve(listener, app).into_future());
+        gated
+    }
+
+    fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    fn answered(&self) -> HashMap<String, usize> {
+        self.answered.lock().unwrap().clone()
+    }
+
+    /// Waits until callbacks of `tasks` distinct tasks were answered; answers per task.
+    async fn wait_for(&self, tasks: usize) -> HashMap<String, usize> {
+        eventually(&format!("callbacks of {tasks} tasks"), WAIT, || async {
+            let answered = self.answered();
+            (answered.len() >= tasks).then_some(answered)
+        })
+        .await
+    }
+}
+
+async fn hold_then_answer(
+    axum::extract::State(gated): axum::extract::State<Gated>,
+    axum::Json(body): axum::Json<serde_json::Value>,
+) -> axum::http::StatusCode {
+    let _holding = Holding::enter(&[&gated.requests, &gated.endpoint]);
+    let mut open = gated.open.subscribe();
+    if open.wait_for(|open| *open).await.is_err() {
+        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let task = body["task_id"].as_str().unwrap_or_default().to_owned();
+    *gated.answered.lock().unwrap().entry(task).or_default() += 1;
+    axum::http::StatusCode::OK
 }
 
 /// The chart gives each of N dispatcher replicas its share of a total per-receiver cap: two
@@ -243,7 +365,7 @@ async fn two_dispatchers_hold_no_more_than_the_total_cap_at_a_slow_receiver() {
     let slow = Hanging::start(&[slow_ip], port).await;
     let without_dispatcher = WithoutDispatcher::start(&format!("http://{slow_ip}:{port}/cb")).await;
     let _dispatchers: Vec<Process> = (0..REPLICAS)
-        .map(|_| without_dispatcher.dispatcher(SHARE))
+        .map(|_| without_dispatcher.dispatcher(SHARE, 64))
         .collect();
     for x in 0..40 {
         without_dispatcher
@@ -301,12 +423,15 @@ impl WithoutDispatcher {
         }
     }
 
-    /// A dispatcher process allowed `per_host` attempts at once to one receiver.
-    fn dispatcher(&self, per_host: usize) -> Process {
-        let per_host = per_host.to_string();
+    /// A dispatcher process allowed `per_host` attempts at once to one receiver and
+    /// `per_endpoint` for the endpoint.
+    fn dispatcher(&self, per_host: usize, per_endpoint: usize) -> Process {
+        let (per_host, per_endpoint) = (per_host.to_string(), per_endpoint.to_string());
         let flags = [
             "--per-host-concurrency",
             &per_host,
+            "--per-endpoint-concurrency",
+            &per_endpoint,
             "--dispatch-concurrency",
             "64",
         ];

@@ -110,19 +110,22 @@ impl Browser {
     }
 
     async fn click(&self, css: &str) {
-        self.find(css).await.click().await.unwrap();
+        self.click_on(Locator::Css(css)).await;
     }
 
     async fn click_link(&self, text: &str) {
-        self.client
-            .wait()
-            .at_most(WAIT)
-            .for_element(Locator::LinkText(text))
-            .await
-            .unwrap_or_else(|error| panic!("no link {text:?}: {error}"))
-            .click()
-            .await
-            .unwrap();
+        self.click_on(Locator::LinkText(text)).await;
+    }
+
+    /// Clicks the element; one that a live update replaced between finding and clicking is
+    /// found again.
+    async fn click_on(&self, locator: Locator<'_>) {
+        let what = format!("{locator:?} clicked");
+        eventually(&what, WAIT, || async {
+            let element = self.client.find(locator).await.ok()?;
+            element.click().await.ok()
+        })
+        .await
     }
 
     async fn screenshot(&self, name: &str) {
@@ -211,6 +214,12 @@ async fn signs_in_submits_and_redelivers_a_dead_letter_in_a_browser() {
     browser.wait_text("form.submit .outcome", "SUCCESS").await;
     let result = browser.wait_text("form.submit .outcome pre", "7").await;
     assert_eq!(result.trim(), "7");
+    // The endpoint's recent tasks list it, succeeded.
+    let done = browser.find("form.submit .outcome a").await;
+    let done = done.text().await.unwrap();
+    let recent = "section[aria-labelledby=tasks-title] tbody";
+    let listed = browser.wait_text(recent, &done).await;
+    assert!(listed.contains("SUCCESS"), "{listed}");
     browser.screenshot("endpoint").await;
     let delivered = receiver.wait_for(1, WAIT).await;
     assert_eq!(delivered[0].body["result"], 7);
@@ -224,6 +233,8 @@ async fn signs_in_submits_and_redelivers_a_dead_letter_in_a_browser() {
     browser.wait_text("form.submit .outcome", "SUCCESS").await;
     browser.click("form.submit .outcome a").await;
     browser.wait_text("main h1", "Task").await;
+    let hooks = dev.endpoint_id("hooks").await;
+    browser.wait_text("main dl.facts", &hooks).await;
     browser
         .wait_text(
             "main section[aria-labelledby=callback-title]",
@@ -254,7 +265,6 @@ async fn signs_in_submits_and_redelivers_a_dead_letter_in_a_browser() {
     browser.screenshot("task").await;
 
     // The tally of `hooks`' attempts: two refused, one delivered.
-    let hooks = dev.endpoint_id("hooks").await;
     let expected =
         json!({"delivered": 1, "retried": 1, "dead_lettered": 1, "success_rate": 1.0 / 3.0});
     eventually("the attempts tallied", WAIT, || async {
@@ -263,12 +273,13 @@ async fn signs_in_submits_and_redelivers_a_dead_letter_in_a_browser() {
     })
     .await;
 
-    // One dead letter on each endpoint (their receivers answer 410 Gone); "redeliver all since"
-    // on the dead letters page of `hooks` redelivers its letter and not the other endpoint's.
+    // Two dead letters of `hooks` and one of the example endpoint (their receivers answer 410
+    // Gone). The dead letters page of `hooks` lists its two; one is redelivered from its row,
+    // then "redeliver all since" takes the other and leaves the other endpoint's.
     let example = dev.endpoint_id("demo-endpoint-callback").await;
     let gone = Receiver::start().await;
     gone.answer_first_with(&[axum::http::StatusCode::GONE]);
-    late.answer_first_with(&[axum::http::StatusCode::GONE]);
+    late.answer_first_with(&[axum::http::StatusCode::GONE, axum::http::StatusCode::GONE]);
     let args = json!({"args": {"x": 1, "y": "abc"}});
     let other_letter = dev
         .submit(
@@ -276,22 +287,34 @@ async fn signs_in_submits_and_redelivers_a_dead_letter_in_a_browser() {
             json!({"args": args["args"], "callback_url": gone.url("/gone")}),
         )
         .await;
-    let letter = dev.submit(&hooks, args).await;
-    for task in [&other_letter, &letter] {
+    let first = dev.submit(&hooks, args.clone()).await;
+    let second = dev.submit(&hooks, args).await;
+    for task in [&other_letter, &first, &second] {
         eventually("a dead letter", WAIT, || async {
             (dev.task(task).await["callback"]["state"] == "DEAD_LETTERED").then_some(())
         })
         .await;
     }
-    browser
-        .client
-        .goto(&format!(
-            "{}/console/#/dead-letters?endpoint={hooks}",
-            dev.base
-        ))
-        .await
-        .unwrap();
+    browser.click_link(&hooks).await;
+    browser.click_link("Dead letters of this endpoint").await;
     browser.wait_text("main h1", "Dead letters").await;
+    let letters = "main table tbody";
+    browser.wait_text(letters, &first).await;
+    let listed = browser.wait_text(letters, &second).await;
+    assert!(!listed.contains(&other_letter), "{listed}");
+    browser.screenshot("dead-letters").await;
+
+    browser
+        .click(&format!(
+            "button[aria-label='Redeliver the callback of task {first}']"
+        ))
+        .await;
+    browser
+        .wait_text("main [role=status]", "is queued for redelivery")
+        .await;
+    let callbacks = late.wait_for(4, WAIT).await;
+    assert_eq!(callbacks[3].headers["webhook-id"], first.as_str());
+
     // A date field's typing order depends on the locale: the value is set as a form would hold it.
     browser
         .client
@@ -305,9 +328,9 @@ async fn signs_in_submits_and_redelivers_a_dead_letter_in_a_browser() {
     browser
         .wait_text("main [role=status]", "1 callback queued for redelivery")
         .await;
-    browser.screenshot("dead-letters").await;
-    let callbacks = late.wait_for(3, WAIT).await;
-    assert_eq!(callbacks[2].headers["webhook-id"], letter.as_str());
+    let callbacks = late.wait_for(5, WAIT).await;
+    assert_eq!(callbacks[4].headers["webhook-id"], second.as_str());
+    browser.wait_text("main", "No dead letters.").await;
     assert_eq!(
         dev.task(&other_letter).await["callback"]["state"],
         "DEAD_LETTERED",
