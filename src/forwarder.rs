@@ -7,6 +7,7 @@
 //! model that cannot take tasks pauses the worker instead (see [`outage`]) and the task goes
 //! back to the queue without spending an attempt (see [`crate::queue::TaskDelivery`]).
 
+mod bounded;
 mod input;
 mod invoke;
 mod outage;

@@ -152,7 +152,7 @@ impl InputFetcher {
             .and_then(|value| value.to_str().ok())
             .unwrap_or(OCTET_STREAM)
             .to_owned();
-        let bytes = super::invoke::read_bounded(response, MAX_INPUT_BYTES)
+        let bytes = super::bounded::read_bounded(response, MAX_INPUT_BYTES)
             .await
             .map_err(failed)?
             .ok_or_else(|| FetchError::TooLarge { url: text.into() })?;

@@ -4,6 +4,7 @@
 //! answer. The second is an outage of the worker, not an outcome of the task. A prediction that
 //! timed out is the task's failure: the model had it and did not finish it in time.
 
+use super::bounded::read_bounded;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -357,26 +358,6 @@ impl ModelClient {
             )
         }
     }
-}
-
-/// The response body, or `None` once it exceeds `limit` bytes (read no further: the task fails
-/// for its answer, whatever the rest of it holds).
-pub(super) async fn read_bounded(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> Result<Option<Vec<u8>>, reqwest::Error> {
-    let announced = response.content_length().unwrap_or_default();
-    if announced > limit as u64 {
-        return Ok(None);
-    }
-    let mut body = Vec::with_capacity(announced as usize);
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > limit {
-            return Ok(None);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Some(body))
 }
 
 fn failure(message: String, status_code: Option<u16>, detail: Option<String>) -> Prediction {
