@@ -4,13 +4,13 @@
 //! answer. The second is an outage of the worker, not an outcome of the task. A prediction that
 //! timed out is the task's failure: the model had it and did not finish it in time.
 
-use super::bounded::read_bounded;
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use super::bounded::read_bounded;
 use super::input::{Fetched, InputFetcher};
 use crate::task::{MAX_RESULT_BYTES, TaskError, TaskId, TaskMessage};
 use crate::worker::{INPUT_URL_HEADER, TASK_ID_HEADER};
