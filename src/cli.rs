@@ -113,9 +113,16 @@ impl Role {
             Role::Callbacks(args) => Ok(crate::api_client::run(args.settings()?).await?),
             Role::Completions(args) => {
                 use clap::CommandFactory;
-                let mut command = Cli::command();
-                clap_complete::generate(args.shell, &mut command, "ferry", &mut std::io::stdout());
-                Ok(())
+                use std::io::Write;
+                let mut script = Vec::new();
+                clap_complete::generate(args.shell, &mut Cli::command(), "ferry", &mut script);
+                // A reader that stops early (`| head`) is no failure of the command.
+                match std::io::stdout().write_all(&script) {
+                    Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+                        Err(error.into())
+                    }
+                    _ => Ok(()),
+                }
             }
             Role::Crd => {
                 print!("{}", crate::crd::yaml()?);

@@ -6,6 +6,7 @@
 mod autoscale;
 mod bounds;
 mod callbacks;
+mod cli_ops;
 mod console;
 mod dev;
 mod e2e;
