@@ -1,11 +1,11 @@
 //! The worker sidecar: pulls an endpoint's tasks, records `STARTED` (a compare-and-set over the
 //! queued record: a task cancelled while queued is acknowledged unrun), calls the model
-//! container, records `SUCCESS`/`FAILURE`, queues the callback, and only then acknowledges the task, so a
-//! worker that dies mid-task loses nothing (the task is delivered again). On shutdown it stops
-//! pulling and finishes what it holds. A task ends `FAILURE` only when the model answered it
-//! (4xx/5xx, a body that is not JSON, a prediction that timed out) or its attempts ran out; a
-//! model that cannot take tasks pauses the worker instead (see [`outage`]) and the task goes
-//! back to the queue without spending an attempt (see [`crate::queue::TaskDelivery`]).
+//! container, records `SUCCESS`/`FAILURE`, queues the callback, and only then acknowledges the
+//! task, so a worker that dies mid-task loses nothing (the task is delivered again). On shutdown
+//! it stops pulling and finishes what it holds. A task ends `FAILURE` only when the model
+//! answered it (4xx/5xx, a body that is not JSON, a prediction that timed out) or its attempts
+//! ran out; a model that cannot take tasks pauses the worker instead (see [`outage`]) and the
+//! task goes back to the queue without spending an attempt (see [`crate::queue::TaskDelivery`]).
 
 mod bounded;
 mod input;
