@@ -39,6 +39,13 @@ use crate::task::{
 
 /// Pause before opening the queue again after it failed while resuming.
 const REOPEN_RETRY: Duration = Duration::from_secs(1);
+/// How long a worker keeps trying to record an outcome its model produced, holding the task
+/// meanwhile: a JetStream cluster electing a new leader refuses writes for a few seconds, and
+/// leaving the task to be delivered again would run it again.
+const RECORD_PATIENCE: Duration = Duration::from_secs(30);
+/// First and longest pause between those tries.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
 /// First and longest wait before resuming after a pause in which the model answered nothing
 /// (a model whose health route answers while it drops every task); doubles between them.
 const IDLE_PAUSE_FIRST: Duration = Duration::from_millis(500);
@@ -316,12 +323,36 @@ impl Forwarder {
         last_seen: Option<RecordAt>,
     ) -> Result<(), queue::Error> {
         let record = final_record(task, prediction);
+        let deadline = tokio::time::Instant::now() + RECORD_PATIENCE;
+        let mut pause = RECORD_RETRY_FIRST;
+        loop {
+            // Both steps may be repeated: the record is a compare-and-set that keeps the first
+            // outcome, the callback job is deduplicated by its id.
+            match self.record_outcome(task, &record, last_seen.clone()).await {
+                Err(error) if tokio::time::Instant::now() + pause < deadline => {
+                    tracing::warn!(%error, "recording the outcome failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RECORD_RETRY_MAX);
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Records the task's final record unless another run's came first, and queues the callback
+    /// of whichever outcome stands.
+    async fn record_outcome(
+        &self,
+        task: &TaskMessage,
+        record: &TaskRecord,
+        last_seen: Option<RecordAt>,
+    ) -> Result<(), queue::Error> {
         let stored = self
             .queue
-            .advance_task_record(&task.task_id, &record, last_seen)
+            .advance_task_record(&task.task_id, record, last_seen)
             .await?
             .record;
-        if !stored.same_state_as(&record) {
+        if !stored.same_state_as(record) {
             // Another run of the task recorded its outcome first; that outcome stands and is
             // the one its callback reports.
             tracing::info!(status = ?stored.status, "the task's outcome was already recorded");
@@ -330,7 +361,7 @@ impl Forwarder {
         self.metrics
             .task_finished(&task.endpoint_id, &record.status);
         tracing::debug!(status = ?record.status, "task finished");
-        self.send_callback(task, outcome_of(&record)).await
+        self.send_callback(task, outcome_of(record)).await
     }
 
     async fn send_callback(
