@@ -323,45 +323,26 @@ impl Forwarder {
         last_seen: Option<RecordAt>,
     ) -> Result<(), queue::Error> {
         let record = final_record(task, prediction);
-        let deadline = tokio::time::Instant::now() + RECORD_PATIENCE;
-        let mut pause = RECORD_RETRY_FIRST;
-        loop {
-            // Both steps may be repeated: the record is a compare-and-set that keeps the first
-            // outcome, the callback job is deduplicated by its id.
-            match self.record_outcome(task, &record, last_seen.clone()).await {
-                Err(error) if tokio::time::Instant::now() + pause < deadline => {
-                    tracing::warn!(%error, "recording the outcome failed; trying again");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(RECORD_RETRY_MAX);
-                }
-                result => return result,
-            }
-        }
-    }
-
-    /// Records the task's final record unless another run's came first, and queues the callback
-    /// of whichever outcome stands.
-    async fn record_outcome(
-        &self,
-        task: &TaskMessage,
-        record: &TaskRecord,
-        last_seen: Option<RecordAt>,
-    ) -> Result<(), queue::Error> {
-        let stored = self
-            .queue
-            .advance_task_record(&task.task_id, record, last_seen)
-            .await?
-            .record;
-        if !stored.same_state_as(record) {
+        // Each step may be repeated: the record is a compare-and-set that keeps the first
+        // outcome, the callback job is deduplicated by its id.
+        let stored = patiently(|| {
+            self.queue
+                .advance_task_record(&task.task_id, &record, last_seen.clone())
+        })
+        .await?
+        .record;
+        let outcome = if stored.same_state_as(&record) {
+            self.metrics
+                .task_finished(&task.endpoint_id, &record.status);
+            tracing::debug!(status = ?record.status, "task finished");
+            outcome_of(&record)
+        } else {
             // Another run of the task recorded its outcome first; that outcome stands and is
             // the one its callback reports.
             tracing::info!(status = ?stored.status, "the task's outcome was already recorded");
-            return self.send_callback(task, outcome_of(&stored)).await;
-        }
-        self.metrics
-            .task_finished(&task.endpoint_id, &record.status);
-        tracing::debug!(status = ?record.status, "task finished");
-        self.send_callback(task, outcome_of(record)).await
+            outcome_of(&stored)
+        };
+        patiently(|| self.send_callback(task, outcome.clone())).await
     }
 
     async fn send_callback(
@@ -372,6 +353,26 @@ impl Forwarder {
         match CallbackJob::for_task(task, outcome) {
             Some(job) => self.queue.publish_callback(&job).await,
             None => Ok(()),
+        }
+    }
+}
+
+/// Runs `step` until it succeeds or [`RECORD_PATIENCE`] has passed, pausing between tries.
+async fn patiently<T, F, Fut>(mut step: F) -> Result<T, queue::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, queue::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + RECORD_PATIENCE;
+    let mut pause = RECORD_RETRY_FIRST;
+    loop {
+        match step().await {
+            Err(error) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(%error, "recording the outcome failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RECORD_RETRY_MAX);
+            }
+            result => return result,
         }
     }
 }
