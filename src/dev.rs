@@ -154,9 +154,9 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
             readiness,
             http,
             // One machine, no load balancer to take it out of rotation: no delay.
-            gateway::Shutdown {
+            crate::http_server::Handover {
                 delay: Duration::ZERO,
-                grace: shutdown_grace,
+                grace: Some(shutdown_grace),
             },
             gateway_cancel,
         )

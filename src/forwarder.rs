@@ -464,6 +464,9 @@ pub struct Serving {
     pub token: String,
     /// The base URL gateways reach it at, announced to those serving fixed manifests.
     pub advertise_url: Option<String>,
+    /// How long it keeps serving once stopped, announced as leaving and not ready, so gateways
+    /// (and a Service) stop sending to it before it closes its connections.
+    pub shutdown_delay: Duration,
 }
 
 /// `ferry forwarder`: the sidecar in every worker pod.
@@ -500,6 +503,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     if let Some(Serving {
         listen: addr,
         token,
+        shutdown_delay,
         ..
     }) = serving
     {
@@ -515,6 +519,11 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
             cancel.clone(),
         ));
         tracing::info!(%addr, concurrency, "serving sync and streaming requests");
+        let (stopping, stopped) = (readiness.clone(), cancel.clone());
+        tokio::spawn(async move {
+            stopped.cancelled().await;
+            stopping.stop();
+        });
         serve::serve(
             listener,
             Arc::new(serve::Server {
@@ -525,6 +534,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
                 queue,
             }),
             http,
+            shutdown_delay,
             cancel,
         )
         .await?;

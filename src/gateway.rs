@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 pub use auth::ApiKeys;
 pub use demand::Demand;
 pub use metrics::GatewayMetrics;
-pub use sync::WorkerClient;
+pub use sync::{WORKER_CONNECTION_IDLE, WorkerClient};
 pub use team_limits::{RateLimit, TeamLimits};
 
 use crate::admin::{self, Readiness};
@@ -136,57 +136,30 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     v1.with_state(state)
 }
 
-/// How a stopping gateway hands its traffic to the other replicas without dropping any.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shutdown {
-    /// How long it reports not ready while still serving everything, so that load balancers
-    /// and Service endpoints stop sending it new requests before it stops accepting them.
-    pub delay: Duration,
-    /// Then, no longer accepting, how long the requests under way get to finish; those still
-    /// waiting for their answer are then answered 503 with `Retry-After`.
-    pub grace: Duration,
-}
-
 /// Serves `router` (merged with probes and metrics) within `limits`. Once `cancel` fires,
-/// `/readyz` answers 503 for good while it keeps serving for the shutdown delay, then it stops
-/// accepting and ends with the requests under way, within the shutdown grace.
+/// `/readyz` answers 503 for good while it hands its clients to the other replicas (see
+/// [`http_server::Handover`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     registry: Registry,
     readiness: Readiness,
     limits: http_server::Limits,
-    shutdown: Shutdown,
+    handover: http_server::Handover,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let app = router.merge(admin::router(Arc::new(registry), readiness.clone()));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    let stop_accepting = CancellationToken::new();
-    let serving = http_server::serve_with_grace(
-        listener,
-        app,
-        limits,
-        stop_accepting.clone(),
-        shutdown.grace,
-    );
-    let mut serving = std::pin::pin!(serving);
-    tokio::select! {
-        served = &mut serving => return served,
-        () = cancel.cancelled() => {}
-    }
-    readiness.stop();
-    tracing::info!(
-        delay_seconds = shutdown.delay.as_secs_f64(),
-        grace_seconds = shutdown.grace.as_secs_f64(),
-        "gateway stopping: not ready, still serving for the shutdown delay"
-    );
-    tokio::select! {
-        served = &mut serving => return served,
-        () = tokio::time::sleep(shutdown.delay) => {}
-    }
-    tracing::info!("gateway no longer accepting: finishing the requests under way");
-    stop_accepting.cancel();
-    serving.await
+    let stopping = cancel.clone();
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        readiness.stop();
+        tracing::info!(
+            delay_seconds = handover.delay.as_secs_f64(),
+            "gateway stopping: not ready, still serving for the shutdown delay"
+        );
+    });
+    http_server::serve_handing_over(listener, app, limits, handover, cancel).await
 }
 
 /// Header with which a client makes a submission safe to repeat (looked up in any case).
@@ -262,7 +235,7 @@ pub struct Settings {
     pub manifests: Option<manifest::Manifests>,
     pub max_body_bytes: usize,
     pub http: http_server::Limits,
-    pub shutdown: Shutdown,
+    pub shutdown: http_server::Handover,
 }
 
 /// `ferry gateway`: serves the endpoints of its manifests, preparing their queues and callback

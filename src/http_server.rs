@@ -5,8 +5,9 @@
 //! `max_connections` are served at once — further ones wait in the listen backlog until a
 //! slot frees, so slots held by idle or slow clients are reclaimed by the timeouts, never
 //! taken from requests being served. Stops accepting on cancel and lets requests under way
-//! finish — for as long as they take, or (see [`serve_with_grace`]) within a grace, after
-//! which those still waiting for their answer get a retryable 503 and the server returns.
+//! finish — for as long as they take, or within a grace, after which those still waiting for
+//! their answer get a retryable 503 and the server returns. A server that others stand in for
+//! hands its clients over first (see [`Handover`]).
 //!
 //! hyper's own `header_read_timeout` also runs while a keep-alive connection waits for its next
 //! request, so it cannot be paired with a longer idle time: each connection's [`Activity`]
@@ -73,18 +74,69 @@ pub async fn serve(
     serve_until(listener, router, limits, cancel, None).await
 }
 
-/// Serves like [`serve`], but once `cancel` fires the requests under way get `grace` to finish.
-/// Then each one still waiting for its answer is answered 503 with `Retry-After` and a
-/// `detail` ([`GRACE_RAN_OUT`]), a response already being sent (a stream) is cut off, and the
-/// server returns.
-pub async fn serve_with_grace(
+/// How a stopping server hands its clients to the servers that stay, failing no request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handover {
+    /// How long it keeps serving everything once told to stop (reporting not ready), so load
+    /// balancers, Service endpoints and gateways stop sending to it first. Every response in
+    /// that time asks its client to close the connection (`Connection: close`): no client is
+    /// left holding an idle connection that the server closes just as a request goes out on it.
+    pub delay: Duration,
+    /// Then, no longer accepting, how long the requests under way get to finish (`None`: as
+    /// long as they take). Each one still waiting for its answer is then answered 503 with
+    /// `Retry-After` and a `detail` ([`GRACE_RAN_OUT`]), a response already being sent (a
+    /// stream) is cut off, and the server returns.
+    pub grace: Option<Duration>,
+}
+
+/// Serves `router` on `listener` within `limits`; once `cancel` fires, hands its clients over
+/// (see [`Handover`]) and returns when the requests under way have ended.
+pub async fn serve_handing_over(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    handover: Handover,
     cancel: CancellationToken,
-    grace: Duration,
 ) -> std::io::Result<()> {
-    serve_until(listener, router, limits, cancel, Some(grace)).await
+    let stop_accepting = CancellationToken::new();
+    let router = closing_connections_once(router, cancel.clone());
+    let serving = serve_until(
+        listener,
+        router,
+        limits,
+        stop_accepting.clone(),
+        handover.grace,
+    );
+    let mut serving = std::pin::pin!(serving);
+    tokio::select! {
+        served = &mut serving => return served,
+        () = cancel.cancelled() => {}
+    }
+    tokio::select! {
+        served = &mut serving => return served,
+        () = tokio::time::sleep(handover.delay) => {}
+    }
+    tracing::info!("no longer accepting connections: finishing the requests under way");
+    stop_accepting.cancel();
+    serving.await
+}
+
+/// Once `closing` fires, every response asks its client to close the connection.
+fn closing_connections_once(router: Router, closing: CancellationToken) -> Router {
+    router.layer(axum::middleware::map_response(
+        move |mut response: Response<Body>| {
+            let closing = closing.is_cancelled();
+            async move {
+                if closing {
+                    response.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                }
+                response
+            }
+        },
+    ))
 }
 
 async fn serve_until(

@@ -63,6 +63,11 @@ pub struct ForwarderArgs {
     /// `http://<--serve-listen>` when that names an address other than 0.0.0.0 or [::].
     #[arg(long, env = "FERRY_ADVERTISE_URL")]
     pub advertise_url: Option<url::Url>,
+    /// Seconds a stopping serving worker keeps answering, announced as leaving and not ready,
+    /// so gateways and the Service stop sending to it before it closes its connections. Keep
+    /// it above the 2 s a gateway keeps an idle connection to a worker.
+    #[arg(long = "serve-shutdown-delay-seconds", env = "FERRY_SERVE_SHUTDOWN_DELAY_SECONDS", default_value = "5", value_parser = parse_seconds)]
+    pub serve_shutdown_delay: Duration,
     /// Internal address ranges (CIDRs) task inputs given by URL may come from; none by default.
     #[arg(long, env = "FERRY_INPUT_ALLOW_CIDRS", value_delimiter = ',')]
     pub input_allow_cidrs: Vec<ipnet::IpNet>,
@@ -88,6 +93,7 @@ impl ForwarderArgs {
                 listen,
                 token: token.clone(),
                 advertise_url: self.advertise_url(listen),
+                shutdown_delay: self.serve_shutdown_delay,
             }),
             (Some(_), _) => return Err(Error::NoServingToken.into()),
         };

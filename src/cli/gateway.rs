@@ -8,7 +8,8 @@ use super::parse_seconds;
 use super::shared::{
     AuthArgs, GuardArgs, HttpArgs, NatsArgs, ReplicasArgs, SealArgs, TaskQueueArgs,
 };
-use crate::gateway::{ApiKeys, RateLimit, Settings, Shutdown, TeamLimits};
+use crate::gateway::{ApiKeys, RateLimit, Settings, TeamLimits};
+use crate::http_server::Handover;
 use crate::manifest;
 use crate::queue::Role;
 
@@ -59,10 +60,10 @@ pub struct ShutdownArgs {
 }
 
 impl ShutdownArgs {
-    pub fn shutdown(&self) -> Shutdown {
-        Shutdown {
+    pub fn shutdown(&self) -> Handover {
+        Handover {
             delay: self.shutdown_delay,
-            grace: self.request_grace,
+            grace: Some(self.request_grace),
         }
     }
 }

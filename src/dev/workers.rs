@@ -22,6 +22,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 
+/// How long a stopping serving worker, already gone from the catalog, keeps answering: past
+/// the gateway's idle hold of its connections, so none it closes then is still taken.
+const HANDOVER_DELAY: Duration =
+    Duration::from_secs(crate::gateway::WORKER_CONNECTION_IDLE.as_secs() + 1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("bundle {bundle} has no command: ferry dev runs bundle commands as local processes")]
@@ -144,7 +149,14 @@ impl Worker {
         tracing::info!(worker = %self.name, %url, "serving sync and streaming requests");
         // Only this process's gateway connects: the default bounds serve it.
         let limits = crate::http_server::Limits::default();
-        let served = serve::serve(listener, server, limits, stop).await;
+        // Gone from the catalog at once, so the gateway sends no more while it hands over.
+        let (catalog, id, listed) = (self.catalog.clone(), endpoint_id.clone(), url.clone());
+        let leaving = stop.clone();
+        tokio::spawn(async move {
+            leaving.cancelled().await;
+            catalog.remove_worker(&id, &listed);
+        });
+        let served = serve::serve(listener, server, limits, HANDOVER_DELAY, stop).await;
         self.catalog.remove_worker(&endpoint_id, &url);
         Ok(served?)
     }

@@ -204,12 +204,18 @@ async fn stream(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byt
     sse::Sse::new(events).into_response()
 }
 
-/// Serves within `limits` until `cancel`, then finishes the requests under way.
+/// Serves within `limits` until `cancel`, then keeps serving for `handover_delay` while the
+/// gateways stop sending here, and finishes the requests under way.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: Arc<Server>,
     limits: crate::http_server::Limits,
+    handover_delay: std::time::Duration,
     cancel: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    crate::http_server::serve(listener, router(server), limits, cancel).await
+    let handover = crate::http_server::Handover {
+        delay: handover_delay,
+        grace: None,
+    };
+    crate::http_server::serve_handing_over(listener, router(server), limits, handover, cancel).await
 }

@@ -38,6 +38,11 @@ const WORKER_WAIT: Duration = Duration::from_secs(120);
 /// memory, so a model answering more gets a 502 instead of exhausting the gateway.
 const MAX_ANSWER_BYTES: usize = crate::task::MAX_RESULT_BYTES;
 
+/// Longest a connection to a worker waits idle for reuse. Shorter than a stopping worker's
+/// handover delay (see [`crate::http_server::Handover`]), so no connection it closes at the end
+/// is still taken for a request.
+pub const WORKER_CONNECTION_IDLE: Duration = Duration::from_secs(2);
+
 /// Between tries while waiting for a worker, unless the catalog reports a change sooner.
 const RETRY_UNREACHABLE: Duration = Duration::from_millis(250);
 
@@ -54,6 +59,7 @@ impl WorkerClient {
             .no_proxy()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(WORKER_CONNECTION_IDLE)
             .build()?;
         Ok(WorkerClient {
             http,

@@ -188,3 +188,52 @@ async fn cancel_lets_the_request_under_way_finish_and_stops_serving() {
         "no longer listening"
     );
 }
+
+#[tokio::test]
+async fn a_handover_keeps_serving_asks_every_client_to_close_then_stops() {
+    let router = Router::new().route("/", get(|| async { "ok" }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let cancel = CancellationToken::new();
+    // Long enough for the steps below; the test waits it out at the end.
+    let handover = Handover {
+        delay: Duration::from_secs(3),
+        grace: None,
+    };
+    let limits = limits(LONG, LONG, 8);
+    let served = tokio::spawn(serve_handing_over(
+        listener,
+        router,
+        limits,
+        handover,
+        cancel.clone(),
+    ));
+    let mut kept = TcpStream::connect(addr).await.expect("connect");
+    let before = get_on(&mut kept, "/").await;
+    assert!(
+        !before.to_lowercase().contains("connection: close"),
+        "{before}"
+    );
+
+    cancel.cancel();
+    let on_kept = get_on(&mut kept, "/").await;
+    assert!(
+        on_kept.to_lowercase().contains("connection: close"),
+        "{on_kept}"
+    );
+    assert!(closed_by_server(&mut kept).await, "closed after its answer");
+    let mut fresh = TcpStream::connect(addr).await.expect("still accepting");
+    let on_fresh = get_on(&mut fresh, "/").await;
+    assert!(on_fresh.starts_with("HTTP/1.1 200"), "{on_fresh}");
+    assert!(
+        on_fresh.to_lowercase().contains("connection: close"),
+        "{on_fresh}"
+    );
+
+    let served = tokio::time::timeout(HANG, served).await;
+    assert!(matches!(served, Ok(Ok(Ok(())))), "{served:?}");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer listening"
+    );
+}
