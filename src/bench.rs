@@ -7,6 +7,7 @@
 mod catchup;
 pub mod model;
 mod scaling;
+mod usage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +35,9 @@ pub struct Settings {
     pub hanging_percent: u8,
     /// Processes whose CPU time is summed and reported per task.
     pub cpu_pids: Vec<u32>,
+    /// The base URL of the NATS server's monitoring endpoints, whose message and JetStream
+    /// API counts are reported per task.
+    pub nats_monitor: Option<url::Url>,
     /// How callback URLs name the benchmark's receiver, which listens on 127.0.0.1.
     pub callback_host: String,
     /// Measure waking from zero workers this many times instead.
@@ -108,7 +112,8 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
         settings.submit_concurrency
     );
 
-    let cpu_before = cpu_seconds(&settings.cpu_pids);
+    let usage =
+        usage::Usage::start(&http, &settings.cpu_pids, settings.nats_monitor.as_ref()).await?;
     let accepted = AtomicU64::new(0);
     let submissions = futures::stream::iter(0..tasks).map(|index| {
         let (http, url, timings, accepted, api_key) = (&http, &submit_url, &timings, &accepted, &settings.api_key);
@@ -147,17 +152,16 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     };
     let _ = tokio::time::timeout(settings.drain_timeout, drained).await;
     stop_receiver.cancel();
-    let cpu = cpu_seconds(&settings.cpu_pids) - cpu_before;
+    let used = usage.report(&http, accepted).await?;
     let measured: Vec<usize> = (0..tasks).filter(|index| !hanging(*index)).collect();
     let mut report = report(&timings, &measured, accepted, submit_seconds);
-    if !settings.cpu_pids.is_empty() && accepted > 0 {
-        report["cpu_ms_per_task"] = json!(cpu * 1000.0 / accepted as f64);
+    if let (Some(report), Value::Object(used)) = (report.as_object_mut(), used) {
+        report.extend(used);
     }
     println!("{report:#}");
     Ok(())
 }
 
-/// User plus system CPU seconds the processes have used so far (Linux `/proc`; 100 ticks/s).
 /// Serves `receiver` on a free port of 127.0.0.1 until `stop`; its address.
 async fn serve_receiver(
     receiver: Router,
@@ -171,20 +175,6 @@ async fn serve_receiver(
             .into_future(),
     );
     Ok(addr)
-}
-
-fn cpu_seconds(pids: &[u32]) -> f64 {
-    let ticks: u64 = pids
-        .iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        })
-        .sum();
-    ticks as f64 / 100.0
 }
 
 /// A receiver that accepts connections and never answers, counting the requests it holds.

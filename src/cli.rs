@@ -106,7 +106,10 @@ impl Role {
             Role::Dispatcher(args) => crate::dispatcher::run(args.settings()?, cancel).await,
             Role::Operator(args) => crate::operator::run(args.settings()?, cancel).await,
             Role::Bench(args) => crate::bench::run(args.settings(), cancel).await,
-            Role::BenchModel(args) => crate::bench::model::run(args.port, cancel).await,
+            Role::BenchModel(args) => {
+                let delay = std::time::Duration::from_millis(args.delay_ms);
+                crate::bench::model::run(args.port, delay, cancel).await
+            }
             Role::NatsAuth(args) => Ok(crate::nats_auth::run(args.settings()?)?),
             Role::ServingToken(args) => args.run(),
             Role::Tasks(args) => Ok(crate::api_client::run(args.settings()?).await?),

@@ -47,8 +47,12 @@ pub struct Settings {
 
 /// The NATS server `ferry dev` uses.
 pub enum Nats {
-    /// Start this nats-server program with a store of its own.
-    Start(std::path::PathBuf),
+    /// Start this nats-server program with a store of its own, serving its monitoring
+    /// endpoints on 127.0.0.1 at `monitor_port` when given.
+    Start {
+        program: std::path::PathBuf,
+        monitor_port: Option<u16>,
+    },
     /// Use a running server.
     Connect(Connection),
 }
@@ -74,8 +78,11 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     let children = Arc::new(ProcessGroup::start()?);
     let (connection, forwarders, _nats_server) = match nats {
         Nats::Connect(connection) => (connection, nats::ForwarderAccess::Shared, None),
-        Nats::Start(program) => {
-            let server = nats::start(&program, &children).await?;
+        Nats::Start {
+            program,
+            monitor_port,
+        } => {
+            let server = nats::start(&program, &children, monitor_port).await?;
             (
                 server.connection.clone(),
                 server.forwarders.clone(),

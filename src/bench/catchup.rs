@@ -20,7 +20,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::Settings;
-use super::{HangingReceiver, cpu_seconds, serve_receiver};
+use super::usage::cpu_seconds;
+use super::{HangingReceiver, serve_receiver};
 use crate::crd::EndpointId;
 use crate::queue::{Queue, QueueSettings};
 use crate::seal::KeyRing;

@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// `nats-server` and model processes), as comma-separated pids.
     #[arg(long, env = "FERRY_BENCH_CPU_PIDS", value_delimiter = ',')]
     pub cpu_pids: Vec<u32>,
+    /// Base URL of the NATS server's monitoring endpoints (`ferry dev --nats-monitor-port`):
+    /// the messages and JetStream API calls per task are reported from its counters.
+    #[arg(long, env = "FERRY_BENCH_NATS_MONITOR")]
+    pub nats_monitor: Option<url::Url>,
     /// How callback URLs name the benchmark's receiver, which listens on 127.0.0.1: a name
     /// such as `localhost` measures the lookups the SSRF guard makes.
     #[arg(long, env = "FERRY_BENCH_CALLBACK_HOST", default_value = "127.0.0.1")]
@@ -71,6 +75,9 @@ pub struct BenchModelArgs {
     /// Port to listen on (`ferry dev` and pods give it as PORT).
     #[arg(long, env = "PORT")]
     pub port: u16,
+    /// Milliseconds each prediction takes (a model that waits, as one on a GPU would).
+    #[arg(long, env = "FERRY_BENCH_MODEL_DELAY_MS", default_value = "0")]
+    pub delay_ms: u64,
 }
 
 impl BenchArgs {
@@ -85,6 +92,7 @@ impl BenchArgs {
             drain_timeout: self.drain_timeout,
             hanging_percent: self.hanging_percent,
             cpu_pids: self.cpu_pids.clone(),
+            nats_monitor: self.nats_monitor.clone(),
             callback_host: self.callback_host.clone(),
             wake_rounds: self.wake_rounds,
             burst: self.burst,

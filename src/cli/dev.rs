@@ -27,6 +27,10 @@ pub struct DevArgs {
     /// The nats-server program to start when no URL is given.
     #[arg(long, env = "FERRY_NATS_SERVER", default_value = "nats-server")]
     pub nats_server: PathBuf,
+    /// Port of 127.0.0.1 where the started nats-server serves its monitoring endpoints
+    /// (`/varz`, `/jsz`): what `ferry bench --nats-monitor` reads. None without it.
+    #[arg(long, env = "FERRY_NATS_MONITOR_PORT")]
+    pub nats_monitor_port: Option<u16>,
     /// Credentials and TLS for the server given by --nats-url.
     #[command(flatten)]
     pub nats_access: NatsAccessArgs,
@@ -54,7 +58,10 @@ impl DevArgs {
     pub fn settings(&self) -> anyhow::Result<Settings> {
         let nats = match &self.nats_url {
             Some(url) => Nats::Connect(self.nats_access.connection(url)?),
-            None => Nats::Start(self.nats_server.clone()),
+            None => Nats::Start {
+                program: self.nats_server.clone(),
+                monitor_port: self.nats_monitor_port,
+            },
         };
         // Callbacks go to receivers on this machine unless the flags say otherwise.
         let loopback = ["127.0.0.0/8".parse()?, "::1/128".parse()?];

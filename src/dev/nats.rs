@@ -32,10 +32,19 @@ pub struct LocalNats {
     _server: NatsServer,
 }
 
-/// Starts the server as a member of `group`, so that it dies with `ferry dev`.
-pub async fn start(program: &Path, group: &ProcessGroup) -> Result<LocalNats, Error> {
+/// Starts the server as a member of `group`, so that it dies with `ferry dev`; with
+/// `monitor_port`, it serves its monitoring endpoints (`/varz`, `/jsz`) there on 127.0.0.1.
+pub async fn start(
+    program: &Path,
+    group: &ProcessGroup,
+    monitor_port: Option<u16>,
+) -> Result<LocalNats, Error> {
     let auth = crate::nats_auth::AuthSet::generate();
-    let server = nats_server::start_in(program, &auth.server_config()?, None, Some(group)).await?;
+    let mut config = auth.server_config()?;
+    if let Some(port) = monitor_port {
+        config.push_str(&format!("http: \"127.0.0.1:{port}\"\n"));
+    }
+    let server = nats_server::start_in(program, &config, None, Some(group)).await?;
     let creds = server.store_dir().join("ferry.creds");
     crate::nats_auth::write_private(&creds, &auth.role_creds(Role::All)?)?;
     let open = Connection::open(server.url())?;
@@ -106,7 +115,7 @@ mod tests {
     async fn the_dev_server_admits_ferry_and_refuses_a_process_without_its_credentials() {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let group = ProcessGroup::start().expect("sh starts");
-        let nats = start(Path::new("nats-server"), &group)
+        let nats = start(Path::new("nats-server"), &group, None)
             .await
             .expect("nats-server on PATH (scripts/setup installs it)");
         let settings = QueueSettings::default();
