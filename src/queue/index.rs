@@ -3,11 +3,12 @@
 //!
 //! The results bucket keeps a task's record under `task.<endpoint>.<uuid>`, but a bucket can be
 //! read neither in key order nor backwards: a listing built on it alone would read every record
-//! of the endpoint. So a submission appends the task's id to its endpoint's index stream
-//! (`ferry-index-<endpoint>`), in a publish sent alongside the task's own and acknowledged
-//! while the task's is awaited. One endpoint's ids are then consecutive sequences of one stream,
-//! newest last: a page is read backwards from a sequence with one direct get per entry, then
-//! one read of each listed task's record and callback state.
+//! of the endpoint. So the endpoint's task queue republishes the headers of each task it stores
+//! (its id is the message id) into the endpoint's index stream (`ferry-index-<endpoint>`): the
+//! server appends the entry, which costs a submission no request of its own, and a task refused
+//! or sent again is not listed twice. One endpoint's ids are then consecutive sequences of one
+//! stream, newest last: a page is read backwards from a sequence with one direct get per entry,
+//! then one read of each listed task's record and callback state.
 //!
 //! A status filter is applied to the records read: a page reads at most [`SCAN_LIMIT`] entries
 //! and, having found fewer matches than asked for, ends with a continuation (possibly empty).
@@ -15,9 +16,7 @@
 //! `since` ends the listing at the first older entry.
 
 use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, DirectGetErrorKind};
-use bytes::Bytes;
 use futures::StreamExt;
 
 use super::{Error, NatsError, Queue, names};
@@ -91,22 +90,6 @@ impl Queue {
 
     pub(super) async fn delete_index(&self, endpoint: &EndpointId) -> Result<(), Error> {
         self.delete_stream(names::index_stream(endpoint)).await
-    }
-
-    /// Appends a newly queued task to its endpoint's index.
-    pub(super) async fn append_to_index(&self, task: &TaskId) -> Result<(), Error> {
-        let subject = names::index_subject(task.endpoint());
-        let entry = Bytes::copy_from_slice(task.within_endpoint().as_bytes());
-        match self
-            .publish_acked(&subject, PublishMessage::build().payload(entry))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(source) => Err(Error::Publish {
-                subject,
-                source: source.into(),
-            }),
-        }
     }
 
     /// One page of the endpoint's tasks, newest first. Reads the index's state once, each
@@ -229,9 +212,7 @@ impl Queue {
         sequence: u64,
     ) -> Result<Option<TaskId>, Error> {
         match index.direct_get(sequence).await {
-            Ok(message) => Ok(std::str::from_utf8(&message.payload)
-                .ok()
-                .and_then(|unique| TaskId::within(endpoint, unique))),
+            Ok(message) => Ok(entry_task(endpoint, &message)),
             Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(None),
             Err(error) => Err(index_error(&names::index_stream(endpoint), error.into())),
         }
@@ -268,6 +249,25 @@ impl Queue {
             callback,
         })))
     }
+}
+
+/// The task an index entry names: the message id the queue stored it under (republished with
+/// its headers), or, in an entry appended by a submitter before the queue did it, the payload.
+fn entry_task(
+    endpoint: &EndpointId,
+    entry: &async_nats::jetstream::message::StreamMessage,
+) -> Option<TaskId> {
+    let republished = entry
+        .headers
+        .get(async_nats::header::NATS_MESSAGE_ID)
+        .and_then(|id| TaskId::parse(id.as_str()))
+        .filter(|task| task.endpoint() == endpoint);
+    let appended = || {
+        std::str::from_utf8(&entry.payload)
+            .ok()
+            .and_then(|unique| TaskId::within(endpoint, unique))
+    };
+    republished.or_else(appended)
 }
 
 fn is_not_found(kind: GetStreamErrorKind) -> bool {
@@ -390,5 +390,59 @@ mod tests {
             .await
             .expect("page");
         assert_eq!(page, TaskPage::default());
+    }
+
+    /// The queue indexes each task it stores, however it was published, and a copy it drops
+    /// as a repeat is not indexed again: nothing but the task's own publish is needed.
+    #[tokio::test]
+    async fn the_queue_indexes_each_task_it_stores_once() {
+        let (_nats, queue) = crate::queue::testing::start_with_queue().await;
+        let endpoint = EndpointId::for_resource("ml", "indexed");
+        let spec = crate::queue::QueueSpec {
+            endpoint_id: endpoint.clone(),
+            task_expiry: std::time::Duration::from_secs(600),
+            ack_wait: std::time::Duration::from_secs(30),
+        };
+        queue.ensure_task_queue(&spec).await.expect("queue");
+        let task = TaskId::generate(&endpoint);
+        let record = TaskRecord::pending(endpoint.clone());
+        queue
+            .create_task_record(&task, &record)
+            .await
+            .expect("record");
+        let subject = names::tasks_subject(&endpoint);
+        for _ in 0..2 {
+            let message = async_nats::jetstream::message::PublishMessage::build()
+                .payload("{}".into())
+                .message_id(task.as_str());
+            queue
+                .publish_acked(&subject, message)
+                .await
+                .expect("stored once, dropped once");
+        }
+        let everything = TaskQuery {
+            limit: 10,
+            ..Default::default()
+        };
+        // The server appends the entry just after storing the task: wait for it to show.
+        let listed = async {
+            loop {
+                let page = queue.task_page(&endpoint, &everything).await.expect("page");
+                if !page.tasks.is_empty() {
+                    return page;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        let page = tokio::time::timeout(std::time::Duration::from_secs(10), listed)
+            .await
+            .expect("the task is listed");
+        assert_eq!(page_ids(&page), vec![task]);
+        let index = queue
+            .js
+            .get_stream(names::index_stream(&endpoint))
+            .await
+            .expect("index");
+        assert_eq!(index.cached_info().state.messages, 1, "indexed once");
     }
 }

@@ -106,17 +106,8 @@ impl Queue {
         };
         // The record's writes may have used the patience up: the task still gets one wait.
         let deadline = deadline.max(Instant::now() + ACK_WAIT);
-        // A new task joins its endpoint's index alongside its publish: a listing skips an
-        // entry whose task was refused (it has no record).
-        let indexing = async {
-            if created.is_some()
-                && let Err(error) = self.append_to_index(&task_id).await
-            {
-                tracing::warn!(%error, task_id = %task_id, "indexing a task failed; listings will not show it");
-            }
-        };
-        let (published, ()) = tokio::join!(self.publish_confirmed(&task, deadline), indexing);
-        match published {
+        // The queue itself appends the task to its endpoint's index as it stores it.
+        match self.publish_confirmed(&task, deadline).await {
             Ok(()) => {}
             Err(error @ Error::Unconfirmed { .. }) => {
                 self.settle_later(task, started);

@@ -150,6 +150,8 @@ impl Queue {
     /// Creates or updates the endpoint's stream and consumer; safe to call repeatedly.
     pub(super) async fn ensure_task_queue(&self, spec: &QueueSpec) -> Result<(), Error> {
         let stream_name = names::tasks_stream(&spec.endpoint_id);
+        // The index first: the queue appends to it every task it stores from then on.
+        self.ensure_index(&spec.endpoint_id).await?;
         let config = stream::Config {
             name: stream_name.clone(),
             subjects: vec![names::tasks_subject(&spec.endpoint_id)],
@@ -161,6 +163,13 @@ impl Queue {
             discard: stream::DiscardPolicy::New,
             duplicate_window: DUPLICATE_WINDOW.min(spec.task_expiry),
             num_replicas: self.settings.replicas,
+            // The server appends each task it stores (not a refused or repeated copy) to the
+            // endpoint's index, its headers only: the id is the message id (`index`).
+            republish: Some(stream::Republish {
+                source: names::tasks_subject(&spec.endpoint_id),
+                destination: names::index_subject(&spec.endpoint_id),
+                headers_only: true,
+            }),
             ..Default::default()
         };
         let stream = self.js.create_or_update_stream(config).await;
@@ -184,7 +193,7 @@ impl Queue {
                 consumer: names::TASKS_CONSUMER.into(),
                 source: source.into(),
             })?;
-        self.ensure_index(&spec.endpoint_id).await
+        Ok(())
     }
 
     /// Deletes the endpoint's stream and with it its consumer and queued tasks; deleting a queue
