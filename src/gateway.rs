@@ -1,6 +1,7 @@
 //! The HTTP API: Launch-compatible `/v1` routes over the catalog and the queue, with API-key
 //! auth, a body size limit, probes and metrics.
 
+mod artifacts;
 mod auth;
 mod console;
 mod demand;

@@ -9,7 +9,7 @@ use crate::task::{CallbackState, DeadLetter, TaskId, TaskRecord, TaskStatus};
 
 pub fn bundle(bundle: &ModelBundle) -> Value {
     let (repository, tag) = split_image(&bundle.spec.image);
-    json!({
+    let mut view = json!({
         "id": bundle.bundle_id(),
         "name": bundle.name_any(),
         "location": bundle.spec.image,
@@ -25,14 +25,25 @@ pub fn bundle(bundle: &ModelBundle) -> Value {
         "created_at": created_at(bundle.metadata.creation_timestamp.as_ref()),
         "model_artifact_ids": [],
         "schema_location": null,
-    })
+    });
+    if let (Some(view), Some(Value::Object(artifact))) = (
+        view.as_object_mut(),
+        bundle
+            .spec
+            .artifact
+            .as_ref()
+            .map(super::artifacts::v1_fields),
+    ) {
+        view.extend(artifact);
+    }
+    view
 }
 
-/// The `/v2` shape: the bundle's runnable image flavor.
+/// The `/v2` shape: the bundle's runnable image flavor, or its artifact flavor.
 pub fn bundle_v2(bundle: &ModelBundle) -> Value {
     let (repository, tag) = split_image(&bundle.spec.image);
     let spec = &bundle.spec;
-    json!({
+    let mut view = json!({
         "id": bundle.bundle_id(),
         "name": bundle.name_any(),
         "metadata": {},
@@ -51,7 +62,11 @@ pub fn bundle_v2(bundle: &ModelBundle) -> Value {
             "streaming_predict_route": spec.streaming_predict_route,
             "readiness_initial_delay_seconds": spec.readiness_initial_delay_seconds,
         },
-    })
+    });
+    if let Some(artifact) = &spec.artifact {
+        view["flavor"] = super::artifacts::flavor_view(artifact);
+    }
+    view
 }
 
 pub fn endpoint(endpoint: &ModelEndpoint) -> Value {

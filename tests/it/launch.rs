@@ -1,6 +1,8 @@
 //! Contract tests: the Launch client's call sequences replayed over HTTP against `ferry dev`,
 //! asserting every field the client reads.
 
+mod artifacts;
+
 use std::time::Duration;
 
 use crate::support::*;
