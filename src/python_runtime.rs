@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::crd::artifact::ArtifactSpec;
+use crate::crd::artifact::{ArtifactFlavor, ArtifactSpec};
 
 /// The module `python -m` runs to serve an artifact.
 pub const MODULE: &str = "ferry_runtime";
@@ -78,6 +78,24 @@ pub fn settings_env(artifact: &ArtifactSpec, artifact_path: &Path) -> BTreeMap<S
     vars
 }
 
+/// What pip installs beside the runtime for `artifact`: its requirements, and cloudpickle for
+/// a callable bundle (unpickling it needs cloudpickle) unless the requirements name it.
+pub fn packages(artifact: &ArtifactSpec) -> Vec<String> {
+    let mut packages: Vec<String> = artifact
+        .requirements
+        .iter()
+        .map(|package| package.trim().to_owned())
+        .filter(|package| !package.is_empty() && !package.starts_with('#'))
+        .collect();
+    let has_cloudpickle = packages
+        .iter()
+        .any(|package| package.to_ascii_lowercase().starts_with("cloudpickle"));
+    if artifact.flavor == ArtifactFlavor::Cloudpickle && !has_cloudpickle {
+        packages.push("cloudpickle".into());
+    }
+    packages
+}
+
 /// Writes the runtime's package into `dir` (as `dir/ferry_runtime/`), for `PYTHONPATH=dir`.
 pub fn write_sources(dir: &Path) -> std::io::Result<()> {
     let package = dir.join(MODULE);
@@ -86,6 +104,13 @@ pub fn write_sources(dir: &Path) -> std::io::Result<()> {
         std::fs::write(package.join(name), text)?;
     }
     Ok(())
+}
+
+/// The environment `ferry fetch-artifact` reads its settings from (the init container's).
+pub mod fetch_env {
+    pub const LOCATION: &str = "FERRY_ARTIFACT_LOCATION";
+    pub const ARTIFACT: &str = "FERRY_ARTIFACT_PATH";
+    pub const RUNTIME_DIR: &str = "FERRY_RUNTIME_DIR";
 }
 
 /// What `ferry fetch-artifact` does: the artifact at `location` into the file `artifact`, and
@@ -154,6 +179,24 @@ mod tests {
             assert!(source("settings.py").contains(flavor.launch_name()));
         }
         assert!(source("__main__.py").contains(&format!("\"{}\"", env::HOST)));
+    }
+
+    fn artifact(flavor: ArtifactFlavor, requirements: &[&str]) -> ArtifactSpec {
+        serde_json::from_value(serde_json::json!({"flavor": flavor, "location": "s3://b/k",
+            "requirements": requirements, "framework": {"type": "pytorch", "pytorchImageTag": "2"}}))
+        .expect("an artifact")
+    }
+
+    #[test]
+    fn callable_bundles_get_cloudpickle_unless_they_pin_it() {
+        let callable = artifact(
+            ArtifactFlavor::Cloudpickle,
+            &["numpy", " ", "# pinned below"],
+        );
+        assert_eq!(packages(&callable), vec!["numpy", "cloudpickle"]);
+        let pinned = artifact(ArtifactFlavor::Cloudpickle, &["cloudpickle==2.2.1"]);
+        assert_eq!(packages(&pinned), vec!["cloudpickle==2.2.1"]);
+        assert!(packages(&artifact(ArtifactFlavor::Zip, &[])).is_empty());
     }
 
     #[test]

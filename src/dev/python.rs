@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
 use crate::crd::ModelBundle;
-use crate::crd::artifact::{ArtifactFlavor, ArtifactSpec};
+use crate::crd::artifact::ArtifactSpec;
 use crate::python_runtime;
 
 /// Lines of a failed build's output kept in its error.
@@ -125,7 +125,7 @@ impl Environments {
 
     /// The venv `artifact` runs in: built now unless a complete one is in the cache.
     async fn venv(&self, bundle: &str, artifact: &ArtifactSpec) -> Result<PathBuf, Error> {
-        let packages = packages_of(artifact);
+        let packages = python_runtime::packages(artifact);
         let dir = self
             .cache
             .join("venvs")
@@ -186,22 +186,6 @@ impl Environments {
         std::fs::write(dir.join(READY_MARKER), b"")
             .map_err(|error| format!("marking it complete: {error}"))
     }
-}
-
-/// What pip installs for `artifact`: its requirements, and cloudpickle for a callable bundle.
-fn packages_of(artifact: &ArtifactSpec) -> Vec<String> {
-    let mut packages = artifact.requirements.clone();
-    let has_cloudpickle = packages.iter().any(|package| {
-        package
-            .trim()
-            .to_ascii_lowercase()
-            .starts_with("cloudpickle")
-    });
-    if artifact.flavor == ArtifactFlavor::Cloudpickle && !has_cloudpickle {
-        packages.push("cloudpickle".into());
-    }
-    packages.retain(|package| !package.trim().is_empty() && !package.trim().starts_with('#'));
-    packages
 }
 
 /// The name of a venv: the hash of the Python it is made with, the packages it holds and the
@@ -277,36 +261,6 @@ async fn log_lines(bundle: &str, output: Option<impl AsyncRead + Unpin>) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::artifact::{Framework, FrameworkKind};
-
-    fn artifact(flavor: ArtifactFlavor, requirements: &[&str]) -> ArtifactSpec {
-        ArtifactSpec {
-            flavor,
-            location: "file:///tmp/b".into(),
-            requirements: requirements.iter().map(|r| (*r).to_owned()).collect(),
-            framework: Framework {
-                kind: FrameworkKind::Pytorch,
-                pytorch_image_tag: Some("2".into()),
-                tensorflow_version: None,
-                image_repository: None,
-                image_tag: None,
-            },
-            load_predict_fn: None,
-            load_model_fn: None,
-            load_predict_fn_module_path: None,
-            load_model_fn_module_path: None,
-            app_config: None,
-        }
-    }
-
-    #[test]
-    fn callable_bundles_get_cloudpickle_unless_they_pin_it() {
-        let callable = artifact(ArtifactFlavor::Cloudpickle, &["numpy", ""]);
-        assert_eq!(packages_of(&callable), vec!["numpy", "cloudpickle"]);
-        let pinned = artifact(ArtifactFlavor::Cloudpickle, &["cloudpickle==2.2.1"]);
-        assert_eq!(packages_of(&pinned), vec!["cloudpickle==2.2.1"]);
-        assert!(packages_of(&artifact(ArtifactFlavor::Zip, &[])).is_empty());
-    }
 
     #[test]
     fn venvs_are_keyed_by_python_and_packages() {

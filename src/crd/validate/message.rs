@@ -120,10 +120,9 @@ impl Invalid {
             Invalid::ReservedEnv { port } => {
                 format!("env sets {MODEL_PORT_ENV}, which ferry sets from port ({port}): remove it")
             }
-            Invalid::ImageOrArtifact => format!(
-                "set either image (with its command) or artifact: a bundle runs an image of its \
-                 own or an artifact in ferry's Python runtime"
-            ),
+            Invalid::ImageOrArtifact => "set either image (with its command) or artifact: a \
+                bundle runs an image of its own or an artifact in ferry's Python runtime"
+                .to_owned(),
             Invalid::ZipWithoutModulePaths => format!(
                 "a zip artifact needs {} and {}",
                 name("artifact.loadPredictFnModulePath"),
