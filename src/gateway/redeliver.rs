@@ -84,7 +84,8 @@ pub async fn redeliver_since(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListLettersQuery {
-    /// The endpoint whose letters to list (required).
+    /// The endpoint whose letters to list.
+    #[param(required = true)]
     model_endpoint_id: Option<String>,
     /// Only letters given up on at or after this time: RFC 3339 or Unix milliseconds.
     since: Option<String>,

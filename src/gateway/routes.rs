@@ -28,7 +28,8 @@ use crate::task::{CallbackAuth, CallbackTarget, TaskId, TaskMessage, now_ms};
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ModelNameQuery {
-    /// The bundle's name (required).
+    /// The bundle's name.
+    #[param(required = true)]
     pub model_name: Option<String>,
 }
 
@@ -134,7 +135,8 @@ pub async fn get_endpoint(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EndpointQuery {
-    /// The endpoint the task is for (required).
+    /// The endpoint the task is for.
+    #[param(required = true)]
     pub model_endpoint_id: Option<String>,
 }
 

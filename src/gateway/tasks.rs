@@ -22,7 +22,8 @@ pub const MAX_PAGE_LIMIT: u64 = 200;
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListTasksQuery {
-    /// The endpoint whose tasks to list (required).
+    /// The endpoint whose tasks to list.
+    #[param(required = true)]
     model_endpoint_id: Option<String>,
     /// Only tasks of this status: PENDING, STARTED, SUCCESS, FAILURE or CANCELLED.
     status: Option<String>,
