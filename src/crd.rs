@@ -99,7 +99,19 @@ fn default_healthcheck_route() -> String {
 }
 
 /// How a model endpoint is called.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum EndpointType {
     /// Tasks are queued and results polled or delivered by callback.
@@ -122,7 +134,9 @@ impl EndpointType {
 }
 
 /// A step run after inference.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum PostInferenceHook {
     /// POST `{"task_id", "result"}` to the task's callback URL, else the endpoint's default.
@@ -347,7 +361,9 @@ pub struct SecretKeySelector {
 }
 
 /// Which credentials a callback receiver is given.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CallbackAuthKind {
     /// HTTP Basic auth from the Secret's `username` and `password` keys.
@@ -408,7 +424,9 @@ pub struct CallbackPolicySpec {
 }
 
 /// Launch's endpoint status, as the gateway reports it.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, utoipa::ToSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum EndpointState {
     Ready,

@@ -3,8 +3,11 @@
 //! the shape the Launch client parses (`CloudpickleArtifactFlavor`, `ZipArtifactFlavor`, and
 //! the framework as `PytorchFramework`, `TensorflowFramework` or `CustomFramework`). Pure.
 
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::views::{BundleV1, EnvParamsView};
 
 use crate::crd::artifact::{AppConfig, ArtifactFlavor, ArtifactSpec, Framework, FrameworkKind};
 
@@ -12,7 +15,7 @@ use crate::crd::artifact::{AppConfig, ArtifactFlavor, ArtifactSpec, Framework, F
 const CUSTOM_BASE_IMAGE: &str = "custom_base_image";
 
 /// The artifact fields of a `/v2/model-bundles` flavor.
-#[derive(Deserialize, Clone, Debug, Default)]
+#[derive(Deserialize, Clone, Debug, Default, ToSchema)]
 pub struct ArtifactFields {
     #[serde(default)]
     pub location: Option<String>,
@@ -29,11 +32,12 @@ pub struct ArtifactFields {
     #[serde(default)]
     pub load_model_fn_module_path: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub app_config: Option<Value>,
 }
 
 /// A framework as Launch's client sends it.
-#[derive(Deserialize, Clone, Debug)]
+#[derive(Deserialize, Clone, Debug, ToSchema)]
 pub struct LaunchFramework {
     pub framework_type: String,
     #[serde(default)]
@@ -100,70 +104,124 @@ pub fn artifact_spec(
     })
 }
 
-/// The `/v2` flavor of an artifact bundle, as the client's flavor models read it.
-pub fn flavor_view(artifact: &ArtifactSpec) -> Value {
-    let mut flavor = json!({
-        "flavor": artifact.flavor.launch_name(),
-        "requirements": artifact.requirements,
-        "framework": framework_view(&artifact.framework),
-        "app_config": artifact.app_config,
-        "location": artifact.location,
-    });
-    let functions = match artifact.flavor {
+/// An artifact bundle's `/v2` flavor, as the client's `CloudpickleArtifactFlavor` and
+/// `ZipArtifactFlavor` read it.
+#[derive(Serialize, ToSchema)]
+pub struct ArtifactFlavorView {
+    /// `cloudpickle_artifact` or `zip_artifact`.
+    pub flavor: &'static str,
+    pub requirements: Vec<String>,
+    pub framework: FrameworkView,
+    #[schema(value_type = Option<Object>)]
+    pub app_config: Option<AppConfig>,
+    pub location: String,
+    /// The source of the function returning the predict function (cloudpickle).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_predict_fn: Option<String>,
+    /// The source of the function returning the model (cloudpickle).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_model_fn: Option<String>,
+    /// `package.module.function` (zip).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_predict_fn_module_path: Option<String>,
+    /// `package.module.function` (zip).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_model_fn_module_path: Option<String>,
+}
+
+/// A framework as the client's `PytorchFramework`, `TensorflowFramework` and
+/// `CustomFramework` read it.
+#[derive(Serialize, ToSchema)]
+pub struct FrameworkView {
+    /// `pytorch`, `tensorflow` or `custom_base_image`.
+    pub framework_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pytorch_image_tag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tensorflow_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_repository: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_tag: Option<String>,
+}
+
+/// The `/v2` flavor of an artifact bundle.
+pub fn flavor_view(artifact: &ArtifactSpec) -> ArtifactFlavorView {
+    let mut view = ArtifactFlavorView {
+        flavor: artifact.flavor.launch_name(),
+        requirements: artifact.requirements.clone(),
+        framework: framework_view(&artifact.framework),
+        app_config: artifact.app_config.clone(),
+        location: artifact.location.clone(),
+        load_predict_fn: None,
+        load_model_fn: None,
+        load_predict_fn_module_path: None,
+        load_model_fn_module_path: None,
+    };
+    match artifact.flavor {
         // The client requires both sources; a bundle written as a manifest may have none.
-        ArtifactFlavor::Cloudpickle => json!({
-            "load_predict_fn": artifact.load_predict_fn.as_deref().unwrap_or_default(),
-            "load_model_fn": artifact.load_model_fn.as_deref().unwrap_or_default(),
-        }),
-        ArtifactFlavor::Zip => json!({
-            "load_predict_fn_module_path": artifact.load_predict_fn_module_path,
-            "load_model_fn_module_path": artifact.load_model_fn_module_path,
-        }),
-    };
-    if let (Some(flavor), Value::Object(functions)) = (flavor.as_object_mut(), functions) {
-        flavor.extend(functions);
+        ArtifactFlavor::Cloudpickle => {
+            view.load_predict_fn = Some(artifact.load_predict_fn.clone().unwrap_or_default());
+            view.load_model_fn = Some(artifact.load_model_fn.clone().unwrap_or_default());
+        }
+        ArtifactFlavor::Zip => {
+            view.load_predict_fn_module_path = artifact.load_predict_fn_module_path.clone();
+            view.load_model_fn_module_path = artifact.load_model_fn_module_path.clone();
+        }
     }
-    flavor
+    view
 }
 
-fn framework_view(framework: &Framework) -> Value {
+fn framework_view(framework: &Framework) -> FrameworkView {
+    let mut view = FrameworkView {
+        framework_type: match framework.kind {
+            FrameworkKind::Pytorch => "pytorch",
+            FrameworkKind::Tensorflow => "tensorflow",
+            FrameworkKind::Custom => CUSTOM_BASE_IMAGE,
+        },
+        pytorch_image_tag: None,
+        tensorflow_version: None,
+        image_repository: None,
+        image_tag: None,
+    };
     match framework.kind {
-        FrameworkKind::Pytorch => json!({
-            "framework_type": "pytorch",
-            "pytorch_image_tag": framework.pytorch_image_tag,
-        }),
-        FrameworkKind::Tensorflow => json!({
-            "framework_type": "tensorflow",
-            "tensorflow_version": framework.tensorflow_version,
-        }),
-        FrameworkKind::Custom => json!({
-            "framework_type": CUSTOM_BASE_IMAGE,
-            "image_repository": framework.image_repository,
-            "image_tag": framework.image_tag,
-        }),
+        FrameworkKind::Pytorch => view.pytorch_image_tag = framework.pytorch_image_tag.clone(),
+        FrameworkKind::Tensorflow => view.tensorflow_version = framework.tensorflow_version.clone(),
+        FrameworkKind::Custom => {
+            view.image_repository = framework.image_repository.clone();
+            view.image_tag = framework.image_tag.clone();
+        }
     }
+    view
 }
 
-/// The `/v1` fields of an artifact bundle: its location, requirements, framework and
-/// packaging, as Launch's v1 bundle reports them.
-pub fn v1_fields(artifact: &ArtifactSpec) -> Value {
-    let framework = framework_view(&artifact.framework);
-    let packaging = match artifact.flavor {
-        ArtifactFlavor::Cloudpickle => "cloudpickle",
-        ArtifactFlavor::Zip => "zip",
-    };
-    json!({
-        "location": artifact.location,
-        "requirements": artifact.requirements,
-        "env_params": framework,
-        "packaging_type": packaging,
-        "app_config": artifact.app_config,
-    })
+/// The `/v1` view of an artifact bundle: its location, requirements, framework, packaging and
+/// app_config in place of an image's.
+pub fn with_v1_fields(view: BundleV1, artifact: &ArtifactSpec) -> BundleV1 {
+    BundleV1 {
+        app_config: artifact
+            .app_config
+            .as_ref()
+            .map(|config| Value::Object(config.0.clone())),
+        env_params: EnvParamsView::Framework(framework_view(&artifact.framework)),
+        location: artifact.location.clone(),
+        packaging_type: match artifact.flavor {
+            ArtifactFlavor::Cloudpickle => "cloudpickle",
+            ArtifactFlavor::Zip => "zip",
+        },
+        requirements: artifact.requirements.clone(),
+        ..view
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn to_json(view: ArtifactFlavorView) -> Value {
+        serde_json::to_value(view).expect("json")
+    }
 
     fn fields(body: Value) -> ArtifactFields {
         serde_json::from_value(body).expect("the client's flavor parses")
@@ -182,7 +240,7 @@ mod tests {
             artifact.framework.image_tag(),
             Some("2.5.1-cuda12.4-cudnn9-runtime")
         );
-        assert_eq!(flavor_view(&artifact), sent);
+        assert_eq!(to_json(flavor_view(&artifact)), sent);
     }
 
     #[test]
@@ -194,7 +252,7 @@ mod tests {
             "load_model_fn_module_path": "pkg.serve.load_model_fn"});
         let artifact = artifact_spec(ArtifactFlavor::Zip, fields(sent.clone())).expect("valid");
         assert_eq!(artifact.framework.kind, FrameworkKind::Custom);
-        assert_eq!(flavor_view(&artifact), sent);
+        assert_eq!(to_json(flavor_view(&artifact)), sent);
     }
 
     #[test]

@@ -44,6 +44,21 @@ pub enum NumberOrText {
     Text(String),
 }
 
+impl utoipa::PartialSchema for NumberOrText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        let of = |kind| ObjectBuilder::new().schema_type(kind);
+        let either = OneOfBuilder::new()
+            .item(of(Type::Number))
+            .item(of(Type::String));
+        either
+            .description(Some("A Kubernetes quantity: `1`, `\"500m\"`, `\"8Gi\"`"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for NumberOrText {}
+
 impl NumberOrText {
     /// The quantity as the spec holds it; the validation step judges it.
     fn quantity(&self) -> Quantity {
@@ -60,7 +75,7 @@ fn count(value: i64, bounds: Bounds) -> Result<u32, Invalid> {
 }
 
 /// `POST /v1/model-endpoints`.
-#[derive(Deserialize, Clone, Debug)]
+#[derive(Deserialize, Clone, Debug, utoipa::ToSchema)]
 pub struct CreateEndpoint {
     pub name: String,
     pub model_bundle_id: String,
@@ -86,6 +101,7 @@ pub struct CreateEndpoint {
     #[serde(default)]
     pub default_callback_url: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<crate::task::CallbackAuth>)]
     pub default_callback_auth: Option<Value>,
     #[serde(default)]
     pub task_expires_seconds: Option<i64>,
@@ -94,7 +110,7 @@ pub struct CreateEndpoint {
 }
 
 /// `PUT /v1/model-endpoints/{id}`: every field optional; absent or null keeps the current value.
-#[derive(Deserialize, Clone, Debug, Default)]
+#[derive(Deserialize, Clone, Debug, Default, utoipa::ToSchema)]
 pub struct UpdateEndpoint {
     #[serde(default)]
     pub model_bundle_id: Option<String>,
@@ -123,6 +139,7 @@ pub struct UpdateEndpoint {
     #[serde(default)]
     pub default_callback_url: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<crate::task::CallbackAuth>)]
     pub default_callback_auth: Option<Value>,
     #[serde(default)]
     pub task_expires_seconds: Option<i64>,
@@ -316,13 +333,13 @@ fn parse_hooks(hooks: &[String]) -> Result<Vec<PostInferenceHook>, Invalid> {
 
 /// `POST /v2/model-bundles` with the `runnable_image` flavor or an artifact one
 /// (`cloudpickle_artifact`, `zip_artifact`).
-#[derive(Deserialize, Clone, Debug)]
+#[derive(Deserialize, Clone, Debug, utoipa::ToSchema)]
 pub struct CreateBundle {
     pub name: String,
     pub flavor: BundleFlavor,
 }
 
-#[derive(Deserialize, Clone, Debug)]
+#[derive(Deserialize, Clone, Debug, utoipa::ToSchema)]
 pub struct BundleFlavor {
     pub flavor: String,
     #[serde(default)]
@@ -411,9 +428,10 @@ pub fn new_bundle(namespace: &str, create: CreateBundle) -> Result<ValidatedBund
 }
 
 /// `POST /v2/model-bundles/clone-with-changes` (and its `/v1` twin).
-#[derive(Deserialize, Clone, Debug)]
+#[derive(Deserialize, Clone, Debug, utoipa::ToSchema)]
 pub struct CloneBundle {
     pub original_model_bundle_id: String,
+    /// Refused: a runnable image has no app_config.
     #[serde(default)]
     pub new_app_config: Option<Value>,
 }
