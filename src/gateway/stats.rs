@@ -148,11 +148,14 @@ mod tests {
         };
         let stats = build_stats(&endpoint_named("demo"), Some(backlog), &tally);
         let id = endpoint_named("demo").endpoint_id();
-        let wire = format!(
-            "{{\"backlog\":{{\"in_flight\":2,\"queued\":4}},\"callbacks_last_hour\":{{\"dead_lettered\":0,\
-             \"delivered\":9,\"retried\":1,\"success_rate\":0.9}},\"model_endpoint_id\":\"{id}\",\
-             \"oldest_task_age_seconds\":30,\"workers\":{{\"desired\":null,\"ready\":0}}}}"
-        );
+        // Keys in alphabetical order, as the answer had before it was typed.
+        let wire = [
+            r#"{"backlog":{"in_flight":2,"queued":4},"#,
+            r#""callbacks_last_hour":{"dead_lettered":0,"delivered":9,"retried":1,"success_rate":0.9},"#,
+            &format!(r#""model_endpoint_id":"{id}","#),
+            r#""oldest_task_age_seconds":30,"workers":{"desired":null,"ready":0}}"#,
+        ]
+        .concat();
         assert_eq!(serde_json::to_string(&stats).expect("serializes"), wire);
         let stats = json!(stats);
         assert_eq!(stats["backlog"], json!({"queued": 4, "in_flight": 2}));
