@@ -9,11 +9,11 @@ use axum::{
     extract::State,
     http::{HeaderMap, StatusCode, header},
     response::IntoResponse,
-    routing::get,
 };
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::http_server::{self, Limits};
 use crate::metrics::Format;
@@ -77,17 +77,42 @@ struct AdminState {
 
 /// Routes for probes and metrics, to merge into a role's own router or serve alone.
 pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/healthcheck", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(AdminState {
-            registry,
-            readiness,
-        })
+    let (router, _) = routes().split_for_parts();
+    router.with_state(AdminState {
+        registry,
+        readiness,
+    })
 }
 
+/// The OpenAPI description of the routes of [`router`].
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+fn routes() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(healthcheck))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, body = String)))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// The process is up (Launch's name for `/healthz`).
+#[utoipa::path(get, path = "/healthcheck", tag = "probes",
+    responses((status = 200, body = String)))]
+async fn healthcheck() -> &'static str {
+    "ok"
+}
+
+/// Whether the process takes traffic: 503 before it is ready and once it is stopping.
+#[utoipa::path(get, path = "/readyz", tag = "probes", responses(
+    (status = 200, body = String), (status = 503, description = "Not ready", body = String)))]
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     if state.readiness.is_ready() {
         (StatusCode::OK, "ready")
@@ -97,6 +122,8 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 /// The registry in the format the scraper's `Accept` header prefers (see [`Format::negotiate`]).
+#[utoipa::path(get, path = "/metrics", tag = "probes", responses((status = 200,
+    description = "Prometheus text or OpenMetrics, as `Accept` prefers", body = String)))]
 async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> impl IntoResponse {
     let accept = headers
         .get(header::ACCEPT)

@@ -6,6 +6,7 @@ mod bench;
 pub mod check;
 mod dev;
 mod dispatcher;
+mod fetch_artifact;
 mod forwarder;
 mod gateway;
 mod nats_auth;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use bench::{BenchArgs, BenchModelArgs};
 use dev::DevArgs;
 use dispatcher::DispatcherArgs;
+use fetch_artifact::FetchArtifactArgs;
 use forwarder::ForwarderArgs;
 use gateway::GatewayArgs;
 use nats_auth::NatsAuthArgs;
@@ -94,6 +96,9 @@ pub enum Role {
     Callbacks(CallbacksArgs),
     /// Print shell completions for bash, zsh or fish.
     Completions(CompletionsArgs),
+    /// Fetch an artifact bundle's artifact and write ferry's Python runtime beside it (the
+    /// init container of its worker pods).
+    FetchArtifact(FetchArtifactArgs),
 }
 
 impl Role {
@@ -112,6 +117,7 @@ impl Role {
             }
             Role::NatsAuth(args) => Ok(crate::nats_auth::run(args.settings()?)?),
             Role::ServingToken(args) => args.run(),
+            Role::FetchArtifact(args) => Ok(crate::python_runtime::fetch(&args.settings()).await?),
             Role::Tasks(args) => Ok(crate::api_client::run(args.settings()?).await?),
             Role::Callbacks(args) => Ok(crate::api_client::run(args.settings()?).await?),
             Role::Completions(args) => {

@@ -3,6 +3,7 @@
 //! reports for them; below it, their names (`names`), the constants of their bounds and CEL
 //! rules (`rules`) and the one validation step (`validate`).
 
+pub mod artifact;
 pub mod names;
 pub mod rules;
 pub mod validate;
@@ -16,7 +17,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// A container image that serves a model over HTTP, mirroring Launch's `runnable_image` bundle.
+/// A container image that serves a model over HTTP, mirroring Launch's `runnable_image` bundle;
+/// or an artifact (Launch's `cloudpickle_artifact` and `zip_artifact`) that ferry's Python
+/// runtime serves.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "ferry.dev",
@@ -26,7 +29,7 @@ use sha2::{Digest, Sha256};
     cel,
     shortname = "mb",
     category = "ferry",
-    doc = "A model bundle: the container image and command that serve a model over HTTP.",
+    doc = "A model bundle: the container image and command that serve a model over HTTP, or an artifact ferry's Python runtime serves.",
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
     printcolumn(
         name = "Age",
@@ -34,10 +37,11 @@ use sha2::{Digest, Sha256};
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = rules::IMAGE_OR_ARTIFACT)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelBundleSpec {
-    /// Container image (repository and tag) that runs the model server.
-    #[x_kube(validation = rules::IMAGE_NOT_EMPTY)]
+    /// Container image (repository and tag) that runs the model server; absent for an artifact.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub image: String,
     /// Command that starts the model server; the image's entrypoint when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -77,6 +81,11 @@ pub struct ModelBundleSpec {
     /// capability stays dropped either way.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub run_as_root: bool,
+    /// A Launch callable (cloudpickle) or zip artifact, served by ferry's Python runtime in
+    /// place of an image: `ferry dev` runs it in a venv of its requirements, a cluster in the
+    /// framework's runtime image after an init container fetched it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<artifact::ArtifactSpec>,
 }
 
 fn default_port() -> u16 {
@@ -90,7 +99,19 @@ fn default_healthcheck_route() -> String {
 }
 
 /// How a model endpoint is called.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum EndpointType {
     /// Tasks are queued and results polled or delivered by callback.
@@ -113,7 +134,9 @@ impl EndpointType {
 }
 
 /// A step run after inference.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum PostInferenceHook {
     /// POST `{"task_id", "result"}` to the task's callback URL, else the endpoint's default.
@@ -338,7 +361,9 @@ pub struct SecretKeySelector {
 }
 
 /// Which credentials a callback receiver is given.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CallbackAuthKind {
     /// HTTP Basic auth from the Secret's `username` and `password` keys.
@@ -399,7 +424,9 @@ pub struct CallbackPolicySpec {
 }
 
 /// Launch's endpoint status, as the gateway reports it.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, utoipa::ToSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum EndpointState {
     Ready,

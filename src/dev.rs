@@ -1,9 +1,11 @@
 //! `ferry dev`: the whole system on one machine. Reads the same manifests `kubectl apply` takes,
-//! starts (or joins) a JetStream server, runs each async endpoint's workers as local processes
-//! with in-process forwarders, and serves the gateway and the dispatcher in this process.
+//! starts (or joins) a JetStream server, runs each endpoint's workers as local processes (an
+//! artifact bundle's in a cached venv) with in-process forwarders, and serves the gateway and
+//! the dispatcher in this process.
 
 mod nats;
 mod pool;
+mod python;
 mod runtime;
 mod workers;
 
@@ -43,6 +45,10 @@ pub struct Settings {
     pub scale_down_delay: Duration,
     pub max_body_bytes: usize,
     pub http: crate::http_server::Limits,
+    /// The Python artifact bundles' venvs are made with.
+    pub python: std::path::PathBuf,
+    /// Where venvs and fetched artifacts are kept between sessions.
+    pub cache_dir: std::path::PathBuf,
 }
 
 /// The NATS server `ferry dev` uses.
@@ -70,6 +76,8 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
         scale_down_delay,
         max_body_bytes,
         http,
+        python,
+        cache_dir,
     } = settings;
     let ring = Arc::new(ring);
     // One grace for every role of the process: the dispatcher's attempts, the gateway's requests.
@@ -123,6 +131,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
             children: children.clone(),
             // One machine: a model may read its own files anyway.
             inputs: InputFetcher::new(guard.clone(), true)?,
+            environments: Arc::new(python::Environments::new(python, cache_dir)),
         },
     ));
     load_manifests(&runtime, &manifests).await?;

@@ -1,12 +1,14 @@
 //! The HTTP API: Launch-compatible `/v1` routes over the catalog and the queue, with API-key
-//! auth, a body size limit, probes and metrics.
+//! auth, a body size limit, probes and metrics, described by the OpenAPI document it serves.
 
+mod artifacts;
 mod auth;
 mod console;
 mod demand;
 mod error;
 mod launch;
 mod metrics;
+mod openapi;
 mod redeliver;
 mod resources;
 mod roster;
@@ -23,13 +25,10 @@ mod views;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::{
-    Router,
-    extract::DefaultBodyLimit,
-    routing::{get, post},
-};
+use axum::{Extension, Router, extract::DefaultBodyLimit};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use auth::ApiKeys;
 pub use demand::Demand;
@@ -69,71 +68,52 @@ pub struct AppState {
     pub ring: Arc<KeyRing>,
 }
 
-/// The API router. `max_body_bytes` bounds every request body (larger ones get 413).
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    let v1 = Router::new()
-        .route(
-            "/v1/model-bundles",
-            get(routes::list_bundles).post(resources::create_v1_bundle),
-        )
-        .route("/v1/model-bundles/latest", get(routes::latest_bundle))
-        .route(
-            "/v1/model-bundles/clone-with-changes",
-            post(resources::clone_bundle),
-        )
-        .route("/v1/model-bundles/{id}", get(routes::get_bundle))
-        .route(
-            "/v2/model-bundles",
-            get(resources::list_v2_bundles).post(resources::create_bundle),
-        )
-        .route("/v2/model-bundles/latest", get(resources::latest_v2_bundle))
-        .route(
-            "/v2/model-bundles/clone-with-changes",
-            post(resources::clone_bundle),
-        )
-        .route("/v2/model-bundles/{id}", get(resources::get_v2_bundle))
-        .route(
-            "/v1/model-endpoints",
-            get(routes::list_endpoints).post(resources::create_endpoint),
-        )
-        .route(
-            "/v1/model-endpoints/{id}",
-            get(routes::get_endpoint)
-                .put(resources::update_endpoint)
-                .delete(resources::delete_endpoint),
-        )
-        .route("/v1/model-endpoints/{id}/stats", get(stats::endpoint_stats))
-        .route(
-            "/v1/async-tasks",
-            get(tasks::list_async_tasks).post(routes::submit_async_task),
-        )
-        .route("/v1/sync-tasks", post(sync::submit_sync_task))
-        .route(
-            "/v1/streaming-tasks",
-            post(streaming::submit_streaming_task),
-        )
-        .route(
-            "/v1/async-tasks/{task_id}",
-            get(routes::get_async_task).delete(tasks::cancel_async_task),
-        )
-        .route(
-            "/v1/async-tasks/{task_id}/callback/redeliver",
-            post(redeliver::redeliver_task),
-        )
-        .route("/v1/callbacks/redeliver", post(redeliver::redeliver_since))
-        .route(
-            "/v1/callbacks/dead-letters",
-            get(redeliver::list_dead_letters),
-        )
+/// Every route of the API, each registered with its documentation (see [`openapi`]).
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(routes::list_bundles, resources::create_v1_bundle))
+        .routes(routes!(routes::latest_bundle))
+        .routes(routes!(resources::clone_v1_bundle))
+        .routes(routes!(routes::get_bundle))
+        .routes(routes!(
+            resources::list_v2_bundles,
+            resources::create_bundle
+        ))
+        .routes(routes!(resources::latest_v2_bundle))
+        .routes(routes!(resources::clone_bundle))
+        .routes(routes!(resources::get_v2_bundle))
+        .routes(routes!(routes::list_endpoints, resources::create_endpoint))
+        .routes(routes!(
+            routes::get_endpoint,
+            resources::update_endpoint,
+            resources::delete_endpoint
+        ))
+        .routes(routes!(stats::endpoint_stats))
+        .routes(routes!(tasks::list_async_tasks, routes::submit_async_task))
+        .routes(routes!(sync::submit_sync_task))
+        .routes(routes!(streaming::submit_streaming_task))
+        .routes(routes!(routes::get_async_task, tasks::cancel_async_task))
+        .routes(routes!(redeliver::redeliver_task))
+        .routes(routes!(redeliver::redeliver_since))
+        .routes(routes!(redeliver::list_dead_letters))
+        .routes(routes!(openapi::openapi_json))
         .merge(console::routes())
-        .fallback(routes::not_found)
+}
+
+/// The API router, serving its OpenAPI document at `/openapi.json`. `max_body_bytes` bounds
+/// every request body (larger ones get 413).
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let (api, operations) = api().split_for_parts();
+    let document = openapi::DocumentJson::new(&openapi::complete(operations));
+    api.fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(Extension(document))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::observe_request,
-        ));
-    v1.with_state(state)
+        ))
+        .with_state(state)
 }
 
 /// Serves `router` (merged with probes and metrics) within `limits`. Once `cancel` fires,

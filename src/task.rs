@@ -139,7 +139,7 @@ pub struct StoredPayload {
 pub const MAX_RESULT_BYTES: usize = 10 * 1024 * 1024;
 
 /// Credentials presented to a callback receiver, in Launch's `callback_auth` shape.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum CallbackAuth {
     /// HTTP Basic auth.
@@ -247,7 +247,7 @@ pub struct TaskMessage {
 
 /// Launch's task status values, and ferry's `CANCELLED`: a queued task cancelled before any
 /// worker started it (Launch's client stops polling on it with "Unrecognized status").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TaskStatus {
     Pending,
@@ -525,7 +525,7 @@ impl CallbackState {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DeliveryState {
     /// Queued or waiting for the next attempt.
@@ -553,7 +553,7 @@ pub struct DeliveryAttempt {
 /// `result` is `{"result": <model output>}`; on FAILURE a sync answer's `result` is the error
 /// message and `traceback` the detail, while a streaming event's `result` is null and its
 /// `traceback` the whole reason (Launch's client reads an event's `result` as an object).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SyncResponse {
     pub status: TaskStatus,
     pub result: Option<Value>,

@@ -25,6 +25,7 @@ pub mod env {
     pub const SERVE_LISTEN: &str = "FERRY_SERVE_LISTEN";
     pub const STREAMING_PREDICT_ROUTE: &str = "FERRY_STREAMING_PREDICT_ROUTE";
     pub const SERVING_TOKEN: &str = "FERRY_SERVING_TOKEN";
+    pub const INPUT_ALLOW_CIDRS: &str = "FERRY_INPUT_ALLOW_CIDRS";
 }
 
 /// Port of the forwarder's `/healthz`, `/readyz` and `/metrics` inside the pod.

@@ -51,6 +51,7 @@ pub async fn run(role: Role) -> anyhow::Result<()> {
         Role::Tasks(_) => return Err(Error::Role("tasks").into()),
         Role::Callbacks(_) => return Err(Error::Role("callbacks").into()),
         Role::Completions(_) => return Err(Error::Role("completions").into()),
+        Role::FetchArtifact(_) => return Err(Error::Role("fetch-artifact").into()),
     };
     check_env(name, std::env::vars().map(|(key, _)| key))?;
     // Connects as the role would, which also checks that the server takes the retention.

@@ -52,6 +52,13 @@ pub struct DevArgs {
     pub task_queue: TaskQueueArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    /// The Python that makes the venvs artifact (cloudpickle and zip) bundles run in.
+    #[arg(long, env = "FERRY_DEV_PYTHON", default_value = "python3")]
+    pub python: PathBuf,
+    /// Where venvs and fetched artifacts are kept between sessions; `$XDG_CACHE_HOME/ferry`
+    /// (else `~/.cache/ferry`) when unset.
+    #[arg(long, env = "FERRY_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl DevArgs {
@@ -80,6 +87,22 @@ impl DevArgs {
             scale_down_delay: self.scale_down_delay,
             max_body_bytes: self.max_body_bytes,
             http: self.http.limits(),
+            python: self.python.clone(),
+            cache_dir: match &self.cache_dir {
+                Some(dir) => dir.clone(),
+                None => default_cache_dir()?,
+            },
         })
     }
+}
+
+/// `$XDG_CACHE_HOME/ferry`, else `$HOME/.cache/ferry`.
+fn default_cache_dir() -> anyhow::Result<PathBuf> {
+    let non_empty = |name| std::env::var_os(name).filter(|value| !value.is_empty());
+    let base = match (non_empty("XDG_CACHE_HOME"), non_empty("HOME")) {
+        (Some(cache), _) => PathBuf::from(cache),
+        (None, Some(home)) => PathBuf::from(home).join(".cache"),
+        (None, None) => anyhow::bail!("set --cache-dir: neither XDG_CACHE_HOME nor HOME is set"),
+    };
+    Ok(base.join("ferry"))
 }

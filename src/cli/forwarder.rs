@@ -69,7 +69,7 @@ pub struct ForwarderArgs {
     #[arg(long = "serve-shutdown-delay-seconds", env = "FERRY_SERVE_SHUTDOWN_DELAY_SECONDS", default_value = "5", value_parser = parse_seconds)]
     pub serve_shutdown_delay: Duration,
     /// Internal address ranges (CIDRs) task inputs given by URL may come from; none by default.
-    #[arg(long, env = "FERRY_INPUT_ALLOW_CIDRS", value_delimiter = ',')]
+    #[arg(long, env = forwarder_env::INPUT_ALLOW_CIDRS, value_delimiter = ',')]
     pub input_allow_cidrs: Vec<ipnet::IpNet>,
     #[command(flatten)]
     pub http: HttpArgs,

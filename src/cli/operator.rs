@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::shared::{HttpArgs, NatsArgs, ReplicasArgs, SealArgs, TaskQueueArgs};
 use super::{parse_positive_seconds, parse_seconds};
 use crate::nats_auth::ForwarderIssuer;
-use crate::operator::build::{Settings as WorkerSettings, WorkerNetworkPolicy};
+use crate::operator::build::{RuntimeImages, Settings as WorkerSettings, WorkerNetworkPolicy};
 use crate::operator::{ForwarderCredsIssuing, LeaseChoice, Settings};
 use crate::queue::Role;
 use crate::worker::env as forwarder_env;
@@ -54,6 +54,15 @@ pub struct OperatorArgs {
     /// (Kubernetes NetworkPolicyPeers). No policy when absent.
     #[arg(long, env = "FERRY_WORKER_NETWORK_POLICY", value_parser = parse_worker_network_policy)]
     pub worker_network_policy: Option<WorkerNetworkPolicy>,
+    /// Repositories of the images artifact (cloudpickle and zip) bundles run in, by
+    /// framework: `pytorch=REPOSITORY,tensorflow=REPOSITORY`, tagged with the bundle's
+    /// `pytorchImageTag` or `tensorflowVersion`. Custom-framework bundles name their own image.
+    #[arg(long, env = "FERRY_RUNTIME_IMAGES", default_value = "pytorch=pytorch/pytorch,tensorflow=tensorflow/tensorflow", value_parser = RuntimeImages::parse)]
+    pub runtime_images: RuntimeImages,
+    /// Internal address ranges (CIDRs) the worker pods' forwarders may fetch task inputs given
+    /// by URL from; none by default.
+    #[arg(long, env = "FERRY_WORKER_INPUT_ALLOW_CIDRS", value_delimiter = ',')]
+    pub worker_input_allow_cidrs: Vec<ipnet::IpNet>,
     #[command(flatten)]
     pub forwarder_creds: ForwarderCredsArgs,
     #[command(flatten)]
@@ -124,6 +133,8 @@ impl OperatorArgs {
                 gpu_node_label: self.gpu_node_label.clone(),
                 worker_network_policy: self.worker_network_policy.clone(),
                 forwarder_nats_creds: self.forwarder_creds.nats_account_file.is_some(),
+                runtime_images: self.runtime_images.clone(),
+                input_allow_cidrs: self.worker_input_allow_cidrs.clone(),
             },
             forwarder_creds: self.forwarder_creds.issuing()?,
             namespace: self.namespace.clone(),

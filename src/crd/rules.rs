@@ -69,10 +69,6 @@ pub const STREAMING_PREDICT_ROUTE: Pattern = Pattern {
     regex: ROUTE_REGEX,
     expected: ROUTE_EXPECTED,
 };
-pub const IMAGE_NOT_EMPTY: CelRule = CelRule {
-    rule: "self != ''",
-    message: "image must not be empty",
-};
 
 // ModelEndpoint.
 pub const GPUS: Bounds = Bounds {
@@ -179,7 +175,7 @@ pub const DEFAULT_URL_NEEDS_HOOK: CelRule = CelRule {
 };
 
 /// Every pattern above, for the validation step to compile once.
-pub const PATTERNS: [Pattern; 7] = [
+pub const PATTERNS: [Pattern; 8] = [
     PREDICT_ROUTE,
     HEALTHCHECK_ROUTE,
     STREAMING_PREDICT_ROUTE,
@@ -187,4 +183,25 @@ pub const PATTERNS: [Pattern; 7] = [
     MEMORY,
     STORAGE,
     DEFAULT_CALLBACK_URL,
+    ARTIFACT_LOCATION,
 ];
+
+// The artifact form of a ModelBundle.
+/// A bundle is an image (with its command) or an artifact for ferry's Python runtime, never both.
+pub const IMAGE_OR_ARTIFACT: CelRule = CelRule {
+    rule: "has(self.artifact) ? !(has(self.image) && self.image != '') && !has(self.command) : has(self.image) && self.image != ''",
+    message: "set either image (with its command) or artifact",
+};
+pub const ARTIFACT_LOCATION: Pattern = Pattern {
+    field: "artifact.location",
+    regex: r"^[^\s]+$",
+    expected: "a location such as s3://bucket/model.pkl, file:///models/model.zip or a local path",
+};
+pub const ZIP_NEEDS_MODULE_PATHS: CelRule = CelRule {
+    rule: "self.flavor != 'zip' || (has(self.loadPredictFnModulePath) && has(self.loadModelFnModulePath))",
+    message: "a zip artifact needs loadPredictFnModulePath and loadModelFnModulePath",
+};
+pub const FRAMEWORK_IMAGE: CelRule = CelRule {
+    rule: "self.type == 'pytorch' ? has(self.pytorchImageTag) : self.type == 'tensorflow' ? has(self.tensorflowVersion) : (has(self.imageRepository) && has(self.imageTag))",
+    message: "framework needs pytorchImageTag (pytorch), tensorflowVersion (tensorflow) or imageRepository and imageTag (custom)",
+};

@@ -13,6 +13,7 @@ use std::sync::LazyLock;
 use kube::ResourceExt;
 use regex::Regex;
 
+use super::artifact::{ArtifactFlavor, ArtifactSpec, FrameworkKind};
 use super::names::{is_dns_label, is_label_key, is_label_value};
 use super::rules::{self, Bounds, Pattern};
 use super::{
@@ -93,6 +94,14 @@ pub enum Invalid {
     /// The bundle sets the variable that carries the model's port to another port.
     ReservedEnv {
         port: u16,
+    },
+    /// Neither or both of a bundle's forms: an image (with its command) or an artifact.
+    ImageOrArtifact,
+    /// A zip artifact without the module paths of its functions.
+    ZipWithoutModulePaths,
+    /// An artifact's framework without the image it names.
+    FrameworkImage {
+        framework: FrameworkKind,
     },
     /// The endpoint's bundle breaks a rule.
     InBundle {
@@ -201,7 +210,13 @@ fn check_dns_label_because(
 }
 
 fn check_bundle(spec: &ModelBundleSpec) -> Result<(), Invalid> {
-    check_not_empty("image", &spec.image)?;
+    match &spec.artifact {
+        Some(artifact) if spec.image.is_empty() && spec.command.is_empty() => {
+            check_artifact(artifact)?;
+        }
+        None if !spec.image.is_empty() => {}
+        _ => return Err(Invalid::ImageOrArtifact),
+    }
     check_bounds(rules::PORT, spec.port.into())?;
     if [FORWARDER_ADMIN_PORT, FORWARDER_SERVE_PORT].contains(&spec.port) {
         return Err(Invalid::PortClash { port: spec.port });
@@ -222,6 +237,30 @@ fn check_bundle(spec: &ModelBundleSpec) -> Result<(), Invalid> {
         rules::READINESS_INITIAL_DELAY_SECONDS,
         spec.readiness_initial_delay_seconds,
     )
+}
+
+fn check_artifact(artifact: &ArtifactSpec) -> Result<(), Invalid> {
+    check_pattern(rules::ARTIFACT_LOCATION, &artifact.location)?;
+    let module_paths = [
+        &artifact.load_predict_fn_module_path,
+        &artifact.load_model_fn_module_path,
+    ];
+    if artifact.flavor == ArtifactFlavor::Zip && module_paths.iter().any(|path| path.is_none()) {
+        return Err(Invalid::ZipWithoutModulePaths);
+    }
+    let framework = &artifact.framework;
+    let named = match framework.kind {
+        FrameworkKind::Custom => {
+            framework.image_repository.is_some() && framework.image_tag.is_some()
+        }
+        _ => framework.image_tag().is_some(),
+    };
+    if !named {
+        return Err(Invalid::FrameworkImage {
+            framework: framework.kind,
+        });
+    }
+    Ok(())
 }
 
 fn check_endpoint(endpoint: &ModelEndpoint) -> Result<(), Invalid> {

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::python::{Environments, ModelCommand};
 use super::workers::Worker;
 use crate::admin::Readiness;
 use crate::autoscale::{
@@ -21,6 +22,7 @@ use crate::autoscale::{
 use crate::catalog::Catalog;
 use crate::crd::{
     EndpointId, EndpointState, EndpointType, ModelBundle, ModelEndpoint, ModelEndpointStatus,
+    condition,
 };
 use crate::forwarder::{ForwarderMetrics, InputFetcher};
 use crate::process_group::ProcessGroup;
@@ -124,11 +126,34 @@ pub struct Pool {
     /// The group model processes start in.
     pub children: Arc<ProcessGroup>,
     pub inputs: InputFetcher,
+    /// Where artifact bundles get their Python environments.
+    pub environments: Arc<Environments>,
 }
 
 impl Pool {
-    /// Runs and sizes the workers until `stop`, then stops them all, letting them drain.
+    /// Prepares how the model starts — an artifact bundle's venv may take minutes to build, or
+    /// fail, which the endpoint's status then says until it changes — then runs and sizes the
+    /// workers until `stop`, and stops them all, letting them drain.
     pub async fn run(self, stop: CancellationToken) {
+        let id = self.endpoint.endpoint_id();
+        let bundle = self.bundle.name_any();
+        self.catalog.set_status(&id, preparing_status(&id, &bundle));
+        let prepared = tokio::select! {
+            _ = stop.cancelled() => return,
+            prepared = self.environments.command_for(&self.bundle) => prepared,
+        };
+        match prepared {
+            Ok(command) => self.run_workers(Arc::new(command), stop).await,
+            Err(error) => {
+                tracing::error!(endpoint = %self.endpoint.name_any(), %error, "the model cannot start");
+                self.catalog
+                    .set_status(&id, failed_status(&id, &error.to_string()));
+                stop.cancelled().await;
+            }
+        }
+    }
+
+    async fn run_workers(self, command: Arc<ModelCommand>, stop: CancellationToken) {
         let id = self.endpoint.endpoint_id();
         let label = NamedEndpoint::of(&self.endpoint);
         let spec = &self.endpoint.spec;
@@ -166,7 +191,7 @@ impl Pool {
                 wake.scaled(from, to, now);
                 last_scale = Some(Time(jiff::Timestamp::now()));
             }
-            workers.resize(to as usize, |index| self.spawn(index, &stop));
+            workers.resize(to as usize, |index| self.spawn(index, &command, &stop));
             let ready = workers.ready();
             if let Some(took) = wake.ready(ready, now) {
                 tracing::info!(endpoint = %self.endpoint.name_any(), seconds = took.as_secs_f64(), "woke from zero");
@@ -260,11 +285,17 @@ impl Pool {
         }
     }
 
-    fn spawn(&self, index: usize, stop: &CancellationToken) -> Running {
+    fn spawn(
+        &self,
+        index: usize,
+        command: &Arc<ModelCommand>,
+        stop: &CancellationToken,
+    ) -> Running {
         let worker = Worker {
             name: format!("{}-{index}", self.endpoint.name_any()),
             endpoint: self.endpoint.clone(),
             bundle: self.bundle.clone(),
+            command: command.clone(),
             catalog: self.catalog.clone(),
             queue: self.forwarder_queue.clone(),
             metrics: self.metrics.clone(),
@@ -315,6 +346,41 @@ fn build_status(
         last_scale_time: last_scale.cloned(),
         scale_reason: Some(seen.decision.reason.as_str().to_owned()),
         ..Default::default()
+    }
+}
+
+/// While the model's environment is prepared: not ready, saying why.
+fn preparing_status(endpoint: &EndpointId, bundle: &str) -> ModelEndpointStatus {
+    ModelEndpointStatus {
+        endpoint_id: Some(endpoint.to_string()),
+        state: Some(EndpointState::UpdateInProgress),
+        conditions: vec![ready_condition(
+            "False",
+            "Preparing",
+            &format!("preparing the model of bundle {bundle}"),
+        )],
+        ..Default::default()
+    }
+}
+
+/// When the model cannot start: failed, with the reason, until the endpoint or bundle changes.
+fn failed_status(endpoint: &EndpointId, message: &str) -> ModelEndpointStatus {
+    ModelEndpointStatus {
+        endpoint_id: Some(endpoint.to_string()),
+        state: Some(EndpointState::UpdateFailed),
+        conditions: vec![ready_condition("False", "ModelCannotStart", message)],
+        ..Default::default()
+    }
+}
+
+fn ready_condition(status: &str, reason: &str, message: &str) -> Condition {
+    Condition {
+        type_: condition::READY.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: Time(jiff::Timestamp::now()),
+        observed_generation: None,
     }
 }
 

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::nats::ForwarderAccess;
 use super::pool::Pool;
 pub use super::pool::Scaling;
+use super::python::Environments;
 use crate::callback::policy::resolve_policy;
 use crate::catalog::{Catalog, NamedSecret, ResourceWriter, WriteError};
 use crate::crd::validate::{ValidatedBundle, ValidatedEndpoint, validate};
@@ -40,6 +41,8 @@ pub struct WorkerStarts {
     pub children: Arc<ProcessGroup>,
     /// Fetches the inputs of tasks given by URL (loopback and files allowed, as in `ferry dev`).
     pub inputs: InputFetcher,
+    /// Where artifact bundles get their Python environments.
+    pub environments: Arc<Environments>,
 }
 
 pub struct Runtime {
@@ -191,6 +194,7 @@ impl Runtime {
             scaling: self.scaling.clone(),
             children: self.starts.children.clone(),
             inputs: self.starts.inputs.clone(),
+            environments: self.starts.environments.clone(),
         };
         let workers = tokio::spawn(pool.run(stop.clone()));
         Run {

@@ -1,4 +1,4 @@
-//! Local workers: each runs the bundle's command as a process on a free loopback port (given in
+//! Local workers: each runs the bundle's model command as a process on a free loopback port (given in
 //! `PORT`, as in a pod) beside an in-process forwarder, and is restarted if the model exits,
 //! as a ReplicaSet would.
 
@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use super::python::ModelCommand;
 use crate::admin::Readiness;
 use crate::catalog::Catalog;
 use crate::crd::EndpointType;
@@ -29,8 +30,6 @@ const HANDOVER_DELAY: Duration =
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("bundle {bundle} has no command: ferry dev runs bundle commands as local processes")]
-    NoCommand { bundle: String },
     #[error("finding a free port")]
     Port(#[source] std::io::Error),
     #[error("starting `{program}` for bundle {bundle}")]
@@ -48,6 +47,8 @@ pub struct Worker {
     pub name: String,
     pub endpoint: Arc<ModelEndpoint>,
     pub bundle: Arc<ModelBundle>,
+    /// How the model process starts.
+    pub command: Arc<ModelCommand>,
     pub catalog: Catalog,
     pub queue: ForwarderQueue,
     pub metrics: Arc<ForwarderMetrics>,
@@ -162,17 +163,13 @@ impl Worker {
     }
 
     fn spawn_model(&self, port: u16) -> Result<Child, Error> {
-        let spec = &self.bundle.spec;
         let bundle = kube::ResourceExt::name_any(self.bundle.as_ref());
-        let (program, args) = spec.command.split_first().ok_or_else(|| Error::NoCommand {
-            bundle: bundle.clone(),
-        })?;
-        let mut command = Command::new(program);
+        let model = self.command.as_ref();
+        let mut command = Command::new(&model.program);
         self.children.enroll(&mut command);
         let mut child = command
-            .args(args)
-            .args(&spec.args)
-            .envs(&spec.env)
+            .args(&model.args)
+            .envs(&model.env)
             .env(crate::worker::MODEL_PORT_ENV, port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -180,7 +177,7 @@ impl Worker {
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| Error::Spawn {
-                program: program.clone(),
+                program: model.program.display().to_string(),
                 bundle,
                 source,
             })?;

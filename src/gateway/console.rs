@@ -4,19 +4,18 @@
 //! files themselves hold nothing secret and need no key.
 
 use axum::{
-    Router,
     extract::Path,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
-    routing::get,
 };
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The console's routes: `/console` leads to `/console/`, which serves the page and its files.
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route("/console", get(redirect_to_index))
-        .route("/console/", get(index))
-        .route("/console/{file}", get(asset))
+pub fn routes<S: Clone + Send + Sync + 'static>() -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(routes!(redirect_to_index))
+        .routes(routes!(index))
+        .routes(routes!(asset))
 }
 
 /// Every file of the console: its name under `/console/` and its content type.
@@ -60,14 +59,23 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
      base-uri 'none'";
 
 /// `/console` → `/console/`, so the pages' relative links resolve below it.
+#[utoipa::path(get, path = "/console", tag = "console",
+    responses((status = 308, description = "To `/console/`")))]
 async fn redirect_to_index() -> Redirect {
     Redirect::permanent("console/")
 }
 
+/// The console's page. It asks for an API key and calls the API with it.
+#[utoipa::path(get, path = "/console/", tag = "console",
+    responses((status = 200, content_type = "text/html", body = String)))]
 async fn index() -> Response {
     asset_response("index.html")
 }
 
+/// A file of the console: a script or a style sheet.
+#[utoipa::path(get, path = "/console/{file}", tag = "console", params(("file" = String, Path)),
+    responses((status = 200, description = "The file", body = String),
+        (status = 404, description = "No such file", body = String)))]
 async fn asset(Path(name): Path<String>) -> Response {
     asset_response(&name)
 }

@@ -6,9 +6,39 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::queue;
+
+/// The body of every error answer: Launch's `{"detail": ...}`.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub detail: Detail,
+    /// On a 503 to a submission whose task may have been queued: resubmit under this id (as
+    /// the `Idempotency-Key` header) to have it confirmed; it runs once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+}
+
+/// What went wrong: words, or for a body that does not fit the schema (422) the problems.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Detail {
+    Message(String),
+    Problems(Vec<Problem>),
+}
+
+/// One problem with a request body, in the shape FastAPI (and so Launch) uses.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// Where: `body`, then the field.
+    pub loc: Vec<String>,
+    pub msg: String,
+    /// Always `value_error`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -18,9 +48,9 @@ pub enum AppError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
-    /// A body that does not fit the request schema; the value lists the problems.
+    /// A body that does not fit the request schema.
     #[error("request body does not fit the schema")]
-    Unprocessable(Value),
+    Unprocessable(Vec<Problem>),
     #[error("request body too large")]
     PayloadTooLarge,
     #[error("{0}")]
@@ -98,41 +128,46 @@ impl AppError {
 
     /// A 422 for one problem at `loc`, in the shape FastAPI (and so Launch) uses.
     pub fn invalid_body(loc: &[&str], message: impl Into<String>) -> Self {
-        let mut location = vec![Value::from("body")];
-        location.extend(loc.iter().map(|part| Value::from(*part)));
-        AppError::Unprocessable(
-            json!([{ "loc": location, "msg": message.into(), "type": "value_error" }]),
-        )
+        let location = std::iter::once("body").chain(loc.iter().copied());
+        AppError::Unprocessable(vec![Problem {
+            loc: location.map(str::to_owned).collect(),
+            msg: message.into(),
+            kind: "value_error",
+        }])
     }
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut body = serde_json::Map::new();
+        let mut task_id = None;
         let detail = match &self {
-            AppError::Unprocessable(problems) => problems.clone(),
+            AppError::Unprocessable(problems) => Detail::Problems(problems.clone()),
             AppError::Queue(error) => {
                 tracing::error!(error = %error, source = ?std::error::Error::source(error), "queue operation failed");
-                Value::from("the task queue is unavailable; retry shortly")
+                Detail::Message("the task queue is unavailable; retry shortly".into())
             }
             AppError::Store(error) => {
                 tracing::error!(error = %error, "storing a change failed");
-                Value::from("storing the change failed; retry shortly")
+                Detail::Message("storing the change failed; retry shortly".into())
             }
             AppError::NotQueued(error) => {
                 tracing::warn!(error = %error, source = ?std::error::Error::source(error), "a task was not queued");
-                Value::from("the task queue is unavailable; the task was not queued, retry shortly")
+                Detail::Message(
+                    "the task queue is unavailable; the task was not queued, retry shortly".into(),
+                )
             }
-            AppError::Unconfirmed { task_id, source } => {
-                tracing::warn!(%task_id, error = %source, source = ?std::error::Error::source(source), "a task's queueing was not confirmed");
-                body.insert("task_id".into(), Value::from(task_id.to_string()));
-                Value::from(unconfirmed_detail(task_id))
+            AppError::Unconfirmed {
+                task_id: id,
+                source,
+            } => {
+                tracing::warn!(task_id = %id, error = %source, source = ?std::error::Error::source(source), "a task's queueing was not confirmed");
+                task_id = Some(id.to_string());
+                Detail::Message(unconfirmed_detail(id))
             }
-            other => Value::from(other.to_string()),
+            other => Detail::Message(other.to_string()),
         };
-        body.insert("detail".into(), detail);
-        let mut response = (status, Json(Value::Object(body))).into_response();
+        let mut response = (status, Json(ErrorBody { detail, task_id })).into_response();
         let retry_after = match &self {
             AppError::TooMany { retry_after, .. } => Some(*retry_after),
             AppError::NotQueued(_) | AppError::Unconfirmed { .. } => Some(SUBMIT_RETRY_AFTER),

@@ -9,6 +9,7 @@ use kube::api::ObjectMeta;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::artifacts::{self, ArtifactFields};
 use crate::catalog::NamedSecret;
 use crate::crd::names::API_VERSION;
 use crate::crd::rules::{self, Bounds};
@@ -43,6 +44,21 @@ pub enum NumberOrText {
     Text(String),
 }
 
+impl utoipa::PartialSchema for NumberOrText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        let of = |kind| ObjectBuilder::new().schema_type(kind);
+        let either = OneOfBuilder::new()
+            .item(of(Type::Number))
+            .item(of(Type::String));
+        either
+            .description(Some("A Kubernetes quantity: `1`, `\"500m\"`, `\"8Gi\"`"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for NumberOrText {}
+
 impl NumberOrText {
     /// The quantity as the spec holds it; the validation step judges it.
     fn quantity(&self) -> Quantity {
@@ -59,7 +75,7 @@ fn count(value: i64, bounds: Bounds) -> Result<u32, Invalid> {
 }
 
 /// `POST /v1/model-endpoints`.
-#[derive(Deserialize, Clone, Debug)]
+#[derive(Deserialize, Clone, Debug, utoipa::ToSchema)]
 pub struct CreateEndpoint {
     pub name: String,
     pub model_bundle_id: String,
@@ -85,6 +101,7 @@ pub struct CreateEndpoint {
     #[serde(default)]
     pub default_callback_url: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<crate::task::CallbackAuth>)]
     pub default_callback_auth: Option<Value>,
     #[serde(default)]
     pub task_expires_seconds: Option<i64>,
@@ -93,7 +110,7 @@ pub struct CreateEndpoint {
 }
 
 /// `PUT /v1/model-endpoints/{id}`: every field optional; absent or null keeps the current value.
-#[derive(Deserialize, Clone, Debug, Default)]
+#[derive(Deserialize, Clone, Debug, Default, utoipa::ToSchema)]
 pub struct UpdateEndpoint {
     #[serde(default)]
     pub model_bundle_id: Option<String>,
@@ -122,6 +139,7 @@ pub struct UpdateEndpoint {
     #[serde(default)]
     pub default_callback_url: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<crate::task::CallbackAuth>)]
     pub default_callback_auth: Option<Value>,
     #[serde(default)]
     pub task_expires_seconds: Option<i64>,
@@ -313,14 +331,15 @@ fn parse_hooks(hooks: &[String]) -> Result<Vec<PostInferenceHook>, Invalid> {
         .collect()
 }
 
-/// `POST /v2/model-bundles` with the `runnable_image` flavor.
-#[derive(Deserialize, Clone, Debug)]
+/// `POST /v2/model-bundles` with the `runnable_image` flavor or an artifact one
+/// (`cloudpickle_artifact`, `zip_artifact`).
+#[derive(Deserialize, Clone, Debug, utoipa::ToSchema)]
 pub struct CreateBundle {
     pub name: String,
     pub flavor: BundleFlavor,
 }
 
-#[derive(Deserialize, Clone, Debug)]
+#[derive(Deserialize, Clone, Debug, utoipa::ToSchema)]
 pub struct BundleFlavor {
     pub flavor: String,
     #[serde(default)]
@@ -341,18 +360,36 @@ pub struct BundleFlavor {
     pub readiness_initial_delay_seconds: Option<u32>,
     #[serde(default)]
     pub protocol: Option<String>,
+    #[serde(flatten)]
+    pub artifact: ArtifactFields,
 }
 
 pub fn new_bundle(namespace: &str, create: CreateBundle) -> Result<ValidatedBundle, Invalid> {
     // Launch takes only names that are DNS labels.
     check_dns_label("name", &create.name)?;
     let flavor = create.flavor;
+    let metadata = ObjectMeta {
+        name: Some(create.name),
+        namespace: Some(namespace.to_owned()),
+        ..Default::default()
+    };
+    if let Some(artifact_flavor) = artifacts::artifact_flavor(&flavor.flavor) {
+        let artifact =
+            artifacts::artifact_spec(artifact_flavor, flavor.artifact).map_err(invalid)?;
+        let spec: ModelBundleSpec = serde_json::from_value(serde_json::json!({}))
+            .map_err(|error| invalid(format!("building the bundle: {error}")))?;
+        let spec = ModelBundleSpec {
+            artifact: Some(artifact),
+            ..spec
+        };
+        return Ok(validate_bundle(&ModelBundle { metadata, spec })?);
+    }
     if !matches!(
         flavor.flavor.as_str(),
         "runnable_image" | "streaming_enhanced_runnable_image"
     ) {
         return Err(invalid(format!(
-            "flavor {:?} is not supported; ferry runs runnable_image bundles",
+            "flavor {:?} is not supported; ferry runs runnable_image, cloudpickle_artifact and zip_artifact bundles",
             flavor.flavor
         )));
     }
@@ -387,18 +424,14 @@ pub fn new_bundle(namespace: &str, create: CreateBundle) -> Result<ValidatedBund
         readiness_initial_delay_seconds: flavor.readiness_initial_delay_seconds.unwrap_or_default(),
         ..defaults
     };
-    let metadata = ObjectMeta {
-        name: Some(create.name),
-        namespace: Some(namespace.to_owned()),
-        ..Default::default()
-    };
     Ok(validate_bundle(&ModelBundle { metadata, spec })?)
 }
 
 /// `POST /v2/model-bundles/clone-with-changes` (and its `/v1` twin).
-#[derive(Deserialize, Clone, Debug)]
+#[derive(Deserialize, Clone, Debug, utoipa::ToSchema)]
 pub struct CloneBundle {
     pub original_model_bundle_id: String,
+    /// Refused: a runnable image has no app_config.
     #[serde(default)]
     pub new_app_config: Option<Value>,
 }
@@ -408,20 +441,25 @@ const CLONE_NAME_PREFIX_MAX: usize = 63 - "-clone-".len() - 8;
 
 /// A copy of `original` under a name of its own (`<name>-clone-<suffix>`): a bundle's id
 /// follows from its name, so a clone sharing its original's name would replace it. A runnable
-/// image has no app_config, so a new one is refused rather than dropped unseen.
+/// image has no app_config, so a new one is refused rather than dropped unseen; an artifact's
+/// is replaced by it.
 pub fn cloned_bundle(
     original: &ModelBundle,
     request: &CloneBundle,
     suffix: &str,
 ) -> Result<ValidatedBundle, Invalid> {
-    if request
-        .new_app_config
-        .as_ref()
-        .is_some_and(|config| !config.is_null())
-    {
-        return Err(invalid(
-            "new_app_config: runnable_image bundles have no app_config; set the image's env instead",
-        ));
+    let mut spec = original.spec.clone();
+    match (request.new_app_config.clone(), spec.artifact.as_mut()) {
+        (None | Some(Value::Null), _) => {}
+        (Some(Value::Object(config)), Some(artifact)) => {
+            artifact.app_config = Some(crate::crd::artifact::AppConfig(config));
+        }
+        (Some(_), Some(_)) => return Err(invalid("new_app_config must be a JSON object")),
+        (Some(_), None) => {
+            return Err(invalid(
+                "new_app_config: runnable_image bundles have no app_config; set the image's env instead",
+            ));
+        }
     }
     let name = original.name_any();
     let mut prefix: String = name.chars().take(CLONE_NAME_PREFIX_MAX).collect();
@@ -433,10 +471,7 @@ pub fn cloned_bundle(
         namespace: original.metadata.namespace.clone(),
         ..Default::default()
     };
-    let clone = ModelBundle {
-        metadata,
-        spec: original.spec.clone(),
-    };
+    let clone = ModelBundle { metadata, spec };
     check_dns_label("name", &clone.name_any())?;
     Ok(validate_bundle(&clone)?)
 }
@@ -635,15 +670,15 @@ mod tests {
             ("/infer", "/readyz")
         );
         assert_eq!(spec.port, 5005);
-        let cloudpickle: CreateBundle = serde_json::from_value(
-            json!({"name": "b", "flavor": {"flavor": "cloudpickle_artifact"}}),
+        let triton: CreateBundle = serde_json::from_value(
+            json!({"name": "b", "flavor": {"flavor": "triton_enhanced_runnable_image"}}),
         )
         .expect("parses");
         assert!(
-            new_bundle("ns", cloudpickle)
+            new_bundle("ns", triton)
                 .expect_err("unsupported")
                 .0
-                .contains("runnable_image")
+                .contains("zip_artifact")
         );
         let relative: CreateBundle = serde_json::from_value(json!({"name": "b", "flavor": {
             "flavor": "runnable_image", "repository": "r", "healthcheck_route": "readyz"}}))
@@ -651,6 +686,67 @@ mod tests {
         assert_eq!(
             new_bundle("ns", relative).expect_err("a relative route").0,
             "healthcheck_route \"readyz\" is not an HTTP path starting with /"
+        );
+    }
+
+    /// What `create_model_bundle_from_dirs_v2` sends.
+    fn zip_create() -> CreateBundle {
+        serde_json::from_value(json!({"name": "zipped", "schema_location": "file:///tmp/s",
+            "flavor": {"flavor": "zip_artifact", "requirements": ["numpy"],
+                "framework": {"framework_type": "custom_base_image", "image_repository": "python", "image_tag": "3.12-slim"},
+                "location": "file:///tmp/bundles/b.zip",
+                "load_predict_fn_module_path": "pkg.serve.load_predict_fn",
+                "load_model_fn_module_path": "pkg.serve.load_model_fn"}}))
+        .expect("parses")
+    }
+
+    #[test]
+    fn artifact_bundles_map_onto_the_artifact_form() {
+        let bundle = new_bundle("ns", zip_create()).expect("valid");
+        let spec = &bundle.bundle().spec;
+        assert!(spec.image.is_empty() && spec.command.is_empty());
+        let artifact = spec.artifact.as_ref().expect("an artifact");
+        assert_eq!(artifact.location, "file:///tmp/bundles/b.zip");
+        assert_eq!(artifact.requirements, vec!["numpy"]);
+        assert_eq!((spec.predict_route.as_str(), spec.port), ("/predict", 5005));
+
+        let mut without_paths = zip_create();
+        without_paths.flavor.artifact.load_model_fn_module_path = None;
+        assert_eq!(
+            new_bundle("ns", without_paths)
+                .expect_err("no module path")
+                .0,
+            "a zip artifact needs artifact.load_predict_fn_module_path and \
+             artifact.load_model_fn_module_path"
+        );
+        let mut untagged = zip_create();
+        if let Some(framework) = untagged.flavor.artifact.framework.as_mut() {
+            framework.image_tag = None;
+        }
+        let refused = new_bundle("ns", untagged).expect_err("no tag").0;
+        assert!(
+            refused.contains("image_repository and image_tag"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn a_clone_of_an_artifact_takes_its_new_app_config() {
+        let original = new_bundle("ns", zip_create()).expect("valid").into_bundle();
+        let request = CloneBundle {
+            original_model_bundle_id: original.bundle_id().to_string(),
+            new_app_config: Some(json!({"threshold": 0.5})),
+        };
+        let clone = cloned_bundle(&original, &request, "0a1b2c3d").expect("valid");
+        let config = clone
+            .bundle()
+            .spec
+            .artifact
+            .as_ref()
+            .and_then(|a| a.app_config.clone());
+        assert_eq!(
+            serde_json::to_value(config).expect("json"),
+            json!({"threshold": 0.5})
         );
     }
 

@@ -8,19 +8,25 @@ use axum::{
     extract::{Path, Query, State},
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
+use utoipa::IntoParams;
 
+use super::openapi::answers::{BadRequest, NotFound, Unauthorized, Unavailable};
 use super::tasks::{listed_endpoint, page_bounds, parse_time};
+use super::views::{DeadLetterPage, Redelivered};
 use super::{AppState, auth::Principal, error::AppError, views};
 use crate::crd::EndpointId;
 use crate::queue::LetterQuery;
 use crate::task::{CallbackState, DeadLetter, TaskId};
 
+/// Queues a task's dead-lettered callback again, with a fresh retry schedule.
+#[utoipa::path(post, path = "/v1/async-tasks/{task_id}/callback/redeliver", tag = "callbacks",
+    params(("task_id" = String, Path)),
+    responses((status = 200, body = Redelivered), Unauthorized, NotFound, Unavailable))]
 pub async fn redeliver_task(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<Redelivered>, AppError> {
     let not_found = || AppError::NotFound(format!("task {id} has no dead-lettered callback"));
     let task_id = TaskId::parse(&id).ok_or_else(not_found)?;
     // The task id names its endpoint: the caller's visibility is settled before any dead
@@ -35,21 +41,27 @@ pub async fn redeliver_task(
         .await?
         .ok_or_else(not_found)?;
     redeliver(&state, &letter).await?;
-    Ok(Json(json!({ "redelivered": 1 })))
+    Ok(Json(Redelivered { redelivered: 1 }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SinceQuery {
+    /// Only letters given up on at or after this time: RFC 3339 or Unix milliseconds.
     since: Option<String>,
     /// Only this endpoint's letters (the console's "redeliver all since" of one endpoint).
     model_endpoint_id: Option<String>,
 }
 
+/// Queues again every dead-lettered callback of the caller's team's endpoints (or of one) given
+/// up on since a time.
+#[utoipa::path(post, path = "/v1/callbacks/redeliver", tag = "callbacks", params(SinceQuery),
+    responses((status = 200, body = Redelivered), BadRequest, Unauthorized, NotFound, Unavailable))]
 pub async fn redeliver_since(
     State(state): State<AppState>,
     principal: Principal,
     Query(query): Query<SinceQuery>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<Redelivered>, AppError> {
     let since_ms = parse_time("since", query.since.as_deref())?.unwrap_or(0);
     let endpoints = match query.model_endpoint_id.as_deref() {
         Some(id) => Some(vec![
@@ -66,24 +78,34 @@ pub async fn redeliver_since(
             redelivered += 1;
         }
     }
-    Ok(Json(json!({ "redelivered": redelivered })))
+    Ok(Json(Redelivered { redelivered }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListLettersQuery {
+    /// The endpoint whose letters to list.
+    #[param(required = true)]
     model_endpoint_id: Option<String>,
+    /// Only letters given up on at or after this time: RFC 3339 or Unix milliseconds.
     since: Option<String>,
+    /// Letters per page, 1 to 200 (50 when absent).
     limit: Option<String>,
+    /// Where the page starts: a previous page's `next_page_token`.
     page_token: Option<String>,
 }
 
-/// `GET /v1/callbacks/dead-letters`: an endpoint's dead letters, oldest first, each with the
-/// attempts its task's callback state keeps.
+/// An endpoint's dead-lettered callbacks, oldest first, each with the attempts its task's
+/// callback state keeps.
+#[utoipa::path(get, path = "/v1/callbacks/dead-letters", tag = "callbacks",
+    params(ListLettersQuery),
+    responses((status = 200, body = DeadLetterPage), BadRequest, Unauthorized, NotFound,
+        Unavailable))]
 pub async fn list_dead_letters(
     State(state): State<AppState>,
     principal: Principal,
     Query(query): Query<ListLettersQuery>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<DeadLetterPage>, AppError> {
     let endpoint = listed_endpoint(&state, &principal, query.model_endpoint_id.as_deref())?;
     let (limit, from) = page_bounds(query.limit.as_deref(), query.page_token.as_deref())?;
     let letter_query = LetterQuery {
@@ -101,16 +123,17 @@ pub async fn list_dead_letters(
             .map(|letter| state.queue.callback_state(&letter.job.task_id)),
     )
     .await?;
-    let letters: Vec<Value> = page
+    let dead_letters = page
         .letters
         .iter()
         .zip(&callbacks)
         .map(|(letter, callback)| views::dead_letter(letter, callback.as_ref()))
         .collect();
-    let next = page.next.map(|sequence| sequence.to_string());
-    Ok(Json(
-        json!({ "dead_letters": letters, "next_page_token": next }),
-    ))
+    let next_page_token = page.next.map(|sequence| sequence.to_string());
+    Ok(Json(DeadLetterPage {
+        dead_letters,
+        next_page_token,
+    }))
 }
 
 /// The endpoints whose dead letters the caller may redeliver: its team's.

@@ -4,16 +4,18 @@
 
 use std::sync::Arc;
 
+use super::openapi::answers::{
+    BadRequest, Invalid, NotFound, ReadOnly, TooLarge, TooMany, Unauthorized, Unavailable,
+};
+use super::views::{BundleCreated, BundleV2, BundlesV2, Deleted, EndpointChange};
+use super::{AppState, auth::Principal, error::AppError, launch, routes, views};
+use crate::catalog::ResourceWriter;
+use crate::crd::{BundleId, ModelBundle, ModelEndpoint, namespace_of};
 use axum::{
     Json,
     body::Bytes,
     extract::{Path, Query, State, rejection::BytesRejection},
 };
-use serde_json::{Value, json};
-
-use super::{AppState, auth::Principal, error::AppError, launch, routes, views};
-use crate::catalog::ResourceWriter;
-use crate::crd::{BundleId, ModelBundle, ModelEndpoint, namespace_of};
 
 /// Namespace a caller's new resources go to: its team's, or `default` for an open dev gateway.
 fn namespace_for(principal: &Principal) -> String {
@@ -28,11 +30,16 @@ fn writer(state: &AppState) -> Result<&Arc<dyn ResourceWriter>, AppError> {
     })
 }
 
+/// Creates an endpoint in the caller's team's namespace.
+#[utoipa::path(post, path = "/v1/model-endpoints", tag = "endpoints",
+    request_body = launch::CreateEndpoint,
+    responses((status = 200, body = EndpointChange), BadRequest, Unauthorized, NotFound, ReadOnly,
+        TooLarge, Invalid, TooMany, Unavailable))]
 pub async fn create_endpoint(
     State(state): State<AppState>,
     principal: Principal,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<EndpointChange>, AppError> {
     state.limits.admit(&principal)?;
     let request: launch::CreateEndpoint = routes::parse_body(body, "model endpoint request")?;
     let writer = writer(&state)?;
@@ -57,17 +64,21 @@ pub async fn create_endpoint(
     let id = endpoint.endpoint_id();
     writer.apply_endpoint(endpoint, secrets).await?;
     tracing::info!(endpoint = %id, "endpoint created");
-    Ok(Json(
-        json!({ "endpoint_creation_task_id": uuid::Uuid::now_v7().to_string() }),
-    ))
+    Ok(Json(EndpointChange::new()))
 }
 
+/// Changes an endpoint: absent or null fields keep their value, `labels` merge, and
+/// `post_inference_hooks` are kept when omitted.
+#[utoipa::path(put, path = "/v1/model-endpoints/{id}", tag = "endpoints",
+    params(("id" = String, Path)), request_body = launch::UpdateEndpoint,
+    responses((status = 200, body = EndpointChange), BadRequest, Unauthorized, NotFound, ReadOnly,
+        TooLarge, Invalid, TooMany, Unavailable))]
 pub async fn update_endpoint(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<EndpointChange>, AppError> {
     state.limits.admit(&principal)?;
     let request: launch::UpdateEndpoint = routes::parse_body(body, "model endpoint update")?;
     let writer = writer(&state)?;
@@ -79,9 +90,7 @@ pub async fn update_endpoint(
     let (endpoint, secrets) = launch::update_endpoint(&current, request, &bundle)?;
     writer.apply_endpoint(endpoint, secrets).await?;
     tracing::info!(endpoint = %id, "endpoint updated");
-    Ok(Json(
-        json!({ "endpoint_creation_task_id": uuid::Uuid::now_v7().to_string() }),
-    ))
+    Ok(Json(EndpointChange::new()))
 }
 
 /// The bundle an endpoint runs, which an update naming no other is checked with.
@@ -101,37 +110,65 @@ fn current_bundle(
         })
 }
 
+/// Deletes an endpoint, its workers and its queue.
+#[utoipa::path(delete, path = "/v1/model-endpoints/{id}", tag = "endpoints",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Deleted), Unauthorized, NotFound, ReadOnly, Unavailable))]
 pub async fn delete_endpoint(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<Deleted>, AppError> {
     let writer = writer(&state)?;
     let endpoint = routes::visible_endpoint(&state, &principal, &id)?;
     writer.delete_endpoint(endpoint).await?;
     tracing::info!(endpoint = %id, "endpoint deleted");
-    Ok(Json(json!({ "deleted": true })))
+    Ok(Json(Deleted { deleted: true }))
 }
 
+/// Creates a bundle in the caller's team's namespace.
+#[utoipa::path(post, path = "/v2/model-bundles", tag = "bundles",
+    request_body = launch::CreateBundle,
+    responses((status = 200, body = BundleCreated), BadRequest, Unauthorized, ReadOnly, TooLarge,
+        Invalid, Unavailable))]
 pub async fn create_bundle(
     State(state): State<AppState>,
     principal: Principal,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<BundleCreated>, AppError> {
     let request: launch::CreateBundle = routes::parse_body(body, "model bundle request")?;
     let writer = writer(&state)?;
     let bundle = launch::new_bundle(&namespace_for(&principal), request)?;
     let id = bundle.bundle().bundle_id();
     writer.apply_bundle(bundle).await?;
-    Ok(Json(json!({ "model_bundle_id": id })))
+    Ok(Json(BundleCreated {
+        model_bundle_id: id.to_string(),
+    }))
 }
 
-/// `POST /v{1,2}/model-bundles/clone-with-changes`: the clone's id, as a create answers.
+/// [`clone_bundle`] under its `/v1` path.
+#[utoipa::path(post, path = "/v1/model-bundles/clone-with-changes", tag = "bundles",
+    request_body = launch::CloneBundle,
+    responses((status = 200, body = BundleCreated), BadRequest, Unauthorized, NotFound, ReadOnly,
+        TooLarge, Invalid, Unavailable))]
+pub async fn clone_v1_bundle(
+    state: State<AppState>,
+    principal: Principal,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<BundleCreated>, AppError> {
+    clone_bundle(state, principal, body).await
+}
+
+/// Copies a bundle under a new name, with the request's changes; answers the copy's id.
+#[utoipa::path(post, path = "/v2/model-bundles/clone-with-changes", tag = "bundles",
+    request_body = launch::CloneBundle,
+    responses((status = 200, body = BundleCreated), BadRequest, Unauthorized, NotFound, ReadOnly,
+        TooLarge, Invalid, Unavailable))]
 pub async fn clone_bundle(
     State(state): State<AppState>,
     principal: Principal,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<BundleCreated>, AppError> {
     let request: launch::CloneBundle = routes::parse_body(body, "model bundle clone request")?;
     let writer = writer(&state)?;
     let original = routes::visible_bundle(&state, &principal, &request.original_model_bundle_id)?;
@@ -140,40 +177,58 @@ pub async fn clone_bundle(
     let id = clone.bundle().bundle_id();
     writer.apply_bundle(clone).await?;
     tracing::info!(bundle = %id, original = %request.original_model_bundle_id, "bundle cloned");
-    Ok(Json(json!({ "model_bundle_id": id })))
+    Ok(Json(BundleCreated {
+        model_bundle_id: id.to_string(),
+    }))
 }
 
 /// `POST /v1/model-bundles` takes cloudpickled Python bundles, which ferry does not run.
+#[utoipa::path(
+    post,
+    path = "/v1/model-bundles",
+    tag = "bundles",
+    responses(BadRequest)
+)]
 pub async fn create_v1_bundle() -> AppError {
     AppError::BadRequest(
         "ferry runs runnable_image bundles: create them with POST /v2/model-bundles".into(),
     )
 }
 
-pub async fn list_v2_bundles(State(state): State<AppState>, principal: Principal) -> Json<Value> {
-    let bundles: Vec<Value> = state
-        .catalog
-        .bundles(principal.scope())
-        .iter()
-        .map(|b| views::bundle_v2(b))
-        .collect();
-    Json(json!({ "model_bundles": bundles }))
+/// The caller's team's bundles.
+#[utoipa::path(get, path = "/v2/model-bundles", tag = "bundles",
+    responses((status = 200, body = BundlesV2), Unauthorized))]
+pub async fn list_v2_bundles(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Json<BundlesV2> {
+    let bundles = state.catalog.bundles(principal.scope());
+    Json(BundlesV2 {
+        model_bundles: bundles.iter().map(|b| views::bundle_v2(b)).collect(),
+    })
 }
 
+/// A bundle.
+#[utoipa::path(get, path = "/v2/model-bundles/{id}", tag = "bundles", params(("id" = String, Path)),
+    responses((status = 200, body = BundleV2), Unauthorized, NotFound))]
 pub async fn get_v2_bundle(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<BundleV2>, AppError> {
     let bundle = routes::visible_bundle(&state, &principal, &id)?;
     Ok(Json(views::bundle_v2(&bundle)))
 }
 
+/// The newest bundle of a name.
+#[utoipa::path(get, path = "/v2/model-bundles/latest", tag = "bundles",
+    params(routes::ModelNameQuery),
+    responses((status = 200, body = BundleV2), BadRequest, Unauthorized, NotFound))]
 pub async fn latest_v2_bundle(
     State(state): State<AppState>,
     principal: Principal,
     Query(query): Query<routes::ModelNameQuery>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<BundleV2>, AppError> {
     let bundle = routes::latest_visible_bundle(&state, &principal, query)?;
     Ok(Json(views::bundle_v2(&bundle)))
 }

@@ -10,8 +10,13 @@ use axum::{
 };
 use kube::ResourceExt;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
+use super::openapi::answers::{
+    BadRequest, Invalid, NotFound, TooLarge, TooMany, Unauthorized, Unavailable,
+};
+use super::views::{BundleV1, BundlesV1, EndpointList, EndpointView, TaskAccepted, TaskView};
 use super::{AppState, IDEMPOTENCY_KEY, auth::Principal, error::AppError, team_limits, views};
 use crate::callback::{Guard, guard};
 use crate::crd::{
@@ -20,16 +25,22 @@ use crate::crd::{
 };
 use crate::task::{CallbackAuth, CallbackTarget, TaskId, TaskMessage, now_ms};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ModelNameQuery {
+    /// The bundle's name.
+    #[param(required = true)]
     pub model_name: Option<String>,
 }
 
+/// The newest bundle of a name.
+#[utoipa::path(get, path = "/v1/model-bundles/latest", tag = "bundles", params(ModelNameQuery),
+    responses((status = 200, body = BundleV1), BadRequest, Unauthorized, NotFound))]
 pub async fn latest_bundle(
     State(state): State<AppState>,
     principal: Principal,
     Query(query): Query<ModelNameQuery>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<BundleV1>, AppError> {
     let bundle = latest_visible_bundle(&state, &principal, query)?;
     Ok(Json(views::bundle(&bundle)))
 }
@@ -63,84 +74,109 @@ pub(super) fn visible_bundle(
         .ok_or_else(|| AppError::NotFound(format!("model bundle {id} not found")))
 }
 
-pub async fn list_bundles(State(state): State<AppState>, principal: Principal) -> Json<Value> {
-    let bundles: Vec<Value> = state
-        .catalog
-        .bundles(principal.scope())
-        .iter()
-        .map(|b| views::bundle(b))
-        .collect();
-    Json(json!({ "model_bundles": bundles }))
+/// The caller's team's bundles.
+#[utoipa::path(get, path = "/v1/model-bundles", tag = "bundles",
+    responses((status = 200, body = BundlesV1), Unauthorized))]
+pub async fn list_bundles(State(state): State<AppState>, principal: Principal) -> Json<BundlesV1> {
+    let bundles = state.catalog.bundles(principal.scope());
+    Json(BundlesV1 {
+        model_bundles: bundles.iter().map(|b| views::bundle(b)).collect(),
+    })
 }
 
+/// A bundle.
+#[utoipa::path(get, path = "/v1/model-bundles/{id}", tag = "bundles", params(("id" = String, Path)),
+    responses((status = 200, body = BundleV1), Unauthorized, NotFound))]
 pub async fn get_bundle(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<BundleV1>, AppError> {
     let bundle = visible_bundle(&state, &principal, &id)?;
     Ok(Json(views::bundle(&bundle)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListEndpointsQuery {
+    /// Only the endpoint of exactly this name.
     name: Option<String>,
 }
 
+/// The caller's team's endpoints.
+#[utoipa::path(get, path = "/v1/model-endpoints", tag = "endpoints", params(ListEndpointsQuery),
+    responses((status = 200, body = EndpointList), Unauthorized))]
 pub async fn list_endpoints(
     State(state): State<AppState>,
     principal: Principal,
     Query(query): Query<ListEndpointsQuery>,
-) -> Json<Value> {
+) -> Json<EndpointList> {
     let endpoints = state
         .catalog
         .find_endpoints(principal.scope(), query.name.as_deref());
-    let views: Vec<Value> = endpoints
-        .iter()
-        .map(|endpoint| views::endpoint(endpoint))
-        .collect();
-    Json(json!({ "model_endpoints": views }))
+    Json(EndpointList {
+        model_endpoints: endpoints.iter().map(|e| views::endpoint(e)).collect(),
+    })
 }
 
+/// An endpoint.
+#[utoipa::path(get, path = "/v1/model-endpoints/{id}", tag = "endpoints",
+    params(("id" = String, Path)),
+    responses((status = 200, body = EndpointView), Unauthorized, NotFound))]
 pub async fn get_endpoint(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<EndpointView>, AppError> {
     let endpoint = visible_endpoint(&state, &principal, &id)?;
     Ok(Json(views::endpoint(&endpoint)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EndpointQuery {
+    /// The endpoint the task is for.
+    #[param(required = true)]
     pub model_endpoint_id: Option<String>,
 }
 
-/// The body of a task submission (Launch's `EndpointRequest` as the client sends it).
-#[derive(Deserialize)]
+/// The body of a task submission (Launch's `EndpointRequest` as the client sends it): its input
+/// as `args` or by `url`, not both.
+#[derive(Deserialize, ToSchema)]
 pub(super) struct TaskRequest {
+    /// The JSON the model is called with.
     #[serde(default)]
     args: Option<Value>,
     /// Sync tasks: how long to wait for the answer.
     #[serde(default)]
     pub timeout_seconds: Option<f64>,
+    /// Where the worker fetches the input: `http`, `https`, `s3`, `gs`, `az` or `file`.
     #[serde(default)]
     url: Option<String>,
+    /// The callback's URL, instead of the endpoint's default (with the `callback` hook).
     #[serde(default)]
     callback_url: Option<String>,
     #[serde(default)]
     callback_auth: Option<CallbackAuth>,
+    /// Only false: results are JSON.
     #[serde(default)]
     return_pickled: Option<bool>,
 }
 
+/// Queues a task of an async endpoint. A repeat with the same `Idempotency-Key` answers the
+/// first submission's `task_id`.
+#[utoipa::path(post, path = "/v1/async-tasks", tag = "tasks",
+    params(EndpointQuery, ("Idempotency-Key" = Option<String>, Header)),
+    request_body = TaskRequest,
+    responses((status = 200, body = TaskAccepted), BadRequest, Unauthorized, NotFound, TooLarge,
+        Invalid, TooMany, Unavailable))]
 pub async fn submit_async_task(
     State(state): State<AppState>,
     principal: Principal,
     Query(query): Query<EndpointQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<TaskAccepted>, AppError> {
     state.limits.admit(&principal)?;
     let id = query
         .model_endpoint_id
@@ -168,7 +204,9 @@ pub async fn submit_async_task(
     } else {
         state.metrics.task_submitted(&task.endpoint_id);
     }
-    Ok(Json(json!({ "task_id": submission.task_id })))
+    Ok(Json(TaskAccepted {
+        task_id: submission.task_id,
+    }))
 }
 
 /// The task a submission describes, its callback resolved and vetted; with the request's
@@ -207,11 +245,15 @@ pub(super) async fn task_from_request(
     Ok((task, request.timeout_seconds))
 }
 
+/// A task's status and result, with its callback's delivery when it sends one.
+#[utoipa::path(get, path = "/v1/async-tasks/{task_id}", tag = "tasks",
+    params(("task_id" = String, Path)),
+    responses((status = 200, body = TaskView), Unauthorized, NotFound, Unavailable))]
 pub async fn get_async_task(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<TaskView>, AppError> {
     let task_id = visible_task(&state, &principal, &id)?;
     let not_found = || AppError::NotFound(format!("task {id} not found"));
     let (record, callback) = tokio::try_join!(
@@ -285,13 +327,13 @@ const UNSERVED: &[(&str, &str)] = &[
 
 /// An unknown path: 404 with a `detail`, naming why when it is a part of Launch's API that
 /// ferry does not serve.
-pub async fn not_found(uri: axum::http::Uri) -> (StatusCode, Json<Value>) {
+pub async fn not_found(uri: axum::http::Uri) -> AppError {
     let path = uri.path();
     let detail = UNSERVED
         .iter()
         .find(|(prefix, _)| path.starts_with(prefix))
         .map_or("Not Found", |(_, why)| why);
-    (StatusCode::NOT_FOUND, Json(json!({ "detail": detail })))
+    AppError::NotFound(detail.into())
 }
 
 /// A known route asked with a method it does not serve: 405 with a `detail` like every error.

@@ -8,17 +8,63 @@ use axum::{
     Json,
     extract::{Path, State},
 };
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
+use super::openapi::answers::{NotFound, Unauthorized, Unavailable};
 use super::{AppState, auth::Principal, error::AppError, routes::visible_endpoint};
-use crate::crd::{EndpointType, ModelEndpoint};
+use crate::crd::{EndpointId, EndpointType, ModelEndpoint};
 use crate::queue::{Backlog, OutcomeTally};
 
+/// An endpoint's live figures. Fields are in alphabetical order, as on the wire.
+#[derive(Serialize, ToSchema)]
+pub struct EndpointStats {
+    /// Null for sync and streaming endpoints, which have no task queue.
+    pub backlog: Option<BacklogView>,
+    pub callbacks_last_hour: CallbackTally,
+    #[schema(value_type = String)]
+    pub model_endpoint_id: EndpointId,
+    /// Seconds since the oldest unfinished task was submitted; null when none waits.
+    pub oldest_task_age_seconds: Option<i64>,
+    pub workers: Workers,
+}
+
+/// Tasks of an async endpoint not yet finished.
+#[derive(Serialize, ToSchema)]
+pub struct BacklogView {
+    /// Handed to a worker and not yet finished.
+    pub in_flight: u64,
+    /// Queued and not yet handed to a worker.
+    pub queued: u64,
+}
+
+/// The last hour's callback attempts of the endpoint, by outcome.
+#[derive(Serialize, ToSchema)]
+pub struct CallbackTally {
+    pub dead_lettered: u64,
+    pub delivered: u64,
+    pub retried: u64,
+    /// The share of attempts that delivered; null without attempts.
+    pub success_rate: Option<f64>,
+}
+
+/// The endpoint's workers.
+#[derive(Serialize, ToSchema)]
+pub struct Workers {
+    /// As the autoscaler last wanted; null before it decided.
+    pub desired: Option<i32>,
+    pub ready: i32,
+}
+
+/// An endpoint's workers, backlog, oldest task age and the last hour's callback attempts.
+#[utoipa::path(get, path = "/v1/model-endpoints/{id}/stats", tag = "endpoints",
+    params(("id" = String, Path)),
+    responses((status = 200, body = EndpointStats), Unauthorized, NotFound, Unavailable))]
 pub async fn endpoint_stats(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<EndpointStats>, AppError> {
     let endpoint = visible_endpoint(&state, &principal, &id)?;
     let endpoint_id = endpoint.endpoint_id();
     let backlog = async {
@@ -32,32 +78,37 @@ pub async fn endpoint_stats(
 }
 
 /// The stats body: `backlog` is `None` for endpoints without a task queue.
-fn build_stats(endpoint: &ModelEndpoint, backlog: Option<Backlog>, tally: &OutcomeTally) -> Value {
+fn build_stats(
+    endpoint: &ModelEndpoint,
+    backlog: Option<Backlog>,
+    tally: &OutcomeTally,
+) -> EndpointStats {
     let status = endpoint.status.clone().unwrap_or_default();
-    json!({
-        "model_endpoint_id": endpoint.endpoint_id(),
-        "workers": {
-            "desired": status.desired_replicas,
-            "ready": status.ready_replicas.unwrap_or(0),
+    EndpointStats {
+        backlog: backlog.map(|backlog| BacklogView {
+            in_flight: backlog.in_flight,
+            queued: backlog.queued,
+        }),
+        callbacks_last_hour: CallbackTally {
+            dead_lettered: tally.dead_lettered,
+            delivered: tally.delivered,
+            retried: tally.retried,
+            success_rate: tally.success_rate(),
         },
-        "backlog": backlog.map(|backlog| json!({
-            "queued": backlog.queued,
-            "in_flight": backlog.in_flight,
-        })),
-        "oldest_task_age_seconds": backlog.and_then(|backlog| backlog.oldest_age_seconds),
-        "callbacks_last_hour": {
-            "delivered": tally.delivered,
-            "retried": tally.retried,
-            "dead_lettered": tally.dead_lettered,
-            "success_rate": tally.success_rate(),
+        model_endpoint_id: endpoint.endpoint_id(),
+        oldest_task_age_seconds: backlog.and_then(|backlog| backlog.oldest_age_seconds),
+        workers: Workers {
+            desired: status.desired_replicas,
+            ready: status.ready_replicas.unwrap_or(0),
         },
-    })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crd::ModelEndpointStatus;
+    use serde_json::json;
 
     fn endpoint_named(name: &str) -> ModelEndpoint {
         serde_json::from_value(json!({
@@ -77,7 +128,7 @@ mod tests {
             ready_replicas: Some(1),
             ..Default::default()
         });
-        let stats = build_stats(&endpoint, None, &OutcomeTally::default());
+        let stats = json!(build_stats(&endpoint, None, &OutcomeTally::default()));
         assert_eq!(stats["workers"], json!({"desired": 2, "ready": 1}));
         assert!(stats["backlog"].is_null() && stats["oldest_task_age_seconds"].is_null());
         assert!(stats["callbacks_last_hour"]["success_rate"].is_null());
@@ -96,6 +147,17 @@ mod tests {
             dead_lettered: 0,
         };
         let stats = build_stats(&endpoint_named("demo"), Some(backlog), &tally);
+        let id = endpoint_named("demo").endpoint_id();
+        // Keys in alphabetical order, as the answer had before it was typed.
+        let wire = [
+            r#"{"backlog":{"in_flight":2,"queued":4},"#,
+            r#""callbacks_last_hour":{"dead_lettered":0,"delivered":9,"retried":1,"success_rate":0.9},"#,
+            &format!(r#""model_endpoint_id":"{id}","#),
+            r#""oldest_task_age_seconds":30,"workers":{"desired":null,"ready":0}}"#,
+        ]
+        .concat();
+        assert_eq!(serde_json::to_string(&stats).expect("serializes"), wire);
+        let stats = json!(stats);
         assert_eq!(stats["backlog"], json!({"queued": 4, "in_flight": 2}));
         assert_eq!(stats["oldest_task_age_seconds"], 30);
         assert_eq!(stats["callbacks_last_hour"]["success_rate"], 0.9);

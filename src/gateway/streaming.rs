@@ -13,6 +13,7 @@ use axum::{
 };
 use futures::StreamExt;
 
+use super::openapi::answers::{BadRequest, Invalid, NotFound, TooLarge, TooMany, Unauthorized};
 use super::{AppState, auth::Principal, error::AppError, routes, sync};
 use crate::crd::EndpointType;
 use crate::task::{SyncResponse, TaskError};
@@ -23,6 +24,14 @@ const REFUSAL_BYTES: usize = 64 * 1024;
 
 const EVENT_STREAM: &str = "text/event-stream";
 
+/// Runs a task on a worker of a streaming endpoint and passes its events on. A failure once the
+/// request was admitted is one last `FAILURE` event, under the error's status code when the
+/// stream had not begun (429, 502, 503 or 504).
+#[utoipa::path(post, path = "/v1/streaming-tasks", tag = "tasks", params(routes::EndpointQuery),
+    request_body = routes::TaskRequest,
+    responses((status = 200, content_type = "text/event-stream", body = SyncResponse,
+        description = "Server-sent events, each `data:` a sync task's answer"),
+        BadRequest, Unauthorized, NotFound, TooLarge, Invalid, TooMany))]
 pub async fn submit_streaming_task(
     State(state): State<AppState>,
     principal: Principal,

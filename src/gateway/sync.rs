@@ -17,9 +17,13 @@ use axum::{
 use kube::ResourceExt;
 use tokio::time::Instant;
 
+use super::openapi::answers::{
+    BadGateway, BadRequest, Invalid, NotFound, Timeout, TooLarge, TooMany, Unauthorized,
+    Unavailable,
+};
 use super::{AppState, auth::Principal, error::AppError, routes};
 use crate::crd::{EndpointId, EndpointType, ModelEndpoint};
-use crate::task::Versioned;
+use crate::task::{SyncResponse, Versioned};
 use crate::worker::{PREDICT_PATH, SERVING_TOKEN_HEADER};
 
 /// Workers (or Service addresses) tried before a sync task is refused as busy.
@@ -238,6 +242,12 @@ fn sync_timeout(timeout_seconds: Option<f64>) -> Result<Duration, AppError> {
     }
 }
 
+/// Runs a task on a worker of a sync (or streaming) endpoint and answers its result, under the
+/// model's status code.
+#[utoipa::path(post, path = "/v1/sync-tasks", tag = "tasks", params(routes::EndpointQuery),
+    request_body = routes::TaskRequest,
+    responses((status = 200, body = SyncResponse), BadRequest, Unauthorized, NotFound, TooLarge,
+        Invalid, TooMany, BadGateway, Unavailable, Timeout))]
 pub async fn submit_sync_task(
     State(state): State<AppState>,
     principal: Principal,

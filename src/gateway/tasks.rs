@@ -7,8 +7,10 @@ use axum::{
     extract::{Path, Query, State},
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
+use utoipa::IntoParams;
 
+use super::openapi::answers::{BadRequest, Conflict, NotFound, Unauthorized, Unavailable};
+use super::views::{TaskPage, TaskView};
 use super::{AppState, auth::Principal, error::AppError, routes, views};
 use crate::queue::TaskQuery;
 use crate::task::{CallbackJob, TaskStatus};
@@ -17,34 +19,48 @@ use crate::task::{CallbackJob, TaskStatus};
 pub const DEFAULT_PAGE_LIMIT: u64 = 50;
 pub const MAX_PAGE_LIMIT: u64 = 200;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListTasksQuery {
+    /// The endpoint whose tasks to list.
+    #[param(required = true)]
     model_endpoint_id: Option<String>,
+    /// Only tasks of this status: PENDING, STARTED, SUCCESS, FAILURE or CANCELLED.
     status: Option<String>,
+    /// Only tasks submitted at or after this time: RFC 3339 or Unix milliseconds.
     since: Option<String>,
+    /// Only tasks submitted before this time: RFC 3339 or Unix milliseconds.
     until: Option<String>,
+    /// Tasks per page, 1 to 200 (50 when absent).
     limit: Option<String>,
+    /// Where the page starts: a previous page's `next_page_token`.
     page_token: Option<String>,
 }
 
+/// An endpoint's tasks, newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/async-tasks", tag = "tasks", params(ListTasksQuery),
+    responses((status = 200, body = TaskPage), BadRequest, Unauthorized, NotFound, Unavailable))]
 pub async fn list_async_tasks(
     State(state): State<AppState>,
     principal: Principal,
     Query(query): Query<ListTasksQuery>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<TaskPage>, AppError> {
     let endpoint = listed_endpoint(&state, &principal, query.model_endpoint_id.as_deref())?;
     let task_query = task_query(&query)?;
     let page = state
         .queue
         .task_page(&endpoint.endpoint_id(), &task_query)
         .await?;
-    let tasks: Vec<Value> = page
+    let tasks = page
         .tasks
         .iter()
         .map(|listed| views::task(&listed.task_id, &listed.record, listed.callback.as_ref()))
         .collect();
-    let next = page.next.map(|sequence| sequence.to_string());
-    Ok(Json(json!({ "tasks": tasks, "next_page_token": next })))
+    let next_page_token = page.next.map(|sequence| sequence.to_string());
+    Ok(Json(TaskPage {
+        next_page_token,
+        tasks,
+    }))
 }
 
 /// The endpoint a listing names, if the caller may see it.
@@ -125,11 +141,14 @@ pub(super) fn parse_time(name: &str, text: Option<&str>) -> Result<Option<u64>, 
 
 /// Cancels a PENDING task: it never runs, ends CANCELLED, and its callback (if it sends one)
 /// goes out at once. A task a worker started, or a final one, is a 409.
+#[utoipa::path(delete, path = "/v1/async-tasks/{task_id}", tag = "tasks",
+    params(("task_id" = String, Path)),
+    responses((status = 200, body = TaskView), Unauthorized, NotFound, Conflict, Unavailable))]
 pub async fn cancel_async_task(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<TaskView>, AppError> {
     let task_id = routes::visible_task(&state, &principal, &id)?;
     let (record, cancelled_now) = state
         .queue

@@ -18,7 +18,9 @@ use crate::crd::{ModelBundle, ModelEndpoint};
 use crate::queue::testing::{self as nats, TestServer as NatsServer};
 
 mod isolation;
+mod openapi;
 mod team_limits;
+mod wire;
 
 /// The fixture's API key, of team-a.
 const KEY_A: &str = "team-a-key-0123456789abcdef";

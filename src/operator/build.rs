@@ -2,6 +2,7 @@
 //! model container beside the `ferry forwarder` sidecar), a Service for sync and streaming
 //! endpoints, and the queue spec for async ones. Owns every child name, label and annotation.
 
+mod artifact;
 mod security;
 pub mod worker_secret;
 
@@ -30,6 +31,7 @@ use crate::crd::{EndpointType, ModelEndpoint, namespace_of};
 use crate::queue::QueueSpec;
 use crate::worker::env as forwarder_env;
 use crate::worker::{FORWARDER_ADMIN_PORT, FORWARDER_SERVE_PORT, MODEL_PORT_ENV};
+pub use artifact::RuntimeImages;
 pub use security::WorkerNetworkPolicy;
 
 /// Hash of the worker pod template: it changes exactly when the pods must be replaced.
@@ -62,6 +64,10 @@ pub struct Settings {
     pub worker_network_policy: Option<WorkerNetworkPolicy>,
     /// Forwarders connect with the NATS credentials the operator issues into the worker Secret.
     pub forwarder_nats_creds: bool,
+    /// The images artifact bundles run in, by framework.
+    pub runtime_images: RuntimeImages,
+    /// Internal address ranges the forwarders may fetch task inputs from.
+    pub input_allow_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// Everything one endpoint needs, ready to apply.
@@ -241,10 +247,23 @@ fn build_pod_template(
     let gpu = (spec.gpus > 0).then_some(spec.gpu_type.as_ref()).flatten();
     // The forwarder pulls the queue of an async endpoint and serves the gateway's requests for
     // a sync or streaming one.
-    let containers = vec![
-        build_model_container(validated),
-        build_forwarder_container(validated, settings),
-    ];
+    let mut model = build_model_container(validated);
+    let mut volumes: Vec<_> = settings
+        .forwarder_nats_creds
+        .then(|| worker_secret::nats_creds_volume(endpoint))
+        .into_iter()
+        .collect();
+    let mut init_containers = None;
+    if let Some(served) = &bundle.spec.artifact {
+        let images = &settings.runtime_images;
+        artifact::shape_model_container(&mut model, served, images, bundle.spec.run_as_root);
+        init_containers = Some(vec![artifact::build_fetch_container(
+            served,
+            &settings.forwarder_image,
+        )]);
+        volumes.push(artifact::shared_volume());
+    }
+    let containers = vec![model, build_forwarder_container(validated, settings)];
     let drain = settings.predict_timeout + DRAIN_MARGIN;
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
@@ -256,9 +275,8 @@ fn build_pod_template(
             termination_grace_period_seconds: Some(
                 i64::try_from(drain.as_secs()).unwrap_or(i64::MAX),
             ),
-            volumes: settings
-                .forwarder_nats_creds
-                .then(|| vec![worker_secret::nats_creds_volume(endpoint)]),
+            init_containers,
+            volumes: (!volumes.is_empty()).then_some(volumes),
             enable_service_links: Some(false),
             // Workers never call the Kubernetes API; a token would only be something to steal.
             automount_service_account_token: Some(false),
@@ -408,6 +426,14 @@ fn build_forwarder_container(validated: &ValidatedEndpoint, settings: &Settings)
     }
     if settings.forwarder_nats_creds {
         env.push(worker_secret::nats_creds_env());
+    }
+    if !settings.input_allow_cidrs.is_empty() {
+        let cidrs: Vec<String> = settings
+            .input_allow_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        env.push(env_var(forwarder_env::INPUT_ALLOW_CIDRS, cidrs.join(",")));
     }
     let probe = |path: &str| Probe {
         http_get: Some(http_get(path, ADMIN_PORT_NAME)),

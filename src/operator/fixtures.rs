@@ -69,6 +69,8 @@ pub fn settings() -> Settings {
         gpu_node_label: "k8s.amazonaws.com/accelerator".into(),
         worker_network_policy: None,
         forwarder_nats_creds: false,
+        runtime_images: Default::default(),
+        input_allow_cidrs: Vec::new(),
     }
 }
 

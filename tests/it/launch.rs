@@ -1,6 +1,8 @@
 //! Contract tests: the Launch client's call sequences replayed over HTTP against `ferry dev`,
 //! asserting every field the client reads.
 
+mod artifacts;
+
 use std::time::Duration;
 
 use crate::support::*;
@@ -545,7 +547,9 @@ async fn a_sync_endpoint_with_the_callback_hook_also_calls_back() {
 }
 
 /// The real Launch client against `ferry dev`: the seed snippet on its create path and then its
-/// update path, turning callbacks off, an input by URL, a bundle cloned, and a failed stream. The client comes from a venv named
+/// update path, turning callbacks off, an input by URL, a bundle cloned, a failed stream, and a
+/// callable and a zip bundle uploaded by a self-hosted client, each served by a new endpoint
+/// (the callable's venv gets cloudpickle from PyPI, once). The client comes from a venv named
 /// by `FERRY_LAUNCH_CLIENT_PYTHON` (its repository carries no licence, so nothing of it lives
 /// here); without one this test says so and checks nothing, while the replayed call sequences
 /// above keep covering the same behaviour.
@@ -621,6 +625,36 @@ async fn the_real_launch_client_runs_the_seed_and_reads_failures() {
             callbacks.iter().map(|c| &c.body).collect::<Vec<_>>()
         );
     }
+    let callable = &observed["callable"];
+    assert_eq!(
+        (&callable["flavor"], &callable["framework"]),
+        (&json!("cloudpickle_artifact"), &json!("pytorch")),
+        "{callable}"
+    );
+    assert_eq!(
+        (
+            &callable["prediction"]["status"],
+            &callable["prediction"]["result"]
+        ),
+        (&json!("SUCCESS"), &json!({"y": 12})),
+        "{callable}"
+    );
+    let zipped = &observed["zip"];
+    assert_eq!(zipped["id"][0], zipped["id"][1], "{zipped}");
+    assert_eq!(
+        (&zipped["flavor"], &zipped["image"]),
+        (&json!("zip_artifact"), &json!(["python", "3.11-slim"])),
+        "{zipped}"
+    );
+    assert_eq!(
+        (
+            &zipped["prediction"]["status"],
+            &zipped["prediction"]["result"]
+        ),
+        (&json!("SUCCESS"), &json!({"y": 9})),
+        "{zipped}"
+    );
+
     let silenced = &removed["task"]["task_id"];
     assert!(
         callbacks.iter().all(|c| &c.body["task_id"] != silenced),

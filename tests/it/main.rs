@@ -15,6 +15,7 @@ mod gateway_cluster;
 mod launch;
 mod logs;
 mod metrics;
+mod openapi;
 mod operator;
 mod outage;
 mod payloads;

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 
 use super::Invalid;
+use crate::crd::artifact::FrameworkKind;
 use crate::crd::rules::Bounds;
 use crate::worker::MODEL_PORT_ENV;
 
@@ -118,6 +119,24 @@ impl Invalid {
             ),
             Invalid::ReservedEnv { port } => {
                 format!("env sets {MODEL_PORT_ENV}, which ferry sets from port ({port}): remove it")
+            }
+            Invalid::ImageOrArtifact => "set either image (with its command) or artifact: a \
+                bundle runs an image of its own or an artifact in ferry's Python runtime"
+                .to_owned(),
+            Invalid::ZipWithoutModulePaths => format!(
+                "a zip artifact needs {} and {}",
+                name("artifact.loadPredictFnModulePath"),
+                name("artifact.loadModelFnModulePath")
+            ),
+            Invalid::FrameworkImage { framework } => {
+                let needs = match framework {
+                    FrameworkKind::Pytorch => name("pytorchImageTag").into_owned(),
+                    FrameworkKind::Tensorflow => name("tensorflowVersion").into_owned(),
+                    FrameworkKind::Custom => {
+                        format!("{} and {}", name("imageRepository"), name("imageTag"))
+                    }
+                };
+                format!("the {} framework needs {needs}", framework.as_str())
             }
             Invalid::InBundle { bundle, invalid } => {
                 format!("ModelBundle {bundle}: {}", invalid.message(spelling))

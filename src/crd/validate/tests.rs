@@ -205,7 +205,9 @@ enum Refusal {
 /// The CRD's CEL rule that `invalid` is the step's side of, if any.
 fn cel_rule_of(invalid: &Invalid) -> Option<CelRule> {
     match invalid {
-        Invalid::Empty { field: "image" } => Some(rules::IMAGE_NOT_EMPTY),
+        Invalid::ImageOrArtifact => Some(rules::IMAGE_OR_ARTIFACT),
+        Invalid::ZipWithoutModulePaths => Some(rules::ZIP_NEEDS_MODULE_PATHS),
+        Invalid::FrameworkImage { .. } => Some(rules::FRAMEWORK_IMAGE),
         Invalid::Empty { field: "bundle" } => Some(rules::BUNDLE_NOT_EMPTY),
         Invalid::MissingLabel { .. } => Some(rules::TEAM_AND_PRODUCT_LABELS),
         Invalid::MinAboveMax { .. } => Some(rules::MIN_WITHIN_MAX),
@@ -530,7 +532,113 @@ fn bundle_cases() -> Vec<Case> {
         (
             "an empty image",
             |m| set(m, "image", json!("")),
-            Cel(rules::IMAGE_NOT_EMPTY),
+            Cel(rules::IMAGE_OR_ARTIFACT),
+        ),
+        ("an artifact", to_artifact, Accept),
+        (
+            "an artifact and an image",
+            |m| {
+                to_artifact(m);
+                set(m, "image", json!("registry.local/model:1"))
+            },
+            Cel(rules::IMAGE_OR_ARTIFACT),
+        ),
+        (
+            "an artifact and a command",
+            |m| {
+                to_artifact(m);
+                set(m, "command", json!(["python3"]))
+            },
+            Cel(rules::IMAGE_OR_ARTIFACT),
+        ),
+        (
+            "an artifact with an empty image",
+            |m| {
+                to_artifact(m);
+                set(m, "image", json!(""))
+            },
+            Accept,
+        ),
+        (
+            "an artifact without a location",
+            |m| {
+                to_artifact(m);
+                set(m, "artifact.location", json!(""))
+            },
+            Schema,
+        ),
+        (
+            "a zip artifact without module paths",
+            |m| {
+                to_artifact(m);
+                m["spec"]["artifact"]
+                    .as_object_mut()
+                    .map(|artifact| artifact.remove("loadModelFnModulePath"));
+            },
+            Cel(rules::ZIP_NEEDS_MODULE_PATHS),
+        ),
+        (
+            "a cloudpickle artifact",
+            |m| {
+                to_artifact(m);
+                set(m, "artifact.flavor", json!("cloudpickle"));
+                m["spec"]["artifact"]
+                    .as_object_mut()
+                    .map(|artifact| artifact.remove("loadModelFnModulePath"));
+            },
+            Accept,
+        ),
+        (
+            "a pytorch framework without its tag",
+            |m| {
+                to_artifact(m);
+                set(m, "artifact.framework", json!({"type": "pytorch"}))
+            },
+            Cel(rules::FRAMEWORK_IMAGE),
+        ),
+        (
+            "a pytorch framework",
+            |m| {
+                to_artifact(m);
+                set(
+                    m,
+                    "artifact.framework",
+                    json!({"type": "pytorch", "pytorchImageTag": "2.5.1-cuda12.4-cudnn9-runtime"}),
+                )
+            },
+            Accept,
+        ),
+        (
+            "a custom framework without a tag",
+            |m| {
+                to_artifact(m);
+                set(
+                    m,
+                    "artifact.framework",
+                    json!({"type": "custom", "imageRepository": "python"}),
+                )
+            },
+            Cel(rules::FRAMEWORK_IMAGE),
+        ),
+        (
+            "a tensorflow framework",
+            |m| {
+                to_artifact(m);
+                set(
+                    m,
+                    "artifact.framework",
+                    json!({"type": "tensorflow", "tensorflowVersion": "2.18.0"}),
+                )
+            },
+            Accept,
+        ),
+        (
+            "an unknown framework",
+            |m| {
+                to_artifact(m);
+                set(m, "artifact.framework", json!({"type": "jax"}))
+            },
+            Schema,
         ),
         (
             "a relative predict route",
@@ -573,6 +681,22 @@ fn bundle_cases() -> Vec<Case> {
             Accept,
         ),
     ]
+}
+
+/// Turns the bundle into a zip artifact of a custom framework, with every field set.
+fn to_artifact(manifest: &mut Value) {
+    let spec = manifest["spec"].as_object_mut().expect("a spec");
+    spec.remove("image");
+    spec.remove("command");
+    set(
+        manifest,
+        "artifact",
+        json!({"flavor": "zip", "location": "s3://models/bundle.zip", "requirements": ["numpy"],
+            "framework": {"type": "custom", "imageRepository": "python", "imageTag": "3.12-slim"},
+            "loadPredictFnModulePath": "model.serve.load_predict_fn",
+            "loadModelFnModulePath": "model.serve.load_model_fn",
+            "appConfig": {"threshold": 0.5, "labels": ["a", "b"]}}),
+    );
 }
 
 /// What must accompany a value of a bound for the rest of the spec to stay valid.
@@ -761,9 +885,14 @@ fn the_crds_carry_exactly_the_rules_the_step_checks() {
             rules::PREDICT_ROUTE,
             rules::HEALTHCHECK_ROUTE,
             rules::STREAMING_PREDICT_ROUTE,
+            rules::ARTIFACT_LOCATION,
         ]
         .map(pattern_rule),
     );
-    bundle_rules.insert(cel_rule("spec.image", rules::IMAGE_NOT_EMPTY));
+    bundle_rules.extend([
+        cel_rule("spec", rules::IMAGE_OR_ARTIFACT),
+        cel_rule("spec.artifact", rules::ZIP_NEEDS_MODULE_PATHS),
+        cel_rule("spec.artifact.framework", rules::FRAMEWORK_IMAGE),
+    ]);
     assert_eq!(spec_only(crd_rules::<ModelBundle>()), bundle_rules);
 }

@@ -9,10 +9,14 @@ import http.server
 import json
 import os
 import sys
+import tempfile
 import threading
+import uuid
 
+import cloudpickle
 import requests
 from launch import EndpointRequest, LaunchClient, PostInferenceHooks
+from pydantic import BaseModel
 
 GATEWAY = os.environ["FERRY_GATEWAY"]
 RECEIVER = os.environ["FERRY_RECEIVER"]
@@ -117,6 +121,123 @@ def clone(client):
     }
 
 
+class Request(BaseModel):
+    x: int
+
+
+class Response(BaseModel):
+    y: int
+
+
+def self_hosted_client():
+    """A self-hosted client whose uploads are files under a temporary directory, named by
+    file:// locations ferry dev reads."""
+    store = tempfile.mkdtemp(prefix="ferry-bundles-")
+    client = LaunchClient(api_key=os.environ["LAUNCH_API_KEY"], endpoint=GATEWAY, self_hosted=True)
+
+    def location():
+        return f"file://{store}/{uuid.uuid4().hex}"
+
+    def upload(data, url):
+        with open(url[len("file://"):], "wb") as out:
+            out.write(data if isinstance(data, bytes) else data.encode())
+
+    client.register_bundle_location_fn(location)
+    client.register_upload_bundle_fn(upload)
+    return client
+
+
+def predict_on_new_endpoint(client, name):
+    client.create_model_endpoint(
+        endpoint_name=name,
+        model_bundle=name,
+        cpus=1,
+        min_workers=1,
+        endpoint_type="async",
+        labels={"team": "MY_TEAM", "product": "MY_PRODUCT"},
+    )
+    endpoint = client.get_model_endpoint(name)
+    future = endpoint.predict(request=EndpointRequest(args={"x": 4}))
+    response = future.get(timeout=WAIT * 3)
+    return {"status": response.status, "result": response.result, "traceback": response.traceback}
+
+
+def callable_bundle(client):
+    """create_model_bundle_from_callable_v2, then an endpoint and a prediction."""
+
+    def load_model_fn():
+        return lambda x: x * 3
+
+    def load_predict_fn(model):
+        def predict(request):
+            return {"y": model(request["x"])}
+
+        return predict
+
+    created = client.create_model_bundle_from_callable_v2(
+        model_bundle_name="tripler",
+        load_predict_fn=load_predict_fn,
+        load_model_fn=load_model_fn,
+        request_schema=Request,
+        response_schema=Response,
+        # The version that pickled the functions unpickles them.
+        requirements=[f"cloudpickle=={cloudpickle.__version__}"],
+        pytorch_image_tag="2.5.1-cuda12.4-cudnn9-runtime",
+    )
+    bundle = client.get_model_bundle_v2(created.model_bundle_id)
+    return {
+        "flavor": bundle.flavor.flavor,
+        "framework": bundle.flavor.framework.framework_type,
+        "prediction": predict_on_new_endpoint(client, "tripler"),
+    }
+
+
+SERVE = """
+def load_model_fn():
+    return 2
+
+
+def load_predict_fn(model, app_config=None):
+    def predict(request):
+        return {"y": request["x"] * model + app_config["offset"]}
+
+    return predict
+"""
+
+
+def zip_bundle(client):
+    """create_model_bundle_from_dirs_v2 (paths relative to the working directory, as the client
+    wants them), then an endpoint and a prediction."""
+    root = tempfile.mkdtemp(prefix="ferry-zip-")
+    os.makedirs(os.path.join(root, "doubling", "inner"))
+    for name, text in [("__init__.py", ""), ("inner/__init__.py", ""), ("inner/serve.py", SERVE)]:
+        with open(os.path.join(root, "doubling", name), "w", encoding="utf-8") as out:
+            out.write(text)
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        created = client.create_model_bundle_from_dirs_v2(
+            model_bundle_name="doubling",
+            base_paths=["doubling"],
+            load_predict_fn_module_path="doubling.inner.serve.load_predict_fn",
+            load_model_fn_module_path="doubling.inner.serve.load_model_fn",
+            request_schema=Request,
+            response_schema=Response,
+            custom_base_image_repository="python",
+            custom_base_image_tag="3.11-slim",
+            app_config={"offset": 1},
+        )
+    finally:
+        os.chdir(here)
+    bundle = client.get_latest_model_bundle_v2("doubling")
+    return {
+        "id": [created.model_bundle_id, bundle.id],
+        "flavor": bundle.flavor.flavor,
+        "image": [bundle.flavor.framework.image_repository, bundle.flavor.framework.image_tag],
+        "prediction": predict_on_new_endpoint(client, "doubling"),
+    }
+
+
 def main():
     client = LaunchClient(api_key=os.environ["LAUNCH_API_KEY"], endpoint=GATEWAY)
     observed = {
@@ -126,6 +247,8 @@ def main():
         "input_by_url": input_by_url(client),
         "clone": clone(client),
         "failed_stream": failed_stream(client),
+        "callable": callable_bundle(self_hosted_client()),
+        "zip": zip_bundle(self_hosted_client()),
     }
     json.dump(observed, sys.stdout, default=str)
 
