@@ -7,8 +7,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::views::{BundleV1, EnvParamsView};
-
 use crate::crd::artifact::{AppConfig, ArtifactFlavor, ArtifactSpec, Framework, FrameworkKind};
 
 /// Launch's name of the custom framework.
@@ -172,7 +170,7 @@ pub fn flavor_view(artifact: &ArtifactSpec) -> ArtifactFlavorView {
     view
 }
 
-fn framework_view(framework: &Framework) -> FrameworkView {
+pub fn framework_view(framework: &Framework) -> FrameworkView {
     let mut view = FrameworkView {
         framework_type: match framework.kind {
             FrameworkKind::Pytorch => "pytorch",
@@ -193,25 +191,6 @@ fn framework_view(framework: &Framework) -> FrameworkView {
         }
     }
     view
-}
-
-/// The `/v1` view of an artifact bundle: its location, requirements, framework, packaging and
-/// app_config in place of an image's.
-pub fn with_v1_fields(view: BundleV1, artifact: &ArtifactSpec) -> BundleV1 {
-    BundleV1 {
-        app_config: artifact
-            .app_config
-            .as_ref()
-            .map(|config| Value::Object(config.0.clone())),
-        env_params: EnvParamsView::Framework(framework_view(&artifact.framework)),
-        location: artifact.location.clone(),
-        packaging_type: match artifact.flavor {
-            ArtifactFlavor::Cloudpickle => "cloudpickle",
-            ArtifactFlavor::Zip => "zip",
-        },
-        requirements: artifact.requirements.clone(),
-        ..view
-    }
 }
 
 #[cfg(test)]

@@ -140,8 +140,27 @@ pub fn bundle(bundle: &ModelBundle) -> BundleV1 {
         schema_location: None,
     };
     match &bundle.spec.artifact {
-        Some(artifact) => super::artifacts::with_v1_fields(view, artifact),
+        Some(artifact) => with_artifact_fields(view, artifact),
         None => view,
+    }
+}
+
+/// The `/v1` view of an artifact bundle: its location, requirements, framework, packaging and
+/// app_config in place of an image's.
+fn with_artifact_fields(view: BundleV1, artifact: &crate::crd::artifact::ArtifactSpec) -> BundleV1 {
+    BundleV1 {
+        app_config: artifact
+            .app_config
+            .as_ref()
+            .map(|config| Value::Object(config.0.clone())),
+        env_params: EnvParamsView::Framework(super::artifacts::framework_view(&artifact.framework)),
+        location: artifact.location.clone(),
+        packaging_type: match artifact.flavor {
+            crate::crd::artifact::ArtifactFlavor::Cloudpickle => "cloudpickle",
+            crate::crd::artifact::ArtifactFlavor::Zip => "zip",
+        },
+        requirements: artifact.requirements.clone(),
+        ..view
     }
 }
 
