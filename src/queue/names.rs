@@ -45,9 +45,6 @@ pub fn index_subject(endpoint: &EndpointId) -> String {
     format!("ferry.index.{endpoint}")
 }
 
-/// Every endpoint's index subject.
-pub const ALL_INDEX_SUBJECTS: &str = "ferry.index.*";
-
 /// Where submitters announce that an endpoint has new tasks.
 pub fn arrivals_subject(endpoint: &EndpointId) -> String {
     format!("ferry.arrivals.{endpoint}")

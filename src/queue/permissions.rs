@@ -179,13 +179,12 @@ pub fn permissions(role: Role) -> Permissions {
             publish.extend(kv_keys(names::POLICIES_BUCKET, ">"));
             publish.extend(endpoint_queues());
             publish.extend(all_object_buckets());
-            // Listing tasks: each endpoint's index, appended at submission and read by
-            // sequence (a stream's name is one token, so every stream's direct gets; the
-            // consumers above already read any stream).
+            // Listing tasks: each endpoint's index, appended by its task queue (the server
+            // republishes each stored task) and read by sequence (a stream's name is one token,
+            // so every stream's direct gets; the consumers above already read any stream).
             publish.push("$JS.API.DIRECT.GET.*".to_owned());
             publish.extend([
                 names::tasks_subject_pattern(all_endpoints),
-                names::ALL_INDEX_SUBJECTS.to_owned(),
                 names::ALL_ARRIVALS_SUBJECTS.to_owned(),
                 names::ALL_LOAD_SUBJECTS.to_owned(),
                 names::CALLBACKS_SUBJECTS.to_owned(),
