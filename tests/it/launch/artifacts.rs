@@ -203,11 +203,7 @@ async fn a_zip_bundle_runs_in_a_venv_built_once_and_reused() {
 
     // One venv, complete; a module planted in it is there for the next bundle of the same
     // requirements: its venv was reused, not built again.
-    let venvs: Vec<_> = std::fs::read_dir(cache.path().join("venvs"))
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.path())
-        .collect();
+    let venvs = venvs_in(cache.path());
     assert_eq!(venvs.len(), 1, "{venvs:?}");
     std::fs::write(venvs[0].join("ferry-runtime/reuse_probe.py"), "").unwrap();
     // A local path works as well as a file:// URL.
@@ -223,6 +219,15 @@ async fn a_zip_bundle_runs_in_a_venv_built_once_and_reused() {
         json!({"doubled": 10, "reused": true}),
         "{task}"
     );
+}
+
+/// The venvs in `ferry dev`'s cache directory `cache`.
+fn venvs_in(cache: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(cache.join("venvs"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,11 +256,7 @@ async fn a_bundle_whose_environment_cannot_be_built_fails_its_endpoint_with_the_
         "{view}"
     );
     // Nothing half-built is left to be taken for a venv.
-    let left: Vec<_> = std::fs::read_dir(cache.path().join("venvs"))
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.path())
-        .collect();
+    let left = venvs_in(cache.path());
     assert!(left.is_empty(), "{left:?}");
 
     // A missing artifact fails too, naming it.
