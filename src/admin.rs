@@ -54,6 +54,14 @@ impl Readiness {
     pub fn stop(&self) {
         self.0.send_modify(|state| state.stopping = true);
     }
+    /// Stops (see [`Readiness::stop`]) as soon as `cancel` fires.
+    pub fn stop_when(&self, cancel: CancellationToken) {
+        let readiness = self.clone();
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            readiness.stop();
+        });
+    }
     pub fn is_ready(&self) -> bool {
         self.0.borrow().serves()
     }

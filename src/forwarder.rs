@@ -519,11 +519,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
             cancel.clone(),
         ));
         tracing::info!(%addr, concurrency, "serving sync and streaming requests");
-        let (stopping, stopped) = (readiness.clone(), cancel.clone());
-        tokio::spawn(async move {
-            stopped.cancelled().await;
-            stopping.stop();
-        });
+        readiness.stop_when(cancel.clone());
         serve::serve(
             listener,
             Arc::new(serve::Server {

@@ -130,15 +130,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = router.merge(admin::router(Arc::new(registry), readiness.clone()));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    let stopping = cancel.clone();
-    tokio::spawn(async move {
-        stopping.cancelled().await;
-        readiness.stop();
-        tracing::info!(
-            delay_seconds = handover.delay.as_secs_f64(),
-            "gateway stopping: not ready, still serving for the shutdown delay"
-        );
-    });
+    readiness.stop_when(cancel.clone());
     http_server::serve_handing_over(listener, app, limits, handover, cancel).await
 }
 

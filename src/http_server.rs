@@ -112,6 +112,10 @@ pub async fn serve_handing_over(
         served = &mut serving => return served,
         () = cancel.cancelled() => {}
     }
+    tracing::info!(
+        delay_seconds = handover.delay.as_secs_f64(),
+        "stopping: still serving for the handover delay"
+    );
     tokio::select! {
         served = &mut serving => return served,
         () = tokio::time::sleep(handover.delay) => {}
