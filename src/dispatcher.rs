@@ -27,8 +27,8 @@ use crate::callback::guard;
 use crate::crd::EndpointId;
 use crate::metrics::EndpointLabel;
 use crate::queue::{
-    self, AttemptOutcome, CALLBACK_LEASE_RENEWAL, CallbackDelivery, DispatcherQueue, Held, Queue,
-    QueueSettings,
+    self, AttemptCounts, AttemptOutcome, CALLBACK_LEASE_RENEWAL, CallbackDelivery,
+    DispatcherQueue, Held, Queue, QueueSettings, TALLY_FLUSH,
 };
 use crate::seal::KeyRing;
 use crate::task::{
@@ -151,6 +151,8 @@ pub struct Dispatcher {
     endpoint_slots: Arc<Slots<EndpointId>>,
     destination_slots: Arc<Slots<SocketAddr>>,
     metrics: Arc<DispatcherMetrics>,
+    /// Attempts not yet published to the last hour's tally.
+    attempt_counts: Arc<AttemptCounts>,
     /// Opens callback targets and endpoint secrets.
     ring: Arc<KeyRing>,
     /// Cancelled when the dispatcher is asked to stop: jobs not yet attempted are handed back.
@@ -190,6 +192,7 @@ impl Dispatcher {
                 (settings.concurrency / 2).max(settings.per_host_concurrency),
             )),
             metrics,
+            attempt_counts: Arc::default(),
             stopping: CancellationToken::new(),
             cutting_short: CancellationToken::new(),
             shutdown_grace: settings.shutdown_grace,
@@ -222,11 +225,18 @@ impl Dispatcher {
             tokio::time::sleep(grace).await;
             cutting_short.cancel();
         });
-        queue::consume(jobs, self.concurrency, &self.stopping, |delivery| {
+        let consuming = queue::consume(jobs, self.concurrency, &self.stopping, |delivery| {
             let dispatcher = self.clone();
             async move { dispatcher.handle(delivery).await }
-        })
-        .await;
+        });
+        tokio::select! {
+            () = consuming => {}
+            never = self.publish_attempt_counts() => match never {},
+        }
+        // The attempts of the last second, made while stopping.
+        self.queue
+            .publish_attempt_counts(&self.attempt_counts)
+            .await;
         Ok(())
     }
 
@@ -334,9 +344,8 @@ impl Dispatcher {
             .next(attempt_number, verdict, rand::random::<f64>());
         let took = Duration::from_millis(attempt.duration_ms);
         self.metrics.attempted(&job.endpoint_id, took, &next);
-        self.queue
-            .count_attempt(&job.endpoint_id, attempt_outcome(&next))
-            .await;
+        self.attempt_counts
+            .add(&job.endpoint_id, attempt_outcome(&next));
         let reason = attempt.error.clone().or_else(|| {
             attempt
                 .status_code
@@ -388,6 +397,19 @@ impl Dispatcher {
             }
         }
         delivery.ack().await
+    }
+
+    /// Publishes the attempts counted to the last hour's tally every [`TALLY_FLUSH`] (it never
+    /// returns on its own).
+    async fn publish_attempt_counts(&self) -> std::convert::Infallible {
+        let mut ticks = tokio::time::interval(TALLY_FLUSH);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.queue
+                .publish_attempt_counts(&self.attempt_counts)
+                .await;
+        }
     }
 
     /// One attempt at `target`, at the `destination` its lookup found, with the endpoint's

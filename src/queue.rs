@@ -35,7 +35,7 @@ pub use index::{TaskPage, TaskQuery};
 pub use lease::{Held, Puller, consume, keep_alive_while_held};
 pub use limits::QueueLimits;
 pub use load::LoadReport;
-pub use outcomes::{AttemptOutcome, OutcomeTally};
+pub use outcomes::{AttemptCounts, AttemptOutcome, OutcomeTally, TALLY_FLUSH};
 #[cfg(test)]
 pub use permissions::forwarder_inbox_prefix;
 pub use permissions::{Permissions, Role, forwarder_of, permissions};

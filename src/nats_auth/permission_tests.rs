@@ -11,7 +11,7 @@ use crate::crd::EndpointId;
 use crate::nats_auth::{AuthSet, ForwarderIssuer, write_private};
 use crate::queue::testing::{TestServer as NatsServer, start_with_config};
 use crate::queue::{
-    AttemptOutcome, CallbackDelivery, Connection, Credentials, Error, ForwarderQueue, Held,
+    AttemptCounts, AttemptOutcome, CallbackDelivery, Connection, Credentials, Error, ForwarderQueue, Held,
     OperatorQueue, OutcomeTally, Queue, QueueSettings, QueueSpec, TaskDelivery, WorkerPresence,
     consume,
 };
@@ -308,9 +308,9 @@ async fn every_role_does_its_work_with_its_own_credentials_and_none_without() {
         .expect("callback state written");
 
     // The dispatcher's attempt counts reach the gateway's figures (a count is not waited for).
-    dispatcher
-        .count_attempt(&endpoint, AttemptOutcome::Delivered)
-        .await;
+    let counts = AttemptCounts::default();
+    counts.add(&endpoint, AttemptOutcome::Delivered);
+    dispatcher.publish_attempt_counts(&counts).await;
     let mut tally = OutcomeTally::default();
     for _ in 0..500 {
         tally = gateway.attempt_tally(&endpoint).await.expect("tally read");
@@ -425,7 +425,7 @@ async fn forwarder_credentials_reach_no_secret_no_stream_admin_and_no_other_repl
         ),
         format!("ferry.retry.{}", TaskId::generate(&endpoint)),
         // Forging the callback figures.
-        names::callback_outcome_subject(&endpoint.to_string(), "delivered"),
+        names::callback_outcome_subject(&endpoint.to_string(), "delivered", 1, "forged"),
         // Submitting tasks.
         names::tasks_subject(&endpoint),
     ] {

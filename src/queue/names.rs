@@ -94,10 +94,23 @@ pub fn endpoint_of_callbacks_subject(subject: &str) -> Option<EndpointId> {
 /// The last hour of callback attempt outcomes (`outcomes`).
 pub const CALLBACK_OUTCOMES_STREAM: &str = "ferry-callback-outcomes";
 
-/// Where an attempt at a callback of `endpoint` that ended in `outcome` is counted (either may
-/// be a wildcard).
-pub fn callback_outcome_subject(endpoint: &str, outcome: &str) -> String {
-    format!("ferry.callback-outcomes.{endpoint}.{outcome}")
+/// Where one dispatcher (`dispatcher`, an id of its own) keeps how many of its attempts at
+/// callbacks of `endpoint` in one `minute` (since the Unix epoch) ended in `outcome`.
+pub fn callback_outcome_subject(
+    endpoint: &str,
+    outcome: &str,
+    minute: u64,
+    dispatcher: &str,
+) -> String {
+    format!("ferry.callback-outcomes.{endpoint}.{outcome}.{minute}.{dispatcher}")
+}
+
+/// Every endpoint's callback outcome counts.
+pub const ALL_CALLBACK_OUTCOME_SUBJECTS: &str = "ferry.callback-outcomes.>";
+
+/// The callback outcome counts of `endpoint`.
+pub fn callback_outcome_subjects_of(endpoint: &EndpointId) -> String {
+    format!("ferry.callback-outcomes.{endpoint}.>")
 }
 
 /// Where a delayed retry waits (as a scheduled message) until it is due.

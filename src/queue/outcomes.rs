@@ -1,26 +1,35 @@
-//! The last hour of callback attempt outcomes per endpoint, for the console's figures. The
-//! dispatcher publishes one empty message per attempt on a subject that names the endpoint and
-//! the outcome, into a stream that keeps an hour of them (and at most
-//! [`MAX_PER_OUTCOME`] per endpoint and outcome); a reader asks the server for each subject's
-//! message count, so reading costs one request however many callbacks there were.
+//! The last hour of callback attempt outcomes per endpoint, for the console's figures. Each
+//! dispatcher counts its attempts in memory, per endpoint, outcome and minute
+//! ([`AttemptCounts`]), and about once a second publishes the counts that changed, each on a
+//! subject naming the endpoint, the outcome, the minute and the dispatcher. The stream keeps
+//! only the last message of each subject, for an hour: a reader takes those of the endpoint and
+//! sums the last 60 minutes'. Reading costs one ordered read of at most 180 messages per
+//! dispatcher, whatever the traffic; counting costs no message per attempt (one per attempt was
+//! a stored message per callback). A dispatcher that stops without its last flush loses at most
+//! a second's counts, of a figure for people to look at.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use futures::TryStreamExt;
+use futures::StreamExt;
 
 use super::{Error, Queue, QueueSettings, names};
 use crate::crd::EndpointId;
+use crate::task::now_ms;
 
-/// How far back the tally reaches.
-pub const TALLY_WINDOW: Duration = Duration::from_secs(3600);
+/// How far back the tally reaches, in whole minutes.
+const TALLY_MINUTES: u64 = 60;
 
-/// Messages kept per endpoint and outcome: bounds the stream of a busy endpoint, whose counts
-/// then cover the most recent attempts of the hour (its rates stay right).
-const MAX_PER_OUTCOME: i64 = 100_000;
+/// How long a count is kept after its last change: its minute is then out of the tally.
+pub const TALLY_WINDOW: Duration = Duration::from_secs(TALLY_MINUTES * 60 + 60);
+
+/// How often a dispatcher publishes the counts that changed.
+pub const TALLY_FLUSH: Duration = Duration::from_secs(1);
 
 /// What one callback attempt led to, as the dispatcher's metrics name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AttemptOutcome {
     Delivered,
     Retry,
@@ -67,12 +76,78 @@ impl OutcomeTally {
     }
 }
 
+/// One dispatcher's attempts per endpoint, outcome and minute: the current minute's running
+/// counts, and earlier minutes' until they are published.
+#[derive(Debug)]
+pub struct AttemptCounts {
+    /// Names this dispatcher's subjects, so dispatchers never overwrite each other's counts.
+    dispatcher: String,
+    counts: Mutex<HashMap<(EndpointId, AttemptOutcome, u64), Count>>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Count {
+    attempts: u64,
+    published: bool,
+}
+
+impl Default for AttemptCounts {
+    fn default() -> Self {
+        AttemptCounts {
+            dispatcher: format!("{:016x}", rand::random::<u64>()),
+            counts: Mutex::default(),
+        }
+    }
+}
+
+fn minute_of(at_ms: u64) -> u64 {
+    at_ms / 60_000
+}
+
+impl AttemptCounts {
+    pub fn add(&self, endpoint: &EndpointId, outcome: AttemptOutcome) {
+        self.add_at(endpoint, outcome, now_ms());
+    }
+
+    fn add_at(&self, endpoint: &EndpointId, outcome: AttemptOutcome, at_ms: u64) {
+        let mut counts = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = counts
+            .entry((endpoint.clone(), outcome, minute_of(at_ms)))
+            .or_default();
+        count.attempts += 1;
+        count.published = false;
+    }
+
+    /// The counts changed since the last call, as (subject, attempts); counts of minutes before
+    /// `now_ms`'s are forgotten once returned.
+    fn take_changed(&self, now_ms: u64) -> Vec<(String, u64)> {
+        let current = minute_of(now_ms);
+        let mut counts = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let changed = counts
+            .iter_mut()
+            .filter(|(_, count)| !count.published)
+            .map(|((endpoint, outcome, minute), count)| {
+                count.published = true;
+                let subject = names::callback_outcome_subject(
+                    &endpoint.to_string(),
+                    outcome.as_str(),
+                    *minute,
+                    &self.dispatcher,
+                );
+                (subject, count.attempts)
+            })
+            .collect();
+        counts.retain(|(_, _, minute), _| *minute >= current);
+        changed
+    }
+}
+
 pub(super) async fn ensure(js: &jetstream::Context, settings: &QueueSettings) -> Result<(), Error> {
     let config = stream::Config {
         name: names::CALLBACK_OUTCOMES_STREAM.into(),
-        subjects: vec![names::callback_outcome_subject("*", "*")],
+        subjects: vec![names::ALL_CALLBACK_OUTCOME_SUBJECTS.into()],
         max_age: TALLY_WINDOW,
-        max_messages_per_subject: MAX_PER_OUTCOME,
+        max_messages_per_subject: 1,
         discard: stream::DiscardPolicy::Old,
         num_replicas: settings.replicas,
         ..Default::default()
@@ -87,46 +162,74 @@ pub(super) async fn ensure(js: &jetstream::Context, settings: &QueueSettings) ->
 }
 
 impl Queue {
-    /// Counts one attempt. Not waited for: the tally is for people to look at, and a lost
-    /// count must never hold up or fail a delivery.
-    pub(super) async fn count_attempt(&self, endpoint: &EndpointId, outcome: AttemptOutcome) {
-        let subject = names::callback_outcome_subject(&endpoint.to_string(), outcome.as_str());
-        if let Err(error) = self.js.client().publish(subject, bytes::Bytes::new()).await {
-            tracing::debug!(%error, endpoint = %endpoint, "a callback outcome was not counted");
+    /// Publishes the counts that changed since the last flush. Not waited for: the tally is
+    /// for people to look at, and a lost count must never hold up or fail a delivery.
+    pub(super) async fn publish_attempt_counts(&self, counts: &AttemptCounts) {
+        for (subject, attempts) in counts.take_changed(now_ms()) {
+            let payload = bytes::Bytes::from(attempts.to_string());
+            if let Err(error) = self.js.client().publish(subject, payload).await {
+                tracing::debug!(%error, "callback outcomes were not counted");
+            }
         }
     }
 
-    /// The endpoint's attempts of the last hour, from the server's per-subject counts.
+    /// The endpoint's attempts of the last hour: the sum of the last count of each of its
+    /// subjects of the last 60 minutes.
     pub(super) async fn attempt_tally(&self, endpoint: &EndpointId) -> Result<OutcomeTally, Error> {
         let stream_name = names::CALLBACK_OUTCOMES_STREAM;
         let read_error = |source: super::NatsError| Error::Read {
-            key: format!("{stream_name} subject counts"),
+            key: format!("{stream_name} counts"),
             source,
         };
-        let filter = names::callback_outcome_subject(&endpoint.to_string(), "*");
         let stream = self
             .js
             .get_stream_no_info(stream_name)
             .await
             .map_err(|e| read_error(e.into()))?;
-        let counts: Vec<(String, usize)> = stream
-            .info_with_subjects(filter)
-            .await
-            .map_err(|e| read_error(e.into()))?
-            .try_collect()
+        let consumer = stream
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.js.client().new_inbox(),
+                filter_subject: names::callback_outcome_subjects_of(endpoint),
+                deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+                replay_policy: jetstream::consumer::ReplayPolicy::Instant,
+                ..Default::default()
+            })
             .await
             .map_err(|e| read_error(e.into()))?;
+        // The counts present when the reading began; later ones wait for the next reading.
+        let present = consumer.cached_info().num_pending;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| read_error(e.into()))?;
+        let oldest = minute_of(now_ms()).saturating_sub(TALLY_MINUTES - 1);
         let mut tally = OutcomeTally::default();
-        for (subject, count) in counts {
-            let outcome = AttemptOutcome::ALL
-                .into_iter()
-                .find(|outcome| subject.ends_with(&format!(".{}", outcome.as_str())));
-            if let Some(outcome) = outcome {
-                tally.add(outcome, count as u64);
+        for _ in 0..present {
+            let Some(message) = messages.next().await else {
+                break;
+            };
+            let message = message.map_err(|e| read_error(e.into()))?;
+            if let Some((outcome, minute, attempts)) = parse_count(&message.subject, &message.payload)
+                && minute >= oldest
+            {
+                tally.add(outcome, attempts);
             }
         }
         Ok(tally)
     }
+}
+
+/// The outcome, minute and attempts of a count published on `subject`
+/// (`….<outcome>.<minute>.<dispatcher>`); `None` for anything else.
+fn parse_count(subject: &str, payload: &[u8]) -> Option<(AttemptOutcome, u64, u64)> {
+    let mut tokens = subject.rsplit('.').skip(1);
+    let minute = tokens.next()?.parse().ok()?;
+    let outcome = tokens.next()?;
+    let outcome = AttemptOutcome::ALL
+        .into_iter()
+        .find(|known| known.as_str() == outcome)?;
+    let attempts = std::str::from_utf8(payload).ok()?.parse().ok()?;
+    Some((outcome, minute, attempts))
 }
 
 #[cfg(test)]
@@ -145,22 +248,76 @@ mod tests {
         assert_eq!(tally.success_rate(), Some(0.75));
     }
 
+    const MINUTE: u64 = 60_000;
+
+    #[test]
+    fn running_counts_are_published_when_changed_and_a_past_minute_is_forgotten_once_sent() {
+        let counts = AttemptCounts::default();
+        let endpoint = EndpointId::for_resource("default", "a");
+        let at = 1_000 * MINUTE;
+        counts.add_at(&endpoint, AttemptOutcome::Delivered, at);
+        counts.add_at(&endpoint, AttemptOutcome::Delivered, at + 1);
+        let subject = |minute| {
+            names::callback_outcome_subject(
+                &endpoint.to_string(),
+                "delivered",
+                minute,
+                &counts.dispatcher,
+            )
+        };
+        assert_eq!(counts.take_changed(at + 2), vec![(subject(1_000), 2)]);
+        assert_eq!(counts.take_changed(at + 3), vec![], "nothing changed");
+        counts.add_at(&endpoint, AttemptOutcome::Delivered, at + 4);
+        assert_eq!(
+            counts.take_changed(at + 5),
+            vec![(subject(1_000), 3)],
+            "the minute's running count, not the increment"
+        );
+        counts.add_at(&endpoint, AttemptOutcome::Delivered, at + MINUTE - 1);
+        counts.add_at(&endpoint, AttemptOutcome::Delivered, at + MINUTE);
+        let mut changed = counts.take_changed(at + MINUTE);
+        changed.sort();
+        assert_eq!(changed, vec![(subject(1_000), 4), (subject(1_001), 1)]);
+        counts.add_at(&endpoint, AttemptOutcome::Delivered, at + MINUTE + 1);
+        assert_eq!(
+            counts.take_changed(at + MINUTE + 2),
+            vec![(subject(1_001), 2)],
+            "the past minute, once sent, is forgotten"
+        );
+    }
+
+    #[test]
+    fn a_count_is_read_from_its_subject_and_payload() {
+        let subject = names::callback_outcome_subject("end_x", "retry", 42, "d1");
+        assert_eq!(
+            parse_count(&subject, b"7"),
+            Some((AttemptOutcome::Retry, 42, 7))
+        );
+        assert_eq!(parse_count(&subject, b"seven"), None);
+        assert_eq!(parse_count("ferry.callback-outcomes.end_x.retry", b""), None);
+    }
+
     #[tokio::test]
-    async fn counts_each_endpoints_attempts_by_outcome() {
+    async fn sums_the_last_count_of_every_dispatcher_and_minute_of_the_last_hour() {
         let (_server, queue) = testing::start_with_queue().await;
         let ours = EndpointId::for_resource("default", "ours");
         let theirs = EndpointId::for_resource("default", "theirs");
-        for outcome in [
-            AttemptOutcome::Delivered,
-            AttemptOutcome::Delivered,
-            AttemptOutcome::Retry,
-            AttemptOutcome::DeadLettered,
-        ] {
-            queue.count_attempt(&ours, outcome).await;
-        }
-        queue.count_attempt(&theirs, AttemptOutcome::Retry).await;
+        let (first, second) = (AttemptCounts::default(), AttemptCounts::default());
+        let now = now_ms();
+        first.add_at(&ours, AttemptOutcome::Delivered, now);
+        first.add_at(&ours, AttemptOutcome::Retry, now);
+        first.add_at(&theirs, AttemptOutcome::Retry, now);
+        queue.publish_attempt_counts(&first).await;
+        // The same minute's running count again: it replaces the first.
+        first.add_at(&ours, AttemptOutcome::Delivered, now);
+        queue.publish_attempt_counts(&first).await;
+        second.add_at(&ours, AttemptOutcome::Delivered, now);
+        second.add_at(&ours, AttemptOutcome::DeadLettered, now - 30 * MINUTE);
+        // Older than the hour: left out.
+        second.add_at(&ours, AttemptOutcome::Delivered, now - 61 * MINUTE);
+        queue.publish_attempt_counts(&second).await;
         let expected = OutcomeTally {
-            delivered: 2,
+            delivered: 3,
             retried: 1,
             dead_lettered: 1,
         };

@@ -212,7 +212,7 @@ pub fn permissions(role: Role) -> Permissions {
             publish.extend(kv_watch(names::POLICIES_BUCKET));
             publish.push(names::CALLBACKS_SUBJECTS.to_owned());
             publish.push(names::RETRY_SUBJECTS.to_owned());
-            publish.push(names::callback_outcome_subject("*", "*"));
+            publish.push(names::ALL_CALLBACK_OUTCOME_SUBJECTS.to_owned());
         }
         Role::Forwarder => {
             publish.extend(pull(all_endpoints, names::TASKS_CONSUMER));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::Stream;
 
 use super::{
-    AttemptOutcome, Backlog, CallbackDelivery, Error, LetterPage, LetterQuery, LoadReport,
+    AttemptCounts, Backlog, CallbackDelivery, Error, LetterPage, LetterQuery, LoadReport,
     OutcomeTally, Puller, Queue, QueueSpec, RecordAt, TaskDelivery, TaskPage, TaskQuery,
     WorkerPresence, submit::Submission,
 };
@@ -254,9 +254,10 @@ impl DispatcherQueue {
         self.0.put_dead_letter(letter).await
     }
 
-    /// Counts an attempt's outcome in the last hour's tally (not waited for).
-    pub async fn count_attempt(&self, endpoint: &EndpointId, outcome: AttemptOutcome) {
-        self.0.count_attempt(endpoint, outcome).await
+    /// Publishes the attempts counted since the last flush to the last hour's tally (not
+    /// waited for).
+    pub async fn publish_attempt_counts(&self, counts: &AttemptCounts) {
+        self.0.publish_attempt_counts(counts).await
     }
 
     pub async fn callback_policy(
