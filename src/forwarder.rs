@@ -151,10 +151,12 @@ impl Forwarder {
     /// Waits for the model, then runs tasks until `cancel`, then finishes the ones it holds.
     /// While the model is unavailable it takes none and reports itself not ready.
     pub async fn run(self, readiness: Readiness, cancel: CancellationToken) -> Result<(), Error> {
+        // Shared by every task's handler: one count per task, not a copy of the model client.
+        let this = Arc::new(self);
         let mut started = false;
         let mut idle_pause = Duration::ZERO;
-        while self.model.wait_until_ready(&cancel).await {
-            let tasks = match self.queue.tasks().await {
+        while this.model.wait_until_ready(&cancel).await {
+            let tasks = match this.queue.tasks().await {
                 Ok(tasks) => tasks,
                 // At start-up a queue that cannot be opened is a configuration to fix.
                 Err(error) if !started => return Err(error.into()),
@@ -168,13 +170,13 @@ impl Forwarder {
             };
             started = true;
             let spell = outage::Spell::begin(&cancel, &readiness);
-            tracing::info!(endpoint = %self.endpoint_id, concurrency = self.concurrency, "taking tasks");
+            tracing::info!(endpoint = %this.endpoint_id, concurrency = this.concurrency, "taking tasks");
             let keep_alive_every = (tasks.ack_wait() / 3).max(Duration::from_millis(200));
-            let consuming = queue::consume(tasks, self.concurrency, spell.stop(), |delivery| {
-                let (forwarder, spell) = (self.clone(), spell.clone());
+            let consuming = queue::consume(tasks, this.concurrency, spell.stop(), |delivery| {
+                let (forwarder, spell) = (this.clone(), spell.clone());
                 async move { forwarder.handle(delivery, keep_alive_every, &spell).await }
             });
-            tokio::join!(consuming, spell.watch(&self.model));
+            tokio::join!(consuming, spell.watch(&this.model));
             readiness.set_not_ready();
             if cancel.is_cancelled() {
                 break;

@@ -3,6 +3,7 @@
 //! (`permissions`), so a role cannot even call what its credentials would refuse. `ferry dev`,
 //! which plays every role, takes every handle from one [`Queue`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -19,21 +20,21 @@ use crate::task::{
 
 impl Queue {
     pub fn gateway(&self) -> GatewayQueue {
-        GatewayQueue(self.clone())
+        GatewayQueue(Arc::new(self.clone()))
     }
 
     pub fn dispatcher(&self) -> DispatcherQueue {
-        DispatcherQueue(self.clone())
+        DispatcherQueue(Arc::new(self.clone()))
     }
 
     pub fn operator(&self) -> OperatorQueue {
-        OperatorQueue(self.clone())
+        OperatorQueue(Arc::new(self.clone()))
     }
 
     /// The handle of the forwarders of `endpoint`, which reach that endpoint alone.
     pub fn forwarder(&self, endpoint: &EndpointId) -> ForwarderQueue {
         ForwarderQueue {
-            queue: self.clone(),
+            queue: Arc::new(self.clone()),
             endpoint: endpoint.clone(),
         }
     }
@@ -42,7 +43,7 @@ impl Queue {
 /// The gateway: submits tasks, reads their records and callback states, redelivers dead
 /// letters, reports the sync load, and opens a new async endpoint's task queue at once.
 #[derive(Clone)]
-pub struct GatewayQueue(Queue);
+pub struct GatewayQueue(Arc<Queue>);
 
 impl GatewayQueue {
     pub async fn submit(
@@ -184,7 +185,7 @@ impl GatewayQueue {
 /// — for its own endpoint only.
 #[derive(Clone)]
 pub struct ForwarderQueue {
-    queue: Queue,
+    queue: Arc<Queue>,
     endpoint: EndpointId,
 }
 
@@ -239,7 +240,7 @@ impl ForwarderQueue {
 /// The dispatcher: takes callback jobs, reads endpoints' callback policies, records delivery
 /// states, reschedules and dead-letters.
 #[derive(Clone)]
-pub struct DispatcherQueue(Queue);
+pub struct DispatcherQueue(Arc<Queue>);
 
 impl DispatcherQueue {
     pub async fn callback_jobs(&self) -> Result<Puller<CallbackDelivery>, Error> {
@@ -292,7 +293,7 @@ impl DispatcherQueue {
 /// The operator (and `ferry dev` in its place): prepares and retires endpoints' queues and
 /// policies, and watches their load to scale them.
 #[derive(Clone)]
-pub struct OperatorQueue(Queue);
+pub struct OperatorQueue(Arc<Queue>);
 
 impl OperatorQueue {
     /// Everything the queue keeps for an endpoint: its callback policy (for the dispatcher)
