@@ -2,11 +2,13 @@
 //! loopback, submits tasks `{"x": i, "y": "bench"}` to an async endpoint running the example
 //! model (result `i + 5`), and reports throughput, submit→callback latency, lost, duplicate and
 //! wrong results. With `--wake-rounds` or `--burst` it measures autoscaling instead ([`scaling`]),
-//! with `--callback-backlog` a dispatcher's catch-up ([`catchup`]).
+//! with `--callback-backlog` a dispatcher's catch-up ([`catchup`]); a sync or streaming endpoint
+//! is measured by its requests' latency ([`serving`]).
 
 mod catchup;
 pub mod model;
 mod scaling;
+mod serving;
 mod usage;
 
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Settings {
     /// Base URL of the gateway to measure.
     pub gateway: url::Url,
-    /// Name of an async endpoint with the callback hook.
+    /// Name of an async endpoint with the callback hook, or of a sync or streaming endpoint.
     pub endpoint: String,
     pub api_key: String,
     pub tasks: u64,
@@ -74,6 +76,14 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     if settings.callback_backlog > 0 {
         return catchup::run(settings, cancel).await;
     }
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(settings.submit_concurrency)
+        .build()?;
+    let endpoint = find_endpoint(&http, &settings).await?;
+    if endpoint["endpoint_type"] != "async" {
+        return serving::run(&settings, &http, &endpoint, cancel).await;
+    }
     let tasks = usize::try_from(settings.tasks)?;
     let zeros = || (0..tasks).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
     let timings = Arc::new(Timings {
@@ -95,11 +105,6 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     let hang_url = format!("http://{}/hang", HangingReceiver::start().await?.addr);
     let hanging = |index: usize| index % 100 < usize::from(settings.hanging_percent);
 
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(settings.submit_concurrency)
-        .build()?;
-    let endpoint = find_endpoint(&http, &settings).await?;
     let endpoint_id = endpoint["id"].as_str().unwrap_or_default();
     let submit_url = settings
         .gateway
@@ -272,15 +277,7 @@ fn report(timings: &Timings, measured: &[usize], accepted: u64, submit_seconds: 
         last_callback = last_callback.max(at);
         latencies.push(at.saturating_sub(timings.submitted[index].load(Ordering::Relaxed)));
     }
-    latencies.sort_unstable();
     let received = latencies.len() as u64;
-    let percentile = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
-        latencies[rank - 1] as f64 / 1e6
-    };
     let seconds = last_callback as f64 / 1e9;
     json!({
         "measured_tasks": tasks,
@@ -292,8 +289,21 @@ fn report(timings: &Timings, measured: &[usize], accepted: u64, submit_seconds: 
         "submit_seconds": submit_seconds,
         "seconds_to_last_callback": seconds,
         "tasks_per_second": if seconds > 0.0 { received as f64 / seconds } else { 0.0 },
-        "latency_ms": {"p50": percentile(0.50), "p90": percentile(0.90), "p99": percentile(0.99), "max": percentile(1.0)},
+        "latency_ms": percentiles(&mut latencies),
     })
+}
+
+/// The p50, p90, p99 and max of `latencies_ns`, in milliseconds (`null` without any).
+fn percentiles(latencies_ns: &mut [u64]) -> Value {
+    latencies_ns.sort_unstable();
+    let percentile = |p: f64| -> f64 {
+        if latencies_ns.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p * latencies_ns.len() as f64).ceil() as usize).clamp(1, latencies_ns.len());
+        latencies_ns[rank - 1] as f64 / 1e6
+    };
+    json!({"p50": percentile(0.50), "p90": percentile(0.90), "p99": percentile(0.99), "max": percentile(1.0)})
 }
 
 fn rate_text(rate: u64) -> String {

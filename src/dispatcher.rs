@@ -27,8 +27,8 @@ use crate::callback::guard;
 use crate::crd::EndpointId;
 use crate::metrics::EndpointLabel;
 use crate::queue::{
-    self, AttemptCounts, AttemptOutcome, CALLBACK_LEASE_RENEWAL, CallbackDelivery,
-    DispatcherQueue, Held, Queue, QueueSettings, TALLY_FLUSH,
+    self, AttemptCounts, AttemptOutcome, CALLBACK_LEASE_RENEWAL, CallbackDelivery, DispatcherQueue,
+    Held, Queue, QueueSettings, TALLY_FLUSH,
 };
 use crate::seal::KeyRing;
 use crate::task::{

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use input::InputFetcher;
-pub use invoke::{ModelClient, Prediction};
+pub use invoke::{ModelClient, Prediction, Probing};
 
 use crate::admin::{self, Readiness};
 use crate::crd::EndpointId;
@@ -155,7 +155,14 @@ impl Forwarder {
         let this = Arc::new(self);
         let mut started = false;
         let mut idle_pause = Duration::ZERO;
-        while this.model.wait_until_ready(&cancel).await {
+        let probing = |started| {
+            if started {
+                Probing::Resuming
+            } else {
+                Probing::Starting
+            }
+        };
+        while this.model.wait_until_ready(&cancel, probing(started)).await {
             let tasks = match this.queue.tasks().await {
                 Ok(tasks) => tasks,
                 // At start-up a queue that cannot be opened is a configuration to fix.
@@ -509,7 +516,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
         ..
     }) = serving
     {
-        if !model.wait_until_ready(&cancel).await {
+        if !model.wait_until_ready(&cancel, Probing::Starting).await {
             return Ok(());
         }
         let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -15,7 +15,7 @@ use crate::admin::Readiness;
 use crate::catalog::Catalog;
 use crate::crd::EndpointType;
 use crate::crd::{ModelBundle, ModelEndpoint};
-use crate::forwarder::{Forwarder, ForwarderMetrics, InputFetcher, ModelClient, serve};
+use crate::forwarder::{Forwarder, ForwarderMetrics, InputFetcher, ModelClient, Probing, serve};
 use crate::process_group::ProcessGroup;
 use crate::queue::ForwarderQueue;
 
@@ -131,7 +131,7 @@ impl Worker {
             };
             return Ok(forwarder.run(readiness, stop).await?);
         }
-        if !model.wait_until_ready(&stop).await {
+        if !model.wait_until_ready(&stop, Probing::Starting).await {
             return Ok(());
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

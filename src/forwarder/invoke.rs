@@ -22,9 +22,50 @@ const DETAIL_LIMIT: usize = 4096;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Connecting to the model takes a moment on one pod's loopback; longer means it is not there.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// First and longest pause between health probes while waiting for the model.
+/// First and longest pause between health probes of a model that stopped answering.
 const PROBE_BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Pause between health probes of a starting model, for the first [`STARTING_FOR`]: a model
+/// process usually answers within a fraction of a second of its start, the first task waits for
+/// it, and a refused connection costs next to nothing.
+const PROBE_PAUSE_STARTING: Duration = Duration::from_millis(20);
+const STARTING_FOR: Duration = Duration::from_secs(2);
+
+/// How a forwarder waits for its model's health route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probing {
+    /// The model was just started: probe every [`PROBE_PAUSE_STARTING`] for [`STARTING_FOR`],
+    /// then as when resuming.
+    Starting,
+    /// The model stopped answering: a doubling pause from [`PROBE_BACKOFF_FIRST`] up to
+    /// [`PROBE_BACKOFF_MAX`], so a struggling model is not pressed.
+    Resuming,
+}
+
+/// The pauses between failed health probes.
+struct ProbeSchedule {
+    probing: Probing,
+    backoff: Duration,
+}
+
+impl ProbeSchedule {
+    fn new(probing: Probing) -> Self {
+        ProbeSchedule {
+            probing,
+            backoff: PROBE_BACKOFF_FIRST,
+        }
+    }
+
+    /// The pause after a probe that failed `since_first` after the first probe.
+    fn next_pause(&mut self, since_first: Duration) -> Duration {
+        if self.probing == Probing::Starting && since_first < STARTING_FOR {
+            return PROBE_PAUSE_STARTING;
+        }
+        let pause = self.backoff;
+        self.backoff = (self.backoff * 2).min(PROBE_BACKOFF_MAX);
+        pause
+    }
+}
 
 /// What the model made of a task.
 #[derive(Debug, PartialEq)]
@@ -256,10 +297,11 @@ impl ModelClient {
     }
 
     /// Returns once the health route answers 2xx; `false` when cancelled first. Probes at once,
-    /// then with a doubling pause of at most [`PROBE_BACKOFF_MAX`].
-    pub async fn wait_until_ready(&self, cancel: &CancellationToken) -> bool {
-        let mut logged = tokio::time::Instant::now();
-        let mut pause = PROBE_BACKOFF_FIRST;
+    /// then as `probing` says.
+    pub async fn wait_until_ready(&self, cancel: &CancellationToken, probing: Probing) -> bool {
+        let began = tokio::time::Instant::now();
+        let mut logged = began;
+        let mut schedule = ProbeSchedule::new(probing);
         loop {
             if self.is_ready().await {
                 return true;
@@ -271,9 +313,8 @@ impl ModelClient {
             // The model offers no readiness notification: probe again shortly.
             tokio::select! {
                 _ = cancel.cancelled() => return false,
-                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep(schedule.next_pause(began.elapsed())) => {}
             }
-            pause = (pause * 2).min(PROBE_BACKOFF_MAX);
         }
     }
 
@@ -503,5 +544,24 @@ mod tests {
         assert_eq!(status_code, Some(500));
         assert_eq!(error.message, "model answered 500 Internal Server Error");
         assert_eq!(error.detail.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn a_starting_model_is_probed_often_then_as_a_resuming_one() {
+        let pauses = |probing, since_first_ms: &[u64]| {
+            let mut schedule = ProbeSchedule::new(probing);
+            since_first_ms
+                .iter()
+                .map(|&ms| schedule.next_pause(Duration::from_millis(ms)).as_millis())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            pauses(Probing::Starting, &[0, 20, 1980, 2000, 2100, 2300]),
+            vec![20, 20, 20, 100, 200, 400]
+        );
+        assert_eq!(
+            pauses(Probing::Resuming, &[0, 100, 300, 700, 1500, 3100, 5100]),
+            vec![100, 200, 400, 800, 1600, 2000, 2000]
+        );
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::ModelClient;
+use super::{ModelClient, Probing};
 use crate::admin::Readiness;
 
 /// Between health probes while the model is thought available (the model container's
@@ -110,7 +110,7 @@ pub async fn follow_model(model: ModelClient, readiness: Readiness, cancel: Canc
         }
         readiness.set_not_ready();
         tracing::warn!("the model's health route failed: reporting not ready until it answers");
-        if !model.wait_until_ready(&cancel).await {
+        if !model.wait_until_ready(&cancel, Probing::Resuming).await {
             return;
         }
         readiness.set_ready();

@@ -11,9 +11,9 @@ use crate::crd::EndpointId;
 use crate::nats_auth::{AuthSet, ForwarderIssuer, write_private};
 use crate::queue::testing::{TestServer as NatsServer, start_with_config};
 use crate::queue::{
-    AttemptCounts, AttemptOutcome, CallbackDelivery, Connection, Credentials, Error, ForwarderQueue, Held,
-    OperatorQueue, OutcomeTally, Queue, QueueSettings, QueueSpec, TaskDelivery, WorkerPresence,
-    consume,
+    AttemptCounts, AttemptOutcome, CallbackDelivery, Connection, Credentials, Error,
+    ForwarderQueue, Held, OperatorQueue, OutcomeTally, Queue, QueueSettings, QueueSpec,
+    TaskDelivery, WorkerPresence, consume,
 };
 use crate::queue::{LetterQuery, Role, TaskQuery, forwarder_inbox_prefix, names};
 use crate::task::{

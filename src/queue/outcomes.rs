@@ -110,7 +110,10 @@ impl AttemptCounts {
     }
 
     fn add_at(&self, endpoint: &EndpointId, outcome: AttemptOutcome, at_ms: u64) {
-        let mut counts = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let count = counts
             .entry((endpoint.clone(), outcome, minute_of(at_ms)))
             .or_default();
@@ -122,7 +125,10 @@ impl AttemptCounts {
     /// `now_ms`'s are forgotten once returned.
     fn take_changed(&self, now_ms: u64) -> Vec<(String, u64)> {
         let current = minute_of(now_ms);
-        let mut counts = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let changed = counts
             .iter_mut()
             .filter(|(_, count)| !count.published)
@@ -209,7 +215,8 @@ impl Queue {
                 break;
             };
             let message = message.map_err(|e| read_error(e.into()))?;
-            if let Some((outcome, minute, attempts)) = parse_count(&message.subject, &message.payload)
+            if let Some((outcome, minute, attempts)) =
+                parse_count(&message.subject, &message.payload)
                 && minute >= oldest
             {
                 tally.add(outcome, attempts);
@@ -294,7 +301,10 @@ mod tests {
             Some((AttemptOutcome::Retry, 42, 7))
         );
         assert_eq!(parse_count(&subject, b"seven"), None);
-        assert_eq!(parse_count("ferry.callback-outcomes.end_x.retry", b""), None);
+        assert_eq!(
+            parse_count("ferry.callback-outcomes.end_x.retry", b""),
+            None
+        );
     }
 
     #[tokio::test]
