@@ -29,6 +29,8 @@ fn examples_validate_against_the_crd_schemas() {
         "benches/manifests",
         "benches/scaling",
         "benches/instant",
+        "benches/slow",
+        "benches/serving",
     ] {
         let dir = root.join(dir);
         // Loaded beside the examples, as `ferry dev` runs them (the bundles they name).
