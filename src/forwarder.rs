@@ -151,7 +151,7 @@ impl Forwarder {
     /// Waits for the model, then runs tasks until `cancel`, then finishes the ones it holds.
     /// While the model is unavailable it takes none and reports itself not ready.
     pub async fn run(self, readiness: Readiness, cancel: CancellationToken) -> Result<(), Error> {
-        // Shared by every task's handler: one count per task, not a copy of the model client.
+        // Shared by every task's handler: a reference per task, not a copy of the model client.
         let this = Arc::new(self);
         let mut started = false;
         let mut idle_pause = Duration::ZERO;
