@@ -4,6 +4,7 @@
 //! and OpenMetrics 1.0.0, chosen by the scraper's `Accept` header.
 
 mod process;
+pub use process::{cpu_seconds_of, memory_kib_of};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::info::Info;

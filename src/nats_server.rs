@@ -59,6 +59,12 @@ impl NatsServer {
 const LISTENING: &str = "Listening for client connections on ";
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Configuration text that has the server serve its monitoring endpoints (`/varz`, `/jsz`) on
+/// 127.0.0.1 at `port`.
+pub fn monitoring_config(port: u16) -> String {
+    format!("http: \"127.0.0.1:{port}\"\n")
+}
+
 /// Starts `program` with `config` (nats-server configuration text: authorization, TLS, …)
 /// besides the loopback address, the port (a random one when `None`: a test restarts a server
 /// where its clients reconnect) and the temporary store.

@@ -55,7 +55,7 @@ impl Usage {
                 .map(|(pid, before)| {
                     let cpu = cpu_seconds(&[*pid]) - before;
                     total += cpu;
-                    let memory = memory_kib(*pid);
+                    let memory = crate::metrics::memory_kib_of(*pid);
                     json!({
                         "pid": pid,
                         "process": process_name(*pid),
@@ -117,34 +117,11 @@ impl NatsCounts {
     }
 }
 
-/// User plus system CPU seconds the processes have used so far (`/proc`; 100 ticks/s).
+/// User plus system CPU seconds the processes have used so far.
 pub(super) fn cpu_seconds(pids: &[u32]) -> f64 {
-    let ticks: u64 = pids
-        .iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        })
-        .sum();
-    ticks as f64 / 100.0
-}
-
-/// The process's resident memory now and at its peak, in KiB.
-fn memory_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))?
-            .split_whitespace()
-            .next()?
-            .parse::<u64>()
-            .ok()
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    pids.iter()
+        .filter_map(|pid| crate::metrics::cpu_seconds_of(*pid))
+        .sum()
 }
 
 /// The program and its subcommand, as `ferry dev` or `nats-server`.

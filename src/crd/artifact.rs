@@ -60,6 +60,14 @@ impl ArtifactFlavor {
             ArtifactFlavor::Zip => "zip_artifact",
         }
     }
+
+    /// The packaging Launch's `/v1` bundle view names for the flavor.
+    pub fn packaging_type(self) -> &'static str {
+        match self {
+            ArtifactFlavor::Cloudpickle => "cloudpickle",
+            ArtifactFlavor::Zip => "zip",
+        }
+    }
 }
 
 /// The framework image an artifact runs in.

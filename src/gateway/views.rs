@@ -155,10 +155,7 @@ fn with_artifact_fields(view: BundleV1, artifact: &crate::crd::artifact::Artifac
             .map(|config| Value::Object(config.0.clone())),
         env_params: EnvParamsView::Framework(super::artifacts::framework_view(&artifact.framework)),
         location: artifact.location.clone(),
-        packaging_type: match artifact.flavor {
-            crate::crd::artifact::ArtifactFlavor::Cloudpickle => "cloudpickle",
-            crate::crd::artifact::ArtifactFlavor::Zip => "zip",
-        },
+        packaging_type: artifact.flavor.packaging_type(),
         requirements: artifact.requirements.clone(),
         ..view
     }

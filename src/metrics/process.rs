@@ -118,6 +118,18 @@ where
     gauge.encode(encoder.encode_descriptor(name, help, unit.as_ref(), gauge.metric_type())?)
 }
 
+/// User plus system CPU seconds process `pid` has used so far; `None` when it cannot be read.
+pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(parse_stat(&text)?.cpu_ticks as f64 / TICKS_PER_SECOND)
+}
+
+/// Process `pid`'s resident memory now and at its peak, in KiB.
+pub fn memory_kib_of(pid: u32) -> Option<(i64, i64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some((status_kib(&status, "VmRSS")?, status_kib(&status, "VmHWM")?))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Stat {
     /// User plus system time.

@@ -3,10 +3,10 @@
 //! ([`AttemptCounts`]), and about once a second publishes the counts that changed, each on a
 //! subject naming the endpoint, the outcome, the minute and the dispatcher. The stream keeps
 //! only the last message of each subject, for an hour: a reader takes those of the endpoint and
-//! sums the last 60 minutes'. Reading costs one ordered read of at most 180 messages per
-//! dispatcher, whatever the traffic; counting costs no message per attempt (one per attempt was
-//! a stored message per callback). A dispatcher that stops without its last flush loses at most
-//! a second's counts, of a figure for people to look at.
+//! sums the last 60 minutes'. Reading costs one ordered read of at most 3 × 61 messages per
+//! dispatcher process of the hour, whatever the traffic; counting costs no message per attempt
+//! (one per attempt was a stored message per callback). A dispatcher that stops without its last
+//! flush loses at most a second's counts, of a figure for people to look at.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
