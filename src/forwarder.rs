@@ -1,7 +1,9 @@
-//! The worker sidecar: pulls an endpoint's tasks, records `STARTED` (a compare-and-set over the
-//! queued record: a task cancelled while queued is acknowledged unrun), calls the model
-//! container, records `SUCCESS`/`FAILURE`, queues the callback, and only then acknowledges the
-//! task, so a worker that dies mid-task loses nothing (the task is delivered again). On shutdown
+//! The worker sidecar: pulls an endpoint's tasks, calls the model container, records
+//! `STARTED` once the task has run for [`STARTED_AFTER`] (a compare-and-set over the queued
+//! record: a task cancelled as it was handed out stops there), records `SUCCESS`/`FAILURE`,
+//! queues the callback, and only then acknowledges the task, so a worker that dies mid-task
+//! loses nothing (the task is delivered again). A task cancelled while queued is taken out of
+//! the queue by its cancellation and never reaches a worker. On shutdown
 //! it stops pulling and finishes what it holds. A task ends `FAILURE` only when the model
 //! answered it (4xx/5xx, a body that is not JSON, a prediction that timed out) or its attempts
 //! ran out; a model that cannot take tasks pauses the worker instead (see [`outage`]) and the
@@ -50,6 +52,9 @@ const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
 /// (a model whose health route answers while it drops every task); doubles between them.
 const IDLE_PAUSE_FIRST: Duration = Duration::from_millis(500);
 const IDLE_PAUSE_MAX: Duration = Duration::from_secs(30);
+/// How long a task runs before its worker records it STARTED. Sooner, nobody polling would
+/// see the state before the outcome replaces it, and the write would only cost the queue.
+const STARTED_AFTER: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -274,8 +279,12 @@ impl Forwarder {
                 let message = format!(
                     "the task was abandoned after {MAX_TASK_ATTEMPTS} attempts: each worker stopped before finishing it"
                 );
-                self.finish(task, failure_without_answer(message), None)
-                    .await?;
+                self.finish(
+                    task,
+                    final_record(task, failure_without_answer(message)),
+                    None,
+                )
+                .await?;
                 return Ok(Handled::Recorded);
             }
         }
@@ -289,25 +298,39 @@ impl Forwarder {
             record: TaskRecord::pending(task.endpoint_id.clone()),
             revision,
         });
-        // STARTED before the model runs: this compare-and-set decides between this run and a
-        // cancellation of the queued task.
-        let started = TaskRecord::started(task.endpoint_id.clone());
-        let started = self
-            .queue
-            .advance_task_record(&task.task_id, &started, pending)
-            .await?;
-        if started.record.status.is_final() {
-            // Cancelled while queued, or finished by an earlier run: it does not run (again).
-            self.send_callback(task, outcome_of(&started.record))
-                .await?;
-            return Ok(Handled::Recorded);
-        }
+        let run_started_ms = now_ms();
         let timer = std::time::Instant::now();
-        let prediction = self.model.predict_task(task).await;
+        let predicting = self.model.predict_task(task);
+        tokio::pin!(predicting);
+        // STARTED only once a poll could see it: a task answered sooner goes from PENDING to
+        // its outcome in one write. A cancelled task was taken out of the queue; one cancelled
+        // as it was handed out is stopped here, its model call dropped.
+        let (prediction, started) = tokio::select! {
+            prediction = &mut predicting => (prediction, None),
+            () = tokio::time::sleep(STARTED_AFTER) => {
+                let started = TaskRecord {
+                    started_at_ms: Some(run_started_ms),
+                    ..TaskRecord::started(task.endpoint_id.clone())
+                };
+                let started = self
+                    .queue
+                    .advance_task_record(&task.task_id, &started, pending.clone())
+                    .await?;
+                if started.record.status.is_final() {
+                    // Cancelled, or finished by an earlier run: this run's answer is not wanted.
+                    self.send_callback(task, outcome_of(&started.record))
+                        .await?;
+                    return Ok(Handled::Recorded);
+                }
+                (predicting.await, Some(started))
+            }
+        };
         let prediction = match prediction {
             Prediction::Unavailable { reason } if !delivery.is_last_delivery() => {
                 // Queued again unrun: PENDING again, so it may still be cancelled.
-                self.queue.unstart_task(&task.task_id, &started).await?;
+                if let Some(started) = &started {
+                    self.queue.unstart_task(&task.task_id, started).await?;
+                }
                 return Ok(Handled::ModelUnavailable(reason));
             }
             Prediction::Unavailable { reason } => failure_without_answer(format!(
@@ -320,7 +343,11 @@ impl Forwarder {
         };
         self.metrics
             .observe_predict(&task.endpoint_id, timer.elapsed());
-        self.finish(task, prediction, Some(started)).await?;
+        let outcome = TaskRecord {
+            started_at_ms: Some(run_started_ms),
+            ..final_record(task, prediction)
+        };
+        self.finish(task, outcome, started.or(pending)).await?;
         Ok(Handled::Recorded)
     }
 
@@ -328,10 +355,9 @@ impl Forwarder {
     async fn finish(
         &self,
         task: &TaskMessage,
-        prediction: Prediction,
+        record: TaskRecord,
         last_seen: Option<RecordAt>,
     ) -> Result<(), queue::Error> {
-        let record = final_record(task, prediction);
         // Each step may be repeated: the record is a compare-and-set that keeps the first
         // outcome, the callback job is deduplicated by its id.
         let stored = patiently(|| {

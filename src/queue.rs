@@ -126,6 +126,12 @@ pub enum Error {
         #[source]
         source: NatsError,
     },
+    #[error("removing the queued task on {subject}")]
+    Unqueue {
+        subject: String,
+        #[source]
+        source: NatsError,
+    },
     #[error("reading consumer {consumer} on stream {stream}")]
     ConsumerInfo {
         stream: String,

@@ -139,8 +139,8 @@ pub(super) fn parse_time(name: &str, text: Option<&str>) -> Result<Option<u64>, 
         })
 }
 
-/// Cancels a PENDING task: it never runs, ends CANCELLED, and its callback (if it sends one)
-/// goes out at once. A task a worker started, or a final one, is a 409.
+/// Cancels a PENDING task: it leaves the queue, ends CANCELLED, and its callback (if it sends
+/// one) goes out at once. A task a worker started, or a final one, is a 409.
 #[utoipa::path(delete, path = "/v1/async-tasks/{task_id}", tag = "tasks",
     params(("task_id" = String, Path)),
     responses((status = 200, body = TaskView), Unauthorized, NotFound, Conflict, Unavailable))]
@@ -164,12 +164,21 @@ pub async fn cancel_async_task(
         };
         return Err(AppError::Conflict(format!("task {id} is {status}: {why}")));
     }
-    if let Some(target) = record.callback.clone() {
-        // Should this fail, the worker that takes the cancelled task off the queue sends it.
-        let job = CallbackJob::for_cancelled(&task_id, target);
-        if let Err(error) = state.queue.publish_callback(&job).await {
-            tracing::warn!(%error, task_id = %task_id, "queueing a cancelled task's callback failed; its worker will");
+    let callback_queued = match record.callback.clone() {
+        Some(target) => {
+            let job = CallbackJob::for_cancelled(&task_id, target);
+            let queued = state.queue.publish_callback(&job).await;
+            if let Err(error) = &queued {
+                tracing::warn!(%error, task_id = %task_id, "queueing a cancelled task's callback failed; the task stays queued, so its worker sends it");
+            }
+            queued.is_ok()
         }
+        None => true,
+    };
+    // Out of the queue, so no worker receives it; one that does finds it cancelled as it
+    // would record it STARTED, and stops it there.
+    if callback_queued && let Err(error) = state.queue.unqueue(&task_id).await {
+        tracing::warn!(%error, task_id = %task_id, "a cancelled task stays queued; its worker will stop it");
     }
     tracing::info!(task_id = %task_id, "task cancelled");
     let callback = state.queue.callback_state(&task_id).await?;

@@ -231,6 +231,12 @@ async fn every_role_does_its_work_with_its_own_credentials_and_none_without() {
         .expect("cancelled")
         .expect("a record");
     assert!(by_this_call && cancelled.status == TaskStatus::Cancelled);
+    gateway.unqueue(&doomed.task_id).await.expect("unqueued");
+    let backlog = gateway.backlog(&endpoint).await.expect("backlog read");
+    assert_eq!(
+        backlog.queued, 1,
+        "the cancelled task is taken out of the queue"
+    );
     let everything = TaskQuery {
         limit: 10,
         ..Default::default()
@@ -427,7 +433,8 @@ async fn forwarder_credentials_reach_no_secret_no_stream_admin_and_no_other_repl
         // Forging the callback figures.
         names::callback_outcome_subject(&endpoint.to_string(), "delivered", 1, "forged"),
         // Submitting tasks.
-        names::tasks_subject(&endpoint),
+        names::task_subject(&TaskId::generate(&endpoint)),
+        names::shared_tasks_subject(&endpoint),
     ] {
         intruder.publish(&subject).await;
     }

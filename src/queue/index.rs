@@ -410,7 +410,7 @@ mod tests {
             .create_task_record(&task, &record)
             .await
             .expect("record");
-        let subject = names::tasks_subject(&endpoint);
+        let subject = names::task_subject(&task);
         for _ in 0..2 {
             let message = async_nats::jetstream::message::PublishMessage::build()
                 .payload("{}".into())

@@ -26,12 +26,19 @@ pub fn tasks_stream(endpoint: &EndpointId) -> String {
     format!("ferry-tasks-{endpoint}")
 }
 
-pub fn tasks_subject(endpoint: &EndpointId) -> String {
-    tasks_subject_pattern(&endpoint.to_string())
+/// The subject a task is queued on: its own, so that cancelling it removes it from the queue.
+pub fn task_subject(task: &TaskId) -> String {
+    format!("ferry.tasks.{}.{}", task.endpoint(), task.within_endpoint())
 }
 
-/// The tasks subject of `endpoint`, which may be a wildcard.
-pub fn tasks_subject_pattern(endpoint: &str) -> String {
+/// The subjects of `endpoint`'s tasks (`*` for every endpoint's).
+pub fn task_subjects_pattern(endpoint: &str) -> String {
+    format!("ferry.tasks.{endpoint}.*")
+}
+
+/// The one subject every task of `endpoint` was queued on before each had its own: the queue
+/// still takes it from a gateway of that version during an upgrade.
+pub fn shared_tasks_subject(endpoint: &EndpointId) -> String {
     format!("ferry.tasks.{endpoint}")
 }
 

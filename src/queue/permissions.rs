@@ -183,8 +183,11 @@ pub fn permissions(role: Role) -> Permissions {
             // republishes each stored task) and read by sequence (a stream's name is one token,
             // so every stream's direct gets; the consumers above already read any stream).
             publish.push("$JS.API.DIRECT.GET.*".to_owned());
+            // Cancelling: a cancelled task's own subject purged from its queue (any stream's
+            // purge, as above; the gateway already updates any stream's configuration).
+            publish.push("$JS.API.STREAM.PURGE.*".to_owned());
             publish.extend([
-                names::tasks_subject_pattern(all_endpoints),
+                names::task_subjects_pattern(all_endpoints),
                 names::ALL_ARRIVALS_SUBJECTS.to_owned(),
                 names::ALL_LOAD_SUBJECTS.to_owned(),
                 names::CALLBACKS_SUBJECTS.to_owned(),

@@ -218,8 +218,8 @@ impl Queue {
     }
 
     /// Cancels the task if it is still PENDING: the compare-and-set on its record decides
-    /// between this and a worker starting it. The record the task has afterwards, and whether
-    /// this call cancelled it; `None` for an unknown task.
+    /// between this and a worker recording its start. The record the task has afterwards, and
+    /// whether this call cancelled it; `None` for an unknown task.
     pub(super) async fn cancel_task(
         &self,
         task: &TaskId,

@@ -77,6 +77,11 @@ impl GatewayQueue {
         self.0.cancel_task(task).await
     }
 
+    /// Takes a cancelled task out of its queue.
+    pub async fn unqueue(&self, task: &TaskId) -> Result<(), Error> {
+        self.0.unqueue(task).await
+    }
+
     /// Queues the callback of a task cancelled while queued.
     pub async fn publish_callback(&self, job: &CallbackJob) -> Result<(), Error> {
         self.0.publish_callback(job).await

@@ -205,7 +205,7 @@ impl Queue {
     /// after a lost connection or a silent wait; by `deadline`, [`Error::Unconfirmed`] when a
     /// copy may have been stored, else the error that kept it out.
     async fn publish_confirmed(&self, task: &TaskMessage, deadline: Instant) -> Result<(), Error> {
-        let subject = names::tasks_subject(&task.endpoint_id);
+        let subject = names::task_subject(&task.task_id);
         let mut unknown: Option<NatsError> = None;
         let mut refused: Option<NatsError> = None;
         let mut retry = 0;
@@ -250,7 +250,7 @@ impl Queue {
         message: PublishMessage,
         deadline: Instant,
     ) -> Result<Attempt, Error> {
-        let subject = names::tasks_subject(&task.endpoint_id);
+        let subject = names::task_subject(&task.task_id);
         let went_down = self.link.went_down();
         let acked = match self.js.send_publish(subject, message).await {
             Ok(acked) => acked,
@@ -316,7 +316,7 @@ fn refusal(task: &TaskMessage, error: PublishError) -> Result<NatsError, Error> 
     }
     if error.kind() == PublishErrorKind::MaxPayloadExceeded {
         return Err(Error::Publish {
-            subject: names::tasks_subject(&task.endpoint_id),
+            subject: names::task_subject(&task.task_id),
             source: error.into(),
         });
     }

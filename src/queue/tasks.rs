@@ -154,7 +154,12 @@ impl Queue {
         self.ensure_index(&spec.endpoint_id).await?;
         let config = stream::Config {
             name: stream_name.clone(),
-            subjects: vec![names::tasks_subject(&spec.endpoint_id)],
+            // Each task on its own subject (cancelling a queued task purges it); the shared
+            // subject of earlier versions still queues a task an older gateway sends.
+            subjects: vec![
+                names::task_subjects_pattern(&spec.endpoint_id.to_string()),
+                names::shared_tasks_subject(&spec.endpoint_id),
+            ],
             retention: RetentionPolicy::WorkQueue,
             max_age: spec.task_expiry,
             max_messages: self.settings.task_limits.max_tasks,
@@ -166,7 +171,8 @@ impl Queue {
             // The server appends each task it stores (not a refused or repeated copy) to the
             // endpoint's index, its headers only: the id is the message id (`index`).
             republish: Some(stream::Republish {
-                source: names::tasks_subject(&spec.endpoint_id),
+                // (A task an older gateway queues on the shared subject is run, not listed.)
+                source: names::task_subjects_pattern(&spec.endpoint_id.to_string()),
                 destination: names::index_subject(&spec.endpoint_id),
                 headers_only: true,
             }),
@@ -212,6 +218,25 @@ impl Queue {
                 source: error.into(),
             }),
         }
+    }
+
+    /// Removes a cancelled task from its queue, so no worker receives it; a worker that holds
+    /// it already finds its record final. Removing a task that is not queued succeeds.
+    pub(super) async fn unqueue(&self, task: &TaskId) -> Result<(), Error> {
+        let subject = names::task_subject(task);
+        let purged = async {
+            self.js
+                .get_stream_no_info(names::tasks_stream(task.endpoint()))
+                .await?
+                .purge()
+                .filter(subject.as_str())
+                .await
+                .map_err(super::NatsError::from)
+        };
+        purged.await.map(|_| ()).map_err(|source| Error::Unqueue {
+            subject: subject.clone(),
+            source,
+        })
     }
 
     /// How many of the endpoint's tasks are queued and how many are held by workers.

@@ -221,3 +221,44 @@ async fn cancelled_tasks_never_run_listings_page_newest_first_and_other_teams_se
         assert_eq!(theirs.count(), 1, "one callback for cancelled {task}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cancelled_as_its_worker_takes_it_is_stopped_there_and_stays_cancelled() {
+    let nats = Nats::start().await;
+    let receiver = Receiver::start().await;
+    let runs = RunLog::new();
+    let manifests = Manifests::with_example_bundle();
+    manifests.add(
+        "endpoint.yaml",
+        &endpoint_yaml("racing", "test-bundle", &receiver.url("/cb"), ""),
+    );
+    let gateway = Dev::static_gateway_with(manifests.path(), &nats.url, &[]).await;
+    let _dispatcher = Process::dispatcher(&nats.url, &[]);
+    let endpoint = gateway.endpoint_id("racing").await;
+    // The model cancels its own task as its run begins, before the worker would record it
+    // STARTED (a cancellation answered 409 fails the run), then takes its time to answer.
+    let cancel_own_task = format!(
+        "import base64, urllib.request\n\
+         auth = 'Basic ' + base64.b64encode(b'{API_KEY}:').decode()\n\
+         url = '{}/v1/async-tasks/' + task_id\n\
+         urllib.request.urlopen(urllib.request.Request(url, method='DELETE', headers={{'Authorization': auth}})).read()\n\
+         time.sleep(3)\n\
+         return 200, args['x']",
+        gateway.base
+    );
+    let model = ModelProcess::start(&runs.recording(&cancel_own_task)).await;
+    let _worker = Process::forwarder(&nats.url, &endpoint, &model.url, &[]);
+    let task = gateway.submit(&endpoint, json!({"args": {"x": 1}})).await;
+
+    let callbacks = receiver.wait_for(1, WAIT).await;
+    assert_eq!(callbacks[0].body["status"], "CANCELLED", "{callbacks:?}");
+    nats.wait_quiet(WAIT).await;
+    // Past the model's answer: the worker dropped the run, recorded nothing over the
+    // cancellation and sent no other callback.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let view = gateway.task(&task).await;
+    assert_eq!(view["status"], "CANCELLED", "{view}");
+    assert!(view["result"].is_null(), "{view}");
+    assert_eq!(receiver.received().len(), 1, "one callback");
+    assert_eq!(runs.runs_of(&task).len(), 1, "run once, not again");
+}
