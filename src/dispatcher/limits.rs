@@ -7,7 +7,9 @@
 //! and nobody waits for one: memory follows the attempts in flight, not the keys ever seen.
 //!
 //! A job refused a slot is told when to come back. While its key keeps returning slots, it gets
-//! the next turn in a schedule spaced by how often the key returns one, so a backlog for a
+//! the next turn in a schedule spaced by how long the key holds a slot over its number of
+//! slots — the pace it takes jobs at when busy, whatever the demand (the time between two
+//! returns would slow the schedule down with each lull and keep it slow) — so a backlog for a
 //! fast receiver comes back at the pace the receiver takes it, each job about once, instead of
 //! churning through the queue or waiting out long backoffs. A key that has returned no slot for
 //! [`STUCK_AFTER`] is stuck (a hanging receiver): its jobs are refused at once, without a
@@ -25,8 +27,8 @@ use tokio::time::Instant;
 pub const STUCK_AFTER: Duration = Duration::from_secs(1);
 /// How long a slot is assumed to be held before the key has returned any.
 const FIRST_HOLD_GUESS: Duration = STUCK_AFTER;
-/// Weight of the newest gap between two returned slots in the running estimate, as 1/n.
-const GAP_SMOOTHING: u32 = 8;
+/// Weight of the newest hold of a slot in the running estimate, as 1/n.
+const HOLD_SMOOTHING: u32 = 8;
 
 /// Why no slot was given, and when to come back.
 #[derive(Debug, PartialEq, Eq)]
@@ -52,12 +54,14 @@ struct Limit {
     pace: Mutex<Pace>,
 }
 
-/// How fast a key returns its slots, and the turns given out to refused jobs.
+/// How fast a key takes jobs when busy, and the turns given out to refused jobs.
 struct Pace {
     /// When a slot was last returned, or the limit made.
     last_return: Instant,
-    /// Running estimate of the time between two returned slots.
-    gap: Duration,
+    /// Running estimate of how long a slot is held.
+    hold: Duration,
+    /// The key's slots.
+    slots: u32,
     /// The latest turn given out.
     next_turn: Instant,
 }
@@ -66,14 +70,15 @@ impl Pace {
     fn new(per_key: usize, now: Instant) -> Self {
         Pace {
             last_return: now,
-            gap: FIRST_HOLD_GUESS / u32::try_from(per_key.max(1)).unwrap_or(u32::MAX),
+            hold: FIRST_HOLD_GUESS,
+            slots: u32::try_from(per_key.max(1)).unwrap_or(u32::MAX),
             next_turn: now,
         }
     }
 
-    fn returned(&mut self, now: Instant) {
-        let gap = now.saturating_duration_since(self.last_return);
-        self.gap = (self.gap * (GAP_SMOOTHING - 1) + gap) / GAP_SMOOTHING;
+    /// A slot held for `held` is returned at `now`.
+    fn returned(&mut self, now: Instant, held: Duration) {
+        self.hold = (self.hold * (HOLD_SMOOTHING - 1) + held) / HOLD_SMOOTHING;
         self.last_return = now;
     }
 
@@ -86,7 +91,7 @@ impl Pace {
         if self.is_stuck(now) {
             return Busy::Stuck;
         }
-        self.next_turn = self.next_turn.max(now) + self.gap;
+        self.next_turn = self.next_turn.max(now) + self.hold / self.slots;
         Busy::Turn(self.next_turn - now)
     }
 }
@@ -94,6 +99,8 @@ impl Pace {
 /// A held slot; returned when dropped.
 pub struct Slot<K: Hash + Eq + Clone> {
     permit: Option<OwnedSemaphorePermit>,
+    /// When the permit was taken.
+    taken: Instant,
     limit: Arc<Limit>,
     key: K,
     limits: Arc<Mutex<HashMap<K, Arc<Limit>>>>,
@@ -119,6 +126,7 @@ impl<K: Hash + Eq + Clone> Slots<K> {
             limit: self.limit(key),
             key: key.clone(),
             limits: self.limits.clone(),
+            taken: Instant::now(),
         };
         let semaphore = slot.limit.slots.clone();
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
@@ -137,6 +145,7 @@ impl<K: Hash + Eq + Clone> Slots<K> {
         match waited {
             Ok(Ok(permit)) => {
                 slot.permit = Some(permit);
+                slot.taken = Instant::now();
                 Ok(slot)
             }
             _ => Err(slot.limit.turn()),
@@ -180,7 +189,8 @@ impl Limit {
 impl<K: Hash + Eq + Clone> Drop for Slot<K> {
     fn drop(&mut self) {
         if self.permit.take().is_some() {
-            self.limit.pace().returned(Instant::now());
+            let now = Instant::now();
+            self.limit.pace().returned(now, now - self.taken);
         }
         let mut limits = lock(&self.limits);
         // Clones of a limit are only taken under this lock: when the map's and this one are
@@ -191,13 +201,46 @@ impl<K: Hash + Eq + Clone> Drop for Slot<K> {
     }
 }
 
-/// A slot of `destination`, when the attempt has one, then a slot of `endpoint`; or when to
-/// come back when either keeps its share in flight. The destination comes first: a job waiting
-/// for a receiver at its bound (a hanging one) holds none of its endpoint's share, so the
-/// endpoint's other receivers keep all of it. The job then waits for its endpoint only while
-/// the endpoint moves (a stuck one refuses at once), so the destination slot it holds meanwhile
-/// is soon used or returned.
+/// A slot of `destination`, when the attempt has one, then a slot of `endpoint`, within `wait`
+/// in all; or when to come back when either keeps its share in flight. The destination comes
+/// first: a job waiting for a receiver at its bound (a hanging one) holds none of its
+/// endpoint's share, so the endpoint's other receivers keep all of it. The job then waits for
+/// its endpoint only while the endpoint moves (a stuck one refuses at once), so the destination
+/// slot it holds meanwhile is soon used or returned. A job refused a place in line whose turn
+/// comes within [`NEAR_TURN`] waits for it and tries again.
 pub async fn reserve<E, D>(
+    endpoints: (&Slots<E>, &E),
+    destinations: (&Slots<D>, Option<&D>),
+    wait: Duration,
+) -> Result<(Option<Slot<D>>, Slot<E>), Busy>
+where
+    E: Hash + Eq + Clone,
+    D: Hash + Eq + Clone,
+{
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match reserve_once(endpoints, destinations, left).await {
+            Err(Busy::Turn(after)) if waits_for_turn(after, Instant::now(), deadline) => {
+                tokio::time::sleep(after).await;
+            }
+            reserved => return reserved,
+        }
+    }
+}
+
+/// A refused job whose turn comes this soon waits for it rather than going back to the queue:
+/// a key's turns are spaced by how often it returns a slot, so this many jobs at most per key
+/// wait, those it takes within the next moment (one or two of a slow or hanging key's), and a
+/// fast receiver's burst is taken at its pace without a put-back and redelivery for each job.
+const NEAR_TURN: Duration = Duration::from_millis(50);
+
+/// Whether a job refused with a turn `after` from `now` waits for it, by `deadline`.
+fn waits_for_turn(after: Duration, now: Instant, deadline: Instant) -> bool {
+    after <= NEAR_TURN && now + after < deadline
+}
+
+async fn reserve_once<E, D>(
     (endpoints, endpoint): (&Slots<E>, &E),
     (destinations, destination): (&Slots<D>, Option<&D>),
     wait: Duration,
@@ -283,11 +326,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn refused_jobs_get_turns_spaced_by_how_often_the_key_returns_slots() {
+    async fn refused_jobs_get_turns_spaced_by_how_long_the_key_holds_a_slot_over_its_slots() {
         tokio::time::pause();
         let slots = Slots::new(2, 0);
-        // One slot stays held, so the key's limit (and its pace) is kept; the other is
-        // returned every 10 ms for a while: the key's pace.
+        // One slot stays held, so the key's limit (and its pace) is kept; the other is held
+        // 10 ms at a time for a while: two slots held 10 ms each take a job every 5 ms.
         let _anchor = slots.acquire(&"fast", Duration::ZERO).await.expect("slot");
         for _ in 0..64 {
             let held = slots.acquire(&"fast", Duration::ZERO).await.expect("slot");
@@ -307,7 +350,7 @@ mod tests {
         .collect();
         let gap = turns[0];
         assert!(
-            gap > Duration::from_millis(9) && gap < Duration::from_millis(11),
+            gap > Duration::from_millis(4) && gap < Duration::from_millis(6),
             "{gap:?}"
         );
         assert_eq!(turns, vec![gap, gap * 2, gap * 3], "one turn after another");
@@ -355,6 +398,86 @@ mod tests {
             Some(Busy::Stuck),
             "the waiting job gets no slot of the hanging receiver"
         );
+    }
+
+    #[tokio::test]
+    async fn lulls_in_demand_do_not_slow_a_keys_turns() {
+        tokio::time::pause();
+        let slots = Slots::new(2, 0);
+        let _anchor = slots.acquire(&"fast", Duration::ZERO).await.expect("slot");
+        // Each job is answered in 1 ms, and the next comes 100 ms later.
+        for _ in 0..64 {
+            let held = slots.acquire(&"fast", Duration::ZERO).await.expect("slot");
+            tokio::time::advance(Duration::from_millis(1)).await;
+            drop(held);
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        let _held = slots.acquire(&"fast", Duration::ZERO).await.expect("slot");
+        let refused = slots.acquire(&"fast", Duration::ZERO).await.err();
+        assert!(
+            matches!(refused, Some(Busy::Turn(after)) if after < Duration::from_millis(1)),
+            "the key takes a job every half millisecond when busy: {refused:?}"
+        );
+    }
+
+    #[test]
+    fn only_a_near_turn_within_the_wait_is_waited_for() {
+        let now = Instant::now();
+        let deadline = now + STUCK_AFTER;
+        assert!(waits_for_turn(NEAR_TURN, now, deadline));
+        assert!(!waits_for_turn(NEAR_TURN * 2, now, deadline), "far");
+        assert!(
+            !waits_for_turn(NEAR_TURN, deadline - NEAR_TURN / 2, deadline),
+            "past the wait"
+        );
+    }
+
+    /// Reserves a slot of `key` (no destination) within `wait`, by itself.
+    async fn reserve_alone(
+        slots: &Slots<&'static str>,
+        key: &'static str,
+        wait: Duration,
+    ) -> Result<(), Busy> {
+        let none: Slots<&str> = Slots::new(1, 1);
+        reserve((slots, &key), (&none, None), wait)
+            .await
+            .map(|_| ())
+    }
+
+    #[tokio::test]
+    async fn a_job_refused_by_a_fast_key_waits_for_its_near_turn_instead_of_going_back() {
+        tokio::time::pause();
+        // Thirty-two slots, no line: a refused job's first turn is a 32nd of a second away.
+        let slots = Arc::new(Slots::new(32, 0));
+        let mut held = Vec::new();
+        for _ in 0..32 {
+            held.push(slots.acquire(&"fast", Duration::ZERO).await.expect("slot"));
+        }
+        let refused = {
+            let slots = slots.clone();
+            tokio::spawn(async move { reserve_alone(&slots, "fast", STUCK_AFTER).await })
+        };
+        tokio::task::yield_now().await;
+        // A slot comes back before the turn: the job takes it then.
+        held.pop();
+        let asked = Instant::now();
+        assert_eq!(refused.await.expect("joined"), Ok(()));
+        assert!(asked.elapsed() <= NEAR_TURN, "{:?}", asked.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_job_refused_by_a_slow_key_goes_back_at_once_with_its_turn() {
+        tokio::time::pause();
+        // One slot, no line: a turn is a second away.
+        let slots = Slots::new(1, 0);
+        let _held = slots.acquire(&"slow", Duration::ZERO).await.expect("slot");
+        let asked = Instant::now();
+        let refused = reserve_alone(&slots, "slow", STUCK_AFTER).await;
+        assert!(
+            matches!(refused, Err(Busy::Turn(after)) if after > NEAR_TURN),
+            "{refused:?}"
+        );
+        assert_eq!(asked.elapsed(), Duration::ZERO, "not waited for");
     }
 
     #[tokio::test]
