@@ -306,7 +306,7 @@ impl Dispatcher {
             }
             reserved = reserve => reserved,
         };
-        let (_slots, destination) = match reserved {
+        let (slots, destination) = match reserved {
             Ok(reserved) => reserved,
             Err(busy) => {
                 self.metrics.deferred.inc();
@@ -339,6 +339,9 @@ impl Dispatcher {
             // An opened target always has a URL, so a looked-up destination.
             (Ok(_), None) => refused("the callback's target has no URL".into()),
         };
+        // The receiver is done with the attempt: its slots measure how long it holds one
+        // (the pace of its turns), not the recording that follows.
+        drop(slots);
         let next = endpoint
             .schedule
             .next(attempt_number, verdict, rand::random::<f64>());
