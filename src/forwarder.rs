@@ -315,14 +315,23 @@ impl Forwarder {
                 let started = self
                     .queue
                     .advance_task_record(&task.task_id, &started, pending.clone())
-                    .await?;
-                if started.record.status.is_final() {
-                    // Cancelled, or finished by an earlier run: this run's answer is not wanted.
-                    self.send_callback(task, outcome_of(&started.record))
-                        .await?;
-                    return Ok(Handled::Recorded);
+                    .await;
+                match started {
+                    Ok(started) if started.record.status.is_final() => {
+                        // Cancelled, or finished by an earlier run: this run's answer is not
+                        // wanted.
+                        self.send_callback(task, outcome_of(&started.record))
+                            .await?;
+                        return Ok(Handled::Recorded);
+                    }
+                    Ok(started) => (predicting.await, Some(started)),
+                    // The state only informs: the run goes on, and its outcome is recorded by
+                    // compare-and-set all the same (a cancellation still stands).
+                    Err(error) => {
+                        tracing::warn!(%error, "recording STARTED failed; the task runs on");
+                        (predicting.await, None)
+                    }
                 }
-                (predicting.await, Some(started))
             }
         };
         let prediction = match prediction {

@@ -230,9 +230,9 @@ where
 }
 
 /// A refused job whose turn comes this soon waits for it rather than going back to the queue:
-/// a key's turns are spaced by how often it returns a slot, so this many jobs at most per key
-/// wait, those it takes within the next moment (one or two of a slow or hanging key's), and a
-/// fast receiver's burst is taken at its pace without a put-back and redelivery for each job.
+/// a key's turns are spaced by its pace, so the jobs that wait so are those it takes within
+/// this moment (one or two of a slow or hanging key's), and a fast receiver's burst is taken
+/// at its pace without a put-back and redelivery for each job.
 const NEAR_TURN: Duration = Duration::from_millis(50);
 
 /// Whether a job refused with a turn `after` from `now` waits for it, by `deadline`.
