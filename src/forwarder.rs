@@ -281,7 +281,7 @@ impl Forwarder {
                 );
                 self.finish(
                     task,
-                    final_record(task, failure_without_answer(message)),
+                    final_record(task, failure_without_answer(message), None),
                     None,
                 )
                 .await?;
@@ -352,10 +352,7 @@ impl Forwarder {
         };
         self.metrics
             .observe_predict(&task.endpoint_id, timer.elapsed());
-        let outcome = TaskRecord {
-            started_at_ms: Some(run_started_ms),
-            ..final_record(task, prediction)
-        };
+        let outcome = final_record(task, prediction, Some(run_started_ms));
         self.finish(task, outcome, started.or(pending)).await?;
         Ok(Handled::Recorded)
     }
@@ -432,10 +429,16 @@ fn failure_without_answer(message: String) -> Prediction {
     }
 }
 
-fn final_record(task: &TaskMessage, prediction: Prediction) -> TaskRecord {
+/// The outcome record of a run that began at `started_at_ms` (none for a task that never ran).
+fn final_record(
+    task: &TaskMessage,
+    prediction: Prediction,
+    started_at_ms: Option<u64>,
+) -> TaskRecord {
     let now = now_ms();
     let base = TaskRecord {
         updated_at_ms: now,
+        started_at_ms,
         finished_at_ms: Some(now),
         ..TaskRecord::pending(task.endpoint_id.clone())
     };

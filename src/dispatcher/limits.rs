@@ -98,9 +98,8 @@ impl Pace {
 
 /// A held slot; returned when dropped.
 pub struct Slot<K: Hash + Eq + Clone> {
-    permit: Option<OwnedSemaphorePermit>,
-    /// When the permit was taken.
-    taken: Instant,
+    /// The permit, with when it was taken.
+    permit: Option<(OwnedSemaphorePermit, Instant)>,
     limit: Arc<Limit>,
     key: K,
     limits: Arc<Mutex<HashMap<K, Arc<Limit>>>>,
@@ -126,11 +125,10 @@ impl<K: Hash + Eq + Clone> Slots<K> {
             limit: self.limit(key),
             key: key.clone(),
             limits: self.limits.clone(),
-            taken: Instant::now(),
         };
         let semaphore = slot.limit.slots.clone();
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
-            slot.permit = Some(permit);
+            slot.permit = Some((permit, Instant::now()));
             return Ok(slot);
         }
         if slot.limit.pace().is_stuck(Instant::now()) {
@@ -144,8 +142,7 @@ impl<K: Hash + Eq + Clone> Slots<K> {
         // The semaphore is never closed: an error cannot happen, and would mean "no slot".
         match waited {
             Ok(Ok(permit)) => {
-                slot.permit = Some(permit);
-                slot.taken = Instant::now();
+                slot.permit = Some((permit, Instant::now()));
                 Ok(slot)
             }
             _ => Err(slot.limit.turn()),
@@ -188,9 +185,9 @@ impl Limit {
 
 impl<K: Hash + Eq + Clone> Drop for Slot<K> {
     fn drop(&mut self) {
-        if self.permit.take().is_some() {
+        if let Some((_permit, taken)) = self.permit.take() {
             let now = Instant::now();
-            self.limit.pace().returned(now, now - self.taken);
+            self.limit.pace().returned(now, now - taken);
         }
         let mut limits = lock(&self.limits);
         // Clones of a limit are only taken under this lock: when the map's and this one are

@@ -150,6 +150,7 @@ impl Queue {
     /// Creates or updates the endpoint's stream and consumer; safe to call repeatedly.
     pub(super) async fn ensure_task_queue(&self, spec: &QueueSpec) -> Result<(), Error> {
         let stream_name = names::tasks_stream(&spec.endpoint_id);
+        let own_subjects = names::task_subjects_pattern(&spec.endpoint_id.to_string());
         // The index first: the queue appends to it every task it stores from then on.
         self.ensure_index(&spec.endpoint_id).await?;
         let config = stream::Config {
@@ -157,7 +158,7 @@ impl Queue {
             // Each task on its own subject (cancelling a queued task purges it); the shared
             // subject of earlier versions still queues a task an older gateway sends.
             subjects: vec![
-                names::task_subjects_pattern(&spec.endpoint_id.to_string()),
+                own_subjects.clone(),
                 names::shared_tasks_subject(&spec.endpoint_id),
             ],
             retention: RetentionPolicy::WorkQueue,
@@ -172,7 +173,7 @@ impl Queue {
             // endpoint's index, its headers only: the id is the message id (`index`).
             republish: Some(stream::Republish {
                 // (A task an older gateway queues on the shared subject is run, not listed.)
-                source: names::task_subjects_pattern(&spec.endpoint_id.to_string()),
+                source: own_subjects,
                 destination: names::index_subject(&spec.endpoint_id),
                 headers_only: true,
             }),
