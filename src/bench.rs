@@ -2,10 +2,12 @@
 //! loopback, submits tasks `{"x": i, "y": "bench"}` to an async endpoint running the example
 //! model (result `i + 5`), and reports throughput, submit→callback latency, lost, duplicate and
 //! wrong results. With `--wake-rounds` or `--burst` it measures autoscaling instead ([`scaling`]),
-//! with `--callback-backlog` a dispatcher's catch-up ([`catchup`]); a sync or streaming endpoint
-//! is measured by its requests' latency ([`serving`]).
+//! with `--callback-backlog` a dispatcher's catch-up ([`catchup`]), with `--jetstream-floor`
+//! the least NATS work any durable design asks per task ([`floor`]); a sync or streaming
+//! endpoint is measured by its requests' latency ([`serving`]).
 
 mod catchup;
+mod floor;
 pub mod model;
 mod scaling;
 mod serving;
@@ -50,6 +52,8 @@ pub struct Settings {
     pub callback_backlog: u64,
     /// Seconds each task of a wake or burst measurement asks the model to take.
     pub task_seconds: f64,
+    /// Measure the NATS work of a bare two-queue pipeline instead.
+    pub jetstream_floor: bool,
 }
 
 /// Per task: nanoseconds from the start at submission, at first callback, and callbacks seen.
@@ -75,6 +79,9 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     }
     if settings.callback_backlog > 0 {
         return catchup::run(settings, cancel).await;
+    }
+    if settings.jetstream_floor {
+        return floor::run(settings, cancel).await;
     }
     let http = reqwest::Client::builder()
         .no_proxy()

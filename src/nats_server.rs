@@ -44,6 +44,11 @@ impl NatsServer {
         &self.url
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self._child.id()
+    }
+
     /// Its store directory, removed with the server: a place for files that live as long.
     pub fn store_dir(&self) -> &Path {
         self.store.path()

@@ -68,6 +68,11 @@ pub struct BenchArgs {
     /// Seconds each task of a wake or burst measurement asks the model to take (`sleep`).
     #[arg(long, env = "FERRY_BENCH_TASK_SECONDS", default_value = "1.0")]
     pub task_seconds: f64,
+    /// Measure the floor under ferry's figures instead: on a nats-server of its own, `--tasks`
+    /// pass through the least a durable design asks of it (a task stored, taken, its outcome
+    /// stored, taken; each acknowledged) at `--rate`, and its CPU per task is reported.
+    #[arg(long, env = "FERRY_BENCH_JETSTREAM_FLOOR")]
+    pub jetstream_floor: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -98,6 +103,7 @@ impl BenchArgs {
             burst: self.burst,
             callback_backlog: self.callback_backlog,
             task_seconds: self.task_seconds,
+            jetstream_floor: self.jetstream_floor,
         }
     }
 }

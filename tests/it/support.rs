@@ -775,7 +775,7 @@ class Model(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
     def do_GET(self):
-        self.reply(200, {{"ready": True}})
+        self.reply(200, {{"ready": True, "pid": os.getpid()}})
     def do_POST(self):
         args = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         self.reply(*handle(args, self.headers.get("ferry-task-id")))
@@ -881,31 +881,51 @@ impl ModelProcess {
             python_model_source(handler_body),
         )
         .unwrap();
-        let port = free_port();
-        let child = Self::spawn(dir.path(), port).await;
-        ModelProcess {
-            url: format!("http://127.0.0.1:{port}"),
-            child,
-            port,
-            dir,
+        // Another test may take the port between choosing it and the model binding it: the
+        // model then exits, and starts again on another port.
+        loop {
+            let port = free_port();
+            if let Some(child) = Self::spawn(dir.path(), port).await {
+                return ModelProcess {
+                    url: format!("http://127.0.0.1:{port}"),
+                    child,
+                    port,
+                    dir,
+                };
+            }
         }
     }
 
-    /// Starts the model script in `dir` on `port` and waits until it answers.
-    async fn spawn(dir: &Path, port: u16) -> Child {
-        let child = Command::new("python3")
+    /// Starts the model script in `dir` on `port` and waits until it answers; `None` when it
+    /// exits first (the port was taken). Only its own answer counts (it names its pid): a
+    /// model of another test on the same port is never taken for this one.
+    async fn spawn(dir: &Path, port: u16) -> Option<Child> {
+        let mut child = Command::new("python3")
             .arg(dir.join("model.py"))
             .env("PORT", port.to_string())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
+        let pid = child.id().map(Value::from);
         let url = format!("http://127.0.0.1:{port}");
         let http = http_client();
-        eventually("model ready", STARTUP, || async {
-            http.get(&url).send().await.ok().map(drop)
-        })
-        .await;
-        child
+        let deadline = tokio::time::Instant::now() + STARTUP;
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return None;
+            }
+            if let Ok(response) = http.get(&url).send().await {
+                let answer: Value = response.json().await.unwrap_or_default();
+                if pid.as_ref() == Some(&answer["pid"]) {
+                    return Some(child);
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {STARTUP:?} waiting for the model on port {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -920,7 +940,9 @@ impl ModelProcess {
 
     /// Starts the model again on its port (after [`Self::crash`]), as a restarted container.
     pub async fn restart(&mut self) {
-        self.child = Self::spawn(self.dir.path(), self.port).await;
+        self.child = Self::spawn(self.dir.path(), self.port)
+            .await
+            .expect("the model's port is still free after its crash");
     }
 }
 
