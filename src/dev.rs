@@ -5,6 +5,7 @@
 
 mod nats;
 mod pool;
+mod port_owner;
 mod python;
 mod runtime;
 mod workers;

@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use super::port_owner;
 use super::python::ModelCommand;
 use crate::admin::Readiness;
 use crate::catalog::Catalog;
@@ -93,6 +94,14 @@ impl Worker {
         )?
         .with_streaming_route(spec.streaming_predict_route.as_deref())?
         .with_inputs(self.inputs.clone());
+        // The port was free when chosen, but another process may have taken it since (this
+        // model then fails to bind it and exits): only this model's answer makes it ready.
+        let model = match child.id() {
+            Some(pid) => model.with_ready_check(Arc::new(move || {
+                port_owner::listened_by(port, pid) != Some(false)
+            })),
+            None => model,
+        };
         let stop_forwarder = cancel.child_token();
         let forwarding = self.forward(model, readiness.clone(), stop_forwarder.clone());
         let mut forwarding = std::pin::pin!(forwarding);
@@ -105,7 +114,7 @@ impl Worker {
             status = child.wait() => {
                 stop_forwarder.cancel();
                 let _ = forwarding.await;
-                Err(format!("model process exited ({})", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())).into())
+                Err(exited(status).into())
             }
         }
     }
@@ -192,6 +201,11 @@ impl Worker {
     }
 }
 
+fn exited(status: std::io::Result<std::process::ExitStatus>) -> String {
+    let status = status.map_or_else(|error| error.to_string(), |status| status.to_string());
+    format!("model process exited ({status})")
+}
+
 async fn log_lines(worker: String, output: impl AsyncRead + Unpin) {
     let mut lines = BufReader::new(output).lines();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -201,7 +215,7 @@ async fn log_lines(worker: String, output: impl AsyncRead + Unpin) {
 
 fn free_port() -> std::io::Result<u16> {
     // The port is released before the model binds it; another process could take it in between,
-    // in which case the model exits and the worker restarts on a new port.
+    // in which case the model exits and the worker restarts on a new port (`port_owner`).
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

@@ -4,6 +4,7 @@
 //! answer. The second is an outage of the worker, not an outcome of the task. A prediction that
 //! timed out is the task's failure: the model had it and did not finish it in time.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -106,7 +107,12 @@ pub struct ModelClient {
     /// Where streaming predictions come from, when the model offers them.
     streaming_url: Option<Url>,
     timeout: Duration,
+    /// A further condition of readiness, asked once the health route has answered.
+    ready_check: Option<ReadyCheck>,
 }
+
+/// Whether the model that answered is the one meant (see [`ModelClient::with_ready_check`]).
+pub type ReadyCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -149,6 +155,7 @@ impl ModelClient {
             health_url: join(healthcheck_route)?,
             streaming_url: None,
             timeout,
+            ready_check: None,
         })
     }
 
@@ -164,6 +171,13 @@ impl ModelClient {
             self.streaming_url = Some(url);
         }
         Ok(self)
+    }
+
+    /// The same client, ready only when `check` also holds once the health route answers:
+    /// `ferry dev` asks whether its own model process is the one listening there.
+    pub fn with_ready_check(mut self, check: ReadyCheck) -> Self {
+        self.ready_check = Some(check);
+        self
     }
 
     /// The same client, fetching the inputs of tasks given by URL with `inputs`.
@@ -294,6 +308,7 @@ impl ModelClient {
             .send()
             .await;
         probe.is_ok_and(|response| response.status().is_success())
+            && self.ready_check.as_ref().is_none_or(|check| check())
     }
 
     /// Returns once the health route answers 2xx; `false` when cancelled first. Probes at once,
@@ -513,6 +528,25 @@ mod tests {
                 .await,
         );
         assert!(reason.contains("gave no answer"), "{reason}");
+    }
+
+    /// A model whose health route answers is ready only if the further check holds too.
+    #[tokio::test]
+    async fn a_failed_ready_check_keeps_an_answering_model_unready() {
+        let addr = model_that(|mut socket| async move {
+            use tokio::io::AsyncWriteExt;
+            read_request(&mut socket).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        })
+        .await;
+        let client = client_for(addr, Duration::from_secs(5));
+        assert!(client.is_ready().await, "no check");
+        let refused = client.clone().with_ready_check(Arc::new(|| false));
+        assert!(!refused.is_ready().await, "the check fails");
+        let passed = client.with_ready_check(Arc::new(|| true));
+        assert!(passed.is_ready().await, "the check holds");
     }
 
     /// The prediction of a model that reads the request, writes `raw` and closes.
