@@ -4,6 +4,7 @@
 //! Run one area with `cargo nextest run --test it -E 'test(/^callbacks::/)'`.
 
 mod autoscale;
+mod bench;
 mod bounds;
 mod callbacks;
 mod cli_ops;
