@@ -34,7 +34,7 @@ pub enum Error {
 
 pub struct NatsServer {
     url: String,
-    _child: Child,
+    child: Child,
     store: tempfile::TempDir,
 }
 
@@ -46,7 +46,7 @@ impl NatsServer {
 
     /// Its process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self._child.id()
+        self.child.id()
     }
 
     /// Its store directory, removed with the server: a place for files that live as long.
@@ -57,7 +57,7 @@ impl NatsServer {
     /// Stops the server and waits until it has exited (its port is free again).
     #[cfg(test)]
     pub async fn stop(mut self) {
-        let _ = self._child.kill().await;
+        let _ = self.child.kill().await;
     }
 }
 
@@ -143,7 +143,7 @@ pub async fn start_in(
     tracing::info!(%address, "started nats-server");
     Ok(NatsServer {
         url: format!("nats://{}", address.trim_start_matches("nats://")),
-        _child: child,
+        child,
         store,
     })
 }

@@ -299,7 +299,8 @@ impl ModelClient {
             .boxed()
     }
 
-    /// True when the health route answers 2xx within the probe timeout.
+    /// True when the health route answers 2xx within the probe timeout and the ready check, if
+    /// any, holds.
     pub async fn is_ready(&self) -> bool {
         let probe = self
             .http
@@ -311,8 +312,8 @@ impl ModelClient {
             && self.ready_check.as_ref().is_none_or(|check| check())
     }
 
-    /// Returns once the health route answers 2xx; `false` when cancelled first. Probes at once,
-    /// then as `probing` says.
+    /// Returns once the model is ready ([`Self::is_ready`]); `false` when cancelled first.
+    /// Probes at once, then as `probing` says.
     pub async fn wait_until_ready(&self, cancel: &CancellationToken, probing: Probing) -> bool {
         let began = tokio::time::Instant::now();
         let mut logged = began;

@@ -883,7 +883,7 @@ impl ModelProcess {
         .unwrap();
         // Another test may take the port between choosing it and the model binding it: the
         // model then exits, and starts again on another port.
-        loop {
+        for _ in 0..5 {
             let port = free_port();
             if let Some(child) = Self::spawn(dir.path(), port).await {
                 return ModelProcess {
@@ -894,6 +894,7 @@ impl ModelProcess {
                 };
             }
         }
+        panic!("the model exited as it started, five times (its error is above)");
     }
 
     /// Starts the model script in `dir` on `port` and waits until it answers; `None` when it
