@@ -167,9 +167,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     let used = usage.report(&http, accepted).await?;
     let measured: Vec<usize> = (0..tasks).filter(|index| !hanging(*index)).collect();
     let mut report = report(&timings, &measured, accepted, submit_seconds);
-    if let (Some(report), Value::Object(used)) = (report.as_object_mut(), used) {
-        report.extend(used);
-    }
+    usage::extend(&mut report, used);
     println!("{report:#}");
     Ok(())
 }

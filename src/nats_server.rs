@@ -34,6 +34,8 @@ pub enum Error {
 
 pub struct NatsServer {
     url: String,
+    /// Where its monitoring endpoints are served, when they are: `127.0.0.1:PORT`.
+    monitor: Option<String>,
     child: Child,
     store: tempfile::TempDir,
 }
@@ -42,6 +44,13 @@ impl NatsServer {
     /// Where clients reach it: `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The base URL of its monitoring endpoints (`/varz`, `/jsz`), when its configuration
+    /// serves them ([`monitoring_config`]).
+    pub fn monitor_url(&self) -> Option<url::Url> {
+        let address = self.monitor.as_ref()?;
+        url::Url::parse(&format!("http://{address}/")).ok()
     }
 
     /// Its process id, while it runs.
@@ -62,11 +71,14 @@ impl NatsServer {
 }
 
 const LISTENING: &str = "Listening for client connections on ";
+/// Logged before [`LISTENING`] when the monitoring endpoints are served.
+const MONITORING: &str = "Starting http monitor on ";
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Configuration text that has the server serve its monitoring endpoints (`/varz`, `/jsz`) on
-/// 127.0.0.1 at `port`.
-pub fn monitoring_config(port: u16) -> String {
+/// 127.0.0.1 at `port`, or at a free port of its own choosing ([`NatsServer::monitor_url`]).
+pub fn monitoring_config(port: Option<u16>) -> String {
+    let port = port.map_or(-1, i32::from);
     format!("http: \"127.0.0.1:{port}\"\n")
 }
 
@@ -121,11 +133,16 @@ pub async fn start_in(
     };
     let stderr = child.stderr.take().ok_or_else(no_port)?;
     let mut lines = BufReader::new(stderr).lines();
+    let mut monitor = None;
     let address = tokio::time::timeout(START_TIMEOUT, async {
         while let Ok(Some(line)) = lines.next_line().await {
             tracing::debug!(target: "nats_server", "{line}");
-            if let Some(at) = line.find(LISTENING) {
-                return Some(line[at + LISTENING.len()..].trim().to_owned());
+            let after =
+                |marker: &str| Some(line[line.find(marker)? + marker.len()..].trim().to_owned());
+            if let Some(address) = after(MONITORING) {
+                monitor = Some(address);
+            } else if let Some(address) = after(LISTENING) {
+                return Some(address);
             }
         }
         None
@@ -143,6 +160,7 @@ pub async fn start_in(
     tracing::info!(%address, "started nats-server");
     Ok(NatsServer {
         url: format!("nats://{}", address.trim_start_matches("nats://")),
+        monitor,
         child,
         store,
     })

@@ -18,25 +18,25 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::Settings;
-use super::usage::Usage;
+use super::usage::{self, Usage};
 
 const TASKS: &str = "FLOOR_TASKS";
 const OUTCOMES: &str = "FLOOR_OUTCOMES";
 
 pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
     let tasks = settings.tasks;
-    let monitor_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
     let server = crate::nats_server::start(
         Path::new("nats-server"),
-        &crate::nats_server::monitoring_config(monitor_port),
+        &crate::nats_server::monitoring_config(None),
         None,
     )
     .await?;
     let server_pid = server
         .pid()
         .ok_or_else(|| anyhow::anyhow!("nats-server has exited"))?;
+    let monitor = server
+        .monitor_url()
+        .ok_or_else(|| anyhow::anyhow!("nats-server reported no monitoring port"))?;
     let client = async_nats::connect(server.url()).await?;
     let js = jetstream::new(client);
     for (name, subjects) in [(TASKS, "floor.tasks.>"), (OUTCOMES, "floor.outcomes.>")] {
@@ -108,7 +108,6 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     });
 
     let http = reqwest::Client::builder().no_proxy().build()?;
-    let monitor = url::Url::parse(&format!("http://127.0.0.1:{monitor_port}/"))?;
     let usage = Usage::start(&http, &[server_pid, std::process::id()], Some(&monitor)).await?;
     let pacing = (settings.rate > 0).then(|| Duration::from_secs_f64(1.0 / settings.rate as f64));
     let submissions = futures::stream::iter(0..tasks).map(|index| {
@@ -146,12 +145,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
         "drained": drained.is_ok(),
         "tasks_per_second": finished_tasks as f64 / elapsed,
     });
-    if let (Some(report), serde_json::Value::Object(used)) = (
-        report.as_object_mut(),
-        usage.report(&http, finished_tasks).await?,
-    ) {
-        report.extend(used);
-    }
+    usage::extend(&mut report, usage.report(&http, finished_tasks).await?);
     stop.cancel();
     let _ = tokio::join!(worker, dispatcher);
     println!("{report:#}");

@@ -102,9 +102,7 @@ pub async fn run(
         "requests_per_second": answered as f64 / seconds,
         "latency_ms": percentiles(&mut latencies),
     });
-    if let (Some(report), Value::Object(used)) = (report.as_object_mut(), used) {
-        report.extend(used);
-    }
+    usage::extend(&mut report, used);
     println!("{report:#}");
     Ok(())
 }

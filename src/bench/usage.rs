@@ -117,6 +117,13 @@ impl NatsCounts {
     }
 }
 
+/// `report` with the fields of `used` (a [`Usage::report`]) added.
+pub(super) fn extend(report: &mut Value, used: Value) {
+    if let (Some(report), Value::Object(used)) = (report.as_object_mut(), used) {
+        report.extend(used);
+    }
+}
+
 /// User plus system CPU seconds the processes have used so far.
 pub(super) fn cpu_seconds(pids: &[u32]) -> f64 {
     pids.iter()

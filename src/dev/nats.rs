@@ -42,7 +42,7 @@ pub async fn start(
     let auth = crate::nats_auth::AuthSet::generate();
     let mut config = auth.server_config()?;
     if let Some(port) = monitor_port {
-        config.push_str(&nats_server::monitoring_config(port));
+        config.push_str(&nats_server::monitoring_config(Some(port)));
     }
     let server = nats_server::start_in(program, &config, None, Some(group)).await?;
     let creds = server.store_dir().join("ferry.creds");
