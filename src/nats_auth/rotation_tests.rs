@@ -43,10 +43,6 @@ async fn until(connected: &mut Connected, state: bool) {
 #[tokio::test]
 async fn a_replaced_creds_file_is_read_again_when_the_client_reconnects() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
     let (before, after) = (AuthSet::generate(), AuthSet::generate());
     let dir = tempfile::tempdir().expect("temp dir");
     let creds = dir.path().join("operator.creds");
@@ -55,7 +51,13 @@ async fn a_replaced_creds_file_is_read_again_when_the_client_reconnects() {
         write_private(path, &before.role_creds(Role::Operator).expect("creds")).expect("write");
     }
     let config = |auth: &AuthSet| auth.server_config().expect("config");
-    let first = start_on_port(&config(&before), Some(port)).await;
+    // The server picks its port; its successor takes the same one (the connections the first
+    // one closes leave it in TIME_WAIT, so no other `bind` to port 0 is handed it meanwhile).
+    let first = start_on_port(&config(&before), None).await;
+    let port: u16 = url::Url::parse(first.connection.url())
+        .ok()
+        .and_then(|url| url.port())
+        .expect("the server's URL names its port");
     let connection = first
         .connection
         .clone()

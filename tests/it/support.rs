@@ -22,12 +22,33 @@ pub mod topology;
 pub const API_KEY: &str = "test-key-0123456789abcdef";
 const STARTUP: Duration = Duration::from_secs(30);
 
+/// A port for a server the test starts next, kept from every other process meanwhile.
+///
+/// A port found free and released can be handed to the next `bind` to port 0 anywhere on the
+/// machine (another test's model or receiver) before the server takes it. So the port is left
+/// in TIME_WAIT instead, by one connection closed from the accepting side first: for about a
+/// minute the kernel picks it for no `bind` to port 0 and no outgoing connection, while a server
+/// that sets SO_REUSEADDR (Rust's std and tokio, Go, Python's `http.server`) can still listen on
+/// it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    hold_in_time_wait(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+}
+
+/// Keeps `port`, which a stopped server of the test held, from other processes until the test
+/// starts a server on it again (as [`free_port`] does for a new one).
+pub fn keep_port(port: u16) {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+        .unwrap_or_else(|error| panic!("port {port} taken while its server was down: {error}"));
+    hold_in_time_wait(listener);
+}
+
+fn hold_in_time_wait(listener: std::net::TcpListener) -> u16 {
+    let address = listener.local_addr().unwrap();
+    let client = std::net::TcpStream::connect(address).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    drop(accepted);
+    drop(client);
+    address.port()
 }
 
 /// An HTTP client for tests (rustls with ring, as the ferry binary uses).
@@ -130,8 +151,10 @@ impl Nats {
     pub async fn crash_and_restart(&mut self, outage: Duration) {
         self.child.start_kill().unwrap();
         self.child.wait().await.unwrap();
-        tokio::time::sleep(outage).await;
         let port = self.url.rsplit(':').next().unwrap().to_owned();
+        keep_port(port.parse().unwrap());
+        keep_port(self.monitor);
+        tokio::time::sleep(outage).await;
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         let (child, _) = spawn_nats_server(self.store.path(), &port, self.monitor, &extra).await;
         self.child = child;
@@ -881,25 +904,21 @@ impl ModelProcess {
             python_model_source(handler_body),
         )
         .unwrap();
-        // Another test may take the port between choosing it and the model binding it: the
-        // model then exits, and starts again on another port.
-        for _ in 0..5 {
-            let port = free_port();
-            if let Some(child) = Self::spawn(dir.path(), port).await {
-                return ModelProcess {
-                    url: format!("http://127.0.0.1:{port}"),
-                    child,
-                    port,
-                    dir,
-                };
-            }
+        let port = free_port();
+        let child = Self::spawn(dir.path(), port)
+            .await
+            .expect("the model starts (its error is above)");
+        ModelProcess {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            port,
+            dir,
         }
-        panic!("the model exited as it started, five times (its error is above)");
     }
 
     /// Starts the model script in `dir` on `port` and waits until it answers; `None` when it
-    /// exits first (the port was taken). Only its own answer counts (it names its pid): a
-    /// model of another test on the same port is never taken for this one.
+    /// exits first. Only its own answer counts (it names its pid): whatever else might answer
+    /// on the port is never taken for this model.
     async fn spawn(dir: &Path, port: u16) -> Option<Child> {
         let mut child = Command::new("python3")
             .arg(dir.join("model.py"))
@@ -937,6 +956,7 @@ impl ModelProcess {
     pub async fn crash(&mut self) {
         self.child.start_kill().unwrap();
         self.child.wait().await.unwrap();
+        keep_port(self.port);
     }
 
     /// Starts the model again on its port (after [`Self::crash`]), as a restarted container.
@@ -972,4 +992,29 @@ pub fn promtool_check(text: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_port;
+
+    /// The harness's own guarantee: while a test starts a server on a chosen port, no `bind` to
+    /// port 0 elsewhere (another test's model, receiver or nats-server) is handed that port, and
+    /// the server still gets it. A port merely found free and released fails the first half:
+    /// the kernel hands it out again within a few thousand binds.
+    #[test]
+    fn a_chosen_port_goes_to_its_server_and_to_no_bind_to_port_zero() {
+        let chosen: std::collections::HashSet<u16> = (0..100).map(|_| free_port()).collect();
+        let handed_out = (0..10_000)
+            .map(|_| {
+                let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                other.local_addr().unwrap().port()
+            })
+            .filter(|port| chosen.contains(port))
+            .count();
+        assert_eq!(handed_out, 0, "chosen ports handed to another bind");
+        for port in chosen {
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("the server gets its port");
+        }
+    }
 }
