@@ -8,8 +8,10 @@
 //! answered it (4xx/5xx, a body that is not JSON, a prediction that timed out) or its attempts
 //! ran out; a model that cannot take tasks pauses the worker instead (see [`outage`]) and the
 //! task goes back to the queue without spending an attempt (see [`crate::queue::TaskDelivery`]).
+//! A task that expired in the queue unrun is recorded so (see [`expiry`]).
 
 mod bounded;
+mod expiry;
 mod input;
 mod invoke;
 mod outage;
@@ -91,7 +93,7 @@ impl ForwarderMetrics {
         };
         registry.register(
             "ferry_forwarder_tasks",
-            "Tasks finished per endpoint, by outcome (success, failure)",
+            "Tasks finished per endpoint, by outcome (success, failure, expired: dropped by the queue unrun and recorded as a failure)",
             metrics.tasks.clone(),
         );
         registry.register(
@@ -125,6 +127,14 @@ impl ForwarderMetrics {
         } else {
             "failure"
         };
+        self.count_task(endpoint, outcome);
+    }
+
+    fn task_expired(&self, endpoint: &EndpointId) {
+        self.count_task(endpoint, "expired");
+    }
+
+    fn count_task(&self, endpoint: &EndpointId, outcome: &'static str) {
         let endpoint = EndpointLabel::of(endpoint);
         self.tasks
             .get_or_create(&TaskLabels { endpoint, outcome })
@@ -212,6 +222,10 @@ impl Forwarder {
         keep_alive_every: Duration,
         spell: &outage::Spell,
     ) {
+        if let Some(task) = delivery.expired_task() {
+            self.handle_expiry(&delivery, task).await;
+            return;
+        }
         let task = match delivery.task().await {
             Ok(task) => task,
             Err(error) if error.is_unreadable() => {

@@ -396,7 +396,36 @@ impl TaskRecord {
             ..TaskRecord::pending(endpoint_id)
         }
     }
+
+    /// The record of a task its queue dropped unrun at `now_ms`, as no worker took it within
+    /// the endpoint's `taskExpiresSeconds`: a FAILURE that says so.
+    pub fn expired(endpoint_id: EndpointId, now_ms: u64) -> Self {
+        TaskRecord {
+            status: TaskStatus::Failure,
+            error: Some(TaskError {
+                message: TASK_EXPIRED.into(),
+                detail: None,
+            }),
+            updated_at_ms: now_ms,
+            finished_at_ms: Some(now_ms),
+            ..TaskRecord::pending(endpoint_id)
+        }
+    }
+
+    /// True for the record [`TaskRecord::expired`] makes.
+    pub fn is_expiry(&self) -> bool {
+        self.status == TaskStatus::Failure
+            && self.started_at_ms.is_none()
+            && self
+                .error
+                .as_ref()
+                .is_some_and(|error| error.message == TASK_EXPIRED)
+    }
 }
+
+/// The error of a task that expired in its queue.
+const TASK_EXPIRED: &str =
+    "the task expired in its queue: no worker took it within the endpoint's taskExpiresSeconds";
 
 /// How a task ended, as its callback reports it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -460,13 +489,18 @@ impl CallbackJob {
         })
     }
 
-    /// The callback of a task cancelled while queued, to the target its record kept.
-    pub fn for_cancelled(task_id: &TaskId, target: Sealed<CallbackTarget>) -> Self {
+    /// The callback of a task that ended without running (cancelled or expired while queued),
+    /// to the target its record kept.
+    pub fn for_unrun(
+        task_id: &TaskId,
+        target: Sealed<CallbackTarget>,
+        outcome: TaskOutcome,
+    ) -> Self {
         CallbackJob {
             task_id: task_id.clone(),
             endpoint_id: task_id.endpoint().clone(),
             target,
-            outcome: TaskOutcome::Cancelled,
+            outcome,
             submitted_at_ms: task_id.created_at_ms().unwrap_or_default(),
             prior_attempts: 0,
             redeliveries: 0,

@@ -13,7 +13,7 @@ use super::openapi::answers::{BadRequest, Conflict, NotFound, Unauthorized, Unav
 use super::views::{TaskPage, TaskView};
 use super::{AppState, auth::Principal, error::AppError, routes, views};
 use crate::queue::TaskQuery;
-use crate::task::{CallbackJob, TaskStatus};
+use crate::task::{CallbackJob, TaskOutcome, TaskStatus};
 
 /// Tasks a page holds when the query does not say, and at most.
 pub const DEFAULT_PAGE_LIMIT: u64 = 50;
@@ -166,7 +166,7 @@ pub async fn cancel_async_task(
     }
     let callback_queued = match record.callback.clone() {
         Some(target) => {
-            let job = CallbackJob::for_cancelled(&task_id, target);
+            let job = CallbackJob::for_unrun(&task_id, target, TaskOutcome::Cancelled);
             let queued = state.queue.publish_callback(&job).await;
             if let Err(error) = &queued {
                 tracing::warn!(%error, task_id = %task_id, "queueing a cancelled task's callback failed; the task stays queued, so its worker sends it");

@@ -31,6 +31,12 @@ pub fn task_subject(task: &TaskId) -> String {
     format!("ferry.tasks.{}.{}", task.endpoint(), task.within_endpoint())
 }
 
+/// The task queued on `subject` (what [`task_subject`] makes of it).
+pub fn task_of_subject(subject: &str) -> Option<TaskId> {
+    let (endpoint, unique) = subject.strip_prefix("ferry.tasks.")?.split_once('.')?;
+    TaskId::within(&EndpointId::parse(endpoint)?, unique)
+}
+
 /// The subjects of `endpoint`'s tasks (`*` for every endpoint's).
 pub fn task_subjects_pattern(endpoint: &str) -> String {
     format!("ferry.tasks.{endpoint}.*")
@@ -200,6 +206,20 @@ pub fn idempotency_key(endpoint: &EndpointId, client_key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_subject_names_its_task_and_no_other_subject_does() {
+        let endpoint = EndpointId::for_resource("default", "demo");
+        let task = TaskId::generate(&endpoint);
+        assert_eq!(task_of_subject(&task_subject(&task)), Some(task));
+        for other in [
+            shared_tasks_subject(&endpoint),
+            format!("ferry.tasks.{endpoint}.not-a-uuid"),
+            format!("ferry.other.{endpoint}.01a23abd-5295-7452-a99b-629bcb2c493a"),
+        ] {
+            assert_eq!(task_of_subject(&other), None, "{other}");
+        }
+    }
 
     #[test]
     fn idempotency_keys_are_valid_kv_keys_for_any_client_key() {

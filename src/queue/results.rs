@@ -18,6 +18,7 @@ use bytes::Bytes;
 use super::envelope::encode;
 use super::objects::Carrier;
 use super::{Error, NatsError, Queue, QueueSettings, names};
+use crate::crd::EndpointId;
 use crate::task::{CallbackState, TaskId, TaskRecord, TaskStatus, now_ms};
 
 /// A task record with the revision of the bucket entry that holds it.
@@ -217,14 +218,34 @@ impl Queue {
             })
     }
 
-    /// Cancels the task if it is still PENDING: the compare-and-set on its record decides
-    /// between this and a worker recording its start. The record the task has afterwards, and
+    /// Cancels the task if it is still PENDING. The record the task has afterwards, and
     /// whether this call cancelled it; `None` for an unknown task.
     pub(super) async fn cancel_task(
         &self,
         task: &TaskId,
     ) -> Result<Option<(TaskRecord, bool)>, Error> {
-        let cancelled_now = std::sync::atomic::AtomicBool::new(false);
+        self.end_if_pending(task, TaskRecord::cancelled).await
+    }
+
+    /// Records the task expired (a FAILURE, never run) if it is still PENDING: its queue
+    /// dropped it unrun. Answers as [`Queue::cancel_task`] does.
+    pub(super) async fn expire_task(
+        &self,
+        task: &TaskId,
+    ) -> Result<Option<(TaskRecord, bool)>, Error> {
+        self.end_if_pending(task, TaskRecord::expired).await
+    }
+
+    /// Ends a PENDING task with the record `ending` makes of its endpoint and the time,
+    /// keeping its callback target for the callback of the ending: the compare-and-set on its
+    /// record decides between this and a worker recording its start. The record the task has
+    /// afterwards, and whether this call ended it; `None` for an unknown task.
+    async fn end_if_pending(
+        &self,
+        task: &TaskId,
+        ending: fn(EndpointId, u64) -> TaskRecord,
+    ) -> Result<Option<(TaskRecord, bool)>, Error> {
+        let ended_now = std::sync::atomic::AtomicBool::new(false);
         let stored = self
             .compare_and_set(
                 task,
@@ -234,17 +255,17 @@ impl Queue {
                 |current: Option<TaskRecord>| {
                     let pending = current.filter(|record| record.status == TaskStatus::Pending);
                     // Each round decides afresh: the last one's decision is what was stored.
-                    cancelled_now.store(pending.is_some(), std::sync::atomic::Ordering::Relaxed);
+                    ended_now.store(pending.is_some(), std::sync::atomic::Ordering::Relaxed);
                     pending.map(|pending| TaskRecord {
                         handed_back: pending.handed_back,
                         callback: pending.callback,
-                        ..TaskRecord::cancelled(pending.endpoint_id, now_ms())
+                        ..ending(pending.endpoint_id, now_ms())
                     })
                 },
             )
             .await?;
-        let cancelled_now = cancelled_now.load(std::sync::atomic::Ordering::Relaxed);
-        Ok(stored.map(|(record, _)| (record, cancelled_now)))
+        let ended_now = ended_now.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(stored.map(|(record, _)| (record, ended_now)))
     }
 
     /// Puts a task this worker recorded as STARTED (`started`) back to PENDING, as it hands

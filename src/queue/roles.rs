@@ -215,6 +215,17 @@ impl ForwarderQueue {
             .await
     }
 
+    /// Records one of this endpoint's tasks that its queue dropped unrun as expired, if it is
+    /// still PENDING.
+    pub async fn expire_task(&self, task: &TaskId) -> Result<Option<(TaskRecord, bool)>, Error> {
+        if task.endpoint() != &self.endpoint {
+            return Err(Error::NotOwnEndpoint {
+                endpoint: task.endpoint().clone(),
+            });
+        }
+        self.queue.expire_task(task).await
+    }
+
     /// Puts a task this worker recorded as STARTED back to PENDING as it hands the task back
     /// unrun (so it may still be cancelled); a record changed since is left alone.
     pub async fn unstart_task(&self, task: &TaskId, started: &RecordAt) -> Result<(), Error> {

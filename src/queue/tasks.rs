@@ -35,6 +35,9 @@ pub const MAX_TASK_ATTEMPTS: i64 = 3;
 /// `max_deliver`. The worker holding the last one records an outcome whatever happens.
 pub const MAX_TASK_DELIVERIES: i64 = 20;
 
+/// The header of the marker the server leaves in place of a message that expired.
+const EXPIRY_MARKER_REASON: &str = "Nats-Marker-Reason";
+
 /// Window in which a repeated publish of the same task id is dropped by the server (or the
 /// task expiry, if shorter).
 pub(super) const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -95,6 +98,10 @@ impl super::Held for TaskDelivery {
     where
         Self: Sync,
     {
+        if self.expired_task().is_some() {
+            // A marker is no run of its task: nothing to count.
+            return self.defer(Duration::ZERO).await;
+        }
         match self.task_id() {
             Some(task_id) => {
                 if let Err(error) = self.queue.count_hand_back(&task_id).await {
@@ -114,6 +121,31 @@ impl TaskDelivery {
         self.queue
             .decode_carrier(None, "task message", payload)
             .await
+    }
+
+    /// The task this message marks as expired, when it is the marker the queue leaves in place
+    /// of a task that expired unrun (see `ensure_task_queue`), not a task.
+    pub fn expired_task(&self) -> Option<TaskId> {
+        let headers = self.message.headers.as_ref()?;
+        headers.get(EXPIRY_MARKER_REASON)?;
+        names::task_of_subject(&self.message.subject)
+    }
+
+    /// How long ago the server stored this message.
+    pub fn stored_for(&self) -> Duration {
+        let Ok(info) = self.message.info() else {
+            return Duration::ZERO;
+        };
+        let stored_ms = info.published.unix_timestamp_nanos() / 1_000_000;
+        let age_ms = i128::from(crate::task::now_ms()) - stored_ms;
+        Duration::from_millis(u64::try_from(age_ms).unwrap_or(0))
+    }
+
+    /// Returns the message to the queue to be delivered again after `delay`, counting
+    /// nothing on the task's record.
+    pub async fn defer(&self, delay: Duration) -> Result<(), Error> {
+        let delay = (!delay.is_zero()).then_some(delay);
+        super::lease::ack_with(&self.message, AckKind::Nak(delay)).await
     }
 
     /// How many times this task has been delivered, counting this one.
@@ -169,6 +201,14 @@ impl Queue {
             discard: stream::DiscardPolicy::New,
             duplicate_window: DUPLICATE_WINDOW.min(spec.task_expiry),
             num_replicas: self.settings.replicas,
+            // A task that expires unrun is not dropped silently: the server puts a marker (a
+            // message of headers only) on its subject in its place, and the worker that takes
+            // it records the task expired and sends its callback (nats-server 2.11 or newer;
+            // an older one ignores these settings and the task stays PENDING). The marker
+            // lives as long as a task may wait; the server needs TTLs and roll-ups allowed.
+            subject_delete_marker_ttl: Some(spec.task_expiry.max(Duration::from_secs(1))),
+            allow_message_ttl: true,
+            allow_rollup: true,
             // The server appends each task it stores (not a refused or repeated copy) to the
             // endpoint's index, its headers only: the id is the message id (`index`).
             republish: Some(stream::Republish {
@@ -334,25 +374,38 @@ mod tests {
 
     /// Hands a task back five times through the real server: each redelivery counts, the
     /// record counts each hand-back, and the sixth delivery still has its whole budget.
-    #[tokio::test]
-    async fn a_task_handed_back_again_and_again_keeps_its_attempts() {
-        let (_nats, queue) = crate::queue::testing::start_with_queue().await;
-        let endpoint = EndpointId::for_resource("ml", "handback");
+    /// A real server with the task queue of endpoint `name`, whose tasks expire after `expiry`.
+    async fn queue_of(
+        name: &str,
+        expiry: Duration,
+    ) -> (crate::queue::testing::TestServer, Queue, EndpointId) {
+        let (nats, queue) = crate::queue::testing::start_with_queue().await;
+        let endpoint = EndpointId::for_resource("ml", name);
         let spec = QueueSpec {
             endpoint_id: endpoint.clone(),
-            task_expiry: Duration::from_secs(60),
+            task_expiry: expiry,
             ack_wait: Duration::from_secs(30),
         };
         queue.ensure_task_queue(&spec).await.expect("queue");
-        let task = TaskMessage {
-            task_id: TaskId::generate(&endpoint),
+        (nats, queue, endpoint)
+    }
+
+    fn task_of(endpoint: &EndpointId) -> TaskMessage {
+        TaskMessage {
+            task_id: TaskId::generate(endpoint),
             endpoint_id: endpoint.clone(),
             args: serde_json::json!({"x": 1}),
             input_url: None,
             callback: None,
             submitted_at_ms: crate::task::now_ms(),
             record_revision: None,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_handed_back_again_and_again_keeps_its_attempts() {
+        let (_nats, queue, endpoint) = queue_of("handback", Duration::from_secs(60)).await;
+        let task = task_of(&endpoint);
         let submitted = queue.submit(&task, None).await.expect("submitted");
         let tasks = queue.tasks(&endpoint).await.expect("puller");
         let cancel = tokio_util::sync::CancellationToken::new();
@@ -388,5 +441,74 @@ mod tests {
         assert_eq!(record.status, TaskStatus::Pending);
         assert_eq!(record.handed_back, 5);
         assert_eq!(attempts_used(6, record.handed_back), 0);
+    }
+
+    /// A task nobody takes before it expires leaves a marker in the real server's queue
+    /// naming it, and only then; recording it expired ends it once, and a task a worker
+    /// started is left to that worker.
+    #[tokio::test]
+    async fn an_expired_task_leaves_a_marker_that_names_it_and_is_recorded_once() {
+        let (_nats, queue, endpoint) = queue_of("expiring", Duration::from_secs(5)).await;
+        let (waiting, started) = (task_of(&endpoint), task_of(&endpoint));
+        for task in [&waiting, &started] {
+            queue.submit(task, None).await.expect("submitted");
+        }
+        let running = crate::task::TaskRecord::started(endpoint.clone());
+        queue
+            .advance_task_record(&started.task_id, &running, None)
+            .await
+            .expect("recorded STARTED");
+
+        let tasks = queue.tasks(&endpoint).await.expect("puller");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (seen, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
+        let stop = cancel.clone();
+        // Taken only after both expired, while their markers are kept (as long as a task):
+        // the first deliveries are the markers, stored about 1.5 s before.
+        tokio::time::sleep(Duration::from_millis(6500)).await;
+        let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let consuming = crate::queue::consume(tasks, 1, &cancel, move |delivery: TaskDelivery| {
+            let (seen, stop, taken) = (seen.clone(), stop.clone(), taken.clone());
+            async move {
+                let _ = seen.send((delivery.expired_task(), delivery.stored_for()));
+                delivery.ack().await.expect("acked");
+                if taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                    stop.cancel();
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), consuming)
+            .await
+            .expect("two deliveries");
+        let mut marked = Vec::new();
+        while let Ok((expired, stored_for)) = deliveries.try_recv() {
+            let plausible = Duration::from_millis(500)..Duration::from_secs(30);
+            assert!(plausible.contains(&stored_for), "stored {stored_for:?} ago");
+            marked.push(expired.expect("only markers: both tasks expired"));
+        }
+        marked.sort_by_key(|id| id.to_string());
+        let mut expected = vec![waiting.task_id.clone(), started.task_id.clone()];
+        expected.sort_by_key(|id| id.to_string());
+        assert_eq!(marked, expected);
+
+        let (record, now) = queue
+            .expire_task(&waiting.task_id)
+            .await
+            .expect("written")
+            .expect("a record");
+        assert!(now && record.is_expiry(), "{record:?}");
+        assert_eq!(record.status, TaskStatus::Failure);
+        let (again, now) = queue
+            .expire_task(&waiting.task_id)
+            .await
+            .expect("read")
+            .expect("a record");
+        assert!(!now && again == record, "recorded once: {again:?}");
+        let (left, now) = queue
+            .expire_task(&started.task_id)
+            .await
+            .expect("read")
+            .expect("a record");
+        assert!(!now && left.status == TaskStatus::Started, "{left:?}");
     }
 }

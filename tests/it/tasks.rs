@@ -262,3 +262,81 @@ async fn a_task_cancelled_as_its_worker_takes_it_is_stopped_there_and_stays_canc
     assert_eq!(receiver.received().len(), 1, "one callback");
     assert_eq!(runs.runs_of(&task).len(), 1, "run once, not again");
 }
+
+/// A task no worker takes within its endpoint's `taskExpiresSeconds` is dropped by its queue;
+/// the worker that comes later records it FAILURE, saying it expired, never runs it, and its
+/// callback says so. A task submitted later runs as usual, and each is listed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_expires_unrun_ends_failure_and_calls_back_saying_so() {
+    let nats = Nats::start().await;
+    let receiver = Receiver::start().await;
+    let runs = RunLog::new();
+    let manifests = Manifests::with_example_bundle();
+    let expiry = "  taskExpiresSeconds: 10\n";
+    manifests.add(
+        "endpoint.yaml",
+        &endpoint_yaml("expiring", "test-bundle", &receiver.url("/cb"), expiry),
+    );
+    let gateway = Dev::static_gateway(manifests.path(), &nats.url).await;
+    let _dispatcher = Process::dispatcher(&nats.url, &[]);
+    let endpoint = gateway.endpoint_id("expiring").await;
+
+    // No worker for longer than the expiry: the queue drops the task, leaving its marker.
+    let expired = gateway
+        .submit(&endpoint, json!({"args": {"x": 1, "sleep": 0}}))
+        .await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(gateway.task(&expired).await["status"], "PENDING");
+    let fresh = gateway
+        .submit(&endpoint, json!({"args": {"x": 2, "sleep": 0}}))
+        .await;
+    let model = ModelProcess::start(
+        &runs.recording("time.sleep(args['sleep'])\nreturn 200, args['x'] * 10"),
+    )
+    .await;
+    let _worker = Process::forwarder(&nats.url, &endpoint, &model.url, &[]);
+
+    let task = gateway.finished_task(&expired, WAIT).await;
+    assert_eq!(task["status"], "FAILURE", "{task}");
+    // As Launch shows a failure: its message in `result`.
+    assert!(
+        task["result"]
+            .as_str()
+            .is_some_and(|why| why.contains("expired")),
+        "{task}"
+    );
+    assert!(
+        task["started_at"].is_null() && task["finished_at"].is_string(),
+        "{task}"
+    );
+    assert_eq!(
+        gateway.finished_task(&fresh, WAIT).await["result"],
+        json!({"result": 20})
+    );
+    let mut callbacks = receiver.wait_for(2, WAIT).await;
+    callbacks.sort_by_key(|callback| callback.body["task_id"] != expired.as_str());
+    assert_eq!(callbacks[0].body["task_id"], expired.as_str());
+    assert_eq!(callbacks[0].body["status"], "FAILURE");
+    assert!(
+        callbacks[0].body["error"]["message"]
+            .as_str()
+            .is_some_and(|why| why.contains("expired")),
+        "{:?}",
+        callbacks[0].body
+    );
+    assert_eq!(callbacks[1].body["task_id"], fresh.as_str());
+    assert_eq!(callbacks[1].body["status"], "SUCCESS");
+
+    nats.wait_quiet(WAIT).await;
+    assert_eq!(runs.runs_of(&expired), Vec::<u32>::new(), "never run");
+    assert_eq!(runs.runs_of(&fresh).len(), 1);
+    assert_eq!(receiver.received().len(), 2, "one callback each");
+    let listed = list_all(&gateway, &format!("model_endpoint_id={endpoint}"), 10).await;
+    assert_eq!(
+        listed,
+        [
+            (fresh.clone(), "SUCCESS".to_owned()),
+            (expired.clone(), "FAILURE".to_owned())
+        ]
+    );
+}

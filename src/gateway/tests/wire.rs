@@ -7,7 +7,7 @@ use crate::crd::{ModelBundle, ModelEndpoint};
 use crate::gateway::views;
 use crate::task::{
     CallbackJob, CallbackState, CallbackTarget, DeadLetter, DeliveryAttempt, DeliveryState,
-    TaskError, TaskId, TaskRecord, TaskStatus,
+    TaskError, TaskId, TaskOutcome, TaskRecord, TaskStatus,
 };
 
 const BUNDLE_V1: &str = r#"{"app_config":null,"created_at":"2026-01-31T12:00:00Z","env_params":{"ecr_repo":"registry:5000/team/model","framework_type":"custom_base_image","image_tag":"v2"},"id":"bun_36546c0cdc1d931731b3","location":"registry:5000/team/model:v2","metadata":{},"model_artifact_ids":[],"name":"model","packaging_type":"lira","requirements":[],"schema_location":null}"#;
@@ -76,7 +76,7 @@ fn letter() -> DeadLetter {
     let id = task_id();
     let sealed = target.seal_for(&ring, id.endpoint(), &id).expect("seals");
     DeadLetter {
-        job: CallbackJob::for_cancelled(&id, sealed),
+        job: CallbackJob::for_unrun(&id, sealed, TaskOutcome::Cancelled),
         dead_at_ms: 1_769_860_900_000,
         reason: "receiver answered 500 on every attempt".into(),
     }
