@@ -372,8 +372,6 @@ mod tests {
         );
     }
 
-    /// Hands a task back five times through the real server: each redelivery counts, the
-    /// record counts each hand-back, and the sixth delivery still has its whole budget.
     /// A real server with the task queue of endpoint `name`, whose tasks expire after `expiry`.
     async fn queue_of(
         name: &str,
@@ -402,6 +400,8 @@ mod tests {
         }
     }
 
+    /// Hands a task back five times through the real server: each redelivery counts, the
+    /// record counts each hand-back, and the sixth delivery still has its whole budget.
     #[tokio::test]
     async fn a_task_handed_back_again_and_again_keeps_its_attempts() {
         let (_nats, queue, endpoint) = queue_of("handback", Duration::from_secs(60)).await;
