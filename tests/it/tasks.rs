@@ -340,3 +340,45 @@ async fn a_task_that_expires_unrun_ends_failure_and_calls_back_saying_so() {
         ]
     );
 }
+
+/// A task that outlasts its expiry while a worker runs it expires from the queue all the same;
+/// the worker that takes its marker finds it `STARTED` and leaves it to the run, which ends it
+/// as the model answers: one run, one `SUCCESS`, one callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_running_past_its_expiry_is_left_to_its_run() {
+    let nats = Nats::start().await;
+    let receiver = Receiver::start().await;
+    let runs = RunLog::new();
+    let manifests = Manifests::with_example_bundle();
+    let expiry = "  taskExpiresSeconds: 10\n";
+    manifests.add(
+        "endpoint.yaml",
+        &endpoint_yaml("outlasting", "test-bundle", &receiver.url("/cb"), expiry),
+    );
+    let gateway = Dev::static_gateway(manifests.path(), &nats.url).await;
+    let _dispatcher = Process::dispatcher(&nats.url, &[]);
+    let endpoint = gateway.endpoint_id("outlasting").await;
+    let model = ModelProcess::start(
+        &runs.recording("time.sleep(args['sleep'])\nreturn 200, args['x'] * 10"),
+    )
+    .await;
+    // A free slot beside the run: the marker is taken while the task still runs.
+    let _worker = Process::forwarder(
+        &nats.url,
+        &endpoint,
+        &model.url,
+        &[("FERRY_CONCURRENCY", "2")],
+    );
+
+    let long = gateway
+        .submit(&endpoint, json!({"args": {"x": 3, "sleep": 14}}))
+        .await;
+    let task = gateway.finished_task(&long, WAIT).await;
+    assert_eq!(task["status"], "SUCCESS", "{task}");
+    assert_eq!(task["result"], json!({"result": 30}));
+    let callbacks = receiver.wait_for(1, WAIT).await;
+    assert_eq!(callbacks[0].body["status"], "SUCCESS");
+    nats.wait_quiet(WAIT).await;
+    assert_eq!(runs.runs_of(&long).len(), 1, "one run");
+    assert_eq!(receiver.received().len(), 1, "one callback");
+}
