@@ -263,40 +263,71 @@ async fn a_task_cancelled_as_its_worker_takes_it_is_stopped_there_and_stays_canc
     assert_eq!(runs.runs_of(&task).len(), 1, "run once, not again");
 }
 
+/// An endpoint whose tasks expire after 10 s (the least allowed), served by a gateway on fixed
+/// manifests, with a dispatcher calling back a receiver; no worker yet.
+struct Expiring {
+    nats: Nats,
+    receiver: Receiver,
+    runs: RunLog,
+    gateway: Dev,
+    endpoint: String,
+    _dispatcher: Process,
+    _manifests: Manifests,
+}
+
+impl Expiring {
+    async fn start() -> Expiring {
+        let nats = Nats::start().await;
+        let receiver = Receiver::start().await;
+        let manifests = Manifests::with_example_bundle();
+        let expiry = "  taskExpiresSeconds: 10\n";
+        manifests.add(
+            "endpoint.yaml",
+            &endpoint_yaml("expiring", "test-bundle", &receiver.url("/cb"), expiry),
+        );
+        let gateway = Dev::static_gateway(manifests.path(), &nats.url).await;
+        let _dispatcher = Process::dispatcher(&nats.url, &[]);
+        let endpoint = gateway.endpoint_id("expiring").await;
+        Expiring {
+            nats,
+            receiver,
+            runs: RunLog::new(),
+            gateway,
+            endpoint,
+            _dispatcher,
+            _manifests: manifests,
+        }
+    }
+}
+
+/// A model that sleeps `args['sleep']` seconds and answers `x * 10`, logging its runs.
+async fn sleeping_model(runs: &RunLog) -> ModelProcess {
+    ModelProcess::start(&runs.recording("time.sleep(args['sleep'])\nreturn 200, args['x'] * 10"))
+        .await
+}
+
 /// A task no worker takes within its endpoint's `taskExpiresSeconds` is dropped by its queue;
 /// the worker that comes later records it FAILURE, saying it expired, never runs it, and its
 /// callback says so. A task submitted later runs as usual, and each is listed once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_expires_unrun_ends_failure_and_calls_back_saying_so() {
-    let nats = Nats::start().await;
-    let receiver = Receiver::start().await;
-    let runs = RunLog::new();
-    let manifests = Manifests::with_example_bundle();
-    let expiry = "  taskExpiresSeconds: 10\n";
-    manifests.add(
-        "endpoint.yaml",
-        &endpoint_yaml("expiring", "test-bundle", &receiver.url("/cb"), expiry),
-    );
-    let gateway = Dev::static_gateway(manifests.path(), &nats.url).await;
-    let _dispatcher = Process::dispatcher(&nats.url, &[]);
-    let endpoint = gateway.endpoint_id("expiring").await;
+    let setup = Expiring::start().await;
 
     // No worker for longer than the expiry: the queue drops the task, leaving its marker.
-    let expired = gateway
-        .submit(&endpoint, json!({"args": {"x": 1, "sleep": 0}}))
+    let expired = setup
+        .gateway
+        .submit(&setup.endpoint, json!({"args": {"x": 1, "sleep": 0}}))
         .await;
     tokio::time::sleep(Duration::from_secs(11)).await;
-    assert_eq!(gateway.task(&expired).await["status"], "PENDING");
-    let fresh = gateway
-        .submit(&endpoint, json!({"args": {"x": 2, "sleep": 0}}))
+    assert_eq!(setup.gateway.task(&expired).await["status"], "PENDING");
+    let fresh = setup
+        .gateway
+        .submit(&setup.endpoint, json!({"args": {"x": 2, "sleep": 0}}))
         .await;
-    let model = ModelProcess::start(
-        &runs.recording("time.sleep(args['sleep'])\nreturn 200, args['x'] * 10"),
-    )
-    .await;
-    let _worker = Process::forwarder(&nats.url, &endpoint, &model.url, &[]);
+    let model = sleeping_model(&setup.runs).await;
+    let _worker = Process::forwarder(&setup.nats.url, &setup.endpoint, &model.url, &[]);
 
-    let task = gateway.finished_task(&expired, WAIT).await;
+    let task = setup.gateway.finished_task(&expired, WAIT).await;
     assert_eq!(task["status"], "FAILURE", "{task}");
     // As Launch shows a failure: its message in `result`.
     assert!(
@@ -310,10 +341,10 @@ async fn a_task_that_expires_unrun_ends_failure_and_calls_back_saying_so() {
         "{task}"
     );
     assert_eq!(
-        gateway.finished_task(&fresh, WAIT).await["result"],
+        setup.gateway.finished_task(&fresh, WAIT).await["result"],
         json!({"result": 20})
     );
-    let mut callbacks = receiver.wait_for(2, WAIT).await;
+    let mut callbacks = setup.receiver.wait_for(2, WAIT).await;
     callbacks.sort_by_key(|callback| callback.body["task_id"] != expired.as_str());
     assert_eq!(callbacks[0].body["task_id"], expired.as_str());
     assert_eq!(callbacks[0].body["status"], "FAILURE");
@@ -327,11 +358,16 @@ async fn a_task_that_expires_unrun_ends_failure_and_calls_back_saying_so() {
     assert_eq!(callbacks[1].body["task_id"], fresh.as_str());
     assert_eq!(callbacks[1].body["status"], "SUCCESS");
 
-    nats.wait_quiet(WAIT).await;
-    assert_eq!(runs.runs_of(&expired), Vec::<u32>::new(), "never run");
-    assert_eq!(runs.runs_of(&fresh).len(), 1);
-    assert_eq!(receiver.received().len(), 2, "one callback each");
-    let listed = list_all(&gateway, &format!("model_endpoint_id={endpoint}"), 10).await;
+    setup.nats.wait_quiet(WAIT).await;
+    assert_eq!(setup.runs.runs_of(&expired), Vec::<u32>::new(), "never run");
+    assert_eq!(setup.runs.runs_of(&fresh).len(), 1);
+    assert_eq!(setup.receiver.received().len(), 2, "one callback each");
+    let listed = list_all(
+        &setup.gateway,
+        &format!("model_endpoint_id={}", setup.endpoint),
+        10,
+    )
+    .await;
     assert_eq!(
         listed,
         [
@@ -346,39 +382,26 @@ async fn a_task_that_expires_unrun_ends_failure_and_calls_back_saying_so() {
 /// as the model answers: one run, one `SUCCESS`, one callback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_running_past_its_expiry_is_left_to_its_run() {
-    let nats = Nats::start().await;
-    let receiver = Receiver::start().await;
-    let runs = RunLog::new();
-    let manifests = Manifests::with_example_bundle();
-    let expiry = "  taskExpiresSeconds: 10\n";
-    manifests.add(
-        "endpoint.yaml",
-        &endpoint_yaml("outlasting", "test-bundle", &receiver.url("/cb"), expiry),
-    );
-    let gateway = Dev::static_gateway(manifests.path(), &nats.url).await;
-    let _dispatcher = Process::dispatcher(&nats.url, &[]);
-    let endpoint = gateway.endpoint_id("outlasting").await;
-    let model = ModelProcess::start(
-        &runs.recording("time.sleep(args['sleep'])\nreturn 200, args['x'] * 10"),
-    )
-    .await;
-    // A free slot beside the run: the marker is taken while the task still runs.
+    let setup = Expiring::start().await;
+    let model = sleeping_model(&setup.runs).await;
+    // A free slot beside the run: the marker is taken while the task still setup.runs.
     let _worker = Process::forwarder(
-        &nats.url,
-        &endpoint,
+        &setup.nats.url,
+        &setup.endpoint,
         &model.url,
         &[("FERRY_CONCURRENCY", "2")],
     );
 
-    let long = gateway
-        .submit(&endpoint, json!({"args": {"x": 3, "sleep": 14}}))
+    let long = setup
+        .gateway
+        .submit(&setup.endpoint, json!({"args": {"x": 3, "sleep": 14}}))
         .await;
-    let task = gateway.finished_task(&long, WAIT).await;
+    let task = setup.gateway.finished_task(&long, WAIT).await;
     assert_eq!(task["status"], "SUCCESS", "{task}");
     assert_eq!(task["result"], json!({"result": 30}));
-    let callbacks = receiver.wait_for(1, WAIT).await;
+    let callbacks = setup.receiver.wait_for(1, WAIT).await;
     assert_eq!(callbacks[0].body["status"], "SUCCESS");
-    nats.wait_quiet(WAIT).await;
-    assert_eq!(runs.runs_of(&long).len(), 1, "one run");
-    assert_eq!(receiver.received().len(), 1, "one callback");
+    setup.nats.wait_quiet(WAIT).await;
+    assert_eq!(setup.runs.runs_of(&long).len(), 1, "one run");
+    assert_eq!(setup.receiver.received().len(), 1, "one callback");
 }
