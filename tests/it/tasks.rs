@@ -384,7 +384,7 @@ async fn a_task_that_expires_unrun_ends_failure_and_calls_back_saying_so() {
 async fn a_task_running_past_its_expiry_is_left_to_its_run() {
     let setup = Expiring::start().await;
     let model = sleeping_model(&setup.runs).await;
-    // A free slot beside the run: the marker is taken while the task still setup.runs.
+    // A free slot beside the run: the marker is taken while the task still runs.
     let _worker = Process::forwarder(
         &setup.nats.url,
         &setup.endpoint,
